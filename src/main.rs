@@ -1,0 +1,3576 @@
+//! bgtasks is a background task manager in one small binary: an HTTP/1.1
+//! server that accepts a task, answers `202 Accepted` with a unique id at
+//! once, and runs the task later on a fixed pool of workers.
+//!
+//! ```text
+//! cargo run --release -- --addr 127.0.0.1:8000 --workers 10 --buffer 100
+//! curl -i -X POST localhost:8000/tasks -d '{"task_id": "hello", "work_duration": "5s"}'
+//! curl localhost:8000/tasks/<id>?wait=10s
+//! ```
+//!
+//! # How the parts fit
+//!
+//! ```text
+//!             one async_executor::Executor on --threads threads
+//!  ┌──────────────────────────────────────────────────────────────────────┐
+//!  │ listener ── accept ──▶ connection task (one per socket)               │
+//!  │   (Async<TcpListener>)     │ HTTP/1.1 codec ─▶ routes ─▶ Store (Mutex) │
+//!  │                            │                     │  try_send(id)     │
+//!  │                            ▼                     ▼                   │
+//!  │                      202 + Location      jobs: bounded channel       │
+//!  │                                          (capacity --buffer)         │
+//!  │                                                  │ recv()            │
+//!  │                                                  ▼                   │
+//!  │                                   worker 1 … worker N (--workers)    │
+//!  │                                   each races its work against:       │
+//!  │                                   stop signal · cancel · timeout     │
+//!  │ retry scheduler ── backoff ──▶ jobs                                  │
+//!  └──────────────────────────────────────────────────────────────────────┘
+//!   journal thread (--data-dir): appends, group-commits fsyncs, compacts
+//!   signal pipe: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ stop ─▶ exit
+//! ```
+//!
+//! A client POSTs a task; the connection task parses it, and under the store
+//! lock puts the task's id into the bounded `jobs` channel with `try_send`
+//! and records the task. A full channel means `503` with `Retry-After`, and
+//! nothing is recorded, so admission is atomic. A worker receives the id,
+//! marks the task running and does the work; the client polls
+//! `GET /tasks/{id}` (or long-polls with `?wait=`) until the task is
+//! `succeeded`, `failed` or `cancelled`.
+//!
+//! Every wait in the server — a sleeping task, a child process, an idle
+//! connection, a long poll — is a race against a [`Signal`]: a channel that
+//! is never sent on and is closed to fire, which wakes every waiter at once.
+//!
+//! # Shutdown, in order
+//!
+//! 1. SIGINT or SIGTERM fires `draining`: the listener closes its socket,
+//!    idle connections close, new tasks and `/healthz` get `503`, workers take
+//!    no new task, and the retry scheduler stops.
+//! 2. Requests in flight are answered and running tasks may finish, for up to
+//!    `--grace`.
+//! 3. Then `stop` fires: every running task is interrupted (sleeps end,
+//!    programs get SIGTERM and 1 s later SIGKILL).
+//! 4. The process exits 0 as soon as nothing is left to wait for. A second
+//!    signal exits at once with status 1.
+//!
+//! # Map of this file
+//!
+//! 1. Configuration and flags
+//! 2. Task model and store
+//! 3. Worker pool: signals, the job channel, workers, retries
+//! 4. Handlers: the built-in sleep and external programs
+//! 5. Journal (`--data-dir`)
+//! 6. HTTP/1.1 codec
+//! 7. Routes
+//! 8. Connections and the listener
+//! 9. Signals, shutdown and `main`
+//! 10. Tests of the pure pieces
+
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_channel::{Receiver, Sender, TrySendError};
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use log::{debug, error, info, warn};
+use serde::Deserialize;
+use smol::future;
+
+// ---- 1. Configuration and flags ----
+//
+// Every flag has an environment variable (a flag beats its variable), and
+// every value is checked before anything is bound: a bad one prints one line
+// and exits 2, so a typo in a unit file fails loudly instead of half-starting.
+
+/// The most workers a server may run: each is a small task, but a typo such
+/// as `--workers 10000000` should be refused rather than obeyed.
+const MAX_WORKERS: usize = 100_000;
+
+/// The largest queue: the channel allocates its slots up front (16 bytes
+/// each), so ten million slots already cost 160 MB before any task arrives.
+const MAX_BUFFER: usize = 10_000_000;
+
+/// The largest request body a server will accept: bodies are held in memory
+/// whole, one per connection.
+const MAX_MAX_BODY: usize = 64 << 20;
+
+/// The usage text printed by `--help`.
+const USAGE: &str = "\
+bgtasks: a background task manager over HTTP/1.1
+
+Usage: bgtasks [OPTIONS]
+
+Options (each also read from its environment variable; a flag wins):
+  --addr ADDR              listen address [BGTASKS_ADDR] (default 127.0.0.1:8000)
+  --workers N              worker count, 1..=100000 [BGTASKS_WORKERS] (default 10)
+  --buffer N               queue capacity, 1..=10000000 [BGTASKS_BUFFER] (default 100)
+  --threads N              executor threads, 1..=1024 [BGTASKS_THREADS] (default: cores)
+  --grace DURATION         shutdown grace period [BGTASKS_GRACE] (default 5s)
+  --retry-after SECONDS    Retry-After when the queue is full [BGTASKS_RETRY_AFTER] (default 60)
+  --keep-finished N        finished tasks kept queryable [BGTASKS_KEEP_FINISHED] (default 10000)
+  --max-body BYTES         largest request body [BGTASKS_MAX_BODY] (default 65536)
+  --max-connections N      open connections at once [BGTASKS_MAX_CONNECTIONS] (default 1024)
+  --handler KIND=PROGRAM   run PROGRAM for tasks of KIND (repeatable)
+  --token TOKEN            require Authorization: Bearer TOKEN [BGTASKS_TOKEN]
+  --log-level LEVEL        error, warn, info, debug or trace [RUST_LOG] (default info)
+  -h, --help               print this help
+  -V, --version            print the version
+
+Durations use Go syntax: 300ms, 1.5h, 1m30s; units ns us µs μs ms s m h.
+";
+
+/// Everything the command line and environment decide, checked.
+#[derive(Debug)]
+struct Config {
+    /// Where the listener binds.
+    addr: SocketAddr,
+    /// How many worker tasks run tasks at once.
+    workers: usize,
+    /// Capacity of the job channel: tasks waiting beyond the running ones.
+    buffer: usize,
+    /// Threads that run the executor.
+    threads: usize,
+    /// How long shutdown waits for requests and running tasks.
+    grace: Duration,
+    /// Seconds sent in `Retry-After` with a queue-full `503`.
+    retry_after: u64,
+    /// How many finished tasks stay queryable before the earliest go.
+    keep_finished: usize,
+    /// The largest request body accepted, in bytes.
+    max_body: usize,
+    /// How many connections may be open at once.
+    max_connections: usize,
+    /// Registered task kinds and the programs that run them.
+    handlers: Vec<Handler>,
+    /// The bearer token every route but `/healthz` requires, if any.
+    token: Option<String>,
+    /// The most verbose log level printed.
+    log_level: log::LevelFilter,
+}
+
+/// A task kind registered with `--handler KIND=PROGRAM`.
+#[derive(Debug)]
+struct Handler {
+    /// The `kind` a task names to be run by this handler.
+    kind: Arc<str>,
+    /// The resolved program path: checked to exist and be executable at start.
+    program: PathBuf,
+    /// Arguments given after the program, split on runs of spaces.
+    args: Vec<String>,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+enum Command {
+    /// Run the server.
+    Run(Config),
+    /// Print the usage text and exit 0.
+    Help,
+    /// Print the version and exit 0.
+    Version,
+}
+
+/// Parses the command line and environment into a [`Command`].
+///
+/// `env` looks a variable up; tests pass a closure instead of the real
+/// environment. The error is the one line printed before exiting with 2.
+fn parse_command(
+    args: impl IntoIterator<Item = OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Command, String> {
+    let mut flags: HashMap<&'static str, String> = HashMap::new();
+    let mut handlers = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|a| format!("argument {a:?} is not valid UTF-8"))?;
+        if arg == "-h" || arg == "--help" {
+            return Ok(Command::Help);
+        }
+        if arg == "-V" || arg == "--version" {
+            return Ok(Command::Version);
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name.to_string(), Some(value)),
+            _ => (arg.clone(), None),
+        };
+        let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
+            return Err(format!("unknown argument {arg:?} (try --help)"));
+        };
+        let value = match inline {
+            Some(v) => v.to_string(),
+            None => args
+                .next()
+                .and_then(|v| v.into_string().ok())
+                .ok_or_else(|| format!("{name} needs a value"))?,
+        };
+        if flag.name == "--handler" {
+            handlers.push(value);
+        } else {
+            flags.insert(flag.name, value);
+        }
+    }
+    let value = |flag: &'static str| -> Option<(String, String)> {
+        let spec = FLAGS.iter().find(|f| f.name == flag)?;
+        if let Some(v) = flags.get(flag) {
+            return Some((flag.to_string(), v.clone()));
+        }
+        let var = spec.env?;
+        env(var).map(|v| (var.to_string(), v))
+    };
+    let number = |flag, default, range: Range<usize>| match value(flag) {
+        None => Ok(default),
+        Some((source, v)) => parse_number(&source, &v, range),
+    };
+    let threads_default = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let grace = match value("--grace") {
+        None => Duration::from_secs(5),
+        Some((source, v)) => parse_duration(&v).map_err(|e| format!("{source}: {e}"))?,
+    };
+    let addr = match value("--addr") {
+        None => SocketAddr::from(([127, 0, 0, 1], 8000)),
+        Some((source, v)) => v.parse().map_err(|_| {
+            format!("{source}: {v:?} is not an address such as 127.0.0.1:8000 or [::1]:8000")
+        })?,
+    };
+    let token = match value("--token") {
+        None => None,
+        Some((source, v)) if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(format!(
+                "{source}: the token must be one or more visible ASCII characters"
+            ));
+        }
+        Some((_, v)) => Some(v),
+    };
+    let log_level = match value("--log-level") {
+        None => log::LevelFilter::Info,
+        Some((source, v)) => match v.to_ascii_lowercase().as_str() {
+            "error" => log::LevelFilter::Error,
+            "warn" => log::LevelFilter::Warn,
+            "info" => log::LevelFilter::Info,
+            "debug" => log::LevelFilter::Debug,
+            "trace" => log::LevelFilter::Trace,
+            _ => {
+                return Err(format!(
+                    "{source}: {v:?} is not one of error, warn, info, debug, trace"
+                ));
+            }
+        },
+    };
+    let handlers = handlers
+        .iter()
+        .map(|spec| parse_handler(spec, &env))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, h) in handlers.iter().enumerate() {
+        if handlers[..i].iter().any(|other| other.kind == h.kind) {
+            return Err(format!("--handler: kind {:?} is registered twice", h.kind));
+        }
+    }
+    Ok(Command::Run(Config {
+        addr,
+        workers: number("--workers", 10, 1..MAX_WORKERS + 1)?,
+        buffer: number("--buffer", 100, 1..MAX_BUFFER + 1)?,
+        threads: number("--threads", threads_default, 1..1025)?,
+        grace,
+        retry_after: number("--retry-after", 60, 0..1_000_000_001)? as u64,
+        keep_finished: number("--keep-finished", 10_000, 1..100_000_001)?,
+        max_body: number("--max-body", 65_536, 1..MAX_MAX_BODY + 1)?,
+        max_connections: number("--max-connections", 1024, 1..1_000_001)?,
+        handlers,
+        token,
+        log_level,
+    }))
+}
+
+/// A flag the command line knows, and the environment variable behind it.
+struct Flag {
+    /// The long name, with its dashes.
+    name: &'static str,
+    /// The environment variable read when the flag is absent.
+    env: Option<&'static str>,
+}
+
+/// Every flag that takes a value (help and version are handled first).
+const FLAGS: &[Flag] = &[
+    Flag {
+        name: "--addr",
+        env: Some("BGTASKS_ADDR"),
+    },
+    Flag {
+        name: "--workers",
+        env: Some("BGTASKS_WORKERS"),
+    },
+    Flag {
+        name: "--buffer",
+        env: Some("BGTASKS_BUFFER"),
+    },
+    Flag {
+        name: "--threads",
+        env: Some("BGTASKS_THREADS"),
+    },
+    Flag {
+        name: "--grace",
+        env: Some("BGTASKS_GRACE"),
+    },
+    Flag {
+        name: "--retry-after",
+        env: Some("BGTASKS_RETRY_AFTER"),
+    },
+    Flag {
+        name: "--keep-finished",
+        env: Some("BGTASKS_KEEP_FINISHED"),
+    },
+    Flag {
+        name: "--max-body",
+        env: Some("BGTASKS_MAX_BODY"),
+    },
+    Flag {
+        name: "--max-connections",
+        env: Some("BGTASKS_MAX_CONNECTIONS"),
+    },
+    Flag {
+        name: "--handler",
+        env: None,
+    },
+    Flag {
+        name: "--token",
+        env: Some("BGTASKS_TOKEN"),
+    },
+    Flag {
+        name: "--log-level",
+        env: Some("RUST_LOG"),
+    },
+];
+
+/// Parses a whole decimal number in `range`, naming `source` in the error.
+fn parse_number(source: &str, value: &str, range: Range<usize>) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{source}: expected a whole number from {} to {}, got {value:?}",
+            range.start,
+            range.end - 1
+        )),
+    }
+}
+
+/// Parses `KIND=PROGRAM [ARGS…]`, resolving PROGRAM like `execvp` would and
+/// checking that it is an executable file, so a typo fails at start rather
+/// than at the first task.
+fn parse_handler(spec: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Handler, String> {
+    let bad = |why: &str| format!("--handler {spec:?}: {why}");
+    let (kind, command) = spec
+        .split_once('=')
+        .ok_or_else(|| bad("expected KIND=PROGRAM"))?;
+    if kind.is_empty() || kind.len() > 64 || !kind.bytes().all(is_kind_byte) {
+        return Err(bad("KIND must be 1 to 64 characters of A-Z a-z 0-9 _ . -"));
+    }
+    if kind == "sleep" {
+        return Err(bad("the kind \"sleep\" is built in"));
+    }
+    let mut words = command.split(' ').filter(|w| !w.is_empty());
+    let program = words.next().ok_or_else(|| bad("PROGRAM is missing"))?;
+    let resolved = if program.contains('/') {
+        Some(PathBuf::from(program))
+    } else {
+        env("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|dir| Path::new(dir).join(program))
+            .find(|p| is_executable(p))
+    };
+    match resolved {
+        Some(path) if is_executable(&path) => Ok(Handler {
+            kind: Arc::from(kind),
+            program: path,
+            args: words.map(String::from).collect(),
+        }),
+        _ => Err(bad(&format!(
+            "{program:?} does not exist or is not an executable file"
+        ))),
+    }
+}
+
+/// Tells whether a byte may appear in a task kind.
+fn is_kind_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
+/// Tells whether `path` is a regular file with an execute bit set.
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Parses a duration exactly as Go's `time.ParseDuration` does — units `ns`,
+/// `us`, `µs` (U+00B5), `μs` (U+03BC), `ms`, `s`, `m`, `h`, fractions, a lone
+/// `0` — and refuses negative values, which no wait in bgtasks can use.
+///
+/// Like Go it counts in unsigned 64-bit nanoseconds, refuses anything past
+/// `2562047h47m16.854775807s` (`i64::MAX` ns), and truncates fractions below
+/// one nanosecond. The error is a sentence for the flag parser's message.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    const LIMIT: u64 = 1 << 63;
+    let invalid = || format!("invalid duration {text:?}");
+    let (negative, mut s) = match text.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        rest => (false, rest),
+    };
+    if s == b"0" {
+        return Ok(Duration::ZERO);
+    }
+    if s.is_empty() {
+        return Err(invalid());
+    }
+    let mut total: u64 = 0;
+    while !s.is_empty() {
+        if !(s[0] == b'.' || s[0].is_ascii_digit()) {
+            return Err(invalid());
+        }
+        // The whole part: refuse it as soon as it passes 2^63.
+        let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+        let mut whole: u64 = 0;
+        for &d in &s[..digits] {
+            whole = whole
+                .checked_mul(10)
+                .map(|w| w + u64::from(d - b'0'))
+                .filter(|&w| w <= LIMIT)
+                .ok_or_else(invalid)?;
+        }
+        s = &s[digits..];
+        // The fraction: digits past what fits are read and ignored, as Go does.
+        let (mut fraction, mut scale, mut fraction_digits) = (0u64, 1f64, 0);
+        if let [b'.', rest @ ..] = s {
+            fraction_digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+            let mut overflow = false;
+            for &d in &rest[..fraction_digits] {
+                match fraction.checked_mul(10).map(|f| f + u64::from(d - b'0')) {
+                    Some(f) if !overflow && fraction <= (LIMIT - 1) / 10 && f <= LIMIT => {
+                        fraction = f;
+                        scale *= 10.0;
+                    }
+                    _ => overflow = true,
+                }
+            }
+            s = &rest[fraction_digits..];
+        } else if digits == 0 {
+            return Err(invalid());
+        }
+        if digits == 0 && fraction_digits == 0 {
+            return Err(invalid());
+        }
+        let unit_len = s
+            .iter()
+            .take_while(|&&b| b != b'.' && !b.is_ascii_digit())
+            .count();
+        let unit: u64 = match &s[..unit_len] {
+            b"ns" => 1,
+            // "µs" (micro sign) and "μs" (Greek mu) in UTF-8.
+            b"us" | b"\xC2\xB5s" | b"\xCE\xBCs" => 1_000,
+            b"ms" => 1_000_000,
+            b"s" => 1_000_000_000,
+            b"m" => 60_000_000_000,
+            b"h" => 3_600_000_000_000,
+            [] => return Err(format!("missing unit in duration {text:?}")),
+            _ => return Err(format!("unknown unit in duration {text:?}")),
+        };
+        s = &s[unit_len..];
+        if whole > LIMIT / unit {
+            return Err(invalid());
+        }
+        let mut value = whole * unit;
+        if fraction > 0 {
+            // Go's own rounding: float64(f) * (float64(unit) / scale).
+            value += (fraction as f64 * (unit as f64 / scale)) as u64;
+            if value > LIMIT {
+                return Err(invalid());
+            }
+        }
+        total = total
+            .checked_add(value)
+            .filter(|&t| t <= LIMIT)
+            .ok_or_else(invalid)?;
+    }
+    if total > LIMIT - 1 {
+        return Err(invalid());
+    }
+    if negative && total > 0 {
+        return Err(format!("negative duration {text:?}"));
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+// ---- 2. Task model and store ----
+//
+// A task is a small record in one `Store` behind one mutex. Every change of
+// state happens under that lock, which is what makes admission atomic (the
+// channel slot and the record appear together or not at all) and lets
+// `/tasks` counts and `/metrics` agree at every moment.
+//
+// Records are kept in a `VecDeque` ordered by id. Ids grow with time, so a
+// new task always goes at the back and a lookup is a binary search; finished
+// tasks that `--keep-finished` evicts leave a tombstone that is dropped from
+// the front, or swept when tombstones pile up. Compared with a hash map this
+// costs no per-entry overhead, which matters: a queued task with its status
+// record fits in about 100 bytes.
+
+/// The lifecycle of a task. The order is the order of `counts` in `/tasks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Waiting in the queue, or waiting for its retry.
+    Queued,
+    /// A worker is running an attempt.
+    Running,
+    /// An attempt succeeded. Terminal.
+    Succeeded,
+    /// The last attempt failed. Terminal.
+    Failed,
+    /// Cancelled by a client. Terminal.
+    Cancelled,
+    /// Evicted by `--keep-finished`; only the id is left, until the
+    /// tombstone is swept.
+    Evicted,
+}
+
+/// The five states a client sees, in the order `counts` lists them.
+const STATES: [State; 5] = [
+    State::Queued,
+    State::Running,
+    State::Succeeded,
+    State::Failed,
+    State::Cancelled,
+];
+
+impl State {
+    /// Returns the name clients see.
+    fn name(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+            State::Evicted => "evicted",
+        }
+    }
+
+    /// Parses a state name from a `?state=` filter.
+    fn from_name(name: &str) -> Option<State> {
+        STATES.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Tells whether a client should stop polling.
+    fn is_terminal(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+    }
+}
+
+/// How many bytes a [`Text`] keeps inline: enough for nearly every label
+/// and duration, and it keeps `Text` at 24 bytes, the size of a `String`.
+const INLINE_TEXT: usize = 22;
+
+/// A short string kept inside the record, or a longer one on the heap.
+///
+/// Labels such as `"job-1234"` and durations such as `"60s"` fit inline, so a
+/// queued task costs no allocation beyond its slot in the store.
+#[derive(Clone, Debug)]
+enum Text {
+    /// Up to [`INLINE_TEXT`] bytes of UTF-8 and their length.
+    Inline(u8, [u8; INLINE_TEXT]),
+    /// Anything longer.
+    Heap(Box<str>),
+}
+
+impl Text {
+    /// Stores `s`, inline when it fits.
+    fn new(s: &str) -> Text {
+        if s.len() <= INLINE_TEXT {
+            let mut bytes = [0; INLINE_TEXT];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Text::Inline(s.len() as u8, bytes)
+        } else {
+            Text::Heap(s.into())
+        }
+    }
+
+    /// Returns the string.
+    fn as_str(&self) -> &str {
+        match self {
+            // Inline bytes were copied from a `&str`, so they are UTF-8.
+            Text::Inline(len, bytes) => std::str::from_utf8(&bytes[..*len as usize]).unwrap_or(""),
+            Text::Heap(s) => s,
+        }
+    }
+}
+
+/// One task's status record.
+///
+/// What most tasks need is inline; the rest (kind, payload, timeout, error,
+/// result, retry time, idempotency key) lives in [`Extra`], allocated only
+/// for the tasks that use it.
+#[derive(Debug)]
+struct Task {
+    /// The server's id: microseconds since the epoch at creation, made
+    /// unique and increasing (see [`Store::issue_id`]).
+    id: u64,
+    /// When the current or last attempt started, ms since the epoch; 0 if none.
+    started_at: u64,
+    /// When the task reached a terminal state, ms since the epoch; 0 if not.
+    finished_at: u64,
+    /// The client's `task_id` label.
+    label: Option<Text>,
+    /// `work_duration` exactly as the client sent it.
+    work_duration: Option<Text>,
+    /// Everything a plain `sleep` task does not need.
+    extra: Option<Box<Extra>>,
+    /// Where the task is in its lifecycle.
+    state: State,
+    /// The current or last attempt's number; 0 before the first.
+    attempt: u8,
+    /// Attempts allowed before the task fails.
+    max_attempts: u8,
+}
+
+/// The rarely used parts of a task.
+#[derive(Debug, Default)]
+struct Extra {
+    /// The handler kind; `None` is the built-in `sleep`.
+    kind: Option<Arc<str>>,
+    /// The payload as JSON text, handed to the handler on stdin.
+    payload: Option<Box<str>>,
+    /// The per-attempt timeout as the client sent it.
+    timeout: Option<Text>,
+    /// When a failed attempt's retry is due, ms since the epoch; 0 if none.
+    retry_at: u64,
+    /// Why the last attempt failed.
+    error: Option<Box<str>>,
+    /// The handler's output, as JSON text.
+    result: Option<Box<str>>,
+    /// The `Idempotency-Key` the task was created with.
+    key: Option<Box<str>>,
+}
+
+impl Task {
+    /// Returns the task's kind name.
+    fn kind(&self) -> &str {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.kind.as_deref())
+            .unwrap_or("sleep")
+    }
+
+    /// Returns the extra part, creating it on first use.
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Writes the status JSON object of `GET /tasks/{id}` (without braces,
+    /// so callers can add members in front).
+    fn write_members(&self, out: &mut Vec<u8>) {
+        let extra = self.extra.as_deref();
+        out.extend_from_slice(b"\"id\": \"");
+        write_id(out, self.id);
+        out.extend_from_slice(b"\", \"task_id\": ");
+        write_json_opt(out, self.label.as_ref().map(Text::as_str));
+        out.extend_from_slice(b", \"kind\": ");
+        write_json_str(out, self.kind());
+        out.extend_from_slice(b", \"state\": \"");
+        out.extend_from_slice(self.state.name().as_bytes());
+        out.extend_from_slice(b"\", \"work_duration\": ");
+        write_json_opt(out, self.work_duration.as_ref().map(Text::as_str));
+        let _ = write!(
+            VecWriter(out),
+            ", \"attempt\": {}, \"max_attempts\": {}, \"created_at\": ",
+            self.attempt,
+            self.max_attempts
+        );
+        write_timestamp(out, self.id / 1000);
+        out.extend_from_slice(b", \"started_at\": ");
+        write_timestamp(out, self.started_at);
+        out.extend_from_slice(b", \"finished_at\": ");
+        write_timestamp(out, self.finished_at);
+        out.extend_from_slice(b", \"retry_at\": ");
+        write_timestamp(out, extra.map_or(0, |e| e.retry_at));
+        out.extend_from_slice(b", \"error\": ");
+        write_json_opt(out, extra.and_then(|e| e.error.as_deref()));
+        out.extend_from_slice(b", \"result\": ");
+        match extra.and_then(|e| e.result.as_deref()) {
+            Some(json) => out.extend_from_slice(json.as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+
+    /// Writes the whole status object.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        self.write_members(out);
+        out.push(b'}');
+    }
+}
+
+/// Lets `write!` append to a `Vec<u8>` through `fmt::Write`, which cannot
+/// fail, so callers may ignore its `Result`.
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Serializing a `&str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends `s` as a JSON string, or `null`.
+fn write_json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// The id alphabet, in ASCII order so that ids sort as strings the way
+/// their numbers do; every character is URL-safe.
+const ID_ALPHABET: &[u8; 64] = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
+
+/// Characters in an id: 9 × 6 = 54 bits, microseconds until the year 2540.
+const ID_LEN: usize = 9;
+
+/// Appends an id as its 9 characters.
+fn write_id(out: &mut Vec<u8>, id: u64) {
+    for i in (0..ID_LEN).rev() {
+        out.push(ID_ALPHABET[(id >> (6 * i)) as usize & 63]);
+    }
+}
+
+/// Reads an id back; `None` for anything that is not 9 id characters.
+fn parse_id(text: &[u8]) -> Option<u64> {
+    if text.len() != ID_LEN {
+        return None;
+    }
+    text.iter().try_fold(0u64, |id, &c| {
+        let digit = ID_ALPHABET.iter().position(|&a| a == c)?;
+        Some(id << 6 | digit as u64)
+    })
+}
+
+/// Returns the wall-clock time in microseconds since the epoch.
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Returns the wall-clock time in milliseconds since the epoch.
+fn now_millis() -> u64 {
+    now_micros() / 1000
+}
+
+/// Converts days since 1970-01-01 to a (year, month, day) civil date, by
+/// Howard Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Appends an RFC 3339 UTC timestamp with milliseconds, quoted, such as
+/// `"2026-11-27T20:00:00.123Z"`; 0 means "not yet" and is written `null`.
+fn write_timestamp(out: &mut Vec<u8>, millis: u64) {
+    if millis == 0 {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    let secs = millis / 1000;
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let t = secs % 86_400;
+    let _ = write!(
+        VecWriter(out),
+        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z\"",
+        t / 3600,
+        t / 60 % 60,
+        t % 60,
+        millis % 1000
+    );
+}
+
+/// What a new task needs, checked and ready to store.
+#[derive(Debug)]
+struct NewTask {
+    /// The client's label.
+    label: Option<Text>,
+    /// The duration text for `sleep` tasks.
+    work_duration: Option<Text>,
+    /// The handler kind, `None` for `sleep`.
+    kind: Option<Arc<str>>,
+    /// The payload as JSON text.
+    payload: Option<Box<str>>,
+    /// The per-attempt timeout text.
+    timeout: Option<Text>,
+    /// Attempts allowed.
+    max_attempts: u8,
+    /// The idempotency key, if the request carried one.
+    key: Option<Box<str>>,
+}
+
+/// What the store answers to a submission.
+#[derive(Debug)]
+enum Admission {
+    /// The task was created with this id and is queued.
+    Created(u64),
+    /// The idempotency key names a retained task: its id.
+    Repeat(u64),
+    /// The queue holds `--buffer` tasks.
+    Full,
+    /// Shutdown has begun.
+    ShuttingDown,
+}
+
+/// What a lookup of an id finds.
+#[derive(Debug, PartialEq)]
+enum Lookup {
+    /// The task is retained; the store's slot index.
+    Found(usize),
+    /// The id was issued, but its record has been evicted: `410`.
+    Gone,
+    /// The server never issued the id: `404`.
+    Unknown,
+}
+
+/// The work a worker takes from the store when an attempt starts.
+#[derive(Debug)]
+struct Work {
+    /// The task's id.
+    id: u64,
+    /// This attempt's number, from 1.
+    attempt: u8,
+    /// The handler kind; `None` is `sleep`.
+    kind: Option<Arc<str>>,
+    /// How long a `sleep` lasts.
+    sleep: Duration,
+    /// The payload handed to a program.
+    payload: Option<Box<str>>,
+    /// The timeout and its text, for the error message.
+    timeout: Option<(Duration, Text)>,
+    /// Fired when a client cancels the task.
+    cancel: Signal,
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Success, with the result as JSON text.
+    Succeeded(Option<Box<str>>),
+    /// Failure, with the reason.
+    Failed(String),
+    /// A client cancelled the task (its state is already `cancelled`).
+    Cancelled,
+    /// Shutdown interrupted the attempt: not a failure, and not counted.
+    Interrupted,
+}
+
+/// The store's counters that `/metrics` reports.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Tasks created by requests.
+    accepted: u64,
+    /// Submissions refused because the queue was full.
+    rejected: u64,
+    /// Tasks that reached each terminal state, indexed like [`STATES`].
+    finished: [u64; 5],
+    /// Workers running an attempt right now.
+    busy: u64,
+}
+
+/// Every task and the indexes over them.
+#[derive(Debug)]
+struct Store {
+    /// Records in id order, tombstones included.
+    tasks: VecDeque<Task>,
+    /// How many entries of `tasks` are tombstones.
+    tombstones: usize,
+    /// Ids of terminal tasks in the order they finished: eviction order.
+    finished: VecDeque<u64>,
+    /// Retained tasks in each state, indexed like [`STATES`].
+    counts: [usize; 5],
+    /// Idempotency keys of retained tasks.
+    keys: HashMap<Box<str>, u64>,
+    /// Long polls waiting for a task to change, by id.
+    watchers: HashMap<u64, Signal>,
+    /// Cancel signals of running tasks, by id.
+    cancels: HashMap<u64, Signal>,
+    /// The most recently issued id: the next one is larger.
+    last_id: u64,
+    /// How many finished tasks to keep.
+    keep_finished: usize,
+    /// What `/metrics` reports.
+    counters: Counters,
+    /// Set once shutdown begins: submissions get `503`.
+    draining: bool,
+}
+
+impl Store {
+    /// Creates an empty store that keeps `keep_finished` finished tasks.
+    fn new(keep_finished: usize) -> Store {
+        Store {
+            tasks: VecDeque::new(),
+            tombstones: 0,
+            finished: VecDeque::new(),
+            counts: [0; 5],
+            keys: HashMap::new(),
+            watchers: HashMap::new(),
+            cancels: HashMap::new(),
+            last_id: 0,
+            keep_finished,
+            counters: Counters::default(),
+            draining: false,
+        }
+    }
+
+    /// Returns the next id without taking it: the current time in
+    /// microseconds, or one more than the last id if the clock has not moved
+    /// on (or went back). Ids therefore increase, sort in creation order,
+    /// carry their creation time, and differ from a previous run's as long
+    /// as the clock does not go back across a restart.
+    fn issue_id(&self) -> u64 {
+        now_micros().max(self.last_id + 1)
+    }
+
+    /// Finds the record for `id`.
+    fn lookup(&self, id: u64) -> Lookup {
+        match self.tasks.binary_search_by_key(&id, |t| t.id) {
+            Ok(i) if self.tasks[i].state != State::Evicted => Lookup::Found(i),
+            _ if id <= self.last_id => Lookup::Gone,
+            _ => Lookup::Unknown,
+        }
+    }
+
+    /// Returns the retained task with this id.
+    fn get(&self, id: u64) -> Option<&Task> {
+        match self.lookup(id) {
+            Lookup::Found(i) => Some(&self.tasks[i]),
+            _ => None,
+        }
+    }
+
+    /// Returns the retained task with this id, to change it.
+    fn get_mut(&mut self, id: u64) -> Option<&mut Task> {
+        match self.lookup(id) {
+            Lookup::Found(i) => Some(&mut self.tasks[i]),
+            _ => None,
+        }
+    }
+
+    /// Admits a new task: puts its id into the job channel and records it,
+    /// both or neither. The caller holds the store lock, so no worker can
+    /// receive the id before the record exists.
+    fn admit(&mut self, new: NewTask, jobs: &Sender<u64>) -> Admission {
+        if self.draining {
+            return Admission::ShuttingDown;
+        }
+        if let Some(&id) = new.key.as_ref().and_then(|k| self.keys.get(k)) {
+            return Admission::Repeat(id);
+        }
+        let id = self.issue_id();
+        match jobs.try_send(id) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.counters.rejected += 1;
+                return Admission::Full;
+            }
+            Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
+        }
+        self.last_id = id;
+        self.counters.accepted += 1;
+        if let Some(key) = &new.key {
+            self.keys.insert(key.clone(), id);
+        }
+        self.insert(Task::from_new(id, new));
+        Admission::Created(id)
+    }
+
+    /// Appends a record; its id must be larger than every other.
+    fn insert(&mut self, task: Task) {
+        self.counts[task.state as usize] += 1;
+        self.tasks.push_back(task);
+    }
+
+    /// Moves a task to `state`, keeping counts, waking long polls, and
+    /// queueing terminal tasks for eviction.
+    fn set_state(&mut self, id: u64, state: State) {
+        let Some(task) = self.get_mut(id) else { return };
+        let old = task.state;
+        task.state = state;
+        if state.is_terminal() {
+            task.finished_at = now_millis();
+        }
+        self.counts[old as usize] -= 1;
+        self.counts[state as usize] += 1;
+        if let Some(watch) = self.watchers.remove(&id) {
+            watch.fire();
+        }
+        if state.is_terminal() {
+            self.counters.finished[state as usize] += 1;
+            self.finished.push_back(id);
+            self.evict();
+        }
+    }
+
+    /// Evicts the earliest finished tasks beyond `--keep-finished`.
+    fn evict(&mut self) {
+        while self.finished.len() > self.keep_finished {
+            let Some(id) = self.finished.pop_front() else {
+                break;
+            };
+            let Some(task) = self.get_mut(id) else {
+                continue;
+            };
+            let state = std::mem::replace(&mut task.state, State::Evicted);
+            let key = task.extra.take().and_then(|e| e.key);
+            task.label = None;
+            task.work_duration = None;
+            self.counts[state as usize] -= 1;
+            self.tombstones += 1;
+            if let Some(key) = key {
+                self.keys.remove(&key);
+            }
+            if let Some(watch) = self.watchers.remove(&id) {
+                watch.fire();
+            }
+        }
+        self.sweep();
+    }
+
+    /// Drops tombstones: from the front at once, and everywhere once they
+    /// are half the records, so the deque stays within twice the retained
+    /// tasks even when an old task runs for days.
+    fn sweep(&mut self) {
+        while self
+            .tasks
+            .front()
+            .is_some_and(|t| t.state == State::Evicted)
+        {
+            self.tasks.pop_front();
+            self.tombstones -= 1;
+        }
+        if self.tombstones > 64 && self.tombstones * 2 > self.tasks.len() {
+            self.tasks.retain(|t| t.state != State::Evicted);
+            self.tombstones = 0;
+        }
+    }
+
+    /// Starts an attempt of a queued task and returns its work; `None` if
+    /// the task is no longer queued (a client cancelled it).
+    fn start(&mut self, id: u64) -> Option<Work> {
+        let task = self.get_mut(id).filter(|t| t.state == State::Queued)?;
+        task.attempt += 1;
+        task.started_at = now_millis();
+        let extra = task.extra.as_deref();
+        let work = Work {
+            id,
+            attempt: task.attempt,
+            kind: extra.and_then(|e| e.kind.clone()),
+            sleep: task
+                .work_duration
+                .as_ref()
+                .and_then(|d| parse_duration(d.as_str()).ok())
+                .unwrap_or_default(),
+            payload: extra.and_then(|e| e.payload.clone()),
+            timeout: extra.and_then(|e| e.timeout.as_ref()).and_then(|t| {
+                let d = parse_duration(t.as_str()).ok()?;
+                Some((d, t.clone()))
+            }),
+            cancel: Signal::new(),
+        };
+        if let Some(e) = task.extra.as_deref_mut() {
+            e.retry_at = 0;
+        }
+        self.cancels.insert(id, work.cancel.clone());
+        self.counters.busy += 1;
+        self.set_state(id, State::Running);
+        Some(work)
+    }
+
+    /// Records how an attempt ended. Returns when the task's retry is due
+    /// (ms since the epoch), if it gets one.
+    fn finish(&mut self, id: u64, outcome: Outcome) -> Option<u64> {
+        self.cancels.remove(&id);
+        self.counters.busy -= 1;
+        let task = self.get_mut(id).filter(|t| t.state == State::Running)?;
+        match outcome {
+            Outcome::Succeeded(result) => {
+                if task.extra.is_some() || result.is_some() {
+                    let extra = task.extra_mut();
+                    extra.error = None;
+                    extra.result = result;
+                }
+                self.set_state(id, State::Succeeded);
+                None
+            }
+            Outcome::Failed(error) if task.attempt < task.max_attempts => {
+                let retry_at = now_millis() + backoff(task.attempt).as_millis() as u64;
+                let extra = task.extra_mut();
+                extra.error = Some(error.into());
+                extra.retry_at = retry_at;
+                self.set_state(id, State::Queued);
+                Some(retry_at)
+            }
+            Outcome::Failed(error) => {
+                task.extra_mut().error = Some(error.into());
+                self.set_state(id, State::Failed);
+                None
+            }
+            // Cancelled tasks changed state when the client asked; an
+            // interrupted attempt stays running until the process exits.
+            Outcome::Cancelled | Outcome::Interrupted => None,
+        }
+    }
+
+    /// Cancels a queued or running task. Returns the slot of the task, or
+    /// why not: `Err(Found(i))` when it is already terminal.
+    fn cancel(&mut self, id: u64) -> Result<usize, Lookup> {
+        let i = match self.lookup(id) {
+            Lookup::Found(i) => i,
+            other => return Err(other),
+        };
+        if self.tasks[i].state.is_terminal() {
+            return Err(Lookup::Found(i));
+        }
+        if let Some(cancel) = self.cancels.get(&id) {
+            cancel.fire();
+        }
+        self.set_state(id, State::Cancelled);
+        // Cancelling may have evicted older tasks, moving this one.
+        match self.lookup(id) {
+            Lookup::Found(i) => Ok(i),
+            other => Err(other),
+        }
+    }
+
+    /// Returns the signal a long poll waits on for `id` to change.
+    fn watch(&mut self, id: u64) -> Signal {
+        self.watchers.entry(id).or_insert_with(Signal::new).clone()
+    }
+
+    /// Counts the tasks that are queued: in the channel or waiting to retry.
+    fn queued(&self) -> usize {
+        self.counts[State::Queued as usize]
+    }
+}
+
+impl Task {
+    /// Builds the record of a newly admitted task.
+    fn from_new(id: u64, new: NewTask) -> Task {
+        let needs_extra = new.kind.is_some()
+            || new.payload.is_some()
+            || new.timeout.is_some()
+            || new.key.is_some();
+        Task {
+            id,
+            started_at: 0,
+            finished_at: 0,
+            label: new.label,
+            work_duration: new.work_duration,
+            extra: needs_extra.then(|| {
+                Box::new(Extra {
+                    kind: new.kind,
+                    payload: new.payload,
+                    timeout: new.timeout,
+                    key: new.key,
+                    ..Extra::default()
+                })
+            }),
+            state: State::Queued,
+            attempt: 0,
+            max_attempts: new.max_attempts,
+        }
+    }
+}
+
+/// The wait before retry number `attempt + 1`: 1 s, 2 s, 4 s … capped at
+/// five minutes.
+fn backoff(attempt: u8) -> Duration {
+    let secs = 1u64 << u32::from(attempt.saturating_sub(1)).min(9);
+    Duration::from_secs(secs.min(300))
+}
+
+// ---- 3. Worker pool: signals, the job channel, workers, retries ----
+//
+// The pool is the original Go design: a bounded channel of `--buffer` slots
+// and `--workers` tasks that each take the next job from it. What travels
+// through the channel is only the task's id; the record stays in the store,
+// so a client can cancel a queued task by changing its state, and the worker
+// that later receives the id sees that and skips it.
+//
+// Stopping uses one mechanism everywhere, the [`Signal`]. Shutdown has two
+// of them: `draining` tells workers to take no new job and connections to
+// wind down; `stop`, fired when `--grace` is over, interrupts running work.
+
+/// A one-shot broadcast: once fired, every waiter — present or future —
+/// wakes, and stays woken.
+///
+/// It is a channel that is never sent on: closing it makes every `recv()`
+/// return at once. This is the stop signal of async-executor's own docs.
+#[derive(Clone, Debug)]
+struct Signal {
+    /// Closed to fire.
+    tx: Sender<Infallible>,
+    /// Each waiter's `recv()` returns when the channel closes.
+    rx: Receiver<Infallible>,
+}
+
+impl Signal {
+    /// Creates a signal that has not fired.
+    fn new() -> Signal {
+        let (tx, rx) = async_channel::bounded(1);
+        Signal { tx, rx }
+    }
+
+    /// Fires the signal, waking every waiter.
+    fn fire(&self) {
+        self.tx.close();
+    }
+
+    /// Tells whether the signal has fired.
+    fn is_fired(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Waits until the signal fires.
+    async fn wait(&self) {
+        // `recv` can only end with an error: nothing is ever sent.
+        let _ = self.rx.recv().await;
+    }
+}
+
+/// Everything the listener, connections and workers share.
+struct Shared {
+    /// The checked configuration.
+    config: Config,
+    /// Every task, behind the one lock.
+    store: Mutex<Store>,
+    /// The sending half of the job channel: admission and retries.
+    jobs_tx: Sender<u64>,
+    /// The receiving half: workers.
+    jobs_rx: Receiver<u64>,
+    /// Failed attempts due for a retry, as (due ms, id), to the scheduler.
+    retries_tx: Sender<(u64, u64)>,
+    /// Fired when shutdown begins.
+    draining: Signal,
+    /// Fired when `--grace` is over: running work is interrupted.
+    stop: Signal,
+    /// Answers written, by status code, for `/metrics`.
+    responses: StatusCounts,
+}
+
+impl Shared {
+    /// Locks the store. A panic elsewhere while holding the lock cannot
+    /// leave a half-made change (every change is a few assignments), so a
+    /// poisoned lock is used as it is.
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Takes jobs from the channel and runs them until shutdown begins.
+///
+/// `_done` is dropped when the worker ends: `main` learns that every worker
+/// has ended when its receiver reports that all senders are gone.
+async fn work(shared: Arc<Shared>, _done: Sender<()>) {
+    loop {
+        // Draining is polled first: once shutdown begins no job is started,
+        // even if the channel has some ready.
+        let next = future::or(
+            async {
+                shared.draining.wait().await;
+                None
+            },
+            async { shared.jobs_rx.recv().await.ok() },
+        );
+        let Some(id) = next.await else { return };
+        let Some(work) = shared.store().start(id) else {
+            debug!("task {} skipped: cancelled while queued", IdText(id));
+            continue;
+        };
+        debug!("task {} attempt {} started", IdText(id), work.attempt);
+        let outcome = attempt(&shared, &work).await;
+        debug!(
+            "task {} attempt {} ended: {outcome:?}",
+            IdText(id),
+            work.attempt
+        );
+        if let Outcome::Failed(why) = &outcome {
+            info!("task {} attempt {} failed: {why}", IdText(id), work.attempt);
+        }
+        let retry = shared.store().finish(id, outcome);
+        if let Some(due) = retry {
+            // The scheduler ends only at shutdown, when a lost retry is
+            // what shutdown means anyway.
+            let _ = shared.retries_tx.try_send((due, id));
+        }
+    }
+}
+
+/// Displays an id as clients see it, for log lines.
+struct IdText(u64);
+
+impl std::fmt::Display for IdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = Vec::with_capacity(ID_LEN);
+        write_id(&mut out, self.0);
+        f.write_str(std::str::from_utf8(&out).unwrap_or("?"))
+    }
+}
+
+/// Holds failed tasks until their retry is due, then puts them back into
+/// the job channel, waiting for room if it is full. One task does this for
+/// all of them, so a waiting retry costs a heap entry, not a timer task.
+async fn schedule_retries(shared: Arc<Shared>, retries_rx: Receiver<(u64, u64)>) {
+    use std::cmp::Reverse;
+    let mut due = std::collections::BinaryHeap::new();
+    loop {
+        let next = due.peek().map(|&Reverse((at, _))| at);
+        let timer = async {
+            match next {
+                Some(at) => Timer::at(instant_at(at)).await,
+                None => Timer::never().await,
+            };
+            None
+        };
+        let arrival = async { Some(retries_rx.recv().await.ok()) };
+        let stopped = async {
+            shared.draining.wait().await;
+            Some(None)
+        };
+        match future::or(stopped, future::or(arrival, timer)).await {
+            Some(Some((at, id))) => due.push(Reverse((at, id))),
+            Some(None) => return,
+            None => {
+                let Some(Reverse((_, id))) = due.pop() else {
+                    continue;
+                };
+                let queued = shared
+                    .store()
+                    .get(id)
+                    .is_some_and(|t| t.state == State::Queued);
+                if queued {
+                    let send = async { shared.jobs_tx.send(id).await.is_ok() };
+                    let stopped = async {
+                        shared.draining.wait().await;
+                        false
+                    };
+                    if !future::or(stopped, send).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Converts a wall-clock time in ms since the epoch to an `Instant`.
+fn instant_at(millis: u64) -> Instant {
+    Instant::now() + Duration::from_millis(millis.saturating_sub(now_millis()))
+}
+
+/// Why running work was interrupted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Interrupt {
+    /// Shutdown's grace is over.
+    Stop,
+    /// A client cancelled the task.
+    Cancel,
+    /// The attempt's timeout passed.
+    Timeout,
+}
+
+/// Waits until the attempt must end early, and says why.
+async fn interruption(shared: &Shared, work: &Work) -> Interrupt {
+    let timeout = async {
+        match &work.timeout {
+            Some((after, _)) => Timer::after(*after).await,
+            None => Timer::never().await,
+        };
+        Interrupt::Timeout
+    };
+    let cancel = async {
+        work.cancel.wait().await;
+        Interrupt::Cancel
+    };
+    let stop = async {
+        shared.stop.wait().await;
+        Interrupt::Stop
+    };
+    // Stop is polled first, so an attempt cut short by shutdown is never
+    // counted as failed or timed out, even if both happen at once.
+    future::or(stop, future::or(cancel, timeout)).await
+}
+
+/// Turns an interruption into the attempt's outcome.
+fn interrupted(why: Interrupt, work: &Work) -> Outcome {
+    match why {
+        Interrupt::Stop => Outcome::Interrupted,
+        Interrupt::Cancel => Outcome::Cancelled,
+        Interrupt::Timeout => Outcome::Failed(format!(
+            "timed out after {}",
+            work.timeout.as_ref().map_or("", |(_, text)| text.as_str())
+        )),
+    }
+}
+
+/// Runs one attempt of a task.
+async fn attempt(shared: &Shared, work: &Work) -> Outcome {
+    match &work.kind {
+        None => sleep(shared, work).await,
+        Some(kind) => match shared.config.handlers.iter().find(|h| h.kind == *kind) {
+            Some(handler) => run_program(shared, work, handler).await,
+            None => Outcome::Failed(format!("no handler is registered for kind {kind:?}")),
+        },
+    }
+}
+
+// ---- 4. Handlers: the built-in sleep and external programs ----
+//
+// `sleep` is the original design's work: wait `work_duration`, unless
+// something interrupts. A program handler is the real thing: a child
+// process in its own process group, so that cancel, timeout and shutdown
+// reach everything it started.
+
+/// Runs the built-in `sleep` work.
+async fn sleep(shared: &Shared, work: &Work) -> Outcome {
+    if work.sleep.is_zero() {
+        return Outcome::Succeeded(None);
+    }
+    let slept = async {
+        Timer::after(work.sleep).await;
+        Outcome::Succeeded(None)
+    };
+    let cut = async { interrupted(interruption(shared, work).await, work) };
+    future::or(cut, slept).await
+}
+
+/// How much of a program's stdout and stderr is kept: the end of each,
+/// since that is where a result or the reason for a failure usually is.
+const OUTPUT_TAIL: usize = 4096;
+
+/// How long a cancelled or timed-out program has between SIGTERM and SIGKILL.
+const KILL_AFTER_CANCEL: Duration = Duration::from_secs(5);
+
+/// How long a program interrupted by shutdown has between SIGTERM and
+/// SIGKILL: shorter, because the whole server is waiting for it.
+const KILL_AFTER_STOP: Duration = Duration::from_secs(1);
+
+/// How long to keep reading a finished program's output after its process
+/// group is gone: only a process that left the group can hold it open.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
+
+/// Runs one attempt of a program handler: starts it in a process group of
+/// its own with the payload on stdin, reads the tails of its output as it
+/// comes, and ends the whole group when the program exits or the attempt is
+/// interrupted, so no process outlives its attempt.
+async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome {
+    use std::os::unix::process::CommandExt;
+    use std::pin::pin;
+    use std::process::Stdio;
+    let mut command = std::process::Command::new(&handler.program);
+    command
+        .args(&handler.args)
+        .env("BGTASKS_TASK_ID", IdText(work.id).to_string())
+        .env("BGTASKS_TASK_KIND", work.kind.as_deref().unwrap_or("sleep"))
+        .env("BGTASKS_ATTEMPT", work.attempt.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = match smol::process::Command::from(command).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return Outcome::Failed(format!("cannot start {}: {e}", handler.program.display()));
+        }
+    };
+    let group = rustix::process::Pid::from_raw(child.id() as i32);
+    let stdin = child.stdin.take();
+    let mut pipes = pin!(future::zip(
+        read_tail(child.stdout.take()),
+        read_tail(child.stderr.take())
+    ));
+    let mut tails = None;
+    let feed = async {
+        if let Some(mut stdin) = stdin {
+            let payload = work.payload.as_deref().unwrap_or("null");
+            // A program may exit without reading its input: EPIPE is fine.
+            let _ = smol::io::AsyncWriteExt::write_all(&mut stdin, payload.as_bytes()).await;
+        }
+    };
+    let exited = async { future::zip(feed, child.status()).await.1 };
+    let ended = future::or(async { Err(interruption(shared, work).await) }, async {
+        Ok(exited.await)
+    });
+    let ended = with_output(ended, pipes.as_mut(), &mut tails).await;
+    let status = match ended {
+        Ok(status) => status,
+        Err(why) => {
+            signal_group(group, rustix::process::Signal::TERM);
+            let grace = if why == Interrupt::Stop {
+                KILL_AFTER_STOP
+            } else {
+                KILL_AFTER_CANCEL
+            };
+            let killed = async {
+                Timer::after(grace).await;
+                signal_group(group, rustix::process::Signal::KILL);
+                future::pending().await
+            };
+            let _ = with_output(
+                future::or(child.status(), killed),
+                pipes.as_mut(),
+                &mut tails,
+            )
+            .await;
+            signal_group(group, rustix::process::Signal::KILL);
+            return interrupted(why, work);
+        }
+    };
+    // The program is gone; anything it left running in its group goes too,
+    // which also closes the pipes it held.
+    signal_group(group, rustix::process::Signal::KILL);
+    let (out, err) = match tails {
+        Some(tails) => tails,
+        None => {
+            let late = async {
+                Timer::after(OUTPUT_DRAIN).await;
+                (Vec::new(), Vec::new())
+            };
+            future::or(pipes, late).await
+        }
+    };
+    program_outcome(status, &out, &err)
+}
+
+/// Polls `fut` to completion while also reading the program's output into
+/// `tails`, so a chatty program never blocks on a full pipe.
+async fn with_output<T>(
+    fut: impl Future<Output = T>,
+    mut pipes: std::pin::Pin<&mut impl Future<Output = (Vec<u8>, Vec<u8>)>>,
+    tails: &mut Option<(Vec<u8>, Vec<u8>)>,
+) -> T {
+    let drive = async {
+        if tails.is_none() {
+            *tails = Some(pipes.as_mut().await);
+        }
+        future::pending().await
+    };
+    future::or(fut, drive).await
+}
+
+/// Sends `signal` to a process group; a group that is already gone is fine.
+fn signal_group(group: Option<rustix::process::Pid>, signal: rustix::process::Signal) {
+    if let Some(group) = group {
+        // ESRCH just means every process of the group has exited.
+        let _ = rustix::process::kill_process_group(group, signal);
+    }
+}
+
+/// Reads a pipe to its end and keeps the last [`OUTPUT_TAIL`] bytes.
+async fn read_tail(pipe: Option<impl smol::io::AsyncRead + Unpin>) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let Some(mut pipe) = pipe else { return tail };
+    let mut chunk = [0u8; 1024];
+    loop {
+        match smol::io::AsyncReadExt::read(&mut pipe, &mut chunk).await {
+            Ok(0) | Err(_) => return tail,
+            Ok(n) => keep_tail(&mut tail, &chunk[..n]),
+        }
+    }
+}
+
+/// Appends `chunk` to `tail`, dropping from the front beyond [`OUTPUT_TAIL`].
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    tail.extend_from_slice(chunk);
+    if tail.len() > OUTPUT_TAIL {
+        tail.drain(..tail.len() - OUTPUT_TAIL);
+    }
+}
+
+/// Turns a program's exit and output into the attempt's outcome.
+fn program_outcome(
+    status: io::Result<std::process::ExitStatus>,
+    out: &[u8],
+    err: &[u8],
+) -> Outcome {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(status) if status.success() => Outcome::Succeeded(Some(result_json(out))),
+        Ok(_) if !err.is_empty() => Outcome::Failed(String::from_utf8_lossy(err).into_owned()),
+        Ok(status) => Outcome::Failed(match (status.code(), status.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (_, Some(signal)) => format!("killed by signal {signal}"),
+            _ => format!("{status}"),
+        }),
+        Err(e) => Outcome::Failed(format!("cannot wait for the program: {e}")),
+    }
+}
+
+/// Makes a task's `result` from a program's stdout: the JSON itself when
+/// all of it is JSON, else a JSON string of the text.
+fn result_json(out: &[u8]) -> Box<str> {
+    match serde_json::from_slice::<&serde_json::value::RawValue>(out) {
+        Ok(raw) => raw.get().into(),
+        Err(_) => {
+            let mut json = Vec::with_capacity(out.len() + 2);
+            write_json_str(&mut json, &String::from_utf8_lossy(out));
+            String::from_utf8_lossy(&json).into()
+        }
+    }
+}
+
+// ---- 5. Journal (`--data-dir`) ----
+//
+// (Not yet: tasks live in memory only.)
+
+// ---- 6. HTTP/1.1 codec ----
+//
+// The codec is pure: it looks at bytes and says what they are, and never
+// reads or writes a socket, so every rule below is tested on byte strings.
+// Partial input is a normal state, not an error: the head parser is only
+// called once `find_head_end` has seen the blank line, and `find_head_end`
+// looks only at the newly read bytes, so a client trickling a head in
+// one byte at a time costs linear work. Every limit has a name and a reason.
+//
+// An error names the status it becomes. After any of them the connection
+// closes: once framing is in doubt, nobody knows where the next request
+// would start.
+
+/// The most bytes of a request head (request line and headers).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// The most header lines in one request head (or chunked trailer).
+const MAX_HEADERS: usize = 100;
+
+/// The most bytes of a chunk-size line with its extensions.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// How long a whole request head may take to arrive, from its first byte
+/// (from the accept, for a connection's first request). One deadline for
+/// the whole head, so trickling bytes cannot stretch it.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request body may take to arrive, from the end of its head.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an idle keep-alive connection stays open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long writing one batch of responses may take before the client is
+/// deemed gone: a client that never reads must not hold a connection open.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The request methods routes tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Method {
+    /// `GET`.
+    Get,
+    /// `POST`.
+    Post,
+    /// `HEAD`: answered without a body.
+    Head,
+    /// Any other well-formed method: always `404` or `405`.
+    Other,
+}
+
+/// How the request body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// `Content-Length` bytes (0 when the request has neither header).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What a request head says, with byte ranges into the head for the parts
+/// routes read later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Head {
+    /// The method.
+    method: Method,
+    /// The path of the request target (absolute form already stripped).
+    path: Range<usize>,
+    /// The query string, without its `?`.
+    query: Option<Range<usize>>,
+    /// Whether the request is HTTP/1.0.
+    http10: bool,
+    /// Whether the connection stays open after the answer.
+    keep_alive: bool,
+    /// How the body is delimited.
+    framing: Framing,
+    /// Whether the client waits for `100 Continue` before sending the body.
+    expect_continue: bool,
+    /// The `Authorization` value.
+    authorization: Option<Range<usize>>,
+    /// The `Idempotency-Key` value.
+    idempotency_key: Option<Range<usize>>,
+}
+
+/// Why a request cannot be served; each becomes one status code, and the
+/// connection closes after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HttpError {
+    /// `400`: malformed, with the reason.
+    BadRequest(&'static str),
+    /// `408`: the head or body did not arrive in time.
+    Timeout,
+    /// `413`: the body is larger than `--max-body`.
+    BodyTooLarge,
+    /// `417`: an `Expect` other than `100-continue`.
+    ExpectationFailed,
+    /// `431`: the head is larger than [`MAX_HEAD`] or has too many headers.
+    HeadTooLarge,
+    /// `501`: a transfer coding other than `chunked`.
+    NotImplemented,
+    /// `505`: an HTTP version other than 1.0 and 1.1.
+    VersionNotSupported,
+}
+
+impl HttpError {
+    /// Returns the status code.
+    fn status(self) -> u16 {
+        match self {
+            HttpError::BadRequest(_) => 400,
+            HttpError::Timeout => 408,
+            HttpError::BodyTooLarge => 413,
+            HttpError::ExpectationFailed => 417,
+            HttpError::HeadTooLarge => 431,
+            HttpError::NotImplemented => 501,
+            HttpError::VersionNotSupported => 505,
+        }
+    }
+
+    /// Returns the sentence sent in the error body.
+    fn message(self) -> &'static str {
+        match self {
+            HttpError::BadRequest(why) => why,
+            HttpError::Timeout => "the request did not arrive in time",
+            HttpError::BodyTooLarge => "the request body is larger than the server accepts",
+            HttpError::ExpectationFailed => "only the expectation 100-continue is supported",
+            HttpError::HeadTooLarge => "the request head is larger than the server accepts",
+            HttpError::NotImplemented => "only the chunked transfer coding is supported",
+            HttpError::VersionNotSupported => "only HTTP/1.0 and HTTP/1.1 are supported",
+        }
+    }
+}
+
+/// Counts the empty lines (CRLF or bare LF) at the start of `buf`, which
+/// RFC 9112 §2.2 asks a server to ignore before a request line.
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        match &buf[i..] {
+            [b'\n', ..] => i += 1,
+            [b'\r', b'\n', ..] => i += 2,
+            _ => return i,
+        }
+    }
+}
+
+/// Finds the end of a request head — the blank line, CRLF or bare LF —
+/// and returns the length of the head including it. Only bytes from
+/// `from` on are new, so the scan starts just before them.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(2);
+    let mut i = start + buf[start..].iter().position(|&b| b == b'\n')?;
+    loop {
+        match &buf[i + 1..] {
+            [b'\n', ..] => return Some(i + 2),
+            [b'\r', b'\n', ..] => return Some(i + 3),
+            _ => i += 1 + buf[i + 1..].iter().position(|&b| b == b'\n')?,
+        }
+    }
+}
+
+/// Tells whether `b` may appear in a token (RFC 9110 §5.6.2): methods and
+/// header names.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Tells whether `b` separates the parts of a request line. RFC 9112 §3
+/// lets a server split on any run of these instead of exactly one SP.
+fn is_line_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | 0x0b | 0x0c)
+}
+
+/// Trims spaces and tabs (optional whitespace) from both ends.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Returns the range of `part` inside `whole`; `part` must be a subslice.
+fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Splits a head (as found by [`find_head_end`]) into lines without their
+/// line ends. A CR anywhere but just before a LF is an error.
+fn head_lines(head: &[u8]) -> impl Iterator<Item = Result<&[u8], HttpError>> {
+    head.split(|&b| b == b'\n').map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.contains(&b'\r') {
+            Err(HttpError::BadRequest(
+                "a bare CR is not allowed in a request head",
+            ))
+        } else {
+            Ok(line)
+        }
+    })
+}
+
+/// Parses a complete request head: request line, then header lines, then
+/// the blank line. The head must start at its request line.
+fn parse_head(head: &[u8]) -> Result<Head, HttpError> {
+    let mut lines = head_lines(head);
+    let request_line = lines.next().unwrap_or(Ok(b""))?;
+    let mut words = request_line
+        .split(|&b| is_line_space(b))
+        .filter(|w| !w.is_empty());
+    let (Some(method), Some(target), Some(version), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        return Err(HttpError::BadRequest("the request line is malformed"));
+    };
+    if !method.iter().all(|&b| is_tchar(b)) {
+        return Err(HttpError::BadRequest("the request method is malformed"));
+    }
+    let http10 = parse_version(version)?;
+    let (path, query) = split_target(target)?;
+    let mut parsed = Head {
+        method: match method {
+            b"GET" => Method::Get,
+            b"POST" => Method::Post,
+            b"HEAD" => Method::Head,
+            _ => Method::Other,
+        },
+        path: range_in(head, path),
+        query: query.map(|q| range_in(head, q)),
+        http10,
+        keep_alive: !http10,
+        framing: Framing::Length(0),
+        expect_continue: false,
+        authorization: None,
+        idempotency_key: None,
+    };
+    let mut fields = HeaderFields::default();
+    for (count, line) in lines.enumerate() {
+        let line = line?;
+        if line.is_empty() {
+            break;
+        }
+        if count >= MAX_HEADERS {
+            return Err(HttpError::HeadTooLarge);
+        }
+        fields.add(head, line, &mut parsed)?;
+    }
+    fields.finish(&mut parsed)?;
+    Ok(parsed)
+}
+
+/// Parses `HTTP/1.1` or `HTTP/1.0`; returns whether it is 1.0.
+fn parse_version(version: &[u8]) -> Result<bool, HttpError> {
+    match version {
+        b"HTTP/1.1" => Ok(false),
+        b"HTTP/1.0" => Ok(true),
+        [b'H', b'T', b'T', b'P', b'/', rest @ ..]
+            if !rest.is_empty() && rest.iter().all(|&b| b.is_ascii_digit() || b == b'.') =>
+        {
+            Err(HttpError::VersionNotSupported)
+        }
+        _ => Err(HttpError::BadRequest("the HTTP version is malformed")),
+    }
+}
+
+/// Splits a request target into path and query. Accepts the origin form
+/// (`/tasks?x`), the absolute form (`http://host/tasks?x`, whose authority
+/// is ignored) and `*`, which matches no route.
+fn split_target(target: &[u8]) -> Result<(&[u8], Option<&[u8]>), HttpError> {
+    if !target.iter().all(|&b| b.is_ascii_graphic() && b != b'#') {
+        return Err(HttpError::BadRequest("the request target is malformed"));
+    }
+    let path_and_query = match target {
+        [b'/', ..] | b"*" => target,
+        _ => {
+            let scheme_end = target
+                .windows(3)
+                .position(|w| w == b"://")
+                .filter(|&i| {
+                    let scheme = &target[..i];
+                    scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")
+                })
+                .ok_or(HttpError::BadRequest("the request target is malformed"))?;
+            let rest = &target[scheme_end + 3..];
+            let authority = rest
+                .iter()
+                .position(|&b| b == b'/' || b == b'?')
+                .unwrap_or(rest.len());
+            if authority == 0 {
+                return Err(HttpError::BadRequest("the request target has no host"));
+            }
+            &rest[authority..]
+        }
+    };
+    Ok(match path_and_query.iter().position(|&b| b == b'?') {
+        Some(q) => (&path_and_query[..q], Some(&path_and_query[q + 1..])),
+        None => (path_and_query, None),
+    })
+}
+
+/// What the header lines have said so far; checked as a whole at the end.
+#[derive(Default)]
+struct HeaderFields {
+    /// How many `Host` lines.
+    hosts: usize,
+    /// The `Content-Length`, if any.
+    content_length: Option<u64>,
+    /// Whether any `Transfer-Encoding` line appeared.
+    transfer_encoding: bool,
+    /// How many `chunked` codings were listed.
+    chunked: usize,
+    /// Whether a coding other than `chunked` was listed.
+    other_coding: bool,
+    /// `Connection: close` was sent.
+    close: bool,
+    /// `Connection: keep-alive` was sent.
+    keep_alive: bool,
+}
+
+impl HeaderFields {
+    /// Takes one header line into account.
+    fn add(&mut self, head: &[u8], line: &[u8], parsed: &mut Head) -> Result<(), HttpError> {
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            // RFC 9112 §5.2: obsolete line folding may be rejected.
+            return Err(HttpError::BadRequest(
+                "obsolete line folding (a header line starting with whitespace) is not accepted",
+            ));
+        }
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(HttpError::BadRequest("a header line has no colon"))?;
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            // This includes whitespace before the colon (RFC 9112 §5.1).
+            return Err(HttpError::BadRequest("a header name is malformed"));
+        }
+        let value = trim_ows(&line[colon + 1..]);
+        if value.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            return Err(HttpError::BadRequest(
+                "a header value has a control character",
+            ));
+        }
+        let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+        if is("host") {
+            self.hosts += 1;
+        } else if is("content-length") {
+            if self.content_length.is_some() {
+                return Err(HttpError::BadRequest("Content-Length is repeated"));
+            }
+            self.content_length = Some(parse_content_length(value)?);
+        } else if is("transfer-encoding") {
+            self.transfer_encoding = true;
+            for coding in value.split(|&b| b == b',').map(trim_ows) {
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    self.chunked += 1;
+                } else if !coding.is_empty() {
+                    self.other_coding = true;
+                }
+            }
+        } else if is("connection") {
+            for option in value.split(|&b| b == b',').map(trim_ows) {
+                self.close |= option.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if is("expect") {
+            if !value.eq_ignore_ascii_case(b"100-continue") {
+                return Err(HttpError::ExpectationFailed);
+            }
+            parsed.expect_continue = true;
+        } else if is("authorization") {
+            if parsed.authorization.is_some() {
+                return Err(HttpError::BadRequest("Authorization is repeated"));
+            }
+            parsed.authorization = Some(range_in(head, value));
+        } else if is("idempotency-key") {
+            if parsed.idempotency_key.is_some() {
+                return Err(HttpError::BadRequest("Idempotency-Key is repeated"));
+            }
+            parsed.idempotency_key = Some(range_in(head, value));
+        }
+        Ok(())
+    }
+
+    /// Checks the headers as a whole and decides framing and keep-alive.
+    fn finish(self, parsed: &mut Head) -> Result<(), HttpError> {
+        if self.hosts > 1 || (self.hosts == 0 && !parsed.http10) {
+            return Err(HttpError::BadRequest(
+                "an HTTP/1.1 request needs exactly one Host header",
+            ));
+        }
+        if self.transfer_encoding {
+            // Both framings at once is how requests are smuggled past proxies.
+            if self.content_length.is_some() {
+                return Err(HttpError::BadRequest(
+                    "Content-Length and Transfer-Encoding together are not allowed",
+                ));
+            }
+            if parsed.http10 {
+                return Err(HttpError::BadRequest("HTTP/1.0 has no Transfer-Encoding"));
+            }
+            if self.other_coding {
+                return Err(HttpError::NotImplemented);
+            }
+            if self.chunked != 1 {
+                return Err(HttpError::BadRequest("Transfer-Encoding is malformed"));
+            }
+            parsed.framing = Framing::Chunked;
+        } else if let Some(length) = self.content_length {
+            parsed.framing = Framing::Length(length);
+        }
+        parsed.keep_alive = if parsed.http10 {
+            self.keep_alive && !self.close
+        } else {
+            !self.close
+        };
+        // RFC 9110 §10.1.1: an HTTP/1.0 client cannot mean 100-continue.
+        parsed.expect_continue &= !parsed.http10;
+        Ok(())
+    }
+}
+
+/// Parses a `Content-Length` value: digits only, no sign, no list, and no
+/// value past `u64::MAX`.
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+    let bad = HttpError::BadRequest("Content-Length is malformed");
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(bad);
+    }
+    value.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(bad)
+    })
+}
+
+/// Where a chunked body decoder is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading the hex digits of a chunk size.
+    #[default]
+    Size,
+    /// Reading the rest of the size line (extensions) up to its LF.
+    SizeLine,
+    /// Reading this many bytes of chunk data.
+    Data(u64),
+    /// Expecting the CRLF (or LF) after chunk data.
+    DataEnd,
+    /// Reading trailer lines; the number is the length of the current line.
+    Trailer(usize),
+    /// The body is complete.
+    Done,
+}
+
+/// A resumable decoder of a chunked body (RFC 9112 §7.1): fed whatever
+/// bytes have arrived, it keeps its place, so a body split anywhere decodes
+/// the same, and each byte is looked at once.
+#[derive(Debug, Default)]
+struct Chunked {
+    /// Where the decoder is.
+    state: ChunkState,
+    /// The chunk size read so far.
+    size: u64,
+    /// Whether the size line has any hex digit.
+    digits: bool,
+    /// Bytes of the current size line, for its limit.
+    line: usize,
+    /// Whether a CR was just seen (a CR must be followed by LF).
+    cr: bool,
+    /// Trailer bytes and lines so far, for their limits.
+    trailer_bytes: usize,
+    /// Trailer lines so far.
+    trailer_lines: usize,
+    /// The decoded body.
+    body: Vec<u8>,
+}
+
+impl Chunked {
+    /// Decodes what it can of `input` and returns how many bytes it used.
+    /// When the body is complete, `state` is `Done` and the rest of
+    /// `input` belongs to the next request.
+    fn feed(&mut self, input: &[u8], max_body: usize) -> Result<usize, HttpError> {
+        let bad = |why| Err(HttpError::BadRequest(why));
+        let mut i = 0;
+        while i < input.len() && self.state != ChunkState::Done {
+            let b = input[i];
+            if self.cr && b != b'\n' {
+                return bad("a bare CR in the chunked framing");
+            }
+            match self.state {
+                ChunkState::Data(left) => {
+                    let take = left.min((input.len() - i) as u64) as usize;
+                    self.body.extend_from_slice(&input[i..i + take]);
+                    i += take;
+                    self.state = match left - take as u64 {
+                        0 => ChunkState::DataEnd,
+                        left => ChunkState::Data(left),
+                    };
+                    continue;
+                }
+                _ if b == b'\r' => self.cr = true,
+                ChunkState::Size if b.is_ascii_hexdigit() => {
+                    self.size = self
+                        .size
+                        .checked_mul(16)
+                        .and_then(|s| {
+                            s.checked_add(u64::from((b as char).to_digit(16).unwrap_or(0)))
+                        })
+                        .ok_or(HttpError::BadRequest("a chunk size overflows"))?;
+                    self.digits = true;
+                }
+                ChunkState::Size | ChunkState::SizeLine if b == b'\n' => {
+                    if !self.digits {
+                        return bad("a chunk size is missing");
+                    }
+                    self.end_size_line(max_body)?;
+                }
+                ChunkState::Size if b == b';' || b == b' ' || b == b'\t' => {
+                    self.state = ChunkState::SizeLine
+                }
+                ChunkState::Size => return bad("a chunk size is malformed"),
+                ChunkState::SizeLine if b < 0x20 && b != b'\t' || b == 0x7f => {
+                    return bad("a chunk extension has a control character");
+                }
+                ChunkState::SizeLine => {}
+                ChunkState::DataEnd if b == b'\n' => self.state = ChunkState::Size,
+                ChunkState::DataEnd => return bad("chunk data is longer than its size"),
+                ChunkState::Trailer(0) if b == b'\n' => self.state = ChunkState::Done,
+                ChunkState::Trailer(_) if b == b'\n' => {
+                    self.trailer_lines += 1;
+                    if self.trailer_lines > MAX_HEADERS {
+                        return Err(HttpError::HeadTooLarge);
+                    }
+                    self.state = ChunkState::Trailer(0);
+                }
+                ChunkState::Trailer(_) if b < 0x20 && b != b'\t' || b == 0x7f => {
+                    return bad("a trailer has a control character");
+                }
+                ChunkState::Trailer(n) => self.state = ChunkState::Trailer(n + 1),
+                ChunkState::Done => {}
+            }
+            if b != b'\r' {
+                self.cr = false;
+            }
+            if matches!(self.state, ChunkState::Size | ChunkState::SizeLine) {
+                self.line += 1;
+                if self.line > MAX_CHUNK_LINE {
+                    return bad("a chunk size line is too long");
+                }
+            }
+            if let ChunkState::Trailer(_) = self.state {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_HEAD {
+                    return Err(HttpError::HeadTooLarge);
+                }
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    /// Acts on a complete size line: the last chunk leads to the trailers,
+    /// any other to its data, if the body stays within `max_body`.
+    fn end_size_line(&mut self, max_body: usize) -> Result<(), HttpError> {
+        if self.size > (max_body - self.body.len()) as u64 {
+            return Err(HttpError::BodyTooLarge);
+        }
+        self.state = match self.size {
+            0 => ChunkState::Trailer(0),
+            size => ChunkState::Data(size),
+        };
+        self.size = 0;
+        self.digits = false;
+        self.line = 0;
+        Ok(())
+    }
+}
+
+/// Decodes the `%XX` escapes of a path segment or query part; with `plus`
+/// a `+` is a space (form encoding). `None` for a broken escape.
+fn percent_decode(s: &[u8], plus: bool) -> Option<std::borrow::Cow<'_, [u8]>> {
+    if !s.iter().any(|&b| b == b'%' || plus && b == b'+') {
+        return Some(std::borrow::Cow::Borrowed(s));
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(std::borrow::Cow::Owned(out))
+}
+
+/// Returns the reason phrase of a status code.
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// An answer, ready to be written.
+#[derive(Debug)]
+struct Response {
+    /// The status code.
+    status: u16,
+    /// The body; JSON unless `content_type` says otherwise.
+    body: Vec<u8>,
+    /// The `Content-Type`.
+    content_type: &'static str,
+    /// A task id for `Location: /tasks/<id>`.
+    location: Option<u64>,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
+    /// Methods for `Allow`, with a `405`.
+    allow: Option<&'static str>,
+    /// Whether to send `WWW-Authenticate: Bearer`, with a `401`.
+    authenticate: bool,
+}
+
+impl Response {
+    /// Makes a JSON response.
+    fn json(status: u16, body: Vec<u8>) -> Response {
+        Response {
+            status,
+            body,
+            content_type: "application/json",
+            location: None,
+            retry_after: None,
+            allow: None,
+            authenticate: false,
+        }
+    }
+
+    /// Makes an error response: `{"error": "<sentence>"}`.
+    fn error(status: u16, sentence: &str) -> Response {
+        let mut body = Vec::with_capacity(sentence.len() + 16);
+        body.extend_from_slice(b"{\"error\": ");
+        write_json_str(&mut body, sentence);
+        body.push(b'}');
+        Response::json(status, body)
+    }
+
+    /// Appends the response to `out`. `keep_alive` says whether the
+    /// connection stays open; an HTTP/1.0 client is told that it does,
+    /// an HTTP/1.1 client that it does not. A `HEAD` request gets the
+    /// headers only.
+    fn write(&self, out: &mut Vec<u8>, keep_alive: bool, http10: bool, head_only: bool) {
+        let mut w = VecWriter(out);
+        let _ = write!(
+            w,
+            "HTTP/1.1 {} {}\r\nDate: ",
+            self.status,
+            reason(self.status)
+        );
+        with_http_date(|date| w.0.extend_from_slice(date));
+        let _ = write!(
+            w,
+            "\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+            self.content_type,
+            self.body.len()
+        );
+        if let Some(id) = self.location {
+            w.0.extend_from_slice(b"Location: /tasks/");
+            write_id(w.0, id);
+            w.0.extend_from_slice(b"\r\n");
+        }
+        if let Some(secs) = self.retry_after {
+            let _ = write!(w, "Retry-After: {secs}\r\n");
+        }
+        if let Some(allow) = self.allow {
+            let _ = write!(w, "Allow: {allow}\r\n");
+        }
+        if self.authenticate {
+            w.0.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
+        }
+        match (keep_alive, http10) {
+            (false, false) => w.0.extend_from_slice(b"Connection: close\r\n"),
+            (true, true) => w.0.extend_from_slice(b"Connection: keep-alive\r\n"),
+            _ => {}
+        }
+        w.0.extend_from_slice(b"\r\n");
+        if !head_only {
+            w.0.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// Calls `f` with the current time as an HTTP date (RFC 9110 §5.6.7),
+/// such as `Sun, 06 Nov 1994 08:49:37 GMT`. Each thread formats it once
+/// a second, not once a response.
+fn with_http_date(f: impl FnOnce(&[u8])) {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+    }
+    let secs = now_micros() / 1_000_000;
+    DATE.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if cache.0 != secs {
+            cache.1.clear();
+            write_http_date(&mut cache.1, secs);
+            cache.0 = secs;
+        }
+        f(&cache.1);
+    });
+}
+
+/// Appends an HTTP date for `secs` since the epoch.
+fn write_http_date(out: &mut Vec<u8>, secs: u64) {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    let t = secs % 86_400;
+    let _ = write!(
+        VecWriter(out),
+        "{}, {day:02} {} {year:04} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[month as usize - 1],
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    );
+}
+
+// ---- 7. Routes ----
+//
+// A route is chosen from the head alone, before the body is read, so that a
+// request that will be refused anyway (no token, with `Expect:
+// 100-continue`) is refused without waiting for its body. The answers are
+// built under the store lock straight into the response body: nothing is
+// copied out of a record to render it.
+
+/// The routes, as chosen from a request head.
+#[derive(Debug, PartialEq)]
+enum Route {
+    /// `POST /queue-task`, `POST /tasks`.
+    Submit,
+    /// `GET /tasks`.
+    List,
+    /// `GET /tasks/{id}`; `None` for a malformed id.
+    Status(Option<u64>),
+    /// `POST /tasks/{id}/cancel`.
+    Cancel(Option<u64>),
+    /// `GET /healthz`.
+    Health,
+    /// `GET /metrics`.
+    Metrics,
+    /// A path no route has.
+    NotFound,
+    /// A known path with another method; the methods it allows.
+    NotAllowed(&'static str),
+    /// A token is required and the request lacks it.
+    Unauthorized,
+}
+
+/// Chooses the route for a request head. `head` is the head's bytes.
+fn choose_route(head: &Head, bytes: &[u8], token: Option<&str>) -> Result<Route, HttpError> {
+    let path = &bytes[head.path.clone()];
+    let mut segments = [
+        std::borrow::Cow::Borrowed(&b""[..]),
+        Default::default(),
+        Default::default(),
+    ];
+    let mut count = 0;
+    if let Some(rest) = path.strip_prefix(b"/") {
+        for segment in rest.split(|&b| b == b'/') {
+            if count == segments.len() {
+                count += 1;
+                break;
+            }
+            segments[count] = percent_decode(segment, false).ok_or(HttpError::BadRequest(
+                "the request path has a broken percent escape",
+            ))?;
+            count += 1;
+        }
+    }
+    let [first, second, third] = &segments;
+    let id = || parse_id(second);
+    let (route, allow) = match (count, &first[..], &third[..]) {
+        (1, b"queue-task", _) => (head.method == Method::Post)
+            .then_some(Route::Submit)
+            .ok_or("POST"),
+        (1, b"tasks", _) => match head.method {
+            Method::Get => Ok(Route::List),
+            Method::Post => Ok(Route::Submit),
+            _ => Err("GET, POST"),
+        },
+        (2, b"tasks", _) => (head.method == Method::Get)
+            .then(|| Route::Status(id()))
+            .ok_or("GET"),
+        (3, b"tasks", b"cancel") => (head.method == Method::Post)
+            .then(|| Route::Cancel(id()))
+            .ok_or("POST"),
+        (1, b"healthz", _) => (head.method == Method::Get)
+            .then_some(Route::Health)
+            .ok_or("GET"),
+        (1, b"metrics", _) => (head.method == Method::Get)
+            .then_some(Route::Metrics)
+            .ok_or("GET"),
+        _ => Ok(Route::NotFound),
+    }
+    .map_or_else(|allow| (None, Some(allow)), |route| (Some(route), None));
+    if let Some(token) = token {
+        let open = route == Some(Route::Health);
+        let given = head.authorization.clone().map(|r| &bytes[r]);
+        if !open && !bearer_matches(given, token) {
+            return Ok(Route::Unauthorized);
+        }
+    }
+    Ok(route.unwrap_or(Route::NotAllowed(allow.unwrap_or(""))))
+}
+
+/// Tells whether an `Authorization` value is `Bearer <token>` (the scheme
+/// in any case), comparing the token in constant time.
+fn bearer_matches(given: Option<&[u8]>, token: &str) -> bool {
+    let Some(given) = given else { return false };
+    let split = given.iter().position(|&b| b == b' ').unwrap_or(given.len());
+    let (scheme, credentials) = given.split_at(split);
+    scheme.eq_ignore_ascii_case(b"bearer")
+        && constant_time_eq(trim_ows(credentials), token.as_bytes())
+}
+
+/// Compares two byte strings in time that depends only on their lengths,
+/// so a client cannot find the token one byte at a time by timing answers.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, &x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(!x);
+    }
+    diff == 0
+}
+
+/// What a route answers: at once, or once a long poll ends.
+#[derive(Debug)]
+enum Reply {
+    /// The answer is ready.
+    Now(Response),
+    /// `GET /tasks/{id}?wait=`: wait for the task to change.
+    Poll(LongPoll),
+}
+
+/// A long poll in progress.
+#[derive(Debug)]
+struct LongPoll {
+    /// The task waited on.
+    id: u64,
+    /// Its state when the request arrived.
+    seen: State,
+    /// When the wait ends regardless.
+    until: Instant,
+}
+
+/// The longest `?wait=`: longer waits are cut to this.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Answers a request whose head and body have been read.
+fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8], body: &[u8]) -> Reply {
+    let query = head.query.clone().map(|q| &bytes[q]);
+    Reply::Now(match route {
+        Route::Submit => {
+            let key = head.idempotency_key.clone().map(|k| &bytes[k]);
+            submit(shared, key, body)
+        }
+        Route::List => list(shared, query),
+        Route::Status(id) => return status(shared, id, query),
+        Route::Cancel(id) => cancel(shared, id),
+        Route::Health if shared.draining.is_fired() => {
+            Response::json(503, b"{\"status\": \"shutting down\"}".to_vec())
+        }
+        Route::Health => Response::json(200, b"{\"status\": \"ok\"}".to_vec()),
+        Route::Metrics => metrics(shared),
+        Route::NotFound => Response::error(404, "no such path"),
+        Route::NotAllowed(allow) => Response {
+            allow: Some(allow),
+            ..Response::error(405, "method not allowed")
+        },
+        Route::Unauthorized => Response {
+            authenticate: true,
+            ..Response::error(401, "a valid bearer token is required")
+        },
+    })
+}
+
+/// The members a submission body may have. Strings borrow from the body
+/// when they have no escapes; `null` counts as absent.
+#[derive(Deserialize)]
+struct Submission<'a> {
+    /// The client's label.
+    #[serde(borrow, default)]
+    task_id: Option<std::borrow::Cow<'a, str>>,
+    /// How long a `sleep` task lasts.
+    #[serde(borrow, default)]
+    work_duration: Option<std::borrow::Cow<'a, str>>,
+    /// The task kind.
+    #[serde(borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    /// Anything, handed to the handler.
+    #[serde(borrow, default)]
+    payload: Option<&'a serde_json::value::RawValue>,
+    /// The per-attempt timeout.
+    #[serde(borrow, default)]
+    timeout: Option<std::borrow::Cow<'a, str>>,
+    /// Attempts allowed.
+    #[serde(default)]
+    max_attempts: Option<serde_json::Number>,
+}
+
+/// The original server's answer to a body it cannot read.
+const BAD_BODY: &str = "failed to read POST body";
+
+/// The original server's answer to a bad `work_duration`.
+const BAD_DURATION: &str = "failed to parse work duration in request";
+
+/// Checks a submission body and turns it into a [`NewTask`], or the `400`
+/// that explains what is wrong.
+fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<NewTask, Response> {
+    let bad = |sentence: &str| Response::error(400, sentence);
+    let key = match key {
+        Some(k) if k.is_empty() || k.len() > 255 || !k.iter().all(u8::is_ascii_graphic) => {
+            return Err(bad(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            ));
+        }
+        Some(k) => Some(Box::from(std::str::from_utf8(k).unwrap_or_default())),
+        None => None,
+    };
+    // serde would read a JSON array as a struct's fields in order: only an
+    // object is a task.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(bad(BAD_BODY));
+    }
+    let s: Submission = serde_json::from_slice(body).map_err(|_| bad(BAD_BODY))?;
+    let kind = match s.kind.as_deref() {
+        None | Some("sleep") => None,
+        Some(name) => match config.handlers.iter().find(|h| &*h.kind == name) {
+            Some(h) => Some(h.kind.clone()),
+            None => {
+                let mut sentence = String::from("unknown task kind ");
+                let mut quoted = Vec::new();
+                write_json_str(&mut quoted, name);
+                sentence.push_str(&String::from_utf8_lossy(&quoted));
+                return Err(bad(&sentence));
+            }
+        },
+    };
+    match (&s.work_duration, &kind) {
+        (Some(d), _) if parse_duration(d).is_err() => return Err(bad(BAD_DURATION)),
+        (None, None) => return Err(bad(BAD_DURATION)),
+        _ => {}
+    }
+    if let Some(t) = &s.timeout {
+        if parse_duration(t).map_or(true, |d| d.is_zero()) {
+            return Err(bad(
+                "timeout must be a duration greater than zero, such as \"30s\"",
+            ));
+        }
+    }
+    let max_attempts = match &s.max_attempts {
+        None => 1,
+        Some(n) => match n.as_u64() {
+            Some(n @ 1..=100) => n as u8,
+            _ => return Err(bad("max_attempts must be an integer from 1 to 100")),
+        },
+    };
+    Ok(NewTask {
+        label: s.task_id.as_deref().map(Text::new),
+        work_duration: s.work_duration.as_deref().map(Text::new),
+        kind,
+        payload: s.payload.map(|p| p.get().into()),
+        timeout: s.timeout.as_deref().map(Text::new),
+        max_attempts,
+        key,
+    })
+}
+
+/// `POST /queue-task`, `POST /tasks`: admits a task.
+fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Response {
+    let new = match parse_submission(&shared.config, body, key) {
+        Ok(new) => new,
+        Err(response) => return response,
+    };
+    let mut store = shared.store();
+    let (status, id) = match store.admit(new, &shared.jobs_tx) {
+        Admission::Created(id) => (202, id),
+        Admission::Repeat(id) => (200, id),
+        Admission::Full => {
+            return Response {
+                retry_after: Some(shared.config.retry_after),
+                ..Response::error(503, "workers are busy, try again later")
+            };
+        }
+        Admission::ShuttingDown => return Response::error(503, "server is shutting down"),
+    };
+    let Some(task) = store.get(id) else {
+        return Response::error(410, "the task has already been evicted");
+    };
+    let mut body = Vec::with_capacity(128);
+    body.extend_from_slice(b"{\"status\": \"task queued successfully\", \"id\": \"");
+    write_id(&mut body, id);
+    body.extend_from_slice(b"\", \"task_id\": ");
+    write_json_opt(&mut body, task.label.as_ref().map(Text::as_str));
+    body.extend_from_slice(b", \"state\": \"");
+    body.extend_from_slice(task.state.name().as_bytes());
+    body.extend_from_slice(b"\"}");
+    drop(store);
+    if status == 202 {
+        debug!("task {} queued", IdText(id));
+    }
+    Response {
+        location: Some(id),
+        ..Response::json(status, body)
+    }
+}
+
+/// Returns the value of the last `name=` in a form-encoded query, decoded;
+/// `Err` for a broken percent escape.
+fn query_param<'a>(
+    query: Option<&'a [u8]>,
+    name: &str,
+) -> Result<Option<std::borrow::Cow<'a, [u8]>>, Response> {
+    let mut found = None;
+    for pair in query.unwrap_or_default().split(|&b| b == b'&') {
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let broken = || Response::error(400, "the query string has a broken percent escape");
+        if *percent_decode(k, true).ok_or_else(broken)? == *name.as_bytes() {
+            found = Some(percent_decode(v, true).ok_or_else(broken)?);
+        }
+    }
+    Ok(found)
+}
+
+/// `GET /tasks`: the newest retained tasks that pass the filters, and the
+/// counts of all.
+fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
+    let filters = (|| {
+        let state = match query_param(query, "state")? {
+            None => None,
+            Some(s) => Some(
+                std::str::from_utf8(&s)
+                    .ok()
+                    .and_then(State::from_name)
+                    .ok_or_else(|| {
+                        Response::error(
+                            400,
+                            "state must be one of queued, running, succeeded, failed, cancelled",
+                        )
+                    })?,
+            ),
+        };
+        let label = query_param(query, "task_id")?;
+        let limit = match query_param(query, "limit")? {
+            None => 100,
+            Some(n) => match std::str::from_utf8(&n)
+                .ok()
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                Some(n) if n > 0 => n.min(1000) as usize,
+                _ => return Err(Response::error(400, "limit must be a positive integer")),
+            },
+        };
+        Ok((state, label, limit))
+    })();
+    let (state, label, limit) = match filters {
+        Ok(filters) => filters,
+        Err(response) => return response,
+    };
+    let store = shared.store();
+    let mut body = Vec::with_capacity(256);
+    body.extend_from_slice(b"{\"tasks\": [");
+    let matching = store.tasks.iter().rev().filter(|t| {
+        t.state != State::Evicted
+            && state.is_none_or(|s| t.state == s)
+            && label
+                .as_deref()
+                .is_none_or(|l| t.label.as_ref().is_some_and(|t| t.as_str().as_bytes() == l))
+    });
+    for (i, task) in matching.take(limit).enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b", ");
+        }
+        task.write_json(&mut body);
+    }
+    body.extend_from_slice(b"], \"counts\": {");
+    for (i, s) in STATES.iter().enumerate() {
+        let sep = if i > 0 { ", " } else { "" };
+        let _ = write!(
+            VecWriter(&mut body),
+            "{sep}\"{}\": {}",
+            s.name(),
+            store.counts[i]
+        );
+    }
+    body.extend_from_slice(b"}}");
+    Response::json(200, body)
+}
+
+/// `GET /tasks/{id}`: the task's status, at once or after a long poll.
+fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>) -> Reply {
+    let wait = match query_param(query, "wait") {
+        Err(response) => return Reply::Now(response),
+        Ok(None) => Duration::ZERO,
+        Ok(Some(text)) => match std::str::from_utf8(&text).ok().map(parse_duration) {
+            Some(Ok(wait)) => wait.min(MAX_WAIT),
+            _ => {
+                return Reply::Now(Response::error(
+                    400,
+                    "wait must be a duration such as \"30s\"",
+                ));
+            }
+        },
+    };
+    let store = shared.store();
+    let Some(id) = id else {
+        return Reply::Now(lookup_failure(Lookup::Unknown));
+    };
+    match store.lookup(id) {
+        Lookup::Found(i) => {
+            let task = &store.tasks[i];
+            if wait.is_zero() || task.state.is_terminal() {
+                Reply::Now(task_response(200, task))
+            } else {
+                Reply::Poll(LongPoll {
+                    id,
+                    seen: task.state,
+                    until: Instant::now() + wait,
+                })
+            }
+        }
+        other => Reply::Now(lookup_failure(other)),
+    }
+}
+
+/// Makes a response whose body is a task's status.
+fn task_response(status: u16, task: &Task) -> Response {
+    let mut body = Vec::with_capacity(384);
+    task.write_json(&mut body);
+    Response::json(status, body)
+}
+
+/// Makes the `404` or `410` for an id that has no record.
+fn lookup_failure(lookup: Lookup) -> Response {
+    match lookup {
+        Lookup::Gone => Response::error(410, "the task has been evicted (see --keep-finished)"),
+        _ => Response::error(404, "task not found"),
+    }
+}
+
+/// `POST /tasks/{id}/cancel`.
+fn cancel(shared: &Shared, id: Option<u64>) -> Response {
+    let Some(id) = id else {
+        return lookup_failure(Lookup::Unknown);
+    };
+    let mut store = shared.store();
+    match store.cancel(id) {
+        Ok(i) => {
+            debug!("task {} cancelled", IdText(id));
+            task_response(200, &store.tasks[i])
+        }
+        Err(Lookup::Found(i)) => {
+            let task = &store.tasks[i];
+            let mut body = Vec::with_capacity(384);
+            let _ = write!(
+                VecWriter(&mut body),
+                "{{\"error\": \"the task is already {}\", ",
+                task.state.name()
+            );
+            task.write_members(&mut body);
+            body.push(b'}');
+            Response::json(409, body)
+        }
+        Err(other) => lookup_failure(other),
+    }
+}
+
+/// Answers written by status code, for `/metrics`.
+struct StatusCounts([AtomicU64; 600]);
+
+impl StatusCounts {
+    /// Creates all-zero counts.
+    fn new() -> StatusCounts {
+        StatusCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    /// Counts one answer.
+    fn add(&self, status: u16) {
+        if let Some(count) = self.0.get(usize::from(status)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// `GET /metrics`: the Prometheus text format, version 0.0.4.
+fn metrics(shared: &Shared) -> Response {
+    let mut out = Vec::with_capacity(2048);
+    let mut w = VecWriter(&mut out);
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = write!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for (labels, value) in samples {
+            let _ = writeln!(w, "{name}{labels} {value}");
+        }
+    };
+    {
+        let store = shared.store();
+        let c = &store.counters;
+        metric(
+            "bgtasks_queue_depth",
+            "gauge",
+            "Tasks waiting in the queue.",
+            &[("", shared.jobs_tx.len() as u64)],
+        );
+        metric(
+            "bgtasks_queue_capacity",
+            "gauge",
+            "Capacity of the queue (--buffer).",
+            &[("", shared.config.buffer as u64)],
+        );
+        metric(
+            "bgtasks_workers",
+            "gauge",
+            "Workers (--workers).",
+            &[("", shared.config.workers as u64)],
+        );
+        metric(
+            "bgtasks_workers_busy",
+            "gauge",
+            "Workers running a task.",
+            &[("", c.busy)],
+        );
+        metric(
+            "bgtasks_tasks_accepted_total",
+            "counter",
+            "Tasks created by requests.",
+            &[("", c.accepted)],
+        );
+        metric(
+            "bgtasks_tasks_rejected_total",
+            "counter",
+            "Tasks refused because the queue was full.",
+            &[("", c.rejected)],
+        );
+        metric(
+            "bgtasks_tasks_finished_total",
+            "counter",
+            "Tasks that reached a terminal state.",
+            &[
+                (
+                    "{state=\"succeeded\"}",
+                    c.finished[State::Succeeded as usize],
+                ),
+                ("{state=\"failed\"}", c.finished[State::Failed as usize]),
+                (
+                    "{state=\"cancelled\"}",
+                    c.finished[State::Cancelled as usize],
+                ),
+            ],
+        );
+    }
+    let codes: Vec<(String, u64)> = (0..600)
+        .filter_map(|code| {
+            let n = shared.responses.0[code].load(Ordering::Relaxed);
+            (n > 0).then(|| (format!("{{code=\"{code}\"}}"), n))
+        })
+        .collect();
+    let samples: Vec<(&str, u64)> = codes.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    metric(
+        "bgtasks_http_requests_total",
+        "counter",
+        "HTTP requests answered, by status code.",
+        &samples,
+    );
+    Response {
+        content_type: "text/plain; version=0.0.4",
+        ..Response::json(200, out)
+    }
+}
+
+// ---- 8. Connections and the listener ----
+//
+// One task per connection reads a request, answers it, and loops. Its
+// buffers exist only while a request is being handled: an idle keep-alive
+// connection holds no buffer at all, which is how ten thousand of them fit
+// in a few megabytes.
+//
+// A connection's errors end that connection and nothing else: the listener
+// never sees them. The listener's own errors (out of file descriptors, say)
+// back off and retry instead of ending it.
+
+/// How many bytes one read asks for.
+const READ_CHUNK: usize = 8192;
+
+/// How long a closing connection keeps reading what the client still
+/// sends, so that the kernel does not answer it with a reset that could
+/// destroy the last response before the client has read it.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// The most bytes read and thrown away while lingering.
+const LINGER_BYTES: usize = 1 << 20;
+
+/// The longest the listener waits after an accept error before trying again.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Why a connection stops.
+#[derive(Debug)]
+enum Stop {
+    /// A request was malformed: answer with this error, then close.
+    Http(HttpError),
+    /// The client closed the connection or it failed: just close.
+    Closed,
+}
+
+impl From<io::Error> for Stop {
+    fn from(_: io::Error) -> Stop {
+        Stop::Closed
+    }
+}
+
+impl From<HttpError> for Stop {
+    fn from(e: HttpError) -> Stop {
+        Stop::Http(e)
+    }
+}
+
+/// One client connection.
+struct Connection {
+    /// The socket.
+    stream: Async<TcpStream>,
+    /// Bytes read and not yet used; a request starts at index 0.
+    buf: Vec<u8>,
+    /// Answers not yet written.
+    out: Vec<u8>,
+}
+
+/// Serves one connection until it closes.
+///
+/// `_permit` holds one of `--max-connections` places and `_done` tells
+/// `main` the connection is gone; both are only dropped.
+async fn serve(
+    shared: Arc<Shared>,
+    stream: Async<TcpStream>,
+    accepted: Instant,
+    in_flight: async_channel::WeakSender<()>,
+    _permit: smol::lock::SemaphoreGuardArc,
+) {
+    let mut conn = Connection {
+        stream,
+        buf: Vec::new(),
+        out: Vec::new(),
+    };
+    if let Err(Stop::Http(e)) = conn.run(&shared, accepted, &in_flight).await {
+        let response = Response::error(e.status(), e.message());
+        shared.responses.add(response.status);
+        response.write(&mut conn.out, false, false, false);
+    }
+    conn.close().await;
+}
+
+impl Connection {
+    /// Serves requests until the connection should close.
+    async fn run(
+        &mut self,
+        shared: &Shared,
+        accepted: Instant,
+        in_flight: &async_channel::WeakSender<()>,
+    ) -> Result<(), Stop> {
+        let mut deadline = accepted + HEAD_TIMEOUT;
+        let mut first = true;
+        loop {
+            if self.buf.is_empty() {
+                self.flush().await?;
+                // Idle: give the buffers back until the next request.
+                self.buf = Vec::new();
+                self.out = Vec::new();
+                let until = if first {
+                    deadline
+                } else {
+                    Instant::now() + IDLE_TIMEOUT
+                };
+                if !self.wait_readable(until).await {
+                    return if first {
+                        Err(HttpError::Timeout.into())
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+            if !first {
+                deadline = Instant::now() + HEAD_TIMEOUT;
+            }
+            first = false;
+            // While this guard lives, shutdown waits for this request.
+            let _request = in_flight.upgrade();
+            if !self.serve_request(shared, deadline).await? {
+                return self.flush().await;
+            }
+        }
+    }
+
+    /// Waits until the client sends something (or closes); `false` if
+    /// `until` comes first.
+    ///
+    /// Shutdown does not end this wait: an idle connection stays open while
+    /// the server drains, so a request sent on it gets its `503`, but
+    /// nothing waits for it, and it closes when the process exits.
+    async fn wait_readable(&self, until: Instant) -> bool {
+        let readable = async {
+            // An error shows up again on the read that follows.
+            let _ = self.stream.readable().await;
+            true
+        };
+        let timeout = async {
+            Timer::at(until).await;
+            false
+        };
+        future::or(readable, timeout).await
+    }
+
+    /// Reads, answers and consumes one request. Returns whether the
+    /// connection stays open.
+    async fn serve_request(&mut self, shared: &Shared, deadline: Instant) -> Result<bool, Stop> {
+        let head_len = self.read_head(deadline).await?;
+        let head = parse_head(&self.buf[..head_len])?;
+        let route = choose_route(&head, &self.buf[..head_len], shared.config.token.as_deref())?;
+        let body_len = match head.framing {
+            Framing::Length(n) if n > shared.config.max_body as u64 => {
+                return Err(HttpError::BodyTooLarge.into());
+            }
+            Framing::Length(n) => n as usize,
+            Framing::Chunked => 0,
+        };
+        let expects_body = head.framing != Framing::Length(0);
+        if head.expect_continue && expects_body {
+            if route == Route::Unauthorized {
+                // Refuse before the client sends a body it need not send.
+                self.write_answer(shared, &head, false, answer(shared, route, &head, &[], &[]));
+                return Ok(false);
+            }
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.flush().await?;
+        }
+        let body_deadline = Instant::now() + BODY_TIMEOUT;
+        let (consumed, chunked_body) = match head.framing {
+            Framing::Chunked => {
+                let body = self
+                    .read_chunked(head_len, shared.config.max_body, body_deadline)
+                    .await?;
+                (head_len, Some(body))
+            }
+            Framing::Length(_) => {
+                while self.buf.len() < head_len + body_len {
+                    let want = head_len + body_len - self.buf.len();
+                    self.fill(body_deadline, want).await?;
+                }
+                (head_len + body_len, None)
+            }
+        };
+        let bytes = &self.buf[..head_len];
+        let body = chunked_body
+            .as_deref()
+            .unwrap_or(&self.buf[head_len..consumed]);
+        let reply = answer(shared, route, &head, bytes, body);
+        let reply = match reply {
+            Reply::Now(response) => response,
+            Reply::Poll(poll) => Box::pin(self.long_poll(shared, poll)).await?,
+        };
+        let keep_alive = head.keep_alive && !shared.draining.is_fired();
+        self.write_answer(shared, &head, keep_alive, Reply::Now(reply));
+        self.buf.drain(..consumed);
+        Ok(keep_alive)
+    }
+
+    /// Appends an answer to the output, counting it for `/metrics`.
+    fn write_answer(&mut self, shared: &Shared, head: &Head, keep_alive: bool, reply: Reply) {
+        if let Reply::Now(response) = reply {
+            shared.responses.add(response.status);
+            response.write(
+                &mut self.out,
+                keep_alive,
+                head.http10,
+                head.method == Method::Head,
+            );
+        }
+    }
+
+    /// Reads until the buffer holds a whole request head; returns its length.
+    async fn read_head(&mut self, deadline: Instant) -> Result<usize, Stop> {
+        let mut scanned = 0;
+        loop {
+            let empty_lines = leading_empty_lines(&self.buf);
+            if empty_lines > 0 {
+                self.buf.drain(..empty_lines);
+                scanned = 0;
+            }
+            if let Some(end) = find_head_end(&self.buf, scanned) {
+                return if end > MAX_HEAD {
+                    Err(HttpError::HeadTooLarge.into())
+                } else {
+                    Ok(end)
+                };
+            }
+            if self.buf.len() >= MAX_HEAD {
+                return Err(HttpError::HeadTooLarge.into());
+            }
+            scanned = self.buf.len();
+            self.fill(deadline, READ_CHUNK).await?;
+        }
+    }
+
+    /// Reads and decodes a chunked body that starts at `start`, removing
+    /// its framing from the buffer as it goes, so the buffer never holds
+    /// more than one read beyond the head.
+    async fn read_chunked(
+        &mut self,
+        start: usize,
+        max_body: usize,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, Stop> {
+        let mut decoder = Chunked::default();
+        loop {
+            let used = decoder.feed(&self.buf[start..], max_body)?;
+            self.buf.drain(start..start + used);
+            if decoder.state == ChunkState::Done {
+                return Ok(decoder.body);
+            }
+            self.fill(deadline, READ_CHUNK).await?;
+        }
+    }
+
+    /// Reads at least one more byte, up to `want` (at most one chunk),
+    /// before `deadline`. The end of the stream is [`Stop::Closed`].
+    async fn fill(&mut self, deadline: Instant, want: usize) -> Result<(), Stop> {
+        // Whatever waits to be written goes first: the client may be
+        // waiting for it (a 100 Continue, or answers to pipelined requests).
+        self.flush().await?;
+        let len = self.buf.len();
+        self.buf.resize(len + want.clamp(1, READ_CHUNK), 0);
+        let (stream, buf) = (&self.stream, &mut self.buf);
+        let read = async {
+            stream
+                .read_with(|s| (&*s).read(&mut buf[len..]))
+                .await
+                .map_err(Stop::from)
+        };
+        let timeout = async {
+            Timer::at(deadline).await;
+            Err(Stop::Http(HttpError::Timeout))
+        };
+        let result = future::or(read, timeout).await;
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(len + n);
+        match result {
+            Ok(0) => Err(Stop::Closed),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes every pending answer, giving up after [`WRITE_TIMEOUT`].
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let (stream, out) = (&self.stream, &self.out);
+        let write = async {
+            let mut written = 0;
+            while written < out.len() {
+                match stream.write_with(|s| (&*s).write(&out[written..])).await? {
+                    0 => return Err(Stop::Closed),
+                    n => written += n,
+                }
+            }
+            Ok(())
+        };
+        let timeout = async {
+            Timer::after(WRITE_TIMEOUT).await;
+            Err(Stop::Closed)
+        };
+        let result = future::or(write, timeout).await;
+        self.out.clear();
+        result
+    }
+
+    /// Waits for the task of a long poll to change, then answers.
+    async fn long_poll(&mut self, shared: &Shared, poll: LongPoll) -> Result<Response, Stop> {
+        loop {
+            let changed = {
+                let mut store = shared.store();
+                match store.lookup(poll.id) {
+                    Lookup::Found(i) if store.tasks[i].state != poll.seen => {
+                        return Ok(task_response(200, &store.tasks[i]));
+                    }
+                    Lookup::Found(_) => store.watch(poll.id),
+                    other => return Ok(lookup_failure(other)),
+                }
+            };
+            self.flush().await?;
+            let woke = async {
+                changed.wait().await;
+                true
+            };
+            let ended = async {
+                let timeout = async {
+                    Timer::at(poll.until).await;
+                };
+                future::or(shared.draining.wait(), timeout).await;
+                false
+            };
+            let gone = async {
+                self.client_gone().await;
+                None
+            };
+            match future::or(async { Some(future::or(woke, ended).await) }, gone).await {
+                Some(true) => continue,
+                Some(false) => {
+                    let store = shared.store();
+                    return Ok(match store.lookup(poll.id) {
+                        Lookup::Found(i) => task_response(200, &store.tasks[i]),
+                        other => lookup_failure(other),
+                    });
+                }
+                None => return Err(Stop::Closed),
+            }
+        }
+    }
+
+    /// Returns when the client has closed its end; never, if it sends more
+    /// bytes instead (a pipelined request, read after this answer).
+    async fn client_gone(&self) {
+        loop {
+            if self.stream.readable().await.is_err() {
+                return;
+            }
+            match self.stream.get_ref().peek(&mut [0u8; 1]) {
+                Ok(0) => return,
+                Ok(_) => future::pending::<()>().await,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Closes the connection gracefully: writes what is pending, shuts the
+    /// sending side, and reads what the client still sends for a moment.
+    async fn close(mut self) {
+        if self.flush().await.is_err() {
+            return;
+        }
+        // Shutting down a socket the peer already reset can fail; the
+        // connection is over either way.
+        let _ = self.stream.get_ref().shutdown(std::net::Shutdown::Write);
+        let deadline = Instant::now() + LINGER;
+        let mut thrown = 0;
+        while thrown < LINGER_BYTES {
+            self.buf.clear();
+            if self.fill(deadline, READ_CHUNK).await.is_err() {
+                return;
+            }
+            thrown += self.buf.len();
+        }
+    }
+}
+
+/// Accepts connections until shutdown begins, each in a task of its own.
+///
+/// A place among `--max-connections` is taken before `accept`, so past the
+/// limit new connections wait in the kernel's backlog rather than in memory.
+async fn listen(
+    shared: Arc<Shared>,
+    executor: Arc<Executor<'static>>,
+    listener: Async<TcpListener>,
+    in_flight: async_channel::WeakSender<()>,
+) {
+    let places = Arc::new(smol::lock::Semaphore::new(shared.config.max_connections));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let next = async {
+            let place = places.acquire_arc().await;
+            (place, listener.accept().await)
+        };
+        let stopped = async {
+            shared.draining.wait().await;
+            None
+        };
+        let Some((place, accepted)) = future::or(stopped, async { Some(next.await) }).await else {
+            // Dropping the listener closes its socket: new connections are refused.
+            return;
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                // Answers go out as soon as they are written, not after
+                // Nagle's delay; failing to set it only costs latency.
+                let _ = stream.get_ref().set_nodelay(true);
+                let task = serve(
+                    shared.clone(),
+                    stream,
+                    Instant::now(),
+                    in_flight.clone(),
+                    place,
+                );
+                executor.spawn(task).detach();
+            }
+            Err(e) => {
+                warn!("accept failed: {e}; retrying in {backoff:?}");
+                drop(place);
+                let pause = async {
+                    Timer::after(backoff).await;
+                };
+                future::or(shared.draining.wait(), pause).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+// ---- 9. Signals, shutdown and `main` ----
+//
+// Signals arrive through a pipe (signal-hook writes a byte per signal from
+// its handler), which the executor reads like any socket: no thread sits
+// waiting for signals, and no work happens inside a signal handler.
+
+/// Starts the server and runs it until shutdown has finished; returns the
+/// exit status.
+async fn run(
+    shared: Arc<Shared>,
+    executor: Arc<Executor<'static>>,
+    listener: Async<TcpListener>,
+    signals: Async<std::os::unix::net::UnixStream>,
+    retries_rx: Receiver<(u64, u64)>,
+) -> i32 {
+    let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
+    for _ in 0..shared.config.workers {
+        executor
+            .spawn(work(shared.clone(), workers_tx.clone()))
+            .detach();
+    }
+    drop(workers_tx);
+    executor
+        .spawn(schedule_retries(shared.clone(), retries_rx))
+        .detach();
+    // Each request holds an upgraded clone of `in_flight_tx` while it is
+    // served; once shutdown drops this one, `requests_done` reports when
+    // the last request in flight has been answered.
+    let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
+    executor
+        .spawn(listen(
+            shared.clone(),
+            executor.clone(),
+            listener,
+            in_flight_tx.downgrade(),
+        ))
+        .detach();
+    info!(
+        "listening on http://{} with {} workers, queue {}",
+        shared.config.addr, shared.config.workers, shared.config.buffer
+    );
+
+    // Step 1: the first signal begins the drain.
+    let received = read_signals(&signals).await;
+    info!(
+        "shutting down: no new tasks; waiting up to {:?} for requests and running tasks",
+        shared.config.grace
+    );
+    shared.store().draining = true;
+    shared.draining.fire();
+    drop(in_flight_tx);
+    // A second signal, from now on, ends the process at once.
+    executor
+        .spawn(async move {
+            if received < 2 {
+                read_signals(&signals).await;
+            }
+            error!("second signal: exiting at once");
+            std::process::exit(1);
+        })
+        .detach();
+
+    // Step 2: wait for requests in flight and running tasks, up to --grace.
+    let everything_done = async {
+        let _ = requests_done.recv().await;
+        let _ = workers_done.recv().await;
+        true
+    };
+    let grace_over = async {
+        Timer::after(shared.config.grace).await;
+        false
+    };
+    let finished = future::or(everything_done, grace_over).await;
+
+    // Step 3: interrupt what is still running, and wait for it to stop.
+    let interrupted = shared.store().counters.busy;
+    if !finished {
+        shared.stop.fire();
+        let _ = workers_done.recv().await;
+    }
+    let queued = shared.store().queued();
+    info!("shutdown complete: dropped {queued} queued and {interrupted} running tasks");
+    0
+}
+
+/// Waits for signals to arrive on the pipe; returns how many did.
+async fn read_signals(signals: &Async<std::os::unix::net::UnixStream>) -> usize {
+    let mut bytes = [0u8; 8];
+    match signals.read_with(|s| (&*s).read(&mut bytes)).await {
+        Ok(n) => n.max(1),
+        // The pipe cannot fail in practice; treating a failure as a
+        // signal errs on the side of stopping.
+        Err(_) => 1,
+    }
+}
+
+/// Sets up a pipe that receives a byte for each SIGINT and SIGTERM.
+fn signal_pipe() -> io::Result<Async<std::os::unix::net::UnixStream>> {
+    let (read, write) = std::os::unix::net::UnixStream::pair()?;
+    write.set_nonblocking(true)?;
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
+    }
+    Async::new(read)
+}
+
+fn main() {
+    let args = std::env::args_os().skip(1);
+    let config = match parse_command(args, |name| std::env::var(name).ok()) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return;
+        }
+        Ok(Command::Version) => {
+            println!("bgtasks {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Err(message) => {
+            eprintln!("bgtasks: {message}");
+            std::process::exit(2);
+        }
+    };
+    // Only fails if a logger is already set, which nothing else does.
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .init();
+    std::process::exit(match start(config) {
+        Ok(code) => code,
+        Err(message) => {
+            error!("{message}");
+            1
+        }
+    });
+}
+
+/// Binds, builds the shared state and runs the executor threads until
+/// shutdown; returns the exit status.
+fn start(config: Config) -> Result<i32, String> {
+    let listener = Async::<TcpListener>::bind(config.addr)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let signals = signal_pipe().map_err(|e| format!("cannot watch signals: {e}"))?;
+    let (jobs_tx, jobs_rx) = async_channel::bounded(config.buffer);
+    let (retries_tx, retries_rx) = async_channel::unbounded();
+    let threads = config.threads;
+    let shared = Arc::new(Shared {
+        store: Mutex::new(Store::new(config.keep_finished)),
+        config,
+        jobs_tx,
+        jobs_rx,
+        retries_tx,
+        draining: Signal::new(),
+        stop: Signal::new(),
+        responses: StatusCounts::new(),
+    });
+    let executor = Arc::new(Executor::new());
+    let exited = Signal::new();
+    let code = std::thread::scope(|scope| {
+        for _ in 1..threads {
+            let (executor, exited) = (executor.clone(), exited.clone());
+            scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
+        }
+        let main = run(shared, executor.clone(), listener, signals, retries_rx);
+        let code = async_io::block_on(executor.run(main));
+        exited.fire();
+        code
+    });
+    Ok(code)
+}

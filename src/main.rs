@@ -925,6 +925,8 @@ struct Store {
     watchers: HashMap<u64, Signal>,
     /// Cancel signals of running tasks, by id.
     cancels: HashMap<u64, Signal>,
+    /// The first id this store issued (or replayed); 0 until then.
+    first_id: u64,
     /// The most recently issued id: the next one is larger.
     last_id: u64,
     /// How many finished tasks to keep.
@@ -946,6 +948,7 @@ impl Store {
             keys: HashMap::new(),
             watchers: HashMap::new(),
             cancels: HashMap::new(),
+            first_id: 0,
             last_id: 0,
             keep_finished,
             counters: Counters::default(),
@@ -966,7 +969,7 @@ impl Store {
     fn lookup(&self, id: u64) -> Lookup {
         match self.tasks.binary_search_by_key(&id, |t| t.id) {
             Ok(i) if self.tasks[i].state != State::Evicted => Lookup::Found(i),
-            _ if id <= self.last_id => Lookup::Gone,
+            _ if self.first_id != 0 && (self.first_id..=self.last_id).contains(&id) => Lookup::Gone,
             _ => Lookup::Unknown,
         }
     }
@@ -1005,6 +1008,9 @@ impl Store {
                 return Admission::Full;
             }
             Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
+        }
+        if self.first_id == 0 {
+            self.first_id = id;
         }
         self.last_id = id;
         self.counters.accepted += 1;
@@ -1813,6 +1819,27 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     }
 }
 
+/// Looks for a whole request head at the start of `buf`, dropping the
+/// empty lines before it; returns the head's length once it is all there.
+/// `scanned` remembers how far earlier calls looked, so each byte is
+/// scanned about once however the head arrives.
+fn take_head(buf: &mut Vec<u8>, scanned: &mut usize) -> Result<Option<usize>, HttpError> {
+    let empty_lines = leading_empty_lines(buf);
+    if empty_lines > 0 {
+        buf.drain(..empty_lines);
+        *scanned = 0;
+    }
+    match find_head_end(buf, *scanned) {
+        Some(end) if end > MAX_HEAD => Err(HttpError::HeadTooLarge),
+        Some(end) => Ok(Some(end)),
+        None if buf.len() >= MAX_HEAD => Err(HttpError::HeadTooLarge),
+        None => {
+            *scanned = buf.len();
+            Ok(None)
+        }
+    }
+}
+
 /// Tells whether `b` may appear in a token (RFC 9110 §5.6.2): methods and
 /// header names.
 fn is_tchar(b: u8) -> bool {
@@ -2097,8 +2124,10 @@ enum ChunkState {
     /// Reading the hex digits of a chunk size.
     #[default]
     Size,
-    /// Reading the rest of the size line (extensions) up to its LF.
-    SizeLine,
+    /// Reading whitespace after the size, before `;` or the line end.
+    SizeSpace,
+    /// Reading chunk extensions up to the line end (they are ignored).
+    Extension,
     /// Reading this many bytes of chunk data.
     Data(u64),
     /// Expecting the CRLF (or LF) after chunk data.
@@ -2166,20 +2195,25 @@ impl Chunked {
                         .ok_or(HttpError::BadRequest("a chunk size overflows"))?;
                     self.digits = true;
                 }
-                ChunkState::Size | ChunkState::SizeLine if b == b'\n' => {
+                ChunkState::Size | ChunkState::SizeSpace | ChunkState::Extension if b == b'\n' => {
                     if !self.digits {
                         return bad("a chunk size is missing");
                     }
                     self.end_size_line(max_body)?;
                 }
-                ChunkState::Size if b == b';' || b == b' ' || b == b'\t' => {
-                    self.state = ChunkState::SizeLine
+                ChunkState::Size | ChunkState::SizeSpace if b == b';' => {
+                    self.state = ChunkState::Extension
                 }
-                ChunkState::Size => return bad("a chunk size is malformed"),
-                ChunkState::SizeLine if b < 0x20 && b != b'\t' || b == 0x7f => {
+                ChunkState::Size | ChunkState::SizeSpace if b == b' ' || b == b'\t' => {
+                    self.state = ChunkState::SizeSpace
+                }
+                ChunkState::Size | ChunkState::SizeSpace => {
+                    return bad("a chunk size is malformed");
+                }
+                ChunkState::Extension if b < 0x20 && b != b'\t' || b == 0x7f => {
                     return bad("a chunk extension has a control character");
                 }
-                ChunkState::SizeLine => {}
+                ChunkState::Extension => {}
                 ChunkState::DataEnd if b == b'\n' => self.state = ChunkState::Size,
                 ChunkState::DataEnd => return bad("chunk data is longer than its size"),
                 ChunkState::Trailer(0) if b == b'\n' => self.state = ChunkState::Done,
@@ -2199,7 +2233,10 @@ impl Chunked {
             if b != b'\r' {
                 self.cr = false;
             }
-            if matches!(self.state, ChunkState::Size | ChunkState::SizeLine) {
+            if matches!(
+                self.state,
+                ChunkState::Size | ChunkState::SizeSpace | ChunkState::Extension
+            ) {
                 self.line += 1;
                 if self.line > MAX_CHUNK_LINE {
                     return bad("a chunk size line is too long");
@@ -2244,9 +2281,13 @@ fn percent_decode(s: &[u8], plus: bool) -> Option<std::borrow::Cow<'_, [u8]>> {
     while i < s.len() {
         match s[i] {
             b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Exactly two hex digits: `from_str_radix` alone would also
+                // take a sign, as in `%+1`.
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+                let digit = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(digit(hex[0]) << 4 | digit(hex[1]));
                 i += 3;
             }
             b'+' if plus => {
@@ -2638,12 +2679,12 @@ fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<
         (None, None) => return Err(bad(BAD_DURATION)),
         _ => {}
     }
-    if let Some(t) = &s.timeout {
-        if parse_duration(t).map_or(true, |d| d.is_zero()) {
-            return Err(bad(
-                "timeout must be a duration greater than zero, such as \"30s\"",
-            ));
-        }
+    if let Some(t) = &s.timeout
+        && parse_duration(t).ok().is_none_or(|d| d.is_zero())
+    {
+        return Err(bad(
+            "timeout must be a duration greater than zero, such as \"30s\"",
+        ));
     }
     let max_attempts = match &s.max_attempts {
         None => 1,
@@ -3023,23 +3064,27 @@ struct Connection {
     out: Vec<u8>,
 }
 
-/// Serves one connection until it closes.
+/// Serves one connection, accepted just now, until it closes.
 ///
-/// `_permit` holds one of `--max-connections` places and `_done` tells
-/// `main` the connection is gone; both are only dropped.
+/// Each request holds a sender upgraded from `in_flight` while it is
+/// served, so shutdown can wait for it; `first_request` is one already
+/// taken for the first request. `_permit` holds one of `--max-connections`
+/// places and is only dropped.
 async fn serve(
     shared: Arc<Shared>,
     stream: Async<TcpStream>,
-    accepted: Instant,
     in_flight: async_channel::WeakSender<()>,
+    first_request: Option<Sender<()>>,
     _permit: smol::lock::SemaphoreGuardArc,
 ) {
+    let accepted = Instant::now();
     let mut conn = Connection {
         stream,
         buf: Vec::new(),
         out: Vec::new(),
     };
-    if let Err(Stop::Http(e)) = conn.run(&shared, accepted, &in_flight).await {
+    let served = conn.run(&shared, accepted, &in_flight, first_request);
+    if let Err(Stop::Http(e)) = served.await {
         let response = Response::error(e.status(), e.message());
         shared.responses.add(response.status);
         response.write(&mut conn.out, false, false, false);
@@ -3054,6 +3099,7 @@ impl Connection {
         shared: &Shared,
         accepted: Instant,
         in_flight: &async_channel::WeakSender<()>,
+        mut first_request: Option<Sender<()>>,
     ) -> Result<(), Stop> {
         let mut deadline = accepted + HEAD_TIMEOUT;
         let mut first = true;
@@ -3081,7 +3127,7 @@ impl Connection {
             }
             first = false;
             // While this guard lives, shutdown waits for this request.
-            let _request = in_flight.upgrade();
+            let _request = first_request.take().or_else(|| in_flight.upgrade());
             if !self.serve_request(shared, deadline).await? {
                 return self.flush().await;
             }
@@ -3178,22 +3224,9 @@ impl Connection {
     async fn read_head(&mut self, deadline: Instant) -> Result<usize, Stop> {
         let mut scanned = 0;
         loop {
-            let empty_lines = leading_empty_lines(&self.buf);
-            if empty_lines > 0 {
-                self.buf.drain(..empty_lines);
-                scanned = 0;
+            if let Some(end) = take_head(&mut self.buf, &mut scanned)? {
+                return Ok(end);
             }
-            if let Some(end) = find_head_end(&self.buf, scanned) {
-                return if end > MAX_HEAD {
-                    Err(HttpError::HeadTooLarge.into())
-                } else {
-                    Ok(end)
-                };
-            }
-            if self.buf.len() >= MAX_HEAD {
-                return Err(HttpError::HeadTooLarge.into());
-            }
-            scanned = self.buf.len();
             self.fill(deadline, READ_CHUNK).await?;
         }
     }
@@ -3352,6 +3385,38 @@ impl Connection {
     }
 }
 
+/// Accepts, once shutdown has begun, the connections already waiting in the
+/// kernel's backlog: closing the listener would reset them, and their
+/// clients may have sent a request already. Each one's first request counts
+/// as in flight, so shutdown waits for its answer (a `503`, most likely).
+fn accept_backlog(
+    shared: &Arc<Shared>,
+    executor: &Executor<'static>,
+    listener: &Async<TcpListener>,
+    in_flight: &async_channel::WeakSender<()>,
+    places: &Arc<smol::lock::Semaphore>,
+) {
+    while let Some(place) = places.try_acquire_arc() {
+        // The listener is non-blocking: this ends at WouldBlock.
+        let Ok((stream, _)) = listener.get_ref().accept() else {
+            return;
+        };
+        let Ok(stream) = Async::new(stream) else {
+            continue;
+        };
+        let _ = stream.get_ref().set_nodelay(true);
+        let first_request = in_flight.upgrade();
+        let task = serve(
+            shared.clone(),
+            stream,
+            in_flight.clone(),
+            first_request,
+            place,
+        );
+        executor.spawn(task).detach();
+    }
+}
+
 /// Accepts connections until shutdown begins, each in a task of its own.
 ///
 /// A place among `--max-connections` is taken before `accept`, so past the
@@ -3374,6 +3439,7 @@ async fn listen(
             None
         };
         let Some((place, accepted)) = future::or(stopped, async { Some(next.await) }).await else {
+            accept_backlog(&shared, &executor, &listener, &in_flight, &places);
             // Dropping the listener closes its socket: new connections are refused.
             return;
         };
@@ -3383,13 +3449,7 @@ async fn listen(
                 // Answers go out as soon as they are written, not after
                 // Nagle's delay; failing to set it only costs latency.
                 let _ = stream.get_ref().set_nodelay(true);
-                let task = serve(
-                    shared.clone(),
-                    stream,
-                    Instant::now(),
-                    in_flight.clone(),
-                    place,
-                );
+                let task = serve(shared.clone(), stream, in_flight.clone(), None, place);
                 executor.spawn(task).detach();
             }
             Err(e) => {
@@ -3434,18 +3494,21 @@ async fn run(
     // served; once shutdown drops this one, `requests_done` reports when
     // the last request in flight has been answered.
     let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
-    executor
-        .spawn(listen(
-            shared.clone(),
-            executor.clone(),
-            listener,
-            in_flight_tx.downgrade(),
-        ))
-        .detach();
+    // The bound address, not the flag: with port 0 the kernel picks one.
+    let bound = listener
+        .get_ref()
+        .local_addr()
+        .map_or(shared.config.addr, |a| a);
     info!(
-        "listening on http://{} with {} workers, queue {}",
-        shared.config.addr, shared.config.workers, shared.config.buffer
+        "listening on http://{bound} with {} workers, queue {}",
+        shared.config.workers, shared.config.buffer
     );
+    let listening = executor.spawn(listen(
+        shared.clone(),
+        executor.clone(),
+        listener,
+        in_flight_tx.downgrade(),
+    ));
 
     // Step 1: the first signal begins the drain.
     let received = read_signals(&signals).await;
@@ -3455,6 +3518,9 @@ async fn run(
     );
     shared.store().draining = true;
     shared.draining.fire();
+    // The listener ends once it has taken in its backlog; only then can no
+    // new request start, and this sender go.
+    listening.await;
     drop(in_flight_tx);
     // A second signal, from now on, ends the process at once.
     executor
@@ -3573,4 +3639,864 @@ fn start(config: Config) -> Result<i32, String> {
         code
     });
     Ok(code)
+}
+
+// ---- 10. Tests of the pure pieces ----
+//
+// The end-to-end tests in `tests/` drive the real binary over sockets; these
+// check the pieces that need no socket, table by table.
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations Go accepts, with their values in nanoseconds (most from
+    /// Go's own `time` tests).
+    const GOOD_DURATIONS: &[(&str, u64)] = &[
+        ("0", 0),
+        ("+0", 0),
+        ("-0", 0),
+        ("0s", 0),
+        ("-0s", 0),
+        ("5s", 5_000_000_000),
+        ("30s", 30_000_000_000),
+        ("1478s", 1_478_000_000_000),
+        ("+5s", 5_000_000_000),
+        ("5.0s", 5_000_000_000),
+        ("5.6s", 5_600_000_000),
+        ("5.s", 5_000_000_000),
+        (".5s", 500_000_000),
+        ("1.0s", 1_000_000_000),
+        ("1.00s", 1_000_000_000),
+        ("1.004s", 1_004_000_000),
+        ("1.0040s", 1_004_000_000),
+        ("100.00100s", 100_001_000_000),
+        ("10ns", 10),
+        ("11us", 11_000),
+        ("12µs", 12_000),
+        ("12μs", 12_000),
+        ("13ms", 13_000_000),
+        ("14s", 14_000_000_000),
+        ("15m", 900_000_000_000),
+        ("16h", 57_600_000_000_000),
+        ("3h30m", 12_600_000_000_000),
+        ("10.5s4m", 250_500_000_000),
+        ("1h2m3s4ms5us6ns", 3_723_004_005_006),
+        ("39h9m14.425s", 140_954_425_000_000),
+        ("52763797000ns", 52_763_797_000),
+        ("0.3333333333333333333h", 1_200_000_000_000),
+        ("9007199254740993ns", 9_007_199_254_740_993),
+        ("9223372036854775807ns", 9_223_372_036_854_775_807),
+        ("9223372036854775.807us", 9_223_372_036_854_775_807),
+        ("9223372036s854ms775us807ns", 9_223_372_036_854_775_807),
+        ("0.100000000000000000000h", 360_000_000_000),
+        ("0.830103483285477580700h", 2_988_372_539_827),
+        ("2562047h47m16.854775807s", 9_223_372_036_854_775_807),
+        ("1.5h", 5_400_000_000_000),
+        ("300ms", 300_000_000),
+        ("1m30s", 90_000_000_000),
+        ("2h45m", 9_900_000_000_000),
+    ];
+
+    /// Strings Go refuses, and negative values, which bgtasks refuses too.
+    const BAD_DURATIONS: &[&str] = &[
+        "",
+        "3",
+        "-",
+        "+",
+        "s",
+        ".",
+        "-.",
+        ".s",
+        "+.s",
+        "1d",
+        "1.5",
+        "1 s",
+        " 1s",
+        "1s ",
+        "1S",
+        "1sec",
+        "1e3s",
+        "0x10s",
+        "\u{85}\u{85}",
+        "\u{ff}ff",
+        "hello \u{ff}ff world",
+        "-5s",
+        "-1ns",
+        "-2m3.4s",
+        "-9223372036854775808ns",
+        "9223372036854775808ns",
+        "9223372036854775.808us",
+        "9223372036854ms775us808ns",
+        "9223372036s854ms775us808ns",
+        "2562047h47m16.854775808s",
+        "2562048h",
+        "3000000h",
+        "9223372036854775807ns1ns",
+        "1.5µ",
+        "1us1",
+    ];
+
+    #[test]
+    fn durations_parse_exactly_as_go_does() {
+        for &(text, nanos) in GOOD_DURATIONS {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_nanos(nanos)),
+                "{text:?}"
+            );
+        }
+        for &text in BAD_DURATIONS {
+            assert!(parse_duration(text).is_err(), "{text:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc_3339_with_milliseconds() {
+        let cases: &[(u64, &str)] = &[
+            (0, "null"),
+            (1, "\"1970-01-01T00:00:00.001Z\""),
+            (951_782_400_000, "\"2000-02-29T00:00:00.000Z\""),
+            (951_868_799_999, "\"2000-02-29T23:59:59.999Z\""),
+            (1_798_401_600_123, "\"2026-12-27T20:00:00.123Z\""),
+            (1_796_000_000_000, "\"2026-11-30T00:53:20.000Z\""),
+            (4_102_444_800_000, "\"2100-01-01T00:00:00.000Z\""),
+            (253_402_300_799_999, "\"9999-12-31T23:59:59.999Z\""),
+        ];
+        for &(millis, expected) in cases {
+            let mut out = Vec::new();
+            write_timestamp(&mut out, millis);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{millis}");
+        }
+    }
+
+    #[test]
+    fn http_dates_follow_rfc_9110() {
+        let cases: &[(u64, &str)] = &[
+            (784_111_777, "Sun, 06 Nov 1994 08:49:37 GMT"),
+            (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
+            (951_782_400, "Tue, 29 Feb 2000 00:00:00 GMT"),
+            (1_795_636_800, "Wed, 25 Nov 2026 20:00:00 GMT"),
+        ];
+        for &(secs, expected) in cases {
+            let mut out = Vec::new();
+            write_http_date(&mut out, secs);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn ids_round_trip_and_sort_like_their_numbers() {
+        let ids = [
+            1u64,
+            63,
+            64,
+            1_000_000,
+            1_796_000_000_000_000,
+            (1 << 54) - 1,
+        ];
+        let texts: Vec<String> = ids
+            .iter()
+            .map(|&id| {
+                let mut out = Vec::new();
+                write_id(&mut out, id);
+                String::from_utf8(out).unwrap()
+            })
+            .collect();
+        for (id, text) in ids.iter().zip(&texts) {
+            assert_eq!(text.len(), ID_LEN);
+            assert_eq!(parse_id(text.as_bytes()), Some(*id), "{text}");
+        }
+        assert!(texts.windows(2).all(|w| w[0] < w[1]), "{texts:?}");
+        for bad in [
+            "",
+            "abc",
+            "123456789a",
+            "12345678!",
+            "12345678.",
+            "%2e%2e%2e",
+        ] {
+            assert_eq!(parse_id(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_keeps_short_strings_inline() {
+        for s in [
+            "",
+            "t",
+            "60s",
+            "exactly-twenty-two-ch",
+            "twenty-three characters",
+            "ünïcödé",
+        ] {
+            let text = Text::new(s);
+            assert_eq!(text.as_str(), s);
+            assert_eq!(
+                matches!(text, Text::Inline(..)),
+                s.len() <= INLINE_TEXT,
+                "{s}"
+            );
+        }
+        assert_eq!(std::mem::size_of::<Text>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Text>>(), 24);
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_five_minutes() {
+        let secs: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        let cases: &[(&str, bool, Option<&str>)] = &[
+            ("abc", false, Some("abc")),
+            ("a%20b", false, Some("a b")),
+            ("a+b", false, Some("a+b")),
+            ("a+b", true, Some("a b")),
+            ("%41%42", true, Some("AB")),
+            ("%2F", false, Some("/")),
+            ("%", false, None),
+            ("%4", false, None),
+            ("%zz", false, None),
+            ("%+1", true, None),
+        ];
+        for &(input, plus, expected) in cases {
+            let got = percent_decode(input.as_bytes(), plus)
+                .map(|c| String::from_utf8(c.into_owned()).unwrap());
+            assert_eq!(got.as_deref(), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_compare_whole() {
+        let cases: &[(Option<&str>, bool)] = &[
+            (Some("Bearer s3cret"), true),
+            (Some("bearer s3cret"), true),
+            (Some("BEARER   s3cret"), true),
+            (Some("Bearer s3cre"), false),
+            (Some("Bearer s3cret2"), false),
+            (Some("Bearer "), false),
+            (Some("Basic s3cret"), false),
+            (Some("s3cret"), false),
+            (None, false),
+        ];
+        for &(given, ok) in cases {
+            assert_eq!(
+                bearer_matches(given.map(str::as_bytes), "s3cret"),
+                ok,
+                "{given:?}"
+            );
+        }
+    }
+
+    /// What a parsed request says, owned, so results can be compared.
+    #[derive(Debug, PartialEq)]
+    struct Parsed {
+        method: Method,
+        path: Vec<u8>,
+        query: Option<Vec<u8>>,
+        http10: bool,
+        keep_alive: bool,
+        expect_continue: bool,
+        authorization: Option<Vec<u8>>,
+        body: Vec<u8>,
+    }
+
+    /// How a stream of bytes parses.
+    #[derive(Debug, PartialEq)]
+    struct Verdict {
+        /// Each request read, or the error that ended the stream.
+        requests: Vec<Result<Parsed, HttpError>>,
+        /// Bytes left over when the input ended inside a request.
+        incomplete: bool,
+    }
+
+    /// Feeds `input` to the codec in pieces, as a connection reads it:
+    /// `take_head`, `parse_head`, then a body by length or by the chunked
+    /// decoder. `pieces` gives the size of each read (repeating the last).
+    fn parse_stream(input: &[u8], pieces: &[usize], max_body: usize) -> Verdict {
+        let mut buf = Vec::new();
+        let (mut at, mut reads) = (0, 0);
+        // Appends the next piece of input; `false` once it is all read.
+        let mut read = |buf: &mut Vec<u8>, at: &mut usize| {
+            if *at == input.len() {
+                return false;
+            }
+            let n = pieces[reads.min(pieces.len() - 1)]
+                .max(1)
+                .min(input.len() - *at);
+            reads += 1;
+            buf.extend_from_slice(&input[*at..*at + n]);
+            *at += n;
+            true
+        };
+        let mut requests = Vec::new();
+        let end = |requests, incomplete| Verdict {
+            requests,
+            incomplete,
+        };
+        loop {
+            let mut scanned = 0;
+            let head_len = loop {
+                match take_head(&mut buf, &mut scanned) {
+                    Err(e) => return end(push(requests, Err(e)), false),
+                    Ok(Some(n)) => break n,
+                    Ok(None) if read(&mut buf, &mut at) => {}
+                    Ok(None) => return end(requests, !buf.is_empty()),
+                }
+            };
+            let head = match parse_head(&buf[..head_len]) {
+                Ok(head) => head,
+                Err(e) => return end(push(requests, Err(e)), false),
+            };
+            let (body, consumed) = match head.framing {
+                Framing::Length(n) if n > max_body as u64 => {
+                    return end(push(requests, Err(HttpError::BodyTooLarge)), false);
+                }
+                Framing::Length(n) => {
+                    let n = n as usize;
+                    while buf.len() < head_len + n {
+                        if !read(&mut buf, &mut at) {
+                            return end(requests, true);
+                        }
+                    }
+                    (buf[head_len..head_len + n].to_vec(), head_len + n)
+                }
+                Framing::Chunked => {
+                    let mut decoder = Chunked::default();
+                    loop {
+                        match decoder.feed(&buf[head_len..], max_body) {
+                            Err(e) => return end(push(requests, Err(e)), false),
+                            Ok(used) => drop(buf.drain(head_len..head_len + used)),
+                        }
+                        if decoder.state == ChunkState::Done {
+                            break (decoder.body, head_len);
+                        }
+                        if !read(&mut buf, &mut at) {
+                            return end(requests, true);
+                        }
+                    }
+                }
+            };
+            let bytes = &buf[..head_len];
+            requests.push(Ok(Parsed {
+                method: head.method,
+                path: bytes[head.path.clone()].to_vec(),
+                query: head.query.clone().map(|q| bytes[q].to_vec()),
+                http10: head.http10,
+                keep_alive: head.keep_alive,
+                expect_continue: head.expect_continue,
+                authorization: head.authorization.clone().map(|a| bytes[a].to_vec()),
+                body,
+            }));
+            buf.drain(..consumed);
+            if buf.is_empty() && at == input.len() {
+                return end(requests, false);
+            }
+        }
+    }
+
+    /// Appends to a vector and returns it.
+    fn push<T>(mut v: Vec<T>, item: T) -> Vec<T> {
+        v.push(item);
+        v
+    }
+
+    /// Well-formed request streams, several requests each.
+    const GOOD_STREAMS: &[&str] = &[
+        "GET /tasks?state=queued&limit=5 HTTP/1.1\r\nHost: x\r\n\r\n",
+        "POST /tasks HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /healthz HTTP/1.1\r\nhost: y\r\n\r\n",
+        "POST /tasks HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5;ext=1;q=\"a;b\"\r\nhello\r\n6 ; e\r\n world\r\nA\r\n0123456789\r\n0\r\nX-Trailer: y\r\nZ: 1\r\n\r\n\
+         GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /healthz HTTP/1.1\nHost: x\n\nPOST /queue-task HTTP/1.1\nHost: x\nContent-Length: 2\n\n{}",
+        "\r\n\r\nGET / HTTP/1.0\r\n\r\n\nGET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        "POST /tasks HTTP/1.1\nHost: x\ntransfer-encoding: Chunked\n\n3\nabc\n0\n\n",
+        "GET http://example.com:8000/tasks/abc?wait=1s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n",
+        "GET   /tasks \t HTTP/1.1\r\nHost:x\r\nX-Empty:\r\nX-Tab:\tv\t\r\n\r\n",
+    ];
+
+    #[test]
+    fn good_streams_parse_as_expected() {
+        let v = parse_stream(GOOD_STREAMS[2].as_bytes(), &[usize::MAX], 1 << 20);
+        assert!(!v.incomplete);
+        let bodies: Vec<_> = v
+            .requests
+            .iter()
+            .map(|r| r.as_ref().unwrap().body.clone())
+            .collect();
+        assert_eq!(bodies, [b"hello world0123456789".to_vec(), Vec::new()]);
+        assert!(!v.requests[1].as_ref().unwrap().keep_alive);
+
+        let v = parse_stream(GOOD_STREAMS[4].as_bytes(), &[usize::MAX], 1 << 20);
+        let flags: Vec<_> = v
+            .requests
+            .iter()
+            .map(|r| r.as_ref().map(|p| (p.http10, p.keep_alive)).unwrap())
+            .collect();
+        assert_eq!(flags, [(true, false), (true, true)]);
+
+        let v = parse_stream(GOOD_STREAMS[6].as_bytes(), &[usize::MAX], 1 << 20);
+        let p = v.requests[0].as_ref().unwrap();
+        assert_eq!(
+            (p.path.as_slice(), p.query.as_deref()),
+            (&b"/tasks/abc"[..], Some(&b"wait=1s"[..]))
+        );
+        assert_eq!(p.authorization.as_deref(), Some(&b"Bearer t"[..]));
+
+        for stream in GOOD_STREAMS {
+            let v = parse_stream(stream.as_bytes(), &[usize::MAX], 1 << 20);
+            assert!(
+                !v.incomplete && v.requests.iter().all(Result::is_ok),
+                "{stream:?}: {v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_split_anywhere_parses_the_same() {
+        for stream in GOOD_STREAMS {
+            let bytes = stream.as_bytes();
+            let whole = parse_stream(bytes, &[usize::MAX], 1 << 20);
+            for split in 1..bytes.len() {
+                let pieces = parse_stream(bytes, &[split, usize::MAX], 1 << 20);
+                assert_eq!(pieces, whole, "{stream:?} split at {split}");
+            }
+            assert_eq!(
+                parse_stream(bytes, &[1], 1 << 20),
+                whole,
+                "{stream:?} byte by byte"
+            );
+            // Cut short anywhere, a stream is incomplete, never an error.
+            for cut in 1..bytes.len() {
+                let v = parse_stream(&bytes[..cut], &[7], 1 << 20);
+                assert!(
+                    v.requests.iter().all(Result::is_ok),
+                    "{stream:?} cut at {cut}: {v:?}"
+                );
+            }
+        }
+    }
+
+    /// Heads that must be refused, and how.
+    const BAD_HEADS: &[(&str, u16)] = &[
+        ("GET / HTTP/1.1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        ("GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+        ("GET / HTTP/3\r\nHost: a\r\n\r\n", 505),
+        ("GET / http/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET / HTTP/1.1x\r\nHost: a\r\n\r\n", 400),
+        ("GET /\r\nHost: a\r\n\r\n", 400),
+        ("GET / HTTP/1.1 extra\r\nHost: a\r\n\r\n", 400),
+        ("G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET /#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET ftp://x/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET http:///tasks HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET example.com:80 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\n Host: a\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n folded\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nNo colon\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\n: empty\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n", 400),
+        ("GET / HTTP/1.1\rHost: a\r\n\r\n", 400),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n",
+            400,
+        ),
+        ("POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n", 400),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            501,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            501,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            400,
+        ),
+        (
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n",
+            400,
+        ),
+        ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ("POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",
+            400,
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: a\r\nIdempotency-Key: a\r\nIdempotency-Key: b\r\n\r\n",
+            400,
+        ),
+    ];
+
+    #[test]
+    fn bad_heads_are_refused_with_the_right_status() {
+        for &(head, status) in BAD_HEADS {
+            let v = parse_stream(head.as_bytes(), &[usize::MAX], 1 << 20);
+            let error = v.requests.last().and_then(|r| r.as_ref().err());
+            assert_eq!(error.map(|e| e.status()), Some(status), "{head:?}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn limits_on_the_head_and_headers() {
+        let many = "X: y\r\n".repeat(MAX_HEADERS);
+        let ok = format!("GET / HTTP/1.1\r\n{many}\r\n").replacen("X: y", "Host: a", 1);
+        assert!(parse_head(ok.as_bytes()).is_ok());
+        let too_many = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");
+        assert_eq!(
+            parse_head(too_many.as_bytes()),
+            Err(HttpError::HeadTooLarge)
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
+        let v = parse_stream(big.as_bytes(), &[1000], 1 << 20);
+        assert_eq!(v.requests, [Err(HttpError::HeadTooLarge)]);
+        // A head that never ends stops at the limit, not at the end of input.
+        let endless = "GET / HTTP/1.1\r\n".to_string() + &"X: y\r\n".repeat(5000);
+        let v = parse_stream(endless.as_bytes(), &[100], 1 << 20);
+        assert_eq!(v.requests, [Err(HttpError::HeadTooLarge)]);
+    }
+
+    #[test]
+    fn header_semantics() {
+        let parse = |head: &str| parse_head(head.as_bytes()).unwrap();
+        let h = parse("GET / HTTP/1.1\r\nHOST: a\r\nconnection: Keep-Alive, CLOSE\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h = parse(
+            "POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 0042\r\nEXPECT: 100-Continue\r\n\r\n",
+        );
+        assert_eq!((h.framing, h.expect_continue), (Framing::Length(42), true));
+        let h = parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+        assert!(!h.expect_continue, "HTTP/1.0 cannot expect 100-continue");
+        let h = parse("GET * HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(h.path, 4..5);
+        let h = parse("GET HTTP://Example.COM HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(h.path.is_empty() && h.query.is_none());
+    }
+
+    /// Chunked bodies and how they decode (as `Ok(body)`) or fail.
+    const CHUNKED: &[(&str, Result<&str, u16>)] = &[
+        ("0\r\n\r\n", Ok("")),
+        ("3\r\nabc\r\n0\r\n\r\n", Ok("abc")),
+        ("3\nabc\n0\n\n", Ok("abc")),
+        ("3;a=b\r\nabc\r\n0;last\r\nT: 1\r\n\r\n", Ok("abc")),
+        ("3 ;a\r\nabc\r\n0\r\n\r\n", Ok("abc")),
+        ("00003\r\nabc\r\n0\r\n\r\n", Ok("abc")),
+        ("a\r\n0123456789\r\n0\r\n\r\n", Ok("0123456789")),
+        ("\r\nabc\r\n0\r\n\r\n", Err(400)),
+        ("zz\r\n", Err(400)),
+        (" 3\r\nabc\r\n0\r\n\r\n", Err(400)),
+        ("3 4\r\nabc\r\n0\r\n\r\n", Err(400)),
+        ("-3\r\nabc\r\n0\r\n\r\n", Err(400)),
+        ("3\r\nabcd\r\n0\r\n\r\n", Err(400)),
+        ("3\rabc\r\n0\r\n\r\n", Err(400)),
+        ("3\r\nabc\r\r\n0\r\n\r\n", Err(400)),
+        ("10000000000000000\r\n", Err(400)),
+        ("ffffffffffffffff\r\n", Err(413)),
+        ("41\r\n", Err(413)),
+        ("3;\x01\r\nabc\r\n0\r\n\r\n", Err(400)),
+        ("0\r\nT: \x01\r\n\r\n", Err(400)),
+    ];
+
+    #[test]
+    fn chunked_bodies_decode_or_fail_as_rfc_9112_says() {
+        for &(body, expected) in CHUNKED {
+            let stream =
+                format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+            for pieces in [&[usize::MAX][..], &[1], &[3]] {
+                let v = parse_stream(stream.as_bytes(), pieces, 64);
+                let got = match &v.requests[..] {
+                    [Ok(p)] => Ok(String::from_utf8(p.body.clone()).unwrap()),
+                    [Err(e)] => Err(e.status()),
+                    other => panic!("{body:?}: {other:?}"),
+                };
+                assert_eq!(
+                    got.as_deref().map_err(|e| *e),
+                    expected,
+                    "{body:?} in pieces {pieces:?}"
+                );
+            }
+        }
+        let line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
+        let mut decoder = Chunked::default();
+        assert!(matches!(
+            decoder.feed(line.as_bytes(), 64),
+            Err(HttpError::BadRequest(_))
+        ));
+    }
+
+    /// A small, seeded random number generator (xorshift64*), so the
+    /// property tests need no crate and every failure can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Bytes that make random input look like HTTP often enough to reach
+    /// deep into the parser.
+    const FRAGMENTS: &[&str] = &[
+        "GET ",
+        "POST ",
+        "/tasks",
+        " HTTP/1.1",
+        " HTTP/1.0",
+        "\r\n",
+        "\n",
+        "\r",
+        "Host: a",
+        ":",
+        " ",
+        "Content-Length: ",
+        "Transfer-Encoding: chunked",
+        "Expect: 100-continue",
+        "0",
+        "5",
+        "a",
+        "ff",
+        ";x",
+        "Connection: close",
+        "%",
+        "?",
+        "\t",
+        "\x00",
+        "\u{ff}",
+        "\r\n\r\n",
+    ];
+
+    #[test]
+    fn random_and_mutated_input_never_panics_and_always_ends_in_a_verdict() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..20_000 {
+            let input: Vec<u8> = if round % 2 == 0 {
+                (0..rng.below(40))
+                    .flat_map(|_| FRAGMENTS[rng.below(FRAGMENTS.len())].bytes())
+                    .collect()
+            } else {
+                let mut bytes = GOOD_STREAMS[rng.below(GOOD_STREAMS.len())]
+                    .as_bytes()
+                    .to_vec();
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(bytes.len());
+                    match rng.below(3) {
+                        0 => bytes[at] = rng.next() as u8,
+                        1 => drop(bytes.remove(at)),
+                        _ => bytes.insert(at, rng.next() as u8),
+                    }
+                }
+                bytes
+            };
+            let whole = parse_stream(&input, &[usize::MAX], 256);
+            let split = parse_stream(&input, &[1 + rng.below(16)], 256);
+            assert_eq!(
+                whole,
+                split,
+                "round {round}: {:?}",
+                String::from_utf8_lossy(&input)
+            );
+            // A verdict: complete requests, then at most one error, or input
+            // that ended inside a request.
+            let errors = whole.requests.iter().filter(|r| r.is_err()).count();
+            assert!(errors <= 1 && (errors == 0 || whole.requests.last().unwrap().is_err()));
+        }
+    }
+
+    #[test]
+    fn routes_are_chosen_from_path_and_method() {
+        let route = |request: &str, token: Option<&str>| {
+            let bytes = request.as_bytes();
+            let head = parse_head(bytes).unwrap();
+            choose_route(&head, bytes, token)
+        };
+        let id = 1_796_000_000_000_000u64;
+        let mut text = Vec::new();
+        write_id(&mut text, id);
+        let id_text = String::from_utf8(text).unwrap();
+        let cases: Vec<(String, Option<&str>, Result<Route, HttpError>)> = vec![
+            ("POST /queue-task".into(), None, Ok(Route::Submit)),
+            (
+                "GET /queue-task".into(),
+                None,
+                Ok(Route::NotAllowed("POST")),
+            ),
+            ("POST /tasks".into(), None, Ok(Route::Submit)),
+            ("GET /tasks".into(), None, Ok(Route::List)),
+            (
+                "PUT /tasks".into(),
+                None,
+                Ok(Route::NotAllowed("GET, POST")),
+            ),
+            (
+                format!("GET /tasks/{id_text}"),
+                None,
+                Ok(Route::Status(Some(id))),
+            ),
+            (
+                format!("GET /tasks/%{:X}{}", id_text.as_bytes()[0], &id_text[1..]),
+                None,
+                Ok(Route::Status(Some(id))),
+            ),
+            ("GET /tasks/nope".into(), None, Ok(Route::Status(None))),
+            (
+                format!("HEAD /tasks/{id_text}"),
+                None,
+                Ok(Route::NotAllowed("GET")),
+            ),
+            (
+                format!("POST /tasks/{id_text}/cancel"),
+                None,
+                Ok(Route::Cancel(Some(id))),
+            ),
+            (
+                format!("GET /tasks/{id_text}/cancel"),
+                None,
+                Ok(Route::NotAllowed("POST")),
+            ),
+            (
+                format!("POST /tasks/{id_text}/cancel/x"),
+                None,
+                Ok(Route::NotFound),
+            ),
+            ("GET /tasks%2Fx".into(), None, Ok(Route::NotFound)),
+            ("GET /healthz".into(), None, Ok(Route::Health)),
+            ("GET /metrics".into(), None, Ok(Route::Metrics)),
+            ("GET /".into(), None, Ok(Route::NotFound)),
+            ("GET *".into(), None, Ok(Route::NotFound)),
+            ("GET /a/b/c/d/e".into(), None, Ok(Route::NotFound)),
+            (
+                "GET /tasks/%zz".into(),
+                None,
+                Err(HttpError::BadRequest(
+                    "the request path has a broken percent escape",
+                )),
+            ),
+            ("GET /healthz".into(), Some("t"), Ok(Route::Health)),
+            ("POST /healthz".into(), Some("t"), Ok(Route::Unauthorized)),
+            ("GET /tasks".into(), Some("t"), Ok(Route::Unauthorized)),
+            ("GET /nowhere".into(), Some("t"), Ok(Route::Unauthorized)),
+        ];
+        for (line, token, expected) in cases {
+            let request = format!("{line} HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(route(&request, token), expected, "{line}");
+        }
+        let authorized = "GET /tasks HTTP/1.1\r\nHost: a\r\nAuthorization: bearer t\r\n\r\n";
+        assert_eq!(route(authorized, Some("t")), Ok(Route::List));
+    }
+
+    #[test]
+    fn flags_and_environment() {
+        let parse = |args: &[&str], env: &[(&str, &str)]| {
+            let env: HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            parse_command(args.iter().map(OsString::from), |k| env.get(k).cloned())
+        };
+        let Ok(Command::Run(c)) = parse(&[], &[]) else {
+            panic!()
+        };
+        assert_eq!(
+            (c.addr.to_string().as_str(), c.workers, c.buffer),
+            ("127.0.0.1:8000", 10, 100)
+        );
+        assert_eq!(
+            (c.grace, c.retry_after, c.keep_finished),
+            (Duration::from_secs(5), 60, 10_000)
+        );
+        assert_eq!(
+            (c.max_body, c.max_connections, c.token),
+            (65_536, 1024, None)
+        );
+        let Ok(Command::Run(c)) = parse(
+            &["--workers=3", "--grace", "1m30s"],
+            &[("BGTASKS_WORKERS", "9")],
+        ) else {
+            panic!()
+        };
+        assert_eq!((c.workers, c.grace), (3, Duration::from_secs(90)));
+        let Ok(Command::Run(c)) = parse(&[], &[("BGTASKS_WORKERS", "9"), ("RUST_LOG", "DEBUG")])
+        else {
+            panic!()
+        };
+        assert_eq!((c.workers, c.log_level), (9, log::LevelFilter::Debug));
+        assert!(matches!(
+            parse(&["--workers", "1", "-h"], &[]),
+            Ok(Command::Help)
+        ));
+        assert!(parse(&["--handler", "x"], &[]).is_err());
+        assert!(parse(&["--handler", "sleep=/bin/true"], &[]).is_err());
+        assert!(parse(&["--handler", "a b=/bin/true"], &[]).is_err());
+        assert!(parse(&["--handler", "k=/nonexistent/program"], &[]).is_err());
+        assert!(parse(&["--handler", "k=/etc/passwd"], &[]).is_err());
+        assert!(
+            parse(
+                &["--handler", "k=/bin/true", "--handler", "k=/bin/false"],
+                &[]
+            )
+            .is_err()
+        );
+        let Ok(Command::Run(c)) = parse(
+            &["--handler", "k=sh  -c  'exit 0'"],
+            &[("PATH", "/usr/bin:/bin")],
+        ) else {
+            panic!()
+        };
+        assert!(c.handlers[0].program.ends_with("sh"));
+        assert_eq!(c.handlers[0].args, ["-c", "'exit", "0'"]);
+    }
 }

@@ -1,0 +1,195 @@
+//! SPEC §1: flags, environment variables, bad values, help and version.
+
+mod common;
+
+use common::{Server, command};
+use std::net::TcpListener;
+
+/// Runs the binary to completion and returns (status, stdout, stderr).
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = command(&[], args, env).output().expect("the binary runs");
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (out.status.code(), text(out.stdout), text(out.stderr))
+}
+
+#[test]
+fn help_and_version_print_to_stdout_and_exit_0() {
+    for flag in ["-h", "--help"] {
+        let (code, out, err) = run(&[flag], &[]);
+        assert_eq!(code, Some(0));
+        assert!(
+            out.contains("Usage: bgtasks") && out.contains("--keep-finished"),
+            "{out}"
+        );
+        assert!(err.is_empty(), "{err}");
+    }
+    for flag in ["-V", "--version"] {
+        let (code, out, _) = run(&[flag], &[]);
+        assert_eq!(code, Some(0));
+        assert_eq!(out, format!("bgtasks {}\n", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn bad_values_exit_2_with_one_clear_line_before_binding() {
+    // The address is taken, so a server that bound before checking its
+    // flags would exit 1 instead of 2.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    /// Arguments, environment, and what the one line of stderr says.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--bogus"], &[], "unknown argument \"--bogus\""),
+        (&["--workers"], &[], "--workers needs a value"),
+        (
+            &["--workers", "0"],
+            &[],
+            "--workers: expected a whole number from 1",
+        ),
+        (
+            &["--workers", "ten"],
+            &[],
+            "--workers: expected a whole number",
+        ),
+        (&["--workers=-3"], &[], "--workers: expected a whole number"),
+        (
+            &["--buffer", "0"],
+            &[],
+            "--buffer: expected a whole number from 1",
+        ),
+        (
+            &["--threads", "0"],
+            &[],
+            "--threads: expected a whole number from 1",
+        ),
+        (&["--keep-finished", "0"], &[], "--keep-finished: expected"),
+        (&["--max-body", "0"], &[], "--max-body: expected"),
+        (
+            &["--max-connections", "0"],
+            &[],
+            "--max-connections: expected",
+        ),
+        (&["--retry-after", "-1"], &[], "--retry-after: expected"),
+        (&["--grace", "-1s"], &[], "--grace: negative duration"),
+        (&["--grace", "5"], &[], "--grace: missing unit"),
+        (&["--grace", "5 s"], &[], "--grace: "),
+        (
+            &["--addr", "nonsense"],
+            &[],
+            "--addr: \"nonsense\" is not an address",
+        ),
+        (
+            &["--log-level", "loud"],
+            &[],
+            "--log-level: \"loud\" is not one of",
+        ),
+        (&["--token", ""], &[], "--token: the token must be"),
+        (
+            &[],
+            &[("BGTASKS_WORKERS", "0")],
+            "BGTASKS_WORKERS: expected a whole number",
+        ),
+        (
+            &[],
+            &[("BGTASKS_BUFFER", "many")],
+            "BGTASKS_BUFFER: expected a whole number",
+        ),
+        (
+            &[],
+            &[("BGTASKS_GRACE", "-2m")],
+            "BGTASKS_GRACE: negative duration",
+        ),
+        (
+            &[],
+            &[("BGTASKS_ADDR", "localhost")],
+            "BGTASKS_ADDR: \"localhost\" is not an address",
+        ),
+        (
+            &[],
+            &[("RUST_LOG", "verbose")],
+            "RUST_LOG: \"verbose\" is not one of",
+        ),
+        (
+            &[],
+            &[("BGTASKS_TOKEN", "")],
+            "BGTASKS_TOKEN: the token must be",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let mut all = vec!["--addr", addr.as_str()];
+        all.extend_from_slice(args);
+        // A bad address is tested without the taken one, which would win.
+        if args.first() == Some(&"--addr") || env.iter().any(|(n, _)| *n == "BGTASKS_ADDR") {
+            all.drain(..2);
+        }
+        let (code, out, err) = run(&all, env);
+        assert_eq!(code, Some(2), "{args:?} {env:?}: {err}");
+        assert!(out.is_empty(), "{args:?}: stdout {out:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(
+            err.starts_with("bgtasks: ") && err.contains(expected),
+            "{args:?} {env:?}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_port_in_use_exits_1_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run(&["--addr", &addr], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
+
+#[test]
+fn environment_variables_are_read_and_flags_beat_them() {
+    // BGTASKS_BUFFER=1 with one worker: one running, one queued, then 503
+    // with the Retry-After of BGTASKS_RETRY_AFTER.
+    let env = [
+        ("BGTASKS_BUFFER", "1"),
+        ("BGTASKS_WORKERS", "1"),
+        ("BGTASKS_RETRY_AFTER", "7"),
+    ];
+    let server = Server::start_with_env(&[], &env);
+    let first = server.submit("60s");
+    server.wait_state(&first, "running");
+    server.submit("60s");
+    let refused = server.post("/queue-task", r#"{"task_id": "x", "work_duration": "60s"}"#);
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("7"));
+    drop(server);
+
+    // The same environment with --buffer 2: the flag wins.
+    let server = Server::start_with_env(&["--buffer", "2", "--retry-after", "9"], &env);
+    let first = server.submit("60s");
+    server.wait_state(&first, "running");
+    server.submit("60s");
+    server.submit("60s");
+    let refused = server.post("/queue-task", r#"{"task_id": "x", "work_duration": "60s"}"#);
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("9"));
+    assert_eq!(server.metric("bgtasks_queue_capacity"), 2.0);
+    assert_eq!(server.metric("bgtasks_workers"), 1.0);
+}
+
+#[test]
+fn log_level_warn_hides_info_lines() {
+    let mut server = Server::start_with_env(&[], &[("RUST_LOG", "debug")]);
+    server.submit("0s");
+    server.wait_log("queued");
+    drop(server);
+    // With warn, even the listening line is gone, so start by hand.
+    let mut child = command(&["--addr", "127.0.0.1:0", "--log-level", "warn"], &[], &[])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,334 @@
+//! The harness every end-to-end test uses: it starts the real binary on a
+//! port the kernel picks (`--addr 127.0.0.1:0`, the bound address read from
+//! the log), speaks raw HTTP/1.1 over TCP, and kills the server when the
+//! test ends, whatever happened.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The longest any single step of a test waits before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running bgtasks process.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts the binary with `args` (after `--addr 127.0.0.1:0`) and waits
+    /// until it listens.
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with_env(args, &[])
+    }
+
+    /// Starts the binary with `args` and extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut child = command(&["--addr", "127.0.0.1:0"], args, env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the test binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            log,
+        };
+        let line = server.wait_log("listening on http://");
+        let addr = line
+            .split("listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        server.addr = addr;
+        server
+    }
+
+    /// Returns everything the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`, and returns that line.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(50));
+                panic!(
+                    "server exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Opens a new connection.
+    pub fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(self.addr).expect("connect to the server");
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+
+    /// Sends raw bytes on a new connection and reads one response.
+    pub fn raw(&self, request: &[u8]) -> Response {
+        let mut stream = self.connect();
+        stream.write_all(request).unwrap();
+        read_response(&mut stream).expect("a response")
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Response {
+        self.raw(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+    }
+
+    /// `POST path` with a body.
+    pub fn post(&self, path: &str, body: &str) -> Response {
+        self.raw(post_request(path, &[], body).as_bytes())
+    }
+
+    /// `POST path` with extra header lines and a body.
+    pub fn post_with(&self, path: &str, headers: &[&str], body: &str) -> Response {
+        self.raw(post_request(path, headers, body).as_bytes())
+    }
+
+    /// Queues a `sleep` task and returns its id.
+    pub fn submit(&self, duration: &str) -> String {
+        let r = self.post(
+            "/tasks",
+            &format!(r#"{{"task_id": "t", "work_duration": "{duration}"}}"#),
+        );
+        assert_eq!(r.status, 202, "{r:?}");
+        r.json()["id"].as_str().unwrap().to_string()
+    }
+
+    /// Reads a task's status.
+    pub fn task(&self, id: &str) -> serde_json::Value {
+        let r = self.get(&format!("/tasks/{id}"));
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()
+    }
+
+    /// Polls a task until its state is `state`; returns its status.
+    pub fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let task = self.task(id);
+            if task["state"] == state {
+                return task;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "task never became {state}: {task}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Reads one metric's value from `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let body = self.get("/metrics").text();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .parse()
+            .unwrap()
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits up to `limit` for the server to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds a command for the binary, with a clean environment of ours.
+pub fn command(first: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgtasks"));
+    cmd.args(first).args(args);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("BGTASKS_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd
+}
+
+/// Builds a `POST` with a body and extra header lines.
+pub fn post_request(path: &str, headers: &[&str], body: &str) -> String {
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head + "\r\n" + body
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// Returns the value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Returns the body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+
+    /// Parses the body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+}
+
+/// Reads one response (skipping `100 Continue`); `None` if the connection
+/// closed before a status line. Every response must have Content-Length.
+pub fn read_response(stream: &mut TcpStream) -> Option<Response> {
+    loop {
+        let response = read_one(stream)?;
+        if response.status != 100 {
+            return Some(response);
+        }
+    }
+}
+
+/// Reads one response, interim ones included.
+pub fn read_one(stream: &mut TcpStream) -> Option<Response> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ if head.is_empty() => return None,
+            other => panic!(
+                "connection ended inside a response head: {other:?} after {:?}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    let head = String::from_utf8(head).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(
+        status_line.starts_with("HTTP/1.1 "),
+        "status line {status_line:?}"
+    );
+    let status: u16 = status_line[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_string(), v.trim().to_string())
+        })
+        .collect();
+    let mut response = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if status == 100 {
+        return Some(response);
+    }
+    let length: usize = response
+        .header("content-length")
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"))
+        .parse()
+        .unwrap();
+    response.body = vec![0; length];
+    stream.read_exact(&mut response.body).unwrap();
+    Some(response)
+}
+
+/// Tells whether the server closes the connection (EOF or reset) within
+/// `within`; data or silence until then means it did not.
+pub fn closes(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut byte = [0u8; 1];
+    let result = stream.read(&mut byte);
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    match result {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after [`PATIENCE`].
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -679,9 +679,10 @@ impl Task {
         self.extra.get_or_insert_with(Default::default)
     }
 
-    /// Writes the status JSON object of `GET /tasks/{id}` (without braces,
-    /// so callers can add members in front).
-    fn write_members(&self, out: &mut Vec<u8>) {
+    /// Writes the members of the status object of `GET /tasks/{id}`.
+    /// `error` replaces the task's own `error` member, for answers whose
+    /// `error` is a sentence about the request (a `409`).
+    fn write_members(&self, out: &mut Vec<u8>, error: Option<&str>) {
         let extra = self.extra.as_deref();
         out.extend_from_slice(b"\"id\": \"");
         write_id(out, self.id);
@@ -707,7 +708,7 @@ impl Task {
         out.extend_from_slice(b", \"retry_at\": ");
         write_timestamp(out, extra.map_or(0, |e| e.retry_at));
         out.extend_from_slice(b", \"error\": ");
-        write_json_opt(out, extra.and_then(|e| e.error.as_deref()));
+        write_json_opt(out, error.or(extra.and_then(|e| e.error.as_deref())));
         out.extend_from_slice(b", \"result\": ");
         match extra.and_then(|e| e.result.as_deref()) {
             Some(json) => out.extend_from_slice(json.as_bytes()),
@@ -718,7 +719,7 @@ impl Task {
     /// Writes the whole status object.
     fn write_json(&self, out: &mut Vec<u8>) {
         out.push(b'{');
-        self.write_members(out);
+        self.write_members(out, None);
         out.push(b'}');
     }
 }
@@ -2892,13 +2893,10 @@ fn cancel(shared: &Shared, id: Option<u64>) -> Response {
         }
         Err(Lookup::Found(i)) => {
             let task = &store.tasks[i];
+            let sentence = format!("the task is already {}", task.state.name());
             let mut body = Vec::with_capacity(384);
-            let _ = write!(
-                VecWriter(&mut body),
-                "{{\"error\": \"the task is already {}\", ",
-                task.state.name()
-            );
-            task.write_members(&mut body);
+            body.push(b'{');
+            task.write_members(&mut body, Some(&sentence));
             body.push(b'}');
             Response::json(409, body)
         }

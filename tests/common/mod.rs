@@ -332,3 +332,94 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+impl Server {
+    /// Returns the server's resident memory in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// Returns the CPU time the server has used (user + system), in clock
+    /// ticks (1/100 s on Linux).
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name, which is in parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Sends `count` requests made by `body(i)` as `POST path`, pipelined in
+    /// batches over `conns` connections; returns how many got each status.
+    pub fn pipeline(
+        &self,
+        path: &str,
+        count: usize,
+        conns: usize,
+        body: impl Fn(usize) -> String + Sync,
+    ) -> std::collections::BTreeMap<u16, usize> {
+        const BATCH: usize = 256;
+        let statuses = Mutex::new(std::collections::BTreeMap::new());
+        std::thread::scope(|scope| {
+            for c in 0..conns {
+                let (statuses, body) = (&statuses, &body);
+                scope.spawn(move || {
+                    let mut stream = self.connect();
+                    let mut reader = BufReader::with_capacity(1 << 16, stream.try_clone().unwrap());
+                    let mine: Vec<usize> = (c..count).step_by(conns).collect();
+                    let mut local = std::collections::BTreeMap::new();
+                    for batch in mine.chunks(BATCH) {
+                        let mut out = Vec::new();
+                        for &i in batch {
+                            out.extend_from_slice(post_request(path, &[], &body(i)).as_bytes());
+                        }
+                        stream.write_all(&out).unwrap();
+                        for _ in batch {
+                            *local.entry(read_status(&mut reader)).or_insert(0) += 1;
+                        }
+                    }
+                    let mut all = statuses.lock().unwrap();
+                    for (status, n) in local {
+                        *all.entry(status).or_insert(0) += n;
+                    }
+                });
+            }
+        });
+        statuses.into_inner().unwrap()
+    }
+}
+
+/// Reads one response from a buffered reader and returns its status.
+fn read_status(reader: &mut BufReader<TcpStream>) -> u16 {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line[9..12].parse().unwrap();
+    let mut length = 0;
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    status
+}
+
+/// Raises this process's open-file limit to its hard limit, for tests that
+/// hold many connections (the server inherits it).
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = limit.maximum;
+    let _ = setrlimit(Resource::Nofile, limit);
+}

@@ -74,9 +74,9 @@ fn list_filters_newest_first_and_counts_everything() {
     assert_eq!(ids(&encoded), ids(&evens));
 
     let running = server.get("/tasks?state=running").json();
-    assert_eq!(ids(&running), [blocker.clone()]);
+    assert_eq!(ids(&running), [blocker]);
     let cancelled_list = server.get("/tasks?state=cancelled").json();
-    assert_eq!(ids(&cancelled_list), [cancelled.clone()]);
+    assert_eq!(ids(&cancelled_list), [cancelled]);
     let three = server.get("/tasks?state=queued&limit=3").json();
     newest.truncate(3);
     assert_eq!(ids(&three), newest);

@@ -30,7 +30,33 @@ impl Server {
 
     /// Starts the binary with `args` and extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = command(&["--addr", "127.0.0.1:0"], args, env)
+        Server::spawn(command(&["--addr", "127.0.0.1:0"], args, env))
+    }
+
+    /// Starts the binary with `args` under an open-file limit of `nofile`.
+    pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Server {
+        let mut cmd = command(&[], &[], &[]);
+        let script = format!("ulimit -n {nofile} && exec \"$0\" \"$@\"");
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(script)
+            .arg(cmd.get_program())
+            .args(["--addr", "127.0.0.1:0"])
+            .args(args);
+        for (name, value) in cmd.get_envs() {
+            match value {
+                Some(v) => shell.env(name, v),
+                None => shell.env_remove(name),
+            };
+        }
+        cmd = shell;
+        Server::spawn(cmd)
+    }
+
+    /// Spawns a prepared command and waits until the server listens.
+    fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

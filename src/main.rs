@@ -1444,11 +1444,14 @@ fn interrupted(why: Interrupt, work: &Work) -> Outcome {
     match why {
         Interrupt::Stop => Outcome::Interrupted,
         Interrupt::Cancel => Outcome::Cancelled,
-        Interrupt::Timeout => Outcome::Failed(format!(
-            "timed out after {}",
-            work.timeout.as_ref().map_or("", |(_, text)| text.as_str())
-        )),
+        Interrupt::Timeout => Outcome::Failed(timeout_sentence(work)),
     }
+}
+
+/// Says that an attempt timed out, with the timeout as the client wrote it.
+fn timeout_sentence(work: &Work) -> String {
+    let text = work.timeout.as_ref().map_or("", |(_, text)| text.as_str());
+    format!("timed out after {text}")
 }
 
 /// Runs one attempt of a task.
@@ -1511,11 +1514,15 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
         .env("BGTASKS_TASK_ID", IdText(work.id).to_string())
         .env("BGTASKS_TASK_KIND", work.kind.as_deref().unwrap_or("sleep"))
         .env("BGTASKS_ATTEMPT", work.attempt.to_string())
+        .process_group(0);
+    // The conversion keeps the program, arguments, environment and process
+    // group, but not the standard streams: they are set after it.
+    let mut command = smol::process::Command::from(command);
+    command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let mut child = match smol::process::Command::from(command).spawn() {
+        .stderr(Stdio::piped());
+    let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
             return Outcome::Failed(format!("cannot start {}: {e}", handler.program.display()));
@@ -1540,8 +1547,8 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
         Ok(exited.await)
     });
     let ended = with_output(ended, pipes.as_mut(), &mut tails).await;
-    let status = match ended {
-        Ok(status) => status,
+    let ending = match ended {
+        Ok(status) => Ending::Exited(status),
         Err(why) => {
             signal_group(group, rustix::process::Signal::TERM);
             let grace = if why == Interrupt::Stop {
@@ -1554,19 +1561,16 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
                 signal_group(group, rustix::process::Signal::KILL);
                 future::pending().await
             };
-            let _ = with_output(
-                future::or(child.status(), killed),
-                pipes.as_mut(),
-                &mut tails,
-            )
-            .await;
-            signal_group(group, rustix::process::Signal::KILL);
-            return interrupted(why, work);
+            let exited = future::or(child.status(), killed);
+            let _ = with_output(exited, pipes.as_mut(), &mut tails).await;
+            Ending::Interrupted(why)
         }
     };
-    // The program is gone; anything it left running in its group goes too,
-    // which also closes the pipes it held.
+    // However the attempt ended, nothing it started may outlive it: what is
+    // left of the group is killed and, since bgtasks is its subreaper,
+    // reaped. That also closes the pipes a leftover process held.
     signal_group(group, rustix::process::Signal::KILL);
+    reap_group(group).await;
     let (out, err) = match tails {
         Some(tails) => tails,
         None => {
@@ -1577,7 +1581,41 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
             future::or(pipes, late).await
         }
     };
-    program_outcome(status, &out, &err)
+    program_outcome(ending, work, &out, &err)
+}
+
+/// How a program's attempt ended.
+#[derive(Debug)]
+enum Ending {
+    /// The program exited by itself (or waiting for it failed).
+    Exited(io::Result<std::process::ExitStatus>),
+    /// The attempt was interrupted and the program stopped.
+    Interrupted(Interrupt),
+}
+
+/// How long to wait for a killed group's last processes to be reaped.
+const REAP_WITHIN: Duration = Duration::from_secs(1);
+
+/// Reaps the processes of a killed group that were orphaned to bgtasks (its
+/// subreaper), so none is left a zombie. It waits only on that group, so it
+/// never takes an exit status async-process is waiting for.
+async fn reap_group(group: Option<rustix::process::Pid>) {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    let Some(group) = group else { return };
+    let deadline = Instant::now() + REAP_WITHIN;
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+    loop {
+        match waitid(WaitId::Pgid(Some(group)), options) {
+            // One reaped: there may be more.
+            Ok(Some(_)) => {}
+            // Killed but not yet dead: SIGKILL takes a moment to land.
+            Ok(None) if Instant::now() < deadline => {
+                Timer::after(Duration::from_millis(2)).await;
+            }
+            // ECHILD: no process of the group is our child any more.
+            _ => return,
+        }
+    }
 }
 
 /// Polls `fut` to completion while also reading the program's output into
@@ -1625,22 +1663,29 @@ fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
     }
 }
 
-/// Turns a program's exit and output into the attempt's outcome.
-fn program_outcome(
-    status: io::Result<std::process::ExitStatus>,
-    out: &[u8],
-    err: &[u8],
-) -> Outcome {
+/// Turns how a program ended, and its output, into the attempt's outcome.
+/// A failure's `error` is the end of stderr, or a sentence if it is empty.
+fn program_outcome(ending: Ending, work: &Work, out: &[u8], err: &[u8]) -> Outcome {
     use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(status) if status.success() => Outcome::Succeeded(Some(result_json(out))),
-        Ok(_) if !err.is_empty() => Outcome::Failed(String::from_utf8_lossy(err).into_owned()),
-        Ok(status) => Outcome::Failed(match (status.code(), status.signal()) {
+    let failed = |sentence: String| {
+        Outcome::Failed(if err.is_empty() {
+            sentence
+        } else {
+            String::from_utf8_lossy(err).into_owned()
+        })
+    };
+    match ending {
+        Ending::Interrupted(Interrupt::Timeout) => failed(timeout_sentence(work)),
+        Ending::Interrupted(why) => interrupted(why, work),
+        Ending::Exited(Ok(status)) if status.success() => {
+            Outcome::Succeeded(Some(result_json(out)))
+        }
+        Ending::Exited(Ok(status)) => failed(match (status.code(), status.signal()) {
             (Some(code), _) => format!("exit status {code}"),
             (_, Some(signal)) => format!("killed by signal {signal}"),
             _ => format!("{status}"),
         }),
-        Err(e) => Outcome::Failed(format!("cannot wait for the program: {e}")),
+        Ending::Exited(Err(e)) => Outcome::Failed(format!("cannot wait for the program: {e}")),
     }
 }
 
@@ -3611,6 +3656,14 @@ fn start(config: Config) -> Result<i32, String> {
     let listener = Async::<TcpListener>::bind(config.addr)
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     let signals = signal_pipe().map_err(|e| format!("cannot watch signals: {e}"))?;
+    if !config.handlers.is_empty() {
+        // Processes a handler leaves behind are orphaned to bgtasks instead
+        // of to init, so that they can be reaped rather than left zombies.
+        let this = rustix::process::Pid::from_raw(std::process::id() as i32);
+        if let Err(e) = rustix::process::set_child_subreaper(this) {
+            warn!("cannot become a child subreaper ({e}): a handler's orphans go to init");
+        }
+    }
     let (jobs_tx, jobs_rx) = async_channel::bounded(config.buffer);
     let (retries_tx, retries_rx) = async_channel::unbounded();
     let threads = config.threads;

@@ -123,6 +123,7 @@ Options (each also read from its environment variable; a flag wins):
   --keep-finished N        finished tasks kept queryable [BGTASKS_KEEP_FINISHED] (default 10000)
   --max-body BYTES         largest request body [BGTASKS_MAX_BODY] (default 65536)
   --max-connections N      open connections at once [BGTASKS_MAX_CONNECTIONS] (default 1024)
+  --data-dir DIR           keep tasks in a journal in DIR [BGTASKS_DATA_DIR]
   --handler KIND=PROGRAM   run PROGRAM for tasks of KIND (repeatable)
   --token TOKEN            require Authorization: Bearer TOKEN [BGTASKS_TOKEN]
   --log-level LEVEL        error, warn, info, debug or trace [RUST_LOG] (default info)
@@ -153,6 +154,8 @@ struct Config {
     max_body: usize,
     /// How many connections may be open at once.
     max_connections: usize,
+    /// Where the journal lives; `None` keeps tasks in memory only.
+    data_dir: Option<PathBuf>,
     /// Registered task kinds and the programs that run them.
     handlers: Vec<Handler>,
     /// The bearer token every route but `/healthz` requires, if any.
@@ -271,6 +274,10 @@ fn parse_command(
             }
         },
     };
+    let data_dir = match value("--data-dir") {
+        Some((source, v)) if v.is_empty() => return Err(format!("{source}: the path is empty")),
+        other => other.map(|(_, v)| PathBuf::from(v)),
+    };
     let handlers = handlers
         .iter()
         .map(|spec| parse_handler(spec, &env))
@@ -290,6 +297,7 @@ fn parse_command(
         keep_finished: number("--keep-finished", 10_000, 1..100_000_001)?,
         max_body: number("--max-body", 65_536, 1..MAX_MAX_BODY + 1)?,
         max_connections: number("--max-connections", 1024, 1..1_000_001)?,
+        data_dir,
         handlers,
         token,
         log_level,
@@ -341,6 +349,10 @@ const FLAGS: &[Flag] = &[
     Flag {
         name: "--max-connections",
         env: Some("BGTASKS_MAX_CONNECTIONS"),
+    },
+    Flag {
+        name: "--data-dir",
+        env: Some("BGTASKS_DATA_DIR"),
     },
     Flag {
         name: "--handler",
@@ -843,8 +855,9 @@ struct NewTask {
 /// What the store answers to a submission.
 #[derive(Debug)]
 enum Admission {
-    /// The task was created with this id and is queued.
-    Created(u64),
+    /// The task was created with this id and is queued; with a journal,
+    /// the receiver tells whether its record reached the disk.
+    Created(u64, Option<Receiver<bool>>),
     /// The idempotency key names a retained task: its id.
     Repeat(u64),
     /// The queue holds `--buffer` tasks.
@@ -936,6 +949,8 @@ struct Store {
     counters: Counters,
     /// Set once shutdown begins: submissions get `503`.
     draining: bool,
+    /// Where changes are journaled, with `--data-dir`.
+    journal: Option<JournalLog>,
 }
 
 impl Store {
@@ -954,6 +969,7 @@ impl Store {
             keep_finished,
             counters: Counters::default(),
             draining: false,
+            journal: None,
         }
     }
 
@@ -1019,7 +1035,16 @@ impl Store {
             self.keys.insert(key.clone(), id);
         }
         self.insert(Task::from_new(id, new));
-        Admission::Created(id)
+        let saved = self.journal.is_some().then(|| {
+            let (done, saved) = async_channel::bounded(1);
+            let mut line = Vec::with_capacity(160);
+            if let Some(task) = self.tasks.back() {
+                write_record(&mut line, &task.new_record());
+            }
+            self.log(line, Some(id), Some(done));
+            saved
+        });
+        Admission::Created(id, saved)
     }
 
     /// Appends a record; its id must be larger than every other.
@@ -1041,6 +1066,10 @@ impl Store {
         self.counts[state as usize] += 1;
         if let Some(watch) = self.watchers.remove(&id) {
             watch.fire();
+        }
+        // Starts are not journaled (see the journal's section).
+        if state != State::Running {
+            self.log_state(id);
         }
         if state.is_terminal() {
             self.counters.finished[state as usize] += 1;
@@ -1294,6 +1323,8 @@ struct Shared {
     stop: Signal,
     /// Answers written, by status code, for `/metrics`.
     responses: StatusCounts,
+    /// How far the journal is on disk, with `--data-dir`.
+    journal: Option<Arc<Journal>>,
 }
 
 impl Shared {
@@ -1321,6 +1352,11 @@ async fn work(shared: Arc<Shared>, _done: Sender<()>) {
             async { shared.jobs_rx.recv().await.ok() },
         );
         let Some(id) = next.await else { return };
+        if let Some(journal) = &shared.journal {
+            // A task starts only once its record is on disk, so that a
+            // failed write can still take it back (see the journal).
+            journal.wait_task(id).await;
+        }
         let Some(work) = shared.store().start(id) else {
             debug!("task {} skipped: cancelled while queued", IdText(id));
             continue;
@@ -1704,7 +1740,661 @@ fn result_json(out: &[u8]) -> Box<str> {
 
 // ---- 5. Journal (`--data-dir`) ----
 //
-// (Not yet: tasks live in memory only.)
+// With `--data-dir`, every task and every change of its state is a line
+// appended to `DIR/journal`, and replaying the lines at start rebuilds the
+// store. A line is `<crc32 in hex> <json>`: the checksum tells a record cut
+// short by a crash (the last line only) from damage anywhere else.
+//
+// One thread owns the file. Records reach it through a channel in the order
+// the store changed (they are sent under the store lock); it writes whatever
+// has gathered, syncs once, and acknowledges the whole batch: concurrent
+// submissions share one fsync (group commit). A submission is answered `202`
+// only after its acknowledgement, and a worker starts a task only once its
+// record is on disk, so a failed write can take the task back as if it had
+// never been accepted.
+//
+// Starts are not recorded. A task that was running when the process died
+// is, in the journal, still queued with its previous attempt number, which
+// is exactly what SPEC §2 asks for: queued again, the attempt not counted.
+//
+// The writer also compacts: once the file is several times what the
+// retained tasks need, it writes them afresh to `journal.tmp`, syncs it,
+// renames it over the journal and syncs the directory. A crash before the
+// rename leaves the old journal; after it, the new one is complete.
+
+/// The journal's file name inside `--data-dir`.
+const JOURNAL: &str = "journal";
+
+/// Where compaction writes the next journal before renaming it.
+const JOURNAL_TMP: &str = "journal.tmp";
+
+/// The file locked while a server uses the directory.
+const LOCK: &str = "lock";
+
+/// The most records written in one batch: enough to share an fsync among
+/// thousands of submissions, small enough to bound one write.
+const MAX_BATCH: usize = 4096;
+
+/// Compaction waits until the journal is this many times the size of a
+/// fresh one, so that the work of rewriting it is spread over many writes.
+const COMPACT_FACTOR: u64 = 4;
+
+/// And until it is at least this large: rewriting a small file is not worth
+/// pausing the writer for.
+const COMPACT_MIN: u64 = 8 << 20;
+
+/// The CRC-32 (IEEE) lookup table, built at compile time.
+const CRC_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            k += 1;
+        }
+        table[i] = c;
+        i += 1;
+    }
+    table
+};
+
+/// Computes the CRC-32 (IEEE) of `bytes`.
+fn crc32(bytes: &[u8]) -> u32 {
+    !bytes.iter().fold(!0u32, |c, &b| {
+        CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+    })
+}
+
+/// What a journal line records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Op {
+    /// A task was accepted: its fixed members.
+    New,
+    /// A task's state changed: all of its changing members.
+    State,
+    /// The first id this journal's tasks started from (for `410`).
+    First,
+}
+
+/// One journal line. The same shape serves every [`Op`]; members an op
+/// does not use are left out.
+#[derive(Debug, Default, serde::Serialize, Deserialize)]
+struct Record<'a> {
+    /// What the line records; `None` never appears in a file.
+    op: Option<Op>,
+    /// The task's id.
+    id: u64,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    task_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    work_duration: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    /// The payload's JSON text.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    payload: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    timeout: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_attempts: Option<u8>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    state: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempt: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    started_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_at: Option<u64>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    error: Option<std::borrow::Cow<'a, str>>,
+    /// The result's JSON text.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    result: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Borrows an optional string for a record.
+fn cow(s: Option<&str>) -> Option<std::borrow::Cow<'_, str>> {
+    s.map(std::borrow::Cow::Borrowed)
+}
+
+/// Turns 0 ("not yet") into `None` for a record.
+fn nonzero(millis: u64) -> Option<u64> {
+    (millis != 0).then_some(millis)
+}
+
+impl Task {
+    /// The record of the task's fixed members.
+    fn new_record(&self) -> Record<'_> {
+        let extra = self.extra.as_deref();
+        Record {
+            op: Some(Op::New),
+            id: self.id,
+            task_id: cow(self.label.as_ref().map(Text::as_str)),
+            work_duration: cow(self.work_duration.as_ref().map(Text::as_str)),
+            kind: cow(extra.and_then(|e| e.kind.as_deref())),
+            payload: cow(extra.and_then(|e| e.payload.as_deref())),
+            timeout: cow(extra.and_then(|e| e.timeout.as_ref()).map(Text::as_str)),
+            max_attempts: Some(self.max_attempts),
+            key: cow(extra.and_then(|e| e.key.as_deref())),
+            ..Record::default()
+        }
+    }
+
+    /// The record of the task's changing members. A running task is
+    /// written as the journal sees it: queued, its attempt not counted.
+    fn state_record(&self) -> Record<'_> {
+        let extra = self.extra.as_deref();
+        let (state, attempt) = match self.state {
+            State::Running => (State::Queued, self.attempt - 1),
+            state => (state, self.attempt),
+        };
+        Record {
+            op: Some(Op::State),
+            id: self.id,
+            state: Some(std::borrow::Cow::Borrowed(state.name())),
+            attempt: Some(attempt),
+            started_at: nonzero(self.started_at),
+            finished_at: nonzero(self.finished_at),
+            retry_at: nonzero(extra.map_or(0, |e| e.retry_at)),
+            error: cow(extra.and_then(|e| e.error.as_deref())),
+            result: cow(extra.and_then(|e| e.result.as_deref())),
+            ..Record::default()
+        }
+    }
+
+    /// Rebuilds a task from its `new` record.
+    fn from_record(record: &Record, kinds: &[Handler]) -> Task {
+        let kind = record.kind.as_deref().map(|name| {
+            kinds
+                .iter()
+                .find(|h| &*h.kind == name)
+                .map_or_else(|| Arc::from(name), |h| h.kind.clone())
+        });
+        Task::from_new(
+            record.id,
+            NewTask {
+                label: record.task_id.as_deref().map(Text::new),
+                work_duration: record.work_duration.as_deref().map(Text::new),
+                kind,
+                payload: record.payload.as_deref().map(Box::from),
+                timeout: record.timeout.as_deref().map(Text::new),
+                max_attempts: record.max_attempts.unwrap_or(1),
+                key: record.key.as_deref().map(Box::from),
+            },
+        )
+    }
+
+    /// Applies a `state` record.
+    fn apply(&mut self, record: &Record) {
+        // Only terminal states and `queued` are ever written.
+        let state = record.state.as_deref().and_then(State::from_name);
+        self.state = state
+            .filter(|s| *s != State::Running)
+            .unwrap_or(State::Queued);
+        self.attempt = record.attempt.unwrap_or(0);
+        self.started_at = record.started_at.unwrap_or(0);
+        self.finished_at = record.finished_at.unwrap_or(0);
+        let changing =
+            record.retry_at.is_some() || record.error.is_some() || record.result.is_some();
+        if changing || self.extra.is_some() {
+            let extra = self.extra_mut();
+            extra.retry_at = record.retry_at.unwrap_or(0);
+            extra.error = record.error.as_deref().map(Box::from);
+            extra.result = record.result.as_deref().map(Box::from);
+        }
+    }
+}
+
+/// Appends `record` as one journal line: checksum, space, JSON, newline.
+fn write_record(out: &mut Vec<u8>, record: &Record) {
+    let start = out.len();
+    out.extend_from_slice(b"00000000 ");
+    // Serializing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, record);
+    let crc = crc32(&out[start + 9..]);
+    out[start..start + 8].copy_from_slice(format!("{crc:08x}").as_bytes());
+    out.push(b'\n');
+}
+
+/// Checks a journal line (without its newline) and parses its record.
+fn read_record(line: &[u8]) -> Option<Record<'_>> {
+    let (crc, json) = (line.get(..8)?, line.get(9..)?);
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if line[8] != b' ' || crc32(json) != crc {
+        return None;
+    }
+    serde_json::from_slice(json)
+        .ok()
+        .filter(|r: &Record| r.op.is_some())
+}
+
+/// One record on its way to the writer thread.
+#[derive(Debug)]
+struct Entry {
+    /// Its place in the journal: one more than the record before it.
+    seq: u64,
+    /// The line to append.
+    line: Vec<u8>,
+    /// For a `new` record: the task to take back if the write fails.
+    created: Option<u64>,
+    /// For a `new` record: told whether the record reached the disk.
+    done: Option<Sender<bool>>,
+}
+
+/// The store's end of the journal: records go out from here, under the
+/// store lock, so that their order is the order of the changes.
+#[derive(Debug)]
+struct JournalLog {
+    /// To the writer thread.
+    tx: Sender<Entry>,
+    /// The last sequence number given out.
+    seq: u64,
+    /// Where waiters learn how far the writer has got.
+    journal: Arc<Journal>,
+}
+
+/// What the connections and workers share of the journal: how far it is
+/// on disk, and a way to wait for more.
+#[derive(Debug)]
+struct Journal {
+    /// The highest sequence number whose batch has been written (or has
+    /// failed and been taken back).
+    durable: AtomicU64,
+    /// The highest task id whose `new` record has been written (or taken
+    /// back): ids grow in journal order, so every task up to it is settled.
+    durable_task: AtomicU64,
+    /// The highest sequence number given out: what a worker waits for.
+    appended: AtomicU64,
+    /// Fired, and replaced, after every batch.
+    progress: Mutex<Signal>,
+}
+
+impl Journal {
+    /// Waits until the batch holding record `seq` has been dealt with.
+    async fn wait_durable(&self, seq: u64) {
+        self.wait(|j| j.durable.load(Ordering::Acquire) >= seq)
+            .await;
+    }
+
+    /// Waits until the `new` record of task `id` has been dealt with.
+    async fn wait_task(&self, id: u64) {
+        self.wait(|j| j.durable_task.load(Ordering::Acquire) >= id)
+            .await;
+    }
+
+    /// Waits until `ready` holds; it is checked after every batch.
+    async fn wait(&self, ready: impl Fn(&Journal) -> bool) {
+        loop {
+            if ready(self) {
+                return;
+            }
+            let progress = self
+                .progress
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            // Checked again: the batch may have ended before the clone.
+            if ready(self) {
+                return;
+            }
+            progress.wait().await;
+        }
+    }
+
+    /// Records that every record up to `seq`, and every task up to `task`,
+    /// has been dealt with.
+    fn advance(&self, seq: u64, task: Option<u64>) {
+        if let Some(task) = task {
+            self.durable_task.store(task, Ordering::Release);
+        }
+        self.durable.store(seq, Ordering::Release);
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *progress, Signal::new()).fire();
+    }
+}
+
+impl Store {
+    /// Sends a record to the journal, if there is one. `created` and
+    /// `done` are for `new` records.
+    fn log(&mut self, line: Vec<u8>, created: Option<u64>, done: Option<Sender<bool>>) {
+        let Some(log) = &mut self.journal else { return };
+        log.seq += 1;
+        let entry = Entry {
+            seq: log.seq,
+            line,
+            created,
+            done,
+        };
+        // Closed only at the very end of shutdown, when nothing more counts.
+        let _ = log.tx.try_send(entry);
+        log.journal.appended.store(log.seq, Ordering::Release);
+    }
+
+    /// Journals a task's current state.
+    fn log_state(&mut self, id: u64) {
+        if self.journal.is_none() {
+            return;
+        }
+        let Some(task) = self.get(id) else { return };
+        let mut line = Vec::with_capacity(160);
+        write_record(&mut line, &task.state_record());
+        self.log(line, None, None);
+    }
+
+    /// Takes back a task whose `new` record could not be written: it was
+    /// never started (workers wait for the record), and it leaves no trace.
+    fn take_back(&mut self, id: u64) {
+        let Ok(i) = self.tasks.binary_search_by_key(&id, |t| t.id) else {
+            return;
+        };
+        if self.tasks[i].state != State::Queued || self.tasks[i].attempt != 0 {
+            return;
+        }
+        let Some(task) = self.tasks.remove(i) else {
+            return;
+        };
+        self.counts[State::Queued as usize] -= 1;
+        self.counters.accepted -= 1;
+        if let Some(key) = task.extra.and_then(|e| e.key) {
+            self.keys.remove(&key);
+        }
+        if let Some(watch) = self.watchers.remove(&id) {
+            watch.fire();
+        }
+    }
+
+    /// Writes every retained task as `new` and `state` records: the
+    /// content of a compacted journal.
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        let first = Record {
+            op: Some(Op::First),
+            id: self.first_id,
+            ..Record::default()
+        };
+        write_record(out, &first);
+        for task in self.tasks.iter().filter(|t| t.state != State::Evicted) {
+            write_record(out, &task.new_record());
+            if task.state != State::Queued || task.attempt > 0 {
+                write_record(out, &task.state_record());
+            }
+        }
+    }
+
+    /// How many tasks are retained.
+    fn retained(&self) -> usize {
+        self.tasks.len() - self.tombstones
+    }
+}
+
+/// The journal file, as the writer thread keeps it.
+struct JournalFile {
+    /// The data directory.
+    dir: PathBuf,
+    /// The journal, opened for appending.
+    file: std::fs::File,
+    /// Its length up to the last record known to be whole.
+    len: u64,
+    /// The length at which compaction is considered next.
+    next_check: u64,
+    /// Set when the file can no longer be trusted to take appends (a
+    /// failed sync, or a failed write that could not be cut back).
+    broken: bool,
+    /// Set while writes fail, so that the log says so once, not per batch.
+    failing: bool,
+}
+
+impl JournalFile {
+    /// Appends a batch and syncs it. A failed write is cut back off the
+    /// file, so later appends follow whole records.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other(
+                "the journal stopped taking writes after an earlier failure",
+            ));
+        }
+        if let Err(e) = self.file.write_all(bytes) {
+            if self.file.set_len(self.len).is_err() {
+                self.broken = true;
+            }
+            return Err(e);
+        }
+        // After a failed fsync nobody knows what reached the disk (the
+        // kernel may have dropped the dirty pages): stop trusting the file.
+        if let Err(e) = self.file.sync_data() {
+            self.broken = true;
+            return Err(e);
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Compacts the journal when it has grown past its threshold.
+    fn maybe_compact(&mut self, shared: &Shared) {
+        if self.len < self.next_check || self.broken {
+            return;
+        }
+        let mut snapshot = Vec::new();
+        {
+            let store = shared.store();
+            let estimate = store.retained() as u64 * 320;
+            let threshold = COMPACT_FACTOR * estimate + COMPACT_MIN;
+            if self.len < threshold {
+                self.next_check = threshold;
+                return;
+            }
+            store.snapshot(&mut snapshot);
+        }
+        let before = self.len;
+        match self.replace_with(&snapshot) {
+            Ok(()) => {
+                self.len = snapshot.len() as u64;
+                self.next_check = COMPACT_FACTOR * self.len + COMPACT_MIN;
+                info!("journal compacted: {before} bytes -> {} bytes", self.len);
+            }
+            Err(e) => {
+                warn!("journal compaction failed, will retry later: {e}");
+                let _ = std::fs::remove_file(self.dir.join(JOURNAL_TMP));
+                self.next_check = self.len + COMPACT_MIN;
+            }
+        }
+    }
+
+    /// Replaces the journal with `content`: write a new file, sync it,
+    /// rename it over the old one, sync the directory, reopen.
+    fn replace_with(&mut self, content: &[u8]) -> io::Result<()> {
+        let tmp = self.dir.join(JOURNAL_TMP);
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(content)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(JOURNAL))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        self.file = open_journal(&self.dir)?;
+        Ok(())
+    }
+}
+
+/// Opens the journal for appending, creating it if need be.
+fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join(JOURNAL))
+}
+
+/// The writer thread: writes batches until the channel closes at shutdown.
+fn write_journal(shared: Arc<Shared>, rx: Receiver<Entry>, mut file: JournalFile) {
+    let Some(journal) = &shared.journal else {
+        return;
+    };
+    let mut batch = Vec::new();
+    let mut bytes = Vec::new();
+    while let Ok(first) = rx.recv_blocking() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
+            }
+        }
+        bytes.clear();
+        for entry in &batch {
+            bytes.extend_from_slice(&entry.line);
+        }
+        let written = file.append(&bytes);
+        match &written {
+            Ok(()) if file.failing => {
+                info!(
+                    "journal: writing to {} again",
+                    file.dir.join(JOURNAL).display()
+                );
+                file.failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !file.failing {
+                    error!(
+                        "journal: cannot write {}: {e}; new tasks get 503 until it can",
+                        file.dir.join(JOURNAL).display()
+                    );
+                    file.failing = true;
+                }
+                let mut store = shared.store();
+                for id in batch.iter().filter_map(|e| e.created) {
+                    store.take_back(id);
+                }
+            }
+        }
+        let last = batch.last().map_or(0, |e| e.seq);
+        let last_task = batch.iter().filter_map(|e| e.created).max();
+        // The outcomes go out before the progress: whoever wakes on it
+        // finds its outcome waiting.
+        for entry in batch.drain(..) {
+            if let Some(done) = entry.done {
+                // The submitter may have gone; then nobody needs to know.
+                let _ = done.try_send(written.is_ok());
+            }
+        }
+        journal.advance(last, last_task);
+        file.maybe_compact(&shared);
+    }
+}
+
+/// What replaying a journal rebuilt.
+#[derive(Debug, Default)]
+struct Replayed {
+    /// Every task, in id order.
+    tasks: Vec<Task>,
+    /// The first id of the journal's history.
+    first_id: u64,
+    /// How many bytes of the file are whole records.
+    good_len: u64,
+    /// Whether a torn last record was dropped.
+    torn: bool,
+}
+
+/// Reads a journal. A last line that is cut short or fails its checksum is
+/// a write the crash interrupted: it is dropped. Any other bad line is
+/// damage: the error names the file and line, and nothing is changed.
+fn replay(path: &Path, kinds: &[Handler]) -> Result<Replayed, String> {
+    use std::io::BufRead;
+    let mut replayed = Replayed::default();
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replayed),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut reader = io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    let mut bad_line = None;
+    for number in 1.. {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        }
+        if let Some(bad) = bad_line {
+            return Err(format!(
+                "{}:{bad}: the journal is damaged (a record fails its checksum)",
+                path.display()
+            ));
+        }
+        let whole = line.last() == Some(&b'\n');
+        match read_record(line.strip_suffix(b"\n").unwrap_or(&line)).filter(|_| whole) {
+            Some(record) => {
+                replayed.apply(&record, kinds);
+                replayed.good_len += line.len() as u64;
+            }
+            None => bad_line = Some(number),
+        }
+    }
+    replayed.torn = bad_line.is_some();
+    Ok(replayed)
+}
+
+impl Replayed {
+    /// Applies one record.
+    fn apply(&mut self, record: &Record, kinds: &[Handler]) {
+        match record.op {
+            Some(Op::First) => self.first_id = record.id,
+            Some(Op::New) => match self.tasks.binary_search_by_key(&record.id, |t| t.id) {
+                // A record written again after compaction: already here.
+                Ok(_) => {}
+                Err(i) => self.tasks.insert(i, Task::from_record(record, kinds)),
+            },
+            Some(Op::State) => {
+                if let Ok(i) = self.tasks.binary_search_by_key(&record.id, |t| t.id) {
+                    self.tasks[i].apply(record);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+impl Store {
+    /// Fills an empty store from a replayed journal, applying
+    /// `--keep-finished`. Returns the queued tasks, in id order, with when
+    /// each may run (0: at once; else the time its retry is due).
+    fn restore(&mut self, replayed: Replayed) -> Vec<(u64, u64)> {
+        let mut queued = Vec::new();
+        let mut finished = Vec::new();
+        for task in replayed.tasks {
+            self.counts[task.state as usize] += 1;
+            if let Some(key) = task.extra.as_ref().and_then(|e| e.key.clone()) {
+                self.keys.insert(key, task.id);
+            }
+            match task.state {
+                State::Queued => {
+                    queued.push((task.id, task.extra.as_ref().map_or(0, |e| e.retry_at)))
+                }
+                _ => finished.push((task.finished_at, task.id)),
+            }
+            self.last_id = task.id;
+            self.tasks.push_back(task);
+        }
+        self.first_id = match (replayed.first_id, self.tasks.front()) {
+            (0, Some(task)) => task.id,
+            (first, _) => first,
+        };
+        self.last_id = self.last_id.max(self.first_id);
+        finished.sort_unstable();
+        self.finished = finished.into_iter().map(|(_, id)| id).collect();
+        self.evict();
+        queued
+    }
+}
 
 // ---- 6. HTTP/1.1 codec ----
 //
@@ -2614,6 +3304,8 @@ enum Reply {
     Now(Response),
     /// `GET /tasks/{id}?wait=`: wait for the task to change.
     Poll(LongPoll),
+    /// A submission: admit it and, with a journal, wait for the disk.
+    Submit,
 }
 
 /// A long poll in progress.
@@ -2631,13 +3323,10 @@ struct LongPoll {
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Answers a request whose head and body have been read.
-fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8], body: &[u8]) -> Reply {
+fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
     let query = head.query.clone().map(|q| &bytes[q]);
     Reply::Now(match route {
-        Route::Submit => {
-            let key = head.idempotency_key.clone().map(|k| &bytes[k]);
-            submit(shared, key, body)
-        }
+        Route::Submit => return Reply::Submit,
         Route::List => list(shared, query),
         Route::Status(id) => return status(shared, id, query),
         Route::Cancel(id) => cancel(shared, id),
@@ -2750,39 +3439,64 @@ fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<
     })
 }
 
-/// `POST /queue-task`, `POST /tasks`: admits a task.
-fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Response {
+/// What a submission came to.
+#[derive(Debug)]
+enum Submitted {
+    /// The answer, final.
+    Answer(Response),
+    /// A `202` to send once the task's record is on disk.
+    Saving(Response, Receiver<bool>),
+    /// A `200` for a repeated idempotency key, naming the first task.
+    Repeat(Response, u64),
+}
+
+/// `POST /queue-task`, `POST /tasks`: checks and admits a task.
+fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
     let new = match parse_submission(&shared.config, body, key) {
         Ok(new) => new,
-        Err(response) => return response,
+        Err(response) => return Submitted::Answer(response),
     };
     let mut store = shared.store();
-    let (status, id) = match store.admit(new, &shared.jobs_tx) {
-        Admission::Created(id) => (202, id),
-        Admission::Repeat(id) => (200, id),
+    let (id, saved) = match store.admit(new, &shared.jobs_tx) {
+        Admission::Created(id, saved) => (id, saved),
+        Admission::Repeat(id) => {
+            let response = submitted(&store, 200, id);
+            return Submitted::Repeat(response, id);
+        }
         Admission::Full => {
-            return Response {
+            return Submitted::Answer(Response {
                 retry_after: Some(shared.config.retry_after),
                 ..Response::error(503, "workers are busy, try again later")
-            };
+            });
         }
-        Admission::ShuttingDown => return Response::error(503, "server is shutting down"),
+        Admission::ShuttingDown => {
+            return Submitted::Answer(Response::error(503, "server is shutting down"));
+        }
     };
-    let Some(task) = store.get(id) else {
-        return Response::error(410, "the task has already been evicted");
-    };
+    let response = submitted(&store, 202, id);
+    drop(store);
+    debug!("task {} queued", IdText(id));
+    match saved {
+        Some(saved) => Submitted::Saving(response, saved),
+        None => Submitted::Answer(response),
+    }
+}
+
+/// Makes the answer to a submission: `{"status": …, "id": …, "task_id": …,
+/// "state": …}` with `Location`.
+fn submitted(store: &Store, status: u16, id: u64) -> Response {
     let mut body = Vec::with_capacity(128);
     body.extend_from_slice(b"{\"status\": \"task queued successfully\", \"id\": \"");
     write_id(&mut body, id);
     body.extend_from_slice(b"\", \"task_id\": ");
-    write_json_opt(&mut body, task.label.as_ref().map(Text::as_str));
+    let task = store.get(id);
+    write_json_opt(
+        &mut body,
+        task.and_then(|t| t.label.as_ref()).map(Text::as_str),
+    );
     body.extend_from_slice(b", \"state\": \"");
-    body.extend_from_slice(task.state.name().as_bytes());
+    body.extend_from_slice(task.map_or(State::Queued, |t| t.state).name().as_bytes());
     body.extend_from_slice(b"\"}");
-    drop(store);
-    if status == 202 {
-        debug!("task {} queued", IdText(id));
-    }
     Response {
         location: Some(id),
         ..Response::json(status, body)
@@ -2964,6 +3678,15 @@ impl StatusCounts {
             count.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Moves one answer from one status to another: a `202` that became a
+    /// `503` before it was written.
+    fn replace(&self, from: u16, to: u16) {
+        if let Some(count) = self.0.get(usize::from(from)) {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.add(to);
+    }
 }
 
 /// `GET /metrics`: the Prometheus text format, version 0.0.4.
@@ -3105,12 +3828,52 @@ struct Connection {
     buf: Vec<u8>,
     /// Answers not yet written.
     out: Vec<u8>,
+    /// With a journal: the answers in `out` to submissions whose tasks are
+    /// not yet known to be on disk (see [`Connection::settle`]).
+    unsaved: Vec<Unsaved>,
+    /// With a journal: the last journal record the answers in `out` may
+    /// show; they are written only once it is on disk.
+    barrier: u64,
+    /// Held from the first byte of a request until its answer is written,
+    /// so that shutdown waits for it.
+    busy: Option<Sender<()>>,
+}
+
+/// An answer to a submission, waiting to learn whether its task was saved.
+struct Unsaved {
+    /// Where the answer is in `out`.
+    range: Range<usize>,
+    /// What tells whether the task was saved.
+    saving: Saving,
+    /// How the request asked to be answered, for a `503` in its place.
+    head: (bool, bool, bool),
+}
+
+/// How a submission's answer learns whether its task was saved.
+#[derive(Debug)]
+enum Saving {
+    /// A new task: the journal writer says whether its record was written.
+    New(Receiver<bool>),
+    /// A repeated idempotency key: the first task, which a failed write
+    /// would have taken back.
+    Repeat(u64),
+}
+
+impl Saving {
+    /// Tells, once the journal has dealt with the record, whether the task
+    /// is on disk.
+    fn saved(&self, shared: &Shared) -> bool {
+        match self {
+            Saving::New(saved) => saved.try_recv() == Ok(true),
+            Saving::Repeat(id) => shared.store().get(*id).is_some(),
+        }
+    }
 }
 
 /// Serves one connection, accepted just now, until it closes.
 ///
-/// Each request holds a sender upgraded from `in_flight` while it is
-/// served, so shutdown can wait for it; `first_request` is one already
+/// Each request holds a sender upgraded from `in_flight` until its answer
+/// is written, so shutdown can wait for it; `first_request` is one already
 /// taken for the first request. `_permit` holds one of `--max-connections`
 /// places and is only dropped.
 async fn serve(
@@ -3125,14 +3888,16 @@ async fn serve(
         stream,
         buf: Vec::new(),
         out: Vec::new(),
+        unsaved: Vec::new(),
+        barrier: 0,
+        busy: first_request,
     };
-    let served = conn.run(&shared, accepted, &in_flight, first_request);
-    if let Err(Stop::Http(e)) = served.await {
+    if let Err(Stop::Http(e)) = conn.run(&shared, accepted, &in_flight).await {
         let response = Response::error(e.status(), e.message());
         shared.responses.add(response.status);
         response.write(&mut conn.out, false, false, false);
     }
-    conn.close().await;
+    conn.close(&shared).await;
 }
 
 impl Connection {
@@ -3142,16 +3907,20 @@ impl Connection {
         shared: &Shared,
         accepted: Instant,
         in_flight: &async_channel::WeakSender<()>,
-        mut first_request: Option<Sender<()>>,
     ) -> Result<(), Stop> {
         let mut deadline = accepted + HEAD_TIMEOUT;
         let mut first = true;
         loop {
             if self.buf.is_empty() {
-                self.flush().await?;
-                // Idle: give the buffers back until the next request.
+                self.flush(shared).await?;
+                // Idle: every answer is out. Give the buffers back, and let
+                // shutdown stop waiting for this connection.
+                if !first {
+                    self.busy = None;
+                }
                 self.buf = Vec::new();
                 self.out = Vec::new();
+                self.unsaved = Vec::new();
                 let until = if first {
                     deadline
                 } else {
@@ -3169,10 +3938,11 @@ impl Connection {
                 deadline = Instant::now() + HEAD_TIMEOUT;
             }
             first = false;
-            // While this guard lives, shutdown waits for this request.
-            let _request = first_request.take().or_else(|| in_flight.upgrade());
+            if self.busy.is_none() {
+                self.busy = in_flight.upgrade();
+            }
             if !self.serve_request(shared, deadline).await? {
-                return self.flush().await;
+                return self.flush(shared).await;
             }
         }
     }
@@ -3197,9 +3967,10 @@ impl Connection {
     }
 
     /// Reads, answers and consumes one request. Returns whether the
-    /// connection stays open.
+    /// connection stays open. The answer goes to `out`, to be written
+    /// with those of any pipelined requests after it.
     async fn serve_request(&mut self, shared: &Shared, deadline: Instant) -> Result<bool, Stop> {
-        let head_len = self.read_head(deadline).await?;
+        let head_len = self.read_head(shared, deadline).await?;
         let head = parse_head(&self.buf[..head_len])?;
         let route = choose_route(&head, &self.buf[..head_len], shared.config.token.as_deref())?;
         let body_len = match head.framing {
@@ -3213,24 +3984,27 @@ impl Connection {
         if head.expect_continue && expects_body {
             if route == Route::Unauthorized {
                 // Refuse before the client sends a body it need not send.
-                self.write_answer(shared, &head, false, answer(shared, route, &head, &[], &[]));
+                if let Reply::Now(response) = answer(shared, route, &head, &[]) {
+                    self.write_answer(shared, &head, false, response);
+                }
                 return Ok(false);
             }
             self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            self.flush().await?;
+            self.flush(shared).await?;
         }
         let body_deadline = Instant::now() + BODY_TIMEOUT;
         let (consumed, chunked_body) = match head.framing {
             Framing::Chunked => {
+                let max = shared.config.max_body;
                 let body = self
-                    .read_chunked(head_len, shared.config.max_body, body_deadline)
+                    .read_chunked(shared, head_len, max, body_deadline)
                     .await?;
                 (head_len, Some(body))
             }
             Framing::Length(_) => {
                 while self.buf.len() < head_len + body_len {
                     let want = head_len + body_len - self.buf.len();
-                    self.fill(body_deadline, want).await?;
+                    self.fill(shared, body_deadline, want).await?;
                 }
                 (head_len + body_len, None)
             }
@@ -3239,38 +4013,62 @@ impl Connection {
         let body = chunked_body
             .as_deref()
             .unwrap_or(&self.buf[head_len..consumed]);
-        let reply = answer(shared, route, &head, bytes, body);
-        let reply = match reply {
+        let mut saving = None;
+        let response = match answer(shared, route, &head, bytes) {
             Reply::Now(response) => response,
             Reply::Poll(poll) => Box::pin(self.long_poll(shared, poll)).await?,
+            Reply::Submit => {
+                let key = head.idempotency_key.clone().map(|k| &bytes[k]);
+                match submit(shared, key, body) {
+                    Submitted::Answer(response) => response,
+                    Submitted::Saving(response, saved) => {
+                        saving = Some(Saving::New(saved));
+                        response
+                    }
+                    Submitted::Repeat(response, id) => {
+                        saving = shared.journal.is_some().then_some(Saving::Repeat(id));
+                        response
+                    }
+                }
+            }
         };
+        if let Some(journal) = &shared.journal {
+            // The answer may show state the journal has not written yet (a
+            // task that just finished): it goes out only once it has, so
+            // nothing a client has seen can be lost by a crash.
+            self.barrier = journal.appended.load(Ordering::Acquire);
+        }
         let keep_alive = head.keep_alive && !shared.draining.is_fired();
-        self.write_answer(shared, &head, keep_alive, Reply::Now(reply));
+        let start = self.out.len();
+        self.write_answer(shared, &head, keep_alive, response);
+        if let Some(saving) = saving {
+            let head = (keep_alive, head.http10, head.method == Method::Head);
+            let range = start..self.out.len();
+            self.unsaved.push(Unsaved {
+                range,
+                saving,
+                head,
+            });
+        }
         self.buf.drain(..consumed);
         Ok(keep_alive)
     }
 
     /// Appends an answer to the output, counting it for `/metrics`.
-    fn write_answer(&mut self, shared: &Shared, head: &Head, keep_alive: bool, reply: Reply) {
-        if let Reply::Now(response) = reply {
-            shared.responses.add(response.status);
-            response.write(
-                &mut self.out,
-                keep_alive,
-                head.http10,
-                head.method == Method::Head,
-            );
-        }
+    fn write_answer(&mut self, shared: &Shared, head: &Head, keep_alive: bool, response: Response) {
+        shared.responses.add(response.status);
+        let head_only = head.method == Method::Head;
+        response.write(&mut self.out, keep_alive, head.http10, head_only);
     }
 
     /// Reads until the buffer holds a whole request head; returns its length.
-    async fn read_head(&mut self, deadline: Instant) -> Result<usize, Stop> {
+    async fn read_head(&mut self, shared: &Shared, deadline: Instant) -> Result<usize, Stop> {
         let mut scanned = 0;
         loop {
             if let Some(end) = take_head(&mut self.buf, &mut scanned)? {
                 return Ok(end);
             }
-            self.fill(deadline, READ_CHUNK).await?;
+            self.fill(shared, deadline, READ_CHUNK).await?;
         }
     }
 
@@ -3279,6 +4077,7 @@ impl Connection {
     /// more than one read beyond the head.
     async fn read_chunked(
         &mut self,
+        shared: &Shared,
         start: usize,
         max_body: usize,
         deadline: Instant,
@@ -3290,16 +4089,16 @@ impl Connection {
             if decoder.state == ChunkState::Done {
                 return Ok(decoder.body);
             }
-            self.fill(deadline, READ_CHUNK).await?;
+            self.fill(shared, deadline, READ_CHUNK).await?;
         }
     }
 
     /// Reads at least one more byte, up to `want` (at most one chunk),
     /// before `deadline`. The end of the stream is [`Stop::Closed`].
-    async fn fill(&mut self, deadline: Instant, want: usize) -> Result<(), Stop> {
+    async fn fill(&mut self, shared: &Shared, deadline: Instant, want: usize) -> Result<(), Stop> {
         // Whatever waits to be written goes first: the client may be
         // waiting for it (a 100 Continue, or answers to pipelined requests).
-        self.flush().await?;
+        self.flush(shared).await?;
         let len = self.buf.len();
         self.buf.resize(len + want.clamp(1, READ_CHUNK), 0);
         let (stream, buf) = (&self.stream, &mut self.buf);
@@ -3324,10 +4123,11 @@ impl Connection {
     }
 
     /// Writes every pending answer, giving up after [`WRITE_TIMEOUT`].
-    async fn flush(&mut self) -> Result<(), Stop> {
+    async fn flush(&mut self, shared: &Shared) -> Result<(), Stop> {
         if self.out.is_empty() {
             return Ok(());
         }
+        self.settle(shared).await;
         let (stream, out) = (&self.stream, &self.out);
         let write = async {
             let mut written = 0;
@@ -3348,6 +4148,44 @@ impl Connection {
         result
     }
 
+    /// With a journal, waits until everything the pending answers show is
+    /// on disk — one wait for all of them, however many were pipelined —
+    /// and puts a `503` in place of any answer whose task could not be
+    /// saved (the journal writer took it back).
+    async fn settle(&mut self, shared: &Shared) {
+        let Some(journal) = &shared.journal else {
+            return;
+        };
+        journal.wait_durable(self.barrier).await;
+        if self.unsaved.iter().all(|u| u.saving.saved(shared)) {
+            self.unsaved.clear();
+            return;
+        }
+        let mut out = Vec::with_capacity(self.out.len());
+        let mut at = 0;
+        for unsaved in self.unsaved.drain(..) {
+            out.extend_from_slice(&self.out[at..unsaved.range.start]);
+            at = unsaved.range.end;
+            if unsaved.saving.saved(shared) {
+                out.extend_from_slice(&self.out[unsaved.range]);
+                continue;
+            }
+            let lost = Response {
+                retry_after: Some(shared.config.retry_after),
+                ..Response::error(503, "the task could not be saved to disk; try again later")
+            };
+            let status = match unsaved.saving {
+                Saving::New(_) => 202,
+                Saving::Repeat(_) => 200,
+            };
+            shared.responses.replace(status, lost.status);
+            let (keep_alive, http10, head_only) = unsaved.head;
+            lost.write(&mut out, keep_alive, http10, head_only);
+        }
+        out.extend_from_slice(&self.out[at..]);
+        self.out = out;
+    }
+
     /// Waits for the task of a long poll to change, then answers.
     async fn long_poll(&mut self, shared: &Shared, poll: LongPoll) -> Result<Response, Stop> {
         loop {
@@ -3361,7 +4199,7 @@ impl Connection {
                     other => return Ok(lookup_failure(other)),
                 }
             };
-            self.flush().await?;
+            self.flush(shared).await?;
             let woke = async {
                 changed.wait().await;
                 true
@@ -3409,10 +4247,12 @@ impl Connection {
 
     /// Closes the connection gracefully: writes what is pending, shuts the
     /// sending side, and reads what the client still sends for a moment.
-    async fn close(mut self) {
-        if self.flush().await.is_err() {
+    async fn close(mut self, shared: &Shared) {
+        if self.flush(shared).await.is_err() {
             return;
         }
+        // The answers are out: shutdown need not wait for the lingering.
+        self.busy = None;
         // Shutting down a socket the peer already reset can fail; the
         // connection is over either way.
         let _ = self.stream.get_ref().shutdown(std::net::Shutdown::Write);
@@ -3420,7 +4260,7 @@ impl Connection {
         let mut thrown = 0;
         while thrown < LINGER_BYTES {
             self.buf.clear();
-            if self.fill(deadline, READ_CHUNK).await.is_err() {
+            if self.fill(shared, deadline, READ_CHUNK).await.is_err() {
                 return;
             }
             thrown += self.buf.len();
@@ -3595,7 +4435,13 @@ async fn run(
         let _ = workers_done.recv().await;
     }
     let queued = shared.store().queued();
-    info!("shutdown complete: dropped {queued} queued and {interrupted} running tasks");
+    if shared.journal.is_some() {
+        info!(
+            "shutdown complete: {queued} queued and {interrupted} interrupted tasks stay in the journal"
+        );
+    } else {
+        info!("shutdown complete: dropped {queued} queued and {interrupted} running tasks");
+    }
     0
 }
 
@@ -3653,6 +4499,12 @@ fn main() {
 /// Binds, builds the shared state and runs the executor threads until
 /// shutdown; returns the exit status.
 fn start(config: Config) -> Result<i32, String> {
+    // The data directory comes first: a server should know its tasks
+    // before it listens.
+    let data = match &config.data_dir {
+        Some(dir) => Some(open_data_dir(dir, &config.handlers)?),
+        None => None,
+    };
     let listener = Async::<TcpListener>::bind(config.addr)
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     let signals = signal_pipe().map_err(|e| format!("cannot watch signals: {e}"))?;
@@ -3666,9 +4518,38 @@ fn start(config: Config) -> Result<i32, String> {
     }
     let (jobs_tx, jobs_rx) = async_channel::bounded(config.buffer);
     let (retries_tx, retries_rx) = async_channel::unbounded();
+    let mut store = Store::new(config.keep_finished);
+    let mut writer = None;
+    let journal = data.map(|data| {
+        let queued = store.restore(data.replayed);
+        let journal = Arc::new(Journal {
+            durable: AtomicU64::new(0),
+            // Replayed tasks are on disk already.
+            durable_task: AtomicU64::new(store.last_id),
+            appended: AtomicU64::new(0),
+            progress: Mutex::new(Signal::new()),
+        });
+        // Queued tasks go back into the queue in their original order;
+        // what does not fit, and retries not yet due, wait in the scheduler.
+        let mut full = false;
+        for (id, due) in queued {
+            full = full || due != 0 || jobs_tx.try_send(id).is_err();
+            if full {
+                let _ = retries_tx.try_send((due, id));
+            }
+        }
+        let (tx, rx) = async_channel::unbounded();
+        store.journal = Some(JournalLog {
+            tx,
+            seq: 0,
+            journal: journal.clone(),
+        });
+        writer = Some((rx, data.file, data.lock));
+        journal
+    });
     let threads = config.threads;
     let shared = Arc::new(Shared {
-        store: Mutex::new(Store::new(config.keep_finished)),
+        store: Mutex::new(store),
         config,
         jobs_tx,
         jobs_rx,
@@ -3676,6 +4557,14 @@ fn start(config: Config) -> Result<i32, String> {
         draining: Signal::new(),
         stop: Signal::new(),
         responses: StatusCounts::new(),
+        journal,
+    });
+    let writer = writer.map(|(rx, file, lock)| {
+        let shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || write_journal(shared, rx, file));
+        (thread, lock)
     });
     let executor = Arc::new(Executor::new());
     let exited = Signal::new();
@@ -3684,12 +4573,107 @@ fn start(config: Config) -> Result<i32, String> {
             let (executor, exited) = (executor.clone(), exited.clone());
             scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
         }
-        let main = run(shared, executor.clone(), listener, signals, retries_rx);
+        let main = run(
+            shared.clone(),
+            executor.clone(),
+            listener,
+            signals,
+            retries_rx,
+        );
         let code = async_io::block_on(executor.run(main));
         exited.fire();
         code
     });
+    if let Some((thread, _lock)) = writer {
+        // What the last moments changed is written before the process ends.
+        if let Some(log) = &shared.store().journal {
+            log.tx.close();
+        }
+        match thread {
+            Ok(thread) => {
+                let _ = thread.join();
+            }
+            Err(e) => return Err(format!("cannot start the journal writer: {e}")),
+        }
+    }
     Ok(code)
+}
+
+/// An opened data directory: locked, its journal replayed and ready.
+struct DataDir {
+    /// Held, locked, for as long as the server runs.
+    lock: std::fs::File,
+    /// The journal, ready for the writer thread.
+    file: JournalFile,
+    /// What the journal held.
+    replayed: Replayed,
+}
+
+/// Opens `--data-dir`: creates it if need be, locks it against a second
+/// server, and replays its journal. Damage stops start-up before anything
+/// on disk is changed; a torn last record is cut off with a warning.
+fn open_data_dir(dir: &Path, kinds: &[Handler]) -> Result<DataDir, String> {
+    let fail = |e: io::Error| format!("cannot use --data-dir {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK))
+        .map_err(fail)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(format!(
+                "--data-dir {} is in use by another bgtasks",
+                dir.display()
+            ));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+    }
+    let path = dir.join(JOURNAL);
+    let started = Instant::now();
+    let replayed = replay(&path, kinds)?;
+    // From here on the directory may change.
+    if std::fs::remove_file(dir.join(JOURNAL_TMP)).is_ok() {
+        warn!("removed {JOURNAL_TMP}: a compaction the last run did not finish");
+    }
+    let file = open_journal(dir).map_err(fail)?;
+    if replayed.torn {
+        warn!(
+            "{}: dropped a torn last record (a write cut short by a crash)",
+            path.display()
+        );
+        file.set_len(replayed.good_len)
+            .and_then(|()| file.sync_all())
+            .map_err(fail)?;
+    }
+    // A journal just created must have its directory entry on disk too.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)?;
+    info!(
+        "replayed {} tasks from {} ({} bytes) in {} ms",
+        replayed.tasks.len(),
+        path.display(),
+        replayed.good_len,
+        started.elapsed().as_millis()
+    );
+    let len = replayed.good_len;
+    Ok(DataDir {
+        lock,
+        file: JournalFile {
+            dir: dir.to_path_buf(),
+            file,
+            len,
+            // Checked after the first batch, against the retained tasks:
+            // a journal replayed after a crash may be due for it already.
+            next_check: 0,
+            broken: false,
+            failing: false,
+        },
+        replayed,
+    })
 }
 
 // ---- 10. Tests of the pure pieces ----

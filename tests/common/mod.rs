@@ -54,6 +54,12 @@ impl Server {
         Server::spawn(cmd)
     }
 
+    /// Spawns a prepared command (one that ends up running the binary with
+    /// `--addr 127.0.0.1:0`) and waits until the server listens.
+    pub fn spawn_command(cmd: Command) -> Server {
+        Server::spawn(cmd)
+    }
+
     /// Spawns a prepared command and waits until the server listens.
     fn spawn(mut cmd: Command) -> Server {
         let mut child = cmd

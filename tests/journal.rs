@@ -1,0 +1,716 @@
+//! SPEC §6: durable tasks in `--data-dir`.
+
+mod common;
+
+use common::{Server, command, eventually, read_response};
+use rustix::process::Signal;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A data directory for one test, removed when it ends.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new(test: &str) -> DataDir {
+        let dir = std::env::temp_dir().join(format!("bgtasks-data-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        DataDir(dir)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    fn journal(&self) -> PathBuf {
+        self.0.join("journal")
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// CRC-32 (IEEE), bit by bit: the journal's checksum, written here
+/// independently of the server's table-driven one.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                0xedb8_8320 ^ (crc >> 1)
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Makes a journal line from its JSON.
+fn line(json: &str) -> String {
+    format!("{:08x} {json}\n", crc32(json.as_bytes()))
+}
+
+/// Starts a server on `dir` with more flags.
+fn start(dir: &DataDir, args: &[&str]) -> Server {
+    let mut all = vec!["--data-dir", dir.arg()];
+    all.extend_from_slice(args);
+    Server::start(&all)
+}
+
+/// Submits a labelled `sleep` task; returns its id.
+fn submit(server: &Server, label: &str, duration: &str) -> String {
+    let r = server.post(
+        "/tasks",
+        &format!(r#"{{"task_id": "{label}", "work_duration": "{duration}"}}"#),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_data_dir_is_created_locked_and_checked() {
+    let dir = DataDir::new("created");
+    let nested = DataDir(dir.0.join("a/b"));
+    let server = start(&nested, &[]);
+    submit(&server, "x", "0s");
+    assert!(nested.journal().exists());
+    // A second server on the same directory is refused.
+    let out = command(
+        &["--addr", "127.0.0.1:0", "--data-dir", nested.arg()],
+        &[],
+        &[],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is in use by another bgtasks"), "{err}");
+    drop(server);
+    // A path that cannot be a directory.
+    let file = dir.0.join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let bad = file.join("data");
+    let out = command(
+        &["--addr", "127.0.0.1:0", "--data-dir", bad.to_str().unwrap()],
+        &[],
+        &[],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot use --data-dir"), "{err}");
+    // The environment variable works too.
+    let server = Server::start_with_env(&[], &[("BGTASKS_DATA_DIR", nested.arg())]);
+    assert_eq!(server.get("/tasks").json()["counts"]["succeeded"], 1);
+}
+
+#[test]
+fn tasks_come_back_after_kill_9_as_they_were() {
+    let dir = DataDir::new("kill");
+    let mut server = start(&dir, &["--workers", "1"]);
+    let done = submit(&server, "done", "0s");
+    let done_status = server.wait_state(&done, "succeeded");
+    let running = submit(&server, "running", "60s");
+    server.wait_state(&running, "running");
+    let cancelled = submit(&server, "cancelled", "60s");
+    assert_eq!(
+        server
+            .post(&format!("/tasks/{cancelled}/cancel"), "")
+            .status,
+        200
+    );
+    let queued: Vec<String> = (0..3)
+        .map(|i| submit(&server, &format!("q{i}"), "60s"))
+        .collect();
+    let keyed = server.post_with(
+        "/tasks",
+        &["Idempotency-Key: once"],
+        r#"{"work_duration": "60s"}"#,
+    );
+    let keyed = keyed.json()["id"].as_str().unwrap().to_string();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = start(&dir, &["--workers", "1"]);
+    assert_eq!(
+        server.task(&done),
+        done_status,
+        "a finished task keeps its status"
+    );
+    assert_eq!(server.task(&cancelled)["state"], "cancelled");
+    // The task running at the crash runs again, its attempt not counted.
+    let again = server.wait_state(&running, "running");
+    assert_eq!(again["attempt"], 1);
+    for id in &queued {
+        let task = server.task(id);
+        assert_eq!(
+            (task["state"].as_str(), task["attempt"].as_u64()),
+            (Some("queued"), Some(0))
+        );
+    }
+    // Original order: cancelling the running one starts q0, then q1.
+    assert_eq!(
+        server.post(&format!("/tasks/{running}/cancel"), "").status,
+        200
+    );
+    server.wait_state(&queued[0], "running");
+    assert_eq!(server.task(&queued[1])["state"], "queued");
+    let repeat = server.post_with(
+        "/tasks",
+        &["Idempotency-Key: once"],
+        r#"{"work_duration": "60s"}"#,
+    );
+    assert_eq!(
+        (repeat.status, repeat.json()["id"].as_str()),
+        (200, Some(keyed.as_str()))
+    );
+    assert_eq!(
+        server.metric("bgtasks_tasks_accepted_total"),
+        0.0,
+        "replayed tasks are not counted"
+    );
+    let newer = submit(&server, "new", "0s");
+    assert!(newer > keyed, "ids keep increasing across restarts");
+}
+
+#[test]
+fn a_task_interrupted_by_shutdown_is_queued_again() {
+    let dir = DataDir::new("graceful");
+    let mut server = start(&dir, &["--workers", "1", "--grace", "200ms"]);
+    let id = submit(&server, "long", "60s");
+    server.wait_state(&id, "running");
+    submit(&server, "waiting", "60s");
+    server.signal(Signal::TERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(10)).unwrap().code(),
+        Some(0)
+    );
+    assert!(
+        server
+            .log()
+            .contains("1 queued and 1 interrupted tasks stay in the journal"),
+        "{}",
+        server.log()
+    );
+    let server = start(&dir, &["--workers", "1"]);
+    let task = server.wait_state(&id, "running");
+    assert_eq!(task["attempt"], 1, "the interrupted attempt is not counted");
+    assert!(task["error"].is_null());
+}
+
+#[test]
+fn a_torn_last_record_is_dropped_with_a_warning() {
+    let dir = DataDir::new("torn");
+    let mut server = start(&dir, &[]);
+    let ids: Vec<String> = (0..3)
+        .map(|i| submit(&server, &format!("t{i}"), "0s"))
+        .collect();
+    server.wait_state(&ids[2], "succeeded");
+    server.signal(Signal::TERM);
+    server.wait_exit(Duration::from_secs(10)).unwrap();
+    let whole = std::fs::read(dir.journal()).unwrap();
+    for tail in [
+        &b"1c0ffee5 {\"op\":\"new\",\"id\":17958"[..],
+        b"00000000 {\"op\":\"new\",\"id\":1}\n",
+        b"\0\0\0\0\0\0",
+    ] {
+        let mut torn = whole.clone();
+        torn.extend_from_slice(tail);
+        std::fs::write(dir.journal(), &torn).unwrap();
+        let mut server = start(&dir, &[]);
+        server.wait_log("dropped a torn last record");
+        for id in &ids {
+            assert_eq!(server.task(id)["state"], "succeeded");
+        }
+        server.signal(Signal::TERM);
+        server.wait_exit(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            std::fs::read(dir.journal()).unwrap(),
+            whole,
+            "cut back to the last whole record"
+        );
+    }
+}
+
+#[test]
+fn damage_stops_start_up_and_changes_nothing() {
+    let dir = DataDir::new("damage");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let records = [
+        r#"{"op":"new","id":1795818360837963,"task_id":"a","work_duration":"0s","max_attempts":1}"#,
+        r#"{"op":"new","id":1795818360837964,"task_id":"b","work_duration":"0s","max_attempts":1}"#,
+        r#"{"op":"state","id":1795818360837963,"state":"succeeded","attempt":1,"started_at":1795818360838,"finished_at":1795818360838}"#,
+        r#"{"op":"new","id":1795818360837965,"task_id":"c","work_duration":"0s","max_attempts":1}"#,
+    ];
+    let good: String = records.iter().map(|r| line(r)).collect();
+    let damaged = [
+        good.replacen("\"task_id\":\"b\"", "\"task_id\":\"B\"", 1),
+        good.replacen("\"b\"", "\"b\"\n", 1),
+        good.replacen(&line(records[1]), "garbage\n", 1),
+    ];
+    for journal in damaged {
+        std::fs::write(dir.journal(), &journal).unwrap();
+        std::fs::write(dir.0.join("journal.tmp"), b"half a compaction").unwrap();
+        let out = command(
+            &["--addr", "127.0.0.1:0", "--data-dir", dir.arg()],
+            &[],
+            &[],
+        )
+        .output()
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        let at = format!("{}:2: the journal is damaged", dir.journal().display());
+        assert!(err.contains(&at), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(dir.journal()).unwrap(),
+            journal,
+            "the journal was changed"
+        );
+        assert!(
+            dir.0.join("journal.tmp").exists(),
+            "the directory was changed"
+        );
+    }
+    // The undamaged journal starts, and shows what it holds.
+    std::fs::write(dir.journal(), &good).unwrap();
+    let server = start(&dir, &[]);
+    let list = server.get("/tasks").json();
+    assert_eq!(list["tasks"].as_array().unwrap().len(), 3);
+    let a = server.task(list["tasks"][2]["id"].as_str().unwrap());
+    assert_eq!(
+        (a["task_id"].as_str(), a["state"].as_str()),
+        (Some("a"), Some("succeeded"))
+    );
+}
+
+#[test]
+fn an_unfinished_compaction_is_thrown_away() {
+    let dir = DataDir::new("unfinished");
+    let mut server = start(&dir, &[]);
+    let id = submit(&server, "kept", "60s");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    // A crash while compacting leaves journal.tmp beside a whole journal,
+    // however far the new file got.
+    let journal = std::fs::read_to_string(dir.journal()).unwrap();
+    for tmp in [
+        String::new(),
+        journal.clone(),
+        journal[..journal.len() / 2].to_string(),
+    ] {
+        std::fs::write(dir.0.join("journal.tmp"), tmp).unwrap();
+        let mut server = start(&dir, &[]);
+        server.wait_log("removed journal.tmp");
+        assert!(!dir.0.join("journal.tmp").exists());
+        assert!(matches!(
+            server.task(&id)["state"].as_str(),
+            Some("queued" | "running")
+        ));
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+    }
+}
+
+#[test]
+fn the_journal_is_compacted_and_stays_small() {
+    let dir = DataDir::new("compact");
+    let mut server = start(
+        &dir,
+        &[
+            "--workers",
+            "8",
+            "--buffer",
+            "100000",
+            "--keep-finished",
+            "100",
+        ],
+    );
+    let first = submit(&server, "first", "0s");
+    server.wait_state(&first, "succeeded");
+    let mut largest = 0;
+    for _ in 0..10 {
+        let statuses = server.pipeline("/tasks", 20_000, 4, |i| {
+            format!(r#"{{"task_id": "c{i}", "work_duration": "0s"}}"#)
+        });
+        assert_eq!(
+            statuses.get(&202),
+            Some(&20_000),
+            "{statuses:?}\n{}",
+            server.log()
+        );
+        largest = largest.max(std::fs::metadata(dir.journal()).unwrap().len());
+    }
+    eventually("the queue to drain", || {
+        (server.metric("bgtasks_queue_depth") == 0.0).then_some(())
+    });
+    server.wait_log("journal compacted");
+    // 200,000 tasks of about 230 bytes of records each went through; the
+    // file stays near its threshold (4 x what 100 tasks need + 8 MiB).
+    assert!(largest < 12 << 20, "the journal grew to {largest} bytes");
+    server.signal(Signal::TERM);
+    server.wait_exit(Duration::from_secs(10)).unwrap();
+    let server = start(&dir, &["--keep-finished", "100"]);
+    let list = server.get("/tasks?limit=1000").json();
+    assert_eq!(list["counts"]["succeeded"], 100);
+    assert_eq!(
+        server.get(&format!("/tasks/{first}")).status,
+        410,
+        "evicted before the restart, and known to be"
+    );
+}
+
+/// What the crash loop's clients saw.
+#[derive(Default)]
+struct Seen {
+    /// Every id that was answered 202.
+    accepted: Vec<String>,
+    /// Terminal states clients saw, by id.
+    finished: HashMap<String, Value>,
+}
+
+/// Submits tasks and reads some back until the server dies; returns what
+/// it saw.
+/// Submits tasks and reads some back until the server dies; returns what
+/// it saw.
+fn hammer(addr: std::net::SocketAddr, client: usize) -> Seen {
+    let mut seen = Seen::default();
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return seen;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    for i in 0.. {
+        let duration = if i % 50 == 0 { "5ms" } else { "0s" };
+        let body = format!(r#"{{"task_id": "c{client}-{i}", "work_duration": "{duration}"}}"#);
+        if stream
+            .write_all(common::post_request("/tasks", &[], &body).as_bytes())
+            .is_err()
+        {
+            break;
+        }
+        let Some(r) = read_response_or_none(&mut stream) else {
+            break;
+        };
+        if r.status == 202 {
+            seen.accepted
+                .push(r.json()["id"].as_str().unwrap().to_string());
+        }
+        if i % 7 == 3 {
+            let id = seen.accepted[seen.accepted.len() / 2].clone();
+            let get = format!("GET /tasks/{id} HTTP/1.1\r\nHost: t\r\n\r\n");
+            if stream.write_all(get.as_bytes()).is_err() {
+                break;
+            }
+            let Some(r) = read_response_or_none(&mut stream) else {
+                break;
+            };
+            let task = r.json();
+            if matches!(
+                task["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                seen.finished.insert(id, task);
+            }
+        }
+    }
+    seen
+}
+
+/// Reads the status of every task in `ids`, pipelined on one connection.
+fn statuses(server: &Server, ids: &[String]) -> Vec<(u16, Value)> {
+    let mut stream = server.connect();
+    let mut all = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(200) {
+        let batch: String = chunk
+            .iter()
+            .map(|id| format!("GET /tasks/{id} HTTP/1.1\r\nHost: t\r\n\r\n"))
+            .collect();
+        stream.write_all(batch.as_bytes()).unwrap();
+        for _ in chunk {
+            let r = read_response(&mut stream).unwrap();
+            all.push((r.status, r.json()));
+        }
+    }
+    all
+}
+
+/// Reads a response, or `None` if the connection died mid-way.
+fn read_response_or_none(stream: &mut std::net::TcpStream) -> Option<common::Response> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_response(stream)))
+        .ok()
+        .flatten()
+}
+
+/// A seeded generator for kill times (xorshift64*).
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed >> 12;
+    *seed ^= *seed << 25;
+    *seed ^= *seed >> 27;
+    seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_no_accepted_task() {
+    let dir = DataDir::new("crashloop");
+    let args = [
+        "--workers",
+        "4",
+        "--buffer",
+        "100000",
+        "--keep-finished",
+        "10000000",
+    ];
+    let mut accepted: Vec<String> = Vec::new();
+    let mut finished: HashMap<String, Value> = HashMap::new();
+    let mut seed = 0x00c0_ffee_u64;
+    for cycle in 0..20 {
+        let mut server = start(&dir, &args);
+        // Everything accepted so far is here; everything seen finished
+        // is still finished, the same way.
+        for (id, (status, task)) in accepted.iter().zip(statuses(&server, &accepted)) {
+            assert_eq!(status, 200, "cycle {cycle}: accepted task {id} is lost");
+            let state = task["state"].as_str().unwrap();
+            assert!(
+                ["queued", "running", "succeeded"].contains(&state),
+                "{state}"
+            );
+            if let Some(seen) = finished.get(id) {
+                assert_eq!(seen, &task, "cycle {cycle}: a finished task changed");
+            }
+        }
+        let addr = server.addr;
+        let clients: Vec<_> = (0..4)
+            .map(|c| std::thread::spawn(move || hammer(addr, c)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(50 + next(&mut seed) % 400));
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        for client in clients {
+            let seen = client.join().unwrap();
+            accepted.extend(seen.accepted);
+            finished.extend(seen.finished);
+        }
+    }
+    assert!(
+        accepted.len() > 1000,
+        "the load was too light to mean much: {}",
+        accepted.len()
+    );
+    assert!(
+        finished.len() > 20,
+        "too few finished tasks were seen: {}",
+        finished.len()
+    );
+    // And once more after the last kill.
+    let server = start(&dir, &args);
+    for (id, (status, _)) in accepted.iter().zip(statuses(&server, &accepted)) {
+        assert_eq!(status, 200, "accepted task {id} is lost");
+    }
+    let counts = server.get("/tasks?limit=1").json()["counts"].clone();
+    let total: u64 = ["queued", "running", "succeeded"]
+        .iter()
+        .map(|s| counts[*s].as_u64().unwrap())
+        .sum();
+    // On disk may be a little more than what got a 202: a task saved just
+    // before a kill, whose answer never left. At most one per client per kill.
+    let extra = total
+        .checked_sub(accepted.len() as u64)
+        .expect("fewer tasks on disk than accepted");
+    assert!(
+        extra <= 4 * 20,
+        "{extra} more tasks than were accepted: {counts}"
+    );
+}
+#[test]
+fn kill_9_during_compaction_loses_nothing() {
+    let dir = DataDir::new("compactloop");
+    let args = [
+        "--workers",
+        "64",
+        "--buffer",
+        "200000",
+        "--keep-finished",
+        "50",
+    ];
+    let mut long: Vec<String> = Vec::new();
+    let mut seed = 0xdead_beef_u64;
+    let mut compactions = 0;
+    for cycle in 0..12 {
+        let mut server = start(&dir, &args);
+        for id in &long {
+            let state = server.task(id)["state"].clone();
+            assert!(
+                state == "queued" || state == "running",
+                "cycle {cycle}: {id} is {state}"
+            );
+        }
+        long.push(submit(&server, &format!("long{cycle}"), "600s"));
+        // A flood of zero-length tasks: they finish and are evicted at
+        // once, so the journal is compacted again and again.
+        let addr = server.addr;
+        let flood = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            // Answers are read and thrown away, or the server would stop
+            // reading once they fill the socket.
+            let mut answers = stream.try_clone().unwrap();
+            std::thread::spawn(move || std::io::copy(&mut answers, &mut std::io::sink()));
+            let batch: String = (0..500)
+                .map(|i| {
+                    common::post_request(
+                        "/tasks",
+                        &[],
+                        &format!(r#"{{"task_id": "f{i}", "work_duration": "0s"}}"#),
+                    )
+                })
+                .collect();
+            while stream.write_all(batch.as_bytes()).is_ok() {}
+        });
+        std::thread::sleep(Duration::from_millis(300 + next(&mut seed) % 700));
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        let _ = flood.join();
+        // The log reader may still be reading what the server wrote last.
+        std::thread::sleep(Duration::from_millis(50));
+        compactions += server.log().matches("journal compacted").count();
+    }
+    assert!(
+        compactions >= 5,
+        "only {compactions} compactions happened: the test did not test them"
+    );
+    let server = start(&dir, &args);
+    for id in &long {
+        assert!(matches!(
+            server.task(id)["state"].as_str(),
+            Some("queued" | "running")
+        ));
+    }
+}
+
+#[test]
+fn a_full_disk_gets_503_and_never_a_202_for_a_task_not_on_disk() {
+    let dir = DataDir::new("full");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    // The journal may not grow past 16 KiB (32 blocks of 512 bytes); the
+    // signal for that is ignored, so a write just fails, as on a full disk.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 32; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_bgtasks"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.arg(),
+            "--workers",
+            "1",
+            "--buffer",
+            "10000",
+        ]);
+    let mut server = Server::spawn_command(cmd);
+    let (mut saved, mut refused) = (Vec::new(), Vec::new());
+    for i in 0..400 {
+        let label = format!("disk-{i}");
+        let r = server.post(
+            "/tasks",
+            &format!(r#"{{"task_id": "{label}", "work_duration": "600s"}}"#),
+        );
+        match r.status {
+            202 => saved.push(label),
+            503 => {
+                assert_eq!(
+                    r.json()["error"],
+                    "the task could not be saved to disk; try again later"
+                );
+                assert!(r.header("retry-after").is_some());
+                refused.push(label);
+            }
+            other => panic!("{other}: {r:?}"),
+        }
+    }
+    assert!(
+        !saved.is_empty() && refused.len() > 100,
+        "{} saved, {} refused",
+        saved.len(),
+        refused.len()
+    );
+    server.wait_log("journal: cannot write");
+    // Refused tasks left no trace, even in memory.
+    let listed = server.get("/tasks?limit=1000").json();
+    assert_eq!(
+        listed["counts"]["queued"].as_u64().unwrap()
+            + listed["counts"]["running"].as_u64().unwrap(),
+        saved.len() as u64
+    );
+    assert_eq!(
+        server.metric("bgtasks_tasks_accepted_total"),
+        saved.len() as f64
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    let server = start(&dir, &[]);
+    let listed = server.get("/tasks?limit=1000").json();
+    let labels: Vec<&str> = listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap())
+        .collect();
+    for label in &saved {
+        assert!(
+            labels.contains(&label.as_str()),
+            "{label} got a 202 but is not on disk"
+        );
+    }
+    for label in &refused {
+        assert!(
+            !labels.contains(&label.as_str()),
+            "{label} got a 503 but is on disk"
+        );
+    }
+}
+
+#[test]
+fn a_million_records_replay_in_under_two_seconds() {
+    let dir = DataDir::new("million");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.journal()).unwrap());
+    let base: u64 = 1_795_818_360_837_963;
+    for i in 0..500_000u64 {
+        let id = base + i;
+        let new = format!(
+            r#"{{"op":"new","id":{id},"task_id":"t{i}","work_duration":"0s","max_attempts":1}}"#
+        );
+        out.write_all(line(&new).as_bytes()).unwrap();
+        let state = format!(
+            r#"{{"op":"state","id":{id},"state":"succeeded","attempt":1,"started_at":1795818360838,"finished_at":{}}}"#,
+            1_795_818_360_838 + i
+        );
+        out.write_all(line(&state).as_bytes()).unwrap();
+    }
+    drop(out);
+    let mut server = start(&dir, &["--keep-finished", "1000000"]);
+    let replayed = server.wait_log("replayed 500000 tasks");
+    let ms: u64 = replayed
+        .rsplit_once(" in ")
+        .unwrap()
+        .1
+        .trim_end_matches(" ms")
+        .parse()
+        .unwrap();
+    eprintln!("{replayed}");
+    assert!(ms < 2000, "{replayed}");
+    let list = server.get("/tasks?limit=1").json();
+    assert_eq!(list["counts"]["succeeded"], 500_000);
+    assert_eq!(list["tasks"][0]["task_id"], "t499999");
+}

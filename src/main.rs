@@ -142,8 +142,10 @@ struct Config {
     workers: usize,
     /// Capacity of the job channel: tasks waiting beyond the running ones.
     buffer: usize,
-    /// Threads that run the executor.
-    threads: usize,
+    /// Threads that run the executor; `None` is one per available core,
+    /// found only once the listener is up (reading the cgroup limits takes
+    /// a while, and a client can connect meanwhile).
+    threads: Option<usize>,
     /// How long shutdown waits for requests and running tasks.
     grace: Duration,
     /// Seconds sent in `Retry-After` with a queue-full `503`.
@@ -239,7 +241,6 @@ fn parse_command(
         None => Ok(default),
         Some((source, v)) => parse_number(&source, &v, range),
     };
-    let threads_default = std::thread::available_parallelism().map_or(1, |n| n.get());
     let grace = match value("--grace") {
         None => Duration::from_secs(5),
         Some((source, v)) => parse_duration(&v).map_err(|e| format!("{source}: {e}"))?,
@@ -291,7 +292,10 @@ fn parse_command(
         addr,
         workers: number("--workers", 10, 1..MAX_WORKERS + 1)?,
         buffer: number("--buffer", 100, 1..MAX_BUFFER + 1)?,
-        threads: number("--threads", threads_default, 1..1025)?,
+        threads: match value("--threads") {
+            None => None,
+            Some((source, v)) => Some(parse_number(&source, &v, 1..1025)?),
+        },
         grace,
         retry_after: number("--retry-after", 60, 0..1_000_000_001)? as u64,
         keep_finished: number("--keep-finished", 10_000, 1..100_000_001)?,
@@ -2649,8 +2653,38 @@ fn take_head(buf: &mut Vec<u8>, scanned: &mut usize) -> Result<Option<usize>, Ht
 /// Tells whether `b` may appear in a token (RFC 9110 §5.6.2): methods and
 /// header names.
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR[usize::from(b)]
 }
+
+/// Which bytes are token characters, looked up once per byte of every
+/// method and header name.
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        i += 1;
+    }
+    table
+};
 
 /// Tells whether `b` separates the parts of a request line. RFC 9112 §3
 /// lets a server split on any run of these instead of exactly one SP.
@@ -3137,8 +3171,9 @@ fn reason(status: u16) -> &'static str {
 struct Response {
     /// The status code.
     status: u16,
-    /// The body; JSON unless `content_type` says otherwise.
-    body: Vec<u8>,
+    /// The body; JSON unless `content_type` says otherwise. Fixed answers
+    /// borrow theirs.
+    body: std::borrow::Cow<'static, [u8]>,
     /// The `Content-Type`.
     content_type: &'static str,
     /// A task id for `Location: /tasks/<id>`.
@@ -3153,10 +3188,10 @@ struct Response {
 
 impl Response {
     /// Makes a JSON response.
-    fn json(status: u16, body: Vec<u8>) -> Response {
+    fn json(status: u16, body: impl Into<std::borrow::Cow<'static, [u8]>>) -> Response {
         Response {
             status,
-            body,
+            body: body.into(),
             content_type: "application/json",
             location: None,
             retry_after: None,
@@ -3179,44 +3214,63 @@ impl Response {
     /// an HTTP/1.1 client that it does not. A `HEAD` request gets the
     /// headers only.
     fn write(&self, out: &mut Vec<u8>, keep_alive: bool, http10: bool, head_only: bool) {
-        let mut w = VecWriter(out);
-        let _ = write!(
-            w,
-            "HTTP/1.1 {} {}\r\nDate: ",
-            self.status,
-            reason(self.status)
-        );
-        with_http_date(|date| w.0.extend_from_slice(date));
-        let _ = write!(
-            w,
-            "\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-            self.content_type,
-            self.body.len()
-        );
+        // Every answer goes through here: no formatting machinery, and the
+        // room for it reserved once.
+        out.reserve(192 + self.body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        write_decimal(out, u64::from(self.status));
+        out.push(b' ');
+        out.extend_from_slice(reason(self.status).as_bytes());
+        out.extend_from_slice(b"\r\nDate: ");
+        with_http_date(|date| out.extend_from_slice(date));
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        write_decimal(out, self.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
         if let Some(id) = self.location {
-            w.0.extend_from_slice(b"Location: /tasks/");
-            write_id(w.0, id);
-            w.0.extend_from_slice(b"\r\n");
+            out.extend_from_slice(b"Location: /tasks/");
+            write_id(out, id);
+            out.extend_from_slice(b"\r\n");
         }
         if let Some(secs) = self.retry_after {
-            let _ = write!(w, "Retry-After: {secs}\r\n");
+            out.extend_from_slice(b"Retry-After: ");
+            write_decimal(out, secs);
+            out.extend_from_slice(b"\r\n");
         }
         if let Some(allow) = self.allow {
-            let _ = write!(w, "Allow: {allow}\r\n");
+            out.extend_from_slice(b"Allow: ");
+            out.extend_from_slice(allow.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         if self.authenticate {
-            w.0.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
+            out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
         }
         match (keep_alive, http10) {
-            (false, false) => w.0.extend_from_slice(b"Connection: close\r\n"),
-            (true, true) => w.0.extend_from_slice(b"Connection: keep-alive\r\n"),
+            (false, false) => out.extend_from_slice(b"Connection: close\r\n"),
+            (true, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
             _ => {}
         }
-        w.0.extend_from_slice(b"\r\n");
+        out.extend_from_slice(b"\r\n");
         if !head_only {
-            w.0.extend_from_slice(&self.body);
+            out.extend_from_slice(&self.body);
         }
     }
+}
+
+/// Appends `n` in decimal.
+fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Calls `f` with the current time as an HTTP date (RFC 9110 §5.6.7),
@@ -3401,9 +3455,9 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
         Route::Status(id) => return status(shared, id, query),
         Route::Cancel(id) => cancel(shared, id),
         Route::Health if shared.draining.is_fired() => {
-            Response::json(503, b"{\"status\": \"shutting down\"}".to_vec())
+            Response::json(503, &b"{\"status\": \"shutting down\"}"[..])
         }
-        Route::Health => Response::json(200, b"{\"status\": \"ok\"}".to_vec()),
+        Route::Health => Response::json(200, &b"{\"status\": \"ok\"}"[..]),
         Route::Metrics => metrics(shared),
         Route::NotFound => Response::error(404, "no such path"),
         Route::NotAllowed(allow) => Response {
@@ -3443,6 +3497,9 @@ struct Submission<'a> {
 
 /// The original server's answer to a body it cannot read.
 const BAD_BODY: &str = "failed to read POST body";
+
+/// The original server's answer when the queue is full, made once.
+const BUSY: &[u8] = br#"{"error": "workers are busy, try again later"}"#;
 
 /// The original server's answer to a bad `work_duration`.
 const BAD_DURATION: &str = "failed to parse work duration in request";
@@ -3536,7 +3593,7 @@ fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
         Admission::Full => {
             return Submitted::Answer(Response {
                 retry_after: Some(shared.config.retry_after),
-                ..Response::error(503, "workers are busy, try again later")
+                ..Response::json(503, BUSY)
             });
         }
         Admission::ShuttingDown => {
@@ -4616,8 +4673,12 @@ fn start(config: Config) -> Result<i32, String> {
         Some(dir) => Some(open_data_dir(dir, &config.handlers)?),
         None => None,
     };
-    let listener = Async::<TcpListener>::bind(config.addr)
+    // Listening comes next, before the rest of the start-up: a client that
+    // connects meanwhile waits in the backlog, so starting the reactor (a
+    // thread, an epoll set) overlaps with its connecting.
+    let listener = TcpListener::bind(config.addr)
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let listener = Async::new(listener).map_err(|e| format!("cannot watch the listener: {e}"))?;
     let signals = signal_pipe().map_err(|e| format!("cannot watch signals: {e}"))?;
     if !config.handlers.is_empty() {
         // Processes a handler leaves behind are orphaned to bgtasks instead
@@ -4658,7 +4719,9 @@ fn start(config: Config) -> Result<i32, String> {
         writer = Some((rx, data.file, data.lock));
         journal
     });
-    let threads = config.threads;
+    let threads = config
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
         config,

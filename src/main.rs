@@ -38,15 +38,18 @@
 //! `GET /tasks/{id}` (or long-polls with `?wait=`) until the task is
 //! `succeeded`, `failed` or `cancelled`.
 //!
-//! Every wait in the server — a sleeping task, a child process, an idle
-//! connection, a long poll — is a race against a [`Signal`]: a channel that
-//! is never sent on and is closed to fire, which wakes every waiter at once.
+//! Every wait that something else may have to cut short — a sleeping task,
+//! a child process, a long poll, a retry waiting for its time — races a
+//! [`Signal`]: a channel that is never sent on and is closed to fire, which
+//! wakes every waiter at once. Shutdown closes the job channel itself the
+//! same way, which wakes every idle worker.
 //!
 //! # Shutdown, in order
 //!
-//! 1. SIGINT or SIGTERM fires `draining`: the listener closes its socket,
-//!    idle connections close, new tasks and `/healthz` get `503`, workers take
-//!    no new task, and the retry scheduler stops.
+//! 1. SIGINT or SIGTERM fires `draining`: the listener takes in what waits
+//!    in its backlog and closes its socket; new tasks and `/healthz` get
+//!    `503` (idle keep-alive connections stay open to say so); the job
+//!    channel closes, so workers take no new task; the retry scheduler stops.
 //! 2. Requests in flight are answered and running tasks may finish, for up to
 //!    `--grace`.
 //! 3. Then `stop` fires: every running task is interrupted (sleeps end,
@@ -916,8 +919,6 @@ enum Outcome {
 struct Counters {
     /// Tasks created by requests.
     accepted: u64,
-    /// Submissions refused because the queue was full.
-    rejected: u64,
     /// Tasks that reached each terminal state, indexed like [`STATES`].
     finished: [u64; 5],
     /// Workers running an attempt right now.
@@ -1074,10 +1075,7 @@ impl Store {
         let id = self.issue_id();
         match jobs.try_send(id) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.counters.rejected += 1;
-                return Admission::Full;
-            }
+            Err(TrySendError::Full(_)) => return Admission::Full,
             Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
         }
         if self.first_id == 0 {
@@ -1398,6 +1396,8 @@ struct Shared {
     stop: Signal,
     /// Answers written, by status code, for `/metrics`.
     responses: StatusCounts,
+    /// Submissions refused because the queue was full, for `/metrics`.
+    rejected: AtomicU64,
     /// How far the journal is on disk, with `--data-dir`.
     journal: Option<Arc<Journal>>,
 }
@@ -3522,7 +3522,9 @@ fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(bad(BAD_BODY));
     }
-    let s: Submission = serde_json::from_slice(body).map_err(|_| bad(BAD_BODY))?;
+    // Checked as UTF-8 once, so that serde need not check each string again.
+    let body = std::str::from_utf8(body).map_err(|_| bad(BAD_BODY))?;
+    let s: Submission = serde_json::from_str(body).map_err(|_| bad(BAD_BODY))?;
     let kind = match s.kind.as_deref() {
         None | Some("sleep") => None,
         Some(name) => match config.handlers.iter().find(|h| &*h.kind == name) {
@@ -3583,6 +3585,12 @@ fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
         Ok(new) => new,
         Err(response) => return Submitted::Answer(response),
     };
+    // A full queue is answered without taking the store lock: full at this
+    // instant is reason enough, and the lock stays free for the work. A
+    // repeated key must still find its task, and shutdown has its own answer.
+    if new.key.is_none() && shared.jobs_tx.is_full() && !shared.draining.is_fired() {
+        return Submitted::Answer(queue_full(shared));
+    }
     let mut store = shared.store();
     let (id, saved) = match store.admit(new, &shared.jobs_tx) {
         Admission::Created(id, saved) => (id, saved),
@@ -3590,12 +3598,7 @@ fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
             let response = submitted(&store, 200, id);
             return Submitted::Repeat(response, id);
         }
-        Admission::Full => {
-            return Submitted::Answer(Response {
-                retry_after: Some(shared.config.retry_after),
-                ..Response::json(503, BUSY)
-            });
-        }
+        Admission::Full => return Submitted::Answer(queue_full(shared)),
         Admission::ShuttingDown => {
             return Submitted::Answer(Response::error(503, "server is shutting down"));
         }
@@ -3606,6 +3609,15 @@ fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
     match saved {
         Some(saved) => Submitted::Saving(response, saved),
         None => Submitted::Answer(response),
+    }
+}
+
+/// Counts a refusal for a full queue and makes its `503`.
+fn queue_full(shared: &Shared) -> Response {
+    shared.rejected.fetch_add(1, Ordering::Relaxed);
+    Response {
+        retry_after: Some(shared.config.retry_after),
+        ..Response::json(503, BUSY)
     }
 }
 
@@ -3863,7 +3875,7 @@ fn metrics(shared: &Shared) -> Response {
             "bgtasks_tasks_rejected_total",
             "counter",
             "Tasks refused because the queue was full.",
-            &[("", c.rejected)],
+            &[("", shared.rejected.load(Ordering::Relaxed))],
         );
         metric(
             "bgtasks_tasks_finished_total",
@@ -4530,6 +4542,22 @@ async fn run(
     signals: Async<std::os::unix::net::UnixStream>,
     retries_rx: Receiver<(u64, u64)>,
 ) -> i32 {
+    // Each request holds an upgraded clone of `in_flight_tx` while it is
+    // served; once shutdown drops this one, `requests_done` reports when
+    // the last request in flight has been answered.
+    let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
+    // The bound address, not the flag: with port 0 the kernel picks one.
+    let bound = listener
+        .get_ref()
+        .local_addr()
+        .map_or(shared.config.addr, |a| a);
+    // The listener first: a client may be waiting in the backlog already.
+    let listening = executor.spawn(listen(
+        shared.clone(),
+        executor.clone(),
+        listener,
+        in_flight_tx.downgrade(),
+    ));
     let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
     for _ in 0..shared.config.workers {
         executor
@@ -4540,25 +4568,10 @@ async fn run(
     executor
         .spawn(schedule_retries(shared.clone(), retries_rx))
         .detach();
-    // Each request holds an upgraded clone of `in_flight_tx` while it is
-    // served; once shutdown drops this one, `requests_done` reports when
-    // the last request in flight has been answered.
-    let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
-    // The bound address, not the flag: with port 0 the kernel picks one.
-    let bound = listener
-        .get_ref()
-        .local_addr()
-        .map_or(shared.config.addr, |a| a);
     info!(
         "listening on http://{bound} with {} workers, queue {}",
         shared.config.workers, shared.config.buffer
     );
-    let listening = executor.spawn(listen(
-        shared.clone(),
-        executor.clone(),
-        listener,
-        in_flight_tx.downgrade(),
-    ));
 
     // Step 1: the first signal begins the drain.
     let received = read_signals(&signals).await;
@@ -4731,6 +4744,7 @@ fn start(config: Config) -> Result<i32, String> {
         draining: Signal::new(),
         stop: Signal::new(),
         responses: StatusCounts::new(),
+        rejected: AtomicU64::new(0),
         journal,
     });
     let writer = writer.map(|(rx, file, lock)| {

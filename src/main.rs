@@ -893,12 +893,28 @@ struct Work {
     attempt: u8,
     /// The handler kind; `None` is `sleep`.
     kind: Option<Arc<str>>,
-    /// How long a `sleep` lasts.
-    sleep: Duration,
+    /// How long a `sleep` lasts, as the client wrote it.
+    work_duration: Option<Text>,
     /// The payload handed to a program.
     payload: Option<Box<str>>,
-    /// The timeout and its text, for the error message.
-    timeout: Option<(Duration, Text)>,
+    /// The per-attempt timeout, as the client wrote it.
+    timeout: Option<Text>,
+}
+
+impl Work {
+    /// Returns how long a `sleep` lasts. The texts were checked when the
+    /// task was accepted; they are parsed here, outside the store lock.
+    fn sleep(&self) -> Duration {
+        let text = self.work_duration.as_ref().map_or("0", Text::as_str);
+        parse_duration(text).unwrap_or_default()
+    }
+
+    /// Returns the per-attempt timeout, if any.
+    fn timeout(&self) -> Option<Duration> {
+        self.timeout
+            .as_ref()
+            .and_then(|t| parse_duration(t.as_str()).ok())
+    }
 }
 
 /// How an attempt ended.
@@ -1194,16 +1210,9 @@ impl Store {
             id,
             attempt: task.attempt,
             kind: extra.and_then(|e| e.kind.clone()),
-            sleep: task
-                .work_duration
-                .as_ref()
-                .and_then(|d| parse_duration(d.as_str()).ok())
-                .unwrap_or_default(),
+            work_duration: task.work_duration.clone(),
             payload: extra.and_then(|e| e.payload.clone()),
-            timeout: extra.and_then(|e| e.timeout.as_ref()).and_then(|t| {
-                let d = parse_duration(t.as_str()).ok()?;
-                Some((d, t.clone()))
-            }),
+            timeout: extra.and_then(|e| e.timeout.clone()),
         };
         if let Some(e) = task.extra.as_deref_mut() {
             e.retry_at = 0;
@@ -1530,8 +1539,8 @@ enum Interrupt {
 /// Waits until the attempt must end early, and says why.
 async fn interruption(shared: &Shared, work: &Work) -> Interrupt {
     let timeout = async {
-        match &work.timeout {
-            Some((after, _)) => Timer::after(*after).await,
+        match work.timeout() {
+            Some(after) => Timer::after(after).await,
             None => Timer::never().await,
         };
         Interrupt::Timeout
@@ -1563,7 +1572,7 @@ fn interrupted(why: Interrupt, work: &Work) -> Outcome {
 
 /// Says that an attempt timed out, with the timeout as the client wrote it.
 fn timeout_sentence(work: &Work) -> String {
-    let text = work.timeout.as_ref().map_or("", |(_, text)| text.as_str());
+    let text = work.timeout.as_ref().map_or("", Text::as_str);
     format!("timed out after {text}")
 }
 
@@ -1587,11 +1596,12 @@ async fn attempt(shared: &Shared, work: &Work) -> Outcome {
 
 /// Runs the built-in `sleep` work.
 async fn sleep(shared: &Shared, work: &Work) -> Outcome {
-    if work.sleep.is_zero() {
+    let duration = work.sleep();
+    if duration.is_zero() {
         return Outcome::Succeeded(None);
     }
     let slept = async {
-        Timer::after(work.sleep).await;
+        Timer::after(duration).await;
         Outcome::Succeeded(None)
     };
     let cut = async { interrupted(interruption(shared, work).await, work) };
@@ -3591,11 +3601,15 @@ fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
     if new.key.is_none() && shared.jobs_tx.is_full() && !shared.draining.is_fired() {
         return Submitted::Answer(queue_full(shared));
     }
+    let label = new.label.clone();
     let mut store = shared.store();
     let (id, saved) = match store.admit(new, &shared.jobs_tx) {
         Admission::Created(id, saved) => (id, saved),
         Admission::Repeat(id) => {
-            let response = submitted(&store, 200, id);
+            let task = store.get(id);
+            let label = task.and_then(|t| t.label.as_ref()).map(Text::as_str);
+            let state = task.map_or(State::Queued, |t| t.state);
+            let response = submitted(200, id, label, state);
             return Submitted::Repeat(response, id);
         }
         Admission::Full => return Submitted::Answer(queue_full(shared)),
@@ -3603,8 +3617,9 @@ fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
             return Submitted::Answer(Response::error(503, "server is shutting down"));
         }
     };
-    let response = submitted(&store, 202, id);
     drop(store);
+    // Made outside the lock: a new task is queued, and its label is known.
+    let response = submitted(202, id, label.as_ref().map(Text::as_str), State::Queued);
     debug!("task {} queued", IdText(id));
     match saved {
         Some(saved) => Submitted::Saving(response, saved),
@@ -3623,18 +3638,14 @@ fn queue_full(shared: &Shared) -> Response {
 
 /// Makes the answer to a submission: `{"status": …, "id": …, "task_id": …,
 /// "state": …}` with `Location`.
-fn submitted(store: &Store, status: u16, id: u64) -> Response {
+fn submitted(status: u16, id: u64, label: Option<&str>, state: State) -> Response {
     let mut body = Vec::with_capacity(128);
     body.extend_from_slice(b"{\"status\": \"task queued successfully\", \"id\": \"");
     write_id(&mut body, id);
     body.extend_from_slice(b"\", \"task_id\": ");
-    let task = store.get(id);
-    write_json_opt(
-        &mut body,
-        task.and_then(|t| t.label.as_ref()).map(Text::as_str),
-    );
+    write_json_opt(&mut body, label);
     body.extend_from_slice(b", \"state\": \"");
-    body.extend_from_slice(task.map_or(State::Queued, |t| t.state).name().as_bytes());
+    body.extend_from_slice(state.name().as_bytes());
     body.extend_from_slice(b"\"}");
     Response {
         location: Some(id),

@@ -508,13 +508,8 @@ fn shutdown_interrupts_programs_and_leaves_nothing() {
     ]);
     submit_kind(&server, "stubborn", json!({}));
     let pids = scripts.pids("pids");
-    let started = Instant::now();
-    server.signal(Signal::TERM);
-    let status = server
-        .wait_exit(Duration::from_secs(10))
-        .expect("the server exits");
-    let took = started.elapsed();
-    assert_eq!(status.code(), Some(0));
+    let (code, took) = server.stop(Signal::TERM);
+    assert_eq!(code, Some(0));
     // Grace, then SIGTERM, then SIGKILL 1 s later: within grace + 2 s.
     assert!(
         took >= Duration::from_millis(1_250) && took < Duration::from_millis(2_300),

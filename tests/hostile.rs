@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Server, closes, read_one, read_response};
+use common::{Rng, Server, closes, read_one, read_response};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -343,24 +343,10 @@ fn a_trickled_head_cannot_outlast_its_deadline() {
 
     // A byte every 300 ms does not stretch the deadline.
     let mut slow = server.connect();
-    let started = Instant::now();
     let head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Padding: ";
-    let mut sent = 0;
-    slow.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
-    let mut answer = Vec::new();
-    while started.elapsed() < Duration::from_secs(15) {
-        let _ = slow.write_all(&[head.get(sent).copied().unwrap_or(b'a')]);
-        sent += 1;
-        let mut buf = [0u8; 512];
-        match slow.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    let took = started.elapsed();
-    let answer = String::from_utf8_lossy(&answer);
+    let (answer, took) = trickle(&mut slow, Duration::from_millis(300), |i| {
+        head.get(i).copied().unwrap_or(b'a')
+    });
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     assert!(
         took >= Duration::from_millis(9_800) && took < Duration::from_secs(13),
@@ -374,28 +360,40 @@ fn a_trickled_body_cannot_outlast_its_deadline() {
     let mut slow = server.connect();
     slow.write_all(b"POST /tasks HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
         .unwrap();
+    let (answer, took) = trickle(&mut slow, Duration::from_millis(500), |_| b' ');
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(
+        took >= Duration::from_millis(9_500) && took < Duration::from_secs(13),
+        "{took:?}"
+    );
+}
+
+/// Sends byte `byte(i)` every `every` until the server closes the
+/// connection (or 15 s pass); returns what it answered and how long that
+/// took.
+fn trickle(
+    stream: &mut TcpStream,
+    every: Duration,
+    byte: impl Fn(usize) -> u8,
+) -> (String, Duration) {
     let started = Instant::now();
-    slow.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    stream.set_read_timeout(Some(every)).unwrap();
     let mut answer = Vec::new();
+    let mut sent = 0;
     while started.elapsed() < Duration::from_secs(15) {
-        let _ = slow.write_all(b" ");
+        let _ = stream.write_all(&[byte(sent)]);
+        sent += 1;
         let mut buf = [0u8; 512];
-        match slow.read(&mut buf) {
+        match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => answer.extend_from_slice(&buf[..n]),
             Err(_) => {}
         }
     }
-    let took = started.elapsed();
-    assert!(
-        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408 "),
-        "{answer:?}"
-    );
-    assert!(
-        took >= Duration::from_millis(9_500) && took < Duration::from_secs(13),
-        "{took:?}"
-    );
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
 }
 
 #[test]
@@ -517,18 +515,6 @@ fn accept_errors_back_off_and_recover() {
         read_response(&mut s)
     });
     assert_eq!(r.status, 200);
-}
-
-/// A seeded generator of garbage (xorshift64*), so failures replay.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Server, command, eventually, read_response};
+use common::{Rng, Server, command, eventually, read_response};
 use rustix::process::Signal;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -64,14 +64,15 @@ fn start(dir: &DataDir, args: &[&str]) -> Server {
     Server::start(&all)
 }
 
-/// Submits a labelled `sleep` task; returns its id.
-fn submit(server: &Server, label: &str, duration: &str) -> String {
-    let r = server.post(
-        "/tasks",
-        &format!(r#"{{"task_id": "{label}", "work_duration": "{duration}"}}"#),
-    );
-    assert_eq!(r.status, 202, "{r:?}");
-    r.json()["id"].as_str().unwrap().to_string()
+/// Runs the binary on a data directory that must be refused: returns what
+/// it printed, having checked that it exited with status 1.
+fn refused(dir: &str) -> String {
+    let out = command(&["--addr", "127.0.0.1:0", "--data-dir", dir], &[], &[])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    err
 }
 
 #[test]
@@ -79,33 +80,17 @@ fn the_data_dir_is_created_locked_and_checked() {
     let dir = DataDir::new("created");
     let nested = DataDir(dir.0.join("a/b"));
     let server = start(&nested, &[]);
-    submit(&server, "x", "0s");
+    server.submit_labelled("x", "0s");
     assert!(nested.journal().exists());
     // A second server on the same directory is refused.
-    let out = command(
-        &["--addr", "127.0.0.1:0", "--data-dir", nested.arg()],
-        &[],
-        &[],
-    )
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused(nested.arg());
     assert!(err.contains("is in use by another bgtasks"), "{err}");
     drop(server);
     // A path that cannot be a directory.
     let file = dir.0.join("plain-file");
     std::fs::write(&file, b"x").unwrap();
     let bad = file.join("data");
-    let out = command(
-        &["--addr", "127.0.0.1:0", "--data-dir", bad.to_str().unwrap()],
-        &[],
-        &[],
-    )
-    .output()
-    .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = refused(bad.to_str().unwrap());
     assert!(err.contains("cannot use --data-dir"), "{err}");
     // The environment variable works too.
     let server = Server::start_with_env(&[], &[("BGTASKS_DATA_DIR", nested.arg())]);
@@ -116,11 +101,11 @@ fn the_data_dir_is_created_locked_and_checked() {
 fn tasks_come_back_after_kill_9_as_they_were() {
     let dir = DataDir::new("kill");
     let mut server = start(&dir, &["--workers", "1"]);
-    let done = submit(&server, "done", "0s");
+    let done = server.submit_labelled("done", "0s");
     let done_status = server.wait_state(&done, "succeeded");
-    let running = submit(&server, "running", "60s");
+    let running = server.submit_labelled("running", "60s");
     server.wait_state(&running, "running");
-    let cancelled = submit(&server, "cancelled", "60s");
+    let cancelled = server.submit_labelled("cancelled", "60s");
     assert_eq!(
         server
             .post(&format!("/tasks/{cancelled}/cancel"), "")
@@ -128,7 +113,7 @@ fn tasks_come_back_after_kill_9_as_they_were() {
         200
     );
     let queued: Vec<String> = (0..3)
-        .map(|i| submit(&server, &format!("q{i}"), "60s"))
+        .map(|i| server.submit_labelled(&format!("q{i}"), "60s"))
         .collect();
     let keyed = server.post_with(
         "/tasks",
@@ -177,7 +162,7 @@ fn tasks_come_back_after_kill_9_as_they_were() {
         0.0,
         "replayed tasks are not counted"
     );
-    let newer = submit(&server, "new", "0s");
+    let newer = server.submit_labelled("new", "0s");
     assert!(newer > keyed, "ids keep increasing across restarts");
 }
 
@@ -185,14 +170,10 @@ fn tasks_come_back_after_kill_9_as_they_were() {
 fn a_task_interrupted_by_shutdown_is_queued_again() {
     let dir = DataDir::new("graceful");
     let mut server = start(&dir, &["--workers", "1", "--grace", "200ms"]);
-    let id = submit(&server, "long", "60s");
+    let id = server.submit_labelled("long", "60s");
     server.wait_state(&id, "running");
-    submit(&server, "waiting", "60s");
-    server.signal(Signal::TERM);
-    assert_eq!(
-        server.wait_exit(Duration::from_secs(10)).unwrap().code(),
-        Some(0)
-    );
+    server.submit_labelled("waiting", "60s");
+    assert_eq!(server.stop(Signal::TERM).0, Some(0));
     assert!(
         server
             .log()
@@ -211,11 +192,10 @@ fn a_torn_last_record_is_dropped_with_a_warning() {
     let dir = DataDir::new("torn");
     let mut server = start(&dir, &[]);
     let ids: Vec<String> = (0..3)
-        .map(|i| submit(&server, &format!("t{i}"), "0s"))
+        .map(|i| server.submit_labelled(&format!("t{i}"), "0s"))
         .collect();
     server.wait_state(&ids[2], "succeeded");
-    server.signal(Signal::TERM);
-    server.wait_exit(Duration::from_secs(10)).unwrap();
+    server.stop(Signal::TERM);
     let whole = std::fs::read(dir.journal()).unwrap();
     for tail in [
         &b"1c0ffee5 {\"op\":\"new\",\"id\":17958"[..],
@@ -230,8 +210,7 @@ fn a_torn_last_record_is_dropped_with_a_warning() {
         for id in &ids {
             assert_eq!(server.task(id)["state"], "succeeded");
         }
-        server.signal(Signal::TERM);
-        server.wait_exit(Duration::from_secs(10)).unwrap();
+        server.stop(Signal::TERM);
         assert_eq!(
             std::fs::read(dir.journal()).unwrap(),
             whole,
@@ -259,15 +238,7 @@ fn damage_stops_start_up_and_changes_nothing() {
     for journal in damaged {
         std::fs::write(dir.journal(), &journal).unwrap();
         std::fs::write(dir.0.join("journal.tmp"), b"half a compaction").unwrap();
-        let out = command(
-            &["--addr", "127.0.0.1:0", "--data-dir", dir.arg()],
-            &[],
-            &[],
-        )
-        .output()
-        .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
+        let err = refused(dir.arg());
         let at = format!("{}:2: the journal is damaged", dir.journal().display());
         assert!(err.contains(&at), "{err}");
         assert_eq!(
@@ -296,7 +267,7 @@ fn damage_stops_start_up_and_changes_nothing() {
 fn an_unfinished_compaction_is_thrown_away() {
     let dir = DataDir::new("unfinished");
     let mut server = start(&dir, &[]);
-    let id = submit(&server, "kept", "60s");
+    let id = server.submit_labelled("kept", "60s");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     // A crash while compacting leaves journal.tmp beside a whole journal,
@@ -334,7 +305,7 @@ fn the_journal_is_compacted_and_stays_small() {
             "100",
         ],
     );
-    let first = submit(&server, "first", "0s");
+    let first = server.submit_labelled("first", "0s");
     server.wait_state(&first, "succeeded");
     let mut largest = 0;
     for _ in 0..10 {
@@ -356,8 +327,7 @@ fn the_journal_is_compacted_and_stays_small() {
     // 200,000 tasks of about 230 bytes of records each went through; the
     // file stays near its threshold (4 x what 100 tasks need + 8 MiB).
     assert!(largest < 12 << 20, "the journal grew to {largest} bytes");
-    server.signal(Signal::TERM);
-    server.wait_exit(Duration::from_secs(10)).unwrap();
+    server.stop(Signal::TERM);
     let server = start(&dir, &["--keep-finished", "100"]);
     let list = server.get("/tasks?limit=1000").json();
     assert_eq!(list["counts"]["succeeded"], 100);
@@ -451,14 +421,6 @@ fn read_response_or_none(stream: &mut std::net::TcpStream) -> Option<common::Res
         .flatten()
 }
 
-/// A seeded generator for kill times (xorshift64*).
-fn next(seed: &mut u64) -> u64 {
-    *seed ^= *seed >> 12;
-    *seed ^= *seed << 25;
-    *seed ^= *seed >> 27;
-    seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
 #[test]
 fn kill_9_at_random_moments_loses_no_accepted_task() {
     let dir = DataDir::new("crashloop");
@@ -472,7 +434,7 @@ fn kill_9_at_random_moments_loses_no_accepted_task() {
     ];
     let mut accepted: Vec<String> = Vec::new();
     let mut finished: HashMap<String, Value> = HashMap::new();
-    let mut seed = 0x00c0_ffee_u64;
+    let mut rng = Rng(0x00c0_ffee);
     for cycle in 0..20 {
         let mut server = start(&dir, &args);
         // Everything accepted so far is here; everything seen finished
@@ -492,7 +454,7 @@ fn kill_9_at_random_moments_loses_no_accepted_task() {
         let clients: Vec<_> = (0..4)
             .map(|c| std::thread::spawn(move || hammer(addr, c)))
             .collect();
-        std::thread::sleep(Duration::from_millis(50 + next(&mut seed) % 400));
+        std::thread::sleep(Duration::from_millis(50 + rng.next() % 400));
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         for client in clients {
@@ -543,7 +505,7 @@ fn kill_9_during_compaction_loses_nothing() {
         "50",
     ];
     let mut long: Vec<String> = Vec::new();
-    let mut seed = 0xdead_beef_u64;
+    let mut rng = Rng(0xdead_beef);
     let mut compactions = 0;
     for cycle in 0..12 {
         let mut server = start(&dir, &args);
@@ -554,7 +516,7 @@ fn kill_9_during_compaction_loses_nothing() {
                 "cycle {cycle}: {id} is {state}"
             );
         }
-        long.push(submit(&server, &format!("long{cycle}"), "600s"));
+        long.push(server.submit_labelled(&format!("long{cycle}"), "600s"));
         // A flood of zero-length tasks: they finish and are evicted at
         // once, so the journal is compacted again and again.
         let addr = server.addr;
@@ -580,7 +542,7 @@ fn kill_9_during_compaction_loses_nothing() {
         eventually("a compaction", || {
             server.log().contains("journal compacted").then_some(())
         });
-        std::thread::sleep(Duration::from_millis(next(&mut seed) % 300));
+        std::thread::sleep(Duration::from_millis(rng.next() % 300));
         server.child.kill().unwrap();
         server.child.wait().unwrap();
         let _ = flood.join();

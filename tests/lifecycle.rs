@@ -8,16 +8,6 @@ use serde_json::Value;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-/// Submits a labelled `sleep` task; returns its id.
-fn submit_labelled(server: &Server, label: &str, duration: &str) -> String {
-    let r = server.post(
-        "/tasks",
-        &format!(r#"{{"task_id": "{label}", "work_duration": "{duration}"}}"#),
-    );
-    assert_eq!(r.status, 202, "{r:?}");
-    r.json()["id"].as_str().unwrap().to_string()
-}
-
 /// Returns the ids of a `/tasks` answer, in order.
 fn ids(list: &Value) -> Vec<String> {
     list["tasks"]
@@ -31,15 +21,11 @@ fn ids(list: &Value) -> Vec<String> {
 #[test]
 fn list_filters_newest_first_and_counts_everything() {
     let server = Server::start(&["--workers", "1", "--buffer", "1000"]);
-    let blocker = submit_labelled(&server, "block", "60s");
+    let blocker = server.submit_labelled("block", "60s");
     server.wait_state(&blocker, "running");
     let mut queued = Vec::new();
     for i in 0..120 {
-        queued.push(submit_labelled(
-            &server,
-            if i % 2 == 0 { "even one" } else { "odd" },
-            "60s",
-        ));
+        queued.push(server.submit_labelled(if i % 2 == 0 { "even one" } else { "odd" }, "60s"));
     }
     let cancelled = queued.remove(0);
     assert_eq!(

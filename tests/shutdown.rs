@@ -16,24 +16,10 @@ fn an_idle_server_exits_0_at_once() {
         idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
             .unwrap();
         assert_eq!(read_response(&mut idle).unwrap().status, 200);
-        let started = Instant::now();
-        server.signal(signal);
-        let status = server
-            .wait_exit(Duration::from_secs(10))
-            .expect("the server exits");
-        assert_eq!(status.code(), Some(0));
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
-        );
-        assert!(
-            server
-                .log()
-                .contains("dropped 0 queued and 0 running tasks"),
-            "{}",
-            server.log()
-        );
+        let (code, took) = server.stop(signal);
+        assert_eq!(code, Some(0));
+        assert!(took < Duration::from_secs(2), "{:?}", took);
+        server.wait_log("dropped 0 queued and 0 running tasks");
     }
 }
 
@@ -44,13 +30,8 @@ fn running_tasks_get_the_grace_period_then_are_interrupted() {
     server.wait_state(&running, "running");
     server.submit("60s");
     server.submit("60s");
-    let started = Instant::now();
-    server.signal(Signal::TERM);
-    let status = server
-        .wait_exit(Duration::from_secs(10))
-        .expect("the server exits");
-    let took = started.elapsed();
-    assert_eq!(status.code(), Some(0));
+    let (code, took) = server.stop(Signal::TERM);
+    assert_eq!(code, Some(0));
     assert!(
         took >= Duration::from_millis(950),
         "exited before the grace period: {took:?}"
@@ -59,13 +40,7 @@ fn running_tasks_get_the_grace_period_then_are_interrupted() {
         took < Duration::from_secs(3),
         "grace + 2 s at worst: {took:?}"
     );
-    assert!(
-        server
-            .log()
-            .contains("dropped 2 queued and 1 running tasks"),
-        "{}",
-        server.log()
-    );
+    server.wait_log("dropped 2 queued and 1 running tasks");
 }
 
 #[test]
@@ -73,24 +48,10 @@ fn a_task_that_ends_within_the_grace_period_lets_the_server_exit_early() {
     let mut server = Server::start(&["--workers", "1", "--grace", "30s"]);
     let id = server.submit("700ms");
     server.wait_state(&id, "running");
-    let started = Instant::now();
-    server.signal(Signal::TERM);
-    let status = server
-        .wait_exit(Duration::from_secs(20))
-        .expect("the server exits");
-    assert_eq!(status.code(), Some(0));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(
-        server
-            .log()
-            .contains("dropped 0 queued and 0 running tasks"),
-        "{}",
-        server.log()
-    );
+    let (code, took) = server.stop(Signal::TERM);
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(5), "{:?}", took);
+    server.wait_log("dropped 0 queued and 0 running tasks");
 }
 
 #[test]
@@ -134,13 +95,9 @@ fn while_draining_open_connections_get_503_and_new_ones_are_refused() {
     // The running task holds the server until it is cancelled... by a
     // second signal, which exits at once with status 1.
     assert!(server.wait_exit(Duration::from_millis(300)).is_none());
-    let started = Instant::now();
-    server.signal(Signal::TERM);
-    let status = server
-        .wait_exit(Duration::from_secs(5))
-        .expect("the server exits");
-    assert_eq!(status.code(), Some(1));
-    assert!(started.elapsed() < Duration::from_secs(1));
+    let (code, took) = server.stop(Signal::TERM);
+    assert_eq!(code, Some(1));
+    assert!(took < Duration::from_secs(1));
 }
 
 #[test]

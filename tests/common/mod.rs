@@ -154,10 +154,13 @@ impl Server {
 
     /// Queues a `sleep` task and returns its id.
     pub fn submit(&self, duration: &str) -> String {
-        let r = self.post(
-            "/tasks",
-            &format!(r#"{{"task_id": "t", "work_duration": "{duration}"}}"#),
-        );
+        self.submit_labelled("t", duration)
+    }
+
+    /// Queues a `sleep` task with a label and returns its id.
+    pub fn submit_labelled(&self, label: &str, duration: &str) -> String {
+        let body = format!(r#"{{"task_id": "{label}", "work_duration": "{duration}"}}"#);
+        let r = self.post("/tasks", &body);
         assert_eq!(r.status, 202, "{r:?}");
         r.json()["id"].as_str().unwrap().to_string()
     }
@@ -199,6 +202,15 @@ impl Server {
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Sends `signal` and waits for the server to exit; returns its exit
+    /// code and how long it took from the signal.
+    pub fn stop(&mut self, signal: rustix::process::Signal) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        self.signal(signal);
+        let status = self.wait_exit(PATIENCE).expect("the server exits");
+        (status.code(), started.elapsed())
     }
 
     /// Waits up to `limit` for the server to exit.
@@ -454,4 +466,18 @@ pub fn raise_fd_limit() {
     let mut limit = getrlimit(Resource::Nofile);
     limit.current = limit.maximum;
     let _ = setrlimit(Resource::Nofile, limit);
+}
+
+/// A small, seeded random number generator (xorshift64*), so that tests
+/// with random input or timing need no crate and every failure replays.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Returns the next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
 }

@@ -32,6 +32,10 @@ fn help_and_version_print_to_stdout_and_exit_0() {
 
 #[test]
 fn bad_values_exit_2_with_one_clear_line_before_binding() {
+    // A handler program that exists but may not be run (mode 644).
+    let script = std::env::temp_dir().join(format!("bgtasks-cli-{}.sh", std::process::id()));
+    std::fs::write(&script, "#!/bin/sh\n").unwrap();
+    let not_executable = format!("thumb={}", script.display());
     // The address is taken, so a server that bound before checking its
     // flags would exit 1 instead of 2.
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -85,6 +89,27 @@ fn bad_values_exit_2_with_one_clear_line_before_binding() {
         ),
         (&["--token", ""], &[], "--token: the token must be"),
         (
+            &["--handler", "thumb=/nonexistent/thumbnail"],
+            &[],
+            "does not exist or is not an executable file",
+        ),
+        (
+            &["--handler", not_executable.as_str()],
+            &[],
+            "does not exist or is not an executable file",
+        ),
+        (&["--handler", "thumb"], &[], "expected KIND=PROGRAM"),
+        (
+            &["--handler", "sleep=/bin/true"],
+            &[],
+            "the kind \"sleep\" is built in",
+        ),
+        (
+            &["--handler", "a=/bin/true", "--handler", "a=/bin/false"],
+            &[],
+            "registered twice",
+        ),
+        (
             &[],
             &[("BGTASKS_WORKERS", "0")],
             "BGTASKS_WORKERS: expected a whole number",
@@ -131,6 +156,7 @@ fn bad_values_exit_2_with_one_clear_line_before_binding() {
             "{args:?} {env:?}: {err:?}"
         );
     }
+    let _ = std::fs::remove_file(&script);
 }
 
 #[test]

@@ -3456,7 +3456,9 @@ struct LongPoll {
 /// The longest `?wait=`: longer waits are cut to this.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-/// Answers a request whose head and body have been read.
+/// Answers a request from its route and head. A submission needs its body
+/// and, with a journal, a wait for the disk: it is handed back to the
+/// connection as [`Reply::Submit`].
 fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
     let query = head.query.clone().map(|q| &bytes[q]);
     Reply::Now(match route {

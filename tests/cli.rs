@@ -178,9 +178,7 @@ fn environment_variables_are_read_and_flags_beat_them() {
         ("BGTASKS_RETRY_AFTER", "7"),
     ];
     let server = Server::start_with_env(&[], &env);
-    let first = server.submit("60s");
-    server.wait_state(&first, "running");
-    server.submit("60s");
+    server.fill(1);
     let refused = server.post("/queue-task", r#"{"task_id": "x", "work_duration": "60s"}"#);
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("retry-after"), Some("7"));
@@ -188,10 +186,7 @@ fn environment_variables_are_read_and_flags_beat_them() {
 
     // The same environment with --buffer 2: the flag wins.
     let server = Server::start_with_env(&["--buffer", "2", "--retry-after", "9"], &env);
-    let first = server.submit("60s");
-    server.wait_state(&first, "running");
-    server.submit("60s");
-    server.submit("60s");
+    server.fill(2);
     let refused = server.post("/queue-task", r#"{"task_id": "x", "work_duration": "60s"}"#);
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("retry-after"), Some("9"));

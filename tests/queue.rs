@@ -101,9 +101,7 @@ fn null_members_count_as_absent_and_unknown_members_are_ignored() {
 #[test]
 fn a_full_queue_answers_503_with_retry_after() {
     let server = Server::start(&["--workers", "1", "--buffer", "1"]);
-    let running = server.submit("60s");
-    server.wait_state(&running, "running");
-    server.submit("60s");
+    server.fill(1);
     let r = server.post("/queue-task", r#"{"task_id": "x", "work_duration": "60s"}"#);
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("60"));

@@ -165,6 +165,17 @@ impl Server {
         r.json()["id"].as_str().unwrap().to_string()
     }
 
+    /// Occupies a single worker with a long task and fills a queue of
+    /// `buffer` places behind it; returns the running task's id.
+    pub fn fill(&self, buffer: usize) -> String {
+        let running = self.submit("60s");
+        self.wait_state(&running, "running");
+        for _ in 0..buffer {
+            self.submit("60s");
+        }
+        running
+    }
+
     /// Reads a task's status.
     pub fn task(&self, id: &str) -> serde_json::Value {
         let r = self.get(&format!("/tasks/{id}"));

@@ -4091,7 +4091,11 @@ impl Connection {
                 } else {
                     Instant::now() + IDLE_TIMEOUT
                 };
-                if !self.wait_readable(until).await {
+                // A new connection's request has usually arrived by the time
+                // it is accepted (a client connects and sends at once):
+                // reading it now saves a round through the reactor.
+                let arrived = first && self.read_arrived(FIRST_READ)?;
+                if !arrived && !self.wait_readable(until).await {
                     return if first {
                         Err(HttpError::Timeout.into())
                     } else {
@@ -4276,35 +4280,57 @@ impl Connection {
     /// Reads at least one more byte, up to `want` (at most one chunk),
     /// before `deadline`. The end of the stream is [`Stop::Closed`].
     async fn fill(&mut self, shared: &Shared, deadline: Instant, want: usize) -> Result<(), Stop> {
+        // Bytes already here are read at once, so a pipelining client's
+        // requests are all taken in before their answers are written.
+        if self.read_arrived(want)? {
+            return Ok(());
+        }
+        // About to wait: whatever waits to be written goes first, as the
+        // client may be waiting for it (answers to its earlier requests, or
+        // a 100 Continue).
+        self.flush(shared).await?;
+        let len = self.grow(want);
+        let (stream, buf) = (&self.stream, &mut self.buf);
+        let read = async {
+            stream
+                .read_with(|s| (&*s).read(&mut buf[len..]))
+                .await
+                .map_err(Stop::from)
+        };
+        let timeout = async {
+            Timer::at(deadline).await;
+            Err(Stop::Http(HttpError::Timeout))
+        };
+        let result = future::or(read, timeout).await;
+        self.keep_read(len, result)
+    }
+
+    /// Reads what has arrived already, without waiting; `false` if nothing
+    /// has.
+    fn read_arrived(&mut self, want: usize) -> Result<bool, Stop> {
+        let len = self.grow(want);
+        match self.stream.get_ref().read(&mut self.buf[len..]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.buf.truncate(len);
+                Ok(false)
+            }
+            result => self
+                .keep_read(len, result.map_err(Stop::from))
+                .map(|()| true),
+        }
+    }
+
+    /// Makes room for up to `want` more bytes (at most one chunk, and a
+    /// smaller first read); returns where they go.
+    fn grow(&mut self, want: usize) -> usize {
         let len = self.buf.len();
         let most = if len == 0 { FIRST_READ } else { READ_CHUNK };
         self.buf.resize(len + want.clamp(1, most), 0);
-        // Bytes already here are read at once, so a pipelining client's
-        // requests are all taken in before their answers are written.
-        let result = match self.stream.get_ref().read(&mut self.buf[len..]) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // About to wait: whatever waits to be written goes first, as
-                // the client may be waiting for it (answers to its earlier
-                // requests, or a 100 Continue).
-                if let Err(stop) = self.flush(shared).await {
-                    self.buf.truncate(len);
-                    return Err(stop);
-                }
-                let (stream, buf) = (&self.stream, &mut self.buf);
-                let read = async {
-                    stream
-                        .read_with(|s| (&*s).read(&mut buf[len..]))
-                        .await
-                        .map_err(Stop::from)
-                };
-                let timeout = async {
-                    Timer::at(deadline).await;
-                    Err(Stop::Http(HttpError::Timeout))
-                };
-                future::or(read, timeout).await
-            }
-            other => other.map_err(Stop::from),
-        };
+        len
+    }
+
+    /// Keeps the bytes a read into `buf[len..]` returned.
+    fn keep_read(&mut self, len: usize, result: Result<usize, Stop>) -> Result<(), Stop> {
         let n = *result.as_ref().unwrap_or(&0);
         self.buf.truncate(len + n);
         match result {
@@ -4554,6 +4580,7 @@ async fn run(
     listener: Async<TcpListener>,
     signals: Async<std::os::unix::net::UnixStream>,
     retries_rx: Receiver<(u64, u64)>,
+    start_threads: impl FnOnce(),
 ) -> i32 {
     // Each request holds an upgraded clone of `in_flight_tx` while it is
     // served; once shutdown drops this one, `requests_done` reports when
@@ -4571,6 +4598,14 @@ async fn run(
         listener,
         in_flight_tx.downgrade(),
     ));
+    info!(
+        "listening on http://{bound} with {} workers, queue {}",
+        shared.config.workers, shared.config.buffer
+    );
+    // One turn for the listener before the rest of the start-up, so that a
+    // client that connected while the process was starting is answered now;
+    // its task waits in the queue for the workers.
+    future::yield_now().await;
     let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
     for _ in 0..shared.config.workers {
         executor
@@ -4581,10 +4616,7 @@ async fn run(
     executor
         .spawn(schedule_retries(shared.clone(), retries_rx))
         .detach();
-    info!(
-        "listening on http://{bound} with {} workers, queue {}",
-        shared.config.workers, shared.config.buffer
-    );
+    start_threads();
 
     // Step 1: the first signal begins the drain.
     let received = read_signals(&signals).await;
@@ -4745,9 +4777,6 @@ fn start(config: Config) -> Result<i32, String> {
         writer = Some((rx, data.file, data.lock));
         journal
     });
-    let threads = config
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
         config,
@@ -4770,16 +4799,25 @@ fn start(config: Config) -> Result<i32, String> {
     let executor = Arc::new(Executor::new());
     let exited = Signal::new();
     let code = std::thread::scope(|scope| {
-        for _ in 1..threads {
-            let (executor, exited) = (executor.clone(), exited.clone());
-            scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
-        }
+        // Counting the cores (std reads the cgroup quota too) and starting
+        // threads take a few hundred microseconds: `run` does it once a
+        // client already waiting has been answered.
+        let start_threads = || {
+            let threads = shared.config.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
+            for _ in 1..threads {
+                let (executor, exited) = (executor.clone(), exited.clone());
+                scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
+            }
+        };
         let main = run(
             shared.clone(),
             executor.clone(),
             listener,
             signals,
             retries_rx,
+            start_threads,
         );
         let code = async_io::block_on(executor.run(main));
         exited.fire();

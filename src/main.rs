@@ -4312,6 +4312,11 @@ impl Connection {
         match self.stream.get_ref().read(&mut self.buf[len..]) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.buf.truncate(len);
+                if len == 0 {
+                    // A connection that has sent nothing holds no buffer
+                    // while it waits.
+                    self.buf = Vec::new();
+                }
                 Ok(false)
             }
             result => self

@@ -494,6 +494,29 @@ fn past_max_connections_new_clients_wait_in_the_backlog() {
 }
 
 #[test]
+fn connections_that_send_nothing_hold_no_buffers() {
+    common::raise_fd_limit();
+    let server = Server::start(&["--max-connections", "3000"]);
+    let fds =
+        || std::fs::read_dir(format!("/proc/{}/fd", server.child.id())).map_or(0, |d| d.count());
+    let (open_before, before) = (fds(), server.rss_kib());
+    let silent: Vec<TcpStream> = (0..2000).map(|_| server.connect()).collect();
+    common::eventually("every silent connection accepted", || {
+        (fds() >= open_before + 2000).then_some(())
+    });
+    // Accepted after all of them, so answered after they first waited.
+    assert_eq!(server.get("/healthz").status, 200);
+    let per_connection = (server.rss_kib() - before) as f64 / 2000.0;
+    // A task, a reactor registration and a timer come to about 1.7 KiB;
+    // a first-read buffer kept while waiting would add 1 KiB.
+    assert!(
+        per_connection < 2.2,
+        "{per_connection:.2} KiB per connection that sent nothing"
+    );
+    drop(silent);
+}
+
+#[test]
 fn accept_errors_back_off_and_recover() {
     // So few descriptors that accepting runs out of them.
     let mut server = Server::start_with_nofile(40, &["--max-connections", "1000"]);

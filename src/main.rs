@@ -23,11 +23,11 @@
 //!  │                                                  ▼                   │
 //!  │                                   worker 1 … worker N (--workers)    │
 //!  │                                   each races its work against:       │
-//!  │                                   stop signal · cancel · timeout     │
+//!  │                                   grace_over · cancel · timeout      │
 //!  │ retry scheduler ── backoff ──▶ jobs                                  │
 //!  └──────────────────────────────────────────────────────────────────────┘
 //!   journal thread (--data-dir): appends, group-commits fsyncs, compacts
-//!   signal pipe: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ stop ─▶ exit
+//!   signal pipe: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ grace_over ─▶ exit
 //! ```
 //!
 //! A client POSTs a task; the connection task parses it, and under the store
@@ -40,7 +40,7 @@
 //!
 //! Every wait that something else may have to cut short — a sleeping task,
 //! a child process, a long poll, a retry waiting for its time — races a
-//! [`Signal`]: a channel that is never sent on and is closed to fire, which
+//! [`Trigger`]: a channel that is never sent on and is closed to fire, which
 //! wakes every waiter at once. Shutdown closes the job channel itself the
 //! same way, which wakes every idle worker.
 //!
@@ -52,7 +52,7 @@
 //!    channel closes, so workers take no new task; the retry scheduler stops.
 //! 2. Requests in flight are answered and running tasks may finish, for up to
 //!    `--grace`.
-//! 3. Then `stop` fires: every running task is interrupted (sleeps end,
+//! 3. Then `grace_over` fires: every running task is interrupted (sleeps end,
 //!    programs get SIGTERM and 1 s later SIGKILL).
 //! 4. The process exits 0 as soon as nothing is left to wait for. A second
 //!    signal exits at once with status 1.
@@ -467,7 +467,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         for &d in &s[..digits] {
             whole = whole
                 .checked_mul(10)
-                .map(|w| w + u64::from(d - b'0'))
+                .and_then(|w| w.checked_add(u64::from(d - b'0')))
                 .filter(|&w| w <= LIMIT)
                 .ok_or_else(invalid)?;
         }
@@ -478,7 +478,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
             fraction_digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
             let mut overflow = false;
             for &d in &rest[..fraction_digits] {
-                match fraction.checked_mul(10).map(|f| f + u64::from(d - b'0')) {
+                match fraction
+                    .checked_mul(10)
+                    .and_then(|f| f.checked_add(u64::from(d - b'0')))
+                {
                     Some(f) if !overflow && fraction <= (LIMIT - 1) / 10 && f <= LIMIT => {
                         fraction = f;
                         scale *= 10.0;
@@ -955,9 +958,9 @@ struct Store {
     /// Idempotency keys of retained tasks.
     keys: HashMap<Box<str>, u64>,
     /// Long polls waiting for a task to change, by id.
-    watchers: HashMap<u64, Signal>,
+    watchers: HashMap<u64, Trigger>,
     /// Cancel signals of running tasks, by id.
-    cancels: HashMap<u64, Signal>,
+    cancels: HashMap<u64, Trigger>,
     /// The first id this store issued (or replayed); 0 until then.
     first_id: u64,
     /// The most recently issued id: the next one is larger.
@@ -969,7 +972,7 @@ struct Store {
     /// Set once shutdown begins: submissions get `503`.
     draining: bool,
     /// Where changes are journaled, with `--data-dir`.
-    journal: Option<JournalLog>,
+    journal: Option<JournalSender>,
 }
 
 impl Store {
@@ -1198,7 +1201,7 @@ impl Store {
 
     /// Starts an attempt of a queued task and returns its work; `None` if
     /// the task is no longer queued (a client cancelled it).
-    fn start(&mut self, id: u64) -> Option<Work> {
+    fn begin_attempt(&mut self, id: u64) -> Option<Work> {
         let i = self
             .index(id)
             .filter(|&i| self.tasks[i].state == State::Queued)?;
@@ -1224,7 +1227,7 @@ impl Store {
 
     /// Records how an attempt ended. Returns when the task's retry is due
     /// (ms since the epoch), if it gets one.
-    fn finish(&mut self, id: u64, outcome: Outcome) -> Option<u64> {
+    fn end_attempt(&mut self, id: u64, outcome: Outcome) -> Option<u64> {
         if !self.cancels.is_empty() {
             self.cancels.remove(&id);
         }
@@ -1283,17 +1286,17 @@ impl Store {
         }
     }
 
-    /// Returns the signal that `cancel` fires for a running task, made when
+    /// Returns the trigger that `cancel` fires for a running task, made when
     /// its work first waits (work that never waits needs none); `None` if
     /// the task is no longer running — it was cancelled already.
-    fn cancel_signal(&mut self, id: u64) -> Option<Signal> {
+    fn cancel_trigger(&mut self, id: u64) -> Option<Trigger> {
         let running = self.get(id).is_some_and(|t| t.state == State::Running);
-        running.then(|| self.cancels.entry(id).or_insert_with(Signal::new).clone())
+        running.then(|| self.cancels.entry(id).or_insert_with(Trigger::new).clone())
     }
 
-    /// Returns the signal a long poll waits on for `id` to change.
-    fn watch(&mut self, id: u64) -> Signal {
-        self.watchers.entry(id).or_insert_with(Signal::new).clone()
+    /// Returns the trigger a long poll waits on for `id` to change.
+    fn watch(&mut self, id: u64) -> Trigger {
+        self.watchers.entry(id).or_insert_with(Trigger::new).clone()
     }
 
     /// Counts the tasks that are queued: in the channel or waiting to retry.
@@ -1346,41 +1349,43 @@ fn backoff(attempt: u8) -> Duration {
 // so a client can cancel a queued task by changing its state, and the worker
 // that later receives the id sees that and skips it.
 //
-// Stopping uses one mechanism everywhere, the [`Signal`]. Shutdown has two
+// Stopping uses one mechanism everywhere, the [`Trigger`]. Shutdown has two
 // of them: `draining` tells workers to take no new job and connections to
-// wind down; `stop`, fired when `--grace` is over, interrupts running work.
+// wind down; `grace_over`, fired when `--grace` is over, interrupts running
+// work. (OS signals, SIGINT and SIGTERM, are section 9's business.)
 
 /// A one-shot broadcast: once fired, every waiter — present or future —
 /// wakes, and stays woken.
 ///
 /// It is a channel that is never sent on: closing it makes every `recv()`
-/// return at once. This is the stop signal of async-executor's own docs.
+/// return at once. This is the stop signal of async-executor's own docs;
+/// it is called a trigger here so that "signal" means only OS signals.
 #[derive(Clone, Debug)]
-struct Signal {
+struct Trigger {
     /// Closed to fire.
     tx: Sender<Infallible>,
     /// Each waiter's `recv()` returns when the channel closes.
     rx: Receiver<Infallible>,
 }
 
-impl Signal {
-    /// Creates a signal that has not fired.
-    fn new() -> Signal {
+impl Trigger {
+    /// Creates a trigger that has not fired.
+    fn new() -> Trigger {
         let (tx, rx) = async_channel::bounded(1);
-        Signal { tx, rx }
+        Trigger { tx, rx }
     }
 
-    /// Fires the signal, waking every waiter.
+    /// Fires the trigger, waking every waiter.
     fn fire(&self) {
         self.tx.close();
     }
 
-    /// Tells whether the signal has fired.
+    /// Tells whether the trigger has fired.
     fn is_fired(&self) -> bool {
         self.tx.is_closed()
     }
 
-    /// Waits until the signal fires.
+    /// Waits until the trigger fires.
     async fn wait(&self) {
         // `recv` can only end with an error: nothing is ever sent.
         let _ = self.rx.recv().await;
@@ -1400,15 +1405,15 @@ struct Shared {
     /// Failed attempts due for a retry, as (due ms, id), to the scheduler.
     retries_tx: Sender<(u64, u64)>,
     /// Fired when shutdown begins.
-    draining: Signal,
+    draining: Trigger,
     /// Fired when `--grace` is over: running work is interrupted.
-    stop: Signal,
+    grace_over: Trigger,
     /// Answers written, by status code, for `/metrics`.
     responses: StatusCounts,
     /// Submissions refused because the queue was full, for `/metrics`.
     rejected: AtomicU64,
     /// How far the journal is on disk, with `--data-dir`.
-    journal: Option<Arc<Journal>>,
+    journal: Option<Arc<JournalProgress>>,
 }
 
 impl Shared {
@@ -1438,9 +1443,11 @@ async fn work(shared: Arc<Shared>, _done: Sender<()>) {
         if let Some(journal) = &shared.journal {
             // A task starts only once its record is on disk, so that a
             // failed write can still take it back (see the journal).
-            journal.wait_task(id).await;
+            if !journal.wait_task(id, &shared.grace_over).await {
+                return;
+            }
         }
-        let Some(work) = shared.store().start(id) else {
+        let Some(work) = shared.store().begin_attempt(id) else {
             debug!("task {} skipped: cancelled while queued", IdText(id));
             continue;
         };
@@ -1454,7 +1461,7 @@ async fn work(shared: Arc<Shared>, _done: Sender<()>) {
         if let Outcome::Failed(why) = &outcome {
             info!("task {} attempt {} failed: {why}", IdText(id), work.attempt);
         }
-        let retry = shared.store().finish(id, outcome);
+        let retry = shared.store().end_attempt(id, outcome);
         if let Some(due) = retry {
             // The scheduler ends only at shutdown, when a lost retry is
             // what shutdown means anyway.
@@ -1529,7 +1536,7 @@ fn instant_at(millis: u64) -> Instant {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Interrupt {
     /// Shutdown's grace is over.
-    Stop,
+    Shutdown,
     /// A client cancelled the task.
     Cancel,
     /// The attempt's timeout passed.
@@ -1546,25 +1553,25 @@ async fn interruption(shared: &Shared, work: &Work) -> Interrupt {
         Interrupt::Timeout
     };
     let cancel = async {
-        let signal = shared.store().cancel_signal(work.id);
-        if let Some(signal) = signal {
-            signal.wait().await;
+        let cancelled = shared.store().cancel_trigger(work.id);
+        if let Some(cancelled) = cancelled {
+            cancelled.wait().await;
         }
         Interrupt::Cancel
     };
-    let stop = async {
-        shared.stop.wait().await;
-        Interrupt::Stop
+    let shutdown = async {
+        shared.grace_over.wait().await;
+        Interrupt::Shutdown
     };
-    // Stop is polled first, so an attempt cut short by shutdown is never
+    // Shutdown is polled first, so an attempt cut short by it is never
     // counted as failed or timed out, even if both happen at once.
-    future::or(stop, future::or(cancel, timeout)).await
+    future::or(shutdown, future::or(cancel, timeout)).await
 }
 
 /// Turns an interruption into the attempt's outcome.
 fn interrupted(why: Interrupt, work: &Work) -> Outcome {
     match why {
-        Interrupt::Stop => Outcome::Interrupted,
+        Interrupt::Shutdown => Outcome::Interrupted,
         Interrupt::Cancel => Outcome::Cancelled,
         Interrupt::Timeout => Outcome::Failed(timeout_sentence(work)),
     }
@@ -1674,7 +1681,7 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
         Ok(status) => Ending::Exited(status),
         Err(why) => {
             signal_group(group, rustix::process::Signal::TERM);
-            let grace = if why == Interrupt::Stop {
+            let grace = if why == Interrupt::Shutdown {
                 KILL_AFTER_STOP
             } else {
                 KILL_AFTER_CANCEL
@@ -2068,7 +2075,7 @@ fn read_record(line: &[u8]) -> Option<Record<'_>> {
 
 /// One record on its way to the writer thread.
 #[derive(Debug)]
-struct Entry {
+struct JournalEntry {
     /// Its place in the journal: one more than the record before it.
     seq: u64,
     /// The line to append.
@@ -2082,19 +2089,19 @@ struct Entry {
 /// The store's end of the journal: records go out from here, under the
 /// store lock, so that their order is the order of the changes.
 #[derive(Debug)]
-struct JournalLog {
+struct JournalSender {
     /// To the writer thread.
-    tx: Sender<Entry>,
+    tx: Sender<JournalEntry>,
     /// The last sequence number given out.
     seq: u64,
     /// Where waiters learn how far the writer has got.
-    journal: Arc<Journal>,
+    progress: Arc<JournalProgress>,
 }
 
 /// What the connections and workers share of the journal: how far it is
 /// on disk, and a way to wait for more.
 #[derive(Debug)]
-struct Journal {
+struct JournalProgress {
     /// The highest sequence number whose batch has been written (or has
     /// failed and been taken back).
     durable: AtomicU64,
@@ -2104,27 +2111,43 @@ struct Journal {
     /// The highest sequence number given out: what a worker waits for.
     appended: AtomicU64,
     /// Fired, and replaced, after every batch.
-    progress: Mutex<Signal>,
+    progress: Mutex<Trigger>,
 }
 
-impl Journal {
-    /// Waits until the batch holding record `seq` has been dealt with.
-    async fn wait_durable(&self, seq: u64) {
-        self.wait(|j| j.durable.load(Ordering::Acquire) >= seq)
-            .await;
+impl JournalProgress {
+    /// Starts the progress of a journal whose tasks up to `last_task` are
+    /// on disk already (replayed).
+    fn new(last_task: u64) -> JournalProgress {
+        JournalProgress {
+            durable: AtomicU64::new(0),
+            durable_task: AtomicU64::new(last_task),
+            appended: AtomicU64::new(0),
+            progress: Mutex::new(Trigger::new()),
+        }
     }
 
-    /// Waits until the `new` record of task `id` has been dealt with.
-    async fn wait_task(&self, id: u64) {
-        self.wait(|j| j.durable_task.load(Ordering::Acquire) >= id)
-            .await;
+    /// Waits until the batch holding record `seq` has been dealt with;
+    /// `false` if `cut` fired first.
+    async fn wait_durable(&self, seq: u64, cut: &Trigger) -> bool {
+        self.wait(|j| j.durable.load(Ordering::Acquire) >= seq, cut)
+            .await
     }
 
-    /// Waits until `ready` holds; it is checked after every batch.
-    async fn wait(&self, ready: impl Fn(&Journal) -> bool) {
+    /// Waits until the `new` record of task `id` has been dealt with;
+    /// `false` if `cut` fired first.
+    async fn wait_task(&self, id: u64, cut: &Trigger) -> bool {
+        self.wait(|j| j.durable_task.load(Ordering::Acquire) >= id, cut)
+            .await
+    }
+
+    /// Waits until `ready` holds, checked after every batch; `false` if
+    /// `cut` fired first. Every wait for the disk is cut short by the end
+    /// of shutdown's grace, so a writer that stopped making progress
+    /// cannot hold the process up.
+    async fn wait(&self, ready: impl Fn(&JournalProgress) -> bool, cut: &Trigger) -> bool {
         loop {
             if ready(self) {
-                return;
+                return true;
             }
             let progress = self
                 .progress
@@ -2133,9 +2156,19 @@ impl Journal {
                 .clone();
             // Checked again: the batch may have ended before the clone.
             if ready(self) {
-                return;
+                return true;
             }
-            progress.wait().await;
+            let cut = async {
+                cut.wait().await;
+                false
+            };
+            let batch = async {
+                progress.wait().await;
+                true
+            };
+            if !future::or(cut, batch).await {
+                return false;
+            }
         }
     }
 
@@ -2147,7 +2180,7 @@ impl Journal {
         }
         self.durable.store(seq, Ordering::Release);
         let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *progress, Signal::new()).fire();
+        std::mem::replace(&mut *progress, Trigger::new()).fire();
     }
 }
 
@@ -2157,7 +2190,7 @@ impl Store {
     fn log(&mut self, line: Vec<u8>, created: Option<u64>, done: Option<Sender<bool>>) {
         let Some(log) = &mut self.journal else { return };
         log.seq += 1;
-        let entry = Entry {
+        let entry = JournalEntry {
             seq: log.seq,
             line,
             created,
@@ -2165,7 +2198,7 @@ impl Store {
         };
         // Closed only at the very end of shutdown, when nothing more counts.
         let _ = log.tx.try_send(entry);
-        log.journal.appended.store(log.seq, Ordering::Release);
+        log.progress.appended.store(log.seq, Ordering::Release);
     }
 
     /// Journals the current state of the task at index `i`.
@@ -2222,7 +2255,7 @@ impl Store {
 }
 
 /// The journal file, as the writer thread keeps it.
-struct JournalFile {
+struct JournalWriter {
     /// The data directory.
     dir: PathBuf,
     /// The journal, opened for appending.
@@ -2238,7 +2271,7 @@ struct JournalFile {
     failing: bool,
 }
 
-impl JournalFile {
+impl JournalWriter {
     /// Appends a batch and syncs it. A failed write is cut back off the
     /// file, so later appends follow whole records.
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -2317,7 +2350,7 @@ fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
 }
 
 /// The writer thread: writes batches until the channel closes at shutdown.
-fn write_journal(shared: Arc<Shared>, rx: Receiver<Entry>, mut file: JournalFile) {
+fn write_journal(shared: Arc<Shared>, rx: Receiver<JournalEntry>, mut file: JournalWriter) {
     let Some(journal) = &shared.journal else {
         return;
     };
@@ -3219,11 +3252,8 @@ impl Response {
         Response::json(status, body)
     }
 
-    /// Appends the response to `out`. `keep_alive` says whether the
-    /// connection stays open; an HTTP/1.0 client is told that it does,
-    /// an HTTP/1.1 client that it does not. A `HEAD` request gets the
-    /// headers only.
-    fn write(&self, out: &mut Vec<u8>, keep_alive: bool, http10: bool, head_only: bool) {
+    /// Appends the response to `out`, delivered as `delivery` says.
+    fn write(&self, out: &mut Vec<u8>, delivery: Delivery) {
         // Every answer goes through here: no formatting machinery, and the
         // room for it reserved once.
         out.reserve(192 + self.body.len());
@@ -3256,14 +3286,47 @@ impl Response {
         if self.authenticate {
             out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
         }
-        match (keep_alive, http10) {
+        // An HTTP/1.0 client is told that the connection stays open, an
+        // HTTP/1.1 client that it does not: each protocol's exception.
+        match (delivery.keep_alive, delivery.http10) {
             (false, false) => out.extend_from_slice(b"Connection: close\r\n"),
             (true, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
             _ => {}
         }
         out.extend_from_slice(b"\r\n");
-        if !head_only {
+        if !delivery.head_only {
             out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// How an answer goes on the wire: shaped by the request it answers, and
+/// by whether the connection stays open after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Delivery {
+    /// Whether the connection stays open after this answer.
+    keep_alive: bool,
+    /// Whether the request was HTTP/1.0, whose keep-alive must be stated.
+    http10: bool,
+    /// Whether the request was `HEAD`: the head is sent without the body.
+    head_only: bool,
+}
+
+impl Delivery {
+    /// The answer to a request that could not be read: the connection
+    /// closes after it.
+    const CLOSING: Delivery = Delivery {
+        keep_alive: false,
+        http10: false,
+        head_only: false,
+    };
+
+    /// Returns how to deliver the answer to `head`.
+    fn of(head: &Head, keep_alive: bool) -> Delivery {
+        Delivery {
+            keep_alive,
+            http10: head.http10,
+            head_only: head.method == Method::Head,
         }
     }
 }
@@ -3955,24 +4018,24 @@ const LINGER_BYTES: usize = 1 << 20;
 /// The longest the listener waits after an accept error before trying again.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Why a connection stops.
+/// Why a connection closes.
 #[derive(Debug)]
-enum Stop {
+enum Close {
     /// A request was malformed: answer with this error, then close.
-    Http(HttpError),
+    Error(HttpError),
     /// The client closed the connection or it failed: just close.
-    Closed,
+    Gone,
 }
 
-impl From<io::Error> for Stop {
-    fn from(_: io::Error) -> Stop {
-        Stop::Closed
+impl From<io::Error> for Close {
+    fn from(_: io::Error) -> Close {
+        Close::Gone
     }
 }
 
-impl From<HttpError> for Stop {
-    fn from(e: HttpError) -> Stop {
-        Stop::Http(e)
+impl From<HttpError> for Close {
+    fn from(e: HttpError) -> Close {
+        Close::Error(e)
     }
 }
 
@@ -4008,8 +4071,8 @@ struct Unsaved {
     range: Range<usize>,
     /// What tells whether the task was saved.
     saving: Saving,
-    /// How the request asked to be answered, for a `503` in its place.
-    head: (bool, bool, bool),
+    /// How the answer is delivered, for a `503` in its place.
+    delivery: Delivery,
 }
 
 /// How a submission's answer learns whether its task was saved.
@@ -4057,22 +4120,22 @@ async fn serve(
         idle: Timer::at(accepted + HEAD_TIMEOUT),
         idle_at: accepted + HEAD_TIMEOUT,
     };
-    if let Err(Stop::Http(e)) = conn.run(&shared, accepted, &in_flight).await {
+    if let Err(Close::Error(e)) = conn.serve_requests(&shared, accepted, &in_flight).await {
         let response = Response::error(e.status(), e.message());
         shared.responses.add(response.status);
-        response.write(&mut conn.out, false, false, false);
+        response.write(&mut conn.out, Delivery::CLOSING);
     }
     conn.close(&shared).await;
 }
 
 impl Connection {
     /// Serves requests until the connection should close.
-    async fn run(
+    async fn serve_requests(
         &mut self,
         shared: &Shared,
         accepted: Instant,
         in_flight: &async_channel::WeakSender<()>,
-    ) -> Result<(), Stop> {
+    ) -> Result<(), Close> {
         let mut deadline = accepted + HEAD_TIMEOUT;
         let mut first = true;
         loop {
@@ -4153,7 +4216,7 @@ impl Connection {
     /// Reads, answers and consumes one request. Returns whether the
     /// connection stays open. The answer goes to `out`, to be written
     /// with those of any pipelined requests after it.
-    async fn serve_request(&mut self, shared: &Shared, deadline: Instant) -> Result<bool, Stop> {
+    async fn serve_request(&mut self, shared: &Shared, deadline: Instant) -> Result<bool, Close> {
         let head_len = self.read_head(shared, deadline).await?;
         let head = parse_head(&self.buf[..head_len])?;
         let route = choose_route(&head, &self.buf[..head_len], shared.config.token.as_deref())?;
@@ -4169,7 +4232,7 @@ impl Connection {
             if route == Route::Unauthorized {
                 // Refuse before the client sends a body it need not send.
                 if let Reply::Now(response) = answer(shared, route, &head, &[]) {
-                    self.write_answer(shared, &head, false, response);
+                    self.write_answer(shared, Delivery::of(&head, false), response);
                 }
                 return Ok(false);
             }
@@ -4223,15 +4286,15 @@ impl Connection {
             self.barrier = journal.appended.load(Ordering::Acquire);
         }
         let keep_alive = head.keep_alive && !shared.draining.is_fired();
+        let delivery = Delivery::of(&head, keep_alive);
         let start = self.out.len();
-        self.write_answer(shared, &head, keep_alive, response);
+        self.write_answer(shared, delivery, response);
         if let Some(saving) = saving {
-            let head = (keep_alive, head.http10, head.method == Method::Head);
             let range = start..self.out.len();
             self.unsaved.push(Unsaved {
                 range,
                 saving,
-                head,
+                delivery,
             });
         }
         self.buf.drain(..consumed);
@@ -4239,14 +4302,13 @@ impl Connection {
     }
 
     /// Appends an answer to the output, counting it for `/metrics`.
-    fn write_answer(&mut self, shared: &Shared, head: &Head, keep_alive: bool, response: Response) {
+    fn write_answer(&mut self, shared: &Shared, delivery: Delivery, response: Response) {
         shared.responses.add(response.status);
-        let head_only = head.method == Method::Head;
-        response.write(&mut self.out, keep_alive, head.http10, head_only);
+        response.write(&mut self.out, delivery);
     }
 
     /// Reads until the buffer holds a whole request head; returns its length.
-    async fn read_head(&mut self, shared: &Shared, deadline: Instant) -> Result<usize, Stop> {
+    async fn read_head(&mut self, shared: &Shared, deadline: Instant) -> Result<usize, Close> {
         let mut scanned = 0;
         loop {
             if let Some(end) = take_head(&mut self.buf, &mut scanned)? {
@@ -4265,7 +4327,7 @@ impl Connection {
         start: usize,
         max_body: usize,
         deadline: Instant,
-    ) -> Result<Vec<u8>, Stop> {
+    ) -> Result<Vec<u8>, Close> {
         let mut decoder = Chunked::default();
         loop {
             let used = decoder.feed(&self.buf[start..], max_body)?;
@@ -4278,8 +4340,8 @@ impl Connection {
     }
 
     /// Reads at least one more byte, up to `want` (at most one chunk),
-    /// before `deadline`. The end of the stream is [`Stop::Closed`].
-    async fn fill(&mut self, shared: &Shared, deadline: Instant, want: usize) -> Result<(), Stop> {
+    /// before `deadline`. The end of the stream is [`Close::Gone`].
+    async fn fill(&mut self, shared: &Shared, deadline: Instant, want: usize) -> Result<(), Close> {
         // Bytes already here are read at once, so a pipelining client's
         // requests are all taken in before their answers are written.
         if self.read_arrived(want)? {
@@ -4295,11 +4357,11 @@ impl Connection {
             stream
                 .read_with(|s| (&*s).read(&mut buf[len..]))
                 .await
-                .map_err(Stop::from)
+                .map_err(Close::from)
         };
         let timeout = async {
             Timer::at(deadline).await;
-            Err(Stop::Http(HttpError::Timeout))
+            Err(Close::Error(HttpError::Timeout))
         };
         let result = future::or(read, timeout).await;
         self.keep_read(len, result)
@@ -4307,7 +4369,7 @@ impl Connection {
 
     /// Reads what has arrived already, without waiting; `false` if nothing
     /// has.
-    fn read_arrived(&mut self, want: usize) -> Result<bool, Stop> {
+    fn read_arrived(&mut self, want: usize) -> Result<bool, Close> {
         let len = self.grow(want);
         match self.stream.get_ref().read(&mut self.buf[len..]) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -4320,7 +4382,7 @@ impl Connection {
                 Ok(false)
             }
             result => self
-                .keep_read(len, result.map_err(Stop::from))
+                .keep_read(len, result.map_err(Close::from))
                 .map(|()| true),
         }
     }
@@ -4335,28 +4397,32 @@ impl Connection {
     }
 
     /// Keeps the bytes a read into `buf[len..]` returned.
-    fn keep_read(&mut self, len: usize, result: Result<usize, Stop>) -> Result<(), Stop> {
+    fn keep_read(&mut self, len: usize, result: Result<usize, Close>) -> Result<(), Close> {
         let n = *result.as_ref().unwrap_or(&0);
         self.buf.truncate(len + n);
         match result {
-            Ok(0) => Err(Stop::Closed),
+            Ok(0) => Err(Close::Gone),
             Ok(_) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     /// Writes every pending answer, giving up after [`WRITE_TIMEOUT`].
-    async fn flush(&mut self, shared: &Shared) -> Result<(), Stop> {
+    async fn flush(&mut self, shared: &Shared) -> Result<(), Close> {
         if self.out.is_empty() {
             return Ok(());
         }
-        self.settle(shared).await;
+        if !self.settle(shared).await {
+            // Whether the answers' state reached the disk is unknown: none
+            // of them may be sent.
+            return Err(Close::Gone);
+        }
         let (stream, out) = (&self.stream, &self.out);
         let write = async {
             let mut written = 0;
             while written < out.len() {
                 match stream.write_with(|s| (&*s).write(&out[written..])).await? {
-                    0 => return Err(Stop::Closed),
+                    0 => return Err(Close::Gone),
                     n => written += n,
                 }
             }
@@ -4364,7 +4430,7 @@ impl Connection {
         };
         let timeout = async {
             Timer::after(WRITE_TIMEOUT).await;
-            Err(Stop::Closed)
+            Err(Close::Gone)
         };
         let result = future::or(write, timeout).await;
         self.out.clear();
@@ -4374,15 +4440,18 @@ impl Connection {
     /// With a journal, waits until everything the pending answers show is
     /// on disk — one wait for all of them, however many were pipelined —
     /// and puts a `503` in place of any answer whose task could not be
-    /// saved (the journal writer took it back).
-    async fn settle(&mut self, shared: &Shared) {
+    /// saved (the journal writer took it back). `false` if shutdown's grace
+    /// ended the wait first.
+    async fn settle(&mut self, shared: &Shared) -> bool {
         let Some(journal) = &shared.journal else {
-            return;
+            return true;
         };
-        journal.wait_durable(self.barrier).await;
+        if !journal.wait_durable(self.barrier, &shared.grace_over).await {
+            return false;
+        }
         if self.unsaved.iter().all(|u| u.saving.saved(shared)) {
             self.unsaved.clear();
-            return;
+            return true;
         }
         let mut out = Vec::with_capacity(self.out.len());
         let mut at = 0;
@@ -4402,15 +4471,15 @@ impl Connection {
                 Saving::Repeat(_) => 200,
             };
             shared.responses.replace(status, lost.status);
-            let (keep_alive, http10, head_only) = unsaved.head;
-            lost.write(&mut out, keep_alive, http10, head_only);
+            lost.write(&mut out, unsaved.delivery);
         }
         out.extend_from_slice(&self.out[at..]);
         self.out = out;
+        true
     }
 
     /// Waits for the task of a long poll to change, then answers.
-    async fn long_poll(&mut self, shared: &Shared, poll: LongPoll) -> Result<Response, Stop> {
+    async fn long_poll(&mut self, shared: &Shared, poll: LongPoll) -> Result<Response, Close> {
         loop {
             let changed = {
                 let mut store = shared.store();
@@ -4447,7 +4516,7 @@ impl Connection {
                         other => lookup_failure(other),
                     });
                 }
-                None => return Err(Stop::Closed),
+                None => return Err(Close::Gone),
             }
         }
     }
@@ -4579,7 +4648,7 @@ async fn listen(
 
 /// Starts the server and runs it until shutdown has finished; returns the
 /// exit status.
-async fn run(
+async fn supervise(
     shared: Arc<Shared>,
     executor: Arc<Executor<'static>>,
     listener: Async<TcpListener>,
@@ -4662,7 +4731,7 @@ async fn run(
     // Step 3: interrupt what is still running, and wait for it to stop.
     let interrupted = shared.store().counters.busy;
     if !finished {
-        shared.stop.fire();
+        shared.grace_over.fire();
         let _ = workers_done.recv().await;
     }
     let queued = shared.store().queued();
@@ -4718,7 +4787,7 @@ fn main() {
     let _ = simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
         .init();
-    std::process::exit(match start(config) {
+    std::process::exit(match launch(config) {
         Ok(code) => code,
         Err(message) => {
             error!("{message}");
@@ -4727,9 +4796,9 @@ fn main() {
     });
 }
 
-/// Binds, builds the shared state and runs the executor threads until
-/// shutdown; returns the exit status.
-fn start(config: Config) -> Result<i32, String> {
+/// Opens the data directory, binds, builds the shared state and runs the
+/// executor threads until shutdown; returns the exit status.
+fn launch(config: Config) -> Result<i32, String> {
     // The data directory comes first: a server should know its tasks
     // before it listens.
     let data = match &config.data_dir {
@@ -4744,43 +4813,74 @@ fn start(config: Config) -> Result<i32, String> {
     let listener = Async::new(listener).map_err(|e| format!("cannot watch the listener: {e}"))?;
     let signals = signal_pipe().map_err(|e| format!("cannot watch signals: {e}"))?;
     if !config.handlers.is_empty() {
-        // Processes a handler leaves behind are orphaned to bgtasks instead
-        // of to init, so that they can be reaped rather than left zombies.
-        let this = rustix::process::Pid::from_raw(std::process::id() as i32);
-        if let Err(e) = rustix::process::set_child_subreaper(this) {
-            warn!("cannot become a child subreaper ({e}): a handler's orphans go to init");
-        }
+        become_subreaper();
     }
+    let (shared, retries_rx, writer) = build_shared(config, data);
+    // The writer must run before anything is served: a submission waits
+    // for it, and without it would wait forever.
+    let writer = match writer {
+        Some(writer) => Some(spawn_journal_writer(&shared, writer)?),
+        None => None,
+    };
+    let code = run_executor(&shared, listener, signals, retries_rx);
+    if let Some((thread, _lock)) = writer {
+        // What the last moments changed is written before the process ends.
+        if let Some(sender) = &shared.store().journal {
+            sender.tx.close();
+        }
+        // The writer only ends by returning; a panic would abort.
+        let _ = thread.join();
+    }
+    Ok(code)
+}
+
+/// Makes bgtasks the child subreaper of its handlers: processes a handler
+/// leaves behind are orphaned to bgtasks instead of to init, so that they
+/// can be reaped rather than left zombies.
+fn become_subreaper() {
+    let this = rustix::process::Pid::from_raw(std::process::id() as i32);
+    if let Err(e) = rustix::process::set_child_subreaper(this) {
+        warn!("cannot become a child subreaper ({e}): a handler's orphans go to init");
+    }
+}
+
+/// What the journal writer thread needs: the records' channel, the file,
+/// and the directory lock it keeps held.
+type WriterParts = (Receiver<JournalEntry>, JournalWriter, std::fs::File);
+
+/// Builds the state every task shares, restoring the replayed tasks into
+/// the store and the queue. Returns it with the retry scheduler's receiver
+/// and, with a journal, what its writer thread needs.
+fn build_shared(
+    config: Config,
+    data: Option<DataDir>,
+) -> (Arc<Shared>, Receiver<(u64, u64)>, Option<WriterParts>) {
     let (jobs_tx, jobs_rx) = async_channel::bounded(config.buffer);
     let (retries_tx, retries_rx) = async_channel::unbounded();
     let mut store = Store::new(config.keep_finished);
     let mut writer = None;
     let journal = data.map(|data| {
         let queued = store.restore(data.replayed);
-        let journal = Arc::new(Journal {
-            durable: AtomicU64::new(0),
-            // Replayed tasks are on disk already.
-            durable_task: AtomicU64::new(store.last_id),
-            appended: AtomicU64::new(0),
-            progress: Mutex::new(Signal::new()),
-        });
         // Queued tasks go back into the queue in their original order;
         // what does not fit, and retries not yet due, wait in the scheduler.
         let mut full = false;
         for (id, due) in queued {
             full = full || due != 0 || jobs_tx.try_send(id).is_err();
             if full {
+                // The receiver is alive: it is returned below.
                 let _ = retries_tx.try_send((due, id));
             }
         }
+        // Replayed tasks are on disk already.
+        let progress = Arc::new(JournalProgress::new(store.last_id));
         let (tx, rx) = async_channel::unbounded();
-        store.journal = Some(JournalLog {
+        store.journal = Some(JournalSender {
             tx,
             seq: 0,
-            journal: journal.clone(),
+            progress: progress.clone(),
         });
-        writer = Some((rx, data.file, data.lock));
-        journal
+        writer = Some((rx, data.writer, data.lock));
+        progress
     });
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
@@ -4788,25 +4888,42 @@ fn start(config: Config) -> Result<i32, String> {
         jobs_tx,
         jobs_rx,
         retries_tx,
-        draining: Signal::new(),
-        stop: Signal::new(),
+        draining: Trigger::new(),
+        grace_over: Trigger::new(),
         responses: StatusCounts::new(),
         rejected: AtomicU64::new(0),
         journal,
     });
-    let writer = writer.map(|(rx, file, lock)| {
-        let shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || write_journal(shared, rx, file));
-        (thread, lock)
-    });
+    (shared, retries_rx, writer)
+}
+
+/// Starts the journal writer thread; an error fails start-up.
+fn spawn_journal_writer(
+    shared: &Arc<Shared>,
+    (rx, writer, lock): WriterParts,
+) -> Result<(std::thread::JoinHandle<()>, std::fs::File), String> {
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || write_journal(shared, rx, writer))
+        .map(|thread| (thread, lock))
+        .map_err(|e| format!("cannot start the journal writer: {e}"))
+}
+
+/// Runs the executor on `--threads` threads until [`supervise`] returns its
+/// exit status.
+fn run_executor(
+    shared: &Arc<Shared>,
+    listener: Async<TcpListener>,
+    signals: Async<std::os::unix::net::UnixStream>,
+    retries_rx: Receiver<(u64, u64)>,
+) -> i32 {
     let executor = Arc::new(Executor::new());
-    let exited = Signal::new();
-    let code = std::thread::scope(|scope| {
+    let exited = Trigger::new();
+    std::thread::scope(|scope| {
         // Counting the cores (std reads the cgroup quota too) and starting
-        // threads take a few hundred microseconds: `run` does it once a
-        // client already waiting has been answered.
+        // threads take a few hundred microseconds: `supervise` does it once
+        // a client already waiting has been answered.
         let start_threads = || {
             let threads = shared.config.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
@@ -4816,7 +4933,7 @@ fn start(config: Config) -> Result<i32, String> {
                 scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
             }
         };
-        let main = run(
+        let main = supervise(
             shared.clone(),
             executor.clone(),
             listener,
@@ -4827,20 +4944,7 @@ fn start(config: Config) -> Result<i32, String> {
         let code = async_io::block_on(executor.run(main));
         exited.fire();
         code
-    });
-    if let Some((thread, _lock)) = writer {
-        // What the last moments changed is written before the process ends.
-        if let Some(log) = &shared.store().journal {
-            log.tx.close();
-        }
-        match thread {
-            Ok(thread) => {
-                let _ = thread.join();
-            }
-            Err(e) => return Err(format!("cannot start the journal writer: {e}")),
-        }
-    }
-    Ok(code)
+    })
 }
 
 /// An opened data directory: locked, its journal replayed and ready.
@@ -4848,7 +4952,7 @@ struct DataDir {
     /// Held, locked, for as long as the server runs.
     lock: std::fs::File,
     /// The journal, ready for the writer thread.
-    file: JournalFile,
+    writer: JournalWriter,
     /// What the journal held.
     replayed: Replayed,
 }
@@ -4906,7 +5010,7 @@ fn open_data_dir(dir: &Path, kinds: &[Handler]) -> Result<DataDir, String> {
     let len = replayed.good_len;
     Ok(DataDir {
         lock,
-        file: JournalFile {
+        writer: JournalWriter {
             dir: dir.to_path_buf(),
             file,
             len,
@@ -5012,6 +5116,10 @@ mod tests {
         "2562048h",
         "3000000h",
         "9223372036854775807ns1ns",
+        "18446744073709551616ns",
+        "18446744073709551615ns",
+        "99999999999999999999s",
+        "1844674407370955161.6s",
         "1.5µ",
         "1us1",
     ];

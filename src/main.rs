@@ -843,6 +843,10 @@ fn write_timestamp(out: &mut Vec<u8>, millis: u64) {
     );
 }
 
+/// The allowed `max_attempts`: at least one attempt, and few enough that
+/// the last retry's backoff (capped at five minutes) ends within hours.
+const MAX_ATTEMPTS: std::ops::RangeInclusive<u8> = 1..=100;
+
 /// What a new task needs, checked and ready to store.
 #[derive(Debug)]
 struct NewTask {
@@ -1869,6 +1873,9 @@ const LOCK: &str = "lock";
 /// thousands of submissions, small enough to bound one write.
 const MAX_BATCH: usize = 4096;
 
+/// The read buffer for replaying a journal: large reads, few system calls.
+const REPLAY_BUFFER: usize = 1 << 20;
+
 /// Compaction waits until the journal is this many times the size of a
 /// fresh one, so that the work of rewriting it is spread over many writes.
 const COMPACT_FACTOR: u64 = 4;
@@ -2029,14 +2036,20 @@ impl Task {
         )
     }
 
-    /// Applies a `state` record.
-    fn apply(&mut self, record: &Record) {
-        // Only terminal states and `queued` are ever written.
+    /// Applies a `state` record (already checked by [`Record::check`]).
+    fn apply(&mut self, record: &Record) -> Result<(), &'static str> {
         let state = record.state.as_deref().and_then(State::from_name);
-        self.state = state
-            .filter(|s| *s != State::Running)
-            .unwrap_or(State::Queued);
-        self.attempt = record.attempt.unwrap_or(0);
+        let attempt = record.attempt.unwrap_or(0);
+        // A queued task has an attempt left; a finished one used at most all.
+        let most = match state {
+            Some(State::Queued) => self.max_attempts - 1,
+            _ => self.max_attempts,
+        };
+        if attempt > most {
+            return Err("attempt is past max_attempts");
+        }
+        self.state = state.unwrap_or(State::Queued);
+        self.attempt = attempt;
         self.started_at = record.started_at.unwrap_or(0);
         self.finished_at = record.finished_at.unwrap_or(0);
         let changing =
@@ -2047,6 +2060,7 @@ impl Task {
             extra.error = record.error.as_deref().map(Box::from);
             extra.result = record.result.as_deref().map(Box::from);
         }
+        Ok(())
     }
 }
 
@@ -2061,16 +2075,55 @@ fn write_record(out: &mut Vec<u8>, record: &Record) {
     out.push(b'\n');
 }
 
+/// Why a journal line cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+enum BadLine {
+    /// It fails its checksum: a write cut short, if it is the last line.
+    Checksum,
+    /// Its checksum holds, but what it says the contract forbids.
+    Invalid(&'static str),
+}
+
 /// Checks a journal line (without its newline) and parses its record.
-fn read_record(line: &[u8]) -> Option<Record<'_>> {
-    let (crc, json) = (line.get(..8)?, line.get(9..)?);
-    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
-    if line[8] != b' ' || crc32(json) != crc {
-        return None;
+fn read_record(line: &[u8]) -> Result<Record<'_>, BadLine> {
+    let json = checked_json(line).ok_or(BadLine::Checksum)?;
+    let record: Record = serde_json::from_slice(json)
+        .map_err(|_| BadLine::Invalid("the record is not one the server writes"))?;
+    record.check().map_err(BadLine::Invalid)?;
+    Ok(record)
+}
+
+/// Returns the JSON of a journal line whose checksum holds.
+fn checked_json(line: &[u8]) -> Option<&[u8]> {
+    let crc = std::str::from_utf8(line.get(..8)?).ok()?;
+    let crc = u32::from_str_radix(crc, 16).ok()?;
+    let json = line.get(9..).filter(|_| line[8] == b' ')?;
+    (crc32(json) == crc).then_some(json)
+}
+
+impl Record<'_> {
+    /// Checks what a record says on its own against the contract's ranges.
+    fn check(&self) -> Result<(), &'static str> {
+        let is_json = |text: &Option<std::borrow::Cow<str>>| {
+            text.as_deref()
+                .is_none_or(|t| serde_json::from_str::<&serde_json::value::RawValue>(t).is_ok())
+        };
+        match self.op {
+            None => Err("the record has no op"),
+            Some(Op::New) if !self.max_attempts.is_some_and(|n| MAX_ATTEMPTS.contains(&n)) => {
+                Err("max_attempts is out of range")
+            }
+            Some(Op::New) if !is_json(&self.payload) => Err("the payload is not JSON"),
+            Some(Op::State) if self.state.as_deref().and_then(State::from_name).is_none() => {
+                Err("the state is unknown")
+            }
+            Some(Op::State) if self.state.as_deref() == Some("running") => {
+                Err("a running state is never written")
+            }
+            Some(Op::State) if !is_json(&self.result) => Err("the result is not JSON"),
+            _ => Ok(()),
+        }
     }
-    serde_json::from_slice(json)
-        .ok()
-        .filter(|r: &Record| r.op.is_some())
 }
 
 /// One record on its way to the writer thread.
@@ -2420,63 +2473,85 @@ struct Replayed {
     torn: bool,
 }
 
-/// Reads a journal. A last line that is cut short or fails its checksum is
-/// a write the crash interrupted: it is dropped. Any other bad line is
-/// damage: the error names the file and line, and nothing is changed.
+/// Why a journal could not be replayed.
+#[derive(Debug)]
+enum ReplayError {
+    /// Reading the file failed.
+    Read(io::Error),
+    /// A line other than the last one is bad: its number and why.
+    Damage(usize, &'static str),
+}
+
+/// Reads the journal at `path`; the error names the file (and the line).
 fn replay(path: &Path, kinds: &[Handler]) -> Result<Replayed, String> {
-    use std::io::BufRead;
-    let mut replayed = Replayed::default();
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replayed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replayed::default()),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let mut reader = io::BufReader::with_capacity(1 << 20, file);
+    let reader = io::BufReader::with_capacity(REPLAY_BUFFER, file);
+    replay_lines(reader, kinds).map_err(|e| match e {
+        ReplayError::Read(e) => format!("cannot read {}: {e}", path.display()),
+        ReplayError::Damage(line, why) => {
+            format!("{}:{line}: the journal is damaged: {why}", path.display())
+        }
+    })
+}
+
+/// Replays journal lines. A last line that is cut short or fails its
+/// checksum is a write the crash interrupted: it is dropped. A bad line
+/// anywhere else, or a line whose checksum holds but whose values the
+/// contract forbids, is damage.
+fn replay_lines(mut reader: impl io::BufRead, kinds: &[Handler]) -> Result<Replayed, ReplayError> {
+    let mut replayed = Replayed::default();
     let mut line = Vec::new();
-    let mut bad_line = None;
+    let mut torn_line = None;
     for number in 1.. {
         line.clear();
-        match reader.read_until(b'\n', &mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        if reader
+            .read_until(b'\n', &mut line)
+            .map_err(ReplayError::Read)?
+            == 0
+        {
+            break;
         }
-        if let Some(bad) = bad_line {
-            return Err(format!(
-                "{}:{bad}: the journal is damaged (a record fails its checksum)",
-                path.display()
-            ));
+        if let Some(torn) = torn_line {
+            return Err(ReplayError::Damage(torn, "a record fails its checksum"));
         }
-        let whole = line.last() == Some(&b'\n');
-        match read_record(line.strip_suffix(b"\n").unwrap_or(&line)).filter(|_| whole) {
-            Some(record) => {
-                replayed.apply(&record, kinds);
+        let Some(text) = line.strip_suffix(b"\n") else {
+            // The last line, cut short before its newline.
+            torn_line = Some(number);
+            continue;
+        };
+        match read_record(text) {
+            Ok(record) => {
+                replayed
+                    .apply(&record, kinds)
+                    .map_err(|why| ReplayError::Damage(number, why))?;
                 replayed.good_len += line.len() as u64;
             }
-            None => bad_line = Some(number),
+            Err(BadLine::Checksum) => torn_line = Some(number),
+            Err(BadLine::Invalid(why)) => return Err(ReplayError::Damage(number, why)),
         }
     }
-    replayed.torn = bad_line.is_some();
+    replayed.torn = torn_line.is_some();
     Ok(replayed)
 }
 
 impl Replayed {
-    /// Applies one record.
-    fn apply(&mut self, record: &Record, kinds: &[Handler]) {
-        match record.op {
-            Some(Op::First) => self.first_id = record.id,
-            Some(Op::New) => match self.tasks.binary_search_by_key(&record.id, |t| t.id) {
-                // A record written again after compaction: already here.
-                Ok(_) => {}
-                Err(i) => self.tasks.insert(i, Task::from_record(record, kinds)),
-            },
-            Some(Op::State) => {
-                if let Ok(i) = self.tasks.binary_search_by_key(&record.id, |t| t.id) {
-                    self.tasks[i].apply(record);
-                }
-            }
-            None => {}
+    /// Applies one record; the error says why the record is impossible.
+    fn apply(&mut self, record: &Record, kinds: &[Handler]) -> Result<(), &'static str> {
+        let at = self.tasks.binary_search_by_key(&record.id, |t| t.id);
+        match (record.op, at) {
+            (Some(Op::First), _) => self.first_id = record.id,
+            // A record written again after compaction: already here.
+            (Some(Op::New), Ok(_)) => {}
+            (Some(Op::New), Err(i)) => self.tasks.insert(i, Task::from_record(record, kinds)),
+            (Some(Op::State), Ok(i)) => self.tasks[i].apply(record)?,
+            // The state of a task compacted away after it was evicted.
+            (Some(Op::State), Err(_)) | (None, _) => {}
         }
+        Ok(())
     }
 }
 
@@ -3628,7 +3703,7 @@ fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<
     let max_attempts = match &s.max_attempts {
         None => 1,
         Some(n) => match n.as_u64() {
-            Some(n @ 1..=100) => n as u8,
+            Some(n) if n <= u64::from(*MAX_ATTEMPTS.end()) && n >= 1 => n as u8,
             _ => return Err(bad("max_attempts must be an integer from 1 to 100")),
         },
     };
@@ -5693,6 +5768,211 @@ mod tests {
         assert!(matches!(
             decoder.feed(line.as_bytes(), 64),
             Err(HttpError::BadRequest(_))
+        ));
+    }
+
+    /// Makes journal lines, each record with its checksum.
+    fn journal_lines(records: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for record in records {
+            out.extend_from_slice(
+                format!("{:08x} {record}\n", crc32(record.as_bytes())).as_bytes(),
+            );
+        }
+        out
+    }
+
+    /// A task with every member set, as a worker leaves it after a failed
+    /// attempt with a retry due.
+    fn task_with_everything() -> Task {
+        let mut task = Task::from_new(
+            1_796_000_000_000_000,
+            NewTask {
+                label: Some(Text::new("a label longer than twenty-two bytes")),
+                work_duration: Some(Text::new("1m30s")),
+                kind: Some(Arc::from("thumb")),
+                payload: Some(r#"{"dir": "/srv", "n": [1, 2]}"#.into()),
+                timeout: Some(Text::new("10s")),
+                max_attempts: 3,
+                key: Some("key-1".into()),
+            },
+        );
+        task.attempt = 2;
+        task.started_at = 1_796_000_000_100;
+        let extra = task.extra_mut();
+        extra.retry_at = 1_796_000_004_100;
+        extra.error = Some("exit status 3\n\"quoted\"".into());
+        task
+    }
+
+    #[test]
+    fn records_round_trip_through_journal_lines() {
+        let task = task_with_everything();
+        let mut lines = Vec::new();
+        write_record(&mut lines, &task.new_record());
+        write_record(&mut lines, &task.state_record());
+        let replayed = replay_lines(&lines[..], &[]).unwrap();
+        let [back] = &replayed.tasks[..] else {
+            panic!("{:?}", replayed.tasks)
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        task.write_json(&mut a);
+        back.write_json(&mut b);
+        assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
+        assert_eq!(
+            back.extra.as_ref().and_then(|e| e.key.as_deref()),
+            Some("key-1")
+        );
+        assert_eq!(replayed.good_len, lines.len() as u64);
+        // A running task is written as the journal sees it: queued, its
+        // attempt not counted.
+        let mut running = task_with_everything();
+        running.state = State::Running;
+        let record = running.state_record();
+        assert_eq!(
+            (record.state.as_deref(), record.attempt),
+            (Some("queued"), Some(1))
+        );
+    }
+
+    /// Journal records for the replay table.
+    const NEW_A: &str =
+        r#"{"op":"new","id":10,"task_id":"a","work_duration":"0s","max_attempts":2}"#;
+    const NEW_B: &str = r#"{"op":"new","id":11,"work_duration":"0s","max_attempts":1}"#;
+    const DONE_A: &str =
+        r#"{"op":"state","id":10,"state":"succeeded","attempt":2,"finished_at":5}"#;
+
+    #[test]
+    fn replay_drops_a_torn_tail_and_refuses_damage() {
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [u8],
+            Result<(usize, bool), (usize, &'a str)>,
+        );
+        let cases: &[Case] = &[
+            (&[], b"", Ok((0, false))),
+            (&[NEW_A, NEW_B, DONE_A], b"", Ok((2, false))),
+            // A write cut short: no newline, or a failing checksum, last.
+            (&[NEW_A], b"0badc0de {\"op\":\"new\"", Ok((1, false))),
+            (&[NEW_A], b"00000000 {}\n", Ok((1, false))),
+            (&[NEW_A], b"garbage", Ok((1, false))),
+            // Compaction leftovers: the first record and a task written
+            // again, and the state of a task compacted away.
+            (
+                &[
+                    NEW_A,
+                    r#"{"op":"first","id":3}"#,
+                    NEW_A,
+                    r#"{"op":"state","id":7,"state":"failed","attempt":1}"#,
+                ],
+                b"",
+                Ok((1, false)),
+            ),
+            // Values the contract forbids, though the checksum holds.
+            (
+                &[
+                    NEW_A,
+                    r#"{"op":"state","id":10,"state":"failed","attempt":3}"#,
+                ],
+                b"",
+                Err((2, "attempt is past max_attempts")),
+            ),
+            (
+                &[
+                    NEW_A,
+                    r#"{"op":"state","id":10,"state":"queued","attempt":2}"#,
+                ],
+                b"",
+                Err((2, "attempt is past max_attempts")),
+            ),
+            (
+                &[
+                    NEW_A,
+                    r#"{"op":"state","id":10,"state":"failed","attempt":255}"#,
+                ],
+                b"",
+                Err((2, "attempt is past max_attempts")),
+            ),
+            (
+                &[
+                    NEW_A,
+                    r#"{"op":"state","id":10,"state":"done","attempt":1}"#,
+                ],
+                b"",
+                Err((2, "the state is unknown")),
+            ),
+            (
+                &[
+                    NEW_A,
+                    r#"{"op":"state","id":10,"state":"running","attempt":1}"#,
+                ],
+                b"",
+                Err((2, "a running state is never written")),
+            ),
+            (
+                &[
+                    NEW_A,
+                    r#"{"op":"state","id":10,"state":"succeeded","result":"{"}"#,
+                ],
+                b"",
+                Err((2, "the result is not JSON")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":0}"#],
+                b"",
+                Err((1, "max_attempts is out of range")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":101}"#],
+                b"",
+                Err((1, "max_attempts is out of range")),
+            ),
+            (
+                &[r#"{"op":"new","id":10}"#],
+                b"",
+                Err((1, "max_attempts is out of range")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":1,"payload":"x y"}"#],
+                b"",
+                Err((1, "the payload is not JSON")),
+            ),
+            (
+                &[r#"{"op":"delete","id":10}"#],
+                b"",
+                Err((1, "the record is not one the server writes")),
+            ),
+            (&[r#"{"id":10}"#], b"", Err((1, "the record has no op"))),
+            (
+                &[r#"{"op":"new","id":-1,"max_attempts":1}"#],
+                b"",
+                Err((1, "the record is not one the server writes")),
+            ),
+        ];
+        for &(records, tail, expected) in cases {
+            let mut lines = journal_lines(records);
+            lines.extend_from_slice(tail);
+            let got = match replay_lines(&lines[..], &[]) {
+                Ok(r) => Ok((r.tasks.len(), r.good_len == lines.len() as u64)),
+                Err(ReplayError::Damage(line, why)) => Err((line, why)),
+                Err(ReplayError::Read(e)) => panic!("{e}"),
+            };
+            // A torn tail is dropped, so the good length stops before it.
+            let expected = expected.map(|(n, _)| (n, tail.is_empty()));
+            assert_eq!(
+                got,
+                expected,
+                "{records:?} + {:?}",
+                String::from_utf8_lossy(tail)
+            );
+        }
+        // Damage is damage anywhere but last: a checksum failing mid-file.
+        let mut lines = journal_lines(&[NEW_A]);
+        lines.extend_from_slice(b"00000000 {}\n");
+        lines.extend_from_slice(&journal_lines(&[NEW_B]));
+        assert!(matches!(
+            replay_lines(&lines[..], &[]),
+            Err(ReplayError::Damage(2, "a record fails its checksum"))
         ));
     }
 

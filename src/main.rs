@@ -106,35 +106,183 @@ const MAX_WORKERS: usize = 100_000;
 /// each), so ten million slots already cost 160 MB before any task arrives.
 const MAX_BUFFER: usize = 10_000_000;
 
+/// The most executor threads: far past any core count that pays, low
+/// enough that a typo does not start a million threads.
+const MAX_THREADS: usize = 1024;
+
+/// The largest `Retry-After`: about 31 years, past any sensible value but
+/// well within what clients parse.
+const MAX_RETRY_AFTER: usize = 1_000_000_000;
+
+/// The most finished tasks kept: each costs about 100 bytes, so this is
+/// ten gigabytes, a typo's worth rather than a plan.
+const MAX_KEEP_FINISHED: usize = 100_000_000;
+
 /// The largest request body a server will accept: bodies are held in memory
 /// whole, one per connection.
 const MAX_MAX_BODY: usize = 64 << 20;
 
-/// The usage text printed by `--help`.
-const USAGE: &str = "\
-bgtasks: a background task manager over HTTP/1.1
+/// The most connections a server may hold: each costs a file descriptor
+/// and a few kilobytes, and a million is past any one process's budget.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
-Usage: bgtasks [OPTIONS]
+/// The longest task kind: kinds are names in flags and logs, not data.
+const MAX_KIND_LEN: usize = 64;
 
-Options (each also read from its environment variable; a flag wins):
-  --addr ADDR              listen address [BGTASKS_ADDR] (default 127.0.0.1:8000)
-  --workers N              worker count, 1..=100000 [BGTASKS_WORKERS] (default 10)
-  --buffer N               queue capacity, 1..=10000000 [BGTASKS_BUFFER] (default 100)
-  --threads N              executor threads, 1..=1024 [BGTASKS_THREADS] (default: cores)
-  --grace DURATION         shutdown grace period [BGTASKS_GRACE] (default 5s)
-  --retry-after SECONDS    Retry-After when the queue is full [BGTASKS_RETRY_AFTER] (default 60)
-  --keep-finished N        finished tasks kept queryable [BGTASKS_KEEP_FINISHED] (default 10000)
-  --max-body BYTES         largest request body [BGTASKS_MAX_BODY] (default 65536)
-  --max-connections N      open connections at once [BGTASKS_MAX_CONNECTIONS] (default 1024)
-  --data-dir DIR           keep tasks in a journal in DIR [BGTASKS_DATA_DIR]
-  --handler KIND=PROGRAM   run PROGRAM for tasks of KIND (repeatable)
-  --token TOKEN            require Authorization: Bearer TOKEN [BGTASKS_TOKEN]
-  --log-level LEVEL        error, warn, info, debug or trace [RUST_LOG] (default info)
-  -h, --help               print this help
-  -V, --version            print the version
+/// Every flag the command line knows: the one place where its name, its
+/// environment variable, its default, its range and its help live, so that
+/// `--help`, the checks and the defaults cannot disagree.
+const FLAGS: &[Flag] = &[
+    Flag::new("--addr", "ADDR", "listen address, an IP and a port")
+        .env("BGTASKS_ADDR")
+        .default("127.0.0.1:8000"),
+    Flag::new("--workers", "N", "workers running tasks")
+        .env("BGTASKS_WORKERS")
+        .default("10")
+        .range(1, MAX_WORKERS),
+    Flag::new(
+        "--buffer",
+        "N",
+        "queue capacity: tasks waiting beyond the running ones",
+    )
+    .env("BGTASKS_BUFFER")
+    .default("100")
+    .range(1, MAX_BUFFER),
+    Flag::new(
+        "--threads",
+        "N",
+        "executor threads (default: the available cores)",
+    )
+    .env("BGTASKS_THREADS")
+    .range(1, MAX_THREADS),
+    Flag::new(
+        "--grace",
+        "DURATION",
+        "how long shutdown waits for requests and tasks",
+    )
+    .env("BGTASKS_GRACE")
+    .default("5s"),
+    Flag::new(
+        "--retry-after",
+        "SECONDS",
+        "Retry-After of a queue-full 503",
+    )
+    .env("BGTASKS_RETRY_AFTER")
+    .default("60")
+    .range(0, MAX_RETRY_AFTER),
+    Flag::new("--keep-finished", "N", "finished tasks kept queryable")
+        .env("BGTASKS_KEEP_FINISHED")
+        .default("10000")
+        .range(1, MAX_KEEP_FINISHED),
+    Flag::new("--max-body", "BYTES", "largest request body")
+        .env("BGTASKS_MAX_BODY")
+        .default("65536")
+        .range(1, MAX_MAX_BODY),
+    Flag::new("--max-connections", "N", "open connections at once")
+        .env("BGTASKS_MAX_CONNECTIONS")
+        .default("1024")
+        .range(1, MAX_CONNECTIONS),
+    Flag::new("--data-dir", "DIR", "keep tasks in a journal in DIR").env("BGTASKS_DATA_DIR"),
+    Flag::new(
+        "--handler",
+        "KIND=PROGRAM",
+        "run PROGRAM for tasks of KIND (repeatable)",
+    ),
+    Flag::new("--token", "TOKEN", "require Authorization: Bearer TOKEN").env("BGTASKS_TOKEN"),
+    Flag::new("--log-level", "LEVEL", "error, warn, info, debug or trace")
+        .env("RUST_LOG")
+        .default("info"),
+];
 
-Durations use Go syntax: 300ms, 1.5h, 1m30s; units ns us µs μs ms s m h.
-";
+/// A flag the command line knows; see [`FLAGS`].
+struct Flag {
+    /// The long name, with its dashes.
+    name: &'static str,
+    /// What its value is called in `--help`.
+    value: &'static str,
+    /// What it is for, in `--help`.
+    help: &'static str,
+    /// The environment variable read when the flag is absent.
+    env: Option<&'static str>,
+    /// The value used when neither the flag nor its variable gives one,
+    /// checked like a given one.
+    default: Option<&'static str>,
+    /// For a number, the smallest and largest allowed.
+    range: Option<(usize, usize)>,
+}
+
+impl Flag {
+    /// Describes a flag with no variable, no default and no range.
+    const fn new(name: &'static str, value: &'static str, help: &'static str) -> Flag {
+        Flag {
+            name,
+            value,
+            help,
+            env: None,
+            default: None,
+            range: None,
+        }
+    }
+
+    /// Names the environment variable behind the flag.
+    const fn env(self, env: &'static str) -> Flag {
+        Flag {
+            env: Some(env),
+            ..self
+        }
+    }
+
+    /// Gives the flag a default.
+    const fn default(self, default: &'static str) -> Flag {
+        Flag {
+            default: Some(default),
+            ..self
+        }
+    }
+
+    /// Makes the flag a whole number from `low` to `high`.
+    const fn range(self, low: usize, high: usize) -> Flag {
+        Flag {
+            range: Some((low, high)),
+            ..self
+        }
+    }
+
+    /// Whether the flag may be given more than once, each time adding one.
+    fn repeatable(&self) -> bool {
+        self.help.ends_with("(repeatable)")
+    }
+}
+
+/// Returns the usage text printed by `--help`, made from [`FLAGS`].
+fn usage() -> String {
+    let mut text = String::from(
+        "bgtasks: a background task manager over HTTP/1.1\n\n\
+         Usage: bgtasks [OPTIONS]\n\n\
+         Options (a flag beats its environment variable):\n",
+    );
+    for flag in FLAGS {
+        let name = format!("{} {}", flag.name, flag.value);
+        let _ = write!(text, "  {name:<24} {}", flag.help);
+        if let Some((low, high)) = flag.range {
+            let _ = write!(text, ", {low} to {high}");
+        }
+        let env = flag.env.map(|var| format!("env {var}"));
+        let default = flag.default.map(|value| format!("default {value}"));
+        let second: Vec<String> = env.into_iter().chain(default).collect();
+        if !second.is_empty() {
+            let _ = write!(text, "\n  {:<24} {}", "", second.join(", "));
+        }
+        text.push('\n');
+    }
+    text.push_str(
+        "  -h, --help               print this help\n  \
+         -V, --version            print the version\n\n\
+         Durations use Go syntax: 300ms, 1.5h, 1m30s; units ns us µs μs ms s m h.\n\
+         RUST_LOG is read as env_logger reads it (debug, bgtasks=debug, warn,hyper=off).\n",
+    );
+    text
+}
 
 /// Everything the command line and environment decide, checked.
 #[derive(Debug)]
@@ -199,22 +347,20 @@ fn parse_command(
     args: impl IntoIterator<Item = OsString>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Command, String> {
-    let mut flags: HashMap<&'static str, String> = HashMap::new();
-    let mut handlers = Vec::new();
+    let mut given: HashMap<&'static str, Vec<String>> = HashMap::new();
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         let arg = arg
             .into_string()
             .map_err(|a| format!("argument {a:?} is not valid UTF-8"))?;
-        if arg == "-h" || arg == "--help" {
-            return Ok(Command::Help);
-        }
-        if arg == "-V" || arg == "--version" {
-            return Ok(Command::Version);
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            _ => {}
         }
         let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_string(), Some(value)),
-            _ => (arg.clone(), None),
+            Some((name, value)) if name.starts_with("--") => (name, Some(value)),
+            _ => (arg.as_str(), None),
         };
         let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
             return Err(format!("unknown argument {arg:?} (try --help)"));
@@ -226,165 +372,199 @@ fn parse_command(
                 .and_then(|v| v.into_string().ok())
                 .ok_or_else(|| format!("{name} needs a value"))?,
         };
-        if flag.name == "--handler" {
-            handlers.push(value);
-        } else {
-            flags.insert(flag.name, value);
+        let values = given.entry(flag.name).or_default();
+        if !flag.repeatable() {
+            values.clear();
+        }
+        values.push(value);
+    }
+    Flags { given, env: &env }.config().map(Command::Run)
+}
+
+/// The flags as given on the command line, and the environment behind
+/// them, read through [`FLAGS`].
+struct Flags<'a, E> {
+    /// Every value given for each flag, in order.
+    given: HashMap<&'static str, Vec<String>>,
+    /// Looks an environment variable up.
+    env: &'a E,
+}
+
+impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
+    /// Checks every flag and builds the configuration.
+    fn config(&self) -> Result<Config, String> {
+        Ok(Config {
+            addr: self.required("--addr", parse_addr)?,
+            workers: self.number("--workers")?,
+            buffer: self.number("--buffer")?,
+            threads: self.optional("--threads", |v| parse_in("--threads", v))?,
+            grace: self.required("--grace", parse_duration)?,
+            retry_after: self.number("--retry-after")? as u64,
+            keep_finished: self.number("--keep-finished")?,
+            max_body: self.number("--max-body")?,
+            max_connections: self.number("--max-connections")?,
+            data_dir: self.optional("--data-dir", |v| match v {
+                "" => Err("the path is empty".to_string()),
+                v => Ok(PathBuf::from(v)),
+            })?,
+            handlers: self.handlers()?,
+            token: self.optional("--token", parse_token)?,
+            log_level: self.log_level()?,
+        })
+    }
+
+    /// Returns every value given for a repeatable flag.
+    fn all(&self, name: &str) -> &[String] {
+        self.given.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Returns a flag's value and where it came from: the flag, else its
+    /// environment variable, else its default.
+    fn lookup(&self, name: &'static str) -> Option<(String, String)> {
+        let flag = FLAGS.iter().find(|f| f.name == name)?;
+        if let Some(value) = self.all(name).last() {
+            return Some((name.to_string(), value.clone()));
+        }
+        if let Some(var) = flag.env
+            && let Some(value) = (self.env)(var)
+        {
+            return Some((var.to_string(), value));
+        }
+        flag.default
+            .map(|value| (format!("the default of {name}"), value.to_string()))
+    }
+
+    /// Parses a flag's value with `parse`, naming its source in the error;
+    /// `None` when it has no value and no default.
+    fn optional<T>(
+        &self,
+        name: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, String> {
+        match self.lookup(name) {
+            None => Ok(None),
+            Some((source, value)) => parse(&value)
+                .map(Some)
+                .map_err(|e| format!("{source}: {e}")),
         }
     }
-    let value = |flag: &'static str| -> Option<(String, String)> {
-        let spec = FLAGS.iter().find(|f| f.name == flag)?;
-        if let Some(v) = flags.get(flag) {
-            return Some((flag.to_string(), v.clone()));
-        }
-        let var = spec.env?;
-        env(var).map(|v| (var.to_string(), v))
-    };
-    let number = |flag, default, range: Range<usize>| match value(flag) {
-        None => Ok(default),
-        Some((source, v)) => parse_number(&source, &v, range),
-    };
-    let grace = match value("--grace") {
-        None => Duration::from_secs(5),
-        Some((source, v)) => parse_duration(&v).map_err(|e| format!("{source}: {e}"))?,
-    };
-    let addr = match value("--addr") {
-        None => SocketAddr::from(([127, 0, 0, 1], 8000)),
-        Some((source, v)) => v.parse().map_err(|_| {
-            format!("{source}: {v:?} is not an address such as 127.0.0.1:8000 or [::1]:8000")
-        })?,
-    };
-    let token = match value("--token") {
-        None => None,
-        Some((source, v)) if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) => {
-            return Err(format!(
-                "{source}: the token must be one or more visible ASCII characters"
-            ));
-        }
-        Some((_, v)) => Some(v),
-    };
-    let log_level = match value("--log-level") {
-        None => log::LevelFilter::Info,
-        Some((source, v)) => match v.to_ascii_lowercase().as_str() {
-            "error" => log::LevelFilter::Error,
-            "warn" => log::LevelFilter::Warn,
-            "info" => log::LevelFilter::Info,
-            "debug" => log::LevelFilter::Debug,
-            "trace" => log::LevelFilter::Trace,
-            _ => {
+
+    /// Parses a flag that always has a value (its default, if nothing else).
+    fn required<T>(
+        &self,
+        name: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, String> {
+        self.optional(name, parse)?
+            .ok_or_else(|| format!("{name} needs a value"))
+    }
+
+    /// Parses a whole number within the flag's range.
+    fn number(&self, name: &'static str) -> Result<usize, String> {
+        self.required(name, |v| parse_in(name, v))
+    }
+
+    /// Checks every `--handler`, and that no kind is registered twice.
+    fn handlers(&self) -> Result<Vec<Handler>, String> {
+        let mut handlers: Vec<Handler> = Vec::new();
+        for spec in self.all("--handler") {
+            let handler = parse_handler(spec, self.env)?;
+            if handlers.iter().any(|h| h.kind == handler.kind) {
                 return Err(format!(
-                    "{source}: {v:?} is not one of error, warn, info, debug, trace"
+                    "--handler: kind {:?} is registered twice",
+                    handler.kind
                 ));
             }
-        },
-    };
-    let data_dir = match value("--data-dir") {
-        Some((source, v)) if v.is_empty() => return Err(format!("{source}: the path is empty")),
-        other => other.map(|(_, v)| PathBuf::from(v)),
-    };
-    let handlers = handlers
-        .iter()
-        .map(|spec| parse_handler(spec, &env))
-        .collect::<Result<Vec<_>, _>>()?;
-    for (i, h) in handlers.iter().enumerate() {
-        if handlers[..i].iter().any(|other| other.kind == h.kind) {
-            return Err(format!("--handler: kind {:?} is registered twice", h.kind));
+            handlers.push(handler);
         }
+        Ok(handlers)
     }
-    Ok(Command::Run(Config {
-        addr,
-        workers: number("--workers", 10, 1..MAX_WORKERS + 1)?,
-        buffer: number("--buffer", 100, 1..MAX_BUFFER + 1)?,
-        threads: match value("--threads") {
-            None => None,
-            Some((source, v)) => Some(parse_number(&source, &v, 1..1025)?),
-        },
-        grace,
-        retry_after: number("--retry-after", 60, 0..1_000_000_001)? as u64,
-        keep_finished: number("--keep-finished", 10_000, 1..100_000_001)?,
-        max_body: number("--max-body", 65_536, 1..MAX_MAX_BODY + 1)?,
-        max_connections: number("--max-connections", 1024, 1..1_000_001)?,
-        data_dir,
-        handlers,
-        token,
-        log_level,
-    }))
+
+    /// Reads the log level: `--log-level` strictly (one of the five
+    /// levels), else `RUST_LOG` the way env_logger reads it, which is never
+    /// an error: a variable meant for another program must not stop this
+    /// one from starting.
+    fn log_level(&self) -> Result<log::LevelFilter, String> {
+        if self.all("--log-level").is_empty()
+            && let Some(spec) = (self.env)("RUST_LOG")
+        {
+            return Ok(level_from_rust_log(&spec).unwrap_or(log::LevelFilter::Info));
+        }
+        self.required("--log-level", |v| {
+            parse_level(v)
+                .filter(|&level| level != log::LevelFilter::Off)
+                .ok_or_else(|| format!("{v:?} is not one of error, warn, info, debug, trace"))
+        })
+    }
 }
 
-/// A flag the command line knows, and the environment variable behind it.
-struct Flag {
-    /// The long name, with its dashes.
-    name: &'static str,
-    /// The environment variable read when the flag is absent.
-    env: Option<&'static str>,
-}
-
-/// Every flag that takes a value (help and version are handled first).
-const FLAGS: &[Flag] = &[
-    Flag {
-        name: "--addr",
-        env: Some("BGTASKS_ADDR"),
-    },
-    Flag {
-        name: "--workers",
-        env: Some("BGTASKS_WORKERS"),
-    },
-    Flag {
-        name: "--buffer",
-        env: Some("BGTASKS_BUFFER"),
-    },
-    Flag {
-        name: "--threads",
-        env: Some("BGTASKS_THREADS"),
-    },
-    Flag {
-        name: "--grace",
-        env: Some("BGTASKS_GRACE"),
-    },
-    Flag {
-        name: "--retry-after",
-        env: Some("BGTASKS_RETRY_AFTER"),
-    },
-    Flag {
-        name: "--keep-finished",
-        env: Some("BGTASKS_KEEP_FINISHED"),
-    },
-    Flag {
-        name: "--max-body",
-        env: Some("BGTASKS_MAX_BODY"),
-    },
-    Flag {
-        name: "--max-connections",
-        env: Some("BGTASKS_MAX_CONNECTIONS"),
-    },
-    Flag {
-        name: "--data-dir",
-        env: Some("BGTASKS_DATA_DIR"),
-    },
-    Flag {
-        name: "--handler",
-        env: None,
-    },
-    Flag {
-        name: "--token",
-        env: Some("BGTASKS_TOKEN"),
-    },
-    Flag {
-        name: "--log-level",
-        env: Some("RUST_LOG"),
-    },
-];
-
-/// Parses a whole decimal number in `range`, naming `source` in the error.
-fn parse_number(source: &str, value: &str, range: Range<usize>) -> Result<usize, String> {
+/// Parses a whole decimal number within the range [`FLAGS`] gives `name`.
+fn parse_in(name: &str, value: &str) -> Result<usize, String> {
+    let (low, high) = FLAGS
+        .iter()
+        .find(|f| f.name == name)
+        .and_then(|f| f.range)
+        .unwrap_or((0, usize::MAX));
     match value.parse::<usize>() {
-        Ok(n) if range.contains(&n) => Ok(n),
+        Ok(n) if (low..=high).contains(&n) => Ok(n),
         _ => Err(format!(
-            "{source}: expected a whole number from {} to {}, got {value:?}",
-            range.start,
-            range.end - 1
+            "expected a whole number from {low} to {high}, got {value:?}"
         )),
     }
+}
+
+/// Parses a listen address: an IP and a port (no host names, which would
+/// need a resolver and could name several addresses).
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:8000 or [::1]:8000"))
+}
+
+/// Checks a bearer token: one or more visible ASCII characters, so that it
+/// fits in a header unchanged.
+fn parse_token(value: &str) -> Result<String, String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token must be one or more visible ASCII characters".to_string());
+    }
+    Ok(value.to_string())
+}
+
+/// Parses a log level name (the five, or `off`) in any case.
+fn parse_level(name: &str) -> Option<log::LevelFilter> {
+    match name.to_ascii_lowercase().as_str() {
+        "off" => Some(log::LevelFilter::Off),
+        "error" => Some(log::LevelFilter::Error),
+        "warn" => Some(log::LevelFilter::Warn),
+        "info" => Some(log::LevelFilter::Info),
+        "debug" => Some(log::LevelFilter::Debug),
+        "trace" => Some(log::LevelFilter::Trace),
+        _ => None,
+    }
+}
+
+/// Reads `RUST_LOG` as env_logger does — a comma list of `LEVEL`,
+/// `TARGET=LEVEL` and `TARGET` (every level) directives, then optionally
+/// `/regex`, which is ignored here — and returns the level it gives
+/// bgtasks: that of the last `bgtasks` directive, else of the last bare
+/// level; `None` if neither is there. Directives for other targets, and
+/// ones that do not parse, are ignored, as env_logger ignores them.
+fn level_from_rust_log(spec: &str) -> Option<log::LevelFilter> {
+    let directives = spec.split('/').next().unwrap_or_default();
+    let (mut ours, mut bare) = (None, None);
+    for directive in directives.split(',').map(str::trim) {
+        match directive.split_once('=') {
+            Some((target, level)) if target.trim().eq_ignore_ascii_case("bgtasks") => {
+                ours = parse_level(level.trim()).or(ours);
+            }
+            Some(_) => {}
+            None if directive.eq_ignore_ascii_case("bgtasks") => {
+                ours = Some(log::LevelFilter::Trace);
+            }
+            None => bare = parse_level(directive).or(bare),
+        }
+    }
+    ours.or(bare)
 }
 
 /// Parses `KIND=PROGRAM [ARGS…]`, resolving PROGRAM like `execvp` would and
@@ -395,8 +575,10 @@ fn parse_handler(spec: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Ha
     let (kind, command) = spec
         .split_once('=')
         .ok_or_else(|| bad("expected KIND=PROGRAM"))?;
-    if kind.is_empty() || kind.len() > 64 || !kind.bytes().all(is_kind_byte) {
-        return Err(bad("KIND must be 1 to 64 characters of A-Z a-z 0-9 _ . -"));
+    if kind.is_empty() || kind.len() > MAX_KIND_LEN || !kind.bytes().all(is_kind_byte) {
+        return Err(bad(&format!(
+            "KIND must be 1 to {MAX_KIND_LEN} characters of A-Z a-z 0-9 _ . -"
+        )));
     }
     if kind == "sleep" {
         return Err(bad("the kind \"sleep\" is built in"));
@@ -4846,7 +5028,7 @@ fn main() {
     let config = match parse_command(args, |name| std::env::var(name).ok()) {
         Ok(Command::Run(config)) => config,
         Ok(Command::Help) => {
-            print!("{USAGE}");
+            print!("{}", usage());
             return;
         }
         Ok(Command::Version) => {
@@ -6141,6 +6323,56 @@ mod tests {
         }
         let authorized = "GET /tasks HTTP/1.1\r\nHost: a\r\nAuthorization: bearer t\r\n\r\n";
         assert_eq!(route(authorized, Some("t")), Ok(Route::List));
+    }
+
+    #[test]
+    fn rust_log_is_read_as_env_logger_reads_it() {
+        use log::LevelFilter::*;
+        let cases: &[(&str, Option<log::LevelFilter>)] = &[
+            ("", None),
+            ("debug", Some(Debug)),
+            ("DEBUG", Some(Debug)),
+            ("bgtasks=debug", Some(Debug)),
+            ("warn,bgtasks=debug", Some(Debug)),
+            ("bgtasks=debug,warn", Some(Debug)),
+            ("hyper=off", None),
+            ("info,hyper=off,tokio=trace", Some(Info)),
+            ("bgtasks", Some(Trace)),
+            ("bgtasks=warn,bgtasks=error", Some(Error)),
+            ("error,warn", Some(Warn)),
+            ("off", Some(Off)),
+            ("verbose", None),
+            ("bgtasks=loud", None),
+            ("bgtasks=loud,info", Some(Info)),
+            ("my_app=debug,actix_web=info", None),
+            (" debug , hyper = off ", Some(Debug)),
+            ("info/foo.*bar", Some(Info)),
+            ("bgtasks::journal=debug", None),
+            ("=debug", None),
+        ];
+        for &(spec, level) in cases {
+            assert_eq!(level_from_rust_log(spec), level, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn help_comes_from_the_flag_table() {
+        let help = usage();
+        for flag in FLAGS {
+            let at = help
+                .find(&format!("  {} {}", flag.name, flag.value))
+                .unwrap_or_else(|| panic!("{} is not in --help", flag.name));
+            let entry = &help[at..];
+            let entry = &entry[..entry[2..].find("\n  --").map_or(entry.len(), |e| e + 2)];
+            for fact in [flag.env, flag.default].into_iter().flatten() {
+                assert!(entry.contains(fact), "{}: {fact} in {entry:?}", flag.name);
+            }
+            if let Some(default) = flag.default {
+                // Every default passes the flag's own check.
+                let config = parse_command([OsString::from(flag.name), default.into()], |_| None);
+                assert!(config.is_ok(), "{}: {config:?}", flag.name);
+            }
+        }
     }
 
     #[test]

@@ -873,7 +873,35 @@ struct Extra {
     key: Option<Box<str>>,
 }
 
+// How a task reads and writes journal records is in section 5.
 impl Task {
+    /// Builds the record of a newly admitted task.
+    fn from_new(id: u64, new: NewTask) -> Task {
+        let needs_extra = new.kind.is_some()
+            || new.payload.is_some()
+            || new.timeout.is_some()
+            || new.key.is_some();
+        Task {
+            id,
+            started_at: 0,
+            finished_at: 0,
+            label: new.label,
+            work_duration: new.work_duration,
+            extra: needs_extra.then(|| {
+                Box::new(Extra {
+                    kind: new.kind,
+                    payload: new.payload,
+                    timeout: new.timeout,
+                    key: new.key,
+                    ..Extra::default()
+                })
+            }),
+            state: State::Queued,
+            attempt: 0,
+            max_attempts: new.max_attempts,
+        }
+    }
+
     /// Returns the task's kind name.
     fn kind(&self) -> &str {
         self.extra
@@ -1165,6 +1193,7 @@ struct Store {
     journal: Option<JournalSender>,
 }
 
+// How the store journals, takes back and restores tasks is in section 5.
 impl Store {
     /// Creates an empty store that keeps `keep_finished` finished tasks.
     fn new(keep_finished: usize) -> Store {
@@ -1492,35 +1521,6 @@ impl Store {
     /// Counts the tasks that are queued: in the channel or waiting to retry.
     fn queued(&self) -> usize {
         self.counts[State::Queued as usize]
-    }
-}
-
-impl Task {
-    /// Builds the record of a newly admitted task.
-    fn from_new(id: u64, new: NewTask) -> Task {
-        let needs_extra = new.kind.is_some()
-            || new.payload.is_some()
-            || new.timeout.is_some()
-            || new.key.is_some();
-        Task {
-            id,
-            started_at: 0,
-            finished_at: 0,
-            label: new.label,
-            work_duration: new.work_duration,
-            extra: needs_extra.then(|| {
-                Box::new(Extra {
-                    kind: new.kind,
-                    payload: new.payload,
-                    timeout: new.timeout,
-                    key: new.key,
-                    ..Extra::default()
-                })
-            }),
-            state: State::Queued,
-            attempt: 0,
-            max_attempts: new.max_attempts,
-        }
     }
 }
 
@@ -2029,22 +2029,42 @@ fn result_json(out: &[u8]) -> Box<str> {
 // store. A line is `<crc32 in hex> <json>`: the checksum tells a record cut
 // short by a crash (the last line only) from damage anywhere else.
 //
-// One thread owns the file. Records reach it through a channel in the order
-// the store changed (they are sent under the store lock); it writes whatever
-// has gathered, syncs once, and acknowledges the whole batch: concurrent
-// submissions share one fsync (group commit). A submission is answered `202`
-// only after its acknowledgement, and a worker starts a task only once its
-// record is on disk, so a failed write can take the task back as if it had
-// never been accepted.
+// The durability protocol. Its invariant: no `202` is sent and no task
+// starts before the task's record is on disk, and no answer shows a state
+// that is not on disk. Its steps, and who keeps each:
+//
+// 1. Every change is made under the store lock, and its record is sent to
+//    the writer thread from there (`Store::log`), numbered in order; so
+//    records are written in the order the changes happened. The last
+//    number given out is published as `JournalProgress::appended`.
+// 2. The writer thread (`write_journal`, `JournalWriter::commit`) appends
+//    whatever has gathered and syncs once: concurrent submissions share one
+//    fsync (group commit). If the write fails, it takes the batch's new
+//    tasks back (`Store::take_back`) as if they had never been accepted.
+//    It tells each submission whether its record made it, then publishes
+//    how far it got (`durable`: the last record; `durable_task`: the last
+//    new task) and fires `progress`.
+// 3. A worker starts a task only once `durable_task` has reached it
+//    (`JournalProgress::wait_task`), so a taken-back task never ran.
+// 4. A connection writes its answers only once `durable` has reached the
+//    `appended` it saw when it made the last of them (`Connection::settle`),
+//    and puts a `503` in place of a `202` whose task was taken back.
+// 5. Every wait of steps 3 and 4 races `grace_over`, so a writer that
+//    stops making progress cannot hold shutdown up; the answers then go
+//    unsent and the connection closes.
 //
 // Starts are not recorded. A task that was running when the process died
 // is, in the journal, still queued with its previous attempt number, which
-// is exactly what SPEC §2 asks for: queued again, the attempt not counted.
+// is exactly what the contract asks for: queued again, the attempt not
+// counted.
 //
 // The writer also compacts: once the file is several times what the
 // retained tasks need, it writes them afresh to `journal.tmp`, syncs it,
 // renames it over the journal and syncs the directory. A crash before the
 // rename leaves the old journal; after it, the new one is complete.
+//
+// `Task`'s and `Store`'s journal methods are here rather than in section 2,
+// so that everything the journal does is in one place.
 
 /// The journal's file name inside `--data-dir`.
 const JOURNAL: &str = "journal";
@@ -2160,6 +2180,7 @@ fn nonzero(millis: u64) -> Option<u64> {
     (millis != 0).then_some(millis)
 }
 
+// The journal's side of `Task`; the rest of its impl is in section 2.
 impl Task {
     /// The record of the task's fixed members.
     fn new_record(&self) -> Record<'_> {
@@ -2423,6 +2444,7 @@ impl JournalProgress {
     }
 }
 
+// The journal's side of `Store`; the rest of its impl is in section 2.
 impl Store {
     /// Sends a record to the journal, if there is one. `created` and
     /// `done` are for `new` records.
@@ -2490,6 +2512,37 @@ impl Store {
     /// How many tasks are retained.
     fn retained(&self) -> usize {
         self.tasks.len() - self.tombstones
+    }
+
+    /// Fills an empty store from a replayed journal, applying
+    /// `--keep-finished`. Returns the queued tasks, in id order, with when
+    /// each may run (0: at once; else the time its retry is due).
+    fn restore(&mut self, replayed: Replayed) -> Vec<(u64, u64)> {
+        let mut queued = Vec::new();
+        let mut finished = Vec::new();
+        for task in replayed.tasks {
+            self.counts[task.state as usize] += 1;
+            if let Some(key) = task.extra.as_ref().and_then(|e| e.key.clone()) {
+                self.keys.insert(key, task.id);
+            }
+            match task.state {
+                State::Queued => {
+                    queued.push((task.id, task.extra.as_ref().map_or(0, |e| e.retry_at)))
+                }
+                _ => finished.push((task.finished_at, task.id)),
+            }
+            self.last_id = task.id;
+            self.tasks.push_back(task);
+        }
+        self.first_id = match (replayed.first_id, self.tasks.front()) {
+            (0, Some(task)) => task.id,
+            (first, _) => first,
+        };
+        self.last_id = self.last_id.max(self.first_id);
+        finished.sort_unstable();
+        self.finished = finished.into_iter().map(|(_, id)| id).collect();
+        self.evict();
+        queued
     }
 }
 
@@ -2578,57 +2631,27 @@ impl JournalWriter {
         self.file = open_journal(&self.dir)?;
         Ok(())
     }
-}
 
-/// Opens the journal for appending, creating it if need be.
-fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(dir.join(JOURNAL))
-}
-
-/// The writer thread: writes batches until the channel closes at shutdown.
-fn write_journal(shared: Arc<Shared>, rx: Receiver<JournalEntry>, mut file: JournalWriter) {
-    let Some(journal) = &shared.journal else {
-        return;
-    };
-    let mut batch = Vec::new();
-    let mut bytes = Vec::new();
-    while let Ok(first) = rx.recv_blocking() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(entry) => batch.push(entry),
-                Err(_) => break,
-            }
-        }
-        bytes.clear();
-        for entry in &batch {
+    /// Step 2 of the durability protocol: appends a batch and syncs it
+    /// once; if that fails, takes back the batch's new tasks; tells each
+    /// submission whether its record made it; then publishes how far the
+    /// journal is. Empties `batch`.
+    fn commit(
+        &mut self,
+        batch: &mut Vec<JournalEntry>,
+        shared: &Shared,
+        progress: &JournalProgress,
+    ) {
+        let mut bytes = Vec::with_capacity(batch.iter().map(|e| e.line.len()).sum());
+        for entry in batch.iter() {
             bytes.extend_from_slice(&entry.line);
         }
-        let written = file.append(&bytes);
-        match &written {
-            Ok(()) if file.failing => {
-                info!(
-                    "journal: writing to {} again",
-                    file.dir.join(JOURNAL).display()
-                );
-                file.failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                if !file.failing {
-                    error!(
-                        "journal: cannot write {}: {e}; new tasks get 503 until it can",
-                        file.dir.join(JOURNAL).display()
-                    );
-                    file.failing = true;
-                }
-                let mut store = shared.store();
-                for id in batch.iter().filter_map(|e| e.created) {
-                    store.take_back(id);
-                }
+        let written = self.append(&bytes);
+        self.report(&written);
+        if written.is_err() {
+            let mut store = shared.store();
+            for id in batch.iter().filter_map(|e| e.created) {
+                store.take_back(id);
             }
         }
         let last = batch.last().map_or(0, |e| e.seq);
@@ -2641,8 +2664,54 @@ fn write_journal(shared: Arc<Shared>, rx: Receiver<JournalEntry>, mut file: Jour
                 let _ = done.try_send(written.is_ok());
             }
         }
-        journal.advance(last, last_task);
-        file.maybe_compact(&shared);
+        progress.advance(last, last_task);
+    }
+
+    /// Logs when writes start failing and when they work again, once each.
+    fn report(&mut self, written: &io::Result<()>) {
+        let path = self.dir.join(JOURNAL);
+        match written {
+            Ok(()) if self.failing => {
+                info!("journal: writing to {} again", path.display());
+                self.failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !self.failing => {
+                error!(
+                    "journal: cannot write {}: {e}; new tasks get 503 until it can",
+                    path.display()
+                );
+                self.failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Opens the journal for appending, creating it if need be.
+fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join(JOURNAL))
+}
+
+/// The writer thread: writes batches until the channel closes at shutdown.
+fn write_journal(shared: Arc<Shared>, rx: Receiver<JournalEntry>, mut writer: JournalWriter) {
+    let Some(progress) = &shared.journal else {
+        return;
+    };
+    let mut batch = Vec::new();
+    while let Ok(first) = rx.recv_blocking() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
+            }
+        }
+        writer.commit(&mut batch, &shared, progress);
+        writer.maybe_compact(&shared);
     }
 }
 
@@ -2738,39 +2807,6 @@ impl Replayed {
             (Some(Op::State), Err(_)) | (None, _) => {}
         }
         Ok(())
-    }
-}
-
-impl Store {
-    /// Fills an empty store from a replayed journal, applying
-    /// `--keep-finished`. Returns the queued tasks, in id order, with when
-    /// each may run (0: at once; else the time its retry is due).
-    fn restore(&mut self, replayed: Replayed) -> Vec<(u64, u64)> {
-        let mut queued = Vec::new();
-        let mut finished = Vec::new();
-        for task in replayed.tasks {
-            self.counts[task.state as usize] += 1;
-            if let Some(key) = task.extra.as_ref().and_then(|e| e.key.clone()) {
-                self.keys.insert(key, task.id);
-            }
-            match task.state {
-                State::Queued => {
-                    queued.push((task.id, task.extra.as_ref().map_or(0, |e| e.retry_at)))
-                }
-                _ => finished.push((task.finished_at, task.id)),
-            }
-            self.last_id = task.id;
-            self.tasks.push_back(task);
-        }
-        self.first_id = match (replayed.first_id, self.tasks.front()) {
-            (0, Some(task)) => task.id,
-            (first, _) => first,
-        };
-        self.last_id = self.last_id.max(self.first_id);
-        finished.sort_unstable();
-        self.finished = finished.into_iter().map(|(_, id)| id).collect();
-        self.evict();
-        queued
     }
 }
 
@@ -6215,6 +6251,89 @@ mod tests {
             (record.state.as_deref(), record.attempt),
             (Some("queued"), Some(1))
         );
+    }
+
+    /// A server's shared state with a journal in a fresh directory, as
+    /// `launch` builds it, and what its writer thread would get.
+    fn journaled(test: &str) -> (Arc<Shared>, WriterParts, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("bgtasks-unit-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let Ok(Command::Run(config)) = parse_command([], |_| None) else {
+            panic!("the defaults parse")
+        };
+        let data = open_data_dir(&dir, &[]).unwrap();
+        let (shared, _retries, writer) = build_shared(config, Some(data));
+        (shared, writer.unwrap(), dir)
+    }
+
+    /// A plain new task for the protocol tests.
+    fn plain_task() -> NewTask {
+        NewTask {
+            label: Some(Text::new("p")),
+            work_duration: Some(Text::new("0s")),
+            kind: None,
+            payload: None,
+            timeout: None,
+            max_attempts: 1,
+            key: None,
+        }
+    }
+
+    #[test]
+    fn durability_steps_1_to_3_hold() {
+        let (shared, (rx, mut writer, _lock), dir) = journaled("steps");
+        let progress = shared.journal.clone().unwrap();
+        // Step 1: records leave the store in the order of the changes,
+        // numbered, and `appended` says how far the numbering got.
+        let Admission::Created(id, Some(saved)) =
+            shared.store().admit(plain_task(), &shared.jobs_tx)
+        else {
+            panic!("admitted")
+        };
+        assert_eq!(shared.store().cancel(id).ok(), Some(0));
+        let mut batch: Vec<JournalEntry> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(batch.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!((batch[0].created, batch[1].created), (Some(id), None));
+        assert_eq!(progress.appended.load(Ordering::Acquire), 2);
+        // Step 3, before step 2: a worker may not start the task yet.
+        let never = Trigger::new();
+        never.fire();
+        assert!(!async_io::block_on(progress.wait_task(id, &never)));
+        // Step 2: one write, one sync, the submission told, progress out.
+        writer.commit(&mut batch, &shared, &progress);
+        assert!(batch.is_empty());
+        assert_eq!(saved.try_recv(), Ok(true));
+        assert_eq!(progress.durable.load(Ordering::Acquire), 2);
+        let replayed = replay(&dir.join(JOURNAL), &[]).unwrap();
+        assert_eq!(replayed.tasks.len(), 1);
+        assert_eq!(replayed.tasks[0].state, State::Cancelled);
+        // Step 3: now it may, and no cut is needed for it.
+        assert!(async_io::block_on(progress.wait_task(id, &Trigger::new())));
+        assert!(async_io::block_on(
+            progress.wait_durable(2, &Trigger::new())
+        ));
+        // Step 2 when the disk fails: the new task is taken back as if it
+        // had never been accepted, the submission learns it, and waiters
+        // are released all the same.
+        writer.broken = true;
+        let Admission::Created(lost, Some(saved)) =
+            shared.store().admit(plain_task(), &shared.jobs_tx)
+        else {
+            panic!("admitted")
+        };
+        let mut batch: Vec<JournalEntry> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        writer.commit(&mut batch, &shared, &progress);
+        assert_eq!(saved.try_recv(), Ok(false));
+        assert!(shared.store().get(lost).is_none());
+        assert_eq!(shared.store().counters.accepted, 1);
+        assert!(async_io::block_on(
+            progress.wait_task(lost, &Trigger::new())
+        ));
+        // Step 5: a wait the disk will never end is cut by the trigger.
+        let cut = Trigger::new();
+        cut.fire();
+        assert!(!async_io::block_on(progress.wait_durable(99, &cut)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Journal records for the replay table.

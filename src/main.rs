@@ -1528,8 +1528,12 @@ impl Store {
 /// five minutes.
 fn backoff(attempt: u8) -> Duration {
     let secs = 1u64 << u32::from(attempt.saturating_sub(1)).min(9);
-    Duration::from_secs(secs.min(300))
+    Duration::from_secs(secs).min(MAX_BACKOFF)
 }
+
+/// The longest wait before a retry: a failing dependency gets time to come
+/// back, and a task still retries a dozen times an hour.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 // ---- 3. Worker pool: signals, the job channel, workers, retries ----
 //
@@ -1805,6 +1809,10 @@ async fn sleep(shared: &Shared, work: &Work) -> Outcome {
     future::or(cut, slept).await
 }
 
+/// How many bytes one read of a program's output asks for: a quarter of
+/// the tail, so a chatty program is read in few calls from a small buffer.
+const PIPE_READ: usize = OUTPUT_TAIL / 4;
+
 /// How much of a program's stdout and stderr is kept: the end of each,
 /// since that is where a result or the reason for a failure usually is.
 const OUTPUT_TAIL: usize = 4096;
@@ -1916,6 +1924,10 @@ enum Ending {
 /// How long to wait for a killed group's last processes to be reaped.
 const REAP_WITHIN: Duration = Duration::from_secs(1);
 
+/// How often to look for them meanwhile: SIGKILL lands within a
+/// scheduler tick or two, and there is no readiness to wait on.
+const REAP_POLL: Duration = Duration::from_millis(2);
+
 /// Reaps the processes of a killed group that were orphaned to bgtasks (its
 /// subreaper), so none is left a zombie. It waits only on that group, so it
 /// never takes an exit status async-process is waiting for.
@@ -1930,7 +1942,7 @@ async fn reap_group(group: Option<rustix::process::Pid>) {
             Ok(Some(_)) => {}
             // Killed but not yet dead: SIGKILL takes a moment to land.
             Ok(None) if Instant::now() < deadline => {
-                Timer::after(Duration::from_millis(2)).await;
+                Timer::after(REAP_POLL).await;
             }
             // ECHILD: no process of the group is our child any more.
             _ => return,
@@ -1966,7 +1978,7 @@ fn signal_group(group: Option<rustix::process::Pid>, signal: rustix::process::Si
 async fn read_tail(pipe: Option<impl smol::io::AsyncRead + Unpin>) -> Vec<u8> {
     let mut tail = Vec::new();
     let Some(mut pipe) = pipe else { return tail };
-    let mut chunk = [0u8; 1024];
+    let mut chunk = [0u8; PIPE_READ];
     loop {
         match smol::io::AsyncReadExt::read(&mut pipe, &mut chunk).await {
             Ok(0) | Err(_) => return tail,
@@ -2085,6 +2097,10 @@ const REPLAY_BUFFER: usize = 1 << 20;
 /// Compaction waits until the journal is this many times the size of a
 /// fresh one, so that the work of rewriting it is spread over many writes.
 const COMPACT_FACTOR: u64 = 4;
+
+/// About how many bytes a retained task takes in a fresh journal (its
+/// `new` and `state` records), to tell how large a compacted one would be.
+const RECORD_ESTIMATE: u64 = 320;
 
 /// And until it is at least this large: rewriting a small file is not worth
 /// pausing the writer for.
@@ -2596,7 +2612,7 @@ impl JournalWriter {
         let mut snapshot = Vec::new();
         {
             let store = shared.store();
-            let estimate = store.retained() as u64 * 320;
+            let estimate = store.retained() as u64 * RECORD_ESTIMATE;
             let threshold = COMPACT_FACTOR * estimate + COMPACT_MIN;
             if self.len < threshold {
                 self.next_check = threshold;
@@ -3506,6 +3522,10 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// Room reserved for a response's head, so that writing one rarely grows
+/// the buffer: the longest head bgtasks writes is under this.
+const RESPONSE_HEAD: usize = 192;
+
 /// An answer, ready to be written.
 #[derive(Debug)]
 struct Response {
@@ -3553,7 +3573,7 @@ impl Response {
     fn write(&self, out: &mut Vec<u8>, delivery: Delivery) {
         // Every answer goes through here: no formatting machinery, and the
         // room for it reserved once.
-        out.reserve(192 + self.body.len());
+        out.reserve(RESPONSE_HEAD + self.body.len());
         out.extend_from_slice(b"HTTP/1.1 ");
         write_decimal(out, u64::from(self.status));
         out.push(b' ');
@@ -3867,6 +3887,10 @@ struct Submission<'a> {
     max_attempts: Option<serde_json::Number>,
 }
 
+/// The longest `Idempotency-Key`: the IETF draft sets no limit, and keys
+/// are kept in memory with their task, so they are kept to a short line.
+const MAX_KEY_LEN: usize = 255;
+
 /// The original server's answer to a body it cannot read.
 const BAD_BODY: &str = "failed to read POST body";
 
@@ -3881,10 +3905,10 @@ const BAD_DURATION: &str = "failed to parse work duration in request";
 fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<NewTask, Response> {
     let bad = |sentence: &str| Response::error(400, sentence);
     let key = match key {
-        Some(k) if k.is_empty() || k.len() > 255 || !k.iter().all(u8::is_ascii_graphic) => {
-            return Err(bad(
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            ));
+        Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN || !k.iter().all(u8::is_ascii_graphic) => {
+            return Err(bad(&format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+            )));
         }
         Some(k) => Some(Box::from(std::str::from_utf8(k).unwrap_or_default())),
         None => None,
@@ -3926,7 +3950,13 @@ fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<
         None => 1,
         Some(n) => match n.as_u64() {
             Some(n) if n <= u64::from(*MAX_ATTEMPTS.end()) && n >= 1 => n as u8,
-            _ => return Err(bad("max_attempts must be an integer from 1 to 100")),
+            _ => {
+                return Err(bad(&format!(
+                    "max_attempts must be an integer from {} to {}",
+                    MAX_ATTEMPTS.start(),
+                    MAX_ATTEMPTS.end()
+                )));
+            }
         },
     };
     Ok(NewTask {
@@ -4035,6 +4065,12 @@ fn query_param<'a>(
     Ok(found)
 }
 
+/// How many tasks a list shows when `limit` does not say.
+const DEFAULT_LIMIT: usize = 100;
+
+/// The most tasks one list shows: larger `limit`s are cut to this.
+const MAX_LIMIT: usize = 1000;
+
 /// `GET /tasks`: the newest retained tasks that pass the filters, and the
 /// counts of all.
 fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
@@ -4055,12 +4091,12 @@ fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
         };
         let label = query_param(query, "task_id")?;
         let limit = match query_param(query, "limit")? {
-            None => 100,
+            None => DEFAULT_LIMIT,
             Some(n) => match std::str::from_utf8(&n)
                 .ok()
                 .and_then(|n| n.parse::<u64>().ok())
             {
-                Some(n) if n > 0 => n.min(1000) as usize,
+                Some(n) if n > 0 => n.min(MAX_LIMIT as u64) as usize,
                 _ => return Err(Response::error(400, "limit must be a positive integer")),
             },
         };
@@ -4175,8 +4211,11 @@ fn cancel(shared: &Shared, id: Option<u64>) -> Response {
     }
 }
 
+/// Status codes are three digits from 100 to 599: one counter each.
+const STATUS_CODES: usize = 600;
+
 /// Answers written by status code, for `/metrics`.
-struct StatusCounts([AtomicU64; 600]);
+struct StatusCounts([AtomicU64; STATUS_CODES]);
 
 impl StatusCounts {
     /// Creates all-zero counts.
@@ -4191,6 +4230,16 @@ impl StatusCounts {
         }
     }
 
+    /// Returns the `code` label and count of every status answered.
+    fn samples(&self) -> Vec<(String, u64)> {
+        (0..STATUS_CODES)
+            .filter_map(|code| {
+                let n = self.0[code].load(Ordering::Relaxed);
+                (n > 0).then(|| (format!("{{code=\"{code}\"}}"), n))
+            })
+            .collect()
+    }
+
     /// Moves one answer from one status to another: a `202` that became a
     /// `503` before it was written.
     fn replace(&self, from: u16, to: u16) {
@@ -4201,90 +4250,120 @@ impl StatusCounts {
     }
 }
 
-/// `GET /metrics`: the Prometheus text format, version 0.0.4.
-fn metrics(shared: &Shared) -> Response {
-    let mut out = Vec::with_capacity(2048);
-    let mut w = VecWriter(&mut out);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = write!(w, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-        for (labels, value) in samples {
-            let _ = writeln!(w, "{name}{labels} {value}");
+/// One metric family of `/metrics`: its name, type, help and samples,
+/// each sample with its labels (`{state="failed"}`, or empty).
+struct Family {
+    /// The metric's name.
+    name: &'static str,
+    /// `gauge` or `counter`.
+    kind: &'static str,
+    /// What it measures, for `# HELP`.
+    help: &'static str,
+    /// Each sample's labels and value.
+    samples: Vec<(String, u64)>,
+}
+
+impl Family {
+    /// A family with one sample and no labels.
+    fn one(name: &'static str, kind: &'static str, help: &'static str, value: u64) -> Family {
+        Family {
+            name,
+            kind,
+            help,
+            samples: vec![(String::new(), value)],
         }
-    };
-    {
+    }
+
+    /// Appends the family in the text format: `# HELP`, `# TYPE`, samples.
+    fn write(&self, out: &mut Vec<u8>) {
+        let name = self.name;
+        let _ = write!(
+            VecWriter(out),
+            "# HELP {name} {}\n# TYPE {name} {}\n",
+            self.help,
+            self.kind
+        );
+        for (labels, value) in &self.samples {
+            let _ = writeln!(VecWriter(out), "{name}{labels} {value}");
+        }
+    }
+}
+
+/// `GET /metrics`: the Prometheus text format, version 0.0.4. The task
+/// numbers are read under the store lock, so they agree with `/tasks`.
+fn metrics(shared: &Shared) -> Response {
+    let mut families = {
         let store = shared.store();
         let c = &store.counters;
-        metric(
-            "bgtasks_queue_depth",
-            "gauge",
-            "Tasks waiting in the queue.",
-            &[("", shared.jobs_tx.len() as u64)],
-        );
-        metric(
-            "bgtasks_queue_capacity",
-            "gauge",
-            "Capacity of the queue (--buffer).",
-            &[("", shared.config.buffer as u64)],
-        );
-        metric(
-            "bgtasks_workers",
-            "gauge",
-            "Workers (--workers).",
-            &[("", shared.config.workers as u64)],
-        );
-        metric(
-            "bgtasks_workers_busy",
-            "gauge",
-            "Workers running a task.",
-            &[("", c.busy)],
-        );
-        metric(
-            "bgtasks_tasks_accepted_total",
-            "counter",
-            "Tasks created by requests.",
-            &[("", c.accepted)],
-        );
-        metric(
-            "bgtasks_tasks_rejected_total",
-            "counter",
-            "Tasks refused because the queue was full.",
-            &[("", shared.rejected.load(Ordering::Relaxed))],
-        );
-        metric(
-            "bgtasks_tasks_finished_total",
-            "counter",
-            "Tasks that reached a terminal state.",
-            &[
-                (
-                    "{state=\"succeeded\"}",
-                    c.finished[State::Succeeded as usize],
-                ),
-                ("{state=\"failed\"}", c.finished[State::Failed as usize]),
-                (
-                    "{state=\"cancelled\"}",
-                    c.finished[State::Cancelled as usize],
-                ),
-            ],
-        );
-    }
-    let codes: Vec<(String, u64)> = (0..600)
-        .filter_map(|code| {
-            let n = shared.responses.0[code].load(Ordering::Relaxed);
-            (n > 0).then(|| (format!("{{code=\"{code}\"}}"), n))
-        })
-        .collect();
-    let samples: Vec<(&str, u64)> = codes.iter().map(|(l, n)| (l.as_str(), *n)).collect();
-    metric(
-        "bgtasks_http_requests_total",
+        let finished = [State::Succeeded, State::Failed, State::Cancelled].map(|s| {
+            (
+                format!("{{state=\"{}\"}}", s.name()),
+                c.finished[s as usize],
+            )
+        });
+        vec![
+            Family::one(
+                "bgtasks_queue_depth",
+                "gauge",
+                "Tasks waiting in the queue.",
+                shared.jobs_tx.len() as u64,
+            ),
+            Family::one(
+                "bgtasks_queue_capacity",
+                "gauge",
+                "Capacity of the queue (--buffer).",
+                shared.config.buffer as u64,
+            ),
+            Family::one(
+                "bgtasks_workers",
+                "gauge",
+                "Workers (--workers).",
+                shared.config.workers as u64,
+            ),
+            Family::one(
+                "bgtasks_workers_busy",
+                "gauge",
+                "Workers running a task.",
+                c.busy,
+            ),
+            Family::one(
+                "bgtasks_tasks_accepted_total",
+                "counter",
+                "Tasks created by requests.",
+                c.accepted,
+            ),
+            Family {
+                name: "bgtasks_tasks_finished_total",
+                kind: "counter",
+                help: "Tasks that reached a terminal state.",
+                samples: finished.into(),
+            },
+        ]
+    };
+    families.push(Family::one(
+        "bgtasks_tasks_rejected_total",
         "counter",
-        "HTTP requests answered, by status code.",
-        &samples,
-    );
+        "Tasks refused because the queue was full.",
+        shared.rejected.load(Ordering::Relaxed),
+    ));
+    families.push(Family {
+        name: "bgtasks_http_requests_total",
+        kind: "counter",
+        help: "HTTP requests answered, by status code.",
+        samples: shared.responses.samples(),
+    });
+    let mut out = Vec::with_capacity(METRICS_SIZE);
+    for family in &families {
+        family.write(&mut out);
+    }
     Response {
         content_type: "text/plain; version=0.0.4",
         ..Response::json(200, out)
     }
 }
+
+/// Room reserved for a `/metrics` answer: the usual one fits.
+const METRICS_SIZE: usize = 2048;
 
 // ---- 8. Connections and the listener ----
 //
@@ -4311,6 +4390,10 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// The most bytes read and thrown away while lingering.
 const LINGER_BYTES: usize = 1 << 20;
+
+/// The first wait after an accept error: long enough for a connection to
+/// close and free a file descriptor, short enough to go unnoticed.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// The longest the listener waits after an accept error before trying again.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -4517,42 +4600,10 @@ impl Connection {
         let head_len = self.read_head(shared, deadline).await?;
         let head = parse_head(&self.buf[..head_len])?;
         let route = choose_route(&head, &self.buf[..head_len], shared.config.token.as_deref())?;
-        let body_len = match head.framing {
-            Framing::Length(n) if n > shared.config.max_body as u64 => {
-                return Err(HttpError::BodyTooLarge.into());
-            }
-            Framing::Length(n) => n as usize,
-            Framing::Chunked => 0,
-        };
-        let expects_body = head.framing != Framing::Length(0);
-        if head.expect_continue && expects_body {
-            if route == Route::Unauthorized {
-                // Refuse before the client sends a body it need not send.
-                if let Reply::Now(response) = answer(shared, route, &head, &[]) {
-                    self.write_answer(shared, Delivery::of(&head, false), response);
-                }
-                return Ok(false);
-            }
-            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            self.flush(shared).await?;
+        if !self.answer_expectation(shared, &head, &route).await? {
+            return Ok(false);
         }
-        let body_deadline = Instant::now() + BODY_TIMEOUT;
-        let (consumed, chunked_body) = match head.framing {
-            Framing::Chunked => {
-                let max = shared.config.max_body;
-                let body = self
-                    .read_chunked(shared, head_len, max, body_deadline)
-                    .await?;
-                (head_len, Some(body))
-            }
-            Framing::Length(_) => {
-                while self.buf.len() < head_len + body_len {
-                    let want = head_len + body_len - self.buf.len();
-                    self.fill(shared, body_deadline, want).await?;
-                }
-                (head_len + body_len, None)
-            }
-        };
+        let (consumed, chunked_body) = self.read_body(shared, &head, head_len).await?;
         let bytes = &self.buf[..head_len];
         let body = chunked_body
             .as_deref()
@@ -4576,14 +4627,85 @@ impl Connection {
                 }
             }
         };
+        let keep_alive = self.queue_answer(shared, &head, response, saving);
+        self.buf.drain(..consumed);
+        Ok(keep_alive)
+    }
+
+    /// Answers `Expect: 100-continue` before the body is read: `100
+    /// Continue`, or, when the request will be refused anyway, the final
+    /// answer at once. Returns whether to go on to the body.
+    async fn answer_expectation(
+        &mut self,
+        shared: &Shared,
+        head: &Head,
+        route: &Route,
+    ) -> Result<bool, Close> {
+        if !head.expect_continue || head.framing == Framing::Length(0) {
+            return Ok(true);
+        }
+        // Refuse before the client sends a body it need not send.
+        if let Framing::Length(n) = head.framing
+            && n > shared.config.max_body as u64
+        {
+            return Err(HttpError::BodyTooLarge.into());
+        }
+        if *route == Route::Unauthorized {
+            if let Reply::Now(response) = answer(shared, Route::Unauthorized, head, &[]) {
+                self.write_answer(shared, Delivery::of(head, false), response);
+            }
+            return Ok(false);
+        }
+        self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        self.flush(shared).await?;
+        Ok(true)
+    }
+
+    /// Reads the body of the request whose head is the first `head_len`
+    /// bytes of the buffer. Returns how many bytes of the buffer the
+    /// request takes and, for a chunked body, the decoded body (a body by
+    /// length stays in the buffer after the head).
+    async fn read_body(
+        &mut self,
+        shared: &Shared,
+        head: &Head,
+        head_len: usize,
+    ) -> Result<(usize, Option<Vec<u8>>), Close> {
+        let deadline = Instant::now() + BODY_TIMEOUT;
+        let max = shared.config.max_body;
+        match head.framing {
+            Framing::Chunked => {
+                let body = self.read_chunked(shared, head_len, max, deadline).await?;
+                Ok((head_len, Some(body)))
+            }
+            Framing::Length(n) if n > max as u64 => Err(HttpError::BodyTooLarge.into()),
+            Framing::Length(n) => {
+                let end = head_len + n as usize;
+                while self.buf.len() < end {
+                    let want = end - self.buf.len();
+                    self.fill(shared, deadline, want).await?;
+                }
+                Ok((end, None))
+            }
+        }
+    }
+
+    /// Appends a request's answer to the output; returns whether the
+    /// connection stays open after it. With a journal, it notes what the
+    /// answer may show (step 4 of the durability protocol): it goes out
+    /// only once that is on disk.
+    fn queue_answer(
+        &mut self,
+        shared: &Shared,
+        head: &Head,
+        response: Response,
+        saving: Option<Saving>,
+    ) -> bool {
         if let Some(journal) = &shared.journal {
-            // The answer may show state the journal has not written yet (a
-            // task that just finished): it goes out only once it has, so
-            // nothing a client has seen can be lost by a crash.
             self.barrier = journal.appended.load(Ordering::Acquire);
         }
         let keep_alive = head.keep_alive && !shared.draining.is_fired();
-        let delivery = Delivery::of(&head, keep_alive);
+        let delivery = Delivery::of(head, keep_alive);
         let start = self.out.len();
         self.write_answer(shared, delivery, response);
         if let Some(saving) = saving {
@@ -4594,8 +4716,7 @@ impl Connection {
                 delivery,
             });
         }
-        self.buf.drain(..consumed);
-        Ok(keep_alive)
+        keep_alive
     }
 
     /// Appends an answer to the output, counting it for `/metrics`.
@@ -4900,7 +5021,7 @@ async fn listen(
     in_flight: async_channel::WeakSender<()>,
 ) {
     let places = Arc::new(smol::lock::Semaphore::new(shared.config.max_connections));
-    let mut backoff = Duration::from_millis(10);
+    let mut backoff = MIN_ACCEPT_BACKOFF;
     loop {
         let next = async {
             let place = places.acquire_arc().await;
@@ -4917,7 +5038,7 @@ async fn listen(
         };
         match accepted {
             Ok((stream, _)) => {
-                backoff = Duration::from_millis(10);
+                backoff = MIN_ACCEPT_BACKOFF;
                 // Answers go out as soon as they are written, not after
                 // Nagle's delay; failing to set it only costs latency.
                 let _ = stream.get_ref().set_nodelay(true);
@@ -4953,9 +5074,32 @@ async fn supervise(
     retries_rx: Receiver<(u64, u64)>,
     start_threads: impl FnOnce(),
 ) -> i32 {
-    // Each request holds an upgraded clone of `in_flight_tx` while it is
-    // served; once shutdown drops this one, `requests_done` reports when
-    // the last request in flight has been answered.
+    let running = start_serving(&shared, &executor, listener, retries_rx).await;
+    start_threads();
+    let received = read_signals(&signals).await;
+    shut_down(&shared, &executor, running, signals, received).await
+}
+
+/// What shutdown needs of a running server: what to wait for.
+struct Running {
+    /// The listener's task; it ends once it has taken in its backlog.
+    listening: async_executor::Task<()>,
+    /// Each request holds an upgraded clone of this while it is served.
+    in_flight_tx: Sender<()>,
+    /// Reports, once `in_flight_tx` is dropped, when the last request in
+    /// flight has been answered: its receive fails when no sender is left.
+    requests_done: Receiver<()>,
+    /// Reports in the same way when every worker has ended.
+    workers_done: Receiver<()>,
+}
+
+/// Spawns the listener, then the workers and the retry scheduler.
+async fn start_serving(
+    shared: &Arc<Shared>,
+    executor: &Arc<Executor<'static>>,
+    listener: Async<TcpListener>,
+    retries_rx: Receiver<(u64, u64)>,
+) -> Running {
     let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
     // The bound address, not the flag: with port 0 the kernel picks one.
     let bound = listener
@@ -4983,14 +5127,27 @@ async fn supervise(
             .spawn(work(shared.clone(), workers_tx.clone()))
             .detach();
     }
-    drop(workers_tx);
     executor
         .spawn(schedule_retries(shared.clone(), retries_rx))
         .detach();
-    start_threads();
+    Running {
+        listening,
+        in_flight_tx,
+        requests_done,
+        workers_done,
+    }
+}
 
-    // Step 1: the first signal begins the drain.
-    let received = read_signals(&signals).await;
+/// Shuts down in the order of the crate docs, after the first of
+/// `received` signals; returns the exit status.
+async fn shut_down(
+    shared: &Shared,
+    executor: &Executor<'static>,
+    running: Running,
+    signals: Async<std::os::unix::net::UnixStream>,
+    received: usize,
+) -> i32 {
+    // Step 1: the drain begins.
     info!(
         "shutting down: no new tasks; waiting up to {:?} for requests and running tasks",
         shared.config.grace
@@ -5000,8 +5157,8 @@ async fn supervise(
     shared.jobs_tx.close();
     // The listener ends once it has taken in its backlog; only then can no
     // new request start, and this sender go.
-    listening.await;
-    drop(in_flight_tx);
+    running.listening.await;
+    drop(running.in_flight_tx);
     // A second signal, from now on, ends the process at once.
     executor
         .spawn(async move {
@@ -5015,8 +5172,9 @@ async fn supervise(
 
     // Step 2: wait for requests in flight and running tasks, up to --grace.
     let everything_done = async {
-        let _ = requests_done.recv().await;
-        let _ = workers_done.recv().await;
+        // Both receives end in an error, once the last sender is gone.
+        let _ = running.requests_done.recv().await;
+        let _ = running.workers_done.recv().await;
         true
     };
     let grace_over = async {
@@ -5029,7 +5187,7 @@ async fn supervise(
     let interrupted = shared.store().counters.busy;
     if !finished {
         shared.grace_over.fire();
-        let _ = workers_done.recv().await;
+        let _ = running.workers_done.recv().await;
     }
     let queued = shared.store().queued();
     if shared.journal.is_some() {

@@ -131,11 +131,6 @@ fn bad_values_exit_2_with_one_clear_line_before_binding() {
         ),
         (
             &[],
-            &[("RUST_LOG", "verbose")],
-            "RUST_LOG: \"verbose\" is not one of",
-        ),
-        (
-            &[],
             &[("BGTASKS_TOKEN", "")],
             "BGTASKS_TOKEN: the token must be",
         ),

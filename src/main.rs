@@ -870,7 +870,30 @@ struct Extra {
     /// The handler's output, as JSON text.
     result: Option<Box<str>>,
     /// The `Idempotency-Key` the task was created with.
-    key: Option<Box<str>>,
+    key: Option<IdempotencyKey>,
+}
+
+/// An `Idempotency-Key` and what it was first used for.
+#[derive(Clone, Debug)]
+struct IdempotencyKey {
+    /// The key as the client sent it.
+    text: Box<str>,
+    /// A fingerprint of the route and body of the request that first used
+    /// it ([`fingerprint`]), so that a different request with the same key
+    /// is told apart without keeping the body; 0 if unknown (a journal
+    /// written before fingerprints were kept).
+    fingerprint: u64,
+}
+
+/// Fingerprints a submission by its route and the bytes of its body, with
+/// 64-bit FNV-1a: collisions between two requests one client mixes up are
+/// out of the question, and the value is the same in every build, so it
+/// can be journaled.
+fn fingerprint(route: &str, body: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let bytes = route.bytes().chain([0]).chain(body.iter().copied());
+    bytes.fold(OFFSET, |hash, b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
 // How a task reads and writes journal records is in section 5.
@@ -1077,7 +1100,7 @@ struct NewTask {
     /// Attempts allowed.
     max_attempts: u8,
     /// The idempotency key, if the request carried one.
-    key: Option<Box<str>>,
+    key: Option<IdempotencyKey>,
 }
 
 /// What the store answers to a submission.
@@ -1086,8 +1109,11 @@ enum Admission {
     /// The task was created with this id and is queued; with a journal,
     /// the receiver tells whether its record reached the disk.
     Created(u64, Option<Receiver<bool>>),
-    /// The idempotency key names a retained task: its id.
+    /// The idempotency key names a retained task, made by the same
+    /// request: its id.
     Repeat(u64),
+    /// The idempotency key names a retained task made by another request.
+    KeyReused,
     /// The queue holds `--buffer` tasks.
     Full,
     /// Shutdown has begun.
@@ -1307,8 +1333,15 @@ impl Store {
         if self.draining {
             return Admission::ShuttingDown;
         }
-        if let Some(&id) = new.key.as_ref().and_then(|k| self.keys.get(k)) {
-            return Admission::Repeat(id);
+        if let Some(key) = &new.key
+            && let Some(&id) = self.keys.get(&key.text)
+        {
+            let first = self.get(id).and_then(|t| t.extra.as_ref()?.key.as_ref());
+            return match first.map_or(0, |k| k.fingerprint) {
+                0 => Admission::Repeat(id),
+                f if f == key.fingerprint => Admission::Repeat(id),
+                _ => Admission::KeyReused,
+            };
         }
         let id = self.issue_id();
         match jobs.try_send(id) {
@@ -1322,7 +1355,7 @@ impl Store {
         self.last_id = id;
         self.counters.accepted += 1;
         if let Some(key) = &new.key {
-            self.keys.insert(key.clone(), id);
+            self.keys.insert(key.text.clone(), id);
         }
         self.insert(Task::from_new(id, new));
         let saved = self.journal.is_some().then(|| {
@@ -1382,7 +1415,7 @@ impl Store {
             self.counts[state as usize] -= 1;
             self.tombstones += 1;
             if let Some(key) = key {
-                self.keys.remove(&key);
+                self.keys.remove(&key.text);
             }
             self.wake_watchers(id);
         }
@@ -1653,7 +1686,12 @@ async fn work(shared: Arc<Shared>, _done: Sender<()>) {
             work.attempt
         );
         if let Outcome::Failed(why) = &outcome {
-            info!("task {} attempt {} failed: {why}", IdText(id), work.attempt);
+            info!(
+                "task {} attempt {} failed: {}",
+                IdText(id),
+                work.attempt,
+                OneLine(why)
+            );
         }
         let retry = shared.store().end_attempt(id, outcome);
         if let Some(due) = retry {
@@ -1661,6 +1699,25 @@ async fn work(shared: Arc<Shared>, _done: Sender<()>) {
             // what shutdown means anyway.
             let _ = shared.retries_tx.try_send((due, id));
         }
+    }
+}
+
+/// Displays text from a handler in a log line, escaping what would break
+/// the record's one line: control characters, newlines among them, and
+/// Unicode's line and paragraph separators, written as Rust escapes them.
+struct OneLine<'a>(&'a str);
+
+impl std::fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -2169,6 +2226,9 @@ struct Record<'a> {
     max_attempts: Option<u8>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     key: Option<std::borrow::Cow<'a, str>>,
+    /// The key's fingerprint of its first request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<u64>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     state: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -2210,7 +2270,8 @@ impl Task {
             payload: cow(extra.and_then(|e| e.payload.as_deref())),
             timeout: cow(extra.and_then(|e| e.timeout.as_ref()).map(Text::as_str)),
             max_attempts: Some(self.max_attempts),
-            key: cow(extra.and_then(|e| e.key.as_deref())),
+            key: cow(extra.and_then(|e| e.key.as_ref()).map(|k| &*k.text)),
+            fingerprint: extra.and_then(|e| e.key.as_ref()).map(|k| k.fingerprint),
             ..Record::default()
         }
     }
@@ -2254,7 +2315,10 @@ impl Task {
                 payload: record.payload.as_deref().map(Box::from),
                 timeout: record.timeout.as_deref().map(Text::new),
                 max_attempts: record.max_attempts.unwrap_or(1),
-                key: record.key.as_deref().map(Box::from),
+                key: record.key.as_deref().map(|text| IdempotencyKey {
+                    text: text.into(),
+                    fingerprint: record.fingerprint.unwrap_or(0),
+                }),
             },
         )
     }
@@ -2501,7 +2565,7 @@ impl Store {
         self.counts[State::Queued as usize] -= 1;
         self.counters.accepted -= 1;
         if let Some(key) = task.extra.and_then(|e| e.key) {
-            self.keys.remove(&key);
+            self.keys.remove(&key.text);
         }
         if let Some(watch) = self.watchers.remove(&id) {
             watch.fire();
@@ -2538,8 +2602,8 @@ impl Store {
         let mut finished = Vec::new();
         for task in replayed.tasks {
             self.counts[task.state as usize] += 1;
-            if let Some(key) = task.extra.as_ref().and_then(|e| e.key.clone()) {
-                self.keys.insert(key, task.id);
+            if let Some(key) = task.extra.as_ref().and_then(|e| e.key.as_ref()) {
+                self.keys.insert(key.text.clone(), task.id);
             }
             match task.state {
                 State::Queued => {
@@ -3200,27 +3264,7 @@ struct HeaderFields {
 impl HeaderFields {
     /// Takes one header line into account.
     fn add(&mut self, head: &[u8], line: &[u8], parsed: &mut Head) -> Result<(), HttpError> {
-        if matches!(line.first(), Some(b' ' | b'\t')) {
-            // RFC 9112 §5.2: obsolete line folding may be rejected.
-            return Err(HttpError::BadRequest(
-                "obsolete line folding (a header line starting with whitespace) is not accepted",
-            ));
-        }
-        let colon = line
-            .iter()
-            .position(|&b| b == b':')
-            .ok_or(HttpError::BadRequest("a header line has no colon"))?;
-        let name = &line[..colon];
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            // This includes whitespace before the colon (RFC 9112 §5.1).
-            return Err(HttpError::BadRequest("a header name is malformed"));
-        }
-        let value = trim_ows(&line[colon + 1..]);
-        if value.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
-            return Err(HttpError::BadRequest(
-                "a header value has a control character",
-            ));
-        }
+        let (name, value) = split_field(line)?;
         let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
         if is("host") {
             self.hosts += 1;
@@ -3300,6 +3344,35 @@ impl HeaderFields {
     }
 }
 
+/// Splits a header or trailer field line into its name and its value
+/// (without surrounding whitespace), refusing what RFC 9112 §5 lets a
+/// server refuse: obsolete line folding, whitespace before the colon, no
+/// colon, an empty or malformed name, control characters in the value.
+fn split_field(line: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
+    if matches!(line.first(), Some(b' ' | b'\t')) {
+        // RFC 9112 §5.2: obsolete line folding may be rejected.
+        return Err(HttpError::BadRequest(
+            "obsolete line folding (a header line starting with whitespace) is not accepted",
+        ));
+    }
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(HttpError::BadRequest("a header line has no colon"))?;
+    let name = &line[..colon];
+    if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+        // This includes whitespace before the colon (RFC 9112 §5.1).
+        return Err(HttpError::BadRequest("a header name is malformed"));
+    }
+    let value = trim_ows(&line[colon + 1..]);
+    if value.iter().any(|&b| b < 0x20 && b != b'\t' || b == 0x7f) {
+        return Err(HttpError::BadRequest(
+            "a header value has a control character",
+        ));
+    }
+    Ok((name, value))
+}
+
 /// Parses a `Content-Length` value: digits only, no sign, no list, and no
 /// value past `u64::MAX`.
 fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
@@ -3328,8 +3401,8 @@ enum ChunkState {
     Data(u64),
     /// Expecting the CRLF (or LF) after chunk data.
     DataEnd,
-    /// Reading trailer lines; the number is the length of the current line.
-    Trailer(usize),
+    /// Reading trailer lines (the current one is in `Chunked::trailer`).
+    Trailer,
     /// The body is complete.
     Done,
 }
@@ -3349,9 +3422,11 @@ struct Chunked {
     line: usize,
     /// Whether a CR was just seen (a CR must be followed by LF).
     cr: bool,
-    /// Trailer bytes and lines so far, for their limits.
+    /// The trailer line being read, checked like a header line at its end.
+    trailer: Vec<u8>,
+    /// Trailer bytes so far, for the head's size limit.
     trailer_bytes: usize,
-    /// Trailer lines so far.
+    /// Trailer lines so far, for the head's line limit.
     trailer_lines: usize,
     /// The decoded body.
     body: Vec<u8>,
@@ -3412,18 +3487,21 @@ impl Chunked {
                 ChunkState::Extension => {}
                 ChunkState::DataEnd if b == b'\n' => self.state = ChunkState::Size,
                 ChunkState::DataEnd => return bad("chunk data is longer than its size"),
-                ChunkState::Trailer(0) if b == b'\n' => self.state = ChunkState::Done,
-                ChunkState::Trailer(_) if b == b'\n' => {
+                ChunkState::Trailer if b == b'\n' && self.trailer.is_empty() => {
+                    self.state = ChunkState::Done;
+                }
+                ChunkState::Trailer if b == b'\n' => {
                     self.trailer_lines += 1;
                     if self.trailer_lines > MAX_HEADERS {
                         return Err(HttpError::HeadTooLarge);
                     }
-                    self.state = ChunkState::Trailer(0);
+                    // Trailers are read and ignored, but only if they are
+                    // what a header line may be: a request head after the
+                    // last chunk must not pass as a trailer.
+                    split_field(&self.trailer)?;
+                    self.trailer.clear();
                 }
-                ChunkState::Trailer(_) if b < 0x20 && b != b'\t' || b == 0x7f => {
-                    return bad("a trailer has a control character");
-                }
-                ChunkState::Trailer(n) => self.state = ChunkState::Trailer(n + 1),
+                ChunkState::Trailer => self.trailer.push(b),
                 ChunkState::Done => {}
             }
             if b != b'\r' {
@@ -3438,7 +3516,7 @@ impl Chunked {
                     return bad("a chunk size line is too long");
                 }
             }
-            if let ChunkState::Trailer(_) = self.state {
+            if self.state == ChunkState::Trailer {
                 self.trailer_bytes += 1;
                 if self.trailer_bytes > MAX_HEAD {
                     return Err(HttpError::HeadTooLarge);
@@ -3456,7 +3534,7 @@ impl Chunked {
             return Err(HttpError::BodyTooLarge);
         }
         self.state = match self.size {
-            0 => ChunkState::Trailer(0),
+            0 => ChunkState::Trailer,
             size => ChunkState::Data(size),
         };
         self.size = 0;
@@ -3513,6 +3591,7 @@ fn reason(status: u16) -> &'static str {
         409 => "Conflict",
         410 => "Gone",
         413 => "Content Too Large",
+        422 => "Unprocessable Content",
         417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
@@ -3714,8 +3793,9 @@ fn write_http_date(out: &mut Vec<u8>, secs: u64) {
 /// The routes, as chosen from a request head.
 #[derive(Debug, PartialEq)]
 enum Route {
-    /// `POST /queue-task`, `POST /tasks`.
-    Submit,
+    /// `POST /queue-task`, `POST /tasks`: the route's path, which an
+    /// idempotency key's fingerprint includes.
+    Submit(&'static str),
     /// `GET /tasks`.
     List,
     /// `GET /tasks/{id}`; `None` for a malformed id.
@@ -3735,19 +3815,70 @@ enum Route {
 }
 
 /// Chooses the route for a request head. `head` is the head's bytes.
+///
+/// `HEAD` takes the route `GET` would (RFC 9110 §9.1: load balancers and
+/// health checkers probe with it); the answer is sent without its body.
 fn choose_route(head: &Head, bytes: &[u8], token: Option<&str>) -> Result<Route, HttpError> {
-    let path = &bytes[head.path.clone()];
-    let mut segments = [
-        std::borrow::Cow::Borrowed(&b""[..]),
-        Default::default(),
-        Default::default(),
-    ];
+    let route = match (resource(&bytes[head.path.clone()])?, head.method) {
+        (None, _) => Route::NotFound,
+        (Some(r), Method::Get | Method::Head) => r.get.unwrap_or(Route::NotAllowed(r.allow)),
+        (Some(r), Method::Post) => r.post.unwrap_or(Route::NotAllowed(r.allow)),
+        (Some(r), Method::Other) => Route::NotAllowed(r.allow),
+    };
+    if let Some(token) = token {
+        let open = route == Route::Health;
+        let given = head.authorization.clone().map(|r| &bytes[r]);
+        if !open && !bearer_matches(given, token) {
+            return Ok(Route::Unauthorized);
+        }
+    }
+    Ok(route)
+}
+
+/// What a path names: the route of each method it answers, and the
+/// methods for `Allow`.
+struct Resource {
+    /// The route for `GET` (and `HEAD`).
+    get: Option<Route>,
+    /// The route for `POST`.
+    post: Option<Route>,
+    /// The `Allow` header of a `405`.
+    allow: &'static str,
+}
+
+impl Resource {
+    /// A resource that answers `GET` and `HEAD`.
+    fn get(route: Route) -> Resource {
+        Resource {
+            get: Some(route),
+            post: None,
+            allow: "GET, HEAD",
+        }
+    }
+
+    /// A resource that answers `POST`.
+    fn post(route: Route) -> Resource {
+        Resource {
+            get: None,
+            post: Some(route),
+            allow: "POST",
+        }
+    }
+}
+
+/// The most path segments a route has (`/tasks/{id}/cancel`); a longer
+/// path names nothing, and its segments are not decoded.
+const MAX_SEGMENTS: usize = 3;
+
+/// Finds what a path names; `None` for a path no route has. Segments are
+/// percent-decoded one by one, so `%2F` does not split one.
+fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
+    let mut segments: [std::borrow::Cow<[u8]>; MAX_SEGMENTS] = Default::default();
     let mut count = 0;
     if let Some(rest) = path.strip_prefix(b"/") {
         for segment in rest.split(|&b| b == b'/') {
-            if count == segments.len() {
-                count += 1;
-                break;
+            if count == MAX_SEGMENTS {
+                return Ok(None);
             }
             segments[count] = percent_decode(segment, false).ok_or(HttpError::BadRequest(
                 "the request path has a broken percent escape",
@@ -3757,38 +3888,20 @@ fn choose_route(head: &Head, bytes: &[u8], token: Option<&str>) -> Result<Route,
     }
     let [first, second, third] = &segments;
     let id = || parse_id(second);
-    let (route, allow) = match (count, &first[..], &third[..]) {
-        (1, b"queue-task", _) => (head.method == Method::Post)
-            .then_some(Route::Submit)
-            .ok_or("POST"),
-        (1, b"tasks", _) => match head.method {
-            Method::Get => Ok(Route::List),
-            Method::Post => Ok(Route::Submit),
-            _ => Err("GET, POST"),
+    Ok(Some(match (count, &first[..], &second[..], &third[..]) {
+        (1, b"queue-task", _, _) => Resource::post(Route::Submit("/queue-task")),
+        // `/tasks/`, as people type it, is the list too.
+        (1, b"tasks", _, _) | (2, b"tasks", b"", _) => Resource {
+            get: Some(Route::List),
+            post: Some(Route::Submit("/tasks")),
+            allow: "GET, HEAD, POST",
         },
-        (2, b"tasks", _) => (head.method == Method::Get)
-            .then(|| Route::Status(id()))
-            .ok_or("GET"),
-        (3, b"tasks", b"cancel") => (head.method == Method::Post)
-            .then(|| Route::Cancel(id()))
-            .ok_or("POST"),
-        (1, b"healthz", _) => (head.method == Method::Get)
-            .then_some(Route::Health)
-            .ok_or("GET"),
-        (1, b"metrics", _) => (head.method == Method::Get)
-            .then_some(Route::Metrics)
-            .ok_or("GET"),
-        _ => Ok(Route::NotFound),
-    }
-    .map_or_else(|allow| (None, Some(allow)), |route| (Some(route), None));
-    if let Some(token) = token {
-        let open = route == Some(Route::Health);
-        let given = head.authorization.clone().map(|r| &bytes[r]);
-        if !open && !bearer_matches(given, token) {
-            return Ok(Route::Unauthorized);
-        }
-    }
-    Ok(route.unwrap_or(Route::NotAllowed(allow.unwrap_or(""))))
+        (2, b"tasks", _, _) => Resource::get(Route::Status(id())),
+        (3, b"tasks", _, b"cancel") => Resource::post(Route::Cancel(id())),
+        (1, b"healthz", _, _) => Resource::get(Route::Health),
+        (1, b"metrics", _, _) => Resource::get(Route::Metrics),
+        _ => return Ok(None),
+    }))
 }
 
 /// Tells whether an `Authorization` value is `Bearer <token>` (the scheme
@@ -3818,8 +3931,9 @@ enum Reply {
     Now(Response),
     /// `GET /tasks/{id}?wait=`: wait for the task to change.
     Poll(LongPoll),
-    /// A submission: admit it and, with a journal, wait for the disk.
-    Submit,
+    /// A submission to the route with this path: admit it and, with a
+    /// journal, wait for the disk.
+    Submit(&'static str),
 }
 
 /// A long poll in progress.
@@ -3842,9 +3956,9 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
     let query = head.query.clone().map(|q| &bytes[q]);
     Reply::Now(match route {
-        Route::Submit => return Reply::Submit,
+        Route::Submit(route) => return Reply::Submit(route),
         Route::List => list(shared, query),
-        Route::Status(id) => return status(shared, id, query),
+        Route::Status(id) => return status(shared, id, query, head.method == Method::Head),
         Route::Cancel(id) => cancel(shared, id),
         Route::Health if shared.draining.is_fired() => {
             Response::json(503, &b"{\"status\": \"shutting down\"}"[..])
@@ -3902,17 +4016,8 @@ const BAD_DURATION: &str = "failed to parse work duration in request";
 
 /// Checks a submission body and turns it into a [`NewTask`], or the `400`
 /// that explains what is wrong.
-fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<NewTask, Response> {
+fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, Response> {
     let bad = |sentence: &str| Response::error(400, sentence);
-    let key = match key {
-        Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN || !k.iter().all(u8::is_ascii_graphic) => {
-            return Err(bad(&format!(
-                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
-            )));
-        }
-        Some(k) => Some(Box::from(std::str::from_utf8(k).unwrap_or_default())),
-        None => None,
-    };
     // serde would read a JSON array as a struct's fields in order: only an
     // object is a task.
     if body.trim_ascii_start().first() != Some(&b'{') {
@@ -3966,7 +4071,23 @@ fn parse_submission(config: &Config, body: &[u8], key: Option<&[u8]>) -> Result<
         payload: s.payload.map(|p| p.get().into()),
         timeout: s.timeout.as_deref().map(Text::new),
         max_attempts,
-        key,
+        key: None,
+    })
+}
+
+/// Checks an `Idempotency-Key` header and fingerprints the request it
+/// came with: its route and body.
+fn parse_key(key: &[u8], route: &str, body: &[u8]) -> Result<IdempotencyKey, Response> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(u8::is_ascii_graphic) {
+        return Err(Response::error(
+            400,
+            &format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        ));
+    }
+    Ok(IdempotencyKey {
+        // Visible ASCII is UTF-8.
+        text: std::str::from_utf8(key).unwrap_or_default().into(),
+        fingerprint: fingerprint(route, body),
     })
 }
 
@@ -3982,9 +4103,13 @@ enum Submitted {
 }
 
 /// `POST /queue-task`, `POST /tasks`: checks and admits a task.
-fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
-    let new = match parse_submission(&shared.config, body, key) {
-        Ok(new) => new,
+fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Submitted {
+    let key = match key.map(|key| parse_key(key, route, body)).transpose() {
+        Ok(key) => key,
+        Err(response) => return Submitted::Answer(response),
+    };
+    let new = match parse_submission(&shared.config, body) {
+        Ok(new) => NewTask { key, ..new },
         Err(response) => return Submitted::Answer(response),
     };
     // A full queue is answered without taking the store lock: full at this
@@ -4003,6 +4128,12 @@ fn submit(shared: &Shared, key: Option<&[u8]>, body: &[u8]) -> Submitted {
             let state = task.map_or(State::Queued, |t| t.state);
             let response = submitted(200, id, label, state);
             return Submitted::Repeat(response, id);
+        }
+        Admission::KeyReused => {
+            return Submitted::Answer(Response::error(
+                422,
+                "this Idempotency-Key was used with a different request",
+            ));
         }
         Admission::Full => return Submitted::Answer(queue_full(shared)),
         Admission::ShuttingDown => {
@@ -4071,10 +4202,29 @@ const DEFAULT_LIMIT: usize = 100;
 /// The most tasks one list shows: larger `limit`s are cut to this.
 const MAX_LIMIT: usize = 1000;
 
-/// `GET /tasks`: the newest retained tasks that pass the filters, and the
-/// counts of all.
-fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
-    let filters = (|| {
+/// The most bytes of tasks one list answer holds (one task always fits),
+/// so that no request makes the server hold much more than this for its
+/// answer, however large the retained tasks are.
+const MAX_PAGE_BYTES: usize = 256 << 10;
+
+/// What a `GET /tasks` asks for: its filters, its page size, and where
+/// the page starts.
+#[derive(Debug, Default, PartialEq)]
+struct ListQuery<'a> {
+    /// Only tasks in this state.
+    state: Option<State>,
+    /// Only tasks with this `task_id`.
+    label: Option<std::borrow::Cow<'a, [u8]>>,
+    /// The most tasks on the page.
+    limit: usize,
+    /// Only tasks older than this id (a previous page's last).
+    before: Option<u64>,
+}
+
+impl<'a> ListQuery<'a> {
+    /// Reads the query string of a list request; `Err` is its `400`.
+    fn parse(query: Option<&'a [u8]>) -> Result<ListQuery<'a>, Response> {
+        let bad = |sentence: &str| Response::error(400, sentence);
         let state = match query_param(query, "state")? {
             None => None,
             Some(s) => Some(
@@ -4082,14 +4232,10 @@ fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
                     .ok()
                     .and_then(State::from_name)
                     .ok_or_else(|| {
-                        Response::error(
-                            400,
-                            "state must be one of queued, running, succeeded, failed, cancelled",
-                        )
+                        bad("state must be one of queued, running, succeeded, failed, cancelled")
                     })?,
             ),
         };
-        let label = query_param(query, "task_id")?;
         let limit = match query_param(query, "limit")? {
             None => DEFAULT_LIMIT,
             Some(n) => match std::str::from_utf8(&n)
@@ -4097,47 +4243,123 @@ fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 Some(n) if n > 0 => n.min(MAX_LIMIT as u64) as usize,
-                _ => return Err(Response::error(400, "limit must be a positive integer")),
+                _ => return Err(bad("limit must be a positive integer")),
             },
         };
-        Ok((state, label, limit))
-    })();
-    let (state, label, limit) = match filters {
-        Ok(filters) => filters,
+        let before = match query_param(query, "before")? {
+            None => None,
+            Some(id) => Some(parse_id(&id).ok_or_else(|| bad(BAD_BEFORE))?),
+        };
+        Ok(ListQuery {
+            state,
+            label: query_param(query, "task_id")?,
+            limit,
+            before,
+        })
+    }
+
+    /// Tells whether a task passes the filters.
+    fn matches(&self, task: &Task) -> bool {
+        task.state != State::Evicted
+            && self.state.is_none_or(|s| task.state == s)
+            && self.label.as_deref().is_none_or(|l| {
+                task.label
+                    .as_ref()
+                    .is_some_and(|t| t.as_str().as_bytes() == l)
+            })
+    }
+
+    /// Appends the link to the page after one ending with task `last`:
+    /// the same filters and limit, continuing before `last`.
+    fn write_next(&self, out: &mut Vec<u8>, last: u64) {
+        out.extend_from_slice(b"\"/tasks?");
+        if let Some(state) = self.state {
+            let _ = write!(VecWriter(out), "state={}&", state.name());
+        }
+        if let Some(label) = &self.label {
+            out.extend_from_slice(b"task_id=");
+            percent_encode(out, label);
+            out.push(b'&');
+        }
+        let _ = write!(VecWriter(out), "limit={}&before=", self.limit);
+        write_id(out, last);
+        out.push(b'"');
+    }
+}
+
+/// The answer to a `before` that is not an id this server issued.
+const BAD_BEFORE: &str = "before must be the id of a task this server made";
+
+/// `GET /tasks`: a page of the newest retained tasks that pass the
+/// filters, the link to the next page, and the counts of all.
+fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
+    let query = match ListQuery::parse(query) {
+        Ok(query) => query,
         Err(response) => return response,
     };
     let store = shared.store();
+    if let Some(before) = query.before
+        && store.lookup(before) == Lookup::Unknown
+    {
+        return Response::error(400, BAD_BEFORE);
+    }
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"tasks\": [");
-    let matching = store.tasks.iter().rev().filter(|t| {
-        t.state != State::Evicted
-            && state.is_none_or(|s| t.state == s)
-            && label
-                .as_deref()
-                .is_none_or(|l| t.label.as_ref().is_some_and(|t| t.as_str().as_bytes() == l))
-    });
-    for (i, task) in matching.take(limit).enumerate() {
-        if i > 0 {
+    let end = match query.before.map(|id| store.position(id)) {
+        Some(Ok(at) | Err(at)) => at,
+        None => store.tasks.len(),
+    };
+    let mut matching = store.tasks.range(..end).rev().filter(|t| query.matches(t));
+    let (mut listed, mut last) = (0, None);
+    let start = body.len();
+    for task in matching.by_ref() {
+        if listed > 0 {
             body.extend_from_slice(b", ");
         }
         task.write_json(&mut body);
+        (listed, last) = (listed + 1, Some(task.id));
+        if listed == query.limit || body.len() - start >= MAX_PAGE_BYTES {
+            break;
+        }
     }
-    body.extend_from_slice(b"], \"counts\": {");
-    for (i, s) in STATES.iter().enumerate() {
-        let sep = if i > 0 { ", " } else { "" };
-        let _ = write!(
-            VecWriter(&mut body),
-            "{sep}\"{}\": {}",
-            s.name(),
-            store.counts[i]
-        );
+    body.extend_from_slice(b"], \"counts\": ");
+    write_counts(&mut body, &store.counts);
+    body.extend_from_slice(b", \"next\": ");
+    match last.filter(|_| matching.next().is_some()) {
+        Some(last) => query.write_next(&mut body, last),
+        None => body.extend_from_slice(b"null"),
     }
-    body.extend_from_slice(b"}}");
+    body.push(b'}');
     Response::json(200, body)
 }
 
-/// `GET /tasks/{id}`: the task's status, at once or after a long poll.
-fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>) -> Reply {
+/// Appends the counts of tasks by state, as a JSON object.
+fn write_counts(out: &mut Vec<u8>, counts: &[usize; 5]) {
+    out.push(b'{');
+    for (i, s) in STATES.iter().enumerate() {
+        let sep = if i > 0 { ", " } else { "" };
+        let _ = write!(VecWriter(out), "{sep}\"{}\": {}", s.name(), counts[i]);
+    }
+    out.push(b'}');
+}
+
+/// Appends `bytes` percent-encoded for a query string: everything but the
+/// unreserved characters of RFC 3986 is escaped.
+fn percent_encode(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+}
+
+/// `GET /tasks/{id}`: the task's status, at once or after a long poll. A
+/// `HEAD` (`head_only`) is answered at once: it asks what a `GET` would
+/// get, and a health checker must not be held for a minute.
+fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>, head_only: bool) -> Reply {
     let wait = match query_param(query, "wait") {
         Err(response) => return Reply::Now(response),
         Ok(None) => Duration::ZERO,
@@ -4158,7 +4380,7 @@ fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>) -> Reply {
     match store.lookup(id) {
         Lookup::Found(i) => {
             let task = &store.tasks[i];
-            if wait.is_zero() || task.state.is_terminal() {
+            if wait.is_zero() || head_only || task.state.is_terminal() {
                 Reply::Now(task_response(200, task))
             } else {
                 Reply::Poll(LongPoll {
@@ -4383,6 +4605,12 @@ const READ_CHUNK: usize = 8192;
 /// and a buffer this small comes from the allocator's per-thread cache.
 const FIRST_READ: usize = 1024;
 
+/// The most bytes of answers a connection holds for a client that pipelines
+/// requests: past it, the next request is read only once they are written.
+/// Pipelined 202s are about 250 bytes each, so a hundred still share one
+/// write (and, with a journal, one wait for the disk).
+const MAX_UNSENT: usize = 32 << 10;
+
 /// How long a closing connection keeps reading what the client still
 /// sends, so that the kernel does not answer it with a reset that could
 /// destroy the last response before the client has read it.
@@ -4556,6 +4784,11 @@ impl Connection {
             if !self.serve_request(shared, deadline).await? {
                 return self.flush(shared).await;
             }
+            if self.out.len() >= MAX_UNSENT {
+                // A client that pipelines requests without reading the
+                // answers: its next request waits until these are out.
+                self.flush(shared).await?;
+            }
         }
     }
 
@@ -4612,9 +4845,9 @@ impl Connection {
         let response = match answer(shared, route, &head, bytes) {
             Reply::Now(response) => response,
             Reply::Poll(poll) => Box::pin(self.long_poll(shared, poll)).await?,
-            Reply::Submit => {
+            Reply::Submit(route) => {
                 let key = head.idempotency_key.clone().map(|k| &bytes[k]);
-                match submit(shared, key, body) {
+                match submit(shared, route, key, body) {
                     Submitted::Answer(response) => response,
                     Submitted::Saving(response, saved) => {
                         saving = Some(Saving::New(saved));
@@ -5685,6 +5918,26 @@ mod tests {
     }
 
     #[test]
+    fn handler_text_stays_on_one_log_line() {
+        let cases = [
+            ("exit status 3", "exit status 3"),
+            (
+                "tar: x: Cannot open\n\ntar: Error\n",
+                "tar: x: Cannot open\\n\\ntar: Error\\n",
+            ),
+            (
+                "a\r\nb\tc\u{1b}[31md\u{7f}",
+                "a\\r\\nb\\tc\\u{1b}[31md\\u{7f}",
+            ),
+            ("x\u{2028}y\u{85}z", "x\\u{2028}y\\u{85}z"),
+            ("ünïcödé \"quoted\" \\", "ünïcödé \"quoted\" \\"),
+        ];
+        for (text, line) in cases {
+            assert_eq!(OneLine(text).to_string(), line, "{text:?}");
+        }
+    }
+
+    #[test]
     fn backoff_doubles_from_one_second_to_five_minutes() {
         let secs: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
@@ -5737,6 +5990,7 @@ mod tests {
         ("admit b key=k", "created", [2, 0, 0, 0, 0]),
         ("admit c", "full", [2, 0, 0, 0, 0]),
         ("admit d key=k", "repeat b", [2, 0, 0, 0, 0]),
+        ("admit d key=k other-body", "key reused", [2, 0, 0, 0, 0]),
         ("take a", "ok", [2, 0, 0, 0, 0]),
         ("begin a", "attempt 1", [1, 1, 0, 0, 0]),
         ("admit c", "created", [2, 1, 0, 0, 0]),
@@ -5792,10 +6046,11 @@ mod tests {
                         payload: None,
                         timeout: None,
                         max_attempts: 2,
-                        key: words
-                            .get(2)
-                            .and_then(|k| k.strip_prefix("key="))
-                            .map(Box::from),
+                        // The fourth word, if any, stands for the body.
+                        key: words.get(2).and_then(|k| k.strip_prefix("key=")).map(|k| {
+                            let body = words.get(3).copied().unwrap_or("body");
+                            parse_key(k.as_bytes(), "/tasks", body.as_bytes()).unwrap()
+                        }),
                     };
                     match store.admit(new, &jobs_tx) {
                         Admission::Created(id, _) => {
@@ -5806,6 +6061,7 @@ mod tests {
                             let first = ids.iter().find(|(_, v)| **v == id).unwrap();
                             format!("repeat {}", first.0)
                         }
+                        Admission::KeyReused => "key reused".to_string(),
                         Admission::Full => "full".to_string(),
                         Admission::ShuttingDown => "shutting down".to_string(),
                     }
@@ -5934,6 +6190,51 @@ mod tests {
             let got = percent_decode(input.as_bytes(), plus)
                 .map(|c| String::from_utf8(c.into_owned()).unwrap());
             assert_eq!(got.as_deref(), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn next_links_keep_the_filters_and_parse_back() {
+        let id = 1_796_000_000_000_000u64;
+        let cases: &[(&str, &str)] = &[
+            ("", "/tasks?limit=100&before="),
+            ("limit=5000", "/tasks?limit=1000&before="),
+            (
+                "state=queued&task_id=a+b%2Fc%26d%3D%C3%A9&limit=5",
+                "/tasks?state=queued&task_id=a%20b%2Fc%26d%3D%C3%A9&limit=5&before=",
+            ),
+        ];
+        for &(query, link) in cases {
+            let parsed = ListQuery::parse(Some(query.as_bytes())).unwrap();
+            let mut out = Vec::new();
+            parsed.write_next(&mut out, id);
+            let mut id_text = Vec::new();
+            write_id(&mut id_text, id);
+            let expected = format!("\"{link}{}\"", String::from_utf8(id_text).unwrap());
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), expected, "{query}");
+            // The link's query string reads back as the same filters.
+            let text = String::from_utf8(out).unwrap();
+            let again = text.trim_matches('"').strip_prefix("/tasks?").unwrap();
+            let reparsed = ListQuery::parse(Some(again.as_bytes())).unwrap();
+            assert_eq!(
+                (
+                    reparsed.state,
+                    reparsed.label,
+                    reparsed.limit,
+                    reparsed.before
+                ),
+                (parsed.state, parsed.label, parsed.limit, Some(id)),
+                "{query}"
+            );
+        }
+        for bad in [
+            "before=abc",
+            "before=",
+            "before=%zz",
+            "limit=0",
+            "state=nope",
+        ] {
+            assert!(ListQuery::parse(Some(bad.as_bytes())).is_err(), "{bad}");
         }
     }
 
@@ -6318,6 +6619,15 @@ mod tests {
         ("41\r\n", Err(413)),
         ("3;\x01\r\nabc\r\n0\r\n\r\n", Err(400)),
         ("0\r\nT: \x01\r\n\r\n", Err(400)),
+        // Trailer lines follow the header-line rules exactly.
+        ("0\r\nno-colon\r\n\r\n", Err(400)),
+        ("0\r\nBad Name: x\r\n\r\n", Err(400)),
+        ("0\r\nName : y\r\n\r\n", Err(400)),
+        ("0\r\n: empty-name\r\n\r\n", Err(400)),
+        ("0\r\n folded: x\r\n\r\n", Err(400)),
+        ("0\r\nPOST /tasks HTTP/1.1\r\n\r\n", Err(400)),
+        ("0\r\nA: 1\r\n\tcontinued\r\n\r\n", Err(400)),
+        ("0\r\nX-Ok: a, b\r\nY:\r\n\r\n", Ok("")),
     ];
 
     #[test]
@@ -6338,6 +6648,21 @@ mod tests {
                     "{body:?} in pieces {pieces:?}"
                 );
             }
+        }
+        // Trailers count against the head's limits.
+        for (trailers, status) in [
+            ("T: 1\r\n".repeat(MAX_HEADERS), None),
+            ("T: 1\r\n".repeat(MAX_HEADERS + 1), Some(431)),
+            (format!("T: {}\r\n", "x".repeat(MAX_HEAD)), Some(431)),
+        ] {
+            let body = format!("0\r\n{trailers}\r\n");
+            let result = Chunked::default().feed(body.as_bytes(), 64);
+            assert_eq!(
+                result.err().map(HttpError::status),
+                status,
+                "{}",
+                &body[..20]
+            );
         }
         let line = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_LINE));
         let mut decoder = Chunked::default();
@@ -6370,7 +6695,10 @@ mod tests {
                 payload: Some(r#"{"dir": "/srv", "n": [1, 2]}"#.into()),
                 timeout: Some(Text::new("10s")),
                 max_attempts: 3,
-                key: Some("key-1".into()),
+                key: Some(IdempotencyKey {
+                    text: "key-1".into(),
+                    fingerprint: 42,
+                }),
             },
         );
         task.attempt = 2;
@@ -6396,8 +6724,11 @@ mod tests {
         back.write_json(&mut b);
         assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
         assert_eq!(
-            back.extra.as_ref().and_then(|e| e.key.as_deref()),
-            Some("key-1")
+            back.extra
+                .as_ref()
+                .and_then(|e| e.key.as_ref())
+                .map(|k| (&*k.text, k.fingerprint)),
+            Some(("key-1", 42))
         );
         assert_eq!(replayed.good_len, lines.len() as u64);
         // A running task is written as the journal sees it: queued, its
@@ -6739,19 +7070,32 @@ mod tests {
         write_id(&mut text, id);
         let id_text = String::from_utf8(text).unwrap();
         let cases: Vec<(String, Option<&str>, Result<Route, HttpError>)> = vec![
-            ("POST /queue-task".into(), None, Ok(Route::Submit)),
+            (
+                "POST /queue-task".into(),
+                None,
+                Ok(Route::Submit("/queue-task")),
+            ),
             (
                 "GET /queue-task".into(),
                 None,
                 Ok(Route::NotAllowed("POST")),
             ),
-            ("POST /tasks".into(), None, Ok(Route::Submit)),
+            (
+                "HEAD /queue-task".into(),
+                None,
+                Ok(Route::NotAllowed("POST")),
+            ),
+            ("POST /tasks".into(), None, Ok(Route::Submit("/tasks"))),
             ("GET /tasks".into(), None, Ok(Route::List)),
             (
                 "PUT /tasks".into(),
                 None,
-                Ok(Route::NotAllowed("GET, POST")),
+                Ok(Route::NotAllowed("GET, HEAD, POST")),
             ),
+            ("HEAD /tasks".into(), None, Ok(Route::List)),
+            ("GET /tasks/".into(), None, Ok(Route::List)),
+            ("POST /tasks/".into(), None, Ok(Route::Submit("/tasks"))),
+            ("GET /tasks//".into(), None, Ok(Route::NotFound)),
             (
                 format!("GET /tasks/{id_text}"),
                 None,
@@ -6766,7 +7110,7 @@ mod tests {
             (
                 format!("HEAD /tasks/{id_text}"),
                 None,
-                Ok(Route::NotAllowed("GET")),
+                Ok(Route::Status(Some(id))),
             ),
             (
                 format!("POST /tasks/{id_text}/cancel"),
@@ -6797,6 +7141,14 @@ mod tests {
                 )),
             ),
             ("GET /healthz".into(), Some("t"), Ok(Route::Health)),
+            ("HEAD /healthz".into(), Some("t"), Ok(Route::Health)),
+            ("HEAD /metrics".into(), Some("t"), Ok(Route::Unauthorized)),
+            ("HEAD /metrics".into(), None, Ok(Route::Metrics)),
+            (
+                "DELETE /metrics".into(),
+                None,
+                Ok(Route::NotAllowed("GET, HEAD")),
+            ),
             ("POST /healthz".into(), Some("t"), Ok(Route::Unauthorized)),
             ("GET /tasks".into(), Some("t"), Ok(Route::Unauthorized)),
             ("GET /nowhere".into(), Some("t"), Ok(Route::Unauthorized)),

@@ -430,7 +430,7 @@ fn idempotency_keys_make_repeats_harmless() {
     assert_eq!(first.status, 202);
     let id = first.json()["id"].as_str().unwrap().to_string();
     server.wait_state(&id, "running");
-    for path in ["/tasks", "/queue-task"] {
+    for path in ["/tasks", "/tasks/"] {
         let again = server.post_with(path, &["idempotency-key: abc-123"], body);
         assert_eq!(again.status, 200);
         assert_eq!(again.header("location"), first.header("location"));
@@ -724,14 +724,14 @@ fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
     }
     let cases = [
         ("GET", "/queue-task", "POST"),
-        ("PUT", "/tasks", "GET, POST"),
-        ("DELETE", "/tasks", "GET, POST"),
-        ("POST", "/tasks/abc", "GET"),
-        ("DELETE", "/tasks/abc", "GET"),
+        ("PUT", "/tasks", "GET, HEAD, POST"),
+        ("DELETE", "/tasks", "GET, HEAD, POST"),
+        ("POST", "/tasks/abc", "GET, HEAD"),
+        ("DELETE", "/tasks/abc", "GET, HEAD"),
         ("GET", "/tasks/abc/cancel", "POST"),
-        ("POST", "/healthz", "GET"),
-        ("POST", "/metrics", "GET"),
-        ("OPTIONS", "/metrics", "GET"),
+        ("POST", "/healthz", "GET, HEAD"),
+        ("POST", "/metrics", "GET, HEAD"),
+        ("OPTIONS", "/metrics", "GET, HEAD"),
     ];
     for (method, path, allow) in cases {
         let r = server.raw(

@@ -129,6 +129,18 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 /// The longest task kind: kinds are names in flags and logs, not data.
 const MAX_KIND_LEN: usize = 64;
 
+/// The most queues, `default` included: a task keeps its queue's index in
+/// one byte, and a box that needs more wants a broker.
+const MAX_QUEUES: usize = 256;
+
+/// The longest queue or schedule name: a short word in URLs, labels and
+/// logs.
+const MAX_NAME_LEN: usize = 32;
+
+/// The most delayed tasks a server may be told to hold at once: each costs
+/// about 120 bytes, so this is past a gigabyte.
+const MAX_SCHEDULED: usize = 10_000_000;
+
 /// Every flag the command line knows: the one place where its name, its
 /// environment variable, its default, its range and its help live, so that
 /// `--help`, the checks and the defaults cannot disagree.
@@ -188,6 +200,19 @@ const FLAGS: &[Flag] = &[
         "KIND=PROGRAM",
         "run PROGRAM for tasks of KIND (repeatable)",
     ),
+    Flag::new(
+        "--queue",
+        "NAME=WORKERS[/BUFFER]",
+        "a queue with its own workers and capacity (repeatable)",
+    ),
+    Flag::new(
+        "--max-scheduled",
+        "N",
+        "delayed tasks waiting for their time, at most",
+    )
+    .env("BGTASKS_MAX_SCHEDULED")
+    .default("100000")
+    .range(1, MAX_SCHEDULED),
     Flag::new("--token", "TOKEN", "require Authorization: Bearer TOKEN").env("BGTASKS_TOKEN"),
     Flag::new("--log-level", "LEVEL", "error, warn, info, debug or trace")
         .env("RUST_LOG")
@@ -289,10 +314,11 @@ fn usage() -> String {
 struct Config {
     /// Where the listener binds.
     addr: SocketAddr,
-    /// How many worker tasks run tasks at once.
-    workers: usize,
-    /// Capacity of the job channel: tasks waiting beyond the running ones.
-    buffer: usize,
+    /// The queues, `default` (from `--workers` and `--buffer`) first, then
+    /// the `--queue`s in the order given.
+    queues: Vec<QueueConfig>,
+    /// How many delayed tasks may wait for their time at once.
+    max_scheduled: usize,
     /// Threads that run the executor; `None` is one per available core,
     /// found only once the listener is up (reading the cgroup limits takes
     /// a while, and a client can connect meanwhile).
@@ -317,6 +343,17 @@ struct Config {
     log_level: log::LevelFilter,
 }
 
+/// A queue as the command line describes it.
+#[derive(Debug)]
+struct QueueConfig {
+    /// Its name, in task status, `/queues` and metric labels.
+    name: Arc<str>,
+    /// How many worker tasks it runs.
+    workers: usize,
+    /// The capacity of its channel: tasks waiting beyond the running ones.
+    buffer: usize,
+}
+
 /// A task kind registered with `--handler KIND=PROGRAM`.
 #[derive(Debug)]
 struct Handler {
@@ -331,8 +368,8 @@ struct Handler {
 /// What the command line asks for.
 #[derive(Debug)]
 enum Command {
-    /// Run the server.
-    Run(Config),
+    /// Run the server (boxed: a configuration is large, the others empty).
+    Run(Box<Config>),
     /// Print the usage text and exit 0.
     Help,
     /// Print the version and exit 0.
@@ -378,7 +415,9 @@ fn parse_command(
         }
         values.push(value);
     }
-    Flags { given, env: &env }.config().map(Command::Run)
+    Flags { given, env: &env }
+        .config()
+        .map(|config| Command::Run(Box::new(config)))
 }
 
 /// The flags as given on the command line, and the environment behind
@@ -395,8 +434,8 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
     fn config(&self) -> Result<Config, String> {
         Ok(Config {
             addr: self.required("--addr", parse_addr)?,
-            workers: self.number("--workers")?,
-            buffer: self.number("--buffer")?,
+            queues: self.queues()?,
+            max_scheduled: self.number("--max-scheduled")?,
             threads: self.optional("--threads", |v| parse_in("--threads", v))?,
             grace: self.required("--grace", parse_duration)?,
             retry_after: self.number("--retry-after")? as u64,
@@ -462,6 +501,27 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
     /// Parses a whole number within the flag's range.
     fn number(&self, name: &'static str) -> Result<usize, String> {
         self.required(name, |v| parse_in(name, v))
+    }
+
+    /// Builds the queues: `default` from `--workers` and `--buffer`, then
+    /// every `--queue`, none named twice.
+    fn queues(&self) -> Result<Vec<QueueConfig>, String> {
+        let mut queues = vec![QueueConfig {
+            name: Arc::from("default"),
+            workers: self.number("--workers")?,
+            buffer: self.number("--buffer")?,
+        }];
+        for spec in self.all("--queue") {
+            let queue = parse_queue(spec)?;
+            if queues.iter().any(|q| q.name == queue.name) {
+                return Err(format!("--queue {spec:?}: the queue is given twice"));
+            }
+            queues.push(queue);
+        }
+        if queues.len() > MAX_QUEUES {
+            return Err(format!("--queue: at most {} queues", MAX_QUEUES - 1));
+        }
+        Ok(queues)
     }
 
     /// Checks every `--handler`, and that no kind is registered twice.
@@ -565,6 +625,51 @@ fn level_from_rust_log(spec: &str) -> Option<log::LevelFilter> {
         }
     }
     ours.or(bare)
+}
+
+/// Parses `NAME=WORKERS[/BUFFER]`: a queue other than `default`, with its
+/// workers and, unless given, the default capacity of `--buffer`.
+fn parse_queue(spec: &str) -> Result<QueueConfig, String> {
+    let bad = |why: String| format!("--queue {spec:?}: {why}");
+    let (name, sizes) = spec
+        .split_once('=')
+        .ok_or_else(|| bad("expected NAME=WORKERS[/BUFFER]".to_string()))?;
+    check_name(name).map_err(bad)?;
+    if name == "default" {
+        return Err(bad(
+            "the queue \"default\" is made by --workers and --buffer".to_string(),
+        ));
+    }
+    let (workers, buffer) = match sizes.split_once('/') {
+        Some((workers, buffer)) => (workers, buffer),
+        None => (sizes, default_of("--buffer")),
+    };
+    Ok(QueueConfig {
+        name: Arc::from(name),
+        workers: parse_in("--workers", workers).map_err(|e| bad(format!("WORKERS: {e}")))?,
+        buffer: parse_in("--buffer", buffer).map_err(|e| bad(format!("BUFFER: {e}")))?,
+    })
+}
+
+/// Returns a flag's default from [`FLAGS`].
+fn default_of(name: &str) -> &'static str {
+    FLAGS
+        .iter()
+        .find(|f| f.name == name)
+        .and_then(|f| f.default)
+        .unwrap_or_default()
+}
+
+/// Checks a queue or schedule name: 1 to [`MAX_NAME_LEN`] of `a-z 0-9 _ -`,
+/// so it can stand in a URL path and a metric label as it is.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-');
+    if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(ok) {
+        return Err(format!(
+            "NAME must be 1 to {MAX_NAME_LEN} characters of a-z 0-9 _ -"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `KIND=PROGRAM [ARGS…]`, resolving PROGRAM like `execvp` would and
@@ -740,6 +845,8 @@ const TOMBSTONE_SWEEP: usize = 64;
 /// The lifecycle of a task. The order is the order of `counts` in `/tasks`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    /// A delayed task waiting for its `run_at`, in no queue yet.
+    Scheduled,
     /// Waiting in the queue, or waiting for its retry.
     Queued,
     /// A worker is running an attempt.
@@ -755,8 +862,9 @@ enum State {
     Evicted,
 }
 
-/// The five states a client sees, in the order `counts` lists them.
-const STATES: [State; 5] = [
+/// The states a client sees, in the order `counts` lists them.
+const STATES: [State; 6] = [
+    State::Scheduled,
     State::Queued,
     State::Running,
     State::Succeeded,
@@ -768,6 +876,7 @@ impl State {
     /// Returns the name clients see.
     fn name(self) -> &'static str {
         match self {
+            State::Scheduled => "scheduled",
             State::Queued => "queued",
             State::Running => "running",
             State::Succeeded => "succeeded",
@@ -840,6 +949,8 @@ struct Task {
     started_at: u64,
     /// When the task reached a terminal state, ms since the epoch; 0 if not.
     finished_at: u64,
+    /// When a delayed task asked to run, ms since the epoch; 0 if it did not.
+    run_at: u64,
     /// The client's `task_id` label.
     label: Option<Text>,
     /// `work_duration` exactly as the client sent it.
@@ -852,6 +963,8 @@ struct Task {
     attempt: u8,
     /// Attempts allowed before the task fails.
     max_attempts: u8,
+    /// The index of its queue in [`Config::queues`].
+    queue: u8,
 }
 
 /// The rarely used parts of a task.
@@ -899,7 +1012,7 @@ fn fingerprint(route: &str, body: &[u8]) -> u64 {
 // How a task reads and writes journal records is in section 5.
 impl Task {
     /// Builds the record of a newly admitted task.
-    fn from_new(id: u64, new: NewTask) -> Task {
+    fn from_new(id: u64, new: NewTask, state: State) -> Task {
         let needs_extra = new.kind.is_some()
             || new.payload.is_some()
             || new.timeout.is_some()
@@ -908,6 +1021,7 @@ impl Task {
             id,
             started_at: 0,
             finished_at: 0,
+            run_at: new.run_at,
             label: new.label,
             work_duration: new.work_duration,
             extra: needs_extra.then(|| {
@@ -919,9 +1033,10 @@ impl Task {
                     ..Extra::default()
                 })
             }),
-            state: State::Queued,
+            state,
             attempt: 0,
             max_attempts: new.max_attempts,
+            queue: new.queue,
         }
     }
 
@@ -938,10 +1053,11 @@ impl Task {
         self.extra.get_or_insert_with(Default::default)
     }
 
-    /// Writes the members of the status object of `GET /tasks/{id}`.
-    /// `error` replaces the task's own `error` member, for answers whose
-    /// `error` is a sentence about the request (a `409`).
-    fn write_members(&self, out: &mut Vec<u8>, error: Option<&str>) {
+    /// Writes the members of the status object of `GET /tasks/{id}`;
+    /// `queue` is the name of the task's queue. `error` replaces the task's
+    /// own `error` member, for answers whose `error` is a sentence about the
+    /// request (a `409`).
+    fn write_members(&self, out: &mut Vec<u8>, queue: &str, error: Option<&str>) {
         let extra = self.extra.as_deref();
         out.extend_from_slice(b"\"id\": \"");
         write_id(out, self.id);
@@ -949,6 +1065,8 @@ impl Task {
         write_json_opt(out, self.label.as_ref().map(Text::as_str));
         out.extend_from_slice(b", \"kind\": ");
         write_json_str(out, self.kind());
+        out.extend_from_slice(b", \"queue\": ");
+        write_json_str(out, queue);
         out.extend_from_slice(b", \"state\": \"");
         out.extend_from_slice(self.state.name().as_bytes());
         out.extend_from_slice(b"\", \"work_duration\": ");
@@ -960,6 +1078,8 @@ impl Task {
             self.max_attempts
         );
         write_timestamp(out, self.id / 1000);
+        out.extend_from_slice(b", \"run_at\": ");
+        write_timestamp(out, self.run_at);
         out.extend_from_slice(b", \"started_at\": ");
         write_timestamp(out, self.started_at);
         out.extend_from_slice(b", \"finished_at\": ");
@@ -976,9 +1096,9 @@ impl Task {
     }
 
     /// Writes the whole status object.
-    fn write_json(&self, out: &mut Vec<u8>) {
+    fn write_json(&self, out: &mut Vec<u8>, queue: &str) {
         out.push(b'{');
-        self.write_members(out, None);
+        self.write_members(out, queue, None);
         out.push(b'}');
     }
 }
@@ -1080,6 +1200,99 @@ fn write_timestamp(out: &mut Vec<u8>, millis: u64) {
     );
 }
 
+/// Parses an RFC 3339 timestamp with any offset, such as
+/// `2026-12-01T03:00:00+01:00`, into milliseconds since the epoch (UTC).
+///
+/// This is RFC 3339 §5.6 `date-time` exactly: a four-digit year 0000–9999,
+/// a date that exists (February 29th only in leap years), a fraction of one
+/// or more digits truncated to milliseconds however many there are, and a
+/// required `Z` or `±HH:MM` offset. `T` and `Z` may be lowercase, and `T` may
+/// be a single space, as §5.6's notes allow, because `date --rfc-3339` and
+/// SQL write a space. A leap second (`:60`) is refused, as Go's `time.Parse`
+/// refuses it: the epoch count has no place for one. Anything else (missing
+/// parts, extra bytes, signs, non-ASCII digits) is `None`.
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    // Reads the fixed-width ASCII number in `range`.
+    let number = |range: std::ops::Range<usize>| {
+        b.get(range)?.iter().try_fold(0, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    };
+    // The shortest timestamp, `YYYY-MM-DDTHH:MM:SSZ`, has 20 bytes.
+    if b.len() < 20
+        || (b[4], b[7], b[13], b[16]) != (b'-', b'-', b':', b':')
+        || !matches!(b[10], b'T' | b't' | b' ')
+    {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let year = i64::from(year);
+    if !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month)).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut millis = 0;
+    if let [b'.', fraction @ ..] = rest {
+        let digits = fraction.iter().take_while(|d| d.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        // Pad to three digits and drop the rest: .5 is 500 ms, .1239 is 123.
+        millis = fraction[..digits]
+            .iter()
+            .chain(b"00")
+            .take(3)
+            .fold(0, |ms, &d| ms * 10 + i64::from(d - b'0'));
+        rest = &fraction[digits..];
+    }
+    let at = b.len() - rest.len();
+    let offset = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (hours, minutes) = (number(at + 1..at + 3)?, number(at + 4..at + 6)?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let minutes = i64::from(hours * 60 + minutes);
+            if *sign == b'+' { minutes } else { -minutes }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let minutes = (days * 24 + i64::from(hour)) * 60 + i64::from(minute) - offset;
+    Some((minutes * 60 + i64::from(second)) * 1000 + millis)
+}
+
+/// Converts a (year, month, day) civil date to days since 1970-01-01, by
+/// Howard Hinnant's `days_from_civil` (the inverse of `civil_from_days`).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    // Years start in March here, so that February's leap day ends them.
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let doy = (153 * ((i64::from(month) + 9) % 12) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Returns the number of days in `month` (1–12) of `year`, by the
+/// Gregorian rule: a leap year divides by 4, and by 400 if it divides by 100.
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// The allowed `max_attempts`: at least one attempt, and few enough that
 /// the last retry's backoff (capped at five minutes) ends within hours.
 const MAX_ATTEMPTS: std::ops::RangeInclusive<u8> = 1..=100;
@@ -1101,23 +1314,41 @@ struct NewTask {
     max_attempts: u8,
     /// The idempotency key, if the request carried one.
     key: Option<IdempotencyKey>,
+    /// The index of its queue.
+    queue: u8,
+    /// When it may start, ms since the epoch; 0 for at once.
+    run_at: u64,
 }
 
 /// What the store answers to a submission.
 #[derive(Debug)]
 enum Admission {
-    /// The task was created with this id and is queued; with a journal,
-    /// the receiver tells whether its record reached the disk.
-    Created(u64, Option<Receiver<bool>>),
+    /// The task was created with this id, queued or scheduled; with a
+    /// journal, the receiver tells whether its record reached the disk.
+    Created(u64, State, Option<Receiver<bool>>),
     /// The idempotency key names a retained task, made by the same
     /// request: its id.
     Repeat(u64),
     /// The idempotency key names a retained task made by another request.
     KeyReused,
-    /// The queue holds `--buffer` tasks.
+    /// The task's queue is full.
     Full,
+    /// `--max-scheduled` delayed tasks are waiting already.
+    TooManyScheduled,
     /// Shutdown has begun.
     ShuttingDown,
+}
+
+/// What a worker finds when it takes a task from its queue.
+#[derive(Debug)]
+enum Begin {
+    /// The attempt has begun: its work.
+    Work(Work),
+    /// The task is no longer queued (a client cancelled it): skip it.
+    Skip,
+    /// The queue is paused: the task is put back, first in line, and the
+    /// worker waits for this trigger, fired when the queue resumes.
+    Paused(Trigger),
 }
 
 /// What a lookup of an id finds.
@@ -1183,9 +1414,39 @@ struct Counters {
     /// Tasks created by requests.
     accepted: u64,
     /// Tasks that reached each terminal state, indexed like [`STATES`].
-    finished: [u64; 5],
-    /// Workers running an attempt right now.
+    finished: [u64; STATES.len()],
+}
+
+/// What the store keeps of a queue: what changes under its lock. The
+/// channel itself is in [`Queue`].
+#[derive(Debug)]
+struct QueueState {
+    /// The queue's name.
+    name: Arc<str>,
+    /// Workers of this queue running an attempt right now.
     busy: u64,
+    /// Whether its workers start nothing.
+    paused: bool,
+    /// Fired when the queue is resumed (and then replaced): workers that
+    /// found it paused wait for it.
+    resumed: Trigger,
+    /// Tasks waiting for room in the channel, oldest first: retries and
+    /// delayed tasks that came due while it was full, and tasks workers
+    /// took while it was paused. They enter before any new submission.
+    waiting: VecDeque<u64>,
+}
+
+impl QueueState {
+    /// A queue's state at start: idle, running, nothing waiting.
+    fn new(config: &QueueConfig) -> QueueState {
+        QueueState {
+            name: config.name.clone(),
+            busy: 0,
+            paused: false,
+            resumed: Trigger::new(),
+            waiting: VecDeque::new(),
+        }
+    }
 }
 
 /// Every task and the indexes over them.
@@ -1198,7 +1459,14 @@ struct Store {
     /// Ids of terminal tasks in the order they finished: eviction order.
     finished: VecDeque<u64>,
     /// Retained tasks in each state, indexed like [`STATES`].
-    counts: [usize; 5],
+    counts: [usize; STATES.len()],
+    /// Each queue's state, indexed like [`Config::queues`].
+    queues: Vec<QueueState>,
+    /// Where tasks go that must wait for a time (delayed tasks, retries):
+    /// the scheduler, as (due ms, id).
+    due_tx: Sender<(u64, u64)>,
+    /// How many delayed tasks may wait at once.
+    max_scheduled: usize,
     /// Idempotency keys of retained tasks.
     keys: HashMap<Box<str>, u64>,
     /// Long polls waiting for a task to change, by id.
@@ -1221,19 +1489,23 @@ struct Store {
 
 // How the store journals, takes back and restores tasks is in section 5.
 impl Store {
-    /// Creates an empty store that keeps `keep_finished` finished tasks.
-    fn new(keep_finished: usize) -> Store {
+    /// Creates an empty store for `config`'s queues and limits, sending
+    /// what must wait for a time to `due_tx`.
+    fn new(config: &Config, due_tx: Sender<(u64, u64)>) -> Store {
         Store {
             tasks: VecDeque::new(),
             tombstones: 0,
             finished: VecDeque::new(),
-            counts: [0; 5],
+            counts: [0; STATES.len()],
+            queues: config.queues.iter().map(QueueState::new).collect(),
+            due_tx,
+            max_scheduled: config.max_scheduled,
             keys: HashMap::new(),
             watchers: HashMap::new(),
             cancels: HashMap::new(),
             first_id: 0,
             last_id: 0,
-            keep_finished,
+            keep_finished: config.keep_finished,
             counters: Counters::default(),
             draining: false,
             journal: None,
@@ -1326,10 +1598,11 @@ impl Store {
         }
     }
 
-    /// Admits a new task: puts its id into the job channel and records it,
-    /// both or neither. The caller holds the store lock, so no worker can
-    /// receive the id before the record exists.
-    fn admit(&mut self, new: NewTask, jobs: &Sender<u64>) -> Admission {
+    /// Admits a new task: puts its id into its queue's channel (or, for a
+    /// delayed task, hands it to the scheduler) and records it, both or
+    /// neither. The caller holds the store lock, so no worker can receive
+    /// the id before the record exists.
+    fn admit(&mut self, new: NewTask, queues: &[Queue]) -> Admission {
         if self.draining {
             return Admission::ShuttingDown;
         }
@@ -1344,10 +1617,20 @@ impl Store {
             };
         }
         let id = self.issue_id();
-        match jobs.try_send(id) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Admission::Full,
-            Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
+        let (q, run_at) = (usize::from(new.queue), new.run_at);
+        let delayed = run_at > now_millis();
+        if delayed {
+            if self.counts[State::Scheduled as usize] >= self.max_scheduled {
+                return Admission::TooManyScheduled;
+            }
+        } else if !self.has_room(q, &queues[q]) {
+            return Admission::Full;
+        } else {
+            match queues[q].jobs_tx.try_send(id) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Admission::Full,
+                Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
+            }
         }
         if self.first_id == 0 {
             self.first_id = id;
@@ -1357,17 +1640,91 @@ impl Store {
         if let Some(key) = &new.key {
             self.keys.insert(key.text.clone(), id);
         }
-        self.insert(Task::from_new(id, new));
+        let state = if delayed {
+            // The scheduler ends only at shutdown, when it no longer matters.
+            let _ = self.due_tx.try_send((run_at, id));
+            State::Scheduled
+        } else {
+            State::Queued
+        };
+        self.insert(Task::from_new(id, new, state));
         let saved = self.journal.is_some().then(|| {
             let (done, saved) = async_channel::bounded(1);
             let mut line = Vec::with_capacity(160);
             if let Some(task) = self.tasks.back() {
-                write_record(&mut line, &task.new_record());
+                write_record(&mut line, &task.new_record(self.queue_name(task)));
             }
             self.log(line, Some(id), Some(done));
             saved
         });
-        Admission::Created(id, saved)
+        Admission::Created(id, state, saved)
+    }
+
+    /// Tells whether queue `q` has room for one more task: its channel and
+    /// the tasks waiting to enter it hold fewer than its capacity.
+    fn has_room(&self, q: usize, queue: &Queue) -> bool {
+        queue.jobs_tx.len() + self.queues[q].waiting.len() < queue.capacity
+    }
+
+    /// Puts a task whose time has come (a delayed task, or a retry) into
+    /// its queue, behind those already waiting for room.
+    fn enqueue(&mut self, id: u64, queues: &[Queue]) {
+        let Some(task) = self.get(id) else { return };
+        let q = usize::from(task.queue);
+        self.queues[q].waiting.push_back(id);
+        self.refill(q, &queues[q]);
+    }
+
+    /// Moves tasks waiting for room into queue `q`'s channel, oldest first,
+    /// while it has room and is not paused.
+    fn refill(&mut self, q: usize, queue: &Queue) {
+        let state = &mut self.queues[q];
+        while !state.paused
+            && let Some(&id) = state.waiting.front()
+            && queue.jobs_tx.try_send(id).is_ok()
+        {
+            state.waiting.pop_front();
+        }
+    }
+
+    /// Acts on a task the scheduler says is due: a delayed task becomes
+    /// queued, and it or a retry enters its queue. A task cancelled since
+    /// is left alone.
+    fn make_due(&mut self, id: u64, queues: &[Queue]) {
+        let Some(i) = self.index(id) else { return };
+        let task = &self.tasks[i];
+        let retry = task.extra.as_ref().is_some_and(|e| e.retry_at != 0);
+        match task.state {
+            State::Scheduled => self.set_state(i, State::Queued),
+            State::Queued if retry => {}
+            _ => return,
+        }
+        self.enqueue(id, queues);
+    }
+
+    /// Pauses or resumes queue `q`. A paused queue's workers start
+    /// nothing; resuming wakes those that wait, and lets tasks waiting for
+    /// room in.
+    fn set_paused(&mut self, q: usize, paused: bool, queues: &[Queue]) {
+        if self.queues[q].paused == paused {
+            return;
+        }
+        self.queues[q].paused = paused;
+        self.log_pause(q);
+        if !paused {
+            std::mem::replace(&mut self.queues[q].resumed, Trigger::new()).fire();
+            self.refill(q, &queues[q]);
+        }
+    }
+
+    /// Returns the name of a task's queue.
+    fn queue_name(&self, task: &Task) -> &str {
+        &self.queues[usize::from(task.queue)].name
+    }
+
+    /// Counts the workers running an attempt, in every queue.
+    fn busy(&self) -> u64 {
+        self.queues.iter().map(|q| q.busy).sum()
     }
 
     /// Appends a record; its id must be larger than every other.
@@ -1451,12 +1808,24 @@ impl Store {
         }
     }
 
-    /// Starts an attempt of a queued task and returns its work; `None` if
-    /// the task is no longer queued (a client cancelled it).
-    fn begin_attempt(&mut self, id: u64) -> Option<Work> {
-        let i = self
+    /// Starts an attempt of a task a worker of queue `q` took from its
+    /// channel, unless the task is no longer queued (a client cancelled it)
+    /// or the queue is paused. The taken place lets a waiting task in.
+    fn begin_attempt(&mut self, id: u64, q: usize, queues: &[Queue]) -> Begin {
+        let Some(i) = self
             .index(id)
-            .filter(|&i| self.tasks[i].state == State::Queued)?;
+            .filter(|&i| self.tasks[i].state == State::Queued)
+        else {
+            self.refill(q, &queues[q]);
+            return Begin::Skip;
+        };
+        let state = &mut self.queues[q];
+        if state.paused {
+            // It was next in line: it stays so.
+            state.waiting.push_front(id);
+            return Begin::Paused(state.resumed.clone());
+        }
+        self.refill(q, &queues[q]);
         let task = &mut self.tasks[i];
         task.attempt += 1;
         task.started_at = now_millis();
@@ -1472,18 +1841,19 @@ impl Store {
         if let Some(e) = task.extra.as_deref_mut() {
             e.retry_at = 0;
         }
-        self.counters.busy += 1;
+        self.queues[q].busy += 1;
         self.set_state(i, State::Running);
-        Some(work)
+        Begin::Work(work)
     }
 
-    /// Records how an attempt ended. Returns when the task's retry is due
-    /// (ms since the epoch), if it gets one.
-    fn end_attempt(&mut self, id: u64, outcome: Outcome) -> Option<u64> {
+    /// Records how an attempt in queue `q` ended. A failed attempt with
+    /// attempts left goes to the scheduler for its retry; returns when it
+    /// is due (ms since the epoch).
+    fn end_attempt(&mut self, id: u64, q: usize, outcome: Outcome) -> Option<u64> {
         if !self.cancels.is_empty() {
             self.cancels.remove(&id);
         }
-        self.counters.busy -= 1;
+        self.queues[q].busy -= 1;
         let i = self
             .index(id)
             .filter(|&i| self.tasks[i].state == State::Running)?;
@@ -1504,6 +1874,9 @@ impl Store {
                 extra.error = Some(error.into());
                 extra.retry_at = retry_at;
                 self.set_state(i, State::Queued);
+                // The scheduler ends only at shutdown, when a lost retry is
+                // what shutdown means anyway.
+                let _ = self.due_tx.try_send((retry_at, id));
                 Some(retry_at)
             }
             Outcome::Failed(error) => {
@@ -1551,9 +1924,9 @@ impl Store {
         self.watchers.entry(id).or_insert_with(Trigger::new).clone()
     }
 
-    /// Counts the tasks that are queued: in the channel or waiting to retry.
-    fn queued(&self) -> usize {
-        self.counts[State::Queued as usize]
+    /// Counts the tasks in a state.
+    fn count(&self, state: State) -> usize {
+        self.counts[state as usize]
     }
 }
 
@@ -1625,19 +1998,15 @@ struct Shared {
     config: Config,
     /// Every task, behind the one lock.
     store: Mutex<Store>,
-    /// The sending half of the job channel: admission and retries.
-    jobs_tx: Sender<u64>,
-    /// The receiving half: workers.
-    jobs_rx: Receiver<u64>,
-    /// Failed attempts due for a retry, as (due ms, id), to the scheduler.
-    retries_tx: Sender<(u64, u64)>,
+    /// The queues' channels, indexed like [`Config::queues`].
+    queues: Vec<Queue>,
     /// Fired when shutdown begins.
     draining: Trigger,
     /// Fired when `--grace` is over: running work is interrupted.
     grace_over: Trigger,
     /// Answers written, by status code, for `/metrics`.
     responses: StatusCounts,
-    /// Submissions refused because the queue was full, for `/metrics`.
+    /// Submissions refused because their queue was full, for `/metrics`.
     rejected: AtomicU64,
     /// How far the journal is on disk, with `--data-dir`.
     journal: Option<Arc<JournalProgress>>,
@@ -1652,16 +2021,45 @@ impl Shared {
     }
 }
 
-/// Takes jobs from the channel and runs them until shutdown begins.
+/// A queue: the original design once more, a bounded channel of task ids
+/// and the workers that read it. What changes about a queue under the
+/// store lock (paused, busy, waiting) is its [`QueueState`].
+#[derive(Debug)]
+struct Queue {
+    /// Its name.
+    name: Arc<str>,
+    /// How many tasks may wait in it beyond the running ones.
+    capacity: usize,
+    /// The sending half: admission, and tasks that come due.
+    jobs_tx: Sender<u64>,
+    /// The receiving half: its workers.
+    jobs_rx: Receiver<u64>,
+}
+
+impl Queue {
+    /// Makes the channel of a configured queue.
+    fn new(config: &QueueConfig) -> Queue {
+        let (jobs_tx, jobs_rx) = async_channel::bounded(config.buffer);
+        Queue {
+            name: config.name.clone(),
+            capacity: config.buffer,
+            jobs_tx,
+            jobs_rx,
+        }
+    }
+}
+
+/// Takes jobs from queue `q`'s channel and runs them until shutdown
+/// begins.
 ///
 /// `_done` is dropped when the worker ends: `main` learns that every worker
 /// has ended when its receiver reports that all senders are gone.
-async fn work(shared: Arc<Shared>, _done: Sender<()>) {
+async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
     loop {
         // Shutdown closes the channel, which wakes every waiting worker;
         // a job taken after that is left for the next start (it is still
         // queued in the store, and in the journal).
-        let Ok(id) = shared.jobs_rx.recv().await else {
+        let Ok(id) = shared.queues[q].jobs_rx.recv().await else {
             return;
         };
         if shared.draining.is_fired() {
@@ -1674,9 +2072,27 @@ async fn work(shared: Arc<Shared>, _done: Sender<()>) {
                 return;
             }
         }
-        let Some(work) = shared.store().begin_attempt(id) else {
-            debug!("task {} skipped: cancelled while queued", IdText(id));
-            continue;
+        let begun = shared.store().begin_attempt(id, q, &shared.queues);
+        let work = match begun {
+            Begin::Work(work) => work,
+            Begin::Skip => {
+                debug!("task {} skipped: cancelled while queued", IdText(id));
+                continue;
+            }
+            Begin::Paused(resumed) => {
+                let draining = async {
+                    shared.draining.wait().await;
+                    false
+                };
+                let resumed = async {
+                    resumed.wait().await;
+                    true
+                };
+                if !future::or(draining, resumed).await {
+                    return;
+                }
+                continue;
+            }
         };
         debug!("task {} attempt {} started", IdText(id), work.attempt);
         let outcome = attempt(&shared, &work).await;
@@ -1693,12 +2109,7 @@ async fn work(shared: Arc<Shared>, _done: Sender<()>) {
                 OneLine(why)
             );
         }
-        let retry = shared.store().end_attempt(id, outcome);
-        if let Some(due) = retry {
-            // The scheduler ends only at shutdown, when a lost retry is
-            // what shutdown means anyway.
-            let _ = shared.retries_tx.try_send((due, id));
-        }
+        shared.store().end_attempt(id, q, outcome);
     }
 }
 
@@ -1732,10 +2143,12 @@ impl std::fmt::Display for IdText {
     }
 }
 
-/// Holds failed tasks until their retry is due, then puts them back into
-/// the job channel, waiting for room if it is full. One task does this for
-/// all of them, so a waiting retry costs a heap entry, not a timer task.
-async fn schedule_retries(shared: Arc<Shared>, retries_rx: Receiver<(u64, u64)>) {
+/// The scheduler: one task, one heap and one timer for everything that
+/// must happen at a time — a delayed task's `run_at`, a retry's backoff.
+/// When an entry is due it goes to [`Store::make_due`], which puts the task
+/// into its queue, or among those waiting for room: the scheduler itself
+/// never waits for a queue, so one full queue cannot hold up another's.
+async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
     use std::cmp::Reverse;
     let mut due = std::collections::BinaryHeap::new();
     loop {
@@ -1747,35 +2160,52 @@ async fn schedule_retries(shared: Arc<Shared>, retries_rx: Receiver<(u64, u64)>)
             };
             None
         };
-        let arrival = async { Some(retries_rx.recv().await.ok()) };
+        let arrival = async { Some(due_rx.recv().await.ok()) };
         let stopped = async {
             shared.draining.wait().await;
             Some(None)
         };
+        // The drain wins a tie: nothing is queued once shutdown has begun.
         match future::or(stopped, future::or(arrival, timer)).await {
-            Some(Some((at, id))) => due.push(Reverse((at, id))),
+            Some(Some((at, id))) => {
+                due.push(Reverse((at, id)));
+                if due.len() > SCHEDULER_SLACK {
+                    prune(&shared, &mut due);
+                }
+            }
             Some(None) => return,
             None => {
-                let Some(Reverse((_, id))) = due.pop() else {
-                    continue;
-                };
-                let queued = shared
-                    .store()
-                    .get(id)
-                    .is_some_and(|t| t.state == State::Queued);
-                if queued {
-                    let send = async { shared.jobs_tx.send(id).await.is_ok() };
-                    let stopped = async {
-                        shared.draining.wait().await;
-                        false
-                    };
-                    if !future::or(stopped, send).await {
-                        return;
-                    }
+                let mut store = shared.store();
+                let now = now_millis();
+                while let Some(&Reverse((at, id))) = due.peek()
+                    && at <= now
+                {
+                    due.pop();
+                    store.make_due(id, &shared.queues);
                 }
             }
         }
     }
+}
+
+/// The scheduler's heap is pruned of cancelled tasks once it holds this
+/// many more entries than there are tasks waiting for a time: a client
+/// that schedules and cancels far-off tasks must not grow it for ever.
+const SCHEDULER_SLACK: usize = 4096;
+
+/// Drops the entries of tasks no longer waiting for a time, if they are
+/// many, so the heap stays within the live tasks plus a slack.
+fn prune(shared: &Shared, due: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>) {
+    let store = shared.store();
+    let live = store.count(State::Scheduled) + store.count(State::Queued);
+    if due.len() <= live + SCHEDULER_SLACK {
+        return;
+    }
+    due.retain(|std::cmp::Reverse((_, id))| {
+        store
+            .get(*id)
+            .is_some_and(|t| matches!(t.state, State::Scheduled | State::Queued))
+    });
 }
 
 /// Converts a wall-clock time in ms since the epoch to an `Instant`.
@@ -2201,6 +2631,8 @@ enum Op {
     State,
     /// The first id this journal's tasks started from (for `410`).
     First,
+    /// A queue was paused or resumed.
+    Pause,
 }
 
 /// One journal line. The same shape serves every [`Op`]; members an op
@@ -2229,6 +2661,15 @@ struct Record<'a> {
     /// The key's fingerprint of its first request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fingerprint: Option<u64>,
+    /// The task's queue (left out for `default`), or the queue paused or
+    /// resumed.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    queue: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run_at: Option<u64>,
+    /// Whether the queue is paused now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    paused: Option<bool>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     state: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -2258,12 +2699,17 @@ fn nonzero(millis: u64) -> Option<u64> {
 
 // The journal's side of `Task`; the rest of its impl is in section 2.
 impl Task {
-    /// The record of the task's fixed members.
-    fn new_record(&self) -> Record<'_> {
+    /// The record of the task's fixed members; `queue` is its queue's name.
+    /// A delayed task still waiting says so: it is still `scheduled`.
+    fn new_record<'a>(&'a self, queue: &'a str) -> Record<'a> {
         let extra = self.extra.as_deref();
+        let scheduled = self.state == State::Scheduled;
         Record {
             op: Some(Op::New),
             id: self.id,
+            queue: cow(Some(queue).filter(|_| self.queue != 0)),
+            run_at: nonzero(self.run_at),
+            state: cow(scheduled.then_some(State::Scheduled.name())),
             task_id: cow(self.label.as_ref().map(Text::as_str)),
             work_duration: cow(self.work_duration.as_ref().map(Text::as_str)),
             kind: cow(extra.and_then(|e| e.kind.as_deref())),
@@ -2298,14 +2744,25 @@ impl Task {
         }
     }
 
-    /// Rebuilds a task from its `new` record.
-    fn from_record(record: &Record, kinds: &[Handler]) -> Task {
+    /// Rebuilds a task from its `new` record. A queue that is no longer
+    /// configured is `default`'s.
+    fn from_record(record: &Record, config: &Config) -> Task {
         let kind = record.kind.as_deref().map(|name| {
-            kinds
+            config
+                .handlers
                 .iter()
                 .find(|h| &*h.kind == name)
                 .map_or_else(|| Arc::from(name), |h| h.kind.clone())
         });
+        let queue = record
+            .queue
+            .as_deref()
+            .and_then(|name| config.queues.iter().position(|q| &*q.name == name))
+            .unwrap_or(0);
+        let state = match record.state.as_deref() {
+            Some("scheduled") => State::Scheduled,
+            _ => State::Queued,
+        };
         Task::from_new(
             record.id,
             NewTask {
@@ -2319,7 +2776,10 @@ impl Task {
                     text: text.into(),
                     fingerprint: record.fingerprint.unwrap_or(0),
                 }),
+                queue: queue as u8,
+                run_at: record.run_at.unwrap_or(0),
             },
+            state,
         )
     }
 
@@ -2401,11 +2861,25 @@ impl Record<'_> {
                 Err("max_attempts is out of range")
             }
             Some(Op::New) if !is_json(&self.payload) => Err("the payload is not JSON"),
+            Some(Op::New) if self.state.as_deref().is_some_and(|s| s != "scheduled") => {
+                Err("a new task is queued or scheduled")
+            }
+            Some(Op::New | Op::Pause)
+                if self
+                    .queue
+                    .as_deref()
+                    .is_some_and(|q| check_name(q).is_err()) =>
+            {
+                Err("the queue name is malformed")
+            }
+            Some(Op::Pause) if self.queue.is_none() || self.paused.is_none() => {
+                Err("a pause record names a queue and whether it is paused")
+            }
             Some(Op::State) if self.state.as_deref().and_then(State::from_name).is_none() => {
                 Err("the state is unknown")
             }
-            Some(Op::State) if self.state.as_deref() == Some("running") => {
-                Err("a running state is never written")
+            Some(Op::State) if matches!(self.state.as_deref(), Some("running" | "scheduled")) => {
+                Err("a running or scheduled state is never written")
             }
             Some(Op::State) if !is_json(&self.result) => Err("the result is not JSON"),
             _ => Ok(()),
@@ -2552,6 +3026,16 @@ impl Store {
         self.log(line, None, None);
     }
 
+    /// Journals that queue `q` was paused or resumed.
+    fn log_pause(&mut self, q: usize) {
+        if self.journal.is_none() {
+            return;
+        }
+        let mut line = Vec::with_capacity(64);
+        write_record(&mut line, &self.queues[q].pause_record());
+        self.log(line, None, None);
+    }
+
     /// Takes back a task whose `new` record could not be written: it was
     /// never started (workers wait for the record), and it leaves no trace.
     fn take_back(&mut self, id: u64) {
@@ -2581,9 +3065,12 @@ impl Store {
             ..Record::default()
         };
         write_record(out, &first);
+        for queue in self.queues.iter().filter(|q| q.paused) {
+            write_record(out, &queue.pause_record());
+        }
         for task in self.tasks.iter().filter(|t| t.state != State::Evicted) {
-            write_record(out, &task.new_record());
-            if task.state != State::Queued || task.attempt > 0 {
+            write_record(out, &task.new_record(self.queue_name(task)));
+            if !matches!(task.state, State::Queued | State::Scheduled) || task.attempt > 0 {
                 write_record(out, &task.state_record());
             }
         }
@@ -2595,20 +3082,31 @@ impl Store {
     }
 
     /// Fills an empty store from a replayed journal, applying
-    /// `--keep-finished`. Returns the queued tasks, in id order, with when
-    /// each may run (0: at once; else the time its retry is due).
-    fn restore(&mut self, replayed: Replayed) -> Vec<(u64, u64)> {
-        let mut queued = Vec::new();
+    /// `--keep-finished` and the queues' paused states, and puts back what
+    /// was waiting: queued tasks into their queues in their original order
+    /// (what does not fit waits for room), delayed tasks and retries not
+    /// yet due into the scheduler — those due while the server was down
+    /// come due at once.
+    fn restore(&mut self, replayed: Replayed, queues: &[Queue]) {
+        for (name, paused) in &replayed.paused {
+            if let Some(q) = queues.iter().position(|q| *q.name == **name) {
+                self.queues[q].paused = *paused;
+            }
+        }
+        let now = now_millis();
+        let mut ready = Vec::new();
         let mut finished = Vec::new();
         for task in replayed.tasks {
             self.counts[task.state as usize] += 1;
             if let Some(key) = task.extra.as_ref().and_then(|e| e.key.as_ref()) {
                 self.keys.insert(key.text.clone(), task.id);
             }
+            let retry_at = task.extra.as_ref().map_or(0, |e| e.retry_at);
+            // The scheduler's receiver is alive: it is returned with the store.
             match task.state {
-                State::Queued => {
-                    queued.push((task.id, task.extra.as_ref().map_or(0, |e| e.retry_at)))
-                }
+                State::Scheduled => drop(self.due_tx.try_send((task.run_at, task.id))),
+                State::Queued if retry_at > now => drop(self.due_tx.try_send((retry_at, task.id))),
+                State::Queued => ready.push(task.id),
                 _ => finished.push((task.finished_at, task.id)),
             }
             self.last_id = task.id;
@@ -2622,7 +3120,21 @@ impl Store {
         finished.sort_unstable();
         self.finished = finished.into_iter().map(|(_, id)| id).collect();
         self.evict();
-        queued
+        for id in ready {
+            self.enqueue(id, queues);
+        }
+    }
+}
+
+impl QueueState {
+    /// The record of whether the queue is paused.
+    fn pause_record(&self) -> Record<'_> {
+        Record {
+            op: Some(Op::Pause),
+            queue: cow(Some(&self.name)),
+            paused: Some(self.paused),
+            ..Record::default()
+        }
     }
 }
 
@@ -2800,6 +3312,8 @@ fn write_journal(shared: Arc<Shared>, rx: Receiver<JournalEntry>, mut writer: Jo
 struct Replayed {
     /// Every task, in id order.
     tasks: Vec<Task>,
+    /// Queues paused or resumed, in the order it happened.
+    paused: Vec<(Box<str>, bool)>,
     /// The first id of the journal's history.
     first_id: u64,
     /// How many bytes of the file are whole records.
@@ -2818,14 +3332,14 @@ enum ReplayError {
 }
 
 /// Reads the journal at `path`; the error names the file (and the line).
-fn replay(path: &Path, kinds: &[Handler]) -> Result<Replayed, String> {
+fn replay(path: &Path, config: &Config) -> Result<Replayed, String> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replayed::default()),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
     let reader = io::BufReader::with_capacity(REPLAY_BUFFER, file);
-    replay_lines(reader, kinds).map_err(|e| match e {
+    replay_lines(reader, config).map_err(|e| match e {
         ReplayError::Read(e) => format!("cannot read {}: {e}", path.display()),
         ReplayError::Damage(line, why) => {
             format!("{}:{line}: the journal is damaged: {why}", path.display())
@@ -2837,7 +3351,7 @@ fn replay(path: &Path, kinds: &[Handler]) -> Result<Replayed, String> {
 /// checksum is a write the crash interrupted: it is dropped. A bad line
 /// anywhere else, or a line whose checksum holds but whose values the
 /// contract forbids, is damage.
-fn replay_lines(mut reader: impl io::BufRead, kinds: &[Handler]) -> Result<Replayed, ReplayError> {
+fn replay_lines(mut reader: impl io::BufRead, config: &Config) -> Result<Replayed, ReplayError> {
     let mut replayed = Replayed::default();
     let mut line = Vec::new();
     let mut torn_line = None;
@@ -2861,7 +3375,7 @@ fn replay_lines(mut reader: impl io::BufRead, kinds: &[Handler]) -> Result<Repla
         match read_record(text) {
             Ok(record) => {
                 replayed
-                    .apply(&record, kinds)
+                    .apply(&record, config)
                     .map_err(|why| ReplayError::Damage(number, why))?;
                 replayed.good_len += line.len() as u64;
             }
@@ -2875,13 +3389,18 @@ fn replay_lines(mut reader: impl io::BufRead, kinds: &[Handler]) -> Result<Repla
 
 impl Replayed {
     /// Applies one record; the error says why the record is impossible.
-    fn apply(&mut self, record: &Record, kinds: &[Handler]) -> Result<(), &'static str> {
+    fn apply(&mut self, record: &Record, config: &Config) -> Result<(), &'static str> {
         let at = self.tasks.binary_search_by_key(&record.id, |t| t.id);
         match (record.op, at) {
             (Some(Op::First), _) => self.first_id = record.id,
+            (Some(Op::Pause), _) => {
+                let queue = record.queue.as_deref().unwrap_or_default();
+                self.paused
+                    .push((queue.into(), record.paused == Some(true)));
+            }
             // A record written again after compaction: already here.
             (Some(Op::New), Ok(_)) => {}
-            (Some(Op::New), Err(i)) => self.tasks.insert(i, Task::from_record(record, kinds)),
+            (Some(Op::New), Err(i)) => self.tasks.insert(i, Task::from_record(record, config)),
             (Some(Op::State), Ok(i)) => self.tasks[i].apply(record)?,
             // The state of a task compacted away after it was evicted.
             (Some(Op::State), Err(_)) | (None, _) => {}
@@ -3806,6 +4325,11 @@ enum Route {
     Health,
     /// `GET /metrics`.
     Metrics,
+    /// `GET /queues`.
+    Queues,
+    /// `POST /queues/{name}/pause` (`true`) and `/resume` (`false`); the
+    /// name as given, `None` if it is not UTF-8.
+    Pause(Option<Box<str>>, bool),
     /// A path no route has.
     NotFound,
     /// A known path with another method; the methods it allows.
@@ -3900,6 +4424,11 @@ fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
         (3, b"tasks", _, b"cancel") => Resource::post(Route::Cancel(id())),
         (1, b"healthz", _, _) => Resource::get(Route::Health),
         (1, b"metrics", _, _) => Resource::get(Route::Metrics),
+        (1, b"queues", _, _) => Resource::get(Route::Queues),
+        (3, b"queues", name, b"pause" | b"resume") => {
+            let name = std::str::from_utf8(name).ok().map(Box::from);
+            Resource::post(Route::Pause(name, &third[..] == b"pause"))
+        }
         _ => return Ok(None),
     }))
 }
@@ -3965,6 +4494,8 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
         }
         Route::Health => Response::json(200, &b"{\"status\": \"ok\"}"[..]),
         Route::Metrics => metrics(shared),
+        Route::Queues => queues(shared),
+        Route::Pause(name, paused) => pause(shared, name.as_deref(), paused),
         Route::NotFound => Response::error(404, "no such path"),
         Route::NotAllowed(allow) => Response {
             allow: Some(allow),
@@ -3999,7 +4530,20 @@ struct Submission<'a> {
     /// Attempts allowed.
     #[serde(default)]
     max_attempts: Option<serde_json::Number>,
+    /// The queue to run in.
+    #[serde(borrow, default)]
+    queue: Option<std::borrow::Cow<'a, str>>,
+    /// When to start, as an RFC 3339 time.
+    #[serde(borrow, default)]
+    run_at: Option<std::borrow::Cow<'a, str>>,
+    /// How long from now to start.
+    #[serde(borrow, default)]
+    delay: Option<std::borrow::Cow<'a, str>>,
 }
+
+/// The furthest ahead a task may be delayed: a year and a leap day, so
+/// that "this time next year" always fits.
+const MAX_DELAY: Duration = Duration::from_secs(366 * 86_400);
 
 /// The longest `Idempotency-Key`: the IETF draft sets no limit, and keys
 /// are kept in memory with their task, so they are kept to a short line.
@@ -4030,15 +4574,11 @@ fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, Response> {
         None | Some("sleep") => None,
         Some(name) => match config.handlers.iter().find(|h| &*h.kind == name) {
             Some(h) => Some(h.kind.clone()),
-            None => {
-                let mut sentence = String::from("unknown task kind ");
-                let mut quoted = Vec::new();
-                write_json_str(&mut quoted, name);
-                sentence.push_str(&String::from_utf8_lossy(&quoted));
-                return Err(bad(&sentence));
-            }
+            None => return Err(bad(&format!("unknown task kind {}", quoted(name)))),
         },
     };
+    let queue = task_queue(config, s.queue.as_deref(), kind.as_deref()).map_err(|e| bad(&e))?;
+    let run_at = start_time(s.run_at.as_deref(), s.delay.as_deref()).map_err(|e| bad(&e))?;
     match (&s.work_duration, &kind) {
         (Some(d), _) if parse_duration(d).is_err() => return Err(bad(BAD_DURATION)),
         (None, None) => return Err(bad(BAD_DURATION)),
@@ -4072,7 +4612,57 @@ fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, Response> {
         timeout: s.timeout.as_deref().map(Text::new),
         max_attempts,
         key: None,
+        queue,
+        run_at,
     })
+}
+
+/// Returns `name` as a JSON string literal, for a sentence that names it.
+fn quoted(name: &str) -> String {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    write_json_str(&mut out, name);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Finds the index of a task's queue: the one it names, else the one named
+/// like its kind, else `default`. An unknown name is an error.
+fn task_queue(config: &Config, named: Option<&str>, kind: Option<&str>) -> Result<u8, String> {
+    let find = |name: &str| config.queues.iter().position(|q| &*q.name == name);
+    let q = match named {
+        Some(name) => find(name).ok_or_else(|| format!("unknown queue {}", quoted(name)))?,
+        None => kind.and_then(find).unwrap_or(0),
+    };
+    // There are at most MAX_QUEUES, so the index fits.
+    Ok(q as u8)
+}
+
+/// Finds when a task may start, ms since the epoch, from `run_at` or
+/// `delay`; 0 for at once. A time in the past means at once too.
+fn start_time(run_at: Option<&str>, delay: Option<&str>) -> Result<u64, String> {
+    let now = now_millis();
+    let latest = now + MAX_DELAY.as_millis() as u64;
+    let at = match (run_at, delay) {
+        (None, None) => return Ok(0),
+        (Some(_), Some(_)) => return Err("run_at and delay cannot be used together".into()),
+        (Some(text), None) => match parse_rfc3339(text) {
+            Some(ms) if ms > 0 => ms as u64,
+            Some(_) => return Err("run_at must be a time after 1970".into()),
+            None => {
+                return Err(
+                    "run_at must be an RFC 3339 time such as \"2026-12-01T03:00:00Z\"".into(),
+                );
+            }
+        },
+        (None, Some(text)) => match parse_duration(text) {
+            Ok(delay) if delay <= MAX_DELAY => now + delay.as_millis() as u64,
+            Ok(_) => return Err("delay must be at most 366 days".into()),
+            Err(_) => return Err("delay must be a duration such as \"10m\"".into()),
+        },
+    };
+    if at > latest {
+        return Err("run_at must be at most 366 days ahead".into());
+    }
+    Ok(at)
 }
 
 /// Checks an `Idempotency-Key` header and fingerprints the request it
@@ -4112,16 +4702,24 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
         Ok(new) => NewTask { key, ..new },
         Err(response) => return Submitted::Answer(response),
     };
-    // A full queue is answered without taking the store lock: full at this
-    // instant is reason enough, and the lock stays free for the work. A
-    // repeated key must still find its task, and shutdown has its own answer.
-    if new.key.is_none() && shared.jobs_tx.is_full() && !shared.draining.is_fired() {
+    // Tuning: a full queue is answered without taking the store lock (the
+    // plain version would ask `Store::admit`): full at this instant is
+    // reason enough, and the lock stays free for the work — the 503 path
+    // then costs less than the 202 path. A repeated key must still find
+    // its task, a delayed task needs no room, and shutdown has its own
+    // answer.
+    let queue = &shared.queues[usize::from(new.queue)];
+    if new.key.is_none()
+        && new.run_at == 0
+        && queue.jobs_tx.is_full()
+        && !shared.draining.is_fired()
+    {
         return Submitted::Answer(queue_full(shared));
     }
     let label = new.label.clone();
     let mut store = shared.store();
-    let (id, saved) = match store.admit(new, &shared.jobs_tx) {
-        Admission::Created(id, saved) => (id, saved),
+    let (id, state, saved) = match store.admit(new, &shared.queues) {
+        Admission::Created(id, state, saved) => (id, state, saved),
         Admission::Repeat(id) => {
             let task = store.get(id);
             let label = task.and_then(|t| t.label.as_ref()).map(Text::as_str);
@@ -4136,13 +4734,19 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
             ));
         }
         Admission::Full => return Submitted::Answer(queue_full(shared)),
+        Admission::TooManyScheduled => {
+            return Submitted::Answer(Response {
+                retry_after: Some(shared.config.retry_after),
+                ..Response::error(503, "too many scheduled tasks, try again later")
+            });
+        }
         Admission::ShuttingDown => {
             return Submitted::Answer(Response::error(503, "server is shutting down"));
         }
     };
     drop(store);
-    // Made outside the lock: a new task is queued, and its label is known.
-    let response = submitted(202, id, label.as_ref().map(Text::as_str), State::Queued);
+    // Made outside the lock: everything it shows is known already.
+    let response = submitted(202, id, label.as_ref().map(Text::as_str), state);
     debug!("task {} queued", IdText(id));
     match saved {
         Some(saved) => Submitted::Saving(response, saved),
@@ -4215,6 +4819,8 @@ struct ListQuery<'a> {
     state: Option<State>,
     /// Only tasks with this `task_id`.
     label: Option<std::borrow::Cow<'a, [u8]>>,
+    /// Only tasks of this queue.
+    queue: Option<u8>,
     /// The most tasks on the page.
     limit: usize,
     /// Only tasks older than this id (a previous page's last).
@@ -4223,7 +4829,7 @@ struct ListQuery<'a> {
 
 impl<'a> ListQuery<'a> {
     /// Reads the query string of a list request; `Err` is its `400`.
-    fn parse(query: Option<&'a [u8]>) -> Result<ListQuery<'a>, Response> {
+    fn parse(query: Option<&'a [u8]>, config: &Config) -> Result<ListQuery<'a>, Response> {
         let bad = |sentence: &str| Response::error(400, sentence);
         let state = match query_param(query, "state")? {
             None => None,
@@ -4231,10 +4837,15 @@ impl<'a> ListQuery<'a> {
                 std::str::from_utf8(&s)
                     .ok()
                     .and_then(State::from_name)
-                    .ok_or_else(|| {
-                        bad("state must be one of queued, running, succeeded, failed, cancelled")
-                    })?,
+                    .ok_or_else(|| bad(BAD_STATE))?,
             ),
+        };
+        let queue = match query_param(query, "queue")? {
+            None => None,
+            Some(name) => {
+                let name = String::from_utf8_lossy(&name);
+                Some(task_queue(config, Some(&name), None).map_err(|e| bad(&e))?)
+            }
         };
         let limit = match query_param(query, "limit")? {
             None => DEFAULT_LIMIT,
@@ -4253,6 +4864,7 @@ impl<'a> ListQuery<'a> {
         Ok(ListQuery {
             state,
             label: query_param(query, "task_id")?,
+            queue,
             limit,
             before,
         })
@@ -4262,6 +4874,7 @@ impl<'a> ListQuery<'a> {
     fn matches(&self, task: &Task) -> bool {
         task.state != State::Evicted
             && self.state.is_none_or(|s| task.state == s)
+            && self.queue.is_none_or(|q| task.queue == q)
             && self.label.as_deref().is_none_or(|l| {
                 task.label
                     .as_ref()
@@ -4271,10 +4884,17 @@ impl<'a> ListQuery<'a> {
 
     /// Appends the link to the page after one ending with task `last`:
     /// the same filters and limit, continuing before `last`.
-    fn write_next(&self, out: &mut Vec<u8>, last: u64) {
+    fn write_next(&self, out: &mut Vec<u8>, last: u64, config: &Config) {
         out.extend_from_slice(b"\"/tasks?");
         if let Some(state) = self.state {
             let _ = write!(VecWriter(out), "state={}&", state.name());
+        }
+        if let Some(q) = self.queue {
+            let _ = write!(
+                VecWriter(out),
+                "queue={}&",
+                config.queues[usize::from(q)].name
+            );
         }
         if let Some(label) = &self.label {
             out.extend_from_slice(b"task_id=");
@@ -4287,13 +4907,17 @@ impl<'a> ListQuery<'a> {
     }
 }
 
+/// The answer to an unknown `state` filter.
+const BAD_STATE: &str =
+    "state must be one of scheduled, queued, running, succeeded, failed, cancelled";
+
 /// The answer to a `before` that is not an id this server issued.
 const BAD_BEFORE: &str = "before must be the id of a task this server made";
 
 /// `GET /tasks`: a page of the newest retained tasks that pass the
 /// filters, the link to the next page, and the counts of all.
 fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
-    let query = match ListQuery::parse(query) {
+    let query = match ListQuery::parse(query, &shared.config) {
         Ok(query) => query,
         Err(response) => return response,
     };
@@ -4309,24 +4933,35 @@ fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
         Some(Ok(at) | Err(at)) => at,
         None => store.tasks.len(),
     };
-    let mut matching = store.tasks.range(..end).rev().filter(|t| query.matches(t));
+    let mut matching = store
+        .tasks
+        .range(..end)
+        .rev()
+        .filter(|t| query.matches(t))
+        .peekable();
     let (mut listed, mut last) = (0, None);
     let start = body.len();
-    for task in matching.by_ref() {
+    while listed < query.limit
+        && let Some(task) = matching.peek()
+    {
+        let mark = body.len();
         if listed > 0 {
             body.extend_from_slice(b", ");
         }
-        task.write_json(&mut body);
-        (listed, last) = (listed + 1, Some(task.id));
-        if listed == query.limit || body.len() - start >= MAX_PAGE_BYTES {
+        task.write_json(&mut body, store.queue_name(task));
+        if listed > 0 && body.len() - start > MAX_PAGE_BYTES {
+            // It does not fit: it begins the next page.
+            body.truncate(mark);
             break;
         }
+        (listed, last) = (listed + 1, Some(task.id));
+        matching.next();
     }
     body.extend_from_slice(b"], \"counts\": ");
     write_counts(&mut body, &store.counts);
     body.extend_from_slice(b", \"next\": ");
-    match last.filter(|_| matching.next().is_some()) {
-        Some(last) => query.write_next(&mut body, last),
+    match last.filter(|_| matching.peek().is_some()) {
+        Some(last) => query.write_next(&mut body, last, &shared.config),
         None => body.extend_from_slice(b"null"),
     }
     body.push(b'}');
@@ -4334,7 +4969,7 @@ fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
 }
 
 /// Appends the counts of tasks by state, as a JSON object.
-fn write_counts(out: &mut Vec<u8>, counts: &[usize; 5]) {
+fn write_counts(out: &mut Vec<u8>, counts: &[usize; STATES.len()]) {
     out.push(b'{');
     for (i, s) in STATES.iter().enumerate() {
         let sep = if i > 0 { ", " } else { "" };
@@ -4381,7 +5016,7 @@ fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>, head_only: boo
         Lookup::Found(i) => {
             let task = &store.tasks[i];
             if wait.is_zero() || head_only || task.state.is_terminal() {
-                Reply::Now(task_response(200, task))
+                Reply::Now(task_response(200, &store, i))
             } else {
                 Reply::Poll(LongPoll {
                     id,
@@ -4394,10 +5029,11 @@ fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>, head_only: boo
     }
 }
 
-/// Makes a response whose body is a task's status.
-fn task_response(status: u16, task: &Task) -> Response {
+/// Makes a response whose body is the status of the task at index `i`.
+fn task_response(status: u16, store: &Store, i: usize) -> Response {
+    let task = &store.tasks[i];
     let mut body = Vec::with_capacity(384);
-    task.write_json(&mut body);
+    task.write_json(&mut body, store.queue_name(task));
     Response::json(status, body)
 }
 
@@ -4418,14 +5054,14 @@ fn cancel(shared: &Shared, id: Option<u64>) -> Response {
     match store.cancel(id) {
         Ok(i) => {
             debug!("task {} cancelled", IdText(id));
-            task_response(200, &store.tasks[i])
+            task_response(200, &store, i)
         }
         Err(Lookup::Found(i)) => {
             let task = &store.tasks[i];
             let sentence = format!("the task is already {}", task.state.name());
             let mut body = Vec::with_capacity(384);
             body.push(b'{');
-            task.write_members(&mut body, Some(&sentence));
+            task.write_members(&mut body, store.queue_name(task), Some(&sentence));
             body.push(b'}');
             Response::json(409, body)
         }
@@ -4435,6 +5071,37 @@ fn cancel(shared: &Shared, id: Option<u64>) -> Response {
 
 /// Status codes are three digits from 100 to 599: one counter each.
 const STATUS_CODES: usize = 600;
+
+/// `GET /queues`: every queue, `default` first.
+fn queues(shared: &Shared) -> Response {
+    let mut body = Vec::with_capacity(128 * shared.queues.len());
+    body.extend_from_slice(b"{\"queues\": [");
+    for (i, view) in shared.store().queue_views(shared).iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b", ");
+        }
+        view.write_json(&mut body);
+    }
+    body.extend_from_slice(b"]}");
+    Response::json(200, body)
+}
+
+/// `POST /queues/{name}/pause` and `/resume`: the queue afterwards.
+fn pause(shared: &Shared, name: Option<&str>, paused: bool) -> Response {
+    let Some(q) = name.and_then(|name| shared.queues.iter().position(|q| *q.name == *name)) else {
+        return Response::error(404, "no such queue");
+    };
+    let mut store = shared.store();
+    store.set_paused(q, paused, &shared.queues);
+    info!(
+        "queue {} {}",
+        shared.queues[q].name,
+        if paused { "paused" } else { "resumed" }
+    );
+    let mut body = Vec::with_capacity(128);
+    store.queue_views(shared)[q].write_json(&mut body);
+    Response::json(200, body)
+}
 
 /// Answers written by status code, for `/metrics`.
 struct StatusCounts([AtomicU64; STATUS_CODES]);
@@ -4469,6 +5136,61 @@ impl StatusCounts {
             count.fetch_sub(1, Ordering::Relaxed);
         }
         self.add(to);
+    }
+}
+
+/// A queue as `/queues`, `/metrics` and the event stream show it, read
+/// under the store lock.
+#[derive(Debug)]
+struct QueueView<'a> {
+    /// Its name.
+    name: &'a str,
+    /// Its workers.
+    workers: usize,
+    /// Its workers running an attempt.
+    busy: u64,
+    /// Tasks in its channel and waiting for room in it (cancelled ones
+    /// count until a worker reaches them).
+    depth: usize,
+    /// Its capacity.
+    capacity: usize,
+    /// Whether it is paused.
+    paused: bool,
+}
+
+impl QueueView<'_> {
+    /// Appends the queue as the JSON object of `/queues`.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let _ = write!(
+            VecWriter(out),
+            "{{\"name\": \"{}\", \"workers\": {}, \"busy\": {}, \"depth\": {}, \
+             \"capacity\": {}, \"paused\": {}}}",
+            self.name,
+            self.workers,
+            self.busy,
+            self.depth,
+            self.capacity,
+            self.paused
+        );
+    }
+}
+
+impl Store {
+    /// Shows every queue, `default` first.
+    fn queue_views<'a>(&self, shared: &'a Shared) -> Vec<QueueView<'a>> {
+        let configs = shared.config.queues.iter();
+        let runtime = shared.queues.iter().zip(&self.queues);
+        configs
+            .zip(runtime)
+            .map(|(config, (queue, state))| QueueView {
+                name: &config.name,
+                workers: config.workers,
+                busy: state.busy,
+                depth: queue.jobs_tx.len() + state.waiting.len(),
+                capacity: queue.capacity,
+                paused: state.paused,
+            })
+            .collect()
     }
 }
 
@@ -4523,30 +5245,43 @@ fn metrics(shared: &Shared) -> Response {
                 c.finished[s as usize],
             )
         });
+        let views = store.queue_views(shared);
+        let per_queue = |name, help, value: fn(&QueueView) -> u64| Family {
+            name,
+            kind: "gauge",
+            help,
+            samples: views
+                .iter()
+                .map(|v| (format!("{{queue=\"{}\"}}", v.name), value(v)))
+                .collect(),
+        };
         vec![
-            Family::one(
+            per_queue(
                 "bgtasks_queue_depth",
-                "gauge",
-                "Tasks waiting in the queue.",
-                shared.jobs_tx.len() as u64,
+                "Tasks waiting in the queue, or waiting for room in it.",
+                |v| v.depth as u64,
             ),
-            Family::one(
+            per_queue(
                 "bgtasks_queue_capacity",
-                "gauge",
-                "Capacity of the queue (--buffer).",
-                shared.config.buffer as u64,
+                "Capacity of the queue (--buffer, or --queue's BUFFER).",
+                |v| v.capacity as u64,
             ),
-            Family::one(
+            per_queue(
                 "bgtasks_workers",
-                "gauge",
-                "Workers (--workers).",
-                shared.config.workers as u64,
+                "Workers of the queue (--workers, or --queue's WORKERS).",
+                |v| v.workers as u64,
             ),
+            per_queue("bgtasks_workers_busy", "Workers running a task.", |v| {
+                v.busy
+            }),
+            per_queue("bgtasks_queue_paused", "1 if the queue is paused.", |v| {
+                u64::from(v.paused)
+            }),
             Family::one(
-                "bgtasks_workers_busy",
+                "bgtasks_tasks_scheduled",
                 "gauge",
-                "Workers running a task.",
-                c.busy,
+                "Delayed tasks waiting for their time.",
+                store.count(State::Scheduled) as u64,
             ),
             Family::one(
                 "bgtasks_tasks_accepted_total",
@@ -5136,7 +5871,7 @@ impl Connection {
                 let mut store = shared.store();
                 match store.lookup(poll.id) {
                     Lookup::Found(i) if store.tasks[i].state != poll.seen => {
-                        return Ok(task_response(200, &store.tasks[i]));
+                        return Ok(task_response(200, &store, i));
                     }
                     Lookup::Found(_) => store.watch(poll.id),
                     other => return Ok(lookup_failure(other)),
@@ -5163,7 +5898,7 @@ impl Connection {
                 Some(false) => {
                     let store = shared.store();
                     return Ok(match store.lookup(poll.id) {
-                        Lookup::Found(i) => task_response(200, &store.tasks[i]),
+                        Lookup::Found(i) => task_response(200, &store, i),
                         other => lookup_failure(other),
                     });
                 }
@@ -5304,10 +6039,10 @@ async fn supervise(
     executor: Arc<Executor<'static>>,
     listener: Async<TcpListener>,
     signals: Async<std::os::unix::net::UnixStream>,
-    retries_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, u64)>,
     start_threads: impl FnOnce(),
 ) -> i32 {
-    let running = start_serving(&shared, &executor, listener, retries_rx).await;
+    let running = start_serving(&shared, &executor, listener, due_rx).await;
     start_threads();
     let received = read_signals(&signals).await;
     shut_down(&shared, &executor, running, signals, received).await
@@ -5331,7 +6066,7 @@ async fn start_serving(
     shared: &Arc<Shared>,
     executor: &Arc<Executor<'static>>,
     listener: Async<TcpListener>,
-    retries_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, u64)>,
 ) -> Running {
     let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
     // The bound address, not the flag: with port 0 the kernel picks one.
@@ -5347,22 +6082,22 @@ async fn start_serving(
         in_flight_tx.downgrade(),
     ));
     info!(
-        "listening on http://{bound} with {} workers, queue {}",
-        shared.config.workers, shared.config.buffer
+        "listening on http://{bound} with {}",
+        QueueList(&shared.config.queues)
     );
     // One turn for the listener before the rest of the start-up, so that a
     // client that connected while the process was starting is answered now;
     // its task waits in the queue for the workers.
     future::yield_now().await;
     let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
-    for _ in 0..shared.config.workers {
-        executor
-            .spawn(work(shared.clone(), workers_tx.clone()))
-            .detach();
+    for (q, queue) in shared.config.queues.iter().enumerate() {
+        for _ in 0..queue.workers {
+            executor
+                .spawn(work(shared.clone(), q, workers_tx.clone()))
+                .detach();
+        }
     }
-    executor
-        .spawn(schedule_retries(shared.clone(), retries_rx))
-        .detach();
+    executor.spawn(schedule(shared.clone(), due_rx)).detach();
     Running {
         listening,
         in_flight_tx,
@@ -5387,7 +6122,9 @@ async fn shut_down(
     );
     shared.store().draining = true;
     shared.draining.fire();
-    shared.jobs_tx.close();
+    for queue in &shared.queues {
+        queue.jobs_tx.close();
+    }
     // The listener ends once it has taken in its backlog; only then can no
     // new request start, and this sender go.
     running.listening.await;
@@ -5417,20 +6154,39 @@ async fn shut_down(
     let finished = future::or(everything_done, grace_over).await;
 
     // Step 3: interrupt what is still running, and wait for it to stop.
-    let interrupted = shared.store().counters.busy;
+    let interrupted = shared.store().busy();
     if !finished {
         shared.grace_over.fire();
         let _ = running.workers_done.recv().await;
     }
-    let queued = shared.store().queued();
+    let store = shared.store();
+    let (queued, scheduled) = (store.count(State::Queued), store.count(State::Scheduled));
     if shared.journal.is_some() {
         info!(
-            "shutdown complete: {queued} queued and {interrupted} interrupted tasks stay in the journal"
+            "shutdown complete: {queued} queued, {scheduled} scheduled and {interrupted} interrupted tasks stay in the journal"
         );
     } else {
-        info!("shutdown complete: dropped {queued} queued and {interrupted} running tasks");
+        info!(
+            "shutdown complete: dropped {queued} queued and {interrupted} running tasks, and {scheduled} scheduled"
+        );
     }
     0
+}
+
+/// Displays the queues for the start-up line: `10 workers, queue 100`,
+/// then each named queue's workers and capacity.
+struct QueueList<'a>(&'a [QueueConfig]);
+
+impl std::fmt::Display for QueueList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, q) in self.0.iter().enumerate() {
+            match i {
+                0 => write!(f, "{} workers, queue {}", q.workers, q.buffer)?,
+                _ => write!(f, "; queue {}: {} workers, {}", q.name, q.workers, q.buffer)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Waits for signals to arrive on the pipe; returns how many did.
@@ -5475,7 +6231,7 @@ fn main() {
     let _ = simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
         .init();
-    std::process::exit(match launch(config) {
+    std::process::exit(match launch(*config) {
         Ok(code) => code,
         Err(message) => {
             error!("{message}");
@@ -5490,7 +6246,7 @@ fn launch(config: Config) -> Result<i32, String> {
     // The data directory comes first: a server should know its tasks
     // before it listens.
     let data = match &config.data_dir {
-        Some(dir) => Some(open_data_dir(dir, &config.handlers)?),
+        Some(dir) => Some(open_data_dir(dir, &config)?),
         None => None,
     };
     // Listening comes next, before the rest of the start-up: a client that
@@ -5503,14 +6259,14 @@ fn launch(config: Config) -> Result<i32, String> {
     if !config.handlers.is_empty() {
         become_subreaper();
     }
-    let (shared, retries_rx, writer) = build_shared(config, data);
+    let (shared, due_rx, writer) = build_shared(config, data);
     // The writer must run before anything is served: a submission waits
     // for it, and without it would wait forever.
     let writer = match writer {
         Some(writer) => Some(spawn_journal_writer(&shared, writer)?),
         None => None,
     };
-    let code = run_executor(&shared, listener, signals, retries_rx);
+    let code = run_executor(&shared, listener, signals, due_rx);
     if let Some((thread, _lock)) = writer {
         // What the last moments changed is written before the process ends.
         if let Some(sender) = &shared.store().journal {
@@ -5543,22 +6299,12 @@ fn build_shared(
     config: Config,
     data: Option<DataDir>,
 ) -> (Arc<Shared>, Receiver<(u64, u64)>, Option<WriterParts>) {
-    let (jobs_tx, jobs_rx) = async_channel::bounded(config.buffer);
-    let (retries_tx, retries_rx) = async_channel::unbounded();
-    let mut store = Store::new(config.keep_finished);
+    let queues: Vec<Queue> = config.queues.iter().map(Queue::new).collect();
+    let (due_tx, due_rx) = async_channel::unbounded();
+    let mut store = Store::new(&config, due_tx);
     let mut writer = None;
     let journal = data.map(|data| {
-        let queued = store.restore(data.replayed);
-        // Queued tasks go back into the queue in their original order;
-        // what does not fit, and retries not yet due, wait in the scheduler.
-        let mut full = false;
-        for (id, due) in queued {
-            full = full || due != 0 || jobs_tx.try_send(id).is_err();
-            if full {
-                // The receiver is alive: it is returned below.
-                let _ = retries_tx.try_send((due, id));
-            }
-        }
+        store.restore(data.replayed, &queues);
         // Replayed tasks are on disk already.
         let progress = Arc::new(JournalProgress::new(store.last_id));
         let (tx, rx) = async_channel::unbounded();
@@ -5573,16 +6319,14 @@ fn build_shared(
     let shared = Arc::new(Shared {
         store: Mutex::new(store),
         config,
-        jobs_tx,
-        jobs_rx,
-        retries_tx,
+        queues,
         draining: Trigger::new(),
         grace_over: Trigger::new(),
         responses: StatusCounts::new(),
         rejected: AtomicU64::new(0),
         journal,
     });
-    (shared, retries_rx, writer)
+    (shared, due_rx, writer)
 }
 
 /// Starts the journal writer thread; an error fails start-up.
@@ -5604,7 +6348,7 @@ fn run_executor(
     shared: &Arc<Shared>,
     listener: Async<TcpListener>,
     signals: Async<std::os::unix::net::UnixStream>,
-    retries_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, u64)>,
 ) -> i32 {
     let executor = Arc::new(Executor::new());
     let exited = Trigger::new();
@@ -5626,7 +6370,7 @@ fn run_executor(
             executor.clone(),
             listener,
             signals,
-            retries_rx,
+            due_rx,
             start_threads,
         );
         let code = async_io::block_on(executor.run(main));
@@ -5648,7 +6392,7 @@ struct DataDir {
 /// Opens `--data-dir`: creates it if need be, locks it against a second
 /// server, and replays its journal. Damage stops start-up before anything
 /// on disk is changed; a torn last record is cut off with a warning.
-fn open_data_dir(dir: &Path, kinds: &[Handler]) -> Result<DataDir, String> {
+fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
     let fail = |e: io::Error| format!("cannot use --data-dir {}: {e}", dir.display());
     std::fs::create_dir_all(dir).map_err(fail)?;
     let lock = std::fs::OpenOptions::new()
@@ -5669,7 +6413,7 @@ fn open_data_dir(dir: &Path, kinds: &[Handler]) -> Result<DataDir, String> {
     }
     let path = dir.join(JOURNAL);
     let started = Instant::now();
-    let replayed = replay(&path, kinds)?;
+    let replayed = replay(&path, config)?;
     // From here on the directory may change.
     if std::fs::remove_file(dir.join(JOURNAL_TMP)).is_ok() {
         warn!("removed {JOURNAL_TMP}: a compaction the last run did not finish");
@@ -5845,6 +6589,143 @@ mod tests {
         }
     }
 
+    /// Timestamps RFC 3339 allows, with their milliseconds since the epoch,
+    /// computed independently with Python's `datetime`
+    /// (`tools/rfc3339_values.py`).
+    const GOOD_TIMESTAMPS: &[(&str, i64)] = &[
+        ("1970-01-01T00:00:00Z", 0),
+        ("1970-01-01T00:00:00.001Z", 1),
+        ("1970-01-01T01:00:00+01:00", 0),
+        ("1969-12-31T23:59:59Z", -1_000),
+        ("1969-12-31T23:59:59.999Z", -1),
+        ("1969-07-20T20:17:40Z", -14_182_940_000),
+        ("1900-01-01T00:00:00Z", -2_208_988_800_000),
+        ("1600-02-29T00:00:00Z", -11_670_998_400_000),
+        ("0001-01-01T00:00:00Z", -62_135_596_800_000),
+        ("0000-01-01T00:00:00Z", -62_167_219_200_000),
+        ("0000-02-29T00:00:00Z", -62_162_121_600_000),
+        ("2026-12-01T03:00:00Z", 1_796_094_000_000),
+        ("2026-12-01T03:00:00+00:00", 1_796_094_000_000),
+        ("2026-12-01T03:00:00-00:00", 1_796_094_000_000),
+        ("2026-12-01T03:00:00+01:00", 1_796_090_400_000),
+        ("2026-12-01T03:00:00-05:00", 1_796_112_000_000),
+        ("2026-12-01T03:00:00+05:30", 1_796_074_200_000),
+        ("2026-12-01T03:00:00+05:45", 1_796_073_300_000),
+        ("2026-12-01T03:00:00+14:00", 1_796_043_600_000),
+        ("2026-12-01T03:00:00-12:00", 1_796_137_200_000),
+        ("2026-12-01T03:00:00+23:59", 1_796_007_660_000),
+        ("2026-12-01T03:00:00-23:59", 1_796_180_340_000),
+        ("2026-01-01T00:30:00+01:00", 1_767_223_800_000),
+        ("2026-12-31T23:59:59-01:00", 1_798_765_199_000),
+        ("2000-02-29T12:00:00Z", 951_825_600_000),
+        ("2024-02-29T23:59:59Z", 1_709_251_199_000),
+        ("2100-03-01T00:00:00Z", 4_107_542_400_000),
+        ("2026-12-01T03:00:00.1Z", 1_796_094_000_100),
+        ("2026-12-01T03:00:00.12Z", 1_796_094_000_120),
+        ("2026-12-01T03:00:00.123Z", 1_796_094_000_123),
+        ("2026-12-01T03:00:00.000Z", 1_796_094_000_000),
+        ("2026-12-01T03:00:00.1239Z", 1_796_094_000_123),
+        ("2026-12-01T03:00:00.123456789Z", 1_796_094_000_123),
+        (
+            "2026-12-01T03:00:00.99999999999999999999Z",
+            1_796_094_000_999,
+        ),
+        ("2026-12-01T03:00:00.5-05:00", 1_796_112_000_500),
+        ("2026-12-01t03:00:00z", 1_796_094_000_000),
+        ("2026-12-01 03:00:00Z", 1_796_094_000_000),
+        ("2026-12-01 03:00:00.25+02:00", 1_796_086_800_250),
+        ("1985-04-12T23:20:50.52Z", 482_196_050_520),
+        ("1996-12-19T16:39:57-08:00", 851_042_397_000),
+        ("1937-01-01T12:00:27.87+00:20", -1_041_337_172_130),
+        ("9999-12-31T23:59:59.999Z", 253_402_300_799_999),
+    ];
+
+    /// Strings that are not RFC 3339 `date-time`s, or name no real time.
+    const BAD_TIMESTAMPS: &[&str] = &[
+        "",
+        "now",
+        "2026-12-01",
+        "2026-12-01T03:00:00",
+        "2026-12-01T03:00:00.123",
+        "2026-12-01T03:00Z",
+        "2026-12-01T03:00:00+0100",
+        "2026-12-01T03:00:00+01",
+        "2026-12-01T03:00:00+2400",
+        "2026-12-01T03:00:00+24:00",
+        "2026-12-01T03:00:00+01:60",
+        "2026-12-01T03:00:00+1:00",
+        "2026-12-01T03:00:00+01:00:00",
+        "2026-12-01T03:00:00-",
+        "2026-12-01T03:00:00UTC",
+        "2026-12-01T03:00:00 Z",
+        "2026-12-01T03:00:00ZZ",
+        "2026-12-01T03:00:00Z ",
+        " 2026-12-01T03:00:00Z",
+        "2026-12-01T03:00:00Z\n",
+        "2026-12-01T3:00:00Z",
+        "2026-12-1T03:00:00Z",
+        "26-12-01T03:00:00Z",
+        "+2026-12-01T03:00:00Z",
+        "-2026-12-01T03:00:00Z",
+        "12026-12-01T03:00:00Z",
+        "2026-12-01T03:00:00.Z",
+        "2026-12-01T03:00:00.+01:00",
+        "2026-12-01T03:00:00,5Z",
+        "2026-12-01T03:00:00.5.5Z",
+        "2026/12/01T03:00:00Z",
+        "2026-12-01X03:00:00Z",
+        "2026-12-01  03:00:00Z",
+        "2026-12-01T-3:00:00Z",
+        "2026-12-01T03:+0:00Z",
+        "1900-02-29T00:00:00Z",
+        "2023-02-29T00:00:00Z",
+        "2100-02-29T00:00:00Z",
+        "2026-04-31T00:00:00Z",
+        "2026-06-31T00:00:00Z",
+        "2026-13-01T00:00:00Z",
+        "2026-00-01T00:00:00Z",
+        "2026-12-00T00:00:00Z",
+        "2026-12-32T00:00:00Z",
+        "2026-12-01T24:00:00Z",
+        "2026-12-01T23:60:00Z",
+        "2016-12-31T23:59:60Z",
+        "\u{ff12}\u{ff10}\u{ff12}\u{ff16}-12-01T03:00:00Z",
+        "2026-12-01T03:00:00\u{e9}",
+    ];
+
+    #[test]
+    fn timestamps_parse_as_rfc_3339_says() {
+        for &(text, millis) in GOOD_TIMESTAMPS {
+            assert_eq!(parse_rfc3339(text), Some(millis), "{text:?}");
+        }
+        for &text in BAD_TIMESTAMPS {
+            assert_eq!(parse_rfc3339(text), None, "{text:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn days_from_civil_inverts_civil_from_days() {
+        // Every day from 0000-01-01 to 9999-12-31, each the day after the last.
+        let mut previous = (-1, 12, 31);
+        for days in -719_528..=2_932_896 {
+            let (year, month, day) = civil_from_days(days);
+            assert_eq!(
+                days_from_civil(year, month, day),
+                days,
+                "{year}-{month}-{day}"
+            );
+            let next = if previous.2 < days_in_month(previous.0, previous.1) {
+                (previous.0, previous.1, previous.2 + 1)
+            } else if previous.1 < 12 {
+                (previous.0, previous.1 + 1, 1)
+            } else {
+                (previous.0 + 1, 1, 1)
+            };
+            assert_eq!((year, month, day), next, "{days}");
+            previous = next;
+        }
+    }
+
     #[test]
     fn http_dates_follow_rfc_9110() {
         let cases: &[(u64, &str)] = &[
@@ -5947,7 +6828,7 @@ mod tests {
     fn positions_agree_with_a_binary_search() {
         let mut rng = Rng(0x1234_5678);
         for round in 0..300 {
-            let mut store = Store::new(10);
+            let (mut store, _queues, _due) = store_for(&[]);
             let mut id = 1_796_000_000_000_000u64;
             for _ in 0..rng.below(300) {
                 // Gaps of every size: bursts, pauses, and one huge jump.
@@ -5956,16 +6837,7 @@ mod tests {
                     1..=3 => 1,
                     _ => 1 + rng.below(5000) as u64,
                 };
-                let new = NewTask {
-                    label: None,
-                    work_duration: None,
-                    kind: None,
-                    payload: None,
-                    timeout: None,
-                    max_attempts: 1,
-                    key: None,
-                };
-                store.insert(Task::from_new(id, new));
+                store.insert(Task::from_new(id, new_task("t", 0), State::Queued));
             }
             let ids: Vec<u64> = store.tasks.iter().map(|t| t.id).collect();
             let mut probes: Vec<u64> = ids.clone();
@@ -5981,57 +6853,125 @@ mod tests {
         }
     }
 
+    /// A configuration from command-line arguments, as the server gets it.
+    fn config(args: &[&str]) -> Config {
+        match parse_command(args.iter().map(OsString::from), |_| None) {
+            Ok(Command::Run(config)) => *config,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// A store for `args` with its queues, and the scheduler's receiver.
+    fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, u64)>) {
+        let config = config(args);
+        let (due_tx, due_rx) = async_channel::unbounded();
+        let queues = config.queues.iter().map(Queue::new).collect();
+        (Store::new(&config, due_tx), queues, due_rx)
+    }
+
+    /// A new `sleep` task of no time in `default`, to start at `run_at`.
+    fn new_task(label: &str, run_at: u64) -> NewTask {
+        NewTask {
+            label: Some(Text::new(label)),
+            work_duration: Some(Text::new("0s")),
+            kind: None,
+            payload: None,
+            timeout: None,
+            max_attempts: 2,
+            key: None,
+            queue: 0,
+            run_at,
+        }
+    }
+
     /// The store table: each step says what happens to a task (or to the
     /// store), what the store answers, and the counts afterwards in the
-    /// order of [`STATES`]. The queue has two places, two finished tasks
-    /// are kept, and every task may have two attempts.
-    const STORE_STEPS: &[(&str, &str, [usize; 5])] = &[
-        ("admit a", "created", [1, 0, 0, 0, 0]),
-        ("admit b key=k", "created", [2, 0, 0, 0, 0]),
-        ("admit c", "full", [2, 0, 0, 0, 0]),
-        ("admit d key=k", "repeat b", [2, 0, 0, 0, 0]),
-        ("admit d key=k other-body", "key reused", [2, 0, 0, 0, 0]),
-        ("take a", "ok", [2, 0, 0, 0, 0]),
-        ("begin a", "attempt 1", [1, 1, 0, 0, 0]),
-        ("admit c", "created", [2, 1, 0, 0, 0]),
+    /// order of [`STATES`]: scheduled, queued, running, succeeded, failed,
+    /// cancelled. The queue has two places, two finished tasks are kept,
+    /// one delayed task may wait, and every task may have two attempts.
+    /// "take" is a worker receiving from the channel; "due" is the
+    /// scheduler finding the task's time has come.
+    const STORE_STEPS: &[(&str, &str, [usize; 6])] = &[
+        ("admit a", "created queued", [0, 1, 0, 0, 0, 0]),
+        ("admit b key=k", "created queued", [0, 2, 0, 0, 0, 0]),
+        ("admit c", "full", [0, 2, 0, 0, 0, 0]),
+        ("admit d key=k", "repeat b", [0, 2, 0, 0, 0, 0]),
+        ("admit d key=k other-body", "key reused", [0, 2, 0, 0, 0, 0]),
+        ("take a", "ok", [0, 2, 0, 0, 0, 0]),
+        ("begin a", "attempt 1", [0, 1, 1, 0, 0, 0]),
+        ("admit c", "created queued", [0, 2, 1, 0, 0, 0]),
         // A failed attempt with one left: queued again, its retry due.
-        ("fail a", "retry", [3, 0, 0, 0, 0]),
-        ("take b", "ok", [3, 0, 0, 0, 0]),
-        ("cancel b", "cancelled", [2, 0, 0, 0, 1]),
+        ("fail a", "retry", [0, 3, 0, 0, 0, 0]),
+        ("take b", "ok", [0, 3, 0, 0, 0, 0]),
+        ("cancel b", "cancelled", [0, 2, 0, 0, 0, 1]),
         // The worker that took a cancelled task skips it.
-        ("begin b", "skipped", [2, 0, 0, 0, 1]),
-        ("requeue a", "ok", [2, 0, 0, 0, 1]),
-        ("take c", "ok", [2, 0, 0, 0, 1]),
-        ("take a", "ok", [2, 0, 0, 0, 1]),
-        ("begin a", "attempt 2", [1, 1, 0, 0, 1]),
-        ("cancel a", "cancelled", [1, 0, 0, 0, 2]),
+        ("begin b", "skipped", [0, 2, 0, 0, 0, 1]),
+        ("due a", "ok", [0, 2, 0, 0, 0, 1]),
+        ("depth 2", "ok", [0, 2, 0, 0, 0, 1]),
+        ("take c", "ok", [0, 2, 0, 0, 0, 1]),
+        ("take a", "ok", [0, 2, 0, 0, 0, 1]),
+        ("begin a", "attempt 2", [0, 1, 1, 0, 0, 1]),
+        ("cancel a", "cancelled", [0, 1, 0, 0, 0, 2]),
         // The worker learns of the cancel when its work ends.
-        ("succeed a", "ignored", [1, 0, 0, 0, 2]),
-        ("cancel a", "already cancelled", [1, 0, 0, 0, 2]),
-        ("begin c", "attempt 1", [0, 1, 0, 0, 2]),
+        ("succeed a", "ignored", [0, 1, 0, 0, 0, 2]),
+        ("cancel a", "already cancelled", [0, 1, 0, 0, 0, 2]),
+        ("begin c", "attempt 1", [0, 0, 1, 0, 0, 2]),
         // A third finished task evicts the first to finish, b, and frees
         // its key; b's id now answers 410.
-        ("succeed c", "done", [0, 0, 1, 0, 1]),
-        ("lookup b", "gone", [0, 0, 1, 0, 1]),
-        ("admit e key=k", "created", [1, 0, 1, 0, 1]),
-        ("take e", "ok", [1, 0, 1, 0, 1]),
-        ("begin e", "attempt 1", [0, 1, 1, 0, 1]),
-        ("fail e", "retry", [1, 0, 1, 0, 1]),
-        ("requeue e", "ok", [1, 0, 1, 0, 1]),
-        ("take e", "ok", [1, 0, 1, 0, 1]),
-        ("begin e", "attempt 2", [0, 1, 1, 0, 1]),
-        ("fail e", "failed", [0, 0, 1, 1, 0]),
-        ("lookup a", "gone", [0, 0, 1, 1, 0]),
-        ("lookup e", "found", [0, 0, 1, 1, 0]),
-        ("lookup z", "unknown", [0, 0, 1, 1, 0]),
-        ("drain", "ok", [0, 0, 1, 1, 0]),
-        ("admit f", "shutting down", [0, 0, 1, 1, 0]),
+        ("succeed c", "done", [0, 0, 0, 1, 0, 1]),
+        ("lookup b", "gone", [0, 0, 0, 1, 0, 1]),
+        ("admit e key=k", "created queued", [0, 1, 0, 1, 0, 1]),
+        ("take e", "ok", [0, 1, 0, 1, 0, 1]),
+        ("begin e", "attempt 1", [0, 0, 1, 1, 0, 1]),
+        ("fail e", "retry", [0, 1, 0, 1, 0, 1]),
+        ("due e", "ok", [0, 1, 0, 1, 0, 1]),
+        ("take e", "ok", [0, 1, 0, 1, 0, 1]),
+        ("begin e", "attempt 2", [0, 0, 1, 1, 0, 1]),
+        ("fail e", "failed", [0, 0, 0, 1, 1, 0]),
+        ("lookup a", "gone", [0, 0, 0, 1, 1, 0]),
+        ("lookup e", "found", [0, 0, 0, 1, 1, 0]),
+        ("lookup z", "unknown", [0, 0, 0, 1, 1, 0]),
+        // Delayed tasks take no place in the queue, but only one may wait.
+        ("admit s later", "created scheduled", [1, 0, 0, 1, 1, 0]),
+        ("admit t later", "too many scheduled", [1, 0, 0, 1, 1, 0]),
+        ("cancel s", "cancelled", [0, 0, 0, 0, 1, 1]),
+        ("due s", "ok", [0, 0, 0, 0, 1, 1]),
+        ("admit u later", "created scheduled", [1, 0, 0, 0, 1, 1]),
+        ("admit v", "created queued", [1, 1, 0, 0, 1, 1]),
+        ("admit w", "created queued", [1, 2, 0, 0, 1, 1]),
+        // Due while the queue is full, u waits for room, and before any
+        // new submission.
+        ("due u", "ok", [0, 3, 0, 0, 1, 1]),
+        ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
+        ("admit x", "full", [0, 3, 0, 0, 1, 1]),
+        // A paused queue starts nothing: what a worker took goes back first
+        // in line, and the worker waits for the resume.
+        ("pause", "ok", [0, 3, 0, 0, 1, 1]),
+        ("take v", "ok", [0, 3, 0, 0, 1, 1]),
+        ("begin v", "paused", [0, 3, 0, 0, 1, 1]),
+        ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
+        ("resume", "ok", [0, 3, 0, 0, 1, 1]),
+        // First in, first out: w, then v, then u.
+        ("take w", "ok", [0, 3, 0, 0, 1, 1]),
+        ("begin w", "attempt 1", [0, 2, 1, 0, 1, 1]),
+        ("take v", "ok", [0, 2, 1, 0, 1, 1]),
+        ("take u", "ok", [0, 2, 1, 0, 1, 1]),
+        ("depth 0", "ok", [0, 2, 1, 0, 1, 1]),
+        ("drain", "ok", [0, 2, 1, 0, 1, 1]),
+        ("admit f", "shutting down", [0, 2, 1, 0, 1, 1]),
     ];
 
     #[test]
     fn the_store_moves_tasks_through_their_states() {
-        let (jobs_tx, jobs_rx) = async_channel::bounded(2);
-        let mut store = Store::new(2);
+        let args = [
+            "--buffer",
+            "2",
+            "--keep-finished",
+            "2",
+            "--max-scheduled",
+            "1",
+        ];
+        let (mut store, queues, due_rx) = store_for(&args);
         let mut ids: HashMap<String, u64> = HashMap::new();
         for &(step, expected, counts) in STORE_STEPS {
             let words: Vec<&str> = step.split(' ').collect();
@@ -6039,23 +6979,17 @@ mod tests {
             let id = ids.get(label).copied().unwrap_or(1);
             let answer = match words[0] {
                 "admit" => {
-                    let new = NewTask {
-                        label: Some(Text::new(label)),
-                        work_duration: Some(Text::new("0s")),
-                        kind: None,
-                        payload: None,
-                        timeout: None,
-                        max_attempts: 2,
-                        // The fourth word, if any, stands for the body.
-                        key: words.get(2).and_then(|k| k.strip_prefix("key=")).map(|k| {
-                            let body = words.get(3).copied().unwrap_or("body");
-                            parse_key(k.as_bytes(), "/tasks", body.as_bytes()).unwrap()
-                        }),
-                    };
-                    match store.admit(new, &jobs_tx) {
-                        Admission::Created(id, _) => {
+                    let later = words.get(2) == Some(&"later");
+                    let mut new = new_task(label, if later { now_millis() + 3_600_000 } else { 0 });
+                    // The fourth word, if any, stands for the body.
+                    new.key = words.get(2).and_then(|k| k.strip_prefix("key=")).map(|k| {
+                        let body = words.get(3).copied().unwrap_or("body");
+                        parse_key(k.as_bytes(), "/tasks", body.as_bytes()).unwrap()
+                    });
+                    match store.admit(new, &queues) {
+                        Admission::Created(id, state, _) => {
                             ids.insert(label.to_string(), id);
-                            "created".to_string()
+                            format!("created {}", state.name())
                         }
                         Admission::Repeat(id) => {
                             let first = ids.iter().find(|(_, v)| **v == id).unwrap();
@@ -6063,32 +6997,36 @@ mod tests {
                         }
                         Admission::KeyReused => "key reused".to_string(),
                         Admission::Full => "full".to_string(),
+                        Admission::TooManyScheduled => "too many scheduled".to_string(),
                         Admission::ShuttingDown => "shutting down".to_string(),
                     }
                 }
                 "take" => {
-                    assert_eq!(jobs_rx.try_recv(), Ok(id), "{step}");
+                    assert_eq!(queues[0].jobs_rx.try_recv(), Ok(id), "{step}");
                     "ok".to_string()
                 }
-                "requeue" => {
-                    let retry_at = store
-                        .get(id)
-                        .and_then(|t| t.extra.as_ref())
-                        .map(|e| e.retry_at);
-                    assert!(retry_at.is_some_and(|at| at > 0), "{step}: no retry_at");
-                    assert_eq!(jobs_tx.try_send(id), Ok(()), "{step}");
+                "due" => {
+                    let (_, due) = due_rx.try_recv().unwrap();
+                    assert_eq!(due, id, "{step}");
+                    store.make_due(id, &queues);
                     "ok".to_string()
                 }
-                "begin" => match store.begin_attempt(id) {
-                    Some(work) => format!("attempt {}", work.attempt),
-                    None => "skipped".to_string(),
+                "depth" => {
+                    let depth = queues[0].jobs_tx.len() + store.queues[0].waiting.len();
+                    assert_eq!(depth.to_string(), label, "{step}");
+                    "ok".to_string()
+                }
+                "begin" => match store.begin_attempt(id, 0, &queues) {
+                    Begin::Work(work) => format!("attempt {}", work.attempt),
+                    Begin::Skip => "skipped".to_string(),
+                    Begin::Paused(_) => "paused".to_string(),
                 },
                 "fail" | "succeed" => {
                     let outcome = match words[0] {
                         "fail" => Outcome::Failed("exit status 1".to_string()),
                         _ => Outcome::Succeeded(Some("{}".into())),
                     };
-                    let retry = store.end_attempt(id, outcome);
+                    let retry = store.end_attempt(id, 0, outcome);
                     match (retry, store.get(id).map(|t| t.state)) {
                         (Some(_), Some(State::Queued)) => "retry",
                         (None, Some(State::Failed)) => "failed",
@@ -6109,6 +7047,10 @@ mod tests {
                     Lookup::Unknown => "unknown",
                 }
                 .to_string(),
+                "pause" | "resume" => {
+                    store.set_paused(0, words[0] == "pause", &queues);
+                    "ok".to_string()
+                }
                 "drain" => {
                     store.draining = true;
                     "ok".to_string()
@@ -6130,42 +7072,30 @@ mod tests {
                 "after {step}"
             );
         }
-        assert_eq!(store.counters.accepted, 4);
-        assert_eq!(store.counters.finished, [0, 0, 1, 1, 2]);
-        assert_eq!(store.counters.busy, 0);
+        assert_eq!(store.counters.accepted, 8);
+        assert_eq!(store.counters.finished, [0, 0, 0, 1, 1, 3]);
+        assert_eq!(store.busy(), 1);
         // The keys of evicted tasks are gone with them; e keeps its own.
         assert_eq!(store.keys.len(), 1);
     }
 
     #[test]
     fn tombstones_are_swept_once_they_are_half_the_records() {
-        let (jobs_tx, jobs_rx) = async_channel::bounded(1000);
-        let mut store = Store::new(1);
-        let admit = |store: &mut Store| match store.admit(
-            NewTask {
-                label: None,
-                work_duration: None,
-                kind: None,
-                payload: None,
-                timeout: None,
-                max_attempts: 1,
-                key: None,
-            },
-            &jobs_tx,
-        ) {
-            Admission::Created(id, _) => id,
-            other => panic!("{other:?}"),
+        let (mut store, queues, _due) = store_for(&["--buffer", "1000", "--keep-finished", "1"]);
+        let admit = |store: &mut Store| {
+            let Admission::Created(id, _, _) = store.admit(new_task("t", 0), &queues) else {
+                panic!("admitted")
+            };
+            let _ = queues[0].jobs_rx.try_recv();
+            store.begin_attempt(id, 0, &queues);
+            id
         };
         // The oldest task runs for ever, so tombstones cannot leave from
         // the front; finished tasks behind it are evicted one by one.
-        let old = admit(&mut store);
-        let _ = jobs_rx.try_recv();
-        store.begin_attempt(old);
+        admit(&mut store);
         for _ in 0..500 {
             let id = admit(&mut store);
-            let _ = jobs_rx.try_recv();
-            store.begin_attempt(id);
-            store.end_attempt(id, Outcome::Succeeded(None));
+            store.end_attempt(id, 0, Outcome::Succeeded(None));
             assert!(store.tasks.len() <= 2 * store.retained() + TOMBSTONE_SWEEP);
         }
         assert_eq!(store.retained(), 2);
@@ -6196,6 +7126,7 @@ mod tests {
     #[test]
     fn next_links_keep_the_filters_and_parse_back() {
         let id = 1_796_000_000_000_000u64;
+        let config = config(&["--queue", "slow=1"]);
         let cases: &[(&str, &str)] = &[
             ("", "/tasks?limit=100&before="),
             ("limit=5000", "/tasks?limit=1000&before="),
@@ -6203,11 +7134,15 @@ mod tests {
                 "state=queued&task_id=a+b%2Fc%26d%3D%C3%A9&limit=5",
                 "/tasks?state=queued&task_id=a%20b%2Fc%26d%3D%C3%A9&limit=5&before=",
             ),
+            (
+                "queue=slow&state=scheduled",
+                "/tasks?state=scheduled&queue=slow&limit=100&before=",
+            ),
         ];
         for &(query, link) in cases {
-            let parsed = ListQuery::parse(Some(query.as_bytes())).unwrap();
+            let parsed = ListQuery::parse(Some(query.as_bytes()), &config).unwrap();
             let mut out = Vec::new();
-            parsed.write_next(&mut out, id);
+            parsed.write_next(&mut out, id, &config);
             let mut id_text = Vec::new();
             write_id(&mut id_text, id);
             let expected = format!("\"{link}{}\"", String::from_utf8(id_text).unwrap());
@@ -6215,15 +7150,14 @@ mod tests {
             // The link's query string reads back as the same filters.
             let text = String::from_utf8(out).unwrap();
             let again = text.trim_matches('"').strip_prefix("/tasks?").unwrap();
-            let reparsed = ListQuery::parse(Some(again.as_bytes())).unwrap();
+            let reparsed = ListQuery::parse(Some(again.as_bytes()), &config).unwrap();
+            assert_eq!(reparsed.before, Some(id), "{query}");
             assert_eq!(
-                (
-                    reparsed.state,
-                    reparsed.label,
-                    reparsed.limit,
-                    reparsed.before
-                ),
-                (parsed.state, parsed.label, parsed.limit, Some(id)),
+                ListQuery {
+                    before: None,
+                    ..reparsed
+                },
+                parsed,
                 "{query}"
             );
         }
@@ -6233,8 +7167,10 @@ mod tests {
             "before=%zz",
             "limit=0",
             "state=nope",
+            "queue=fast",
         ] {
-            assert!(ListQuery::parse(Some(bad.as_bytes())).is_err(), "{bad}");
+            let parsed = ListQuery::parse(Some(bad.as_bytes()), &config);
+            assert!(parsed.is_err(), "{bad}");
         }
     }
 
@@ -6699,7 +7635,10 @@ mod tests {
                     text: "key-1".into(),
                     fingerprint: 42,
                 }),
+                queue: 1,
+                run_at: 1_796_000_000_050,
             },
+            State::Queued,
         );
         task.attempt = 2;
         task.started_at = 1_796_000_000_100;
@@ -6711,17 +7650,32 @@ mod tests {
 
     #[test]
     fn records_round_trip_through_journal_lines() {
+        let config = config(&["--queue", "thumbs=1"]);
         let task = task_with_everything();
+        let mut scheduled = task_with_everything();
+        (scheduled.id, scheduled.state, scheduled.attempt) =
+            (scheduled.id + 1, State::Scheduled, 0);
+        let paused = QueueState {
+            paused: true,
+            ..QueueState::new(&config.queues[1])
+        };
         let mut lines = Vec::new();
-        write_record(&mut lines, &task.new_record());
+        write_record(&mut lines, &task.new_record("thumbs"));
         write_record(&mut lines, &task.state_record());
-        let replayed = replay_lines(&lines[..], &[]).unwrap();
-        let [back] = &replayed.tasks[..] else {
+        write_record(&mut lines, &scheduled.new_record("thumbs"));
+        write_record(&mut lines, &paused.pause_record());
+        let replayed = replay_lines(&lines[..], &config).unwrap();
+        let [back, back_scheduled] = &replayed.tasks[..] else {
             panic!("{:?}", replayed.tasks)
         };
+        assert_eq!(
+            (back_scheduled.state, back_scheduled.queue),
+            (State::Scheduled, 1)
+        );
+        assert_eq!(replayed.paused, [("thumbs".into(), true)]);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        task.write_json(&mut a);
-        back.write_json(&mut b);
+        task.write_json(&mut a, "thumbs");
+        back.write_json(&mut b, "thumbs");
         assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
         assert_eq!(
             back.extra
@@ -6747,25 +7701,10 @@ mod tests {
     fn journaled(test: &str) -> (Arc<Shared>, WriterParts, PathBuf) {
         let dir = std::env::temp_dir().join(format!("bgtasks-unit-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let Ok(Command::Run(config)) = parse_command([], |_| None) else {
-            panic!("the defaults parse")
-        };
-        let data = open_data_dir(&dir, &[]).unwrap();
+        let config = config(&[]);
+        let data = open_data_dir(&dir, &config).unwrap();
         let (shared, _retries, writer) = build_shared(config, Some(data));
         (shared, writer.unwrap(), dir)
-    }
-
-    /// A plain new task for the protocol tests.
-    fn plain_task() -> NewTask {
-        NewTask {
-            label: Some(Text::new("p")),
-            work_duration: Some(Text::new("0s")),
-            kind: None,
-            payload: None,
-            timeout: None,
-            max_attempts: 1,
-            key: None,
-        }
     }
 
     #[test]
@@ -6774,8 +7713,8 @@ mod tests {
         let progress = shared.journal.clone().unwrap();
         // Step 1: records leave the store in the order of the changes,
         // numbered, and `appended` says how far the numbering got.
-        let Admission::Created(id, Some(saved)) =
-            shared.store().admit(plain_task(), &shared.jobs_tx)
+        let Admission::Created(id, _, Some(saved)) =
+            shared.store().admit(new_task("p", 0), &shared.queues)
         else {
             panic!("admitted")
         };
@@ -6793,7 +7732,7 @@ mod tests {
         assert!(batch.is_empty());
         assert_eq!(saved.try_recv(), Ok(true));
         assert_eq!(progress.durable.load(Ordering::Acquire), 2);
-        let replayed = replay(&dir.join(JOURNAL), &[]).unwrap();
+        let replayed = replay(&dir.join(JOURNAL), &shared.config).unwrap();
         assert_eq!(replayed.tasks.len(), 1);
         assert_eq!(replayed.tasks[0].state, State::Cancelled);
         // Step 3: now it may, and no cut is needed for it.
@@ -6805,8 +7744,8 @@ mod tests {
         // had never been accepted, the submission learns it, and waiters
         // are released all the same.
         writer.broken = true;
-        let Admission::Created(lost, Some(saved)) =
-            shared.store().admit(plain_task(), &shared.jobs_tx)
+        let Admission::Created(lost, _, Some(saved)) =
+            shared.store().admit(new_task("p", 0), &shared.queues)
         else {
             panic!("admitted")
         };
@@ -6897,7 +7836,7 @@ mod tests {
                     r#"{"op":"state","id":10,"state":"running","attempt":1}"#,
                 ],
                 b"",
-                Err((2, "a running state is never written")),
+                Err((2, "a running or scheduled state is never written")),
             ),
             (
                 &[
@@ -6906,6 +7845,45 @@ mod tests {
                 ],
                 b"",
                 Err((2, "the result is not JSON")),
+            ),
+            (
+                &[
+                    NEW_A,
+                    r#"{"op":"state","id":10,"state":"scheduled","attempt":0}"#,
+                ],
+                b"",
+                Err((2, "a running or scheduled state is never written")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":1,"state":"queued"}"#],
+                b"",
+                Err((1, "a new task is queued or scheduled")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":1,"queue":"Bad Name"}"#],
+                b"",
+                Err((1, "the queue name is malformed")),
+            ),
+            (
+                &[r#"{"op":"pause","id":0,"queue":"slow"}"#],
+                b"",
+                Err((1, "a pause record names a queue and whether it is paused")),
+            ),
+            (
+                &[r#"{"op":"pause","id":0,"paused":true}"#],
+                b"",
+                Err((1, "a pause record names a queue and whether it is paused")),
+            ),
+            // A scheduled task, a task of a queue no longer configured, and
+            // a pause record are all fine.
+            (
+                &[
+                    r#"{"op":"new","id":12,"max_attempts":1,"state":"scheduled","run_at":9}"#,
+                    r#"{"op":"new","id":13,"max_attempts":1,"queue":"gone"}"#,
+                    r#"{"op":"pause","id":0,"queue":"gone","paused":true}"#,
+                ],
+                b"",
+                Ok((2, false)),
             ),
             (
                 &[r#"{"op":"new","id":10,"max_attempts":0}"#],
@@ -6942,7 +7920,7 @@ mod tests {
         for &(records, tail, expected) in cases {
             let mut lines = journal_lines(records);
             lines.extend_from_slice(tail);
-            let got = match replay_lines(&lines[..], &[]) {
+            let got = match replay_lines(&lines[..], &config(&[])) {
                 Ok(r) => Ok((r.tasks.len(), r.good_len == lines.len() as u64)),
                 Err(ReplayError::Damage(line, why)) => Err((line, why)),
                 Err(ReplayError::Read(e)) => panic!("{e}"),
@@ -6961,7 +7939,7 @@ mod tests {
         lines.extend_from_slice(b"00000000 {}\n");
         lines.extend_from_slice(&journal_lines(&[NEW_B]));
         assert!(matches!(
-            replay_lines(&lines[..], &[]),
+            replay_lines(&lines[..], &config(&[])),
             Err(ReplayError::Damage(2, "a record fails its checksum"))
         ));
     }
@@ -7224,7 +8202,11 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (c.addr.to_string().as_str(), c.workers, c.buffer),
+            (
+                c.addr.to_string().as_str(),
+                c.queues[0].workers,
+                c.queues[0].buffer
+            ),
             ("127.0.0.1:8000", 10, 100)
         );
         assert_eq!(
@@ -7241,12 +8223,15 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_eq!((c.workers, c.grace), (3, Duration::from_secs(90)));
+        assert_eq!((c.queues[0].workers, c.grace), (3, Duration::from_secs(90)));
         let Ok(Command::Run(c)) = parse(&[], &[("BGTASKS_WORKERS", "9"), ("RUST_LOG", "DEBUG")])
         else {
             panic!()
         };
-        assert_eq!((c.workers, c.log_level), (9, log::LevelFilter::Debug));
+        assert_eq!(
+            (c.queues[0].workers, c.log_level),
+            (9, log::LevelFilter::Debug)
+        );
         assert!(matches!(
             parse(&["--workers", "1", "-h"], &[]),
             Ok(Command::Help)

@@ -137,6 +137,10 @@ const MAX_QUEUES: usize = 256;
 /// logs.
 const MAX_NAME_LEN: usize = 32;
 
+/// The most `--schedule`s: a task keeps the index of its schedule in two
+/// bytes, and a box with more periodic work than this wants cron itself.
+const MAX_SCHEDULES: usize = 1024;
+
 /// The most delayed tasks a server may be told to hold at once: each costs
 /// about 120 bytes, so this is past a gigabyte.
 const MAX_SCHEDULED: usize = 10_000_000;
@@ -204,6 +208,11 @@ const FLAGS: &[Flag] = &[
         "--queue",
         "NAME=WORKERS[/BUFFER]",
         "a queue with its own workers and capacity (repeatable)",
+    ),
+    Flag::new(
+        "--schedule",
+        "NAME=SPEC TEMPLATE",
+        "a periodic task: cron SPEC, submission TEMPLATE (repeatable)",
     ),
     Flag::new(
         "--max-scheduled",
@@ -319,6 +328,8 @@ struct Config {
     queues: Vec<QueueConfig>,
     /// How many delayed tasks may wait for their time at once.
     max_scheduled: usize,
+    /// The periodic tasks, in the order given.
+    schedules: Vec<ScheduleConfig>,
     /// Threads that run the executor; `None` is one per available core,
     /// found only once the listener is up (reading the cgroup limits takes
     /// a while, and a client can connect meanwhile).
@@ -432,7 +443,7 @@ struct Flags<'a, E> {
 impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
     /// Checks every flag and builds the configuration.
     fn config(&self) -> Result<Config, String> {
-        Ok(Config {
+        let mut config = Config {
             addr: self.required("--addr", parse_addr)?,
             queues: self.queues()?,
             max_scheduled: self.number("--max-scheduled")?,
@@ -449,7 +460,21 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             handlers: self.handlers()?,
             token: self.optional("--token", parse_token)?,
             log_level: self.log_level()?,
-        })
+            schedules: Vec::new(),
+        };
+        // Templates are checked like submissions: against the kinds and
+        // queues just read.
+        for spec in self.all("--schedule") {
+            let schedule = parse_schedule(spec, &config)?;
+            if config.schedules.iter().any(|s| s.name == schedule.name) {
+                return Err(format!("--schedule {spec:?}: the name is given twice"));
+            }
+            config.schedules.push(schedule);
+        }
+        if config.schedules.len() > MAX_SCHEDULES {
+            return Err(format!("--schedule: at most {MAX_SCHEDULES} schedules"));
+        }
+        Ok(config)
     }
 
     /// Returns every value given for a repeatable flag.
@@ -984,6 +1009,10 @@ struct Extra {
     result: Option<Box<str>>,
     /// The `Idempotency-Key` the task was created with.
     key: Option<IdempotencyKey>,
+    /// The index of the `--schedule` that made it.
+    schedule: Option<u16>,
+    /// The last progress its handler reported, as JSON text.
+    progress: Option<Box<str>>,
 }
 
 /// An `Idempotency-Key` and what it was first used for.
@@ -1016,7 +1045,8 @@ impl Task {
         let needs_extra = new.kind.is_some()
             || new.payload.is_some()
             || new.timeout.is_some()
-            || new.key.is_some();
+            || new.key.is_some()
+            || new.schedule.is_some();
         Task {
             id,
             started_at: 0,
@@ -1030,6 +1060,7 @@ impl Task {
                     payload: new.payload,
                     timeout: new.timeout,
                     key: new.key,
+                    schedule: new.schedule,
                     ..Extra::default()
                 })
             }),
@@ -1054,10 +1085,10 @@ impl Task {
     }
 
     /// Writes the members of the status object of `GET /tasks/{id}`;
-    /// `queue` is the name of the task's queue. `error` replaces the task's
-    /// own `error` member, for answers whose `error` is a sentence about the
-    /// request (a `409`).
-    fn write_members(&self, out: &mut Vec<u8>, queue: &str, error: Option<&str>) {
+    /// `names` are those of its queue and schedule. `error` replaces the
+    /// task's own `error` member, for answers whose `error` is a sentence
+    /// about the request (a `409`).
+    fn write_members(&self, out: &mut Vec<u8>, names: Names, error: Option<&str>) {
         let extra = self.extra.as_deref();
         out.extend_from_slice(b"\"id\": \"");
         write_id(out, self.id);
@@ -1066,7 +1097,7 @@ impl Task {
         out.extend_from_slice(b", \"kind\": ");
         write_json_str(out, self.kind());
         out.extend_from_slice(b", \"queue\": ");
-        write_json_str(out, queue);
+        write_json_str(out, names.queue);
         out.extend_from_slice(b", \"state\": \"");
         out.extend_from_slice(self.state.name().as_bytes());
         out.extend_from_slice(b"\", \"work_duration\": ");
@@ -1086,21 +1117,37 @@ impl Task {
         write_timestamp(out, self.finished_at);
         out.extend_from_slice(b", \"retry_at\": ");
         write_timestamp(out, extra.map_or(0, |e| e.retry_at));
+        out.extend_from_slice(b", \"schedule\": ");
+        write_json_opt(out, names.schedule);
+        out.extend_from_slice(b", \"progress\": ");
+        write_raw_opt(out, extra.and_then(|e| e.progress.as_deref()));
         out.extend_from_slice(b", \"error\": ");
         write_json_opt(out, error.or(extra.and_then(|e| e.error.as_deref())));
         out.extend_from_slice(b", \"result\": ");
-        match extra.and_then(|e| e.result.as_deref()) {
-            Some(json) => out.extend_from_slice(json.as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
+        write_raw_opt(out, extra.and_then(|e| e.result.as_deref()));
     }
 
     /// Writes the whole status object.
-    fn write_json(&self, out: &mut Vec<u8>, queue: &str) {
+    fn write_json(&self, out: &mut Vec<u8>, names: Names) {
         out.push(b'{');
-        self.write_members(out, queue, None);
+        self.write_members(out, names, None);
         out.push(b'}');
     }
+}
+
+/// The names of a task's queue and schedule, for its status: the task keeps
+/// only their indexes.
+#[derive(Clone, Copy, Debug)]
+struct Names<'a> {
+    /// Its queue's name.
+    queue: &'a str,
+    /// Its schedule's name, if a schedule made it.
+    schedule: Option<&'a str>,
+}
+
+/// Appends JSON text as it is, or `null`.
+fn write_raw_opt(out: &mut Vec<u8>, json: Option<&str>) {
+    out.extend_from_slice(json.unwrap_or("null").as_bytes());
 }
 
 /// Lets `write!` append to a `Vec<u8>` through `fmt::Write`, which cannot
@@ -1318,6 +1365,8 @@ struct NewTask {
     queue: u8,
     /// When it may start, ms since the epoch; 0 for at once.
     run_at: u64,
+    /// The index of the `--schedule` that made it, if one did.
+    schedule: Option<u16>,
 }
 
 /// What the store answers to a submission.
@@ -1462,6 +1511,8 @@ struct Store {
     counts: [usize; STATES.len()],
     /// Each queue's state, indexed like [`Config::queues`].
     queues: Vec<QueueState>,
+    /// Each schedule's firings, indexed like [`Config::schedules`].
+    schedules: Vec<ScheduleState>,
     /// Where tasks go that must wait for a time (delayed tasks, retries):
     /// the scheduler, as (due ms, id).
     due_tx: Sender<(u64, u64)>,
@@ -1498,6 +1549,7 @@ impl Store {
             finished: VecDeque::new(),
             counts: [0; STATES.len()],
             queues: config.queues.iter().map(QueueState::new).collect(),
+            schedules: config.schedules.iter().map(ScheduleState::new).collect(),
             due_tx,
             max_scheduled: config.max_scheduled,
             keys: HashMap::new(),
@@ -1652,7 +1704,7 @@ impl Store {
             let (done, saved) = async_channel::bounded(1);
             let mut line = Vec::with_capacity(160);
             if let Some(task) = self.tasks.back() {
-                write_record(&mut line, &task.new_record(self.queue_name(task)));
+                write_record(&mut line, &task.new_record(self.names(task)));
             }
             self.log(line, Some(id), Some(done));
             saved
@@ -1717,9 +1769,13 @@ impl Store {
         }
     }
 
-    /// Returns the name of a task's queue.
-    fn queue_name(&self, task: &Task) -> &str {
-        &self.queues[usize::from(task.queue)].name
+    /// Returns the names of a task's queue and schedule.
+    fn names(&self, task: &Task) -> Names<'_> {
+        let schedule = task.extra.as_ref().and_then(|e| e.schedule);
+        Names {
+            queue: &self.queues[usize::from(task.queue)].name,
+            schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
+        }
     }
 
     /// Counts the workers running an attempt, in every queue.
@@ -1890,6 +1946,16 @@ impl Store {
         }
     }
 
+    /// Sets the progress a running task's handler reported. It is journaled
+    /// with the task's next change of state, not on its own.
+    fn set_progress(&mut self, id: u64, progress: Box<str>) {
+        let Some(i) = self.index(id) else { return };
+        let task = &mut self.tasks[i];
+        if task.state == State::Running {
+            task.extra_mut().progress = Some(progress);
+        }
+    }
+
     /// Cancels a queued or running task. Returns the slot of the task, or
     /// why not: `Err(Found(i))` when it is already terminal.
     fn cancel(&mut self, id: u64) -> Result<usize, Lookup> {
@@ -1941,7 +2007,7 @@ fn backoff(attempt: u8) -> Duration {
 /// back, and a task still retries a dozen times an hour.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-// ---- 3. Worker pool: signals, the job channel, workers, retries ----
+// ---- 3. Worker pool: triggers, queues, workers, the scheduler ----
 //
 // The pool is the original Go design: a bounded channel of `--buffer` slots
 // and `--workers` tasks that each take the next job from it. What travels
@@ -2143,14 +2209,34 @@ impl std::fmt::Display for IdText {
     }
 }
 
+/// What comes due in the scheduler's heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// A task waiting for its time: a delayed task, or a retry.
+    Task(u64),
+    /// A schedule's next firing: its index.
+    Schedule(usize),
+}
+
 /// The scheduler: one task, one heap and one timer for everything that
-/// must happen at a time — a delayed task's `run_at`, a retry's backoff.
-/// When an entry is due it goes to [`Store::make_due`], which puts the task
-/// into its queue, or among those waiting for room: the scheduler itself
-/// never waits for a queue, so one full queue cannot hold up another's.
+/// must happen at a time — a delayed task's `run_at`, a retry's backoff, a
+/// schedule's next firing. A task that comes due goes to
+/// [`Store::make_due`], which puts it into its queue, or among those
+/// waiting for room: the scheduler itself never waits for a queue, so one
+/// full queue cannot hold up another, nor a schedule.
 async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
     use std::cmp::Reverse;
     let mut due = std::collections::BinaryHeap::new();
+    {
+        let now = now_millis();
+        let mut store = shared.store();
+        for (i, config) in shared.config.schedules.iter().enumerate() {
+            if let Some(at) = next_firing(&config.spec, now) {
+                store.schedules[i].next_at = at;
+                due.push(Reverse((at, Due::Schedule(i))));
+            }
+        }
+    }
     loop {
         let next = due.peek().map(|&Reverse((at, _))| at);
         let timer = async {
@@ -2165,23 +2251,32 @@ async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
             shared.draining.wait().await;
             Some(None)
         };
-        // The drain wins a tie: nothing is queued once shutdown has begun.
+        // The drain wins a tie: nothing is queued, and no schedule fires,
+        // once shutdown has begun.
         match future::or(stopped, future::or(arrival, timer)).await {
             Some(Some((at, id))) => {
-                due.push(Reverse((at, id)));
+                due.push(Reverse((at, Due::Task(id))));
                 if due.len() > SCHEDULER_SLACK {
                     prune(&shared, &mut due);
                 }
             }
             Some(None) => return,
             None => {
-                let mut store = shared.store();
                 let now = now_millis();
-                while let Some(&Reverse((at, id))) = due.peek()
+                while let Some(&Reverse((at, what))) = due.peek()
                     && at <= now
                 {
                     due.pop();
-                    store.make_due(id, &shared.queues);
+                    let next = match what {
+                        Due::Task(id) => {
+                            shared.store().make_due(id, &shared.queues);
+                            continue;
+                        }
+                        Due::Schedule(i) => shared.fire(i, at),
+                    };
+                    if let Some(next) = next {
+                        due.push(Reverse((next, what)));
+                    }
                 }
             }
         }
@@ -2195,16 +2290,17 @@ const SCHEDULER_SLACK: usize = 4096;
 
 /// Drops the entries of tasks no longer waiting for a time, if they are
 /// many, so the heap stays within the live tasks plus a slack.
-fn prune(shared: &Shared, due: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, u64)>>) {
+fn prune(shared: &Shared, due: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, Due)>>) {
     let store = shared.store();
     let live = store.count(State::Scheduled) + store.count(State::Queued);
-    if due.len() <= live + SCHEDULER_SLACK {
+    if due.len() <= live + shared.config.schedules.len() + SCHEDULER_SLACK {
         return;
     }
-    due.retain(|std::cmp::Reverse((_, id))| {
-        store
+    due.retain(|std::cmp::Reverse((_, what))| match what {
+        Due::Task(id) => store
             .get(*id)
-            .is_some_and(|t| matches!(t.state, State::Scheduled | State::Queued))
+            .is_some_and(|t| matches!(t.state, State::Scheduled | State::Queued)),
+        Due::Schedule(_) => true,
     });
 }
 
@@ -2275,7 +2371,455 @@ async fn attempt(shared: &Shared, work: &Work) -> Outcome {
     }
 }
 
-// ---- 4. Handlers: the built-in sleep and external programs ----
+// ---- 4. Periodic tasks: cron specs and firings ----
+//
+// `--schedule NAME=SPEC TEMPLATE` makes a task from TEMPLATE (a submission
+// body, checked at start-up exactly as a POST's) each time SPEC fires. SPEC
+// is cron's five fields in UTC, or a shortcut, or `@every DURATION`. The
+// next firing is computed directly, field by field — a day, then a time in
+// it — so a spec that fires once in years costs no more than one that fires
+// every minute, and one that never fires is refused at start.
+//
+// Firing is the scheduler's (section 3): a schedule is one more entry in
+// its heap. A firing creates its task through `Store::admit`, as a POST
+// would, unless the schedule's previous task is still pending or its queue
+// is full: then it is skipped, counted and logged — periodic work must not
+// pile up behind itself. Firings missed while the server was down are not
+// made up.
+
+/// A periodic task from `--schedule NAME=SPEC TEMPLATE`.
+#[derive(Debug)]
+struct ScheduleConfig {
+    /// Its name, in task status, `/schedules` and metric labels.
+    name: Arc<str>,
+    /// SPEC as given, for `/schedules`.
+    spec_text: Box<str>,
+    /// SPEC, parsed.
+    spec: Spec,
+    /// TEMPLATE, a submission body; parsed again at each firing, by the
+    /// same function a POST goes through.
+    template: Box<str>,
+}
+
+/// Parses `NAME=SPEC TEMPLATE`: the template is the JSON object from the
+/// first `{` on, SPEC what stands between. The template is checked like a
+/// submission body against `config`; it may not say when to run (`run_at`,
+/// `delay`): the schedule does.
+fn parse_schedule(text: &str, config: &Config) -> Result<ScheduleConfig, String> {
+    let (name, rest) = text.split_once('=').unwrap_or((text, ""));
+    let bad = |why: String| format!("--schedule {name:?}: {why}");
+    let Some(brace) = rest.find('{').filter(|_| text.contains('=')) else {
+        return Err(bad(
+            "expected NAME=SPEC TEMPLATE, the template a JSON object".into(),
+        ));
+    };
+    check_name(name).map_err(bad)?;
+    let (spec_text, template) = (rest[..brace].trim(), &rest[brace..]);
+    let spec = parse_spec(spec_text).map_err(|e| bad(format!("SPEC {spec_text:?}: {e}")))?;
+    let new =
+        parse_submission(config, template.as_bytes()).map_err(|e| bad(format!("TEMPLATE: {e}")))?;
+    // Any `delay`, even 0s, sets a start time as `run_at` does.
+    if new.run_at != 0 {
+        return Err(bad(
+            "TEMPLATE: run_at and delay are for the schedule to say".into(),
+        ));
+    }
+    Ok(ScheduleConfig {
+        name: Arc::from(name),
+        spec_text: spec_text.into(),
+        spec,
+        template: template.into(),
+    })
+}
+
+/// How many years past the current one a firing is searched for. The
+/// Gregorian calendar repeats every 400 years (146,097 days, exactly 20,871
+/// weeks), so the 400 years after the current one hold every date with
+/// every weekday it ever has, and a spec that fires in none of them never
+/// fires. Eight years (leap day to leap day) would not do: in `0 0 29 2 */7`
+/// the weekday field starts with `*`, so the day must be both February 29th
+/// and a Sunday, which happens in 2088 and next in 2128.
+const CALENDAR_CYCLE_YEARS: i64 = 400;
+
+/// A parsed `--schedule` SPEC; `next_firing` says when it fires.
+#[derive(Debug, Clone, PartialEq)]
+enum Spec {
+    /// Five cron fields, matched in UTC.
+    Cron(Cron),
+    /// `@every DURATION`: a fixed interval, counted from whenever the caller
+    /// says (the previous firing, or the start).
+    Every(Duration),
+}
+
+/// The five cron fields as bitsets: bit `n` is set when the value `n` matches.
+#[derive(Debug, Clone, PartialEq)]
+struct Cron {
+    /// Minutes, 0–59.
+    minutes: u64,
+    /// Hours, 0–23.
+    hours: u64,
+    /// Days of the month, 1–31.
+    days: u64,
+    /// Months, 1–12.
+    months: u64,
+    /// Days of the week, 0–6 from Sunday; a 7 in the spec is folded into 0.
+    weekdays: u64,
+    /// Whether a day matches when either day field does rather than both:
+    /// cron's rule when both are restricted, that is neither starts with `*`.
+    either_day: bool,
+}
+
+/// One cron field: its name for error messages, its range and its names.
+struct CronField {
+    /// What one value of the field is called: "minute", "month", ….
+    name: &'static str,
+    /// The smallest value.
+    low: u32,
+    /// The largest value.
+    high: u32,
+    /// The names of `low`, `low + 1`, …, matched in any case.
+    names: &'static [&'static str],
+}
+
+impl CronField {
+    /// Describes a field of values `low..=high` with these names.
+    const fn new(name: &'static str, low: u32, high: u32, names: &'static [&'static str]) -> Self {
+        CronField {
+            name,
+            low,
+            high,
+            names,
+        }
+    }
+}
+
+/// The five fields in the order a spec writes them. Day of week runs to 7
+/// because cron lets 7 mean Sunday, as 0 does.
+const CRON_FIELDS: [CronField; 5] = [
+    CronField::new("minute", 0, 59, &[]),
+    CronField::new("hour", 0, 23, &[]),
+    CronField::new("day of month", 1, 31, &[]),
+    CronField::new("month", 1, 12, &MONTH_NAMES),
+    CronField::new("day of week", 0, 7, &WEEKDAY_NAMES),
+];
+
+/// The weekday names cron knows, `sun` for 0.
+const WEEKDAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+/// The month names cron knows, `jan` for 1.
+const MONTH_NAMES: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+/// Parses a `--schedule` SPEC: five cron fields, `@yearly` (`@annually`),
+/// `@monthly`, `@weekly`, `@daily` (`@midnight`), `@hourly`, or `@every
+/// DURATION` of at least 1s; the error is a sentence saying what is wrong.
+///
+/// Fields are separated by runs of spaces or tabs. Each is a comma-separated
+/// list of `*`, `N`, `A-B`, `*/S` and `A-B/S`, where months and weekdays may
+/// be names in any case, also in ranges (`mon-fri`). As in cronie, a weekday
+/// range ending at Sunday (`fri-sun`, `5-0`) ends at 7, and `N/S` is refused
+/// rather than read as `N-MAX/S` (Vixie cron and cronie refuse it too; some
+/// libraries accept it). A step may not exceed the field's largest value. A
+/// spec that can never fire (`0 0 31 2 *`) is refused: cron would accept it
+/// and silently never run it.
+fn parse_spec(text: &str) -> Result<Spec, String> {
+    let text = text.trim_matches([' ', '\t']);
+    if let Some(rest) = text.strip_prefix("@every") {
+        let duration = rest.trim_start_matches([' ', '\t']);
+        if duration.is_empty() {
+            return Err("@every needs a duration, such as @every 30s".into());
+        }
+        // `@everyday` is not `@every` and falls through to "unknown".
+        if duration.len() < rest.len() {
+            let every = parse_duration(duration)?;
+            if every < Duration::from_secs(1) {
+                return Err(format!("@every needs at least 1s, not {duration}"));
+            }
+            return Ok(Spec::Every(every));
+        }
+    }
+    let fields = match text {
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        "@monthly" => "0 0 1 * *",
+        "@weekly" => "0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@hourly" => "0 * * * *",
+        _ if text.starts_with('@') => {
+            let known = "@yearly, @monthly, @weekly, @daily, @hourly or @every";
+            return Err(format!("unknown schedule {text:?}: use {known}"));
+        }
+        _ => text,
+    };
+    let fields: Vec<&str> = fields
+        .split([' ', '\t'])
+        .filter(|f| !f.is_empty())
+        .collect();
+    let [minutes, hours, days, months, weekdays] = fields[..] else {
+        return Err(format!("expected 5 fields, found {}", fields.len()));
+    };
+    let cron = Cron {
+        minutes: parse_cron_field(minutes, &CRON_FIELDS[0])?,
+        hours: parse_cron_field(hours, &CRON_FIELDS[1])?,
+        days: parse_cron_field(days, &CRON_FIELDS[2])?,
+        months: parse_cron_field(months, &CRON_FIELDS[3])?,
+        weekdays: parse_cron_field(weekdays, &CRON_FIELDS[4]).map(|w| (w | w >> 7) & 0x7f)?,
+        // Vixie cron's test, kept by cronie: `*/2` counts as unrestricted too.
+        either_day: !days.starts_with('*') && !weekdays.starts_with('*'),
+    };
+    // Any date that can ever match appears in the first calendar cycle.
+    if cron.first_from(0).is_none() {
+        return Err("it can never fire: no date matches its day and month fields".into());
+    }
+    Ok(Spec::Cron(cron))
+}
+
+/// Parses one cron field into the bitset of the values it matches.
+fn parse_cron_field(text: &str, field: &CronField) -> Result<u64, String> {
+    let mut bits = 0;
+    for item in text.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((range, step)) => (range, Some(step)),
+            None => (item, None),
+        };
+        let (first, last) = match (range.split_once('-'), step) {
+            _ if range == "*" => (field.low, field.high),
+            (Some((first, last)), _) => {
+                let first = parse_cron_value(first, field, text)?;
+                let last = match parse_cron_value(last, field, text)? {
+                    0 if field.high == 7 && first > 0 => 7,
+                    last => last,
+                };
+                if first > last {
+                    return Err(format!("range {range} is backwards"));
+                }
+                (first, last)
+            }
+            (None, Some(step)) => {
+                let high = field.high;
+                return Err(format!(
+                    "{item:?} has a step but no range: write {range}-{high}/{step}"
+                ));
+            }
+            (None, None) => {
+                let value = parse_cron_value(range, field, text)?;
+                (value, value)
+            }
+        };
+        let steps = CronField::new("step", 1, field.high, &[]);
+        let step = match step {
+            Some(step) => parse_cron_value(step, &steps, text)?,
+            None => 1,
+        };
+        for value in (first..=last).step_by(step as usize) {
+            bits |= 1 << value;
+        }
+    }
+    Ok(bits)
+}
+
+/// Parses one value of a field (a number, or a name for months and
+/// weekdays) from `text`, a part of the field `whole`.
+fn parse_cron_value(text: &str, field: &CronField, whole: &str) -> Result<u32, String> {
+    let name = field.name;
+    let value = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        // A number too long for a u32 is out of range like any other.
+        text.parse().unwrap_or(u32::MAX)
+    } else if let Some(i) = field
+        .names
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(text))
+    {
+        field.low + i as u32
+    } else if text.is_empty() {
+        return Err(format!("missing {name} in {whole:?}"));
+    } else if field.names.is_empty() {
+        return Err(format!("{name} {text:?} is not a number"));
+    } else {
+        return Err(format!("unknown name {text:?} for a {name}"));
+    };
+    if !(field.low..=field.high).contains(&value) {
+        let (low, high) = (field.low, field.high);
+        return Err(format!("{name} {text} is out of range {low}-{high}"));
+    }
+    Ok(value)
+}
+
+/// Returns the first firing of `spec` strictly after `after_ms`, both in
+/// milliseconds since the epoch; `None` if there is none before the end of
+/// time as a u64 counts it. `@every` fires `after_ms` plus its interval: the
+/// caller passes the previous firing, or the start.
+fn next_firing(spec: &Spec, after_ms: u64) -> Option<u64> {
+    match spec {
+        Spec::Every(every) => after_ms.checked_add(u64::try_from(every.as_millis()).ok()?),
+        // Cron fires on whole minutes, so the first candidate is the next one.
+        Spec::Cron(cron) => cron.first_from(after_ms / 60_000 + 1)?.checked_mul(60_000),
+    }
+}
+
+impl Cron {
+    /// Finds the first firing at or after `start`, both in minutes since
+    /// the epoch, field by field: the day first, then the time in that day.
+    fn first_from(&self, start: u64) -> Option<u64> {
+        let today = start / 1440;
+        let mut day = self.next_day(today)?;
+        if day == today {
+            match self.time_from(start % 1440) {
+                Some(minute) => return Some(today * 1440 + minute),
+                None => day = self.next_day(today + 1)?,
+            }
+        }
+        Some(day * 1440 + self.time_from(0)?)
+    }
+
+    /// Finds the first minute of a day at or after `from` (minutes since
+    /// midnight) whose hour and minute match.
+    fn time_from(&self, from: u64) -> Option<u64> {
+        let (hour, minute) = (from / 60, from % 60);
+        if self.hours >> hour & 1 == 1
+            && let Some(minute) = next_bit(self.minutes, minute)
+        {
+            return Some(hour * 60 + minute);
+        }
+        Some(next_bit(self.hours, hour + 1)? * 60 + next_bit(self.minutes, 0)?)
+    }
+
+    /// Finds the first day at or after `from` (days since the epoch) whose
+    /// month and day match, within one calendar cycle.
+    fn next_day(&self, from: u64) -> Option<u64> {
+        let (start_year, start_month, start_day) = civil_from_days(i64::try_from(from).ok()?);
+        for year in start_year..=start_year + CALENDAR_CYCLE_YEARS {
+            let first_month = if year == start_year { start_month } else { 1 };
+            for month in first_month..=12 {
+                if self.months >> month & 1 == 0 {
+                    continue;
+                }
+                let first_day = if (year, month) == (start_year, start_month) {
+                    start_day
+                } else {
+                    1
+                };
+                if let Some(day) = next_bit(self.matching_days(year, month), u64::from(first_day)) {
+                    return u64::try_from(days_from_civil(year, month, day as u32)).ok();
+                }
+            }
+        }
+        None
+    }
+
+    /// Returns the days of `month` in `year` that match, as a bitset: by
+    /// cron's rule, the days either day field matches if both are
+    /// restricted, else the days both match.
+    fn matching_days(&self, year: i64, month: u32) -> u64 {
+        // The weekday of the 1st, 0 for Sunday: 1970-01-01 was a Thursday.
+        let first = (days_from_civil(year, month, 1) + 4).rem_euclid(7) as u32;
+        // Bit i of `week` says whether day i + 1 has a matching weekday;
+        // five weeks of it cover the longest month.
+        let week = (self.weekdays >> first | self.weekdays << (7 - first)) & 0x7f;
+        let by_weekday = (0..5).fold(0, |days, n| days | week << (1 + 7 * n));
+        let days = if self.either_day {
+            self.days | by_weekday
+        } else {
+            self.days & by_weekday
+        };
+        days & ((2 << days_in_month(year, month)) - 2)
+    }
+}
+
+/// Returns the position of the lowest set bit of `bits` at or above `from`.
+fn next_bit(bits: u64, from: u64) -> Option<u64> {
+    let above = if from < 64 { bits >> from << from } else { 0 };
+    (above != 0).then(|| u64::from(above.trailing_zeros()))
+}
+
+/// What the store keeps of a schedule: its firings so far.
+#[derive(Debug)]
+struct ScheduleState {
+    /// Its name.
+    name: Arc<str>,
+    /// When it fires next, ms since the epoch; 0 before the scheduler starts.
+    next_at: u64,
+    /// When it last fired, ms since the epoch; 0 if it has not.
+    last_at: u64,
+    /// The task its last created firing made; 0 if none.
+    last_task: u64,
+    /// Firings that created a task.
+    created: u64,
+    /// Firings skipped: the previous task was still pending, or the queue
+    /// was full.
+    skipped: u64,
+}
+
+impl ScheduleState {
+    /// A schedule's state at start: nothing fired yet.
+    fn new(config: &ScheduleConfig) -> ScheduleState {
+        ScheduleState {
+            name: config.name.clone(),
+            next_at: 0,
+            last_at: 0,
+            last_task: 0,
+            created: 0,
+            skipped: 0,
+        }
+    }
+}
+
+impl Shared {
+    /// Fires schedule `i`, due at `at`: creates its task as a POST would,
+    /// or skips the firing. Returns when it fires next.
+    fn fire(&self, i: usize, at: u64) -> Option<u64> {
+        let config = &self.config.schedules[i];
+        let mut store = self.store();
+        let skipped = match store.fire(i, config, self) {
+            Ok(id) => {
+                debug!("schedule {} fired: task {}", config.name, IdText(id));
+                None
+            }
+            Err(why) => Some(why),
+        };
+        let state = &mut store.schedules[i];
+        state.last_at = at;
+        if let Some(why) = skipped {
+            state.skipped += 1;
+            info!("schedule {}: firing skipped: {why}", config.name);
+        }
+        // Missed firings are not made up: the next is the next from now.
+        state.next_at = next_firing(&config.spec, at.max(now_millis()))?;
+        Some(state.next_at)
+    }
+}
+
+impl Store {
+    /// Creates the task of schedule `i`'s firing, unless its previous task
+    /// is still pending or its queue is full; returns the new task's id, or
+    /// why there is none.
+    fn fire(&mut self, i: usize, config: &ScheduleConfig, shared: &Shared) -> Result<u64, String> {
+        if let Some(task) = self.get(self.schedules[i].last_task)
+            && matches!(
+                task.state,
+                State::Scheduled | State::Queued | State::Running
+            )
+        {
+            return Err(format!("its previous task is still {}", task.state.name()));
+        }
+        // Checked at start-up, and nothing in it depends on the time.
+        let mut new = parse_submission(&shared.config, config.template.as_bytes())?;
+        new.label = new.label.or_else(|| Some(Text::new(&config.name)));
+        new.schedule = Some(i as u16);
+        match self.admit(new, &shared.queues) {
+            Admission::Created(id, ..) => {
+                let state = &mut self.schedules[i];
+                (state.last_task, state.created) = (id, state.created + 1);
+                Ok(id)
+            }
+            Admission::Full => Err("its queue is full".into()),
+            Admission::ShuttingDown => Err("the server is shutting down".into()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+}
+
+// ---- 5. Handlers: the built-in sleep and external programs ----
 //
 // `sleep` is the original design's work: wait `work_duration`, unless
 // something interrupts. A program handler is the real thing: a child
@@ -2346,7 +2890,7 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
     let group = rustix::process::Pid::from_raw(child.id() as i32);
     let stdin = child.stdin.take();
     let mut pipes = pin!(future::zip(
-        read_tail(child.stdout.take()),
+        read_stdout(child.stdout.take(), shared, work.id),
         read_tail(child.stderr.take())
     ));
     let mut tails = None;
@@ -2474,6 +3018,134 @@ async fn read_tail(pipe: Option<impl smol::io::AsyncRead + Unpin>) -> Vec<u8> {
     }
 }
 
+/// A line of a program's stdout that starts with this reports progress
+/// (the convention of GitHub Actions' workflow commands).
+const PROGRESS_PREFIX: &[u8] = b"::progress::";
+
+/// The longest progress value: a status member, not a log; a longer line
+/// is ignored.
+const MAX_PROGRESS: usize = 1024;
+
+/// Reads a program's stdout to its end, as it comes: reports each progress
+/// line to the store, and keeps the last [`OUTPUT_TAIL`] bytes of the rest
+/// for the result.
+async fn read_stdout(
+    pipe: Option<impl smol::io::AsyncRead + Unpin>,
+    shared: &Shared,
+    id: u64,
+) -> Vec<u8> {
+    let mut lines = Stdout::default();
+    let Some(mut pipe) = pipe else {
+        return lines.tail;
+    };
+    let mut chunk = [0u8; PIPE_READ];
+    let mut report = |value: &[u8]| shared.store().set_progress(id, progress_json(value));
+    loop {
+        match smol::io::AsyncReadExt::read(&mut pipe, &mut chunk).await {
+            Ok(0) | Err(_) => return lines.finish(&mut report),
+            Ok(n) => lines.feed(&chunk[..n], &mut report),
+        }
+    }
+}
+
+/// Makes a progress value's JSON text: the value itself when it is JSON,
+/// else a JSON string of it.
+fn progress_json(value: &[u8]) -> Box<str> {
+    result_json(value.trim_ascii())
+}
+
+/// Where the reader of a program's stdout is: it splits the output into
+/// lines as it streams, whatever the reads' sizes, holding at most a
+/// progress value of a line, never a whole line.
+#[derive(Debug, Default)]
+struct Stdout {
+    /// The last bytes of the output that are not progress lines.
+    tail: Vec<u8>,
+    /// The line being read.
+    line: Line,
+}
+
+/// What the line being read is known to be.
+#[derive(Debug)]
+enum Line {
+    /// It may be a progress line: this many bytes of it match the prefix.
+    Start(usize),
+    /// A progress line: its value so far, `None` once it is too long.
+    Progress(Option<Vec<u8>>),
+    /// Any other line: its bytes go to the tail as they come.
+    Other,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line::Start(0)
+    }
+}
+
+impl Stdout {
+    /// Takes in a chunk of output, reporting each progress line it ends.
+    fn feed(&mut self, mut chunk: &[u8], report: &mut impl FnMut(&[u8])) {
+        while !chunk.is_empty() {
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            match &mut self.line {
+                Line::Start(matched) => {
+                    let want = &PROGRESS_PREFIX[*matched..];
+                    let n = want.len().min(chunk.len());
+                    if chunk[..n] != want[..n] {
+                        // Not progress: what looked like it is output.
+                        keep_tail(&mut self.tail, &PROGRESS_PREFIX[..*matched]);
+                        self.line = Line::Other;
+                        continue;
+                    }
+                    *matched += n;
+                    chunk = &chunk[n..];
+                    if *matched == PROGRESS_PREFIX.len() {
+                        self.line = Line::Progress(Some(Vec::new()));
+                    }
+                }
+                Line::Other => {
+                    let end = newline.map_or(chunk.len(), |at| at + 1);
+                    keep_tail(&mut self.tail, &chunk[..end]);
+                    chunk = &chunk[end..];
+                    if newline.is_some() {
+                        self.line = Line::Start(0);
+                    }
+                }
+                Line::Progress(value) => {
+                    let part = &chunk[..newline.unwrap_or(chunk.len())];
+                    if value
+                        .as_ref()
+                        .is_some_and(|v| v.len() + part.len() > MAX_PROGRESS)
+                    {
+                        *value = None;
+                    }
+                    if let Some(value) = value {
+                        value.extend_from_slice(part);
+                    }
+                    chunk = &chunk[part.len()..];
+                    if newline.is_some() {
+                        if let Some(value) = value.take() {
+                            report(&value);
+                        }
+                        chunk = &chunk[1..];
+                        self.line = Line::Start(0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the output: a last line without its newline counts as a line.
+    fn finish(mut self, report: &mut impl FnMut(&[u8])) -> Vec<u8> {
+        match self.line {
+            Line::Start(matched) => keep_tail(&mut self.tail, &PROGRESS_PREFIX[..matched]),
+            Line::Progress(Some(value)) => report(&value),
+            Line::Progress(None) | Line::Other => {}
+        }
+        self.tail
+    }
+}
+
 /// Appends `chunk` to `tail`, dropping from the front beyond [`OUTPUT_TAIL`].
 fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
     tail.extend_from_slice(chunk);
@@ -2521,7 +3193,7 @@ fn result_json(out: &[u8]) -> Box<str> {
     }
 }
 
-// ---- 5. Journal (`--data-dir`) ----
+// ---- 6. Journal (`--data-dir`) ----
 //
 // With `--data-dir`, every task and every change of its state is a line
 // appended to `DIR/journal`, and replaying the lines at start rebuilds the
@@ -2670,6 +3342,12 @@ struct Record<'a> {
     /// Whether the queue is paused now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     paused: Option<bool>,
+    /// The schedule that made the task.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<std::borrow::Cow<'a, str>>,
+    /// The last progress, as JSON text.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    progress: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     state: Option<std::borrow::Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -2699,15 +3377,17 @@ fn nonzero(millis: u64) -> Option<u64> {
 
 // The journal's side of `Task`; the rest of its impl is in section 2.
 impl Task {
-    /// The record of the task's fixed members; `queue` is its queue's name.
-    /// A delayed task still waiting says so: it is still `scheduled`.
-    fn new_record<'a>(&'a self, queue: &'a str) -> Record<'a> {
+    /// The record of the task's fixed members, with the names of its queue
+    /// and schedule. A delayed task still waiting says so: it is still
+    /// `scheduled`.
+    fn new_record<'a>(&'a self, names: Names<'a>) -> Record<'a> {
         let extra = self.extra.as_deref();
         let scheduled = self.state == State::Scheduled;
         Record {
             op: Some(Op::New),
             id: self.id,
-            queue: cow(Some(queue).filter(|_| self.queue != 0)),
+            queue: cow(Some(names.queue).filter(|_| self.queue != 0)),
+            schedule: cow(names.schedule),
             run_at: nonzero(self.run_at),
             state: cow(scheduled.then_some(State::Scheduled.name())),
             task_id: cow(self.label.as_ref().map(Text::as_str)),
@@ -2740,6 +3420,7 @@ impl Task {
             retry_at: nonzero(extra.map_or(0, |e| e.retry_at)),
             error: cow(extra.and_then(|e| e.error.as_deref())),
             result: cow(extra.and_then(|e| e.result.as_deref())),
+            progress: cow(extra.and_then(|e| e.progress.as_deref())),
             ..Record::default()
         }
     }
@@ -2763,6 +3444,10 @@ impl Task {
             Some("scheduled") => State::Scheduled,
             _ => State::Queued,
         };
+        let schedule = record
+            .schedule
+            .as_deref()
+            .and_then(|name| config.schedules.iter().position(|s| &*s.name == name));
         Task::from_new(
             record.id,
             NewTask {
@@ -2778,6 +3463,7 @@ impl Task {
                 }),
                 queue: queue as u8,
                 run_at: record.run_at.unwrap_or(0),
+                schedule: schedule.map(|s| s as u16),
             },
             state,
         )
@@ -2799,13 +3485,16 @@ impl Task {
         self.attempt = attempt;
         self.started_at = record.started_at.unwrap_or(0);
         self.finished_at = record.finished_at.unwrap_or(0);
-        let changing =
-            record.retry_at.is_some() || record.error.is_some() || record.result.is_some();
+        let changing = record.retry_at.is_some()
+            || record.error.is_some()
+            || record.result.is_some()
+            || record.progress.is_some();
         if changing || self.extra.is_some() {
             let extra = self.extra_mut();
             extra.retry_at = record.retry_at.unwrap_or(0);
             extra.error = record.error.as_deref().map(Box::from);
             extra.result = record.result.as_deref().map(Box::from);
+            extra.progress = record.progress.as_deref().map(Box::from);
         }
         Ok(())
     }
@@ -2882,6 +3571,7 @@ impl Record<'_> {
                 Err("a running or scheduled state is never written")
             }
             Some(Op::State) if !is_json(&self.result) => Err("the result is not JSON"),
+            Some(Op::State) if !is_json(&self.progress) => Err("the progress is not JSON"),
             _ => Ok(()),
         }
     }
@@ -3069,7 +3759,7 @@ impl Store {
             write_record(out, &queue.pause_record());
         }
         for task in self.tasks.iter().filter(|t| t.state != State::Evicted) {
-            write_record(out, &task.new_record(self.queue_name(task)));
+            write_record(out, &task.new_record(self.names(task)));
             if !matches!(task.state, State::Queued | State::Scheduled) || task.attempt > 0 {
                 write_record(out, &task.state_record());
             }
@@ -3102,6 +3792,12 @@ impl Store {
                 self.keys.insert(key.text.clone(), task.id);
             }
             let retry_at = task.extra.as_ref().map_or(0, |e| e.retry_at);
+            if let Some(s) = task.extra.as_ref().and_then(|e| e.schedule) {
+                // The last task a schedule made, so that its next firing
+                // knows whether that one is still pending.
+                let state = &mut self.schedules[usize::from(s)];
+                (state.last_task, state.last_at) = (task.id, task.id / 1000);
+            }
             // The scheduler's receiver is alive: it is returned with the store.
             match task.state {
                 State::Scheduled => drop(self.due_tx.try_send((task.run_at, task.id))),
@@ -3409,7 +4105,7 @@ impl Replayed {
     }
 }
 
-// ---- 6. HTTP/1.1 codec ----
+// ---- 7. HTTP/1.1 codec ----
 //
 // The codec is pure: it looks at bytes and says what they are, and never
 // reads or writes a socket, so every rule below is tested on byte strings.
@@ -4301,7 +4997,7 @@ fn write_http_date(out: &mut Vec<u8>, secs: u64) {
     );
 }
 
-// ---- 7. Routes ----
+// ---- 8. Routes ----
 //
 // A route is chosen from the head alone, before the body is read, so that a
 // request that will be refused anyway (no token, with `Expect:
@@ -4327,6 +5023,8 @@ enum Route {
     Metrics,
     /// `GET /queues`.
     Queues,
+    /// `GET /schedules`.
+    Schedules,
     /// `POST /queues/{name}/pause` (`true`) and `/resume` (`false`); the
     /// name as given, `None` if it is not UTF-8.
     Pause(Option<Box<str>>, bool),
@@ -4425,6 +5123,7 @@ fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
         (1, b"healthz", _, _) => Resource::get(Route::Health),
         (1, b"metrics", _, _) => Resource::get(Route::Metrics),
         (1, b"queues", _, _) => Resource::get(Route::Queues),
+        (1, b"schedules", _, _) => Resource::get(Route::Schedules),
         (3, b"queues", name, b"pause" | b"resume") => {
             let name = std::str::from_utf8(name).ok().map(Box::from);
             Resource::post(Route::Pause(name, &third[..] == b"pause"))
@@ -4495,6 +5194,7 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
         Route::Health => Response::json(200, &b"{\"status\": \"ok\"}"[..]),
         Route::Metrics => metrics(shared),
         Route::Queues => queues(shared),
+        Route::Schedules => schedules(shared),
         Route::Pause(name, paused) => pause(shared, name.as_deref(), paused),
         Route::NotFound => Response::error(404, "no such path"),
         Route::NotAllowed(allow) => Response {
@@ -4558,52 +5258,49 @@ const BUSY: &[u8] = br#"{"error": "workers are busy, try again later"}"#;
 /// The original server's answer to a bad `work_duration`.
 const BAD_DURATION: &str = "failed to parse work duration in request";
 
-/// Checks a submission body and turns it into a [`NewTask`], or the `400`
-/// that explains what is wrong.
-fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, Response> {
-    let bad = |sentence: &str| Response::error(400, sentence);
+/// Checks a submission body and turns it into a [`NewTask`], or the
+/// sentence of the `400` that explains what is wrong. `--schedule`
+/// templates are checked by the same function, so a template that starts
+/// is one a POST would accept.
+fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, String> {
     // serde would read a JSON array as a struct's fields in order: only an
     // object is a task.
     if body.trim_ascii_start().first() != Some(&b'{') {
-        return Err(bad(BAD_BODY));
+        return Err(BAD_BODY.into());
     }
     // Checked as UTF-8 once, so that serde need not check each string again.
-    let body = std::str::from_utf8(body).map_err(|_| bad(BAD_BODY))?;
-    let s: Submission = serde_json::from_str(body).map_err(|_| bad(BAD_BODY))?;
+    let body = std::str::from_utf8(body).map_err(|_| BAD_BODY)?;
+    let s: Submission = serde_json::from_str(body).map_err(|_| BAD_BODY)?;
     let kind = match s.kind.as_deref() {
         None | Some("sleep") => None,
         Some(name) => match config.handlers.iter().find(|h| &*h.kind == name) {
             Some(h) => Some(h.kind.clone()),
-            None => return Err(bad(&format!("unknown task kind {}", quoted(name)))),
+            None => return Err(format!("unknown task kind {}", quoted(name))),
         },
     };
-    let queue = task_queue(config, s.queue.as_deref(), kind.as_deref()).map_err(|e| bad(&e))?;
-    let run_at = start_time(s.run_at.as_deref(), s.delay.as_deref()).map_err(|e| bad(&e))?;
     match (&s.work_duration, &kind) {
-        (Some(d), _) if parse_duration(d).is_err() => return Err(bad(BAD_DURATION)),
-        (None, None) => return Err(bad(BAD_DURATION)),
+        (Some(d), _) if parse_duration(d).is_err() => return Err(BAD_DURATION.into()),
+        (None, None) => return Err(BAD_DURATION.into()),
         _ => {}
     }
     if let Some(t) = &s.timeout
         && parse_duration(t).ok().is_none_or(|d| d.is_zero())
     {
-        return Err(bad(
-            "timeout must be a duration greater than zero, such as \"30s\"",
-        ));
+        return Err("timeout must be a duration greater than zero, such as \"30s\"".into());
     }
-    let max_attempts = match &s.max_attempts {
+    let max_attempts = match s.max_attempts.as_ref().map(serde_json::Number::as_u64) {
         None => 1,
-        Some(n) => match n.as_u64() {
-            Some(n) if n <= u64::from(*MAX_ATTEMPTS.end()) && n >= 1 => n as u8,
-            _ => {
-                return Err(bad(&format!(
-                    "max_attempts must be an integer from {} to {}",
-                    MAX_ATTEMPTS.start(),
-                    MAX_ATTEMPTS.end()
-                )));
-            }
-        },
+        Some(Some(n)) if n >= 1 && n <= u64::from(*MAX_ATTEMPTS.end()) => n as u8,
+        Some(_) => {
+            return Err(format!(
+                "max_attempts must be an integer from {} to {}",
+                MAX_ATTEMPTS.start(),
+                MAX_ATTEMPTS.end()
+            ));
+        }
     };
+    let queue = task_queue(config, s.queue.as_deref(), kind.as_deref())?;
+    let run_at = start_time(s.run_at.as_deref(), s.delay.as_deref())?;
     Ok(NewTask {
         label: s.task_id.as_deref().map(Text::new),
         work_duration: s.work_duration.as_deref().map(Text::new),
@@ -4614,6 +5311,7 @@ fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, Response> {
         key: None,
         queue,
         run_at,
+        schedule: None,
     })
 }
 
@@ -4700,7 +5398,7 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
     };
     let new = match parse_submission(&shared.config, body) {
         Ok(new) => NewTask { key, ..new },
-        Err(response) => return Submitted::Answer(response),
+        Err(sentence) => return Submitted::Answer(Response::error(400, &sentence)),
     };
     // Tuning: a full queue is answered without taking the store lock (the
     // plain version would ask `Store::admit`): full at this instant is
@@ -4948,7 +5646,7 @@ fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
         if listed > 0 {
             body.extend_from_slice(b", ");
         }
-        task.write_json(&mut body, store.queue_name(task));
+        task.write_json(&mut body, store.names(task));
         if listed > 0 && body.len() - start > MAX_PAGE_BYTES {
             // It does not fit: it begins the next page.
             body.truncate(mark);
@@ -5033,7 +5731,7 @@ fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>, head_only: boo
 fn task_response(status: u16, store: &Store, i: usize) -> Response {
     let task = &store.tasks[i];
     let mut body = Vec::with_capacity(384);
-    task.write_json(&mut body, store.queue_name(task));
+    task.write_json(&mut body, store.names(task));
     Response::json(status, body)
 }
 
@@ -5061,7 +5759,7 @@ fn cancel(shared: &Shared, id: Option<u64>) -> Response {
             let sentence = format!("the task is already {}", task.state.name());
             let mut body = Vec::with_capacity(384);
             body.push(b'{');
-            task.write_members(&mut body, store.queue_name(task), Some(&sentence));
+            task.write_members(&mut body, store.names(task), Some(&sentence));
             body.push(b'}');
             Response::json(409, body)
         }
@@ -5081,6 +5779,43 @@ fn queues(shared: &Shared) -> Response {
             body.extend_from_slice(b", ");
         }
         view.write_json(&mut body);
+    }
+    body.extend_from_slice(b"]}");
+    Response::json(200, body)
+}
+
+/// `GET /schedules`: every schedule, with its next and last firing.
+fn schedules(shared: &Shared) -> Response {
+    let mut body = Vec::with_capacity(160 * shared.config.schedules.len() + 16);
+    body.extend_from_slice(b"{\"schedules\": [");
+    let store = shared.store();
+    for (i, (config, state)) in shared
+        .config
+        .schedules
+        .iter()
+        .zip(&store.schedules)
+        .enumerate()
+    {
+        if i > 0 {
+            body.extend_from_slice(b", ");
+        }
+        body.extend_from_slice(b"{\"name\": ");
+        write_json_str(&mut body, &config.name);
+        body.extend_from_slice(b", \"spec\": ");
+        write_json_str(&mut body, &config.spec_text);
+        body.extend_from_slice(b", \"next_at\": ");
+        write_timestamp(&mut body, state.next_at);
+        body.extend_from_slice(b", \"last_at\": ");
+        write_timestamp(&mut body, state.last_at);
+        body.extend_from_slice(b", \"last_task\": ");
+        if state.last_task == 0 {
+            body.extend_from_slice(b"null");
+        } else {
+            body.push(b'"');
+            write_id(&mut body, state.last_task);
+            body.push(b'"');
+        }
+        let _ = write!(VecWriter(&mut body), ", \"skipped\": {}}}", state.skipped);
     }
     body.extend_from_slice(b"]}");
     Response::json(200, body)
@@ -5277,6 +6012,20 @@ fn metrics(shared: &Shared) -> Response {
             per_queue("bgtasks_queue_paused", "1 if the queue is paused.", |v| {
                 u64::from(v.paused)
             }),
+            Family {
+                name: "bgtasks_schedule_firings_total",
+                kind: "counter",
+                help: "Firings of each schedule, by whether they created a task.",
+                samples: store
+                    .schedules
+                    .iter()
+                    .flat_map(|s| {
+                        let label =
+                            |outcome| format!("{{schedule=\"{}\", outcome=\"{outcome}\"}}", s.name);
+                        [(label("created"), s.created), (label("skipped"), s.skipped)]
+                    })
+                    .collect(),
+            },
             Family::one(
                 "bgtasks_tasks_scheduled",
                 "gauge",
@@ -5322,7 +6071,7 @@ fn metrics(shared: &Shared) -> Response {
 /// Room reserved for a `/metrics` answer: the usual one fits.
 const METRICS_SIZE: usize = 2048;
 
-// ---- 8. Connections and the listener ----
+// ---- 9. Connections and the listener ----
 //
 // One task per connection reads a request, answers it, and loops. Its
 // buffers exist only while a request is being handled: an idle keep-alive
@@ -6026,7 +6775,7 @@ async fn listen(
     }
 }
 
-// ---- 9. Signals, shutdown and `main` ----
+// ---- 10. Signals, shutdown and `main` ----
 //
 // Signals arrive through a pipe (signal-hook writes a byte per signal from
 // its handler), which the executor reads like any socket: no thread sits
@@ -6456,7 +7205,7 @@ fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
     })
 }
 
-// ---- 10. Tests of the pure pieces ----
+// ---- 11. Tests of the pure pieces ----
 //
 // The end-to-end tests in `tests/` drive the real binary over sockets; these
 // check the pieces that need no socket, table by table.
@@ -6726,6 +7475,245 @@ mod tests {
         }
     }
 
+    /// Specs, a time, and their first firing strictly after it. 2026-03-01
+    /// is a Sunday. Checked independently by brute force, day by day with
+    /// Python's `datetime` (`tools/cron_values.py`).
+    #[rustfmt::skip]
+    const NEXT_FIRINGS: &[(&str, &str, &str)] = &[
+        ("* * * * *",             "2026-03-04T05:06:07Z",     "2026-03-04T05:07:00Z"),
+        ("* * * * *",             "2026-03-04T05:06:00Z",     "2026-03-04T05:07:00Z"),
+        ("* * * * *",             "2026-12-31T23:59:30Z",     "2027-01-01T00:00:00Z"),
+        ("*\t*  * *   *",         "2026-03-04T05:06:07Z",     "2026-03-04T05:07:00Z"),
+        ("  0 0 * * *  ",         "2026-03-04T00:00:00Z",     "2026-03-05T00:00:00Z"),
+        ("*/7 * * * *",           "2026-03-04T05:56:00Z",     "2026-03-04T06:00:00Z"),
+        ("*/7 * * * *",           "2026-03-04T05:49:59.999Z", "2026-03-04T05:56:00Z"),
+        ("*/7 * * * *",           "2026-03-04T23:56:00Z",     "2026-03-05T00:00:00Z"),
+        ("1-5,10-15/2 * * * *",   "2026-03-04T05:05:00Z",     "2026-03-04T05:10:00Z"),
+        ("1-5,10-15/2 * * * *",   "2026-03-04T05:12:00Z",     "2026-03-04T05:14:00Z"),
+        ("1-5,10-15/2 * * * *",   "2026-03-04T05:14:00Z",     "2026-03-04T06:01:00Z"),
+        ("0,30 * * * *",          "2026-03-04T05:00:00Z",     "2026-03-04T05:30:00Z"),
+        ("23 0-20/2 * * *",       "2026-03-04T20:23:00Z",     "2026-03-05T00:23:00Z"),
+        ("0 9-17 * * mon-fri",    "2026-03-06T17:00:00Z",     "2026-03-09T09:00:00Z"),
+        ("0 9-17 * * MON-FRI",    "2026-03-06T12:30:00Z",     "2026-03-06T13:00:00Z"),
+        ("15 10 * * Mon,Wed,Fri", "2026-03-04T10:15:00Z",     "2026-03-06T10:15:00Z"),
+        ("0 0 * * 7",             "2026-03-04T12:00:00Z",     "2026-03-08T00:00:00Z"),
+        ("0 0 * * 0",             "2026-03-04T12:00:00Z",     "2026-03-08T00:00:00Z"),
+        ("0 0 * * sun",           "2026-03-04T12:00:00Z",     "2026-03-08T00:00:00Z"),
+        ("0 0 * * sun-sun",       "2026-03-04T12:00:00Z",     "2026-03-08T00:00:00Z"),
+        ("0 0 * * 1",             "2026-03-09T00:00:00Z",     "2026-03-16T00:00:00Z"),
+        ("5 4 * * sat-sun",       "2026-03-04T00:00:00Z",     "2026-03-07T04:05:00Z"),
+        ("5 4 * * sat-sun",       "2026-03-07T04:05:00Z",     "2026-03-08T04:05:00Z"),
+        ("0 0 * * fri-sun",       "2026-03-08T00:00:00Z",     "2026-03-13T00:00:00Z"),
+        ("0 0 * * 5-7",           "2026-03-08T00:00:00Z",     "2026-03-13T00:00:00Z"),
+        ("0 12 * jan,jul *",      "2026-02-01T00:00:00Z",     "2026-07-01T12:00:00Z"),
+        ("30 4 1 JAN *",          "2026-01-01T04:30:00Z",     "2027-01-01T04:30:00Z"),
+        ("0 0 1 */3 *",           "2026-10-01T00:00:00Z",     "2027-01-01T00:00:00Z"),
+        // Friday or the 13th; both, and each alone.
+        ("0 0 13 * 5",            "2026-03-01T00:00:00Z",     "2026-03-06T00:00:00Z"),
+        ("0 0 13 * 5",            "2026-04-10T00:00:00Z",     "2026-04-13T00:00:00Z"),
+        ("0 0 13 * fri",          "2026-03-06T00:00:00Z",     "2026-03-13T00:00:00Z"),
+        ("0 0 1-7 * 1",           "2026-03-10T00:00:00Z",     "2026-03-16T00:00:00Z"),
+        // A day field starting with `*` makes both fields count.
+        ("0 0 */2 * 1",           "2026-03-01T00:00:00Z",     "2026-03-09T00:00:00Z"),
+        ("0 0 31 * *",            "2026-04-01T00:00:00Z",     "2026-05-31T00:00:00Z"),
+        ("0 0 31 * *",            "2026-05-31T00:00:00Z",     "2026-07-31T00:00:00Z"),
+        ("0 0 31 1-12/2 *",       "2026-07-31T00:00:00Z",     "2027-01-31T00:00:00Z"),
+        ("0 0 30 2,4 *",          "2026-03-01T00:00:00Z",     "2026-04-30T00:00:00Z"),
+        ("0 0 28-31 2 *",         "2027-02-28T00:00:00Z",     "2028-02-28T00:00:00Z"),
+        ("0 0 29 2 *",            "2025-01-01T00:00:00Z",     "2028-02-29T00:00:00Z"),
+        ("0 0 29 2 *",            "2096-03-01T00:00:00Z",     "2104-02-29T00:00:00Z"),
+        ("0 0 29 2 *",            "2000-02-29T00:00:00Z",     "2004-02-29T00:00:00Z"),
+        ("0 0 29 2 1",            "2026-02-24T00:00:00Z",     "2027-02-01T00:00:00Z"),
+        ("0 0 29 2 1",            "2028-02-28T00:00:00Z",     "2028-02-29T00:00:00Z"),
+        ("0 0 29 2 mon",          "1970-01-01T00:00:00Z",     "1970-02-02T00:00:00Z"),
+        ("0 0 29 2 */7",          "2088-03-01T00:00:00Z",     "2128-02-29T00:00:00Z"),
+        ("0 0 1 1 *",             "2026-06-01T00:00:00Z",     "2027-01-01T00:00:00Z"),
+        ("59 23 31 12 *",         "2026-12-31T23:59:00Z",     "2027-12-31T23:59:00Z"),
+        ("0 0 31 12 *",           "2026-12-31T00:00:00.001Z", "2027-12-31T00:00:00Z"),
+        ("0 0 1 1 *",             "9998-06-01T00:00:00Z",     "9999-01-01T00:00:00Z"),
+        ("@hourly",               "2026-03-04T05:00:00Z",     "2026-03-04T06:00:00Z"),
+        ("@daily",                "2026-03-04T00:00:00Z",     "2026-03-05T00:00:00Z"),
+        ("@midnight",             "2026-03-04T23:59:59.999Z", "2026-03-05T00:00:00Z"),
+        ("@weekly",               "2026-03-08T00:00:00Z",     "2026-03-15T00:00:00Z"),
+        ("@monthly",              "2026-12-15T00:00:00Z",     "2027-01-01T00:00:00Z"),
+        ("@yearly",               "2026-01-01T00:00:00Z",     "2027-01-01T00:00:00Z"),
+        ("@annually",             "2026-06-01T00:00:00Z",     "2027-01-01T00:00:00Z"),
+        ("@every 90s",            "2026-03-04T12:00:00.250Z", "2026-03-04T12:01:30.250Z"),
+        ("@every 1h30m",          "2026-03-04T23:00:00Z",     "2026-03-05T00:30:00Z"),
+    ];
+
+    /// Specs that must be refused, with the start of their error sentence.
+    const BAD_SPECS: &[(&str, &str)] = &[
+        ("60 * * * *", "minute 60 is out of range 0-59"),
+        ("99999999999 * * * *", "minute 99999999999 is out of"),
+        ("* 24 * * *", "hour 24 is out of range 0-23"),
+        ("* * 0 * *", "day of month 0 is out of range 1-31"),
+        ("* * 32 * *", "day of month 32 is out of range 1-31"),
+        ("* * * 0 *", "month 0 is out of range 1-12"),
+        ("* * * 13 *", "month 13 is out of range 1-12"),
+        ("* * * * 8", "day of week 8 is out of range 0-7"),
+        ("5-2 * * * *", "range 5-2 is backwards"),
+        ("* * * * sat-mon", "range sat-mon is backwards"),
+        ("*/0 * * * *", "step 0 is out of range 1-59"),
+        ("1-5/0 * * * *", "step 0 is out of range 1-59"),
+        ("* */24 * * *", "step 24 is out of range 1-23"),
+        ("*/x * * * *", "step \"x\" is not a number"),
+        ("*/ * * * *", "missing step in \"*/\""),
+        ("5/15 * * * *", "\"5/15\" has a step but no range"),
+        ("* * * foo *", "unknown name \"foo\" for a month"),
+        ("* * * january *", "unknown name \"january\" for a month"),
+        ("* * * * funday", "unknown name \"funday\" for a day"),
+        ("* * * * mon-foo", "unknown name \"foo\" for a day of week"),
+        ("jan * * * *", "minute \"jan\" is not a number"),
+        ("1.5 * * * *", "minute \"1.5\" is not a number"),
+        ("+1 * * * *", "minute \"+1\" is not a number"),
+        ("\u{ff11} * * * *", "minute \"\u{ff11}\" is not a number"),
+        ("1, * * * *", "missing minute in \"1,\""),
+        (",1 * * * *", "missing minute in \",1\""),
+        ("--1 * * * *", "missing minute in \"--1\""),
+        ("-1 * * * *", "missing minute in \"-1\""),
+        ("* * * * * *", "expected 5 fields, found 6"),
+        ("* * * *", "expected 5 fields, found 4"),
+        ("", "expected 5 fields, found 0"),
+        (" \t ", "expected 5 fields, found 0"),
+        ("@every 0s", "@every needs at least 1s"),
+        ("@every 500ms", "@every needs at least 1s"),
+        ("@every", "@every needs a duration"),
+        ("@every -5s", "negative duration"),
+        ("@every 1x", "unknown unit in duration"),
+        ("@reboot", "unknown schedule \"@reboot\""),
+        ("@foo", "unknown schedule \"@foo\""),
+        ("@everyday", "unknown schedule \"@everyday\""),
+        ("@daily 5", "unknown schedule \"@daily 5\""),
+        ("0 0 31 2 *", "it can never fire"),
+        ("0 0 30 2 *", "it can never fire"),
+        ("0 0 30-31 feb *", "it can never fire"),
+        ("0 0 31 4,6,9,11 *", "it can never fire"),
+        ("0 0 31 2 */7", "it can never fire"),
+    ];
+
+    /// Reads a time from the table, which writes them all in RFC 3339.
+    fn millis(text: &str) -> u64 {
+        parse_rfc3339(text)
+            .and_then(|ms| u64::try_from(ms).ok())
+            .unwrap_or_else(|| panic!("bad time {text:?} in the table"))
+    }
+
+    #[test]
+    fn next_firings_match_the_table() {
+        for &(text, after, expected) in NEXT_FIRINGS {
+            let spec = parse_spec(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            let next = next_firing(&spec, millis(after));
+            assert_eq!(
+                next,
+                Some(millis(expected)),
+                "{text:?} after {after}: {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_specs_are_refused_with_a_sentence() {
+        for &(text, start) in BAD_SPECS {
+            match parse_spec(text) {
+                Ok(spec) => panic!("{text:?} should be refused, got {spec:?}"),
+                Err(error) => assert!(error.starts_with(start), "{text:?}: {error:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn shortcuts_are_their_cron_fields() {
+        let cases = [
+            ("@yearly", "0 0 1 1 *"),
+            ("@annually", "0 0 1 1 *"),
+            ("@monthly", "0 0 1 * *"),
+            ("@weekly", "0 0 * * 0"),
+            ("@daily", "0 0 * * *"),
+            ("@midnight", "0 0 * * *"),
+            ("@hourly", "0 * * * *"),
+        ];
+        for (shortcut, fields) in cases {
+            assert_eq!(parse_spec(shortcut), parse_spec(fields), "{shortcut}");
+        }
+        assert_eq!(
+            parse_spec("@every 1m30s"),
+            Ok(Spec::Every(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            parse_spec("@every\t1s "),
+            Ok(Spec::Every(Duration::from_secs(1)))
+        );
+    }
+
+    #[test]
+    fn firings_past_the_end_of_time_are_none() {
+        for text in ["* * * * *", "@every 1s"] {
+            let spec = parse_spec(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(next_firing(&spec, u64::MAX), None, "{text:?}");
+            assert_eq!(next_firing(&spec, u64::MAX - 999), None, "{text:?}");
+        }
+    }
+
+    /// Tells whether `cron` fires in `minute` (minutes since the epoch),
+    /// straight from cron's definition, minute by minute: the reference.
+    fn fires_in(cron: &Cron, minute: u64) -> bool {
+        let has = |bits: u64, value: u64| bits >> value & 1 == 1;
+        let days = minute / 1440;
+        let (_, month, day) = civil_from_days(days as i64);
+        let (by_day, by_weekday) = (
+            has(cron.days, day.into()),
+            has(cron.weekdays, (days + 4) % 7),
+        );
+        has(cron.minutes, minute % 60)
+            && has(cron.hours, minute / 60 % 24)
+            && has(cron.months, month.into())
+            && if cron.either_day {
+                by_day || by_weekday
+            } else {
+                by_day && by_weekday
+            }
+    }
+
+    #[test]
+    fn next_firings_agree_with_a_minute_by_minute_search() {
+        // Each spec is asked after 10,000 consecutive times `stride` minutes
+        // apart from `from`, each at 0, 1 and 59,999 ms past the minute.
+        let cases = [
+            ("*/7 * * * *", "2026-12-31T23:00:00Z", 1),
+            ("1-5,10-15/2 9-17 * * *", "2026-03-01T08:00:00Z", 1),
+            ("0 0 13 * 5", "2026-02-01T00:00:00Z", 60),
+            ("0 0 */2 * 1", "2026-02-01T00:00:00Z", 60),
+            ("30 23 31 * *", "2026-01-01T00:00:00Z", 60),
+            ("0 0 29 2 *", "2096-01-01T00:00:00Z", 1440),
+            ("0 0 29 2 1", "2027-12-01T00:00:00Z", 60),
+            ("59 23 * * sat-sun", "2026-03-01T00:00:00Z", 7),
+            ("@weekly", "2026-12-20T00:00:00Z", 30),
+            ("0 0 1 1 *", "2026-12-31T22:00:00Z", 1),
+            ("* 0 1 1 *", "2026-12-31T23:00:00Z", 1),
+        ];
+        for (text, from, stride) in cases {
+            let Ok(Spec::Cron(cron)) = parse_spec(text) else {
+                panic!("{text:?} should parse as cron fields");
+            };
+            let spec = Spec::Cron(cron.clone());
+            let mut expected = 0; // a minute since the epoch
+            for i in 0..10_000 {
+                for offset in [0, 1, 59_999] {
+                    let after = millis(from) + i * stride * 60_000 + offset;
+                    if expected * 60_000 <= after {
+                        expected = after / 60_000 + 1;
+                        while !fires_in(&cron, expected) {
+                            expected += 1;
+                        }
+                    }
+                    let next = next_firing(&spec, after);
+                    assert_eq!(next, Some(expected * 60_000), "{text:?} after {after} ms");
+                }
+            }
+        }
+    }
+
     #[test]
     fn http_dates_follow_rfc_9110() {
         let cases: &[(u64, &str)] = &[
@@ -6818,6 +7806,72 @@ mod tests {
         }
     }
 
+    /// Program output, what its `result` keeps, and the progress reported.
+    const STDOUTS: &[(&str, &str, &[&str])] = &[
+        ("", "", &[]),
+        ("done\n", "done\n", &[]),
+        ("::progress::1\n", "", &["1"]),
+        (
+            "a\n::progress::{\"done\": 1, \"of\": 3}\nb\n::progress::{\"done\": 2, \"of\": 3}\n{\"ok\": true}\n",
+            "a\nb\n{\"ok\": true}\n",
+            &["{\"done\": 1, \"of\": 3}", "{\"done\": 2, \"of\": 3}"],
+        ),
+        // Not JSON: a string. Surrounding whitespace and a CR are dropped.
+        ("::progress:: half way \r\n", "", &["\"half way\""]),
+        // Only a line that starts with the prefix is progress.
+        (
+            "x ::progress::1\n::progress:1\n:::progress::2\n",
+            "x ::progress::1\n::progress:1\n:::progress::2\n",
+            &[],
+        ),
+        ("::progress", "::progress", &[]),
+        // A last line without its newline is a line.
+        ("::progress::7", "", &["7"]),
+        ("::progress::\n", "", &["\"\""]),
+    ];
+
+    #[test]
+    fn stdout_is_split_into_progress_and_result_however_it_is_read() {
+        for &(output, tail, progress) in STDOUTS {
+            for size in 1..=output.len().max(1) {
+                let mut lines = Stdout::default();
+                let mut reported = Vec::new();
+                let mut report = |v: &[u8]| reported.push(progress_json(v).into_string());
+                for chunk in output.as_bytes().chunks(size) {
+                    lines.feed(chunk, &mut report);
+                }
+                let got = lines.finish(&mut report);
+                assert_eq!(
+                    String::from_utf8(got).unwrap(),
+                    tail,
+                    "{output:?} in reads of {size}"
+                );
+                assert_eq!(reported, progress, "{output:?} in reads of {size}");
+            }
+        }
+        // A progress line past 1 KiB is ignored, and holds no more than
+        // that while it lasts; any other line holds nothing.
+        let mut lines = Stdout::default();
+        let mut reported = 0;
+        lines.feed(b"::progress::", &mut |_| reported += 1);
+        for _ in 0..10 * 1024 {
+            lines.feed(&[b'x'; 1024], &mut |_| reported += 1);
+            let held = match &lines.line {
+                Line::Progress(value) => value.as_ref().map_or(0, Vec::len),
+                other => panic!("{other:?}"),
+            };
+            assert!(held <= MAX_PROGRESS);
+        }
+        lines.feed(b"\n", &mut |_| reported += 1);
+        let mut other = Stdout::default();
+        for _ in 0..10 * 1024 {
+            other.feed(&[b'y'; 1024], &mut |_| reported += 1);
+            assert!(other.tail.len() <= OUTPUT_TAIL);
+        }
+        assert_eq!(reported, 0);
+        assert!(lines.finish(&mut |_| {}).is_empty());
+    }
+
     #[test]
     fn backoff_doubles_from_one_second_to_five_minutes() {
         let secs: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
@@ -6881,6 +7935,7 @@ mod tests {
             key: None,
             queue: 0,
             run_at,
+            schedule: None,
         }
     }
 
@@ -7637,6 +8692,7 @@ mod tests {
                 }),
                 queue: 1,
                 run_at: 1_796_000_000_050,
+                schedule: Some(0),
             },
             State::Queued,
         );
@@ -7645,12 +8701,22 @@ mod tests {
         let extra = task.extra_mut();
         extra.retry_at = 1_796_000_004_100;
         extra.error = Some("exit status 3\n\"quoted\"".into());
+        extra.progress = Some(r#"{"done": 2, "of": 3}"#.into());
         task
     }
 
     #[test]
     fn records_round_trip_through_journal_lines() {
-        let config = config(&["--queue", "thumbs=1"]);
+        let config = config(&[
+            "--queue",
+            "thumbs=1",
+            "--schedule",
+            "nightly=@daily {\"work_duration\": \"1s\"}",
+        ]);
+        let names = Names {
+            queue: "thumbs",
+            schedule: Some("nightly"),
+        };
         let task = task_with_everything();
         let mut scheduled = task_with_everything();
         (scheduled.id, scheduled.state, scheduled.attempt) =
@@ -7660,9 +8726,9 @@ mod tests {
             ..QueueState::new(&config.queues[1])
         };
         let mut lines = Vec::new();
-        write_record(&mut lines, &task.new_record("thumbs"));
+        write_record(&mut lines, &task.new_record(names));
         write_record(&mut lines, &task.state_record());
-        write_record(&mut lines, &scheduled.new_record("thumbs"));
+        write_record(&mut lines, &scheduled.new_record(names));
         write_record(&mut lines, &paused.pause_record());
         let replayed = replay_lines(&lines[..], &config).unwrap();
         let [back, back_scheduled] = &replayed.tasks[..] else {
@@ -7674,8 +8740,8 @@ mod tests {
         );
         assert_eq!(replayed.paused, [("thumbs".into(), true)]);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        task.write_json(&mut a, "thumbs");
-        back.write_json(&mut b, "thumbs");
+        task.write_json(&mut a, names);
+        back.write_json(&mut b, names);
         assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
         assert_eq!(
             back.extra
@@ -8187,6 +9253,117 @@ mod tests {
                 assert!(config.is_ok(), "{}: {config:?}", flag.name);
             }
         }
+    }
+
+    #[test]
+    fn schedules_are_checked_at_start_and_bad_ones_named() {
+        let parse = |schedule: &str| {
+            let args = ["--queue", "slow=1", "--schedule", schedule].map(OsString::from);
+            parse_command(args, |_| None).map(|c| match c {
+                Command::Run(config) => config.schedules.len(),
+                _ => 0,
+            })
+        };
+        let good = [
+            r#"nightly-backup=0 3 * * * {"work_duration": "1s", "queue": "slow"}"#,
+            r#"heartbeat=@every 30s {"work_duration": "1s"}"#,
+            r#"x=*/7 1-5,10-15/2 * jan-mar MON-FRI {"work_duration": "0s", "payload": {"delay": 1}}"#,
+        ];
+        for schedule in good {
+            assert_eq!(parse(schedule), Ok(1), "{schedule}");
+        }
+        let bad: &[(&str, &str)] = &[
+            (
+                "nightly 0 3 * * * {}",
+                "--schedule \"nightly 0 3 * * * {}\": expected NAME=SPEC TEMPLATE",
+            ),
+            (
+                r#"n=0 3 * * *"#,
+                "--schedule \"n\": expected NAME=SPEC TEMPLATE",
+            ),
+            (
+                r#"Bad=0 3 * * * {"work_duration": "1s"}"#,
+                "--schedule \"Bad\": NAME must be",
+            ),
+            (
+                r#"=0 3 * * * {"work_duration": "1s"}"#,
+                "--schedule \"\": NAME must be",
+            ),
+            (
+                r#"n=60 3 * * * {"work_duration": "1s"}"#,
+                "--schedule \"n\": SPEC \"60 3 * * *\": minute 60 is out of range",
+            ),
+            (
+                r#"n=5-2 3 * * * {"work_duration": "1s"}"#,
+                "range 5-2 is backwards",
+            ),
+            (
+                r#"n=*/0 3 * * * {"work_duration": "1s"}"#,
+                "step 0 is out of range",
+            ),
+            (
+                r#"n=0 3 * foo * {"work_duration": "1s"}"#,
+                "unknown name \"foo\"",
+            ),
+            (
+                r#"n=0 3 * * * * {"work_duration": "1s"}"#,
+                "expected 5 fields, found 6",
+            ),
+            (
+                r#"n=0 0 31 2 * {"work_duration": "1s"}"#,
+                "it can never fire",
+            ),
+            (
+                r#"n=@every 0s {"work_duration": "1s"}"#,
+                "@every needs at least 1s",
+            ),
+            (
+                r#"n=@every 500ms {"work_duration": "1s"}"#,
+                "@every needs at least 1s",
+            ),
+            (
+                r#"n=@reboot {"work_duration": "1s"}"#,
+                "unknown schedule \"@reboot\"",
+            ),
+            (
+                r#"n=@daily {"work_duration": 5}"#,
+                "--schedule \"n\": TEMPLATE: failed to read POST body",
+            ),
+            (
+                r#"n=@daily {"work_duration": "1s"} trailing"#,
+                "TEMPLATE: failed to read POST body",
+            ),
+            (
+                r#"n=@daily {}"#,
+                "TEMPLATE: failed to parse work duration in request",
+            ),
+            (
+                r#"n=@daily {"kind": "nope"}"#,
+                "TEMPLATE: unknown task kind \"nope\"",
+            ),
+            (
+                r#"n=@daily {"work_duration": "1s", "queue": "fast"}"#,
+                "TEMPLATE: unknown queue \"fast\"",
+            ),
+            (
+                r#"n=@daily {"work_duration": "1s", "delay": "0s"}"#,
+                "TEMPLATE: run_at and delay are for the schedule to say",
+            ),
+            (
+                r#"n=@daily {"work_duration": "1s", "run_at": "2020-01-01T00:00:00Z"}"#,
+                "TEMPLATE: run_at and delay",
+            ),
+        ];
+        for &(schedule, error) in bad {
+            let got = parse(schedule);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains(error)),
+                "{schedule}: {got:?}"
+            );
+            assert!(got.is_err_and(|e| !e.contains('\n')));
+        }
+        let twice = ["--schedule", good[1], "--schedule", good[1]].map(OsString::from);
+        assert!(parse_command(twice, |_| None).is_err_and(|e| e.contains("given twice")));
     }
 
     #[test]

@@ -405,7 +405,6 @@ fn a_page_of_large_tasks_stops_near_256_kib_and_the_links_still_walk_all() {
 }
 
 #[test]
-#[ignore = "server bug: a page holds 256 KiB plus one task, not at most 256 KiB of tasks (SPEC §2)"]
 fn a_page_holds_at_most_256_kib_of_tasks_unless_it_holds_one() {
     let server = Server::start(&[]);
     store_big_tasks(&server, 12, 60_000);

@@ -92,10 +92,10 @@ function until(page, fn, arg) {
   return page.waitForFunction(fn, arg, { timeout: PATIENCE, polling: 50 });
 }
 
-/** The text of a task's cell in the table (column 1-based), or null. */
+/** The text of a task's cell in the table (column named as in its header), or null. */
 function cell(page, id, column) {
   return page.evaluate(([id, column]) => {
-    const td = document.querySelector(`#tasks tr[data-id="${id}"] td:nth-child(${column})`);
+    const td = document.querySelector(`#tasks tr[data-id="${id}"] td[data-col="${column}"]`);
     return td ? td.textContent : null;
   }, [id, column]);
 }
@@ -103,7 +103,7 @@ function cell(page, id, column) {
 /** Waits until a task's row shows `state`. */
 function rowState(page, id, state) {
   return until(page, ([id, state]) => {
-    const td = document.querySelector(`#tasks tr[data-id="${id}"] td:nth-child(5)`);
+    const td = document.querySelector(`#tasks tr[data-id="${id}"] td[data-col="state"]`);
     return td && td.textContent === state;
   }, [id, state]);
 }
@@ -111,6 +111,11 @@ function rowState(page, id, state) {
 /** Reads one count tile as a number. */
 async function count(page, state) {
   return Number(await page.textContent("#count-" + state));
+}
+
+/** Saves a screenshot of the viewport, with transitions finished. */
+function shoot(page, name) {
+  return page.screenshot({ path: path.join(ARTIFACTS, name), animations: "disabled" });
 }
 
 let browser, server, context, page;
@@ -165,9 +170,9 @@ test("counts change when tasks are POSTed from outside", async () => {
 test("a task appears in the table and its state moves to succeeded", async () => {
   const id = await submit(server, { work_duration: "300ms", task_id: "hello world" });
   await until(page, (id) => document.querySelector(`#tasks tr[data-id="${id}"]`), id);
-  assert.equal(await cell(page, id, 2), "hello world");
-  assert.equal(await cell(page, id, 3), "sleep");
-  assert.equal(await cell(page, id, 4), "default");
+  assert.equal(await cell(page, id, "task_id"), "hello world");
+  assert.equal(await cell(page, id, "kind"), "sleep");
+  assert.equal(await cell(page, id, "queue"), "default");
   await rowState(page, id, "succeeded");
 });
 
@@ -175,7 +180,7 @@ test("progress shows live and the detail panel shows every status member", async
   const id = await submit(server, { kind: "progress", task_id: "with progress" });
   await rowState(page, id, "succeeded");
   await until(page, (id) => /"percent":100/.test(
-    document.querySelector(`#tasks tr[data-id="${id}"] td:nth-child(7)`).textContent), id);
+    document.querySelector(`#tasks tr[data-id="${id}"] td[data-col="progress"]`).textContent), id);
   const status = (await call(server, "GET", "/tasks/" + id)).json;
   await page.click(`#tasks tr[data-id="${id}"]`);
   await until(page, () => document.getElementById("detail").open
@@ -232,7 +237,7 @@ test("a task_id made of markup shows as text and runs no script", async () => {
   const label = "<img src=x onerror=alert(1)>";
   const id = await submit(server, { work_duration: "10ms", task_id: label });
   await rowState(page, id, "succeeded");
-  assert.equal(await cell(page, id, 2), label);
+  assert.equal(await cell(page, id, "task_id"), label);
   await page.click(`#tasks tr[data-id="${id}"]`);
   await until(page, () => document.querySelector('#d-body dd[data-member="task_id"]'));
   assert.equal(await page.textContent('#d-body dd[data-member="task_id"]'), label);
@@ -247,16 +252,16 @@ test("the filters narrow the table by state, queue, kind and task_id", async () 
   const visible = () => page.evaluate(() => Array.from(document.querySelectorAll("#tasks tbody tr"), (r) => r.dataset.id));
   await page.selectOption("#f-queue", "slow");
   await until(page, (id) => Array.from(document.querySelectorAll("#tasks tbody tr")).every((r) =>
-    r.children[3].textContent === "slow") && document.querySelector(`#tasks tr[data-id="${id}"]`), slow);
+    r.querySelector('[data-col="queue"]').textContent === "slow") && document.querySelector(`#tasks tr[data-id="${id}"]`), slow);
   await page.selectOption("#f-queue", "");
   await page.selectOption("#f-state", "cancelled");
   await until(page, () => Array.from(document.querySelectorAll("#tasks tbody tr")).every((r) =>
-    r.children[4].textContent === "cancelled"));
+    r.querySelector('[data-col="state"]').textContent === "cancelled"));
   assert.ok(!(await visible()).includes(slow));
   await page.selectOption("#f-state", "");
   await page.fill("#f-kind", "progress");
   await until(page, () => { const rs = document.querySelectorAll("#tasks tbody tr");
-    return rs.length > 0 && Array.from(rs).every((r) => r.children[2].textContent === "progress"); });
+    return rs.length > 0 && Array.from(rs).every((r) => r.querySelector('[data-col="kind"]').textContent === "progress"); });
   await page.fill("#f-kind", "");
   await page.fill("#f-label", "filter-me");
   await until(page, (id) => { const ids = Array.from(document.querySelectorAll("#tasks tbody tr"), (r) => r.dataset.id);
@@ -289,7 +294,7 @@ test("screenshots at 1280x800 and 360x640; nothing overflows at 360 px", async (
   await submit(server, { kind: "progress", task_id: "import users", queue: "slow" });
   await submit(server, { work_duration: "10ms", task_id: "thumbnail 7" });
   await until(page, () => Number(document.getElementById("count-failed").textContent) >= 1);
-  await page.screenshot({ path: path.join(ARTIFACTS, "dashboard-1280x800.png") });
+  await shoot(page, "dashboard-1280x800.png");
   await page.setViewportSize({ width: 360, height: 640 });
   const overflow = () => page.evaluate(() => {
     const d = document.documentElement;
@@ -297,7 +302,7 @@ test("screenshots at 1280x800 and 360x640; nothing overflows at 360 px", async (
   });
   await until(page, () => document.documentElement.clientWidth === 360);
   assert.equal(await overflow(), null);
-  await page.screenshot({ path: path.join(ARTIFACTS, "dashboard-360x640.png") });
+  await shoot(page, "dashboard-360x640.png");
   const first = await page.evaluate(() => document.querySelector("#tasks tbody tr").dataset.id);
   await page.click(`#tasks tr[data-id="${first}"]`);
   await until(page, () => document.querySelector('#d-body dd[data-member="state"]'));
@@ -305,7 +310,7 @@ test("screenshots at 1280x800 and 360x640; nothing overflows at 360 px", async (
     return [r.left, r.right]; });
   assert.ok(box[0] >= 0 && box[1] <= 360, "the detail panel fits: " + box);
   assert.equal(await overflow(), null);
-  await page.screenshot({ path: path.join(ARTIFACTS, "dashboard-360x640-detail.png") });
+  await shoot(page, "dashboard-360x640-detail.png");
   await page.keyboard.press("Escape");
   await page.setViewportSize({ width: 1280, height: 800 });
 });

@@ -216,10 +216,12 @@ test("cancel in the detail panel, reached by keyboard, cancels a running task", 
     (await call(server, "GET", "/tasks/" + id)).json.state === "cancelled");
   await rowState(page, id, "cancelled");
   await page.waitForSelector("#d-cancel", { state: "hidden", timeout: PATIENCE });
-  await page.click("#d-close");
+  await until(page, () => document.activeElement.id === "d-close"); // the focus stays in the panel
+  await page.keyboard.press("Enter");
+  await until(page, () => !document.getElementById("detail").open);
 });
 
-test("pause and resume toggle a queue, by mouse and by keyboard", async () => {
+test("pause and resume toggle a queue, by mouse and then by keyboard", async () => {
   const button = '#queues [data-queue="slow"] button';
   const paused = async () => (await call(server, "GET", "/queues")).json.queues.find((q) => q.name === "slow").paused;
   assert.equal(await paused(), false);
@@ -230,7 +232,8 @@ test("pause and resume toggle a queue, by mouse and by keyboard", async () => {
   await eventually("GET /queues says paused", paused);
   await until(page, (b) => document.querySelector(b).textContent === "Resume", button);
   assert.equal(await page.isVisible(badge), true, "paused is shown");
-  await page.focus(button);
+  assert.equal(await page.evaluate((b) => document.activeElement === document.querySelector(b), button), true,
+    "the button keeps the focus through the update");
   await page.keyboard.press("Enter");
   await eventually("GET /queues says running", async () => !(await paused()));
   await until(page, (b) => document.querySelector(b).textContent === "Pause", button);

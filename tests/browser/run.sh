@@ -16,7 +16,7 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 installed=$(node -p "require('$PLAYWRIGHT_DIR/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
@@ -26,5 +26,6 @@ if [ "$installed" != "$PLAYWRIGHT_VERSION" ]; then
         "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
 fi
 
-[ -n "${BGTASKS_BIN:-}" ] || [ -x target/release/bgtasks ] || cargo build --release --quiet
+# A no-op when .ci/run's cargo test --release has just built it.
+[ -n "${BGTASKS_BIN:-}" ] || cargo build --release --quiet
 exec node --test tests/browser/dashboard.test.mjs

@@ -1536,6 +1536,8 @@ struct Store {
     draining: bool,
     /// Where changes are journaled, with `--data-dir`.
     journal: Option<JournalSender>,
+    /// The `/events` streams: each is told of every change.
+    subscribers: Vec<Subscriber>,
 }
 
 // How the store journals, takes back and restores tasks is in section 5.
@@ -1561,6 +1563,7 @@ impl Store {
             counters: Counters::default(),
             draining: false,
             journal: None,
+            subscribers: Vec::new(),
         }
     }
 
@@ -1700,6 +1703,7 @@ impl Store {
             State::Queued
         };
         self.insert(Task::from_new(id, new, state));
+        let i = self.tasks.len() - 1;
         let saved = self.journal.is_some().then(|| {
             let (done, saved) = async_channel::bounded(1);
             let mut line = Vec::with_capacity(160);
@@ -1709,6 +1713,7 @@ impl Store {
             self.log(line, Some(id), Some(done));
             saved
         });
+        self.publish(i);
         Admission::Created(id, state, saved)
     }
 
@@ -1763,6 +1768,7 @@ impl Store {
         }
         self.queues[q].paused = paused;
         self.log_pause(q);
+        self.changed();
         if !paused {
             std::mem::replace(&mut self.queues[q].resumed, Trigger::new()).fire();
             self.refill(q, &queues[q]);
@@ -1792,6 +1798,10 @@ impl Store {
     /// Moves the task at index `i` to `state`, keeping counts, waking long
     /// polls, and queueing terminal tasks for eviction — which may move
     /// records, so `i` is not to be used afterwards.
+    ///
+    /// This is the one choke point of change: the journal record, the
+    /// counters `/metrics` reads, the long-poll wake-up and the event for
+    /// `/events` are all made here, in that order, from the same values.
     fn set_state(&mut self, i: usize, state: State) {
         let task = &mut self.tasks[i];
         let (id, old) = (task.id, task.state);
@@ -1799,15 +1809,18 @@ impl Store {
         if state.is_terminal() {
             task.finished_at = now_millis();
         }
-        self.counts[old as usize] -= 1;
-        self.counts[state as usize] += 1;
-        self.wake_watchers(id);
         // Starts are not journaled (see the journal's section).
         if state != State::Running {
             self.log_state(i);
         }
+        self.counts[old as usize] -= 1;
+        self.counts[state as usize] += 1;
         if state.is_terminal() {
             self.counters.finished[state as usize] += 1;
+        }
+        self.wake_watchers(id);
+        self.publish(i);
+        if state.is_terminal() {
             self.finished.push_back(id);
             self.evict();
         }
@@ -1953,6 +1966,7 @@ impl Store {
         let task = &mut self.tasks[i];
         if task.state == State::Running {
             task.extra_mut().progress = Some(progress);
+            self.publish(i);
         }
     }
 
@@ -2074,6 +2088,9 @@ struct Shared {
     responses: StatusCounts,
     /// Submissions refused because their queue was full, for `/metrics`.
     rejected: AtomicU64,
+    /// Whether any `/events` stream is open: read without the lock, so
+    /// that a refusal takes the lock only when a subscriber must hear of it.
+    subscribed: std::sync::atomic::AtomicBool,
     /// How far the journal is on disk, with `--data-dir`.
     journal: Option<Arc<JournalProgress>>,
 }
@@ -4838,6 +4855,8 @@ struct Response {
     allow: Option<&'static str>,
     /// Whether to send `WWW-Authenticate: Bearer`, with a `401`.
     authenticate: bool,
+    /// More header lines, each ending in CRLF, written as they are.
+    headers: &'static str,
 }
 
 impl Response {
@@ -4851,6 +4870,7 @@ impl Response {
             retry_after: None,
             allow: None,
             authenticate: false,
+            headers: "",
         }
     }
 
@@ -4897,13 +4917,8 @@ impl Response {
         if self.authenticate {
             out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
         }
-        // An HTTP/1.0 client is told that the connection stays open, an
-        // HTTP/1.1 client that it does not: each protocol's exception.
-        match (delivery.keep_alive, delivery.http10) {
-            (false, false) => out.extend_from_slice(b"Connection: close\r\n"),
-            (true, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-            _ => {}
-        }
+        out.extend_from_slice(self.headers.as_bytes());
+        delivery.write_connection(out);
         out.extend_from_slice(b"\r\n");
         if !delivery.head_only {
             out.extend_from_slice(&self.body);
@@ -4931,6 +4946,17 @@ impl Delivery {
         http10: false,
         head_only: false,
     };
+
+    /// Appends the `Connection` header, when one is needed: an HTTP/1.0
+    /// client is told that the connection stays open, an HTTP/1.1 client
+    /// that it does not, each protocol's exception to its default.
+    fn write_connection(self, out: &mut Vec<u8>) {
+        match (self.keep_alive, self.http10) {
+            (false, false) => out.extend_from_slice(b"Connection: close\r\n"),
+            (true, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+            _ => {}
+        }
+    }
 
     /// Returns how to deliver the answer to `head`.
     fn of(head: &Head, keep_alive: bool) -> Delivery {
@@ -5025,6 +5051,10 @@ enum Route {
     Queues,
     /// `GET /schedules`.
     Schedules,
+    /// `GET /events`.
+    Events,
+    /// `GET /`: the dashboard.
+    Dashboard,
     /// `POST /queues/{name}/pause` (`true`) and `/resume` (`false`); the
     /// name as given, `None` if it is not UTF-8.
     Pause(Option<Box<str>>, bool),
@@ -5048,7 +5078,8 @@ fn choose_route(head: &Head, bytes: &[u8], token: Option<&str>) -> Result<Route,
         (Some(r), Method::Other) => Route::NotAllowed(r.allow),
     };
     if let Some(token) = token {
-        let open = route == Route::Health;
+        // The page loads without the token: it asks for it.
+        let open = matches!(route, Route::Health | Route::Dashboard);
         let given = head.authorization.clone().map(|r| &bytes[r]);
         if !open && !bearer_matches(given, token) {
             return Ok(Route::Unauthorized);
@@ -5124,6 +5155,8 @@ fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
         (1, b"metrics", _, _) => Resource::get(Route::Metrics),
         (1, b"queues", _, _) => Resource::get(Route::Queues),
         (1, b"schedules", _, _) => Resource::get(Route::Schedules),
+        (1, b"events", _, _) => Resource::get(Route::Events),
+        (1, b"", _, _) => Resource::get(Route::Dashboard),
         (3, b"queues", name, b"pause" | b"resume") => {
             let name = std::str::from_utf8(name).ok().map(Box::from);
             Resource::post(Route::Pause(name, &third[..] == b"pause"))
@@ -5162,6 +5195,8 @@ enum Reply {
     /// A submission to the route with this path: admit it and, with a
     /// journal, wait for the disk.
     Submit(&'static str),
+    /// `GET /events` with these filters: stream.
+    Events(EventFilter),
 }
 
 /// A long poll in progress.
@@ -5195,6 +5230,13 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
         Route::Metrics => metrics(shared),
         Route::Queues => queues(shared),
         Route::Schedules => schedules(shared),
+        Route::Events => {
+            return match EventFilter::parse(query, &shared.config) {
+                Ok(filter) => Reply::Events(filter),
+                Err(response) => Reply::Now(response),
+            };
+        }
+        Route::Dashboard => dashboard(),
         Route::Pause(name, paused) => pause(shared, name.as_deref(), paused),
         Route::NotFound => Response::error(404, "no such path"),
         Route::NotAllowed(allow) => Response {
@@ -5455,6 +5497,11 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
 /// Counts a refusal for a full queue and makes its `503`.
 fn queue_full(shared: &Shared) -> Response {
     shared.rejected.fetch_add(1, Ordering::Relaxed);
+    if shared.subscribed.load(Ordering::Relaxed) {
+        // Only with an `/events` subscriber does a refusal take the lock:
+        // its stats have changed.
+        shared.store().changed();
+    }
     Response {
         retry_after: Some(shared.config.retry_after),
         ..Response::json(503, BUSY)
@@ -6071,7 +6118,280 @@ fn metrics(shared: &Shared) -> Response {
 /// Room reserved for a `/metrics` answer: the usual one fits.
 const METRICS_SIZE: usize = 2048;
 
-// ---- 9. Connections and the listener ----
+// ---- 9. Events and the dashboard ----
+//
+// `GET /events` is a Server-Sent Events stream over chunked HTTP/1.1: a
+// `stats` event first and then at most once a second while anything
+// changed, a `task` event for every change of a task's state or progress,
+// in order, and a `: keep-alive` comment after a silence. `GET /` is the
+// dashboard, one page embedded in the binary, which reads the stream.
+//
+// Events are made where changes are made: under the store lock, by
+// `Store::publish`, called from the store's one choke point of change. Each
+// stream has a `Feed` there: a bounded backlog of rendered events and a
+// bell, a channel of one place that is rung when something waits. With no
+// stream open, publishing is one `is_empty` check; an idle stream is a
+// connection task asleep on its bell, costing no CPU. A stream that falls
+// behind its backlog's limits is told it lagged and ended, so a slow
+// reader costs the server a bounded amount and never slows anyone else.
+
+/// How long a stream may stay silent before it says `: keep-alive`, so
+/// that proxies and clients do not take it for dead.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How often at most a stream gets `stats`.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// The most events a stream's backlog holds before it is told it lagged.
+const MAX_BACKLOG_EVENTS: usize = 1000;
+
+/// The most bytes of events a stream's backlog holds before it is told it
+/// lagged: with the events, the most one subscriber can cost.
+const MAX_BACKLOG_BYTES: usize = 256 << 10;
+
+/// Which `task` events a stream wants: all of the filters it gives.
+#[derive(Debug, Default, PartialEq)]
+struct EventFilter {
+    /// `?id=`: one task.
+    id: Option<u64>,
+    /// `?task_id=`: tasks with this label.
+    label: Option<Box<[u8]>>,
+    /// `?kind=`: tasks of this kind.
+    kind: Option<Box<str>>,
+    /// `?queue=`: tasks of this queue.
+    queue: Option<u8>,
+}
+
+impl EventFilter {
+    /// Reads the filters of a `/events` request; the error is its `400`.
+    fn parse(query: Option<&[u8]>, config: &Config) -> Result<EventFilter, Response> {
+        let bad = |sentence: &str| Response::error(400, sentence);
+        let text = |name| -> Result<Option<String>, Response> {
+            Ok(query_param(query, name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        };
+        let id = match query_param(query, "id")? {
+            None => None,
+            Some(id) => Some(parse_id(&id).ok_or_else(|| bad("id must be the id of a task"))?),
+        };
+        let kind = text("kind")?;
+        if let Some(kind) = &kind
+            && kind != "sleep"
+            && !config.handlers.iter().any(|h| *h.kind == **kind)
+        {
+            return Err(bad(&format!("unknown task kind {}", quoted(kind))));
+        }
+        let queue = match text("queue")? {
+            None => None,
+            Some(name) => Some(task_queue(config, Some(&name), None).map_err(|e| bad(&e))?),
+        };
+        Ok(EventFilter {
+            id,
+            label: query_param(query, "task_id")?.map(|l| l.into_owned().into()),
+            kind: kind.map(Box::from),
+            queue,
+        })
+    }
+
+    /// Tells whether a task's events pass the filters.
+    fn matches(&self, task: &Task) -> bool {
+        self.id.is_none_or(|id| task.id == id)
+            && self.queue.is_none_or(|q| task.queue == q)
+            && self.kind.as_deref().is_none_or(|k| task.kind() == k)
+            && self.label.as_deref().is_none_or(|l| {
+                task.label
+                    .as_ref()
+                    .is_some_and(|t| t.as_str().as_bytes() == l)
+            })
+    }
+}
+
+/// What a stream and the store share: the events made for the stream that
+/// it has not yet taken, and a bell to wake it.
+#[derive(Debug)]
+struct Feed {
+    /// The backlog, locked by the store (under its own lock) and the stream.
+    backlog: Mutex<Backlog>,
+    /// Rung when something waits; a ring while one is pending is dropped.
+    bell: Sender<()>,
+    /// Where the stream waits for the bell.
+    rung: Receiver<()>,
+}
+
+/// A stream's backlog.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Rendered `task` events, oldest first.
+    events: VecDeque<Arc<str>>,
+    /// Their bytes.
+    bytes: usize,
+    /// Whether the stats have changed since the stream last took.
+    changed: bool,
+    /// Whether the backlog outgrew its limits: the stream must end.
+    lagged: bool,
+}
+
+/// A stream, as the store keeps it.
+#[derive(Debug)]
+struct Subscriber {
+    /// The events it wants.
+    filter: EventFilter,
+    /// Where they go.
+    feed: Arc<Feed>,
+}
+
+impl Feed {
+    /// Makes an empty feed.
+    fn new() -> Feed {
+        let (bell, rung) = async_channel::bounded(1);
+        Feed {
+            backlog: Mutex::new(Backlog::default()),
+            bell,
+            rung,
+        }
+    }
+
+    /// Locks the backlog; a poisoned lock is used as it is, as the
+    /// store's is.
+    fn backlog(&self) -> MutexGuard<'_, Backlog> {
+        self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds an event (`None`: only the stats changed) and rings. Past the
+    /// backlog's limits the backlog is dropped and the stream marked as
+    /// lagged: it is told so, and ends.
+    fn push(&self, event: Option<&Arc<str>>) {
+        let mut backlog = self.backlog();
+        backlog.changed = true;
+        if let Some(event) = event
+            && !backlog.lagged
+        {
+            if backlog.events.len() == MAX_BACKLOG_EVENTS
+                || backlog.bytes + event.len() > MAX_BACKLOG_BYTES
+            {
+                *backlog = Backlog {
+                    lagged: true,
+                    ..Backlog::default()
+                };
+            } else {
+                backlog.bytes += event.len();
+                backlog.events.push_back(event.clone());
+            }
+        }
+        drop(backlog);
+        // Full means rung already; closed cannot happen while the feed is
+        // shared.
+        let _ = self.bell.try_send(());
+    }
+
+    /// Takes what waits.
+    fn take(&self) -> Backlog {
+        std::mem::take(&mut *self.backlog())
+    }
+}
+
+// The events' side of `Store`; the rest of its impl is in section 2.
+impl Store {
+    /// Tells every stream that the task at index `i` changed: its `task`
+    /// event is rendered once, for the streams whose filters it passes,
+    /// and the others learn that the stats changed.
+    fn publish(&mut self, i: usize) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let task = &self.tasks[i];
+        let mut event = None;
+        for subscriber in &self.subscribers {
+            let wanted = subscriber.filter.matches(task);
+            if wanted && event.is_none() {
+                event = Some(task_event(task, self.names(task)));
+            }
+            subscriber.feed.push(event.as_ref().filter(|_| wanted));
+        }
+    }
+
+    /// Tells every stream that the stats changed.
+    fn changed(&mut self) {
+        for subscriber in &self.subscribers {
+            subscriber.feed.push(None);
+        }
+    }
+}
+
+/// Renders a task's `task` event: `event:` and `data:` lines, and the
+/// blank line that ends it.
+fn task_event(task: &Task, names: Names) -> Arc<str> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"event: task\ndata: {\"id\": \"");
+    write_id(&mut out, task.id);
+    out.extend_from_slice(b"\", \"task_id\": ");
+    write_json_opt(&mut out, task.label.as_ref().map(Text::as_str));
+    out.extend_from_slice(b", \"kind\": ");
+    write_json_str(&mut out, task.kind());
+    out.extend_from_slice(b", \"queue\": ");
+    write_json_str(&mut out, names.queue);
+    let _ = write!(
+        VecWriter(&mut out),
+        ", \"state\": \"{}\", \"attempt\": {}, \"progress\": ",
+        task.state.name(),
+        task.attempt
+    );
+    write_raw_opt(
+        &mut out,
+        task.extra.as_ref().and_then(|e| e.progress.as_deref()),
+    );
+    out.extend_from_slice(b", \"at\": ");
+    write_timestamp(&mut out, now_millis());
+    out.extend_from_slice(b"}\n\n");
+    // Every part is UTF-8: JSON written from strs.
+    String::from_utf8_lossy(&out).into()
+}
+
+/// Appends the `stats` event: counts, queues and the counters.
+fn write_stats_event(out: &mut Vec<u8>, shared: &Shared) {
+    let store = shared.store();
+    out.extend_from_slice(b"event: stats\ndata: {\"counts\": ");
+    write_counts(out, &store.counts);
+    out.extend_from_slice(b", \"queues\": [");
+    for (i, view) in store.queue_views(shared).iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        view.write_json(out);
+    }
+    let c = &store.counters;
+    let _ = write!(
+        VecWriter(out),
+        "], \"accepted_total\": {}, \"rejected_total\": {}, \"finished_total\": \
+         {{\"succeeded\": {}, \"failed\": {}, \"cancelled\": {}}}}}\n\n",
+        c.accepted,
+        shared.rejected.load(Ordering::Relaxed),
+        c.finished[State::Succeeded as usize],
+        c.finished[State::Failed as usize],
+        c.finished[State::Cancelled as usize],
+    );
+}
+
+/// The dashboard: one self-contained page, embedded in the binary.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// The headers that keep the dashboard to itself: scripts, styles and
+/// requests only from this origin (inline ones allowed: the page is one
+/// file), no sniffing of types, no framing by other pages.
+const DASHBOARD_HEADERS: &str = "Content-Security-Policy: default-src 'self'; \
+    script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self'; \
+    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'\r\n\
+    X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n";
+
+/// `GET /`: the dashboard.
+fn dashboard() -> Response {
+    Response {
+        content_type: "text/html; charset=utf-8",
+        headers: DASHBOARD_HEADERS,
+        ..Response::json(200, DASHBOARD.as_bytes())
+    }
+}
+
+// ---- 10. Connections and the listener ----
 //
 // One task per connection reads a request, answers it, and loops. Its
 // buffers exist only while a request is being handled: an idle keep-alive
@@ -6327,6 +6647,9 @@ impl Connection {
             .unwrap_or(&self.buf[head_len..consumed]);
         let mut saving = None;
         let response = match answer(shared, route, &head, bytes) {
+            Reply::Events(filter) => {
+                return self.serve_events(shared, &head, filter, consumed).await;
+            }
             Reply::Now(response) => response,
             Reply::Poll(poll) => Box::pin(self.long_poll(shared, poll)).await?,
             Reply::Submit(route) => {
@@ -6347,6 +6670,130 @@ impl Connection {
         let keep_alive = self.queue_answer(shared, &head, response, saving);
         self.buf.drain(..consumed);
         Ok(keep_alive)
+    }
+
+    /// Answers `GET /events` (or its `HEAD`): the stream's head, then, for
+    /// a `GET`, the stream until it ends, after which the connection
+    /// closes. Returns whether the connection stays open.
+    async fn serve_events(
+        &mut self,
+        shared: &Shared,
+        head: &Head,
+        filter: EventFilter,
+        consumed: usize,
+    ) -> Result<bool, Close> {
+        self.buf.drain(..consumed);
+        let head_only = head.method == Method::Head;
+        let keep_alive = head_only && head.keep_alive && !shared.draining.is_fired();
+        let delivery = Delivery::of(head, keep_alive);
+        shared.responses.add(200);
+        write_stream_head(&mut self.out, delivery);
+        if head_only {
+            return Ok(keep_alive);
+        }
+        // A stream is not a request in flight: shutdown ends it rather
+        // than waits for it.
+        self.busy = None;
+        let feed = Arc::new(Feed::new());
+        {
+            let mut store = shared.store();
+            store.subscribers.push(Subscriber {
+                filter,
+                feed: feed.clone(),
+            });
+            shared.subscribed.store(true, Ordering::Relaxed);
+        }
+        let _unsubscribe = Unsubscribe(shared, &feed);
+        let events = Events {
+            chunked: !head.http10,
+            feed: &feed,
+        };
+        self.stream_events(shared, events).await.map(|()| false)
+    }
+
+    /// Streams events until shutdown, a lag or the client ends it.
+    async fn stream_events(&mut self, shared: &Shared, events: Events<'_>) -> Result<(), Close> {
+        let mut frame = Vec::with_capacity(1024);
+        write_stats_event(&mut frame, shared);
+        events.write(&mut self.out, &frame);
+        self.flush(shared).await?;
+        let (mut last_stats, mut last_write) = (Instant::now(), Instant::now());
+        let mut changed = false;
+        loop {
+            let keep_alive = last_write + KEEP_ALIVE;
+            let until = match changed {
+                true => keep_alive.min(last_stats + STATS_EVERY),
+                false => keep_alive,
+            };
+            let wake = {
+                let rung = async {
+                    let _ = events.feed.rung.recv().await;
+                    Wake::Rung
+                };
+                let timer = async {
+                    Timer::at(until).await;
+                    Wake::Timer
+                };
+                let shutdown = async {
+                    shared.draining.wait().await;
+                    Wake::Shutdown
+                };
+                let gone = async {
+                    self.client_gone().await;
+                    Wake::Gone
+                };
+                // Shutdown wins a tie: the stream says so and ends.
+                future::or(shutdown, future::or(rung, future::or(timer, gone))).await
+            };
+            let mut lagged = false;
+            match wake {
+                Wake::Shutdown => return self.end_events(shared, &events, "shutdown").await,
+                Wake::Gone => return Err(Close::Gone),
+                Wake::Timer => {}
+                Wake::Rung => {
+                    let backlog = events.feed.take();
+                    for event in &backlog.events {
+                        events.write(&mut self.out, event.as_bytes());
+                    }
+                    changed |= backlog.changed;
+                    lagged = backlog.lagged;
+                }
+            }
+            let now = Instant::now();
+            if changed && now >= last_stats + STATS_EVERY {
+                frame.clear();
+                write_stats_event(&mut frame, shared);
+                events.write(&mut self.out, &frame);
+                (changed, last_stats) = (false, now);
+            }
+            if lagged {
+                return self.end_events(shared, &events, "lagged").await;
+            }
+            if self.out.is_empty() && now >= keep_alive {
+                events.write(&mut self.out, b": keep-alive\n\n");
+            }
+            if !self.out.is_empty() {
+                self.flush(shared).await?;
+                last_write = Instant::now();
+            }
+        }
+    }
+
+    /// Ends a stream with a last event (`shutdown`, `lagged`).
+    async fn end_events(
+        &mut self,
+        shared: &Shared,
+        events: &Events<'_>,
+        name: &str,
+    ) -> Result<(), Close> {
+        events.write(
+            &mut self.out,
+            format!("event: {name}\ndata: {{}}\n\n").as_bytes(),
+        );
+        if events.chunked {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush(shared).await
     }
 
     /// Answers `Expect: 100-continue` before the body is read: `100
@@ -6695,6 +7142,66 @@ impl Connection {
     }
 }
 
+/// A stream of events being written.
+struct Events<'a> {
+    /// Whether the body is chunked (HTTP/1.1); an HTTP/1.0 stream ends when
+    /// the connection closes.
+    chunked: bool,
+    /// Where the store leaves the stream's events.
+    feed: &'a Feed,
+}
+
+impl Events<'_> {
+    /// Appends an event to the output, as a chunk of its own.
+    fn write(&self, out: &mut Vec<u8>, event: &[u8]) {
+        if self.chunked {
+            let _ = write!(VecWriter(out), "{:x}\r\n", event.len());
+        }
+        out.extend_from_slice(event);
+        if self.chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// What woke a stream.
+enum Wake {
+    /// Its bell: events or changed stats wait.
+    Rung,
+    /// Its stats or keep-alive timer.
+    Timer,
+    /// Shutdown began.
+    Shutdown,
+    /// The client closed the connection.
+    Gone,
+}
+
+/// Removes a stream's feed from the store when the stream ends, however
+/// it ends.
+struct Unsubscribe<'a>(&'a Shared, &'a Arc<Feed>);
+
+impl Drop for Unsubscribe<'_> {
+    fn drop(&mut self) {
+        let mut store = self.0.store();
+        store.subscribers.retain(|s| !Arc::ptr_eq(&s.feed, self.1));
+        let any = !store.subscribers.is_empty();
+        self.0.subscribed.store(any, Ordering::Relaxed);
+    }
+}
+
+/// Appends the head of an event stream: no `Content-Length`, chunked for
+/// HTTP/1.1 (an HTTP/1.0 stream ends with the connection).
+fn write_stream_head(out: &mut Vec<u8>, delivery: Delivery) {
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nDate: ");
+    with_http_date(|date| out.extend_from_slice(date));
+    out.extend_from_slice(b"\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n");
+    if !delivery.http10 {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    delivery.write_connection(out);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Accepts, once shutdown has begun, the connections already waiting in the
 /// kernel's backlog: closing the listener would reset them, and their
 /// clients may have sent a request already. Each one's first request counts
@@ -6775,7 +7282,7 @@ async fn listen(
     }
 }
 
-// ---- 10. Signals, shutdown and `main` ----
+// ---- 11. Signals, shutdown and `main` ----
 //
 // Signals arrive through a pipe (signal-hook writes a byte per signal from
 // its handler), which the executor reads like any socket: no thread sits
@@ -7073,6 +7580,7 @@ fn build_shared(
         grace_over: Trigger::new(),
         responses: StatusCounts::new(),
         rejected: AtomicU64::new(0),
+        subscribed: std::sync::atomic::AtomicBool::new(false),
         journal,
     });
     (shared, due_rx, writer)
@@ -7205,7 +7713,7 @@ fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
     })
 }
 
-// ---- 11. Tests of the pure pieces ----
+// ---- 12. Tests of the pure pieces ----
 //
 // The end-to-end tests in `tests/` drive the real binary over sockets; these
 // check the pieces that need no socket, table by table.

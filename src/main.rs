@@ -222,6 +222,12 @@ const FLAGS: &[Flag] = &[
     .env("BGTASKS_MAX_SCHEDULED")
     .default("100000")
     .range(1, MAX_SCHEDULED),
+    Flag::new(
+        "--node",
+        "NAME",
+        "prefix new ids with NAME_, for several servers behind a proxy",
+    )
+    .env("BGTASKS_NODE"),
     Flag::new("--token", "TOKEN", "require Authorization: Bearer TOKEN").env("BGTASKS_TOKEN"),
     Flag::new("--log-level", "LEVEL", "error, warn, info, debug or trace")
         .env("RUST_LOG")
@@ -350,6 +356,8 @@ struct Config {
     handlers: Vec<Handler>,
     /// The bearer token every route but `/healthz` requires, if any.
     token: Option<String>,
+    /// The prefix of new ids: `--node` and `_`, or empty.
+    node: &'static str,
     /// The most verbose log level printed.
     log_level: log::LevelFilter,
 }
@@ -459,6 +467,7 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             })?,
             handlers: self.handlers()?,
             token: self.optional("--token", parse_token)?,
+            node: self.optional("--node", parse_node)?.unwrap_or(""),
             log_level: self.log_level()?,
             schedules: Vec::new(),
         };
@@ -604,6 +613,27 @@ fn parse_addr(value: &str) -> Result<SocketAddr, String> {
     value
         .parse()
         .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:8000 or [::1]:8000"))
+}
+
+/// The longest `--node` name: ids stay within 32 characters.
+const MAX_NODE_LEN: usize = 16;
+
+/// Checks a `--node` name, 1 to 16 of `a-z 0-9`, and returns the prefix of
+/// new ids, `NAME_`. It lives as long as the process: it is leaked once,
+/// so that every id can point at it.
+fn parse_node(value: &str) -> Result<&'static str, String> {
+    if !is_node_name(value) {
+        return Err(format!(
+            "the node name must be 1 to {MAX_NODE_LEN} characters of a-z 0-9"
+        ));
+    }
+    Ok(Box::leak(format!("{value}_").into_boxed_str()))
+}
+
+/// Tells whether `name` may be a `--node`: 1 to 16 of `a-z 0-9`.
+fn is_node_name(name: &str) -> bool {
+    let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    (1..=MAX_NODE_LEN).contains(&name.len()) && name.bytes().all(ok)
 }
 
 /// Checks a bearer token: one or more visible ASCII characters, so that it
@@ -960,6 +990,12 @@ impl Text {
     }
 }
 
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 /// One task's status record.
 ///
 /// What most tasks need is inline; the rest (kind, payload, timeout, error,
@@ -1090,9 +1126,9 @@ impl Task {
     /// about the request (a `409`).
     fn write_members(&self, out: &mut Vec<u8>, names: Names, error: Option<&str>) {
         let extra = self.extra.as_deref();
-        out.extend_from_slice(b"\"id\": \"");
-        write_id(out, self.id);
-        out.extend_from_slice(b"\", \"task_id\": ");
+        out.extend_from_slice(b"\"id\": ");
+        names.id.write_json(out);
+        out.extend_from_slice(b", \"task_id\": ");
         write_json_opt(out, self.label.as_ref().map(Text::as_str));
         out.extend_from_slice(b", \"kind\": ");
         write_json_str(out, self.kind());
@@ -1139,6 +1175,8 @@ impl Task {
 /// only their indexes.
 #[derive(Clone, Copy, Debug)]
 struct Names<'a> {
+    /// Its id, prefix included.
+    id: TaskId,
     /// Its queue's name.
     queue: &'a str,
     /// Its schedule's name, if a schedule made it.
@@ -1182,14 +1220,76 @@ const ID_ALPHABET: &[u8; 64] = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghi
 /// Characters in an id: 9 × 6 = 54 bits, microseconds until the year 2540.
 const ID_LEN: usize = 9;
 
-/// Appends an id as its 9 characters.
+/// A task's id as clients see it: the prefix of the node that made it
+/// (`NAME_`, or empty) and the 9 characters of its number. The number alone
+/// is unique; the prefix tells a proxy which server owns the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TaskId {
+    /// `NAME_` of `--node`, or empty.
+    node: &'static str,
+    /// The number: when the task was made, in microseconds.
+    num: u64,
+}
+
+impl TaskId {
+    /// Appends the id.
+    fn write(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.node.as_bytes());
+        write_id(out, self.num);
+    }
+
+    /// Appends the id as a JSON string.
+    fn write_json(self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        self.write(out);
+        out.push(b'"');
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = Vec::with_capacity(ID_LEN);
+        write_id(&mut out, self.num);
+        f.write_str(self.node)?;
+        f.write_str(std::str::from_utf8(&out).unwrap_or("?"))
+    }
+}
+
+/// An id as a client wrote it: its number and the prefix it had, to be
+/// checked against the prefix of the task with that number.
+#[derive(Clone, Debug, PartialEq)]
+struct IdRef {
+    /// The number.
+    num: u64,
+    /// The prefix as written (`NAME_`, or empty).
+    node: Text,
+}
+
+impl IdRef {
+    /// Reads an id: 9 id characters, after an optional `NAME_` prefix.
+    fn parse(text: &[u8]) -> Option<IdRef> {
+        let (node, digits) = text.split_at(text.len().checked_sub(ID_LEN)?);
+        let prefix_ok = match node {
+            [] => true,
+            [name @ .., b'_'] => std::str::from_utf8(name).is_ok_and(is_node_name),
+            _ => false,
+        };
+        Some(IdRef {
+            num: parse_id(digits).filter(|_| prefix_ok)?,
+            node: Text::new(std::str::from_utf8(node).ok()?),
+        })
+    }
+}
+
+/// Appends an id's number as its 9 characters.
 fn write_id(out: &mut Vec<u8>, id: u64) {
     for i in (0..ID_LEN).rev() {
         out.push(ID_ALPHABET[(id >> (6 * i)) as usize & 63]);
     }
 }
 
-/// Reads an id back; `None` for anything that is not 9 id characters.
+/// Reads an id's number back; `None` for anything that is not 9 id
+/// characters.
 fn parse_id(text: &[u8]) -> Option<u64> {
     if text.len() != ID_LEN {
         return None;
@@ -1395,8 +1495,8 @@ enum Begin {
     Work(Work),
     /// The task is no longer queued (a client cancelled it): skip it.
     Skip,
-    /// The queue is paused: the task is put back, first in line, and the
-    /// worker waits for this trigger, fired when the queue resumes.
+    /// The queue is paused: the worker keeps the task, still counted in
+    /// the queue, and begins it when this trigger fires on the resume.
     Paused(Trigger),
 }
 
@@ -1415,7 +1515,7 @@ enum Lookup {
 #[derive(Debug)]
 struct Work {
     /// The task's id.
-    id: u64,
+    id: TaskId,
     /// This attempt's number, from 1.
     attempt: u8,
     /// The handler kind; `None` is `sleep`.
@@ -1474,14 +1574,19 @@ struct QueueState {
     name: Arc<str>,
     /// Workers of this queue running an attempt right now.
     busy: u64,
+    /// Tasks in the queue: entered and not yet begun (or skipped) — in the
+    /// channel, waiting for room, or taken by a worker that has not begun
+    /// them. Admission compares this with the capacity, so a task a worker
+    /// holds is counted as long as it holds it.
+    depth: usize,
     /// Whether its workers start nothing.
     paused: bool,
     /// Fired when the queue is resumed (and then replaced): workers that
     /// found it paused wait for it.
     resumed: Trigger,
     /// Tasks waiting for room in the channel, oldest first: retries and
-    /// delayed tasks that came due while it was full, and tasks workers
-    /// took while it was paused. They enter before any new submission.
+    /// delayed tasks that came due while it was full or paused. They enter
+    /// before any new submission.
     waiting: VecDeque<u64>,
 }
 
@@ -1491,6 +1596,7 @@ impl QueueState {
         QueueState {
             name: config.name.clone(),
             busy: 0,
+            depth: 0,
             paused: false,
             resumed: Trigger::new(),
             waiting: VecDeque::new(),
@@ -1538,6 +1644,10 @@ struct Store {
     journal: Option<JournalSender>,
     /// The `/events` streams: each is told of every change.
     subscribers: Vec<Subscriber>,
+    /// The id prefix in force from each id on, in id order: those of
+    /// tasks replayed from the journal, then `--node`'s from this run's
+    /// first id. A prefix changes only across restarts, so ranges do.
+    nodes: Vec<(u64, &'static str)>,
 }
 
 // How the store journals, takes back and restores tasks is in section 5.
@@ -1564,6 +1674,7 @@ impl Store {
             draining: false,
             journal: None,
             subscribers: Vec::new(),
+            nodes: vec![(0, config.node)],
         }
     }
 
@@ -1678,11 +1789,11 @@ impl Store {
             if self.counts[State::Scheduled as usize] >= self.max_scheduled {
                 return Admission::TooManyScheduled;
             }
-        } else if !self.has_room(q, &queues[q]) {
+        } else if self.queues[q].depth >= queues[q].capacity {
             return Admission::Full;
         } else {
             match queues[q].jobs_tx.try_send(id) {
-                Ok(()) => {}
+                Ok(()) => self.queues[q].depth += 1,
                 Err(TrySendError::Full(_)) => return Admission::Full,
                 Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
             }
@@ -1717,17 +1828,12 @@ impl Store {
         Admission::Created(id, state, saved)
     }
 
-    /// Tells whether queue `q` has room for one more task: its channel and
-    /// the tasks waiting to enter it hold fewer than its capacity.
-    fn has_room(&self, q: usize, queue: &Queue) -> bool {
-        queue.jobs_tx.len() + self.queues[q].waiting.len() < queue.capacity
-    }
-
     /// Puts a task whose time has come (a delayed task, or a retry) into
     /// its queue, behind those already waiting for room.
     fn enqueue(&mut self, id: u64, queues: &[Queue]) {
         let Some(task) = self.get(id) else { return };
         let q = usize::from(task.queue);
+        self.queues[q].depth += 1;
         self.queues[q].waiting.push_back(id);
         self.refill(q, &queues[q]);
     }
@@ -1775,10 +1881,30 @@ impl Store {
         }
     }
 
+    /// Returns a task's id, with the prefix it was made with.
+    fn task_id(&self, num: u64) -> TaskId {
+        let at = self.nodes.partition_point(|&(from, _)| from <= num);
+        let node = self
+            .nodes
+            .get(at.wrapping_sub(1))
+            .map_or("", |&(_, node)| node);
+        TaskId { node, num }
+    }
+
+    /// Finds the record an id names: the number must be a task's, and the
+    /// prefix the one that task was made with.
+    fn lookup_ref(&self, id: &IdRef) -> Lookup {
+        if self.task_id(id.num).node != id.node.as_str() {
+            return Lookup::Unknown;
+        }
+        self.lookup(id.num)
+    }
+
     /// Returns the names of a task's queue and schedule.
     fn names(&self, task: &Task) -> Names<'_> {
         let schedule = task.extra.as_ref().and_then(|e| e.schedule);
         Names {
+            id: self.task_id(task.id),
             queue: &self.queues[usize::from(task.queue)].name,
             schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
         }
@@ -1878,29 +2004,29 @@ impl Store {
     }
 
     /// Starts an attempt of a task a worker of queue `q` took from its
-    /// channel, unless the task is no longer queued (a client cancelled it)
-    /// or the queue is paused. The taken place lets a waiting task in.
+    /// channel, unless the queue is paused (the worker keeps the task and
+    /// tries again on the resume) or the task is no longer queued (a client
+    /// cancelled it). The task leaves the queue, and a waiting one enters.
     fn begin_attempt(&mut self, id: u64, q: usize, queues: &[Queue]) -> Begin {
+        let state = &mut self.queues[q];
+        if state.paused {
+            return Begin::Paused(state.resumed.clone());
+        }
+        state.depth -= 1;
+        self.refill(q, &queues[q]);
         let Some(i) = self
             .index(id)
             .filter(|&i| self.tasks[i].state == State::Queued)
         else {
-            self.refill(q, &queues[q]);
             return Begin::Skip;
         };
-        let state = &mut self.queues[q];
-        if state.paused {
-            // It was next in line: it stays so.
-            state.waiting.push_front(id);
-            return Begin::Paused(state.resumed.clone());
-        }
-        self.refill(q, &queues[q]);
+        let task_id = self.task_id(id);
         let task = &mut self.tasks[i];
         task.attempt += 1;
         task.started_at = now_millis();
         let extra = task.extra.as_deref();
         let work = Work {
-            id,
+            id: task_id,
             attempt: task.attempt,
             kind: extra.and_then(|e| e.kind.clone()),
             work_duration: task.work_duration.clone(),
@@ -2138,61 +2264,65 @@ impl Queue {
 /// `_done` is dropped when the worker ends: `main` learns that every worker
 /// has ended when its receiver reports that all senders are gone.
 async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
+    while let Some(work) = next_work(&shared, q).await {
+        let id = work.id;
+        debug!("task {id} attempt {} started", work.attempt);
+        let outcome = attempt(&shared, &work).await;
+        debug!("task {id} attempt {} ended: {outcome:?}", work.attempt);
+        if let Outcome::Failed(why) = &outcome {
+            info!(
+                "task {id} attempt {} failed: {}",
+                work.attempt,
+                OneLine(why)
+            );
+        }
+        shared.store().end_attempt(id.num, q, outcome);
+    }
+}
+
+/// Takes the next task from queue `q`'s channel and begins its attempt;
+/// `None` once shutdown has begun. A task taken while the queue is paused
+/// is kept, still counted in the queue, and begun first on the resume.
+async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
     loop {
         // Shutdown closes the channel, which wakes every waiting worker;
         // a job taken after that is left for the next start (it is still
         // queued in the store, and in the journal).
-        let Ok(id) = shared.queues[q].jobs_rx.recv().await else {
-            return;
-        };
+        let id = shared.queues[q].jobs_rx.recv().await.ok()?;
         if shared.draining.is_fired() {
-            return;
+            return None;
         }
         if let Some(journal) = &shared.journal {
             // A task starts only once its record is on disk, so that a
             // failed write can still take it back (see the journal).
             if !journal.wait_task(id, &shared.grace_over).await {
-                return;
+                return None;
             }
         }
-        let begun = shared.store().begin_attempt(id, q, &shared.queues);
-        let work = match begun {
-            Begin::Work(work) => work,
-            Begin::Skip => {
-                debug!("task {} skipped: cancelled while queued", IdText(id));
-                continue;
-            }
-            Begin::Paused(resumed) => {
-                let draining = async {
-                    shared.draining.wait().await;
-                    false
-                };
-                let resumed = async {
-                    resumed.wait().await;
-                    true
-                };
-                if !future::or(draining, resumed).await {
-                    return;
+        loop {
+            let begun = shared.store().begin_attempt(id, q, &shared.queues);
+            match begun {
+                Begin::Work(work) => return Some(work),
+                Begin::Skip => {
+                    let id = shared.store().task_id(id);
+                    debug!("task {id} skipped: cancelled while queued");
+                    break;
                 }
-                continue;
+                Begin::Paused(resumed) => {
+                    let draining = async {
+                        shared.draining.wait().await;
+                        false
+                    };
+                    let resumed = async {
+                        resumed.wait().await;
+                        true
+                    };
+                    if !future::or(draining, resumed).await {
+                        return None;
+                    }
+                }
             }
-        };
-        debug!("task {} attempt {} started", IdText(id), work.attempt);
-        let outcome = attempt(&shared, &work).await;
-        debug!(
-            "task {} attempt {} ended: {outcome:?}",
-            IdText(id),
-            work.attempt
-        );
-        if let Outcome::Failed(why) = &outcome {
-            info!(
-                "task {} attempt {} failed: {}",
-                IdText(id),
-                work.attempt,
-                OneLine(why)
-            );
         }
-        shared.store().end_attempt(id, q, outcome);
     }
 }
 
@@ -2212,17 +2342,6 @@ impl std::fmt::Display for OneLine<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// Displays an id as clients see it, for log lines.
-struct IdText(u64);
-
-impl std::fmt::Display for IdText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut out = Vec::with_capacity(ID_LEN);
-        write_id(&mut out, self.0);
-        f.write_str(std::str::from_utf8(&out).unwrap_or("?"))
     }
 }
 
@@ -2347,7 +2466,7 @@ async fn interruption(shared: &Shared, work: &Work) -> Interrupt {
         Interrupt::Timeout
     };
     let cancel = async {
-        let cancelled = shared.store().cancel_trigger(work.id);
+        let cancelled = shared.store().cancel_trigger(work.id.num);
         if let Some(cancelled) = cancelled {
             cancelled.wait().await;
         }
@@ -2789,7 +2908,7 @@ impl Shared {
         let mut store = self.store();
         let skipped = match store.fire(i, config, self) {
             Ok(id) => {
-                debug!("schedule {} fired: task {}", config.name, IdText(id));
+                debug!("schedule {} fired: task {}", config.name, store.task_id(id));
                 None
             }
             Err(why) => Some(why),
@@ -2887,7 +3006,7 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
     let mut command = std::process::Command::new(&handler.program);
     command
         .args(&handler.args)
-        .env("BGTASKS_TASK_ID", IdText(work.id).to_string())
+        .env("BGTASKS_TASK_ID", work.id.to_string())
         .env("BGTASKS_TASK_KIND", work.kind.as_deref().unwrap_or("sleep"))
         .env("BGTASKS_ATTEMPT", work.attempt.to_string())
         .process_group(0);
@@ -2907,7 +3026,7 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
     let group = rustix::process::Pid::from_raw(child.id() as i32);
     let stdin = child.stdin.take();
     let mut pipes = pin!(future::zip(
-        read_stdout(child.stdout.take(), shared, work.id),
+        read_stdout(child.stdout.take(), shared, work.id.num),
         read_tail(child.stderr.take())
     ));
     let mut tails = None;
@@ -3362,6 +3481,9 @@ struct Record<'a> {
     /// The schedule that made the task.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     schedule: Option<std::borrow::Cow<'a, str>>,
+    /// The `--node` of the server that made the task.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    node: Option<std::borrow::Cow<'a, str>>,
     /// The last progress, as JSON text.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     progress: Option<std::borrow::Cow<'a, str>>,
@@ -3405,6 +3527,7 @@ impl Task {
             id: self.id,
             queue: cow(Some(names.queue).filter(|_| self.queue != 0)),
             schedule: cow(names.schedule),
+            node: cow(names.id.node.strip_suffix('_')),
             run_at: nonzero(self.run_at),
             state: cow(scheduled.then_some(State::Scheduled.name())),
             task_id: cow(self.label.as_ref().map(Text::as_str)),
@@ -3577,6 +3700,9 @@ impl Record<'_> {
                     .is_some_and(|q| check_name(q).is_err()) =>
             {
                 Err("the queue name is malformed")
+            }
+            Some(Op::New) if self.node.as_deref().is_some_and(|n| !is_node_name(n)) => {
+                Err("the node name is malformed")
             }
             Some(Op::Pause) if self.queue.is_none() || self.paused.is_none() => {
                 Err("a pause record names a queue and whether it is paused")
@@ -3795,6 +3921,11 @@ impl Store {
     /// yet due into the scheduler — those due while the server was down
     /// come due at once.
     fn restore(&mut self, replayed: Replayed, queues: &[Queue]) {
+        // This run's prefix applies from its first id on.
+        let node = self.nodes[0].1;
+        self.nodes = replayed.nodes.clone();
+        self.nodes
+            .push((replayed.tasks.last().map_or(0, |t| t.id + 1), node));
         for (name, paused) in &replayed.paused {
             if let Some(q) = queues.iter().position(|q| *q.name == **name) {
                 self.queues[q].paused = *paused;
@@ -4027,6 +4158,9 @@ struct Replayed {
     tasks: Vec<Task>,
     /// Queues paused or resumed, in the order it happened.
     paused: Vec<(Box<str>, bool)>,
+    /// The id prefix from each id on, as the tasks were made: the store's
+    /// table of [`Store::task_id`].
+    nodes: Vec<(u64, &'static str)>,
     /// The first id of the journal's history.
     first_id: u64,
     /// How many bytes of the file are whole records.
@@ -4113,7 +4247,20 @@ impl Replayed {
             }
             // A record written again after compaction: already here.
             (Some(Op::New), Ok(_)) => {}
-            (Some(Op::New), Err(i)) => self.tasks.insert(i, Task::from_record(record, config)),
+            (Some(Op::New), Err(i)) => {
+                // A prefix changes only across restarts: it is leaked
+                // once per change, not once per task.
+                let node = record.node.as_deref().unwrap_or_default();
+                let last = self.nodes.last().map_or("", |&(_, last)| last);
+                if last.strip_suffix('_').unwrap_or(last) != node {
+                    let node = match node {
+                        "" => "",
+                        node => parse_node(node).map_err(|_| "the node name is malformed")?,
+                    };
+                    self.nodes.push((record.id, node));
+                }
+                self.tasks.insert(i, Task::from_record(record, config));
+            }
             (Some(Op::State), Ok(i)) => self.tasks[i].apply(record)?,
             // The state of a task compacted away after it was evicted.
             (Some(Op::State), Err(_)) | (None, _) => {}
@@ -4848,7 +4995,7 @@ struct Response {
     /// The `Content-Type`.
     content_type: &'static str,
     /// A task id for `Location: /tasks/<id>`.
-    location: Option<u64>,
+    location: Option<TaskId>,
     /// Seconds for `Retry-After`.
     retry_after: Option<u64>,
     /// Methods for `Allow`, with a `405`.
@@ -4901,7 +5048,7 @@ impl Response {
         out.extend_from_slice(b"\r\n");
         if let Some(id) = self.location {
             out.extend_from_slice(b"Location: /tasks/");
-            write_id(out, id);
+            id.write(out);
             out.extend_from_slice(b"\r\n");
         }
         if let Some(secs) = self.retry_after {
@@ -5040,9 +5187,9 @@ enum Route {
     /// `GET /tasks`.
     List,
     /// `GET /tasks/{id}`; `None` for a malformed id.
-    Status(Option<u64>),
+    Status(Option<IdRef>),
     /// `POST /tasks/{id}/cancel`.
-    Cancel(Option<u64>),
+    Cancel(Option<IdRef>),
     /// `GET /healthz`.
     Health,
     /// `GET /metrics`.
@@ -5140,7 +5287,7 @@ fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
         }
     }
     let [first, second, third] = &segments;
-    let id = || parse_id(second);
+    let id = || IdRef::parse(second);
     Ok(Some(match (count, &first[..], &second[..], &third[..]) {
         (1, b"queue-task", _, _) => Resource::post(Route::Submit("/queue-task")),
         // `/tasks/`, as people type it, is the list too.
@@ -5231,7 +5378,7 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
         Route::Queues => queues(shared),
         Route::Schedules => schedules(shared),
         Route::Events => {
-            return match EventFilter::parse(query, &shared.config) {
+            return match EventFilter::parse(query, &shared.config, &shared.store()) {
                 Ok(filter) => Reply::Events(filter),
                 Err(response) => Reply::Now(response),
             };
@@ -5464,7 +5611,7 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
             let task = store.get(id);
             let label = task.and_then(|t| t.label.as_ref()).map(Text::as_str);
             let state = task.map_or(State::Queued, |t| t.state);
-            let response = submitted(200, id, label, state);
+            let response = submitted(200, store.task_id(id), label, state);
             return Submitted::Repeat(response, id);
         }
         Admission::KeyReused => {
@@ -5484,10 +5631,11 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
             return Submitted::Answer(Response::error(503, "server is shutting down"));
         }
     };
+    let task_id = store.task_id(id);
     drop(store);
     // Made outside the lock: everything it shows is known already.
-    let response = submitted(202, id, label.as_ref().map(Text::as_str), state);
-    debug!("task {} queued", IdText(id));
+    let response = submitted(202, task_id, label.as_ref().map(Text::as_str), state);
+    debug!("task {task_id} queued");
     match saved {
         Some(saved) => Submitted::Saving(response, saved),
         None => Submitted::Answer(response),
@@ -5510,11 +5658,11 @@ fn queue_full(shared: &Shared) -> Response {
 
 /// Makes the answer to a submission: `{"status": …, "id": …, "task_id": …,
 /// "state": …}` with `Location`.
-fn submitted(status: u16, id: u64, label: Option<&str>, state: State) -> Response {
+fn submitted(status: u16, id: TaskId, label: Option<&str>, state: State) -> Response {
     let mut body = Vec::with_capacity(128);
-    body.extend_from_slice(b"{\"status\": \"task queued successfully\", \"id\": \"");
-    write_id(&mut body, id);
-    body.extend_from_slice(b"\", \"task_id\": ");
+    body.extend_from_slice(b"{\"status\": \"task queued successfully\", \"id\": ");
+    id.write_json(&mut body);
+    body.extend_from_slice(b", \"task_id\": ");
     write_json_opt(&mut body, label);
     body.extend_from_slice(b", \"state\": \"");
     body.extend_from_slice(state.name().as_bytes());
@@ -5569,7 +5717,7 @@ struct ListQuery<'a> {
     /// The most tasks on the page.
     limit: usize,
     /// Only tasks older than this id (a previous page's last).
-    before: Option<u64>,
+    before: Option<IdRef>,
 }
 
 impl<'a> ListQuery<'a> {
@@ -5604,7 +5752,7 @@ impl<'a> ListQuery<'a> {
         };
         let before = match query_param(query, "before")? {
             None => None,
-            Some(id) => Some(parse_id(&id).ok_or_else(|| bad(BAD_BEFORE))?),
+            Some(id) => Some(IdRef::parse(&id).ok_or_else(|| bad(BAD_BEFORE))?),
         };
         Ok(ListQuery {
             state,
@@ -5629,7 +5777,7 @@ impl<'a> ListQuery<'a> {
 
     /// Appends the link to the page after one ending with task `last`:
     /// the same filters and limit, continuing before `last`.
-    fn write_next(&self, out: &mut Vec<u8>, last: u64, config: &Config) {
+    fn write_next(&self, out: &mut Vec<u8>, last: TaskId, config: &Config) {
         out.extend_from_slice(b"\"/tasks?");
         if let Some(state) = self.state {
             let _ = write!(VecWriter(out), "state={}&", state.name());
@@ -5647,7 +5795,7 @@ impl<'a> ListQuery<'a> {
             out.push(b'&');
         }
         let _ = write!(VecWriter(out), "limit={}&before=", self.limit);
-        write_id(out, last);
+        last.write(out);
         out.push(b'"');
     }
 }
@@ -5667,14 +5815,14 @@ fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
         Err(response) => return response,
     };
     let store = shared.store();
-    if let Some(before) = query.before
-        && store.lookup(before) == Lookup::Unknown
+    if let Some(before) = &query.before
+        && store.lookup_ref(before) == Lookup::Unknown
     {
         return Response::error(400, BAD_BEFORE);
     }
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"tasks\": [");
-    let end = match query.before.map(|id| store.position(id)) {
+    let end = match query.before.as_ref().map(|id| store.position(id.num)) {
         Some(Ok(at) | Err(at)) => at,
         None => store.tasks.len(),
     };
@@ -5706,7 +5854,7 @@ fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
     write_counts(&mut body, &store.counts);
     body.extend_from_slice(b", \"next\": ");
     match last.filter(|_| matching.peek().is_some()) {
-        Some(last) => query.write_next(&mut body, last, &shared.config),
+        Some(last) => query.write_next(&mut body, store.task_id(last), &shared.config),
         None => body.extend_from_slice(b"null"),
     }
     body.push(b'}');
@@ -5739,7 +5887,7 @@ fn percent_encode(out: &mut Vec<u8>, bytes: &[u8]) {
 /// `GET /tasks/{id}`: the task's status, at once or after a long poll. A
 /// `HEAD` (`head_only`) is answered at once: it asks what a `GET` would
 /// get, and a health checker must not be held for a minute.
-fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>, head_only: bool) -> Reply {
+fn status(shared: &Shared, id: Option<IdRef>, query: Option<&[u8]>, head_only: bool) -> Reply {
     let wait = match query_param(query, "wait") {
         Err(response) => return Reply::Now(response),
         Ok(None) => Duration::ZERO,
@@ -5757,14 +5905,14 @@ fn status(shared: &Shared, id: Option<u64>, query: Option<&[u8]>, head_only: boo
     let Some(id) = id else {
         return Reply::Now(lookup_failure(Lookup::Unknown));
     };
-    match store.lookup(id) {
+    match store.lookup_ref(&id) {
         Lookup::Found(i) => {
             let task = &store.tasks[i];
             if wait.is_zero() || head_only || task.state.is_terminal() {
                 Reply::Now(task_response(200, &store, i))
             } else {
                 Reply::Poll(LongPoll {
-                    id,
+                    id: id.num,
                     seen: task.state,
                     until: Instant::now() + wait,
                 })
@@ -5791,14 +5939,16 @@ fn lookup_failure(lookup: Lookup) -> Response {
 }
 
 /// `POST /tasks/{id}/cancel`.
-fn cancel(shared: &Shared, id: Option<u64>) -> Response {
-    let Some(id) = id else {
-        return lookup_failure(Lookup::Unknown);
-    };
+fn cancel(shared: &Shared, id: Option<IdRef>) -> Response {
     let mut store = shared.store();
+    let id = match id.map(|id| (store.lookup_ref(&id), id.num)) {
+        Some((Lookup::Found(_), id)) => id,
+        Some((other, _)) => return lookup_failure(other),
+        None => return lookup_failure(Lookup::Unknown),
+    };
     match store.cancel(id) {
         Ok(i) => {
-            debug!("task {} cancelled", IdText(id));
+            debug!("task {} cancelled", store.task_id(id));
             task_response(200, &store, i)
         }
         Err(Lookup::Found(i)) => {
@@ -5855,12 +6005,9 @@ fn schedules(shared: &Shared) -> Response {
         body.extend_from_slice(b", \"last_at\": ");
         write_timestamp(&mut body, state.last_at);
         body.extend_from_slice(b", \"last_task\": ");
-        if state.last_task == 0 {
-            body.extend_from_slice(b"null");
-        } else {
-            body.push(b'"');
-            write_id(&mut body, state.last_task);
-            body.push(b'"');
+        match state.last_task {
+            0 => body.extend_from_slice(b"null"),
+            id => store.task_id(id).write_json(&mut body),
         }
         let _ = write!(VecWriter(&mut body), ", \"skipped\": {}}}", state.skipped);
     }
@@ -5931,8 +6078,7 @@ struct QueueView<'a> {
     workers: usize,
     /// Its workers running an attempt.
     busy: u64,
-    /// Tasks in its channel and waiting for room in it (cancelled ones
-    /// count until a worker reaches them).
+    /// Tasks in it (cancelled ones count until a worker reaches them).
     depth: usize,
     /// Its capacity.
     capacity: usize,
@@ -5968,7 +6114,7 @@ impl Store {
                 name: &config.name,
                 workers: config.workers,
                 busy: state.busy,
-                depth: queue.jobs_tx.len() + state.waiting.len(),
+                depth: state.depth,
                 capacity: queue.capacity,
                 paused: state.paused,
             })
@@ -6152,7 +6298,8 @@ const MAX_BACKLOG_BYTES: usize = 256 << 10;
 /// Which `task` events a stream wants: all of the filters it gives.
 #[derive(Debug, Default, PartialEq)]
 struct EventFilter {
-    /// `?id=`: one task.
+    /// `?id=`: one task (its number; the prefix is checked when the
+    /// stream starts).
     id: Option<u64>,
     /// `?task_id=`: tasks with this label.
     label: Option<Box<[u8]>>,
@@ -6164,14 +6311,24 @@ struct EventFilter {
 
 impl EventFilter {
     /// Reads the filters of a `/events` request; the error is its `400`.
-    fn parse(query: Option<&[u8]>, config: &Config) -> Result<EventFilter, Response> {
+    fn parse(
+        query: Option<&[u8]>,
+        config: &Config,
+        store: &Store,
+    ) -> Result<EventFilter, Response> {
         let bad = |sentence: &str| Response::error(400, sentence);
         let text = |name| -> Result<Option<String>, Response> {
             Ok(query_param(query, name)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
         };
         let id = match query_param(query, "id")? {
             None => None,
-            Some(id) => Some(parse_id(&id).ok_or_else(|| bad("id must be the id of a task"))?),
+            Some(id) => {
+                let id = IdRef::parse(&id).filter(|id| store.lookup_ref(id) != Lookup::Unknown);
+                Some(
+                    id.ok_or_else(|| bad("id must be the id of a task this server made"))?
+                        .num,
+                )
+            }
         };
         let kind = text("kind")?;
         if let Some(kind) = &kind
@@ -6321,9 +6478,9 @@ impl Store {
 /// blank line that ends it.
 fn task_event(task: &Task, names: Names) -> Arc<str> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(b"event: task\ndata: {\"id\": \"");
-    write_id(&mut out, task.id);
-    out.extend_from_slice(b"\", \"task_id\": ");
+    out.extend_from_slice(b"event: task\ndata: {\"id\": ");
+    names.id.write_json(&mut out);
+    out.extend_from_slice(b", \"task_id\": ");
     write_json_opt(&mut out, task.label.as_ref().map(Text::as_str));
     out.extend_from_slice(b", \"kind\": ");
     write_json_str(&mut out, task.kind());
@@ -7299,8 +7456,10 @@ async fn supervise(
     start_threads: impl FnOnce(),
 ) -> i32 {
     let running = start_serving(&shared, &executor, listener, due_rx).await;
+    notify_service_manager("READY=1");
     start_threads();
     let received = read_signals(&signals).await;
+    notify_service_manager("STOPPING=1");
     shut_down(&shared, &executor, running, signals, received).await
 }
 
@@ -7442,6 +7601,31 @@ impl std::fmt::Display for QueueList<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Tells the service manager how the server is doing (`READY=1` once it
+/// listens and its workers run, `STOPPING=1` when shutdown begins), if it
+/// asked with `NOTIFY_SOCKET` (systemd's `Type=notify`): one datagram to
+/// that socket, a path or an abstract name written `@name`. Best effort: a
+/// server started by hand has no such socket, and one that cannot be
+/// reached is only logged.
+fn notify_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = UnixDatagram::unbound().and_then(|socket| {
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(Path::new(&path))?,
+        };
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        warn!("cannot tell the service manager {state}: {e}");
     }
 }
 
@@ -8507,19 +8691,20 @@ mod tests {
         ("due u", "ok", [0, 3, 0, 0, 1, 1]),
         ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
         ("admit x", "full", [0, 3, 0, 0, 1, 1]),
-        // A paused queue starts nothing: what a worker took goes back first
-        // in line, and the worker waits for the resume.
+        // A paused queue starts nothing: a worker that took a task keeps
+        // it, still counted, so no new task fits.
         ("pause", "ok", [0, 3, 0, 0, 1, 1]),
         ("take v", "ok", [0, 3, 0, 0, 1, 1]),
         ("begin v", "paused", [0, 3, 0, 0, 1, 1]),
         ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
+        ("admit x", "full", [0, 3, 0, 0, 1, 1]),
+        // On the resume v, first in line, begins first; u, waiting for
+        // room, enters behind w.
         ("resume", "ok", [0, 3, 0, 0, 1, 1]),
-        // First in, first out: w, then v, then u.
-        ("take w", "ok", [0, 3, 0, 0, 1, 1]),
-        ("begin w", "attempt 1", [0, 2, 1, 0, 1, 1]),
-        ("take v", "ok", [0, 2, 1, 0, 1, 1]),
+        ("begin v", "attempt 1", [0, 2, 1, 0, 1, 1]),
+        ("take w", "ok", [0, 2, 1, 0, 1, 1]),
         ("take u", "ok", [0, 2, 1, 0, 1, 1]),
-        ("depth 0", "ok", [0, 2, 1, 0, 1, 1]),
+        ("depth 2", "ok", [0, 2, 1, 0, 1, 1]),
         ("drain", "ok", [0, 2, 1, 0, 1, 1]),
         ("admit f", "shutting down", [0, 2, 1, 0, 1, 1]),
     ];
@@ -8575,7 +8760,7 @@ mod tests {
                     "ok".to_string()
                 }
                 "depth" => {
-                    let depth = queues[0].jobs_tx.len() + store.queues[0].waiting.len();
+                    let depth = store.queues[0].depth;
                     assert_eq!(depth.to_string(), label, "{step}");
                     "ok".to_string()
                 }
@@ -8705,7 +8890,7 @@ mod tests {
         for &(query, link) in cases {
             let parsed = ListQuery::parse(Some(query.as_bytes()), &config).unwrap();
             let mut out = Vec::new();
-            parsed.write_next(&mut out, id, &config);
+            parsed.write_next(&mut out, TaskId { node: "", num: id }, &config);
             let mut id_text = Vec::new();
             write_id(&mut id_text, id);
             let expected = format!("\"{link}{}\"", String::from_utf8(id_text).unwrap());
@@ -8714,7 +8899,7 @@ mod tests {
             let text = String::from_utf8(out).unwrap();
             let again = text.trim_matches('"').strip_prefix("/tasks?").unwrap();
             let reparsed = ListQuery::parse(Some(again.as_bytes()), &config).unwrap();
-            assert_eq!(reparsed.before, Some(id), "{query}");
+            assert_eq!(reparsed.before.map(|b| b.num), Some(id), "{query}");
             assert_eq!(
                 ListQuery {
                     before: None,
@@ -9221,7 +9406,11 @@ mod tests {
             "--schedule",
             "nightly=@daily {\"work_duration\": \"1s\"}",
         ]);
-        let names = Names {
+        let names = |task: &Task| Names {
+            id: TaskId {
+                node: "b_",
+                num: task.id,
+            },
             queue: "thumbs",
             schedule: Some("nightly"),
         };
@@ -9234,9 +9423,9 @@ mod tests {
             ..QueueState::new(&config.queues[1])
         };
         let mut lines = Vec::new();
-        write_record(&mut lines, &task.new_record(names));
+        write_record(&mut lines, &task.new_record(names(&task)));
         write_record(&mut lines, &task.state_record());
-        write_record(&mut lines, &scheduled.new_record(names));
+        write_record(&mut lines, &scheduled.new_record(names(&scheduled)));
         write_record(&mut lines, &paused.pause_record());
         let replayed = replay_lines(&lines[..], &config).unwrap();
         let [back, back_scheduled] = &replayed.tasks[..] else {
@@ -9247,9 +9436,10 @@ mod tests {
             (State::Scheduled, 1)
         );
         assert_eq!(replayed.paused, [("thumbs".into(), true)]);
+        assert_eq!(replayed.nodes, [(task.id, "b_")]);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        task.write_json(&mut a, names);
-        back.write_json(&mut b, names);
+        task.write_json(&mut a, names(&task));
+        back.write_json(&mut b, names(back));
         assert_eq!(String::from_utf8(a).unwrap(), String::from_utf8(b).unwrap());
         assert_eq!(
             back.extra
@@ -9651,23 +9841,63 @@ mod tests {
             (
                 format!("GET /tasks/{id_text}"),
                 None,
-                Ok(Route::Status(Some(id))),
+                Ok(Route::Status(Some(IdRef {
+                    num: id,
+                    node: Text::new(""),
+                }))),
             ),
             (
                 format!("GET /tasks/%{:X}{}", id_text.as_bytes()[0], &id_text[1..]),
                 None,
-                Ok(Route::Status(Some(id))),
+                Ok(Route::Status(Some(IdRef {
+                    num: id,
+                    node: Text::new(""),
+                }))),
             ),
             ("GET /tasks/nope".into(), None, Ok(Route::Status(None))),
             (
+                format!("GET /tasks/node7_{id_text}"),
+                None,
+                Ok(Route::Status(Some(IdRef {
+                    num: id,
+                    node: Text::new("node7_"),
+                }))),
+            ),
+            (
+                format!("GET /tasks/Node_{id_text}"),
+                None,
+                Ok(Route::Status(None)),
+            ),
+            (
+                format!("GET /tasks/_{id_text}"),
+                None,
+                Ok(Route::Status(None)),
+            ),
+            (
+                format!("GET /tasks/a{id_text}"),
+                None,
+                Ok(Route::Status(None)),
+            ),
+            (
+                format!("GET /tasks/{}_{id_text}", "n".repeat(17)),
+                None,
+                Ok(Route::Status(None)),
+            ),
+            (
                 format!("HEAD /tasks/{id_text}"),
                 None,
-                Ok(Route::Status(Some(id))),
+                Ok(Route::Status(Some(IdRef {
+                    num: id,
+                    node: Text::new(""),
+                }))),
             ),
             (
                 format!("POST /tasks/{id_text}/cancel"),
                 None,
-                Ok(Route::Cancel(Some(id))),
+                Ok(Route::Cancel(Some(IdRef {
+                    num: id,
+                    node: Text::new(""),
+                }))),
             ),
             (
                 format!("GET /tasks/{id_text}/cancel"),
@@ -9682,7 +9912,34 @@ mod tests {
             ("GET /tasks%2Fx".into(), None, Ok(Route::NotFound)),
             ("GET /healthz".into(), None, Ok(Route::Health)),
             ("GET /metrics".into(), None, Ok(Route::Metrics)),
-            ("GET /".into(), None, Ok(Route::NotFound)),
+            ("GET /".into(), None, Ok(Route::Dashboard)),
+            ("GET /".into(), Some("t"), Ok(Route::Dashboard)),
+            ("POST /".into(), None, Ok(Route::NotAllowed("GET, HEAD"))),
+            ("GET /events".into(), None, Ok(Route::Events)),
+            ("GET /events".into(), Some("t"), Ok(Route::Unauthorized)),
+            (
+                "POST /events".into(),
+                None,
+                Ok(Route::NotAllowed("GET, HEAD")),
+            ),
+            ("GET /queues".into(), None, Ok(Route::Queues)),
+            (
+                "POST /queues/slow/pause".into(),
+                None,
+                Ok(Route::Pause(Some("slow".into()), true)),
+            ),
+            (
+                "POST /queues/slow/resume".into(),
+                None,
+                Ok(Route::Pause(Some("slow".into()), false)),
+            ),
+            (
+                "GET /queues/slow/pause".into(),
+                None,
+                Ok(Route::NotAllowed("POST")),
+            ),
+            ("POST /queues/slow/stop".into(), None, Ok(Route::NotFound)),
+            ("GET /schedules".into(), None, Ok(Route::Schedules)),
             ("GET *".into(), None, Ok(Route::NotFound)),
             ("GET /a/b/c/d/e".into(), None, Ok(Route::NotFound)),
             (

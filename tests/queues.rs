@@ -482,8 +482,6 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
 }
 
 #[test]
-#[ignore = "server bug: on resume, tasks a paused queue's idle workers took from the channel \
-            run after those submitted later (A, B, C submitted while paused run B, C, A)"]
 fn a_resumed_queue_runs_its_tasks_in_the_order_they_came() {
     let dir = TempDir::new("fifo");
     let note = dir.script(
@@ -506,9 +504,6 @@ fn a_resumed_queue_runs_its_tasks_in_the_order_they_came() {
 }
 
 #[test]
-#[ignore = "server bug: a paused queue can hold more than its capacity — a worker that took a \
-            task from the channel but has not yet put it back among the waiting ones leaves \
-            room that a concurrent submission takes (buffer 1 held 3)"]
 fn a_paused_queue_never_holds_more_than_its_capacity() {
     let server = Server::start(&["--workers", "8", "--buffer", "1", "--threads", "4"]);
     for round in 0..2000 {

@@ -5,8 +5,10 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,6 +185,11 @@ impl Server {
         r.json()
     }
 
+    /// `POST /tasks/{id}/cancel`.
+    pub fn cancel(&self, id: &str) -> Response {
+        self.post(&format!("/tasks/{id}/cancel"), "")
+    }
+
     /// Polls a task until its state is `state`; returns its status.
     pub fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
         let deadline = Instant::now() + PATIENCE;
@@ -207,6 +214,13 @@ impl Server {
             .unwrap_or_else(|| panic!("no {name} in {body}"))
             .parse()
             .unwrap()
+    }
+
+    /// Polls one metric until it has `value`.
+    pub fn wait_metric(&self, name: &str, value: f64) {
+        eventually(&format!("{name} to be {value}"), || {
+            (self.metric(name) == value).then_some(())
+        });
     }
 
     /// Sends a signal to the server.
@@ -237,12 +251,96 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+
+    /// Kills the server with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Opens `count` connections that each long-poll the task `id` for
+    /// `wait`, and returns them once the server has read every request, so
+    /// each is waiting on the state the task has now.
+    pub fn long_polls(&self, id: &str, wait: &str, count: usize) -> Vec<TcpStream> {
+        let request = format!("GET /tasks/{id}?wait={wait} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let polls: Vec<TcpStream> = (0..count)
+            .map(|_| {
+                let mut stream = self.connect();
+                stream.write_all(request.as_bytes()).unwrap();
+                stream
+            })
+            .collect();
+        eventually("the server to read every long poll", || {
+            self.has_read(&polls).then_some(())
+        });
+        polls
+    }
+
+    /// Tells whether the server has read everything sent so far on each of
+    /// `streams`: the kernel's receive queue of the server's end of every
+    /// one of those connections is empty (`rx_queue` in /proc/net/tcp).
+    ///
+    /// Only the server's own reads empty that queue, so this cannot come
+    /// true by accident, however busy the machine; a connection still in
+    /// the listen backlog, or not yet established, counts as unread.
+    pub fn has_read(&self, streams: &[TcpStream]) -> bool {
+        let ours: HashSet<u16> = streams
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        let port = |address: &str| {
+            let (_, port) = address.rsplit_once(':').unwrap();
+            u16::from_str_radix(port, 16).unwrap()
+        };
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let mut read = 0;
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let established = fields[3] == "01";
+            if !established
+                || port(fields[1]) != self.addr.port()
+                || !ours.contains(&port(fields[2]))
+            {
+                continue;
+            }
+            let (_, unread) = fields[4].split_once(':').unwrap();
+            if u32::from_str_radix(unread, 16).unwrap() != 0 {
+                return false;
+            }
+            read += 1;
+        }
+        read == ours.len()
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A directory for one test's files, removed when the test ends.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Makes an empty directory named after the test and this process.
+    pub fn new(test: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("bgtasks-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Returns the path of `name` inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -491,4 +589,18 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+}
+
+/// Sorts timings and describes them for a benchmark's line: median, 90th
+/// percentile and worst, and how many there were.
+pub fn spread(samples: &mut [Duration]) -> String {
+    samples.sort();
+    let at = |fraction: f64| samples[((samples.len() - 1) as f64 * fraction).round() as usize];
+    format!(
+        "median {:?}, p90 {:?}, max {:?} ({} samples)",
+        at(0.5),
+        at(0.9),
+        at(1.0),
+        samples.len()
+    )
 }

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The longest any single step of a test waits before it fails.
@@ -21,6 +22,9 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The thread that copies the server's stderr into `log`; taken when
+    /// it has read to the end.
+    reader: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -33,6 +37,22 @@ impl Server {
     /// Starts the binary with `args` and extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         Server::spawn(command(&["--addr", "127.0.0.1:0"], args, env))
+    }
+
+    /// Starts the binary on `addr` with `args`, and waits until it answers
+    /// there: for a server that does not log the line `start` waits for.
+    pub fn start_at(addr: SocketAddr, args: &[&str]) -> Server {
+        let mut server = Server::launch(command(&["--addr", &addr.to_string()], args, &[]));
+        server.addr = addr;
+        eventually("the server to answer", || {
+            let mut stream = TcpStream::connect(addr).ok()?;
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .ok()?;
+            read_response(&mut stream)
+        });
+        server
     }
 
     /// Starts the binary with `args` under an open-file limit of `nofile`.
@@ -63,28 +83,8 @@ impl Server {
     }
 
     /// Spawns a prepared command and waits until the server listens.
-    fn spawn(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the test binary starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            log,
-        };
+    fn spawn(cmd: Command) -> Server {
+        let mut server = Server::launch(cmd);
         let line = server.wait_log("listening on http://");
         let addr = line
             .split("listening on http://")
@@ -96,24 +96,66 @@ impl Server {
         server
     }
 
-    /// Returns everything the server has logged so far.
+    /// Spawns a prepared command, collecting what it logs.
+    fn launch(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the test binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Server {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Returns everything the server has logged so far; once it has
+    /// exited (`stop`, `kill`, `wait_exit`), everything it logged.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits, after the server has exited, until its log has been read to
+    /// the end: the last lines may still be in the pipe.
+    fn read_log_to_end(&mut self) {
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        eventually("the end of the server's stderr", || {
+            reader.is_finished().then_some(())
+        });
+        let _ = reader.join();
     }
 
     /// Waits until a log line contains `needle`, and returns that line.
     pub fn wait_log(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + PATIENCE;
+        let find = |log: String| log.lines().find(|l| l.contains(needle)).map(str::to_string);
         loop {
-            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
-                return line.to_string();
+            if let Some(line) = find(self.log()) {
+                return line;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(50));
-                panic!(
-                    "server exited ({status}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
+                self.read_log_to_end();
+                return find(self.log()).unwrap_or_else(|| {
+                    panic!(
+                        "server exited ({status}) without logging {needle:?}:\n{}",
+                        self.log()
+                    )
+                });
             }
             assert!(
                 Instant::now() < deadline,
@@ -238,11 +280,12 @@ impl Server {
         (status.code(), started.elapsed())
     }
 
-    /// Waits up to `limit` for the server to exit.
+    /// Waits up to `limit` for the server to exit (and its log to be read).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.read_log_to_end();
                 return Some(status);
             }
             if Instant::now() > deadline {
@@ -256,6 +299,7 @@ impl Server {
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.read_log_to_end();
     }
 
     /// Opens `count` connections that each long-poll the task `id` for

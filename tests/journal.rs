@@ -108,12 +108,7 @@ fn tasks_come_back_after_kill_9_as_they_were() {
     let running = server.submit_labelled("running", "60s");
     server.wait_state(&running, "running");
     let cancelled = server.submit_labelled("cancelled", "60s");
-    assert_eq!(
-        server
-            .post(&format!("/tasks/{cancelled}/cancel"), "")
-            .status,
-        200
-    );
+    assert_eq!(server.cancel(&cancelled).status, 200);
     let queued: Vec<String> = (0..3)
         .map(|i| server.submit_labelled(&format!("q{i}"), "60s"))
         .collect();
@@ -143,10 +138,7 @@ fn tasks_come_back_after_kill_9_as_they_were() {
         );
     }
     // Original order: cancelling the running one starts q0, then q1.
-    assert_eq!(
-        server.post(&format!("/tasks/{running}/cancel"), "").status,
-        200
-    );
+    assert_eq!(server.cancel(&running).status, 200);
     server.wait_state(&queued[0], "running");
     assert_eq!(server.task(&queued[1])["state"], "queued");
     let repeat = server.post_with(

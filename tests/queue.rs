@@ -237,10 +237,7 @@ fn a_task_moves_from_queued_to_running_to_succeeded() {
         assert!(queued[absent].is_null(), "{absent}: {queued}");
     }
     // Free the worker: cancel the blocker.
-    assert_eq!(
-        server.post(&format!("/tasks/{blocker}/cancel"), "").status,
-        200
-    );
+    assert_eq!(server.cancel(&blocker).status, 200);
     let running = server.wait_state(&id, "running");
     assert_eq!(running["attempt"], 1);
     assert!(

@@ -14,8 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The longest any single step of a test waits before it fails.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+/// The longest any single step of a test waits before it fails: a
+/// liveness bound, far above what any step takes on a busy machine (the
+/// slowest, a compaction under a flood, takes up to 10 s beside two busy
+/// loops on two cores).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// How many connections a test opens at once before it waits for the
+/// server to take them: fewer than the listen backlog (128), which a
+/// larger burst overflows, and the kernel then drops SYNs that take a
+/// second to come again.
+const BURST: usize = 100;
 
 /// A running bgtasks process.
 pub struct Server {
@@ -307,17 +316,39 @@ impl Server {
     /// each is waiting on the state the task has now.
     pub fn long_polls(&self, id: &str, wait: &str, count: usize) -> Vec<TcpStream> {
         let request = format!("GET /tasks/{id}?wait={wait} HTTP/1.1\r\nHost: t\r\n\r\n");
-        let polls: Vec<TcpStream> = (0..count)
-            .map(|_| {
+        let mut polls: Vec<TcpStream> = Vec::with_capacity(count);
+        while polls.len() < count {
+            let batch = (count - polls.len()).min(BURST);
+            polls.extend((0..batch).map(|_| {
                 let mut stream = self.connect();
                 stream.write_all(request.as_bytes()).unwrap();
                 stream
-            })
-            .collect();
-        eventually("the server to read every long poll", || {
-            self.has_read(&polls).then_some(())
-        });
+            }));
+            eventually("the server to read every long poll", || {
+                self.has_read(&polls).then_some(())
+            });
+        }
         polls
+    }
+
+    /// Opens `count` connections that send nothing, [`BURST`] at a time,
+    /// each lot accepted by the server before the next.
+    pub fn connect_many(&self, count: usize) -> Vec<TcpStream> {
+        let mut streams = Vec::with_capacity(count);
+        while streams.len() < count {
+            let open = self.open_fds();
+            let batch = (count - streams.len()).min(BURST);
+            streams.extend((0..batch).map(|_| self.connect()));
+            eventually("the server to accept every connection", || {
+                (self.open_fds() >= open + batch).then_some(())
+            });
+        }
+        streams
+    }
+
+    /// Returns how many file descriptors the server has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
     }
 
     /// Tells whether the server has read everything sent so far on each of

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Server, TempDir, eventually};
+use common::{Server, TempDir, epoch_millis, eventually};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -351,20 +351,6 @@ fn times(path: &str) -> HashMap<(String, u64), i64> {
             )
         })
         .collect()
-}
-
-/// Returns the milliseconds since the epoch of an RFC 3339 UTC timestamp.
-fn epoch_millis(v: &Value) -> i64 {
-    let s = v.as_str().unwrap();
-    let n = |at: usize, len: usize| s[at..at + len].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0, 4), n(5, 2), n(8, 2));
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    ((days * 24 + n(11, 2)) * 60 + n(14, 2)) * 60_000 + n(17, 2) * 1000 + n(20, 3)
 }
 
 #[test]

@@ -146,6 +146,8 @@ impl Server {
         eventually("the end of the server's stderr", || {
             reader.is_finished().then_some(())
         });
+        // It has finished; an error would only say that it panicked, and
+        // the log it kept until then is all there is.
         let _ = reader.join();
     }
 
@@ -650,6 +652,20 @@ pub fn raise_fd_limit() {
     let mut limit = getrlimit(Resource::Nofile);
     limit.current = limit.maximum;
     let _ = setrlimit(Resource::Nofile, limit);
+}
+
+/// Returns the milliseconds since the epoch of an RFC 3339 UTC timestamp.
+pub fn epoch_millis(v: &serde_json::Value) -> i64 {
+    let s = v.as_str().unwrap();
+    let n = |at: usize, len: usize| s[at..at + len].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0, 4), n(5, 2), n(8, 2));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    ((days * 24 + n(11, 2)) * 60 + n(14, 2)) * 60_000 + n(17, 2) * 1000 + n(20, 3)
 }
 
 /// A small, seeded random number generator (xorshift64*), so that tests

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{Server, command};
+use common::{Server, TempDir, command};
+use rustix::process::Signal;
 use std::net::TcpListener;
 
 /// Runs the binary to completion and returns (status, stdout, stderr).
@@ -33,7 +34,8 @@ fn help_and_version_print_to_stdout_and_exit_0() {
 #[test]
 fn bad_values_exit_2_with_one_clear_line_before_binding() {
     // A handler program that exists but may not be run (mode 644).
-    let script = std::env::temp_dir().join(format!("bgtasks-cli-{}.sh", std::process::id()));
+    let dir = TempDir::new("cli");
+    let script = dir.path("not-executable.sh");
     std::fs::write(&script, "#!/bin/sh\n").unwrap();
     let not_executable = format!("thumb={}", script.display());
     // The address is taken, so a server that bound before checking its
@@ -151,7 +153,6 @@ fn bad_values_exit_2_with_one_clear_line_before_binding() {
             "{args:?} {env:?}: {err:?}"
         );
     }
-    let _ = std::fs::remove_file(&script);
 }
 
 #[test]
@@ -195,17 +196,14 @@ fn log_level_warn_hides_info_lines() {
     server.submit("0s");
     server.wait_log("queued");
     drop(server);
-    // With warn, even the listening line is gone, so start by hand.
-    let mut child = command(&["--addr", "127.0.0.1:0", "--log-level", "warn"], &[], &[])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    // With warn, even the listening line is gone: start on a port that
+    // was free a moment ago, and wait until the server answers there.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut server = Server::start_at(addr, &["--log-level", "warn"]);
+    // Shutdown logs at info too: it must say nothing either.
+    assert_eq!(server.stop(Signal::TERM).0, Some(0));
+    assert_eq!(server.log(), "");
 }

@@ -3,40 +3,39 @@
 
 mod common;
 
-use common::{Server, eventually};
+use common::{Server, TempDir, epoch_millis, eventually};
 use rustix::process::Signal;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A directory of scripts for one test, removed when it ends.
-struct Scripts(PathBuf);
+struct Scripts(TempDir);
 
 impl Scripts {
+    /// Makes an empty directory of scripts for `test`.
     fn new(test: &str) -> Scripts {
-        let dir = std::env::temp_dir().join(format!("bgtasks-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scripts(dir)
+        Scripts(TempDir::new(test))
     }
 
     /// Writes an executable `sh` script and returns its path.
     fn write(&self, name: &str, body: &str) -> String {
-        let path = self.0.join(name);
+        let path = self.path(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path.to_str().unwrap().to_string()
+        path
     }
 
     /// Returns a path inside the directory.
     fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_string()
+        self.0.path(name).to_str().unwrap().to_string()
     }
 
     /// Reads the process ids a script wrote to `name`, one per line.
     fn pids(&self, name: &str) -> Vec<u32> {
-        let path = self.0.join(name);
+        let path = self.path(name);
         let text = eventually("the script to write its pids", || {
             std::fs::read_to_string(&path)
                 .ok()
@@ -44,12 +43,36 @@ impl Scripts {
         });
         text.lines().map(|l| l.trim().parse().unwrap()).collect()
     }
+
+    /// Writes `NAME.sh`, which starts a background `sleep 300`, writes its
+    /// own pid and the sleep's to the file NAME (all at once), and waits;
+    /// when `stubborn`, both ignore SIGTERM. Returns the script's path.
+    fn sleeper(&self, name: &str, stubborn: bool) -> String {
+        let trap = if stubborn { "trap '' TERM\n" } else { "" };
+        let pids = self.path(name);
+        self.write(
+            &format!("{name}.sh"),
+            &format!(
+                "{trap}sleep 300 &\necho $$ > {pids}.tmp; echo $! >> {pids}.tmp; mv {pids}.tmp {pids}\nwait"
+            ),
+        )
+    }
 }
 
-impl Drop for Scripts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Starts a server with a handler for each `(kind, program)`, after the
+/// flags in `args`.
+fn start(handlers: &[(&str, &str)], args: &[&str]) -> Server {
+    start_with_env(handlers, args, &[])
+}
+
+/// Starts a server with handlers, flags and extra environment variables.
+fn start_with_env(handlers: &[(&str, &str)], args: &[&str], env: &[(&str, &str)]) -> Server {
+    let flags: Vec<String> = handlers.iter().map(|(k, p)| format!("{k}={p}")).collect();
+    let mut all = args.to_vec();
+    for flag in &flags {
+        all.extend(["--handler", flag]);
     }
+    Server::start_with_env(&all, env)
 }
 
 /// Tells whether a process exists at all (a zombie still does).
@@ -109,10 +132,10 @@ cat
 printf '}\n'"#,
     );
     let text = scripts.write("text.sh", r#"printf 'line one\n\tline two\n'"#);
-    let handler = format!("echo={echo}  first   second");
-    let text_handler = format!("text={text}");
-    let server = Server::start_with_env(
-        &["--handler", &handler, "--handler", &text_handler],
+    let echo = format!("{echo}  first   second");
+    let server = start_with_env(
+        &[("echo", &echo), ("text", &text)],
+        &[],
         &[("FROM_THE_SERVER", "yes")],
     );
 
@@ -145,7 +168,7 @@ printf '}\n'"#,
 fn unregistered_kinds_and_bad_members_are_refused() {
     let scripts = Scripts::new("kinds");
     let ok = scripts.write("ok.sh", "exit 0");
-    let server = Server::start(&["--handler", &format!("known={ok}")]);
+    let server = start(&[("known", &ok)], &[]);
     let cases = [
         (json!({"kind": "unknown"}), "unknown task kind \"unknown\""),
         (json!({"kind": "; touch /tmp/x"}), "unknown task kind"),
@@ -219,14 +242,10 @@ fn failures_report_stderr_or_how_the_program_ended() {
     );
     let quiet = scripts.write("quiet.sh", "exit 3");
     let killed = scripts.write("killed.sh", "kill -9 $$");
-    let server = Server::start(&[
-        "--handler",
-        &format!("noisy={noisy}"),
-        "--handler",
-        &format!("quiet={quiet}"),
-        "--handler",
-        &format!("killed={killed}"),
-    ]);
+    let server = start(
+        &[("noisy", &noisy), ("quiet", &quiet), ("killed", &killed)],
+        &[],
+    );
     for (kind, error) in [
         ("noisy", "disk full\n"),
         ("quiet", "exit status 3"),
@@ -247,12 +266,7 @@ fn a_program_that_cannot_start_fails_its_attempt_not_the_server() {
     let scripts = Scripts::new("vanish");
     let gone = scripts.write("gone.sh", "exit 0");
     let locked = scripts.write("locked.sh", "exit 0");
-    let server = Server::start(&[
-        "--handler",
-        &format!("gone={gone}"),
-        "--handler",
-        &format!("locked={locked}"),
-    ]);
+    let server = start(&[("gone", &gone), ("locked", &locked)], &[]);
     std::fs::remove_file(&gone).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o644)).unwrap();
     for kind in ["gone", "locked"] {
@@ -274,7 +288,7 @@ fn gigabytes_of_output_cost_only_their_tails() {
         "chatty.sh",
         "head -c 300000000 /dev/zero | tr '\\0' 'x'; head -c 50000000 /dev/zero | tr '\\0' 'e' >&2; printf 'THE END'",
     );
-    let server = Server::start(&["--handler", &format!("chatty={chatty}")]);
+    let server = start(&[("chatty", &chatty)], &[]);
     let before = server.rss_kib();
     let task = wait_done(&server, &submit_kind(&server, "chatty", json!({})));
     let after = server.rss_kib();
@@ -293,12 +307,7 @@ fn a_timeout_fails_the_attempt() {
     let scripts = Scripts::new("timeout");
     let slow = scripts.write("slow.sh", "sleep 30");
     let whiny = scripts.write("whiny.sh", "echo 'still working' >&2; sleep 30");
-    let server = Server::start(&[
-        "--handler",
-        &format!("slow={slow}"),
-        "--handler",
-        &format!("whiny={whiny}"),
-    ]);
+    let server = start(&[("slow", &slow), ("whiny", &whiny)], &[]);
     let started = Instant::now();
     let task = wait_done(
         &server,
@@ -308,8 +317,9 @@ fn a_timeout_fails_the_attempt() {
         (task["state"].as_str(), task["error"].as_str()),
         (Some("failed"), Some("timed out after 300ms"))
     );
+    // Liveness: ended by its timeout, far below the 30 s it would sleep.
     assert!(
-        started.elapsed() < Duration::from_secs(4),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -327,24 +337,71 @@ fn a_timeout_fails_the_attempt() {
     );
 }
 
+/// Reads the times (ms since the epoch, by `date`) a handler wrote to a
+/// file as lines `start|end ATTEMPT MS`; keyed by (word, attempt).
+fn times(path: &str) -> HashMap<(String, u64), i64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (
+                (f[0].to_string(), f[1].parse().unwrap()),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn failed_attempts_are_retried_with_backoff() {
     let scripts = Scripts::new("retry");
-    let flaky = scripts.write("flaky.sh", r#"if [ "$BGTASKS_ATTEMPT" -lt 3 ]; then echo "attempt $BGTASKS_ATTEMPT failed" >&2; exit 1; fi; echo '"fine"'"#);
-    let server = Server::start(&["--handler", &format!("flaky={flaky}")]);
-    let started = Instant::now();
+    let (go, log) = (scripts.path("go"), scripts.path("times"));
+    // Attempts 1 and 2 fail, the first only once `go` exists; the third
+    // succeeds. Each writes when it started and when it failed.
+    let flaky = scripts.write(
+        "flaky.sh",
+        &format!(
+            r#"echo "start $BGTASKS_ATTEMPT $(date +%s%3N)" >> {log}
+if [ "$BGTASKS_ATTEMPT" -eq 1 ]; then while [ ! -e {go} ]; do sleep 0.01; done; fi
+if [ "$BGTASKS_ATTEMPT" -lt 3 ]; then
+  echo "attempt $BGTASKS_ATTEMPT failed" >&2
+  echo "end $BGTASKS_ATTEMPT $(date +%s%3N)" >> {log}
+  exit 1
+fi
+echo '"fine"'"#
+        ),
+    );
+    let server = start(&[("flaky", &flaky)], &["--workers", "1"]);
     let id = submit_kind(&server, "flaky", json!({"max_attempts": 3}));
-    // After the first failure: queued again, showing attempt 1, its error,
-    // and when the retry is due.
+    server.wait_state(&id, "running");
+    // The one worker goes to this task when the first attempt fails, so
+    // the retry, once due, waits in the queue where it can be looked at.
+    let blocker = server.submit("60s");
+    std::fs::write(&go, b"").unwrap();
     let waiting = eventually("the first failure", || {
         let task = server.task(&id);
-        (task["attempt"] == 1 && task["state"] == "queued").then_some(task)
+        (task["error"].is_string()).then_some(task)
     });
+    assert_eq!(server.task(&blocker)["state"], "running");
+    assert_eq!(
+        (waiting["state"].as_str(), waiting["attempt"].as_u64()),
+        (Some("queued"), Some(1))
+    );
     assert_eq!(waiting["error"], "attempt 1 failed\n");
     assert_eq!(waiting["max_attempts"], 3);
-    assert!(waiting["retry_at"].is_string() && waiting["finished_at"].is_null());
+    assert!(waiting["finished_at"].is_null());
+    // The first retry is due 1 s after the failure: no sooner, and later
+    // only by the moment it took the server to see the program end.
+    let failed = times(&log)[&("end".to_string(), 1)];
+    let backoff = epoch_millis(&waiting["retry_at"]) - failed;
+    assert!(
+        (1000..2000).contains(&backoff),
+        "first backoff {backoff} ms"
+    );
+
+    assert_eq!(server.cancel(&blocker).status, 200);
     let done = wait_done(&server, &id);
-    let took = started.elapsed();
     assert_eq!(
         (done["state"].as_str(), done["attempt"].as_u64()),
         (Some("succeeded"), Some(3))
@@ -354,10 +411,14 @@ fn failed_attempts_are_retried_with_backoff() {
         done["error"].is_null() && done["retry_at"].is_null(),
         "a success clears them: {done}"
     );
-    // Backoff: 1 s, then 2 s.
+    // The second waits 2 s: no sooner, and later only by what it takes
+    // to notice the end, start the program and run `date` (milliseconds;
+    // the slack of 1 s still tells 2 s from 1 s or 4 s).
+    let times = times(&log);
+    let backoff = times[&("start".to_string(), 3)] - times[&("end".to_string(), 2)];
     assert!(
-        took >= Duration::from_millis(2_900) && took < Duration::from_secs(8),
-        "{took:?}"
+        (2000..3000).contains(&backoff),
+        "second backoff {backoff} ms"
     );
 
     let id = submit_kind(&server, "flaky", json!({"max_attempts": 2}));
@@ -373,81 +434,91 @@ fn failed_attempts_are_retried_with_backoff() {
 fn a_task_waiting_for_its_retry_takes_no_queue_slot() {
     let scripts = Scripts::new("slot");
     let fail = scripts.write("fail.sh", "exit 1");
-    let server = Server::start(&[
-        "--workers",
-        "1",
-        "--buffer",
-        "1",
-        "--handler",
-        &format!("fail={fail}"),
-    ]);
-    let id = submit_kind(&server, "fail", json!({"max_attempts": 2}));
-    eventually("the first failure", || {
-        (server.task(&id)["attempt"] == 1 && server.task(&id)["state"] == "queued").then_some(())
+    let server = start(&[("fail", &fail)], &["--workers", "1", "--buffer", "1"]);
+    let id = submit_kind(&server, "fail", json!({"max_attempts": 3}));
+    // Observed in the 2 s its second retry waits (a poll every 5 ms).
+    let waiting = eventually("the second failure", || {
+        let task = server.task(&id);
+        (task["attempt"] == 2 && task["state"] == "queued").then_some(task)
     });
     assert_eq!(server.metric("bgtasks_queue_depth"), 0.0);
-    // The slot is free for new work; the retry waits for room.
-    let busy = server.submit("2s");
+    // The slot is free for new work while the retry waits.
+    let busy = server.submit("60s");
     server.wait_state(&busy, "running");
     let queued = server.submit("0s");
+    // All that happened before the retry was due, by the server's clock.
+    let retry_at = epoch_millis(&waiting["retry_at"]);
+    assert!(
+        epoch_millis(&server.task(&queued)["created_at"]) < retry_at,
+        "the machine was too slow for this test to mean anything"
+    );
+    // Once due, the retry waits for room rather than overflow the queue.
+    eventually("the retry to be due", || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        (now.as_millis() as i64 > retry_at + 200).then_some(())
+    });
+    assert_eq!(server.metric("bgtasks_queue_depth"), 1.0);
+    let still = server.task(&id);
+    assert_eq!(
+        (still["state"].as_str(), still["attempt"].as_u64()),
+        (Some("queued"), Some(2))
+    );
+    // Room comes when the worker takes the queued task: the retry runs
+    // after it.
+    assert_eq!(server.cancel(&busy).status, 200);
     let done = wait_done(&server, &id);
     assert_eq!(
         (done["state"].as_str(), done["attempt"].as_u64()),
-        (Some("failed"), Some(2))
+        (Some("failed"), Some(3))
     );
-    assert_eq!(server.task(&queued)["state"], "succeeded");
+    let queued = server.task(&queued);
+    assert_eq!(queued["state"], "succeeded");
+    assert!(epoch_millis(&queued["finished_at"]) <= epoch_millis(&done["started_at"]));
 }
 
 #[test]
 fn cancel_stops_the_whole_process_group() {
     let scripts = Scripts::new("cancel");
-    // The script and its background child both ignore SIGTERM.
-    let stubborn = scripts.write("stubborn.sh", &format!("trap '' TERM\nsleep 300 &\necho $$ > {0}.tmp; echo $! >> {0}.tmp; mv {0}.tmp {0}\nwait", scripts.path("pids")));
-    let polite = scripts.write(
-        "polite.sh",
-        &format!(
-            "sleep 300 &\necho $$ > {0}.tmp; echo $! >> {0}.tmp; mv {0}.tmp {0}\nwait",
-            scripts.path("polite-pids")
-        ),
+    // The script and its background child both ignore SIGTERM, or not.
+    let stubborn = scripts.sleeper("stubborn", true);
+    let polite = scripts.sleeper("polite", false);
+    let server = start(
+        &[("stubborn", &stubborn), ("polite", &polite)],
+        &["--workers", "1"],
     );
-    let server = Server::start(&[
-        "--workers",
-        "1",
-        "--handler",
-        &format!("stubborn={stubborn}"),
-        "--handler",
-        &format!("polite={polite}"),
-    ]);
 
     let id = submit_kind(&server, "polite", json!({}));
-    let pids = scripts.pids("polite-pids");
+    let pids = scripts.pids("polite");
     let started = Instant::now();
-    let r = server.post(&format!("/tasks/{id}/cancel"), "");
+    let r = server.cancel(&id);
     assert_eq!(r.json()["state"], "cancelled");
     eventually("the polite group to be gone", || {
         pids.iter().all(|&p| !exists(p)).then_some(())
     });
+    // Liveness: SIGTERM ends them in milliseconds; the SIGKILL that would
+    // end them otherwise comes 5 s after it.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
 
     let id = submit_kind(&server, "stubborn", json!({}));
-    let pids = scripts.pids("pids");
+    let pids = scripts.pids("stubborn");
     let started = Instant::now();
-    let r = server.post(&format!("/tasks/{id}/cancel"), "");
+    let r = server.cancel(&id);
     assert_eq!(r.json()["state"], "cancelled", "cancelled at once");
     assert!(
         pids.iter().all(|&p| exists(p)),
         "SIGTERM is ignored, so they live on for now"
     );
-    eventually("the worker to be free", || {
-        (server.metric("bgtasks_workers_busy") == 0.0).then_some(())
-    });
+    server.wait_metric("bgtasks_workers_busy", 0.0);
+    // SIGKILL 5 s after SIGTERM: not sooner; the upper bound is liveness.
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(4_800) && took < Duration::from_secs(8),
+        took >= Duration::from_millis(4_800) && took < Duration::from_secs(15),
         "SIGKILL after 5 s: {took:?}"
     );
     assert!(
@@ -468,7 +539,7 @@ fn no_orphan_or_zombie_outlives_an_attempt() {
             scripts.path("pids")
         ),
     );
-    let server = Server::start(&["--handler", &format!("leaver={leaver}")]);
+    let server = start(&[("leaver", &leaver)], &[]);
     for _ in 0..3 {
         let _ = std::fs::remove_file(scripts.path("pids"));
         let id = submit_kind(&server, "leaver", json!({"timeout": "10s"}));
@@ -499,15 +570,10 @@ fn no_orphan_or_zombie_outlives_an_attempt() {
 #[test]
 fn shutdown_interrupts_programs_and_leaves_nothing() {
     let scripts = Scripts::new("shutdown");
-    let stubborn = scripts.write("stubborn.sh", &format!("trap '' TERM\nsleep 300 &\necho $$ > {0}.tmp; echo $! >> {0}.tmp; mv {0}.tmp {0}\nwait", scripts.path("pids")));
-    let mut server = Server::start(&[
-        "--grace",
-        "300ms",
-        "--handler",
-        &format!("stubborn={stubborn}"),
-    ]);
+    let stubborn = scripts.sleeper("stubborn", true);
+    let mut server = start(&[("stubborn", &stubborn)], &["--grace", "300ms"]);
     submit_kind(&server, "stubborn", json!({}));
-    let pids = scripts.pids("pids");
+    let pids = scripts.pids("stubborn");
     let (code, took) = server.stop(Signal::TERM);
     assert_eq!(code, Some(0));
     // Grace, then SIGTERM, then SIGKILL 1 s later: within grace + 2 s.
@@ -530,7 +596,7 @@ fn shell_metacharacters_in_a_request_are_inert() {
     let scripts = Scripts::new("inert");
     let marker = scripts.path("pwned");
     let echo = scripts.write("echo.sh", "cat");
-    let server = Server::start(&["--handler", &format!("echo={echo}")]);
+    let server = start(&[("echo", &echo)], &[]);
     let evil = format!(
         "$(touch {marker}) `touch {marker}`; touch {marker} | touch {marker} && touch {marker} > {marker}"
     );

@@ -324,6 +324,14 @@ fn malformed_requests_get_their_status_and_a_closed_connection() {
     assert!(!server.get("/metrics").text().contains("code=\"500\""));
 }
 
+/// The latest a 408 may come in these tests: the 10 s deadline plus
+/// plenty for a busy machine to notice it. This is liveness: a deadline a
+/// trickle could stretch would not fire before [`TRICKLE_FOR`].
+const LATE_408: Duration = Duration::from_secs(20);
+
+/// How long [`trickle`] keeps sending before it gives up.
+const TRICKLE_FOR: Duration = Duration::from_secs(30);
+
 #[test]
 fn a_trickled_head_cannot_outlast_its_deadline() {
     let server = Server::start(&[]);
@@ -331,13 +339,14 @@ fn a_trickled_head_cannot_outlast_its_deadline() {
     let started = Instant::now();
     let (status, closed) = {
         let mut silent = server.connect();
+        silent.set_read_timeout(Some(LATE_408)).unwrap();
         let r = read_response(&mut silent).unwrap();
         (r.status, closes(&mut silent, Duration::from_secs(5)))
     };
     let took = started.elapsed();
     assert_eq!((status, closed), (408, true));
     assert!(
-        took >= Duration::from_millis(9_800) && took < Duration::from_secs(13),
+        took >= Duration::from_millis(9_800) && took < LATE_408,
         "{took:?}"
     );
 
@@ -349,7 +358,7 @@ fn a_trickled_head_cannot_outlast_its_deadline() {
     });
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     assert!(
-        took >= Duration::from_millis(9_800) && took < Duration::from_secs(13),
+        took >= Duration::from_millis(9_800) && took < LATE_408,
         "{took:?}"
     );
 }
@@ -363,14 +372,14 @@ fn a_trickled_body_cannot_outlast_its_deadline() {
     let (answer, took) = trickle(&mut slow, Duration::from_millis(500), |_| b' ');
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert!(
-        took >= Duration::from_millis(9_500) && took < Duration::from_secs(13),
+        took >= Duration::from_millis(9_500) && took < LATE_408,
         "{took:?}"
     );
 }
 
 /// Sends byte `byte(i)` every `every` until the server closes the
-/// connection (or 15 s pass); returns what it answered and how long that
-/// took.
+/// connection (or [`TRICKLE_FOR`] passes); returns what it answered and
+/// how long that took.
 fn trickle(
     stream: &mut TcpStream,
     every: Duration,
@@ -380,7 +389,7 @@ fn trickle(
     stream.set_read_timeout(Some(every)).unwrap();
     let mut answer = Vec::new();
     let mut sent = 0;
-    while started.elapsed() < Duration::from_secs(15) {
+    while started.elapsed() < TRICKLE_FOR {
         let _ = stream.write_all(&[byte(sent)]);
         sent += 1;
         let mut buf = [0u8; 512];
@@ -406,8 +415,9 @@ fn an_idle_keep_alive_connection_closes_after_60_seconds() {
     let started = Instant::now();
     // Still open at 55 s, and usable...
     assert!(!closes(&mut idle, Duration::from_secs(55)));
-    // ...and closed, without an answer, by 65 s (60 s after the last one).
-    idle.set_read_timeout(Some(Duration::from_secs(10)))
+    // ...and closed, without an answer, 60 s after the last one: waited
+    // for as liveness, with half a minute to spare for a busy machine.
+    idle.set_read_timeout(Some(Duration::from_secs(35)))
         .unwrap();
     let mut buf = [0u8; 64];
     let n = idle.read(&mut buf).unwrap_or(0);
@@ -419,22 +429,20 @@ fn an_idle_keep_alive_connection_closes_after_60_seconds() {
     );
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_secs(59) && took < Duration::from_secs(65),
+        took >= Duration::from_secs(59) && took < Duration::from_secs(90),
         "{took:?}"
     );
 }
 
-#[test]
-fn a_thousand_slow_loris_connections_do_not_slow_a_normal_client() {
+/// Holds a thousand connections that send an endless header a byte at a
+/// time, and meanwhile makes 20 normal requests of each kind; returns how
+/// long each `GET /healthz` took.
+fn beside_a_thousand_slow_loris(server: &Server) -> Vec<Duration> {
     common::raise_fd_limit();
-    let server = Server::start(&["--max-connections", "2000"]);
-    let mut slow: Vec<TcpStream> = (0..1000)
-        .map(|_| {
-            let mut s = server.connect();
-            s.write_all(b"POST /tasks HTTP/1.1\r\nHost: t\r\n").unwrap();
-            s
-        })
-        .collect();
+    let mut slow = server.connect_many(1000);
+    for s in &mut slow {
+        s.write_all(b"POST /tasks HTTP/1.1\r\nHost: t\r\n").unwrap();
+    }
     let mut latencies = Vec::new();
     for round in 0..20 {
         // Every slow client sends one more byte of an endless header.
@@ -448,9 +456,28 @@ fn a_thousand_slow_loris_connections_do_not_slow_a_normal_client() {
         let body = r#"{"task_id": "normal", "work_duration": "0s"}"#;
         assert_eq!(server.post("/tasks", body).status, 202);
     }
-    latencies.sort();
-    let p90 = latencies[latencies.len() * 9 / 10];
-    assert!(p90 < Duration::from_millis(100), "{latencies:?}");
+    latencies
+}
+
+#[test]
+fn a_thousand_slow_loris_connections_do_not_keep_out_a_normal_client() {
+    let server = Server::start(&["--max-connections", "2000"]);
+    let latencies = beside_a_thousand_slow_loris(&server);
+    // Liveness: served beside them, not once their 10 s deadline has
+    // freed the server (an answer takes milliseconds).
+    let slowest = latencies.iter().max().unwrap();
+    assert!(*slowest < Duration::from_secs(5), "{latencies:?}");
+}
+
+#[test]
+#[ignore = "benchmark: prints how long a normal request takes beside 1000 slow clients"]
+fn bench_slow_loris_p90() {
+    let server = Server::start(&["--max-connections", "2000"]);
+    let mut latencies = beside_a_thousand_slow_loris(&server);
+    println!(
+        "GET /healthz beside 1000 slow-loris connections: {}",
+        common::spread(&mut latencies)
+    );
 }
 
 #[test]
@@ -497,16 +524,16 @@ fn past_max_connections_new_clients_wait_in_the_backlog() {
 fn connections_that_send_nothing_hold_no_buffers() {
     common::raise_fd_limit();
     let server = Server::start(&["--max-connections", "3000"]);
-    let fds =
-        || std::fs::read_dir(format!("/proc/{}/fd", server.child.id())).map_or(0, |d| d.count());
-    let (open_before, before) = (fds(), server.rss_kib());
-    let silent: Vec<TcpStream> = (0..2000).map(|_| server.connect()).collect();
-    common::eventually("every silent connection accepted", || {
-        (fds() >= open_before + 2000).then_some(())
-    });
+    let (open_before, before) = (server.open_fds(), server.rss_kib());
+    let silent = server.connect_many(2000);
     // Accepted after all of them, so answered after they first waited.
     assert_eq!(server.get("/healthz").status, 200);
     let per_connection = (server.rss_kib() - before) as f64 / 2000.0;
+    // None has met its 10 s deadline yet, or the figure would mean less.
+    assert!(
+        server.open_fds() >= open_before + 2000,
+        "too slow to measure"
+    );
     // A task, a reactor registration and a timer come to about 1.7 KiB;
     // a first-read buffer kept while waiting would add 1 KiB.
     assert!(
@@ -516,10 +543,20 @@ fn connections_that_send_nothing_hold_no_buffers() {
     drop(silent);
 }
 
-#[test]
-fn accept_errors_back_off_and_recover() {
-    // So few descriptors that accepting runs out of them.
-    let mut server = Server::start_with_nofile(40, &["--max-connections", "1000"]);
+/// Returns the waits of the `accept failed: …; retrying in …` lines logged
+/// so far, in order.
+fn accept_backoffs(server: &Server) -> Vec<String> {
+    server
+        .log()
+        .lines()
+        .filter(|l| l.contains("accept failed: "))
+        .map(|l| l.rsplit_once("retrying in ").unwrap().1.to_string())
+        .collect()
+}
+
+/// Opens connections until the server's descriptors run out (or 60);
+/// while they are held, every accept fails.
+fn exhaust(server: &Server) -> Vec<TcpStream> {
     let mut held = Vec::new();
     while held.len() < 60 {
         match TcpStream::connect(server.addr) {
@@ -527,7 +564,23 @@ fn accept_errors_back_off_and_recover() {
             Err(_) => break,
         }
     }
-    server.wait_log("accept failed");
+    held
+}
+
+#[test]
+fn accept_errors_back_off_and_recover() {
+    // So few descriptors that accepting runs out of them.
+    let server = Server::start_with_nofile(40, &["--max-connections", "1000"]);
+    let held = exhaust(&server);
+    // Each failure waits twice as long as the last, from 10 ms up to 1 s.
+    let doubling = [
+        "10ms", "20ms", "40ms", "80ms", "160ms", "320ms", "640ms", "1s", "1s",
+    ];
+    let backoffs = common::eventually("the back-off to reach its cap", || {
+        let backoffs = accept_backoffs(&server);
+        (backoffs.len() >= doubling.len()).then_some(backoffs)
+    });
+    assert_eq!(backoffs[..doubling.len()], doubling, "{}", server.log());
     drop(held);
     // Served again once descriptors are free.
     let r = common::eventually("the server to recover", || {
@@ -538,6 +591,15 @@ fn accept_errors_back_off_and_recover() {
         read_response(&mut s)
     });
     assert_eq!(r.status, 200);
+    // A success resets the back-off: the next failure waits 10 ms again.
+    let before = accept_backoffs(&server).len();
+    let held = exhaust(&server);
+    let backoffs = common::eventually("accepting to fail again", || {
+        let backoffs = accept_backoffs(&server);
+        (backoffs.len() > before).then_some(backoffs)
+    });
+    assert_eq!(backoffs[before], "10ms", "{}", server.log());
+    drop(held);
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod common;
 use common::{Server, eventually, read_response};
 use serde_json::Value;
 use std::io::Write;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 /// Returns the ids of a `/tasks` answer, in order.
@@ -28,12 +29,7 @@ fn list_filters_newest_first_and_counts_everything() {
         queued.push(server.submit_labelled(if i % 2 == 0 { "even one" } else { "odd" }, "60s"));
     }
     let cancelled = queued.remove(0);
-    assert_eq!(
-        server
-            .post(&format!("/tasks/{cancelled}/cancel"), "")
-            .status,
-        200
-    );
+    assert_eq!(server.cancel(&cancelled).status, 200);
 
     let all = server.get("/tasks").json();
     let expected_counts = serde_json::json!({"queued": 119, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 1});
@@ -89,8 +85,9 @@ fn list_filters_newest_first_and_counts_everything() {
     }
 }
 
-#[test]
-fn list_stays_fast_with_10000_retained_tasks() {
+/// Starts a server that retains 10,000 finished tasks, labelled `n0` to
+/// `n9999`.
+fn ten_thousand_finished() -> Server {
     let server = Server::start(&[
         "--workers",
         "4",
@@ -106,26 +103,49 @@ fn list_stays_fast_with_10000_retained_tasks() {
     eventually("all to finish", || {
         (server.get("/tasks").json()["counts"]["succeeded"] == 10_000).then_some(())
     });
-    // A full page, and a filter that scans every record. Generous bounds:
-    // this guards against a quadratic scan, it does not benchmark.
-    for query in [
-        "/tasks?limit=1000",
-        "/tasks?task_id=n5000",
-        "/tasks?state=failed",
-    ] {
-        let started = Instant::now();
-        let r = server.get(query);
-        assert_eq!(r.status, 200);
-        assert!(
-            started.elapsed() < Duration::from_millis(500),
-            "{query}: {:?}",
-            started.elapsed()
+    server
+}
+
+/// A full page, and two filters that scan every record.
+const BIG_LISTS: [&str; 3] = [
+    "/tasks?limit=1000",
+    "/tasks?task_id=n5000",
+    "/tasks?state=failed",
+];
+
+#[test]
+fn listing_10000_retained_tasks_costs_little_cpu() {
+    let server = ten_thousand_finished();
+    let before = server.cpu_ticks();
+    let lists: Vec<Value> = BIG_LISTS.iter().map(|q| server.get(q).json()).collect();
+    let spent = server.cpu_ticks() - before;
+    assert_eq!(lists[0]["tasks"].as_array().unwrap().len(), 1000);
+    assert_eq!(ids(&lists[1]).len(), 1);
+    assert_eq!(lists[1]["tasks"][0]["task_id"], "n5000");
+    assert_eq!(lists[2]["tasks"], serde_json::json!([]));
+    // The server's own CPU time, which other load on the machine does not
+    // change: the three take about 2 ms; a scan quadratic in the retained
+    // tasks would take hundreds.
+    assert!(spent <= 10, "three lists used {spent} ticks of CPU");
+}
+
+#[test]
+#[ignore = "benchmark: prints how long each big list takes"]
+fn bench_listing_10000_retained_tasks() {
+    let server = ten_thousand_finished();
+    for query in BIG_LISTS {
+        let mut took: Vec<Duration> = (0..20)
+            .map(|_| {
+                let started = Instant::now();
+                assert_eq!(server.get(query).status, 200);
+                started.elapsed()
+            })
+            .collect();
+        println!(
+            "GET {query} with 10,000 retained tasks: {}",
+            common::spread(&mut took)
         );
     }
-    assert_eq!(
-        server.get("/tasks?task_id=n5000").json()["tasks"][0]["task_id"],
-        "n5000"
-    );
 }
 
 #[test]
@@ -134,7 +154,7 @@ fn cancelling_a_queued_task_is_immediate_and_it_never_runs() {
     let blocker = server.submit("60s");
     server.wait_state(&blocker, "running");
     let queued = server.submit("0s");
-    let r = server.post(&format!("/tasks/{queued}/cancel"), "");
+    let r = server.cancel(&queued);
     assert_eq!(r.status, 200);
     let task = r.json();
     assert_eq!(task["state"], "cancelled");
@@ -144,10 +164,7 @@ fn cancelling_a_queued_task_is_immediate_and_it_never_runs() {
         server.post("/tasks", r#"{"work_duration": "0s"}"#).status,
         503
     );
-    assert_eq!(
-        server.post(&format!("/tasks/{blocker}/cancel"), "").status,
-        200
-    );
+    assert_eq!(server.cancel(&blocker).status, 200);
     let next = eventually("room in the queue", || {
         let r = server.post("/tasks", r#"{"work_duration": "0s"}"#);
         (r.status == 202).then(|| r.json()["id"].as_str().unwrap().to_string())
@@ -162,23 +179,22 @@ fn cancelling_a_queued_task_is_immediate_and_it_never_runs() {
 }
 
 #[test]
-fn cancelling_a_running_sleep_interrupts_it_at_once() {
+fn cancelling_a_running_sleep_interrupts_it() {
     let server = Server::start(&["--workers", "1"]);
     let id = server.submit("60s");
     server.wait_state(&id, "running");
     assert_eq!(server.metric("bgtasks_workers_busy"), 1.0);
     let started = Instant::now();
-    let r = server.post(&format!("/tasks/{id}/cancel"), "");
+    let r = server.cancel(&id);
     assert_eq!(
         (r.status, r.json()["state"].as_str()),
         (200, Some("cancelled"))
     );
-    eventually("the worker to be free", || {
-        (server.metric("bgtasks_workers_busy") == 0.0).then_some(())
-    });
-    // Interrupted by the signal, not a poll: well under a poll interval.
+    server.wait_metric("bgtasks_workers_busy", 0.0);
+    // Liveness, not speed: it takes milliseconds; a sleep that was not
+    // interrupted would hold the worker for a minute.
     assert!(
-        started.elapsed() < Duration::from_millis(250),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -188,11 +204,31 @@ fn cancelling_a_running_sleep_interrupts_it_at_once() {
 }
 
 #[test]
+#[ignore = "benchmark: prints how long a cancelled sleep holds its worker"]
+fn bench_cancel_latency() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut took: Vec<Duration> = (0..20)
+        .map(|_| {
+            let id = server.submit("60s");
+            server.wait_state(&id, "running");
+            let started = Instant::now();
+            assert_eq!(server.cancel(&id).status, 200);
+            while server.metric("bgtasks_workers_busy") != 0.0 {}
+            started.elapsed()
+        })
+        .collect();
+    println!(
+        "cancel of a running sleep until its worker is free: {}",
+        common::spread(&mut took)
+    );
+}
+
+#[test]
 fn cancelling_a_finished_or_unknown_task_is_refused() {
     let server = Server::start(&["--keep-finished", "1"]);
     let done = server.submit("0s");
     server.wait_state(&done, "succeeded");
-    let r = server.post(&format!("/tasks/{done}/cancel"), "");
+    let r = server.cancel(&done);
     assert_eq!(r.status, 409);
     let body = r.json();
     assert_eq!(body["error"], "the task is already succeeded");
@@ -205,10 +241,7 @@ fn cancelling_a_finished_or_unknown_task_is_refused() {
     // Evict `done` by finishing another task: its id is now gone.
     let other = server.submit("0s");
     server.wait_state(&other, "succeeded");
-    assert_eq!(
-        server.post(&format!("/tasks/{done}/cancel"), "").status,
-        410
-    );
+    assert_eq!(server.cancel(&done).status, 410);
 }
 
 #[test]
@@ -217,7 +250,7 @@ fn cancel_races_against_start_consistently() {
     let mut outcomes = (0, 0);
     for _ in 0..200 {
         let id = server.submit("0s");
-        let r = server.post(&format!("/tasks/{id}/cancel"), "");
+        let r = server.cancel(&id);
         let final_state = server.task(&id)["state"].clone();
         match r.status {
             200 => {
@@ -236,9 +269,7 @@ fn cancel_races_against_start_consistently() {
             other => panic!("cancel answered {other}"),
         }
     }
-    eventually("everything to settle", || {
-        (server.metric("bgtasks_workers_busy") == 0.0).then_some(())
-    });
+    server.wait_metric("bgtasks_workers_busy", 0.0);
     let counts = server.get("/tasks?limit=1").json()["counts"].clone();
     assert_eq!(
         (counts["cancelled"].as_u64(), counts["succeeded"].as_u64()),
@@ -261,8 +292,10 @@ fn a_long_poll_answers_when_the_state_changes() {
         (r.status, r.json()["state"].as_str()),
         (200, Some("succeeded"))
     );
+    // Each bound below is liveness: far above what the answer takes, far
+    // below the wait it would take if the change did not end it.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -272,7 +305,7 @@ fn a_long_poll_answers_when_the_state_changes() {
         server.get(&format!("/tasks/{id}?wait=20s")).json()["state"],
         "succeeded"
     );
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(10));
     // With no change, the wait ends after its duration.
     let long = server.submit("60s");
     server.wait_state(&long, "running");
@@ -281,21 +314,20 @@ fn a_long_poll_answers_when_the_state_changes() {
     assert_eq!(r.json()["state"], "running");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_millis(290) && waited < Duration::from_secs(3),
+        waited >= Duration::from_millis(290) && waited < Duration::from_secs(10),
         "{waited:?}"
     );
-    // queued → running is a change too.
-    let next = server.submit("0s");
-    let mut poll = server.connect();
-    poll.write_all(format!("GET /tasks/{next}?wait=20s HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .unwrap();
-    assert_eq!(
-        server.post(&format!("/tasks/{long}/cancel"), "").status,
-        200
-    );
+    // queued → running is a change too: the poll is read while the task
+    // is queued, and answers when it starts, long before the 60 s wait.
+    let next = server.submit("60s");
+    let mut poll = server.long_polls(&next, "60s", 1).remove(0);
+    let started = Instant::now();
+    assert_eq!(server.cancel(&long).status, 200);
     let changed = read_response(&mut poll).unwrap().json();
-    assert_ne!(changed["state"], "queued");
+    assert_eq!(changed["state"], "running");
+    assert!(started.elapsed() < Duration::from_secs(10));
     // Waits longer than 60 s are cut to 60 s, not refused; bad ones are 400.
+    assert_eq!(server.cancel(&next).status, 200);
     assert_eq!(server.get(&format!("/tasks/{next}?wait=90s")).status, 200);
     for bad in ["wait=soon", "wait=-1s", "wait=", "wait=%zz"] {
         assert_eq!(
@@ -307,28 +339,23 @@ fn a_long_poll_answers_when_the_state_changes() {
     assert_eq!(server.get("/tasks/nonexistent?wait=1s").status, 404);
 }
 
-#[test]
-fn a_thousand_waiters_cost_nothing_and_all_wake_on_the_change() {
+/// Starts a server whose one worker is busy, with a thousand connections
+/// long-polling a queued task; returns the server, the task and the polls.
+fn a_thousand_waiters() -> (Server, String, Vec<TcpStream>) {
     common::raise_fd_limit();
     let server = Server::start(&["--workers", "1", "--max-connections", "2000"]);
     let blocker = server.submit("60s");
     server.wait_state(&blocker, "running");
     let waited = server.submit("60s");
-    let request = format!("GET /tasks/{waited}?wait=30s HTTP/1.1\r\nHost: t\r\n\r\n");
-    let mut waiters: Vec<_> = (0..1000)
-        .map(|_| {
-            let mut stream = server.connect();
-            stream.write_all(request.as_bytes()).unwrap();
-            stream
-        })
-        .collect();
-    // Wait until every waiter has been read (they are all in flight),
-    // then measure the server's CPU over a second of waiting.
-    eventually("the waiters to be read", || {
-        let pending = server.metric("bgtasks_http_requests_total{code=\"200\"}");
-        (pending >= 2.0).then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let waiters = server.long_polls(&waited, "30s", 1000);
+    (server, waited, waiters)
+}
+
+#[test]
+fn a_thousand_waiters_cost_nothing_and_all_wake_on_the_change() {
+    let (server, waited, mut waiters) = a_thousand_waiters();
+    // Every waiter has been read, so all are waiting: the server's own CPU
+    // time over a second of it, which other load does not change.
     let before = server.cpu_ticks();
     std::thread::sleep(Duration::from_secs(1));
     let spent = server.cpu_ticks() - before;
@@ -339,17 +366,30 @@ fn a_thousand_waiters_cost_nothing_and_all_wake_on_the_change() {
     assert_eq!(server.metric("bgtasks_workers_busy"), 1.0);
 
     let started = Instant::now();
-    assert_eq!(
-        server.post(&format!("/tasks/{waited}/cancel"), "").status,
-        200
-    );
+    assert_eq!(server.cancel(&waited).status, 200);
     for stream in &mut waiters {
         let r = read_response(stream).unwrap();
         assert_eq!(r.json()["state"], "cancelled");
     }
+    // Liveness: woken by the change, not by their 30 s wait running out.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(15),
         "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "benchmark: prints how long a change takes to answer 1000 waiters"]
+fn bench_waking_a_thousand_waiters() {
+    let (server, waited, mut waiters) = a_thousand_waiters();
+    let started = Instant::now();
+    assert_eq!(server.cancel(&waited).status, 200);
+    for stream in &mut waiters {
+        assert_eq!(read_response(stream).unwrap().status, 200);
+    }
+    println!(
+        "cancel of a task until its 1000 long polls are answered: {:?}",
         started.elapsed()
     );
 }
@@ -359,21 +399,15 @@ fn waiters_that_disconnect_free_their_connections() {
     let server = Server::start(&["--workers", "1", "--max-connections", "20"]);
     let id = server.submit("60s");
     server.wait_state(&id, "running");
-    let request = format!("GET /tasks/{id}?wait=60s HTTP/1.1\r\nHost: t\r\n\r\n");
     for _ in 0..3 {
         // Twenty waiters take every place; closing them must give the places back.
-        let waiters: Vec<_> = (0..20)
-            .map(|_| {
-                let mut stream = server.connect();
-                stream.write_all(request.as_bytes()).unwrap();
-                stream
-            })
-            .collect();
-        drop(waiters);
+        drop(server.long_polls(&id, "60s", 20));
         let started = Instant::now();
         assert_eq!(server.get("/healthz").status, 200);
+        // Liveness: the places come back when the waiters close, not when
+        // their 60 s wait would have ended.
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
         );
@@ -386,24 +420,11 @@ fn eviction_while_a_long_poll_waits_answers_promptly() {
     let blocker = server.submit("60s");
     server.wait_state(&blocker, "running");
     let target = server.submit("60s");
-    let request = format!("GET /tasks/{target}?wait=30s HTTP/1.1\r\nHost: t\r\n\r\n");
-    let mut waiters: Vec<_> = (0..20)
-        .map(|_| {
-            let mut stream = server.connect();
-            stream.write_all(request.as_bytes()).unwrap();
-            stream
-        })
-        .collect();
+    let mut waiters = server.long_polls(&target, "30s", 20);
     // Cancel the target, then finish more tasks than are kept: the target's
     // record goes while its waiters are waking.
-    assert_eq!(
-        server.post(&format!("/tasks/{target}/cancel"), "").status,
-        200
-    );
-    assert_eq!(
-        server.post(&format!("/tasks/{blocker}/cancel"), "").status,
-        200
-    );
+    assert_eq!(server.cancel(&target).status, 200);
+    assert_eq!(server.cancel(&blocker).status, 200);
     for _ in 0..5 {
         server.submit("0s");
     }
@@ -416,7 +437,8 @@ fn eviction_while_a_long_poll_waits_answers_promptly() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert!(started.elapsed() < Duration::from_secs(5));
+    // Liveness: answered at the change, not after the 30 s wait.
+    assert!(started.elapsed() < Duration::from_secs(15));
     eventually("the target to be evicted", || {
         (server.get(&format!("/tasks/{target}")).status == 410).then_some(())
     });
@@ -481,7 +503,7 @@ fn idempotency_keys_make_repeats_harmless() {
             .status,
         503
     );
-    assert_eq!(server.post(&format!("/tasks/{id}/cancel"), "").status, 200);
+    assert_eq!(server.cancel(&id).status, 200);
     let created = eventually("room", || {
         let r = server.post_with("/tasks", &["Idempotency-Key: fresh"], body);
         (r.status != 503).then_some(r)
@@ -585,9 +607,7 @@ fn memory_stays_flat_however_many_tasks_pass_through() {
     let wave = |n| {
         let statuses = server.pipeline("/tasks", n, 4, body);
         assert_eq!(statuses.get(&202), Some(&n), "{statuses:?}");
-        eventually("the queue to drain", || {
-            (server.metric("bgtasks_queue_depth") == 0.0).then_some(())
-        });
+        server.wait_metric("bgtasks_queue_depth", 0.0);
     };
     wave(10_000);
     let after_ten_thousand = server.rss_kib();
@@ -661,12 +681,7 @@ fn metrics_follow_the_prometheus_text_format_and_agree_with_tasks() {
         server.post("/tasks", r#"{"work_duration": "60s"}"#).status,
         503
     );
-    assert_eq!(
-        server
-            .post(&format!("/tasks/{}/cancel", blockers[0]), "")
-            .status,
-        200
-    );
+    assert_eq!(server.cancel(&blockers[0]).status, 200);
     let done = server.wait_state(&queued[0], "running");
     assert_eq!(done["attempt"], 1);
     assert_eq!(server.get("/nowhere").status, 404);

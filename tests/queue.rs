@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::{Server, eventually};
+use common::{Server, epoch_millis, eventually};
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 #[test]
 fn the_original_route_answers_like_the_go_server() {
@@ -168,9 +169,9 @@ fn admission_is_atomic_under_200_concurrent_clients() {
     );
 }
 
-/// Checks the form of a server-made id.
+/// Checks the form of a server-made id: nine characters of `[-0-9A-Za-z_]`.
 fn assert_id_form(id: &str) {
-    assert!(!id.is_empty() && id.len() <= 32, "{id}");
+    assert_eq!(id.len(), 9, "{id}");
     assert!(
         id.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
@@ -236,10 +237,7 @@ fn a_task_moves_from_queued_to_running_to_succeeded() {
         assert!(queued[absent].is_null(), "{absent}: {queued}");
     }
     // Free the worker: cancel the blocker.
-    assert_eq!(
-        server.post(&format!("/tasks/{blocker}/cancel"), "").status,
-        200
-    );
+    assert_eq!(server.cancel(&blocker).status, 200);
     let running = server.wait_state(&id, "running");
     assert_eq!(running["attempt"], 1);
     assert!(
@@ -266,12 +264,22 @@ fn unknown_ids_are_404_and_health_is_200() {
 }
 
 #[test]
-fn polling_sees_a_finished_task_within_its_duration() {
+fn polling_sees_a_task_finish_once_its_duration_has_passed() {
     let server = Server::start(&[]);
+    let submitted = Instant::now();
     let id = server.submit("200ms");
-    let started = std::time::Instant::now();
-    eventually("the task to finish", || {
-        (server.task(&id)["state"] == "succeeded").then_some(())
+    let done = eventually("the task to finish", || {
+        let task = server.task(&id);
+        (task["state"] == "succeeded").then_some(task)
     });
-    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+    let seen = submitted.elapsed();
+    // By the server's own clock the sleep lasted its duration.
+    let ran = epoch_millis(&done["finished_at"]) - epoch_millis(&done["started_at"]);
+    assert!(ran >= 200, "{done}");
+    // Polling saw it no sooner, and (liveness) long before a sleep of the
+    // wrong unit would have ended.
+    assert!(
+        seen >= Duration::from_millis(200) && seen < Duration::from_secs(10),
+        "{seen:?}"
+    );
 }

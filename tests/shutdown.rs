@@ -5,20 +5,29 @@ mod common;
 use common::{Server, closes, read_response};
 use rustix::process::Signal;
 use std::io::Write;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// Starts an idle server with a long grace and an idle keep-alive
+/// connection open on it; returns both.
+fn idle_with_a_keep_alive_connection() -> (Server, TcpStream) {
+    let server = Server::start(&["--grace", "30s"]);
+    let mut idle = server.connect();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut idle).unwrap().status, 200);
+    (server, idle)
+}
+
 #[test]
-fn an_idle_server_exits_0_at_once() {
+fn an_idle_server_exits_0_without_waiting_for_the_grace() {
     for signal in [Signal::TERM, Signal::INT] {
-        let mut server = Server::start(&["--grace", "30s"]);
         // An idle keep-alive connection does not hold shutdown up.
-        let mut idle = server.connect();
-        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-            .unwrap();
-        assert_eq!(read_response(&mut idle).unwrap().status, 200);
+        let (mut server, _idle) = idle_with_a_keep_alive_connection();
         let (code, took) = server.stop(signal);
         assert_eq!(code, Some(0));
-        assert!(took < Duration::from_secs(2), "{:?}", took);
+        // Liveness: it takes milliseconds; waiting would take 30 s.
+        assert!(took < Duration::from_secs(10), "{:?}", took);
         server.wait_log("dropped 0 queued and 0 running tasks");
     }
 }
@@ -50,7 +59,8 @@ fn a_task_that_ends_within_the_grace_period_lets_the_server_exit_early() {
     server.wait_state(&id, "running");
     let (code, took) = server.stop(Signal::TERM);
     assert_eq!(code, Some(0));
-    assert!(took < Duration::from_secs(5), "{:?}", took);
+    // Liveness: it exits when the task ends, not after the 30 s grace.
+    assert!(took < Duration::from_secs(10), "{:?}", took);
     server.wait_log("dropped 0 queued and 0 running tasks");
 }
 
@@ -93,11 +103,43 @@ fn while_draining_open_connections_get_503_and_new_ones_are_refused() {
             .then_some(())
     });
     // The running task holds the server until it is cancelled... by a
-    // second signal, which exits at once with status 1.
+    // second signal, which exits at once with status 1 (liveness: it
+    // takes milliseconds; the task and the grace would take 30 s).
     assert!(server.wait_exit(Duration::from_millis(300)).is_none());
     let (code, took) = server.stop(Signal::TERM);
     assert_eq!(code, Some(1));
-    assert!(took < Duration::from_secs(1));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+/// Sends SIGTERM and returns how long the server takes to exit, measured
+/// by a blocking wait rather than a poll (a benchmark's clock).
+fn time_to_exit(server: &mut Server) -> Duration {
+    let started = Instant::now();
+    server.signal(Signal::TERM);
+    server.child.wait().unwrap();
+    started.elapsed()
+}
+
+#[test]
+#[ignore = "benchmark: prints how long shutdown takes when nothing holds it up"]
+fn bench_shutdown_latency() {
+    let mut idle = Vec::new();
+    let mut second = Vec::new();
+    for _ in 0..10 {
+        let (mut server, _idle) = idle_with_a_keep_alive_connection();
+        idle.push(time_to_exit(&mut server));
+        let mut server = Server::start(&["--workers", "1", "--grace", "30s"]);
+        let id = server.submit("60s");
+        server.wait_state(&id, "running");
+        server.signal(Signal::TERM);
+        server.wait_log("shutting down");
+        second.push(time_to_exit(&mut server));
+    }
+    println!("idle server, signal to exit: {}", common::spread(&mut idle));
+    println!(
+        "draining server, second signal to exit: {}",
+        common::spread(&mut second)
+    );
 }
 
 #[test]
@@ -105,22 +147,21 @@ fn a_request_in_flight_is_answered() {
     let mut server = Server::start(&["--workers", "1", "--grace", "1s"]);
     let id = server.submit("60s");
     server.wait_state(&id, "running");
-    // A long poll that would wait 30 s is in flight when the signal comes.
-    let mut poll = server.connect();
-    poll.write_all(format!("GET /tasks/{id}?wait=30s HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .unwrap();
+    // A long poll that would wait 30 s is in flight (the server has read
+    // it) when the signal comes.
+    let mut poll = server.long_polls(&id, "30s", 1).remove(0);
     let started = Instant::now();
     server.signal(Signal::TERM);
     let r = read_response(&mut poll).expect("an answer");
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["state"], "running");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
+    // Answered before the exit, which comes within grace + 2 s.
+    let within = Duration::from_secs(3).saturating_sub(started.elapsed());
+    let exit = server.wait_exit(within);
+    assert_eq!(
+        exit.and_then(|e| e.code()),
+        Some(0),
         "{:?}",
         started.elapsed()
-    );
-    assert_eq!(
-        server.wait_exit(Duration::from_secs(10)).unwrap().code(),
-        Some(0)
     );
 }

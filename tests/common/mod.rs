@@ -5,20 +5,35 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The longest any single step of a test waits before it fails.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+/// The longest any single step of a test waits before it fails: a
+/// liveness bound, far above what any step takes on a busy machine (the
+/// slowest, a compaction under a flood, takes up to 10 s beside two busy
+/// loops on two cores).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// How many connections a test opens at once before it waits for the
+/// server to take them: fewer than the listen backlog (128), which a
+/// larger burst overflows, and the kernel then drops SYNs that take a
+/// second to come again.
+const BURST: usize = 100;
 
 /// A running bgtasks process.
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The thread that copies the server's stderr into `log`; taken when
+    /// it has read to the end.
+    reader: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -31,6 +46,22 @@ impl Server {
     /// Starts the binary with `args` and extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         Server::spawn(command(&["--addr", "127.0.0.1:0"], args, env))
+    }
+
+    /// Starts the binary on `addr` with `args`, and waits until it answers
+    /// there: for a server that does not log the line `start` waits for.
+    pub fn start_at(addr: SocketAddr, args: &[&str]) -> Server {
+        let mut server = Server::launch(command(&["--addr", &addr.to_string()], args, &[]));
+        server.addr = addr;
+        eventually("the server to answer", || {
+            let mut stream = TcpStream::connect(addr).ok()?;
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                .ok()?;
+            read_response(&mut stream)
+        });
+        server
     }
 
     /// Starts the binary with `args` under an open-file limit of `nofile`.
@@ -61,28 +92,8 @@ impl Server {
     }
 
     /// Spawns a prepared command and waits until the server listens.
-    fn spawn(mut cmd: Command) -> Server {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the test binary starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: "127.0.0.1:1".parse().unwrap(),
-            log,
-        };
+    fn spawn(cmd: Command) -> Server {
+        let mut server = Server::launch(cmd);
         let line = server.wait_log("listening on http://");
         let addr = line
             .split("listening on http://")
@@ -94,24 +105,68 @@ impl Server {
         server
     }
 
-    /// Returns everything the server has logged so far.
+    /// Spawns a prepared command, collecting what it logs.
+    fn launch(mut cmd: Command) -> Server {
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the test binary starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Server {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Returns everything the server has logged so far; once it has
+    /// exited (`stop`, `kill`, `wait_exit`), everything it logged.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits, after the server has exited, until its log has been read to
+    /// the end: the last lines may still be in the pipe.
+    fn read_log_to_end(&mut self) {
+        let Some(reader) = self.reader.take() else {
+            return;
+        };
+        eventually("the end of the server's stderr", || {
+            reader.is_finished().then_some(())
+        });
+        // It has finished; an error would only say that it panicked, and
+        // the log it kept until then is all there is.
+        let _ = reader.join();
     }
 
     /// Waits until a log line contains `needle`, and returns that line.
     pub fn wait_log(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + PATIENCE;
+        let find = |log: String| log.lines().find(|l| l.contains(needle)).map(str::to_string);
         loop {
-            if let Some(line) = self.log().lines().find(|l| l.contains(needle)) {
-                return line.to_string();
+            if let Some(line) = find(self.log()) {
+                return line;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                std::thread::sleep(Duration::from_millis(50));
-                panic!(
-                    "server exited ({status}) before logging {needle:?}:\n{}",
-                    self.log()
-                );
+                self.read_log_to_end();
+                return find(self.log()).unwrap_or_else(|| {
+                    panic!(
+                        "server exited ({status}) without logging {needle:?}:\n{}",
+                        self.log()
+                    )
+                });
             }
             assert!(
                 Instant::now() < deadline,
@@ -183,6 +238,11 @@ impl Server {
         r.json()
     }
 
+    /// `POST /tasks/{id}/cancel`.
+    pub fn cancel(&self, id: &str) -> Response {
+        self.post(&format!("/tasks/{id}/cancel"), "")
+    }
+
     /// Polls a task until its state is `state`; returns its status.
     pub fn wait_state(&self, id: &str, state: &str) -> serde_json::Value {
         let deadline = Instant::now() + PATIENCE;
@@ -209,6 +269,13 @@ impl Server {
             .unwrap()
     }
 
+    /// Polls one metric until it has `value`.
+    pub fn wait_metric(&self, name: &str, value: f64) {
+        eventually(&format!("{name} to be {value}"), || {
+            (self.metric(name) == value).then_some(())
+        });
+    }
+
     /// Sends a signal to the server.
     pub fn signal(&self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
@@ -224,11 +291,12 @@ impl Server {
         (status.code(), started.elapsed())
     }
 
-    /// Waits up to `limit` for the server to exit.
+    /// Waits up to `limit` for the server to exit (and its log to be read).
     pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.read_log_to_end();
                 return Some(status);
             }
             if Instant::now() > deadline {
@@ -237,12 +305,119 @@ impl Server {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+
+    /// Kills the server with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.read_log_to_end();
+    }
+
+    /// Opens `count` connections that each long-poll the task `id` for
+    /// `wait`, and returns them once the server has read every request, so
+    /// each is waiting on the state the task has now.
+    pub fn long_polls(&self, id: &str, wait: &str, count: usize) -> Vec<TcpStream> {
+        let request = format!("GET /tasks/{id}?wait={wait} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let mut polls: Vec<TcpStream> = Vec::with_capacity(count);
+        while polls.len() < count {
+            let batch = (count - polls.len()).min(BURST);
+            polls.extend((0..batch).map(|_| {
+                let mut stream = self.connect();
+                stream.write_all(request.as_bytes()).unwrap();
+                stream
+            }));
+            eventually("the server to read every long poll", || {
+                self.has_read(&polls).then_some(())
+            });
+        }
+        polls
+    }
+
+    /// Opens `count` connections that send nothing, [`BURST`] at a time,
+    /// each lot accepted by the server before the next.
+    pub fn connect_many(&self, count: usize) -> Vec<TcpStream> {
+        let mut streams = Vec::with_capacity(count);
+        while streams.len() < count {
+            let open = self.open_fds();
+            let batch = (count - streams.len()).min(BURST);
+            streams.extend((0..batch).map(|_| self.connect()));
+            eventually("the server to accept every connection", || {
+                (self.open_fds() >= open + batch).then_some(())
+            });
+        }
+        streams
+    }
+
+    /// Returns how many file descriptors the server has open.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
+    }
+
+    /// Tells whether the server has read everything sent so far on each of
+    /// `streams`: the kernel's receive queue of the server's end of every
+    /// one of those connections is empty (`rx_queue` in /proc/net/tcp).
+    ///
+    /// Only the server's own reads empty that queue, so this cannot come
+    /// true by accident, however busy the machine; a connection still in
+    /// the listen backlog, or not yet established, counts as unread.
+    pub fn has_read(&self, streams: &[TcpStream]) -> bool {
+        let ours: HashSet<u16> = streams
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        let port = |address: &str| {
+            let (_, port) = address.rsplit_once(':').unwrap();
+            u16::from_str_radix(port, 16).unwrap()
+        };
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let mut read = 0;
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let established = fields[3] == "01";
+            if !established
+                || port(fields[1]) != self.addr.port()
+                || !ours.contains(&port(fields[2]))
+            {
+                continue;
+            }
+            let (_, unread) = fields[4].split_once(':').unwrap();
+            if u32::from_str_radix(unread, 16).unwrap() != 0 {
+                return false;
+            }
+            read += 1;
+        }
+        read == ours.len()
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A directory for one test's files, removed when the test ends.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Makes an empty directory named after the test and this process.
+    pub fn new(test: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("bgtasks-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    /// Returns the path of `name` inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -479,6 +654,20 @@ pub fn raise_fd_limit() {
     let _ = setrlimit(Resource::Nofile, limit);
 }
 
+/// Returns the milliseconds since the epoch of an RFC 3339 UTC timestamp.
+pub fn epoch_millis(v: &serde_json::Value) -> i64 {
+    let s = v.as_str().unwrap();
+    let n = |at: usize, len: usize| s[at..at + len].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0, 4), n(5, 2), n(8, 2));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    ((days * 24 + n(11, 2)) * 60 + n(14, 2)) * 60_000 + n(17, 2) * 1000 + n(20, 3)
+}
+
 /// A small, seeded random number generator (xorshift64*), so that tests
 /// with random input or timing need no crate and every failure replays.
 pub struct Rng(pub u64);
@@ -491,4 +680,18 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
+}
+
+/// Sorts timings and describes them for a benchmark's line: median, 90th
+/// percentile and worst, and how many there were.
+pub fn spread(samples: &mut [Duration]) -> String {
+    samples.sort();
+    let at = |fraction: f64| samples[((samples.len() - 1) as f64 * fraction).round() as usize];
+    format!(
+        "median {:?}, p90 {:?}, max {:?} ({} samples)",
+        at(0.5),
+        at(0.9),
+        at(1.0),
+        samples.len()
+    )
 }

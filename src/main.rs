@@ -6078,7 +6078,9 @@ struct QueueView<'a> {
     workers: usize,
     /// Its workers running an attempt.
     busy: u64,
-    /// Tasks in it (cancelled ones count until a worker reaches them).
+    /// Tasks in it (cancelled ones count until a worker reaches them);
+    /// not those due but waiting for room, though they enter before any
+    /// new submission.
     depth: usize,
     /// Its capacity.
     capacity: usize,
@@ -6114,7 +6116,8 @@ impl Store {
                 name: &config.name,
                 workers: config.workers,
                 busy: state.busy,
-                depth: state.depth,
+                // Those waiting for room are not in the queue yet.
+                depth: state.depth - state.waiting.len(),
                 capacity: queue.capacity,
                 paused: state.paused,
             })

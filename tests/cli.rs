@@ -186,8 +186,11 @@ fn environment_variables_are_read_and_flags_beat_them() {
     let refused = server.post("/queue-task", r#"{"task_id": "x", "work_duration": "60s"}"#);
     assert_eq!(refused.status, 503);
     assert_eq!(refused.header("retry-after"), Some("9"));
-    assert_eq!(server.metric("bgtasks_queue_capacity"), 2.0);
-    assert_eq!(server.metric("bgtasks_workers"), 1.0);
+    assert_eq!(
+        server.metric("bgtasks_queue_capacity{queue=\"default\"}"),
+        2.0
+    );
+    assert_eq!(server.metric("bgtasks_workers{queue=\"default\"}"), 1.0);
 }
 
 #[test]

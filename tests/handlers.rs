@@ -441,7 +441,7 @@ fn a_task_waiting_for_its_retry_takes_no_queue_slot() {
         let task = server.task(&id);
         (task["attempt"] == 2 && task["state"] == "queued").then_some(task)
     });
-    assert_eq!(server.metric("bgtasks_queue_depth"), 0.0);
+    assert_eq!(server.metric("bgtasks_queue_depth{queue=\"default\"}"), 0.0);
     // The slot is free for new work while the retry waits.
     let busy = server.submit("60s");
     server.wait_state(&busy, "running");
@@ -459,7 +459,7 @@ fn a_task_waiting_for_its_retry_takes_no_queue_slot() {
             .unwrap();
         (now.as_millis() as i64 > retry_at + 200).then_some(())
     });
-    assert_eq!(server.metric("bgtasks_queue_depth"), 1.0);
+    assert_eq!(server.metric("bgtasks_queue_depth{queue=\"default\"}"), 1.0);
     let still = server.task(&id);
     assert_eq!(
         (still["state"].as_str(), still["attempt"].as_u64()),
@@ -514,7 +514,7 @@ fn cancel_stops_the_whole_process_group() {
         pids.iter().all(|&p| exists(p)),
         "SIGTERM is ignored, so they live on for now"
     );
-    server.wait_metric("bgtasks_workers_busy", 0.0);
+    server.wait_metric("bgtasks_workers_busy{queue=\"default\"}", 0.0);
     // SIGKILL 5 s after SIGTERM: not sooner; the upper bound is liveness.
     let took = started.elapsed();
     assert!(

@@ -158,7 +158,10 @@ fn admission_is_atomic_under_200_concurrent_clients() {
         .collect();
     assert_eq!(listed.len(), buffer + 1);
     assert!(accepted.iter().all(|id| listed.contains(id)));
-    assert_eq!(server.metric("bgtasks_queue_depth"), buffer as f64);
+    assert_eq!(
+        server.metric("bgtasks_queue_depth{queue=\"default\"}"),
+        buffer as f64
+    );
     assert_eq!(
         server.metric("bgtasks_tasks_accepted_total"),
         (buffer + 1) as f64

@@ -5202,6 +5202,8 @@ enum Route {
     Events,
     /// `GET /`: the dashboard.
     Dashboard,
+    /// `GET /openapi.json`: this API described.
+    OpenApi,
     /// `POST /queues/{name}/pause` (`true`) and `/resume` (`false`); the
     /// name as given, `None` if it is not UTF-8.
     Pause(Option<Box<str>>, bool),
@@ -5304,6 +5306,7 @@ fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
         (1, b"schedules", _, _) => Resource::get(Route::Schedules),
         (1, b"events", _, _) => Resource::get(Route::Events),
         (1, b"", _, _) => Resource::get(Route::Dashboard),
+        (1, b"openapi.json", _, _) => Resource::get(Route::OpenApi),
         (3, b"queues", name, b"pause" | b"resume") => {
             let name = std::str::from_utf8(name).ok().map(Box::from);
             Resource::post(Route::Pause(name, &third[..] == b"pause"))
@@ -5357,6 +5360,11 @@ struct LongPoll {
     until: Instant,
 }
 
+/// The OpenAPI 3.1 document of every route, embedded like the dashboard.
+/// It needs the token like any route but the two the contract opens: it
+/// tells nothing secret, but nothing in the contract exempts it either.
+const OPENAPI: &str = include_str!("openapi.json");
+
 /// The longest `?wait=`: longer waits are cut to this.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
@@ -5384,6 +5392,7 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
             };
         }
         Route::Dashboard => dashboard(),
+        Route::OpenApi => Response::json(200, OPENAPI.as_bytes()),
         Route::Pause(name, paused) => pause(shared, name.as_deref(), paused),
         Route::NotFound => Response::error(404, "no such path"),
         Route::NotAllowed(allow) => Response {
@@ -10201,5 +10210,99 @@ mod tests {
         };
         assert!(c.handlers[0].program.ends_with("sh"));
         assert_eq!(c.handlers[0].args, ["-c", "'exit", "0'"]);
+    }
+
+    #[test]
+    fn the_openapi_document_describes_every_route_and_only_routes() {
+        // Where the document has each route; `None` for the refusals,
+        // which are answers, not routes. No wildcard: a new route must
+        // say where the document describes it.
+        fn documented_at(route: &Route) -> Option<(&'static str, &'static str)> {
+            Some(match route {
+                Route::Submit(path) => (*path, "post"),
+                Route::List => ("/tasks", "get"),
+                Route::Status(_) => ("/tasks/{id}", "get"),
+                Route::Cancel(_) => ("/tasks/{id}/cancel", "post"),
+                Route::Health => ("/healthz", "get"),
+                Route::Metrics => ("/metrics", "get"),
+                Route::Queues => ("/queues", "get"),
+                Route::Schedules => ("/schedules", "get"),
+                Route::Events => ("/events", "get"),
+                Route::Dashboard => ("/", "get"),
+                Route::OpenApi => ("/openapi.json", "get"),
+                Route::Pause(_, true) => ("/queues/{name}/pause", "post"),
+                Route::Pause(_, false) => ("/queues/{name}/resume", "post"),
+                Route::NotFound | Route::NotAllowed(_) | Route::Unauthorized => return None,
+            })
+        }
+        let route = |method: &str, path: &str| {
+            let request = format!(
+                "{} {path} HTTP/1.1\r\nHost: t\r\n\r\n",
+                method.to_ascii_uppercase()
+            );
+            let head = parse_head(request.as_bytes()).unwrap();
+            choose_route(&head, request.as_bytes(), None).unwrap()
+        };
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let mut operations = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let sample = path
+                .replace("{id}", "node7_AAAAAAAAA")
+                .replace("{name}", "default");
+            let methods: Vec<&str> = item.as_object().unwrap().keys().map(|m| &**m).collect();
+            for method in ["get", "head", "post", "put", "delete", "patch", "options"] {
+                let routed = route(method, &sample);
+                // HEAD is documented as its own operation; it is GET's route.
+                let as_get = if method == "head" { "get" } else { method };
+                if methods.contains(&method) {
+                    assert_eq!(
+                        documented_at(&routed),
+                        Some((&**path, as_get)),
+                        "{method} {path} is documented but routed to {routed:?}"
+                    );
+                    operations.push((path.clone(), method));
+                } else {
+                    assert!(
+                        matches!(routed, Route::NotAllowed(_)),
+                        "{method} {path} is routed to {routed:?} but not documented"
+                    );
+                }
+            }
+        }
+        // Every route the router knows, by a request that reaches it.
+        let requests = [
+            ("post", "/queue-task"),
+            ("get", "/tasks"),
+            ("post", "/tasks"),
+            ("get", "/tasks/"),
+            ("get", "/tasks/AAAAAAAAA"),
+            ("post", "/tasks/AAAAAAAAA/cancel"),
+            ("get", "/healthz"),
+            ("get", "/metrics"),
+            ("get", "/queues"),
+            ("post", "/queues/batch/pause"),
+            ("post", "/queues/batch/resume"),
+            ("get", "/schedules"),
+            ("get", "/events"),
+            ("get", "/"),
+            ("get", "/openapi.json"),
+        ];
+        for (method, path) in requests {
+            let routed = route(method, path);
+            let (at, as_method) = documented_at(&routed).unwrap();
+            assert_eq!(as_method, method, "{method} {path}");
+            let twins: &[&str] = if method == "get" {
+                &["get", "head"]
+            } else {
+                &[method]
+            };
+            for twin in twins {
+                assert!(
+                    operations.contains(&(at.to_string(), twin)),
+                    "{twin} {path} ({routed:?}) is not in the document at {at}"
+                );
+            }
+        }
     }
 }

@@ -13,8 +13,10 @@ cd "$(dirname "$0")/../.."
 . tests/ecosystem/lib.sh
 
 SCHEMATHESIS_VERSION=4.32.5
-if [ "$(st --version 2>/dev/null)" != "st, version $SCHEMATHESIS_VERSION" ]; then
-    pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+# st as python3's pip installs it, whatever PATH holds.
+ST=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/st
+if [ "$("$ST" --version 2>/dev/null)" != "st, version $SCHEMATHESIS_VERSION" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 build_bgtasks
 
@@ -32,7 +34,7 @@ run_st() {
     start_bgtasks st "${args[@]}"
     echo "== schemathesis, $label: $(server_url st)"
     local log="$WORK/st-$label.log" status=0
-    (cd "$WORK" && st --config-file "$OLDPWD/tests/ecosystem/schemathesis.toml" \
+    (cd "$WORK" && "$ST" --config-file "$OLDPWD/tests/ecosystem/schemathesis.toml" \
         run "$(server_url st)/openapi.json" "${headers[@]}" \
         --exclude-path /events --request-timeout 70 --max-examples 100 \
         --no-color) >"$log" 2>&1 || status=$?

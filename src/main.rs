@@ -303,7 +303,15 @@ fn usage() -> String {
     );
     for flag in FLAGS {
         let name = format!("{} {}", flag.name, flag.value);
-        let _ = write!(text, "  {name:<24} {}", flag.help);
+        // A name too long for its column has its help on the next line.
+        match name.len() {
+            0..24 => {
+                let _ = write!(text, "  {name:<24} {}", flag.help);
+            }
+            _ => {
+                let _ = write!(text, "  {name}\n  {:<24} {}", "", flag.help);
+            }
+        }
         if let Some((low, high)) = flag.range {
             let _ = write!(text, ", {low} to {high}");
         }

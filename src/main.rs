@@ -32,8 +32,9 @@
 //!
 //! A client POSTs a task; its connection task parses it, and under the
 //! store lock puts the task's id into its queue's bounded channel with
-//! `try_send` and records the task. A full channel means `503` with
-//! `Retry-After`, and nothing is recorded, so admission is atomic. A worker
+//! `try_send` and records the task. A full queue (its channel, and the
+//! tasks waiting to enter it) means `503` with `Retry-After`, and nothing
+//! is recorded, so admission is atomic. A worker
 //! receives the id, marks the task running and does the work; the client
 //! polls `GET /tasks/{id}` (or long-polls with `?wait=`) until the task is
 //! `succeeded`, `failed` or `cancelled`.
@@ -50,19 +51,26 @@
 //! ([`Future::poll`]) that either finishes or says "not yet" — and, before
 //! saying so, keeps a *waker* from its context somewhere that will be
 //! called when it is worth polling again. A *task* is a future the
-//! executor owns: an executor keeps a queue of tasks ready to run and polls
-//! them, one at a time on each of its threads; a waker's `wake` puts its
-//! task back on that queue. The *reactor* (async-io's) is what turns the
-//! operating system's readiness — epoll, here — and timers into wake-ups.
-//! ("Poll" also names two unrelated things below: an HTTP long poll,
-//! `?wait=`, and the polling loops of the tests; the text says which.)
+//! executor owns: an executor keeps queues of tasks ready to run (one
+//! shared, one per thread, which idle threads steal from) and polls them,
+//! one at a time on each of its threads; a waker's `wake` puts its task
+//! back on a queue and wakes a sleeping thread to run it. The future given
+//! to `executor.run` itself is not a task: that thread polls it inline,
+//! between tasks. The *reactor* (async-io's) is what turns the operating
+//! system's readiness — epoll, here — and timers into wake-ups. ("Poll"
+//! also names unrelated things below: an HTTP long poll, `?wait=`; the
+//! polling loops of the tests; and [`reap_group`]'s loop, which looks for
+//! exited processes every 2 ms because they have no readiness to wait on.
+//! The text says which.)
 //!
 //! Read these, in this order, and skip the rest on a first pass:
 //!
 //! 1. [`main`], [`launch`] and [`run_executor`]: the executor runs on
 //!    `--threads` threads, each in `async_io::block_on(executor.run(..))`;
-//!    the first thread runs [`supervise`], the future whose end is the
-//!    process's end.
+//!    the main thread's `run` is given [`supervise`], the future whose end
+//!    is the process's end, and polls it inline. Threads that run no
+//!    futures: the journal writer, async-io's reactor helper, and
+//!    async-process's, which learns of handlers' exits.
 //! 2. [`start_serving`] and [`listen`]: the listener is a task; each
 //!    accepted connection becomes a task of its own ([`serve`]).
 //! 3. [`Connection::serve_requests`], [`Connection::serve_request`] and
@@ -83,7 +91,8 @@
 //! # One request, traced
 //!
 //! `POST /tasks` on a connection that is new, then `GET /tasks/{id}?wait=10s`
-//! on another, until the task ends:
+//! on another, without `--data-dir` (with it, steps 4 and 5 also wait for
+//! the disk: see section 6):
 //!
 //! 1. The kernel queues the connection on the listening socket. [`listen`]
 //!    had awaited `listener.accept()`, which found nothing to accept at the
@@ -117,7 +126,9 @@
 //!    streams.
 //! 8. The second connection's [`Connection::long_poll`] was waiting on that
 //!    trigger (and on its deadline, and on the client going away); the fire
-//!    wakes it, it reads the task again and answers `200`, and
+//!    wakes it, it reads the task again and answers `200`. (A long poll
+//!    answers on any change: one made while the task was queued is answered
+//!    `running` at step 5, and the client asks again.) Then
 //!    [`Connection::flush`] writes it with `write_with` — which, when the
 //!    socket's buffer is full, leaves its waker with the reactor until
 //!    epoll says the socket is writable again.
@@ -134,7 +145,8 @@
 //! 3. Then `grace_over` fires: every running task is interrupted (sleeps
 //!    end, programs get SIGTERM and 1 s later SIGKILL).
 //! 4. The process exits 0 as soon as nothing is left to wait for. A second
-//!    signal exits at once with status 1.
+//!    signal, until then, exits at once with status 1 (in the last moments,
+//!    while the journal writes what is left, it is not listened for).
 //!
 //! # Map of this file
 //!
@@ -1048,8 +1060,9 @@ const INLINE_TEXT: usize = 22;
 
 /// A short string kept inside the record, or a longer one on the heap.
 ///
-/// Labels such as `"job-1234"` and durations such as `"60s"` fit inline, so a
-/// queued task costs no allocation beyond its slot in the store.
+/// Tuning: the plain version is a `String`. Labels such as `"job-1234"`
+/// and durations such as `"60s"` fit inline, so a queued task costs no
+/// allocation beyond its slot in the store (about 90 bytes a task).
 #[derive(Clone, Debug)]
 enum Text {
     /// Up to [`INLINE_TEXT`] bytes of UTF-8 and their length.
@@ -1088,9 +1101,11 @@ impl PartialEq for Text {
 
 /// One task's status record.
 ///
-/// What most tasks need is inline; the rest (kind, payload, timeout, error,
-/// result, retry time, idempotency key) lives in [`Extra`], allocated only
-/// for the tasks that use it.
+/// Tuning: the plain version has every member inline. What most tasks need
+/// is; the rest (kind, payload, timeout, error, result, retry time,
+/// idempotency key, schedule, progress) lives in [`Extra`], allocated only
+/// for the tasks that use it: a plain sleep task's record is 96 bytes
+/// instead of 232.
 #[derive(Debug)]
 struct Task {
     /// The server's id: microseconds since the epoch at creation, made
@@ -2068,8 +2083,8 @@ impl Store {
 
     /// Wakes the long polls waiting for task `id` to change.
     fn wake_watchers(&mut self, id: u64) {
-        // Checked first: most changes have no watcher, and a lookup would
-        // hash the id for nothing.
+        // Tuning: the plain version looks the id up. Most changes have no
+        // watcher, and a lookup would hash the id for nothing.
         if !self.watchers.is_empty()
             && let Some(watch) = self.watchers.remove(&id)
         {
@@ -2137,6 +2152,7 @@ impl Store {
     /// attempts left goes to the scheduler for its retry; returns when it
     /// is due (ms since the epoch).
     fn end_attempt(&mut self, id: u64, q: usize, outcome: Outcome) -> Option<u64> {
+        // Tuning, as in `wake_watchers`: most attempts made no trigger.
         if !self.cancels.is_empty() {
             self.cancels.remove(&id);
         }
@@ -2320,8 +2336,9 @@ struct Shared {
     responses: StatusCounts,
     /// Submissions refused because their queue was full, for `/metrics`.
     rejected: AtomicU64,
-    /// Whether any `/events` stream is open: read without the lock, so
-    /// that a refusal takes the lock only when a subscriber must hear of it.
+    /// Whether any `/events` stream is open. Tuning: the plain version
+    /// takes the lock on every refusal; this is read without it, so that a
+    /// refusal takes the lock only when a subscriber must hear of it.
     subscribed: std::sync::atomic::AtomicBool,
     /// How far the journal is on disk, with `--data-dir`.
     journal: Option<Arc<JournalProgress>>,
@@ -2400,8 +2417,9 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
         }
         if let Some(journal) = &shared.journal {
             // A task starts only once its record is on disk, so that a
-            // failed write can still take it back (see the journal).
-            if !journal.wait_task(id, &shared.grace_over).await {
+            // failed write can still take it back (see the journal). The
+            // drain may have begun meanwhile: then the task is left queued.
+            if !journal.wait_task(id, &shared.grace_over).await || shared.draining.is_fired() {
                 return None;
             }
         }
@@ -3200,7 +3218,8 @@ enum Ending {
 const REAP_WITHIN: Duration = Duration::from_secs(1);
 
 /// How often to look for them meanwhile: SIGKILL lands within a
-/// scheduler tick or two, and there is no readiness to wait on.
+/// tick or two of the operating system's scheduler, and there is no
+/// readiness to wait on.
 const REAP_POLL: Duration = Duration::from_millis(2);
 
 /// Reaps the processes of a killed group that were orphaned to bgtasks (its
@@ -3215,7 +3234,8 @@ async fn reap_group(group: Option<rustix::process::Pid>) {
         match waitid(WaitId::Pgid(Some(group)), options) {
             // One reaped: there may be more.
             Ok(Some(_)) => {}
-            // Killed but not yet dead: SIGKILL takes a moment to land.
+            // Killed but not yet dead: SIGKILL takes a moment to land, and
+            // there is no readiness to wait for, so this looks again.
             Ok(None) if Instant::now() < deadline => {
                 Timer::after(REAP_POLL).await;
             }
@@ -3863,7 +3883,8 @@ struct JournalProgress {
     /// The highest task id whose `new` record has been written (or taken
     /// back): ids grow in journal order, so every task up to it is settled.
     durable_task: AtomicU64,
-    /// The highest sequence number given out: what a worker waits for.
+    /// The highest sequence number given out: what a connection's answers
+    /// wait for (step 4; workers wait for `durable_task`).
     appended: AtomicU64,
     /// Fired, and replaced, after every batch.
     progress: Mutex<Trigger>,
@@ -5243,8 +5264,9 @@ fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
 /// Calls `f` with the current time as an HTTP date (RFC 9110 §5.6.7),
 /// such as `Sun, 06 Nov 1994 08:49:37 GMT`.
 ///
-/// Tuning: the plain version formats the date for each answer; each thread
-/// here formats it once a second and keeps it.
+// Tuning: the plain version formats the date for each answer; each thread
+// here formats it once a second and keeps it, which spares a `core::fmt`
+// call and a division by 86,400 on every answer.
 fn with_http_date(f: impl FnOnce(&[u8])) {
     use std::cell::RefCell;
     thread_local! {
@@ -6668,7 +6690,7 @@ fn dashboard() -> Response {
 // One task per connection reads a request, answers it, and loops. Its
 // buffers exist only while a request is being handled: an idle keep-alive
 // connection holds no buffer at all, which is how ten thousand of them fit
-// in a few megabytes.
+// in a few megabytes (given a `--max-connections` that high).
 //
 // A connection's errors end that connection and nothing else: the listener
 // never sees them. The listener's own errors (out of file descriptors, say)
@@ -6677,10 +6699,9 @@ fn dashboard() -> Response {
 /// How many bytes one read asks for.
 const READ_CHUNK: usize = 8192;
 
-/// How many bytes the first read of a request asks for. Tuning: the plain
-/// version reads a `READ_CHUNK`; most requests fit in 1 KiB, and a buffer
-/// this small comes from the allocator's per-thread cache instead of being
-/// zeroed 8 KiB at a time.
+/// How many bytes the first read of a request asks for: most requests fit.
+// Tuning: the plain version reads a `READ_CHUNK`; a 1 KiB buffer comes from
+// the allocator's per-thread cache instead of being zeroed 8 KiB at a time.
 const FIRST_READ: usize = 1024;
 
 /// The most bytes of answers a connection holds for a client that pipelines
@@ -6939,11 +6960,12 @@ impl Connection {
                 return Box::pin(self.serve_events(shared, &head, filter, consumed)).await;
             }
             Reply::Now(response) => response,
-            // An async fn's future holds everything it awaits inline, and a
-            // connection's task holds this one for the connection's life: the
-            // long poll's state (its trigger, timer and watch on the client)
-            // is boxed, allocated only when a long poll happens, so every
-            // other connection's task stays small.
+            // Tuning: the plain version awaits it in place. An async fn's
+            // future holds everything it awaits inline, and a connection's
+            // task holds this one for the connection's life: the long poll's
+            // state (its trigger, timer and watch on the client) is boxed,
+            // allocated only when a long poll happens, so every other
+            // connection's task stays small.
             Reply::Poll(poll) => Box::pin(self.long_poll(shared, poll)).await?,
             Reply::Submit(route) => {
                 let key = head.idempotency_key.clone().map(|k| &bytes[k]);
@@ -7976,7 +7998,10 @@ fn run_executor(
         // this thread until `main` ends; when none is ready it returns
         // "not yet", and `block_on` then drives the reactor itself — an
         // epoll wait, until an event, a timer or a wake-up — unless another
-        // thread is driving it, in which case it sleeps until woken.
+        // thread is driving it, in which case it sleeps until woken. What
+        // wakes it is a task being queued: the executor calls the waker of
+        // one sleeping thread's `block_on`, which unparks that thread, or
+        // interrupts its epoll wait if it is the one in the reactor.
         let code = async_io::block_on(executor.run(main));
         exited.fire();
         code

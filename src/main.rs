@@ -63,6 +63,20 @@
 //! exited processes every 2 ms because they have no readiness to wait on.
 //! The text says which.)
 //!
+//! Every race in this file is `future::or(a, b)`, and what it does when
+//! polled shows the whole mechanism in four lines:
+//!
+//! ```text
+//! fn poll(a, b, cx) -> Poll<T> {
+//!     if let Ready(v) = a.poll(cx) { return Ready(v) }  // left side first
+//!     b.poll(cx)  // a said "not yet": it has left cx's waker where its event will be
+//! }               // (a timer, a socket, a channel); b does the same, or is ready
+//! ```
+//!
+//! Whichever event comes first calls that waker, the task is polled
+//! again, one side is ready, and the race ends; the other side is dropped,
+//! and dropping it takes its waker back (a timer leaves the reactor).
+//!
 //! Read these, in this order, and skip the rest on a first pass:
 //!
 //! 1. [`main`], [`launch`] and [`run_executor`]: the executor runs on

@@ -210,3 +210,68 @@ fn log_level_warn_hides_info_lines() {
     assert_eq!(server.stop(Signal::TERM).0, Some(0));
     assert_eq!(server.log(), "");
 }
+
+/// The flags `--help` lists, each with its environment variable and
+/// default, read from its entry: a line `  --flag VALUE`, then lines
+/// indented further.
+fn help_flags(help: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    let mut flags: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in help.lines() {
+        if let Some(entry) = line.strip_prefix("  --") {
+            let name = entry.split("  ").next().unwrap_or_default();
+            flags.push((format!("--{}", name.trim()), vec![entry]));
+        } else if line.starts_with("   ")
+            && let Some((_, lines)) = flags.last_mut()
+        {
+            lines.push(line.trim());
+        }
+    }
+    flags
+        .into_iter()
+        .filter(|(name, _)| name != "--help" && name != "--version")
+        .map(|(name, lines)| {
+            let fact = |key: &str| {
+                lines
+                    .iter()
+                    .flat_map(|l| l.split(", "))
+                    .find_map(|part| part.strip_prefix(key))
+                    .map(str::to_string)
+            };
+            (name, fact("env "), fact("default "))
+        })
+        .collect()
+}
+
+/// The rows of the README's flag table: flag and value, variable, default.
+fn readme_flags(readme: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    let section = readme
+        .split("\n## Flags\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the README has a Flags section");
+    let cell = |text: &str| {
+        let text = text.trim();
+        (text != "—").then(|| text.trim_matches('`').to_string())
+    };
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `--"))
+        .map(|row| {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").collect();
+            let flag = cell(cells[0]).unwrap_or_default();
+            (flag, cell(cells[1]), cell(cells[2]))
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_flag_table_agrees_with_help() {
+    let (code, help, _) = run(&["--help"], &[]);
+    assert_eq!(code, Some(0));
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md is readable");
+    let help = help_flags(&help);
+    let table = readme_flags(&readme);
+    assert!(help.len() >= 17, "{help:?}");
+    assert_eq!(table, help, "the README's flag table and --help differ");
+}

@@ -6,84 +6,21 @@
 
 mod common;
 
-use common::{Response, Server, eventually, read_response};
+use common::{Response, Server, TempDir, eventually, read_response};
 use rustix::process::Signal;
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// The token of the servers started with `--token`.
 const TOKEN: &str = "s3cret-token";
-
-/// A directory for one test's files, removed when it ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates an empty directory named after the test.
-    fn new(test: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "bgtasks-first-contact-{}-{test}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// Returns a path inside the directory, as text for a flag.
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Builds a request head for `method path`, with `Authorization` when
 /// `token` is given.
 fn request(method: &str, path: &str, token: Option<&str>) -> String {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}\r\n")
-}
-
-/// Reads one response head (status line and headers) and nothing after
-/// it: what a `HEAD` answer is.
-fn read_head(stream: &mut TcpStream) -> Response {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            other => panic!(
-                "connection ended inside a response head: {other:?} after {:?}",
-                String::from_utf8_lossy(&head)
-            ),
-        }
-    }
-    let head = String::from_utf8(head).unwrap();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    assert!(
-        status_line.starts_with("HTTP/1.1 "),
-        "status line {status_line:?}"
-    );
-    Response {
-        status: status_line[9..12].parse().unwrap(),
-        headers: lines
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (n, v) = l.split_once(':').unwrap();
-                (n.to_string(), v.trim().to_string())
-            })
-            .collect(),
-        body: Vec::new(),
-    }
 }
 
 /// Returns a response's headers without `Date`, which may differ between
@@ -104,7 +41,7 @@ fn head_then_health(server: &Server, path: &str, token: Option<&str>) -> Respons
     let mut stream = server.connect();
     let both = request("HEAD", path, token) + &request("GET", "/healthz", None);
     stream.write_all(both.as_bytes()).unwrap();
-    let head = read_head(&mut stream);
+    let head = common::read_head(&mut stream).expect("a response head");
     let next = read_response(&mut stream).expect("the pipelined answer");
     assert_eq!(
         (next.status, next.text()),
@@ -323,7 +260,7 @@ fn a_key_reused_with_a_different_request_is_422_and_an_identical_one_200() {
 #[test]
 fn a_reused_key_is_still_told_apart_after_a_restart() {
     let dir = TempDir::new("restart");
-    let data = dir.path("data");
+    let data = dir.arg("data");
     let mut server = Server::start(&["--data-dir", &data]);
     let first = server.post_with("/tasks", &[KEY], FIRST);
     assert_eq!(first.status, 202, "{first:?}");
@@ -388,7 +325,7 @@ fn rust_log_values_of_other_programs_start_the_server_at_the_level_they_give_bgt
 #[test]
 fn a_handler_writing_three_lines_to_stderr_fails_in_one_log_line() {
     let dir = TempDir::new("stderr");
-    let script = dir.path("three-lines.sh");
+    let script = dir.arg("three-lines.sh");
     std::fs::write(&script, "#!/bin/sh\nprintf 'one\\n\\ntwo\\n' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut server = Server::start(&["--handler", &format!("lines={script}")]);

@@ -22,15 +22,12 @@ impl Scripts {
 
     /// Writes an executable `sh` script and returns its path.
     fn write(&self, name: &str, body: &str) -> String {
-        let path = self.path(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
+        self.0.script(name, body)
     }
 
     /// Returns a path inside the directory.
     fn path(&self, name: &str) -> String {
-        self.0.path(name).to_str().unwrap().to_string()
+        self.0.arg(name)
     }
 
     /// Reads the process ids a script wrote to `name`, one per line.

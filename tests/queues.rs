@@ -4,57 +4,16 @@
 
 mod common;
 
-use common::{Response, Server, command, eventually, read_response};
+use common::{Response, Server, TempDir, command, eventually, read_response};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::net::TcpListener;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The body of a full queue's `503`, as the original server sent it.
 const BUSY: &str = r#"{"error": "workers are busy, try again later"}"#;
-
-/// A temporary directory for one test (scripts, their logs, a data
-/// directory), removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Makes an empty directory named after the test.
-    fn new(test: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("bgtasks-queues-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    /// Returns the path of `name` inside the directory.
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_string()
-    }
-
-    /// Writes an executable `sh` script and returns its path.
-    fn script(&self, name: &str, body: &str) -> String {
-        let path = self.path(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
-
-    /// Reads a file of the directory, empty if it does not exist.
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Checks that a submission was accepted with `state`; returns the id.
 fn accepted(r: &Response, state: &str) -> String {
@@ -295,7 +254,7 @@ fn a_full_queue_refuses_only_its_own_tasks_and_delays_no_other() {
 #[test]
 fn a_queue_named_like_a_kind_caps_how_many_of_it_run_at_once() {
     let dir = TempDir::new("kind");
-    std::fs::write(dir.path("count"), "0\n").unwrap();
+    std::fs::write(dir.arg("count"), "0\n").unwrap();
     // Counts the copies running at once under a lock, logging each count.
     let backup = dir.script(
         "backup.sh",
@@ -305,7 +264,7 @@ exec 9>>lock
 flock 9; n=$(( $(cat count) + 1 )); echo $n > count; echo $n >> log; flock -u 9
 sleep 0.3
 flock 9; n=$(( $(cat count) - 1 )); echo $n > count; flock -u 9"#,
-            dir.path("")
+            dir.arg("")
         ),
     );
     let handler = format!("backup={backup}");
@@ -381,7 +340,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
     // Runs until the test creates the file `go`.
     let hold = dir.script(
         "hold.sh",
-        &format!("while [ ! -e {} ]; do sleep 0.02; done", dir.path("go")),
+        &format!("while [ ! -e {} ]; do sleep 0.02; done", dir.arg("go")),
     );
     let handler = format!("hold={hold}");
     let server = Server::start(&["--workers", "2", "--buffer", "3", "--handler", &handler]);
@@ -437,7 +396,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
     assert_eq!((&q["depth"], &q["busy"]), (&json!(3), &json!(1)), "{q}");
 
     // The task running when the pause came goes on to succeed.
-    std::fs::write(dir.path("go"), "").unwrap();
+    std::fs::write(dir.arg("go"), "").unwrap();
     assert_eq!(wait_done(&server, &running)["state"], "succeeded");
     let (task, _) = long_poll(&server, &first, "300ms");
     assert_eq!(
@@ -486,7 +445,7 @@ fn a_resumed_queue_runs_its_tasks_in_the_order_they_came() {
     let dir = TempDir::new("fifo");
     let note = dir.script(
         "note.sh",
-        &format!("echo \"$BGTASKS_TASK_ID\" >> {}", dir.path("log")),
+        &format!("echo \"$BGTASKS_TASK_ID\" >> {}", dir.arg("log")),
     );
     let handler = format!("note={note}");
     let server = Server::start(&["--workers", "1", "--buffer", "3", "--handler", &handler]);
@@ -812,7 +771,7 @@ fn max_scheduled_refuses_more_delayed_tasks_atomically() {
 #[test]
 fn scheduled_tasks_and_paused_queues_survive_restarts_and_kill_9() {
     let dir = TempDir::new("restart");
-    let data = dir.path("data");
+    let data = dir.arg("data");
     let args = ["--data-dir", data.as_str(), "--queue", "q=1"];
     let mut server = Server::start(&args);
     assert_eq!(server.post("/queues/q/pause", "").status, 200);

@@ -413,6 +413,26 @@ impl TempDir {
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// Returns the path of `name` inside the directory as text, for a flag
+    /// or a script.
+    pub fn arg(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+
+    /// Writes an executable `sh` script and returns its path.
+    pub fn script(&self, name: &str, body: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.arg(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// Reads a file of the directory, empty if it does not exist.
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
 }
 
 impl Drop for TempDir {
@@ -489,6 +509,23 @@ pub fn read_response(stream: &mut TcpStream) -> Option<Response> {
 
 /// Reads one response, interim ones included.
 pub fn read_one(stream: &mut TcpStream) -> Option<Response> {
+    let mut response = read_head(stream)?;
+    if response.status == 100 {
+        return Some(response);
+    }
+    let length: usize = response
+        .header("content-length")
+        .unwrap_or_else(|| panic!("no Content-Length: {response:?}"))
+        .parse()
+        .unwrap();
+    response.body = vec![0; length];
+    stream.read_exact(&mut response.body).unwrap();
+    Some(response)
+}
+
+/// Reads a response's head only (its body is left unread, and empty in the
+/// result); `None` if the connection closed before a status line.
+pub fn read_head(stream: &mut TcpStream) -> Option<Response> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -508,30 +545,17 @@ pub fn read_one(stream: &mut TcpStream) -> Option<Response> {
         status_line.starts_with("HTTP/1.1 "),
         "status line {status_line:?}"
     );
-    let status: u16 = status_line[9..12].parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.to_string(), v.trim().to_string())
-        })
-        .collect();
-    let mut response = Response {
-        status,
-        headers,
+    Some(Response {
+        status: status_line[9..12].parse().unwrap(),
+        headers: lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_string(), v.trim().to_string())
+            })
+            .collect(),
         body: Vec::new(),
-    };
-    if status == 100 {
-        return Some(response);
-    }
-    let length: usize = response
-        .header("content-length")
-        .unwrap_or_else(|| panic!("no Content-Length: {head}"))
-        .parse()
-        .unwrap();
-    response.body = vec![0; length];
-    stream.read_exact(&mut response.body).unwrap();
-    Some(response)
+    })
 }
 
 /// Tells whether the server closes the connection (EOF or reset) within

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Schemathesis (`st run`, its default checks) against a live bgtasks
 # and its own /openapi.json, twice: a server without --token, and one with
-# it (st sends the header). Both runs must find no failure. Installs
-# Schemathesis (pinned) when it is missing.
+# it (st sends the header). Both runs must find no failure. Then
+# openapi_answers.py checks the answers st cannot provoke against the same
+# document. Installs Schemathesis (pinned) when it is missing.
 #
 # /events is left out: a stream never ends, and it has its own tests. The
 # request timeout is above the longest long poll (`?wait=` is cut to 60s).
@@ -50,3 +51,6 @@ run_st() {
 
 run_st "without token" ""
 run_st "with token" "st-$RANDOM$RANDOM"
+# What a fuzzer cannot provoke (a full queue, an evicted record, shutdown),
+# provoked on purpose and held to the same document.
+python3 tests/ecosystem/openapi_answers.py "$BIN"

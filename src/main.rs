@@ -10444,6 +10444,7 @@ mod tests {
         };
         let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
         assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
         let mut operations = Vec::new();
         for (path, item) in doc["paths"].as_object().unwrap() {
             let sample = path

@@ -533,35 +533,57 @@ fn bad_filters_are_a_400_before_any_stream() {
 
 /// Returns how many zero-length tasks make enough events to fill the
 /// kernel's buffers for a stream that never reads, and then well over
-/// 1,000 more: a task labelled `f` makes three events of about 180 bytes
-/// (so the count, not the 256 KiB, is the limit they pass first).
+/// 1,000 more, with half as many again for good measure: a task labelled
+/// `f` makes three events of about 180 bytes (so the count, not the
+/// 256 KiB, is the limit they pass first).
 fn tasks_to_lag() -> usize {
-    (socket_capacity() / 150 + 1000) / 3 * 3 / 2
+    (socket_capacity() / 150 + 1000) / 2
 }
 
-#[test]
-fn a_subscriber_that_never_reads_gets_lagged_and_others_are_served() {
-    let tasks = tasks_to_lag();
-    let server = Server::start(&["--buffer", &tasks.to_string()]);
-    let mut stalled = server.events("");
-    let mut watcher = server.events("?task_id=probe");
-    assert_eq!(watcher.event().name, "stats");
-    let statuses = server.pipeline("/tasks", tasks, 4, |_| {
-        r#"{"task_id": "f", "work_duration": "0s"}"#.into()
+/// Submits `tasks` zero-length tasks labelled `label`, one request at a
+/// time on each of `conns` connections, and waits until they have all
+/// succeeded. Not pipelined: a burst of pipelined requests makes events
+/// faster than a stream is given the CPU to take them, and lags even a
+/// stream that reads.
+fn flood(server: &Server, tasks: usize, label: &str, conns: usize) {
+    let succeeded = "bgtasks_tasks_finished_total{state=\"succeeded\"}";
+    let before = server.metric(succeeded);
+    let body = json!({"task_id": label, "work_duration": "0s"}).to_string();
+    let request = common::post_request("/tasks", &[], &body);
+    std::thread::scope(|scope| {
+        for first in 0..conns {
+            let request = &request;
+            scope.spawn(move || {
+                let mut conn = server.connect();
+                for _ in (first..tasks).step_by(conns) {
+                    conn.write_all(request.as_bytes()).unwrap();
+                    let r = read_response(&mut conn).unwrap();
+                    assert_eq!(r.status, 202, "{r:?}");
+                }
+            });
+        }
     });
-    assert_eq!(statuses.get(&202), Some(&tasks), "{statuses:?}");
-    server.wait_metric(
-        "bgtasks_tasks_finished_total{state=\"succeeded\"}",
-        tasks as f64,
-    );
-    // The server goes on answering, and another stream goes on.
-    assert_eq!(server.get("/healthz").status, 200);
-    let probe = submit(&server, json!({"task_id": "probe", "work_duration": "0s"}));
-    let seen = task_events(&mut watcher, |events| saw(events, &probe, "succeeded"));
-    assert_eq!(states(&seen, &probe), ["queued", "running", "succeeded"]);
-    // The stalled one reads at last: what the kernel held, then `lagged`.
+    server.wait_metric(succeeded, before + tasks as f64);
+}
+
+/// Reads a stream until it has had `count` task events; fails if it lags.
+fn read_all(stream: &mut EventStream, count: usize) {
+    let mut seen = 0;
+    while seen < count {
+        let event = stream.event();
+        match event.name.as_str() {
+            "task" => seen += 1,
+            "stats" => {}
+            _ => panic!("a stream that reads got {event:?} after {seen} events"),
+        }
+    }
+}
+
+/// Reads a stalled stream at last: what the kernel held for it, then
+/// `lagged` and the end. Returns how many task events came first.
+fn read_to_lagged(stalled: &mut EventStream) -> usize {
     let mut read = 0;
-    let lagged = loop {
+    let last = loop {
         let event = stalled.event();
         match event.name.as_str() {
             "task" => read += 1,
@@ -569,49 +591,54 @@ fn a_subscriber_that_never_reads_gets_lagged_and_others_are_served() {
             _ => break event,
         }
     };
-    assert_eq!(lagged.name, "lagged", "{lagged:?}");
-    assert_eq!(lagged.data, json!({}));
-    assert!(read < 3 * tasks, "it read all {read} events");
+    assert_eq!(last.name, "lagged", "{last:?}");
+    assert_eq!(last.data, json!({}));
     assert!(matches!(stalled.next(PATIENCE), Next::End));
     assert!(closes(&mut stalled.stream, PATIENCE));
-    assert_eq!(server.get("/healthz").status, 200);
-}
-
-/// Label bytes of the tasks that make large events: with the rest of the
-/// body, under the default 64 KiB `--max-body`.
-const LARGE_LABEL: usize = 60_000;
-
-/// Submits enough tasks with large labels to fill the kernel's buffers of
-/// a stream that never reads, and more; returns how many events they made.
-fn flood_with_large_events(server: &Server) -> usize {
-    let tasks = socket_capacity() / (3 * LARGE_LABEL) + 10;
-    let label = "l".repeat(LARGE_LABEL);
-    let body = json!({"task_id": label, "work_duration": "0s"}).to_string();
-    let statuses = server.pipeline("/tasks", tasks, 1, |_| body.clone());
-    assert_eq!(statuses.get(&202), Some(&tasks), "{statuses:?}");
-    server.wait_metric(
-        "bgtasks_tasks_finished_total{state=\"succeeded\"}",
-        tasks as f64,
-    );
-    3 * tasks
+    read
 }
 
 #[test]
-fn a_subscriber_more_than_256_kib_behind_gets_lagged() {
+fn a_subscriber_that_never_reads_lags_while_one_that_reads_gets_everything() {
+    let tasks = tasks_to_lag();
     let server = Server::start(&[]);
     let mut stalled = server.events("");
-    let made = flood_with_large_events(&server);
-    // Far fewer than 1,000 events were made: the bytes told it lagged.
-    assert!(made < 1000, "{made}");
-    let lagged = loop {
-        let event = stalled.event();
-        if !["task", "stats"].contains(&event.name.as_str()) {
-            break event;
-        }
-    };
-    assert_eq!(lagged.name, "lagged", "{lagged:?}");
-    assert!(matches!(stalled.next(PATIENCE), Next::End));
-    assert!(closes(&mut stalled.stream, PATIENCE));
+    let mut reader = server.events("");
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(move || read_all(&mut reader, 3 * tasks));
+        flood(&server, tasks, "f", 4);
+        reading.join().unwrap();
+    });
+    assert_eq!(server.get("/healthz").status, 200);
+    let read = read_to_lagged(&mut stalled);
+    assert!(read < 3 * tasks, "it read all {read} events");
+}
+
+/// Label bytes of the tasks that make large events: 32 such events pass
+/// 256 KiB, and the few a busy moment makes before a stream that reads
+/// takes them stay well below.
+const LARGE_LABEL: usize = 8 << 10;
+
+/// Returns how many tasks with [`LARGE_LABEL`] make events enough to fill
+/// the kernel's buffers for a stream that never reads, and more.
+fn large_tasks_to_lag() -> usize {
+    socket_capacity() / (3 * LARGE_LABEL) + 30
+}
+
+#[test]
+fn a_subscriber_more_than_256_kib_behind_lags_while_one_that_reads_gets_everything() {
+    let tasks = large_tasks_to_lag();
+    // Far fewer than 1,000 events: the bytes are what tells it it lagged.
+    assert!(3 * tasks < 1000, "{tasks}");
+    let server = Server::start(&[]);
+    let mut stalled = server.events("");
+    let mut reader = server.events("");
+    std::thread::scope(|scope| {
+        let reading = scope.spawn(move || read_all(&mut reader, 3 * tasks));
+        flood(&server, tasks, &"l".repeat(LARGE_LABEL), 1);
+        reading.join().unwrap();
+    });
+    read_to_lagged(&mut stalled);
 }
 
 #[test]
@@ -620,7 +647,7 @@ fn shutdown_ends_every_stream_and_waits_for_none() {
     // One stream blocked on a full socket, which would hold shutdown up
     // for its 10 s write timeout if shutdown waited for it.
     let _stalled = server.events("");
-    flood_with_large_events(&server);
+    flood(&server, large_tasks_to_lag(), &"l".repeat(LARGE_LABEL), 1);
     let mut streams: Vec<EventStream> = (0..3).map(|_| server.events("")).collect();
     for stream in &mut streams {
         assert_eq!(stream.event().name, "stats");
@@ -754,21 +781,72 @@ fn idle_subscribers_cost_the_server_no_cpu() {
     assert!(used <= 5, "{used} ticks in 2 s with idle streams");
 }
 
-/// Resident memory (KiB) of a server with `subscribers` streams that never
-/// read, after `tasks` zero-length tasks; the streams are returned open.
-fn rss_with_stalled(subscribers: usize, tasks: usize) -> (u64, Server, Vec<EventStream>) {
-    let server = Server::start(&["--buffer", &tasks.max(1).to_string()]);
+/// Returns how many bytes the server has written to `stream` that its
+/// client has not read: those in the client's receive queue and in the
+/// server's send queue (`/proc/net/tcp`).
+fn unread_bytes(server: &Server, stream: &EventStream) -> u64 {
+    let client = stream.stream.local_addr().unwrap().port();
+    let port = server.addr.port();
+    let port_of = |address: &str| {
+        let (_, port) = address.rsplit_once(':').unwrap();
+        u16::from_str_radix(port, 16).unwrap()
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let mut bytes = 0;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (tx, rx) = fields[4].split_once(':').unwrap();
+        let ends = (port_of(fields[1]), port_of(fields[2]));
+        if ends == (client, port) {
+            bytes += u64::from_str_radix(rx, 16).unwrap();
+        } else if ends == (port, client) {
+            bytes += u64::from_str_radix(tx, 16).unwrap();
+        }
+    }
+    bytes
+}
+
+/// Floods a server with `subscribers` streams that never read until the
+/// kernel takes no more for them (their server side blocks), then makes
+/// about `more` events, which wait in their backlogs; returns the tasks
+/// made, the RSS (KiB), the server and the streams.
+fn rss_with_stalled(subscribers: usize, more: usize) -> (usize, u64, Server, Vec<EventStream>) {
+    /// Tasks a step of the flood makes.
+    const STEP: usize = 100;
+    let server = Server::start(&[]);
     let streams: Vec<EventStream> = (0..subscribers).map(|_| server.events("")).collect();
-    let statuses = server.pipeline("/tasks", tasks, 4, |_| {
-        r#"{"task_id": "f", "work_duration": "0s"}"#.into()
-    });
-    assert_eq!(statuses.get(&202), Some(&tasks), "{statuses:?}");
-    server.wait_metric(
-        "bgtasks_tasks_finished_total{state=\"succeeded\"}",
-        tasks as f64,
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    (server.rss_kib(), server, streams)
+    let unread = |streams: &[EventStream]| -> Vec<u64> {
+        streams.iter().map(|s| unread_bytes(&server, s)).collect()
+    };
+    let mut tasks = 0;
+    let mut before = unread(&streams);
+    loop {
+        flood(&server, STEP, "f", 4);
+        tasks += STEP;
+        std::thread::sleep(Duration::from_millis(200));
+        let now = unread(&streams);
+        // Each of the step's events is over 150 bytes: a stream that took
+        // in less has blocked during the step.
+        let blocked = now
+            .iter()
+            .zip(&before)
+            .all(|(n, b)| n - b < 3 * STEP as u64 * 150);
+        if blocked {
+            break;
+        }
+        before = now;
+    }
+    flood(&server, more / 3, "f", 4);
+    tasks += more / 3;
+    let rss = server.rss_kib();
+    (tasks, rss, server, streams)
+}
+
+/// Returns the RSS (KiB) of a server without streams after `tasks` tasks.
+fn rss_without_streams(tasks: usize) -> u64 {
+    let server = Server::start(&[]);
+    flood(&server, tasks, "f", 4);
+    server.rss_kib()
 }
 
 /// Reads a stream that was stalled: whether it ends with `lagged` (rather
@@ -801,15 +879,17 @@ fn bench_memory_per_subscriber() {
         "idle subscribers: RSS {alone} KiB alone, {with} KiB with 100: {:.1} KiB each",
         (with as f64 - alone as f64) / 100.0
     );
-    // 1,500 events, which the kernel's buffers take in; then enough to
-    // block every stalled stream and put it past its backlog's limits.
-    for tasks in [500, tasks_to_lag()] {
-        let (without, _a, _) = rss_with_stalled(0, tasks);
-        let (with, _b, mut stalled) = rss_with_stalled(20, tasks);
+    // Blocked streams with about 600 to 900 events waiting each, then with
+    // 1,500 (past the 1,000 of a backlog: the stream is marked lagged and
+    // its backlog dropped), against a server that made the same tasks.
+    // The server renders an event once for all the backlogs that hold it.
+    for more in [600, 1500] {
+        let (tasks, with, _server, mut stalled) = rss_with_stalled(20, more);
+        let without = rss_without_streams(tasks);
         let lagged = stalled.iter_mut().map(ends_lagged).filter(|&l| l).count();
         println!(
-            "20 stalled subscribers after {} events: RSS {without} KiB without, {with} KiB with: \
-             {:.1} KiB each ({lagged} of 20 lagged)",
+            "20 stalled subscribers, blocked, then {more} more events ({} in all): RSS \
+             {without} KiB without them, {with} KiB with: {:.1} KiB each ({lagged} of 20 lagged)",
             3 * tasks,
             (with as f64 - without as f64) / 20.0
         );

@@ -174,11 +174,18 @@ fn schedules_lists_every_schedule_with_its_next_firing() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let before = now_ms();
     let server = Server::start(&args);
-    let r = server.get("/schedules");
-    let after = now_ms();
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let list = r.json()["schedules"].as_array().unwrap().clone();
+    // The scheduler sets `next_at` as it starts, a moment after the
+    // listener; until then it is null.
+    let (list, after) = eventually("every schedule's next firing", || {
+        let r = server.get("/schedules");
+        let after = now_ms();
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        let list = r.json()["schedules"].as_array().unwrap().clone();
+        list.iter()
+            .all(|s| !s["next_at"].is_null())
+            .then_some((list, after))
+    });
     let names: Vec<&str> = list.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["tick", "c0", "c1", "c2", "c3", "c4"]);
     for s in &list {
@@ -196,7 +203,7 @@ fn schedules_lists_every_schedule_with_its_next_firing() {
         assert_eq!(s["last_at"], Value::Null, "{s}");
         assert_eq!(s["last_task"], Value::Null, "{s}");
         assert_eq!(s["skipped"], 0, "{s}");
-        // The server computed it at its start, between `before` and `after`.
+        // The server computed it as it started, between `before` and `after`.
         let next = epoch_millis(&s["next_at"]);
         assert!(
             next == next_cron(spec, before) || next == next_cron(spec, after),
@@ -312,7 +319,10 @@ fn firings_missed_while_down_are_not_made_up() {
     std::thread::sleep(Duration::from_secs(4));
     let restarted = now_ms();
     let server = Server::start(&args);
-    let s = schedule(&server, "beat");
+    let s = eventually("the schedule's next firing", || {
+        let s = schedule(&server, "beat");
+        (!s["next_at"].is_null()).then_some(s)
+    });
     let before = labelled(&server, "beat");
     // The last task it made is remembered; its next firing is a whole
     // interval after the start, not at once.

@@ -615,25 +615,6 @@ fn a_subscriber_that_never_reads_lags_while_one_that_reads_gets_everything() {
     assert!(read < 3 * tasks, "it read all {read} events");
 }
 
-#[test]
-#[ignore = "server bug: a stream whose client reads at once is told `lagged` when 1,200 \
-            tasks are pipelined on 4 connections"]
-fn a_stream_that_reads_is_not_lagged_by_a_pipelined_burst() {
-    // 3,600 events, some 650 KB: far less than the kernel's buffers take
-    // for a client that reads. A slow subscriber lags; this one is not slow.
-    let tasks = 1200;
-    let server = Server::start(&["--buffer", "2000"]);
-    let mut reader = server.events("");
-    std::thread::scope(|scope| {
-        let reading = scope.spawn(move || read_all(&mut reader, 3 * tasks));
-        let statuses = server.pipeline("/tasks", tasks, 4, |_| {
-            r#"{"task_id": "f", "work_duration": "0s"}"#.into()
-        });
-        assert_eq!(statuses.get(&202), Some(&tasks), "{statuses:?}");
-        reading.join().unwrap();
-    });
-}
-
 /// Label bytes of the tasks that make large events: 32 such events pass
 /// 256 KiB, and the few a busy moment makes before a stream that reads
 /// takes them stay well below.

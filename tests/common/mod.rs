@@ -896,4 +896,3 @@ fn parse_event(text: &[u8]) -> Event {
         text,
     }
 }
-

@@ -2401,7 +2401,13 @@ impl Queue {
 /// `_done` is dropped when the worker ends: `main` learns that every worker
 /// has ended when its receiver reports that all senders are gone.
 async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
+    let mut run = 0;
     while let Some(work) = next_work(&shared, q).await {
+        run += 1;
+        if run % BURST == 0 {
+            // A worker whose channel is never empty never waits: see BURST.
+            future::yield_now().await;
+        }
         let id = work.id;
         debug!("task {id} attempt {} started", work.attempt);
         let outcome = attempt(&shared, &work).await;
@@ -2416,6 +2422,19 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
         shared.store().end_attempt(id.num, q, outcome);
     }
 }
+
+/// How many tasks a worker runs, or requests a connection serves, in a row
+/// before it lets the executor run its other tasks.
+///
+/// An executor cannot preempt a task: a task keeps its thread until it
+/// returns "not yet", which it does only when it waits for something. A
+/// worker whose channel always has a job ready, or a connection whose
+/// pipelined requests have all arrived, never waits, and would keep its
+/// thread for the whole burst — while an event stream fell behind and the
+/// listener left new connections unaccepted. Every `BURST` items they
+/// yield (`future::yield_now` returns "not yet" once, its task queued
+/// again at the back), so others get their turn at a small cost.
+const BURST: usize = 4;
 
 /// Takes the next task from queue `q`'s channel and begins its attempt;
 /// `None` once shutdown has begun. A task taken while the queue is paused
@@ -2501,14 +2520,9 @@ enum Due {
 async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
     use std::cmp::Reverse;
     let mut due = std::collections::BinaryHeap::new();
-    {
-        let now = now_millis();
-        let mut store = shared.store();
-        for (i, config) in shared.config.schedules.iter().enumerate() {
-            if let Some(at) = next_firing(&config.spec, now) {
-                store.schedules[i].next_at = at;
-                due.push(Reverse((at, Due::Schedule(i))));
-            }
+    for (i, state) in shared.store().schedules.iter().enumerate() {
+        if state.next_at != 0 {
+            due.push(Reverse((state.next_at, Due::Schedule(i))));
         }
     }
     loop {
@@ -3013,7 +3027,8 @@ fn next_bit(bits: u64, from: u64) -> Option<u64> {
 struct ScheduleState {
     /// Its name.
     name: Arc<str>,
-    /// When it fires next, ms since the epoch; 0 before the scheduler starts.
+    /// When it fires next, ms since the epoch (0: never, past the end of
+    /// time as a u64 counts it).
     next_at: u64,
     /// When it last fired, ms since the epoch; 0 if it has not.
     last_at: u64,
@@ -3027,11 +3042,12 @@ struct ScheduleState {
 }
 
 impl ScheduleState {
-    /// A schedule's state at start: nothing fired yet.
+    /// A schedule's state at start: nothing fired yet, the first firing the
+    /// next one due from now (missed ones are not made up).
     fn new(config: &ScheduleConfig) -> ScheduleState {
         ScheduleState {
             name: config.name.clone(),
-            next_at: 0,
+            next_at: next_firing(&config.spec, now_millis()).unwrap_or(0),
             last_at: 0,
             last_task: 0,
             created: 0,
@@ -6872,7 +6888,7 @@ impl Connection {
         in_flight: &async_channel::WeakSender<()>,
     ) -> Result<(), Close> {
         let mut deadline = accepted + HEAD_TIMEOUT;
-        let mut first = true;
+        let (mut first, mut served) = (true, 0);
         loop {
             if self.buf.is_empty() {
                 self.flush(shared).await?;
@@ -6918,6 +6934,11 @@ impl Connection {
                 // A client that pipelines requests without reading the
                 // answers: its next request waits until these are out.
                 self.flush(shared).await?;
+            }
+            served += 1;
+            if served % BURST == 0 {
+                // Pipelined requests read already never wait: see BURST.
+                future::yield_now().await;
             }
         }
     }

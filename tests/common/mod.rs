@@ -719,3 +719,180 @@ pub fn spread(samples: &mut [Duration]) -> String {
         samples.len()
     )
 }
+
+/// An open `GET /events` stream (SPEC §11), read one event at a time. It
+/// checks the framing as it reads: every chunk's size is right and holds
+/// exactly one whole event or comment.
+pub struct EventStream {
+    /// The connection.
+    pub stream: TcpStream,
+    /// The answer's status line and headers.
+    pub head: Response,
+    /// Bytes read and not yet taken as events.
+    buf: Vec<u8>,
+    /// Whether the body is chunked (HTTP/1.1) or ends at close (HTTP/1.0).
+    chunked: bool,
+}
+
+/// One event of a stream: `name` is `""` for a comment (`: keep-alive`),
+/// whose `data` is null.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub name: String,
+    pub data: serde_json::Value,
+    /// The event's text as sent, blank line included.
+    pub text: String,
+}
+
+/// What a stream said next.
+#[derive(Debug)]
+pub enum Next {
+    /// An event or a comment.
+    Event(Event),
+    /// The zero-length chunk that ends a chunked body.
+    End,
+    /// The connection closed (the end of an HTTP/1.0 stream).
+    Closed,
+    /// Nothing whole came in the time given.
+    Silent,
+}
+
+impl Server {
+    /// Opens `GET /events{query}` and reads its head, which must be a `200`.
+    pub fn events(&self, query: &str) -> EventStream {
+        let request = format!("GET /events{query} HTTP/1.1\r\nHost: t\r\n\r\n");
+        EventStream::open(self.connect(), request.as_bytes())
+    }
+}
+
+impl EventStream {
+    /// Sends `request` (a `GET /events`) and reads the answer's head, which
+    /// must be a `200`.
+    pub fn open(mut stream: TcpStream, request: &[u8]) -> EventStream {
+        stream.write_all(request).unwrap();
+        let head = read_head(&mut stream).expect("the stream's head");
+        assert_eq!(head.status, 200, "{head:?}");
+        let chunked = head.header("transfer-encoding") == Some("chunked");
+        EventStream {
+            stream,
+            head,
+            buf: Vec::new(),
+            chunked,
+        }
+    }
+
+    /// Reads the next event, failing the test if none comes within
+    /// [`PATIENCE`] or the stream ends.
+    pub fn event(&mut self) -> Event {
+        match self.next(PATIENCE) {
+            Next::Event(event) => event,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    /// Reads events until one named `name`, which it returns.
+    pub fn until(&mut self, name: &str) -> Event {
+        loop {
+            let event = self.event();
+            if event.name == name {
+                return event;
+            }
+        }
+    }
+
+    /// Reads what the stream says next, waiting at most `within`.
+    pub fn next(&mut self, within: Duration) -> Next {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(next) = self.take() {
+                return next;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Next::Silent;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 1 << 16];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    assert!(
+                        self.buf.is_empty(),
+                        "closed inside a chunk: {:?}",
+                        self.rest()
+                    );
+                    return Next::Closed;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("reading the stream: {e}"),
+            }
+        }
+    }
+
+    /// Takes one whole chunk (or, unchunked, one event) from what was read.
+    fn take(&mut self) -> Option<Next> {
+        if !self.chunked {
+            let end = self.buf.windows(2).position(|w| w == b"\n\n")? + 2;
+            let text: Vec<u8> = self.buf.drain(..end).collect();
+            return Some(Next::Event(parse_event(&text)));
+        }
+        let line_end = self.buf.windows(2).position(|w| w == b"\r\n")?;
+        let line = std::str::from_utf8(&self.buf[..line_end]).unwrap();
+        let size = usize::from_str_radix(line, 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {:?}", self.rest()));
+        let start = line_end + 2;
+        if self.buf.len() < start + size + 2 {
+            return None;
+        }
+        assert_eq!(
+            &self.buf[start + size..start + size + 2],
+            b"\r\n",
+            "a chunk's size is wrong: {:?}",
+            self.rest()
+        );
+        let text: Vec<u8> = self.buf[start..start + size].to_vec();
+        self.buf.drain(..start + size + 2);
+        Some(match size {
+            0 => Next::End,
+            _ => Next::Event(parse_event(&text)),
+        })
+    }
+
+    /// Returns what was read and not taken, for messages.
+    fn rest(&self) -> String {
+        String::from_utf8_lossy(&self.buf).into_owned()
+    }
+}
+
+/// Parses one event's text, which must be exactly one event (`event:`
+/// and `data:` lines) or one comment, ended by a blank line.
+fn parse_event(text: &[u8]) -> Event {
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let body = text
+        .strip_suffix("\n\n")
+        .unwrap_or_else(|| panic!("a chunk that is not one whole event: {text:?}"));
+    assert!(!body.contains("\n\n"), "two events in one chunk: {text:?}");
+    if body.starts_with(':') {
+        assert!(!body.contains('\n'), "a comment of many lines: {text:?}");
+        return Event {
+            name: String::new(),
+            data: serde_json::Value::Null,
+            text,
+        };
+    }
+    let (name, data) = body
+        .strip_prefix("event: ")
+        .and_then(|rest| rest.split_once("\ndata: "))
+        .unwrap_or_else(|| panic!("not an event: {text:?}"));
+    assert!(!data.contains('\n'), "data of many lines: {text:?}");
+    let data = serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    Event {
+        name: name.to_string(),
+        data,
+        text,
+    }
+}

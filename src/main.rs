@@ -5706,7 +5706,9 @@ fn start_time(run_at: Option<&str>, delay: Option<&str>) -> Result<u64, String> 
         (Some(_), Some(_)) => return Err("run_at and delay cannot be used together".into()),
         (Some(text), None) => match parse_rfc3339(text) {
             Some(ms) if ms > 0 => ms as u64,
-            Some(_) => return Err("run_at must be a time after 1970".into()),
+            // In the past, so at once; the store counts time from 1970, so
+            // such a run_at is not kept.
+            Some(_) => return Ok(0),
             None => {
                 return Err(
                     "run_at must be an RFC 3339 time such as \"2026-12-01T03:00:00Z\"".into(),

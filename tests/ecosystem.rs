@@ -284,7 +284,6 @@ fn an_unreachable_notify_socket_is_logged_and_the_server_runs_on() {
 }
 
 #[test]
-#[ignore = "server bug: a run_at at or before 1970-01-01T00:00:00Z is a 400, not 'at once' (found by Schemathesis' date-time values)"]
 fn a_run_at_before_1970_is_in_the_past_and_means_at_once() {
     let server = Server::start(&[]);
     for run_at in [

@@ -679,14 +679,6 @@ fn bad_queues_and_times_are_refused_with_a_sentence_and_store_nothing() {
         (json!({"delay": "soon"}), delay),
         (json!({"delay": "10"}), delay),
         (json!({"delay": 10}), "failed to read POST body"),
-        (
-            json!({"run_at": "1969-12-31T23:59:59Z"}),
-            "run_at must be a time after 1970",
-        ),
-        (
-            json!({"run_at": "0001-01-01T00:00:00Z"}),
-            "run_at must be a time after 1970",
-        ),
     ];
     for (mut body, sentence) in cases {
         body["work_duration"] = json!("0s");

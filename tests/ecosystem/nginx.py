@@ -231,6 +231,10 @@ def main():
 
     with ThreadPoolExecutor(len(ids)) as pool:
         list(pool.map(check_id, ids))
+    for path in ["/tasks", "/tasks/"]:
+        status, _, answer = request(proxy, "GET", path)
+        if status != 200 or "tasks" not in answer:
+            fail(f"the list {path} through nginx: {status} {answer}")
     for path in ["/tasks/z_AAAAAAAAA", "/tasks/AAAAAAAAA", f"/tasks/a_{ids[0][-9:]}x"]:
         status, _, answer = request(proxy, "GET", path)
         if status != 404 or answer != {"error": "task not found"}:

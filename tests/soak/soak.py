@@ -16,7 +16,9 @@ state is exercised):
         --pid SERVER_PID
 
 To see where the heap goes, start the server under `heaptrack` and pass
-the pid of the bgtasks process itself (heaptrack's child), not heaptrack's.
+the pid of the bgtasks process itself (heaptrack's child), not heaptrack's;
+stop it with SIGTERM, then `heaptrack_print` gives the peak and what is
+left at exit, and tests/soak/heap_by_minute.py what is live minute by minute.
 
 The load, each part in its own thread at its own pace (standard library
 only, raw HTTP/1.1 over keep-alive sockets):

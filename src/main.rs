@@ -1456,14 +1456,32 @@ fn write_timestamp(out: &mut Vec<u8>, millis: u64) {
     let secs = millis / 1000;
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let t = secs % 86_400;
-    let _ = write!(
-        VecWriter(out),
-        "\"{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z\"",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
-        millis % 1000
-    );
+    // Tuning: every status answer and event has a few of these, and
+    // placing digits in a template costs a fraction of `write!`'s
+    // formatting.
+    let mut text = *b"\"0000-00-00T00:00:00.000Z\"";
+    let fields = [
+        (1..5, year.rem_euclid(10_000) as u64),
+        (6..8, u64::from(month)),
+        (9..11, u64::from(day)),
+        (12..14, t / 3600),
+        (15..17, t / 60 % 60),
+        (18..20, t % 60),
+        (21..24, millis % 1000),
+    ];
+    for (place, mut n) in fields {
+        for digit in text[place].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    if year < 10_000 {
+        out.extend_from_slice(&text);
+    } else {
+        // Past the year 9999 (a clock set wrong) the year is wider.
+        let _ = write!(VecWriter(out), "\"{year}");
+        out.extend_from_slice(&text[5..]);
+    }
 }
 
 /// Parses an RFC 3339 timestamp with any offset, such as
@@ -1763,6 +1781,8 @@ struct Store {
     journal: Option<JournalSender>,
     /// The `/events` streams: each is told of every change.
     subscribers: Vec<Subscriber>,
+    /// Where their events are rendered, kept to spare an allocation each.
+    event_buf: Vec<u8>,
     /// The id prefix in force from each id on, in id order: those of
     /// tasks replayed from the journal, then `--node`'s from this run's
     /// first id. A prefix changes only across restarts, so ranges do.
@@ -1793,6 +1813,7 @@ impl Store {
             draining: false,
             journal: None,
             subscribers: Vec::new(),
+            event_buf: Vec::new(),
             nodes: vec![(0, config.node)],
         }
     }
@@ -6556,7 +6577,7 @@ struct Feed {
 #[derive(Debug, Default)]
 struct Backlog {
     /// Rendered `task` events, oldest first.
-    events: VecDeque<Arc<str>>,
+    events: VecDeque<Arc<[u8]>>,
     /// Their bytes.
     bytes: usize,
     /// Whether the stats have changed since the stream last took.
@@ -6594,7 +6615,7 @@ impl Feed {
     /// Adds an event (`None`: only the stats changed) and rings. Past the
     /// backlog's limits the backlog is dropped and the stream marked as
     /// lagged: it is told so, and ends.
-    fn push(&self, event: Option<&Arc<str>>) {
+    fn push(&self, event: Option<&Arc<[u8]>>) {
         let mut backlog = self.backlog();
         backlog.changed = true;
         if let Some(event) = event
@@ -6618,9 +6639,16 @@ impl Feed {
         let _ = self.bell.try_send(());
     }
 
-    /// Takes what waits.
-    fn take(&self) -> Backlog {
-        std::mem::take(&mut *self.backlog())
+    /// Takes what waits into `taken`, whose emptied queue of events the
+    /// backlog keeps for the next ones: a stream that keeps up allocates
+    /// nothing for them.
+    fn take(&self, taken: &mut Backlog) {
+        taken.events.clear();
+        let mut backlog = self.backlog();
+        std::mem::swap(&mut backlog.events, &mut taken.events);
+        taken.bytes = std::mem::take(&mut backlog.bytes);
+        taken.changed = std::mem::take(&mut backlog.changed);
+        taken.lagged = std::mem::take(&mut backlog.lagged);
     }
 }
 
@@ -6633,15 +6661,17 @@ impl Store {
         if self.subscribers.is_empty() {
             return;
         }
+        let mut buf = std::mem::take(&mut self.event_buf);
         let task = &self.tasks[i];
         let mut event = None;
         for subscriber in &self.subscribers {
             let wanted = subscriber.filter.matches(task);
             if wanted && event.is_none() {
-                event = Some(task_event(task, self.names(task)));
+                event = Some(task_event(&mut buf, task, self.names(task)));
             }
             subscriber.feed.push(event.as_ref().filter(|_| wanted));
         }
+        self.event_buf = buf;
     }
 
     /// Tells every stream that the stats changed.
@@ -6652,33 +6682,30 @@ impl Store {
     }
 }
 
-/// Renders a task's `task` event: `event:` and `data:` lines, and the
-/// blank line that ends it.
-fn task_event(task: &Task, names: Names) -> Arc<str> {
-    let mut out = Vec::with_capacity(256);
+/// Renders a task's `task` event in `out`: `event:` and `data:` lines,
+/// and the blank line that ends it.
+fn task_event(out: &mut Vec<u8>, task: &Task, names: Names) -> Arc<[u8]> {
+    out.clear();
     out.extend_from_slice(b"event: task\ndata: {\"id\": ");
-    names.id.write_json(&mut out);
+    names.id.write_json(out);
     out.extend_from_slice(b", \"task_id\": ");
-    write_json_opt(&mut out, task.label.as_ref().map(Text::as_str));
+    write_json_opt(out, task.label.as_ref().map(Text::as_str));
     out.extend_from_slice(b", \"kind\": ");
-    write_json_str(&mut out, task.kind());
+    write_json_str(out, task.kind());
     out.extend_from_slice(b", \"queue\": ");
-    write_json_str(&mut out, names.queue);
+    write_json_str(out, names.queue);
+    out.extend_from_slice(b", \"state\": \"");
+    out.extend_from_slice(task.state.name().as_bytes());
     let _ = write!(
-        VecWriter(&mut out),
-        ", \"state\": \"{}\", \"attempt\": {}, \"progress\": ",
-        task.state.name(),
+        VecWriter(out),
+        "\", \"attempt\": {}, \"progress\": ",
         task.attempt
     );
-    write_raw_opt(
-        &mut out,
-        task.extra.as_ref().and_then(|e| e.progress.as_deref()),
-    );
+    write_raw_opt(out, task.extra.as_ref().and_then(|e| e.progress.as_deref()));
     out.extend_from_slice(b", \"at\": ");
-    write_timestamp(&mut out, now_millis());
+    write_timestamp(out, now_millis());
     out.extend_from_slice(b"}\n\n");
-    // Every part is UTF-8: JSON written from strs.
-    String::from_utf8_lossy(&out).into()
+    Arc::from(&out[..])
 }
 
 /// Appends the `stats` event: counts, queues and the counters.
@@ -7072,23 +7099,35 @@ impl Connection {
     async fn stream_events(&mut self, shared: &Shared, events: Events<'_>) -> Result<(), Close> {
         let mut frame = Vec::with_capacity(1024);
         write_stats_event(&mut frame, shared);
-        events.write(&mut self.out, &frame);
+        events.write(&mut self.out, [&frame[..]]);
         self.flush(shared).await?;
         let (mut last_stats, mut last_write) = (Instant::now(), Instant::now());
         let mut changed = false;
+        let mut backlog = Backlog::default();
+        // Tuning: one timer, moved only when it must ring sooner or has
+        // rung. A stream busy with events writes often and so pushes its
+        // keep-alive back each time; setting the timer each time would be
+        // a reactor call per write, while a timer left early rings once
+        // for nothing and is set again.
+        let mut timer_at = last_write + KEEP_ALIVE;
+        let (mut timer, mut timer_rang) = (Timer::at(timer_at), false);
         loop {
             let keep_alive = last_write + KEEP_ALIVE;
             let until = match changed {
                 true => keep_alive.min(last_stats + STATS_EVERY),
                 false => keep_alive,
             };
+            if timer_rang || until < timer_at {
+                timer.set_at(until);
+                (timer_at, timer_rang) = (until, false);
+            }
             let wake = {
                 let rung = async {
                     let _ = events.feed.rung.recv().await;
                     Wake::Rung
                 };
                 let timer = async {
-                    Timer::at(until).await;
+                    (&mut timer).await;
                     Wake::Timer
                 };
                 let shutdown = async {
@@ -7106,12 +7145,10 @@ impl Connection {
             match wake {
                 Wake::Shutdown => return self.end_events(shared, &events, "shutdown").await,
                 Wake::Gone => return Err(Close::Gone),
-                Wake::Timer => {}
+                Wake::Timer => timer_rang = true,
                 Wake::Rung => {
-                    let backlog = events.feed.take();
-                    for event in &backlog.events {
-                        events.write(&mut self.out, event.as_bytes());
-                    }
+                    events.feed.take(&mut backlog);
+                    events.write(&mut self.out, backlog.events.iter().map(|e| &e[..]));
                     changed |= backlog.changed;
                     lagged = backlog.lagged;
                 }
@@ -7120,14 +7157,14 @@ impl Connection {
             if changed && now >= last_stats + STATS_EVERY {
                 frame.clear();
                 write_stats_event(&mut frame, shared);
-                events.write(&mut self.out, &frame);
+                events.write(&mut self.out, [&frame[..]]);
                 (changed, last_stats) = (false, now);
             }
             if lagged {
                 return self.end_events(shared, &events, "lagged").await;
             }
             if self.out.is_empty() && now >= keep_alive {
-                events.write(&mut self.out, b": keep-alive\n\n");
+                events.write(&mut self.out, [&b": keep-alive\n\n"[..]]);
             }
             if !self.out.is_empty() {
                 self.flush(shared).await?;
@@ -7143,10 +7180,8 @@ impl Connection {
         events: &Events<'_>,
         name: &str,
     ) -> Result<(), Close> {
-        events.write(
-            &mut self.out,
-            format!("event: {name}\ndata: {{}}\n\n").as_bytes(),
-        );
+        let event = format!("event: {name}\ndata: {{}}\n\n");
+        events.write(&mut self.out, [event.as_bytes()]);
         if events.chunked {
             self.out.extend_from_slice(b"0\r\n\r\n");
         }
@@ -7521,12 +7556,24 @@ struct Events<'a> {
 }
 
 impl Events<'_> {
-    /// Appends an event to the output, as a chunk of its own.
-    fn write(&self, out: &mut Vec<u8>, event: &[u8]) {
-        if self.chunked {
-            let _ = write!(VecWriter(out), "{:x}\r\n", event.len());
+    /// Appends events to the output, as one chunk (SSE readers see only
+    /// the events; one chunk for all that waited spares a chunk's framing
+    /// each).
+    fn write<'e, I>(&self, out: &mut Vec<u8>, events: I)
+    where
+        I: IntoIterator<Item = &'e [u8]>,
+        I::IntoIter: Clone,
+    {
+        let events = events.into_iter();
+        let len: usize = events.clone().map(<[u8]>::len).sum();
+        // An empty chunk would end the body.
+        if len == 0 {
+            return;
         }
-        out.extend_from_slice(event);
+        if self.chunked {
+            let _ = write!(VecWriter(out), "{len:x}\r\n");
+        }
+        events.for_each(|event| out.extend_from_slice(event));
         if self.chunked {
             out.extend_from_slice(b"\r\n");
         }
@@ -8256,6 +8303,7 @@ mod tests {
             (1_796_000_000_000, "\"2026-11-30T00:53:20.000Z\""),
             (4_102_444_800_000, "\"2100-01-01T00:00:00.000Z\""),
             (253_402_300_799_999, "\"9999-12-31T23:59:59.999Z\""),
+            (253_402_300_800_000, "\"10000-01-01T00:00:00.000Z\""),
         ];
         for &(millis, expected) in cases {
             let mut out = Vec::new();

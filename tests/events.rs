@@ -87,7 +87,7 @@ fn socket_capacity() -> usize {
 }
 
 #[test]
-fn the_stream_is_chunked_with_one_event_a_chunk_and_exact_headers() {
+fn the_stream_is_chunked_with_whole_events_in_each_chunk_and_exact_headers() {
     let server = Server::start(&[]);
     let mut stream = server.events("");
     let head = &stream.head;
@@ -111,7 +111,7 @@ fn the_stream_is_chunked_with_one_event_a_chunk_and_exact_headers() {
         .iter()
         .map(|l| submit(&server, json!({"task_id": l, "work_duration": "0s"})))
         .collect();
-    // Every chunk read is checked to be exactly one whole event.
+    // Every chunk read is checked to hold whole events: none is split.
     let events = task_events(&mut stream, |events| {
         ids.iter().all(|id| saw(events, id, "succeeded"))
     });

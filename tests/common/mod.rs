@@ -730,6 +730,8 @@ pub struct EventStream {
     pub head: Response,
     /// Bytes read and not yet taken as events.
     buf: Vec<u8>,
+    /// Events of a chunk read and not yet taken.
+    pending: std::collections::VecDeque<Event>,
     /// Whether the body is chunked (HTTP/1.1) or ends at close (HTTP/1.0).
     chunked: bool,
 }
@@ -777,6 +779,7 @@ impl EventStream {
             stream,
             head,
             buf: Vec::new(),
+            pending: std::collections::VecDeque::new(),
             chunked,
         }
     }
@@ -833,8 +836,12 @@ impl EventStream {
         }
     }
 
-    /// Takes one whole chunk (or, unchunked, one event) from what was read.
+    /// Takes one event from what was read: from a whole chunk (which must
+    /// hold whole events, one or more) or, unchunked, up to a blank line.
     fn take(&mut self) -> Option<Next> {
+        if let Some(event) = self.pending.pop_front() {
+            return Some(Next::Event(event));
+        }
         if !self.chunked {
             let end = self.buf.windows(2).position(|w| w == b"\n\n")? + 2;
             let text: Vec<u8> = self.buf.drain(..end).collect();
@@ -856,10 +863,19 @@ impl EventStream {
         );
         let text: Vec<u8> = self.buf[start..start + size].to_vec();
         self.buf.drain(..start + size + 2);
-        Some(match size {
-            0 => Next::End,
-            _ => Next::Event(parse_event(&text)),
-        })
+        if size == 0 {
+            return Some(Next::End);
+        }
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.ends_with("\n\n"),
+            "a chunk that is not whole events: {text:?}"
+        );
+        self.pending.extend(
+            text.split_inclusive("\n\n")
+                .map(|event| parse_event(event.as_bytes())),
+        );
+        self.pending.pop_front().map(Next::Event)
     }
 
     /// Returns what was read and not taken, for messages.
@@ -874,8 +890,8 @@ fn parse_event(text: &[u8]) -> Event {
     let text = String::from_utf8(text.to_vec()).unwrap();
     let body = text
         .strip_suffix("\n\n")
-        .unwrap_or_else(|| panic!("a chunk that is not one whole event: {text:?}"));
-    assert!(!body.contains("\n\n"), "two events in one chunk: {text:?}");
+        .unwrap_or_else(|| panic!("not one whole event: {text:?}"));
+    assert!(!body.contains("\n\n"), "two events as one: {text:?}");
     if body.starts_with(':') {
         assert!(!body.contains('\n'), "a comment of many lines: {text:?}");
         return Event {

@@ -496,6 +496,23 @@ impl Rss<'_> {
             last = now;
         }
     }
+
+    /// Waits for RSS to settle, prints what `what` cost over `base`, and
+    /// checks that its peak stayed under [`MAX_GROWTH_KIB`].
+    fn check_growth(&mut self, what: &str, base: u64) {
+        let settled = self.settle();
+        let peak = self.peak;
+        eprintln!(
+            "{what}: RSS base {base} KiB, settled {settled} KiB (+{} KiB), peak {peak} KiB (+{} KiB)",
+            settled.saturating_sub(base),
+            peak - base
+        );
+        assert!(
+            peak - base < MAX_GROWTH_KIB,
+            "{what}: RSS grew by {} KiB",
+            peak - base
+        );
+    }
 }
 
 /// The most RSS the stalled readers may add (issue 13).
@@ -527,18 +544,7 @@ fn fifty_readers_that_never_read_a_list_of_large_tasks_cost_under_32_mb() {
         rss.sample();
         (answered.count() >= 50).then_some(())
     });
-    let settled = rss.settle();
-    eprintln!(
-        "50 stalled list readers: RSS base {base} KiB, settled {settled} KiB (+{} KiB), peak {} KiB (+{} KiB)",
-        settled.saturating_sub(base),
-        rss.peak,
-        rss.peak - base
-    );
-    assert!(
-        rss.peak - base < MAX_GROWTH_KIB,
-        "RSS grew by {} KiB",
-        rss.peak - base
-    );
+    rss.check_growth("50 stalled list readers", base);
     drop(stalled);
 
     // Ten clients each pipeline fifty list requests and never read.
@@ -562,19 +568,8 @@ fn fifty_readers_that_never_read_a_list_of_large_tasks_cost_under_32_mb() {
         }
         (now >= 10 && last.1.elapsed() >= Duration::from_secs(1)).then_some(now)
     });
-    let settled = rss.settle();
-    eprintln!(
-        "10 stalled pipeliners × 50 lists: {} answered; RSS base {base} KiB, settled {settled} KiB (+{} KiB), peak {} KiB (+{} KiB)",
-        last.0,
-        settled.saturating_sub(base),
-        rss.peak,
-        rss.peak - base
-    );
-    assert!(
-        rss.peak - base < MAX_GROWTH_KIB,
-        "RSS grew by {} KiB",
-        rss.peak - base
-    );
+    let what = format!("10 stalled pipeliners × 50 lists, {} answered", last.0);
+    rss.check_growth(&what, base);
     drop(pipelined);
 
     assert_eq!(server.get("/healthz").status, 200);

@@ -106,18 +106,6 @@ fn submit_kind(server: &Server, kind: &str, members: Value) -> String {
     r.json()["id"].as_str().unwrap().to_string()
 }
 
-/// Waits for a task to reach a terminal state; returns its status.
-fn wait_done(server: &Server, id: &str) -> Value {
-    eventually("the task to finish", || {
-        let task = server.task(id);
-        matches!(
-            task["state"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        )
-        .then_some(task)
-    })
-}
-
 #[test]
 fn a_program_gets_its_payload_environment_and_arguments() {
     let scripts = Scripts::new("payload");
@@ -139,7 +127,7 @@ printf '}\n'"#,
     let payload =
         json!({"file": "a b.png", "sizes": [1, 2.5, null], "nested": {"q": "\"quoted\" \\ back"}});
     let id = submit_kind(&server, "echo", json!({"payload": payload}));
-    let task = wait_done(&server, &id);
+    let task = server.wait_done(&id);
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["kind"], "echo");
     assert!(task["error"].is_null());
@@ -155,10 +143,10 @@ printf '}\n'"#,
 
     // No payload: the program reads `null`.
     let id = submit_kind(&server, "echo", json!({}));
-    assert_eq!(wait_done(&server, &id)["result"]["input"], Value::Null);
+    assert_eq!(server.wait_done(&id)["result"]["input"], Value::Null);
     // Output that is not JSON is kept as a string, bytes as they are.
     let id = submit_kind(&server, "text", json!({"work_duration": "1s"}));
-    assert_eq!(wait_done(&server, &id)["result"], "line one\n\tline two\n");
+    assert_eq!(server.wait_done(&id)["result"], "line one\n\tline two\n");
 }
 
 #[test]
@@ -248,7 +236,7 @@ fn failures_report_stderr_or_how_the_program_ended() {
         ("quiet", "exit status 3"),
         ("killed", "killed by signal 9"),
     ] {
-        let task = wait_done(&server, &submit_kind(&server, kind, json!({})));
+        let task = server.wait_done(&submit_kind(&server, kind, json!({})));
         assert_eq!(
             (task["state"].as_str(), task["error"].as_str()),
             (Some("failed"), Some(error)),
@@ -267,7 +255,7 @@ fn a_program_that_cannot_start_fails_its_attempt_not_the_server() {
     std::fs::remove_file(&gone).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o644)).unwrap();
     for kind in ["gone", "locked"] {
-        let task = wait_done(&server, &submit_kind(&server, kind, json!({})));
+        let task = server.wait_done(&submit_kind(&server, kind, json!({})));
         assert_eq!(task["state"], "failed");
         let error = task["error"].as_str().unwrap();
         assert!(
@@ -287,7 +275,7 @@ fn gigabytes_of_output_cost_only_their_tails() {
     );
     let server = start(&[("chatty", &chatty)], &[]);
     let before = server.rss_kib();
-    let task = wait_done(&server, &submit_kind(&server, "chatty", json!({})));
+    let task = server.wait_done(&submit_kind(&server, "chatty", json!({})));
     let after = server.rss_kib();
     assert_eq!(task["state"], "succeeded");
     let result = task["result"].as_str().unwrap();
@@ -306,10 +294,7 @@ fn a_timeout_fails_the_attempt() {
     let whiny = scripts.write("whiny.sh", "echo 'still working' >&2; sleep 30");
     let server = start(&[("slow", &slow), ("whiny", &whiny)], &[]);
     let started = Instant::now();
-    let task = wait_done(
-        &server,
-        &submit_kind(&server, "slow", json!({"timeout": "300ms"})),
-    );
+    let task = server.wait_done(&submit_kind(&server, "slow", json!({"timeout": "300ms"})));
     assert_eq!(
         (task["state"].as_str(), task["error"].as_str()),
         (Some("failed"), Some("timed out after 300ms"))
@@ -320,14 +305,11 @@ fn a_timeout_fails_the_attempt() {
         "{:?}",
         started.elapsed()
     );
-    let task = wait_done(
-        &server,
-        &submit_kind(&server, "whiny", json!({"timeout": "300ms"})),
-    );
+    let task = server.wait_done(&submit_kind(&server, "whiny", json!({"timeout": "300ms"})));
     assert_eq!(task["error"], "still working\n");
     // The built-in sleep has timeouts too.
     let r = server.post("/tasks", r#"{"work_duration": "10s", "timeout": "200ms"}"#);
-    let task = wait_done(&server, r.json()["id"].as_str().unwrap());
+    let task = server.wait_done(r.json()["id"].as_str().unwrap());
     assert_eq!(
         (task["state"].as_str(), task["error"].as_str()),
         (Some("failed"), Some("timed out after 200ms"))
@@ -398,7 +380,7 @@ echo '"fine"'"#
     );
 
     assert_eq!(server.cancel(&blocker).status, 200);
-    let done = wait_done(&server, &id);
+    let done = server.wait_done(&id);
     assert_eq!(
         (done["state"].as_str(), done["attempt"].as_u64()),
         (Some("succeeded"), Some(3))
@@ -419,7 +401,7 @@ echo '"fine"'"#
     );
 
     let id = submit_kind(&server, "flaky", json!({"max_attempts": 2}));
-    let done = wait_done(&server, &id);
+    let done = server.wait_done(&id);
     assert_eq!(
         (done["state"].as_str(), done["attempt"].as_u64()),
         (Some("failed"), Some(2))
@@ -465,7 +447,7 @@ fn a_task_waiting_for_its_retry_takes_no_queue_slot() {
     // Room comes when the worker takes the queued task: the retry runs
     // after it.
     assert_eq!(server.cancel(&busy).status, 200);
-    let done = wait_done(&server, &id);
+    let done = server.wait_done(&id);
     assert_eq!(
         (done["state"].as_str(), done["attempt"].as_u64()),
         (Some("failed"), Some(3))
@@ -541,7 +523,7 @@ fn no_orphan_or_zombie_outlives_an_attempt() {
         let _ = std::fs::remove_file(scripts.path("pids"));
         let id = submit_kind(&server, "leaver", json!({"timeout": "10s"}));
         let pids = scripts.pids("pids");
-        let task = wait_done(&server, &id);
+        let task = server.wait_done(&id);
         assert_eq!(task["state"], "succeeded", "{task}");
         eventually("the background sleep to be gone", || {
             pids.iter().all(|&p| !exists(p)).then_some(())
@@ -605,7 +587,7 @@ fn shell_metacharacters_in_a_request_are_inert() {
         &body.to_string(),
     );
     assert_eq!(r.status, 202);
-    let task = wait_done(&server, r.json()["id"].as_str().unwrap());
+    let task = server.wait_done(r.json()["id"].as_str().unwrap());
     assert_eq!(
         task["result"], payload,
         "the payload reaches stdin byte for byte"

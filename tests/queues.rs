@@ -42,18 +42,6 @@ fn queue(server: &Server, name: &str) -> Value {
         .clone()
 }
 
-/// Waits for a task to reach a terminal state; returns its status.
-fn wait_done(server: &Server, id: &str) -> Value {
-    eventually("the task to finish", || {
-        let task = server.task(id);
-        matches!(
-            task["state"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        )
-        .then_some(task)
-    })
-}
-
 /// Long-polls a task for `wait`; returns its status and how long the
 /// answer took.
 fn long_poll(server: &Server, id: &str, wait: &str) -> (Value, Duration) {
@@ -228,7 +216,7 @@ fn a_full_queue_refuses_only_its_own_tasks_and_delays_no_other() {
                 json!({"task_id": format!("quick-{i}"), "work_duration": "0s"}),
                 "queued",
             );
-            let task = wait_done(&server, &id);
+            let task = server.wait_done(&id);
             assert_eq!(
                 (&task["state"], &task["queue"]),
                 (&json!("succeeded"), &json!("default"))
@@ -324,7 +312,7 @@ flock 9; n=$(( $(cat count) - 1 )); echo $n > count; flock -u 9"#,
         json!({"kind": "backup", "queue": "default"}),
         "queued",
     );
-    let task = wait_done(&server, &chosen);
+    let task = server.wait_done(&chosen);
     assert_eq!(
         (&task["state"], &task["queue"]),
         (&json!("succeeded"), &json!("default")),
@@ -397,7 +385,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
 
     // The task running when the pause came goes on to succeed.
     std::fs::write(dir.arg("go"), "").unwrap();
-    assert_eq!(wait_done(&server, &running)["state"], "succeeded");
+    assert_eq!(server.wait_done(&running)["state"], "succeeded");
     let (task, _) = long_poll(&server, &first, "300ms");
     assert_eq!(
         task["state"], "queued",
@@ -413,7 +401,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
         0.0
     );
     for id in std::iter::once(&first).chain(&others) {
-        assert_eq!(wait_done(&server, id)["state"], "succeeded");
+        assert_eq!(server.wait_done(id)["state"], "succeeded");
     }
     assert_eq!(queue(&server, "default")["depth"], 0);
 
@@ -456,7 +444,7 @@ fn a_resumed_queue_runs_its_tasks_in_the_order_they_came() {
         .collect();
     assert_eq!(server.post("/queues/default/resume", "").status, 200);
     for id in &ids {
-        assert_eq!(wait_done(&server, id)["state"], "succeeded");
+        assert_eq!(server.wait_done(id)["state"], "succeeded");
     }
     let order: Vec<String> = dir.read("log").lines().map(str::to_string).collect();
     assert_eq!(order, ids, "tasks ran out of order (A, B, C = {ids:?})");
@@ -525,7 +513,7 @@ fn a_delayed_task_waits_scheduled_and_runs_at_its_time() {
     assert_eq!(server.metric("bgtasks_tasks_scheduled"), 1.0);
     assert_eq!(server.metric("bgtasks_queue_depth{queue=\"default\"}"), 0.0);
 
-    let late = check_ran_on_time(&wait_done(&server, &id));
+    let late = check_ran_on_time(&server.wait_done(&id));
     eprintln!("a task delayed by 1s started {late} ms after its run_at");
     assert_eq!(server.metric("bgtasks_tasks_scheduled"), 0.0);
     assert_eq!(server.get("/tasks").json()["counts"]["scheduled"], 0);
@@ -540,7 +528,7 @@ fn a_delayed_task_waits_scheduled_and_runs_at_its_time() {
     );
     let task = server.task(&id);
     assert_eq!(task["run_at"], rfc3339(at, 0), "{task}");
-    let late = check_ran_on_time(&wait_done(&server, &id));
+    let late = check_ran_on_time(&server.wait_done(&id));
     eprintln!("a task with run_at in +05:30 started {late} ms after it");
 
     // A time in the past, or no delay at all, means at once.
@@ -553,7 +541,7 @@ fn a_delayed_task_waits_scheduled_and_runs_at_its_time() {
         let mut body = when.clone();
         body["work_duration"] = json!("0s");
         let id = submit(&server, body, "queued");
-        let task = wait_done(&server, &id);
+        let task = server.wait_done(&id);
         assert_eq!(task["state"], "succeeded", "{when}: {task}");
         if when["run_at"] == "2024-02-29T12:00:00.5-08:00" {
             assert_eq!(task["run_at"], "2024-02-29T20:00:00.500Z");
@@ -608,7 +596,7 @@ fn a_cancelled_scheduled_task_never_runs() {
         json!({"task_id": "witness", "work_duration": "0s", "delay": "1s"}),
         "scheduled",
     );
-    let witness = wait_done(&server, &witness);
+    let witness = server.wait_done(&witness);
     check_ran_on_time(&witness);
     let task = server.task(&doomed);
     assert!(
@@ -739,7 +727,7 @@ fn max_scheduled_refuses_more_delayed_tasks_atomically() {
     assert_eq!(server.metric("bgtasks_tasks_accepted_total"), 2.0);
     // Tasks due at once do not count against it.
     let now = server.submit("0s");
-    assert_eq!(wait_done(&server, &now)["state"], "succeeded");
+    assert_eq!(server.wait_done(&now)["state"], "succeeded");
     // Cancelling one makes room for another.
     assert_eq!(
         server.post(&format!("/tasks/{first}/cancel"), "").status,
@@ -811,7 +799,7 @@ fn scheduled_tasks_and_paused_queues_survive_restarts_and_kill_9() {
 
     // Resuming is remembered too.
     assert_eq!(server.post("/queues/q/resume", "").json()["paused"], false);
-    assert_eq!(wait_done(&server, &held)["state"], "succeeded");
+    assert_eq!(server.wait_done(&held)["state"], "succeeded");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let mut server = Server::start(&args);
@@ -832,7 +820,7 @@ fn scheduled_tasks_and_paused_queues_survive_restarts_and_kill_9() {
     std::thread::sleep(Duration::from_millis(down));
     let restarted = now_ms();
     let server = Server::start(&args);
-    let task = wait_done(&server, &due);
+    let task = server.wait_done(&due);
     assert_eq!(task["state"], "succeeded", "{task}");
     assert!(millis(&task["started_at"]) >= due_at, "{task}");
     assert!(

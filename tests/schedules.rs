@@ -102,14 +102,6 @@ fn terminal(state: &Value) -> bool {
     matches!(state.as_str(), Some("succeeded" | "failed" | "cancelled"))
 }
 
-/// Waits for a task to reach a terminal state; returns its status.
-fn wait_done(server: &Server, id: &str) -> Value {
-    eventually("the task to finish", || {
-        let task = server.task(id);
-        terminal(&task["state"]).then_some(task)
-    })
-}
-
 /// The `--schedule` value of a schedule `NAME=@every 1s` of zero-length
 /// sleeps, with more template members.
 fn every_second(name: &str, more: &str) -> String {
@@ -149,7 +141,7 @@ fn an_every_schedule_makes_tasks_named_after_it_or_labelled_by_its_template() {
     }
     for task in made.0.iter().chain(&made.1) {
         let id = task["id"].as_str().unwrap();
-        assert_eq!(wait_done(&server, id)["state"], "succeeded");
+        assert_eq!(server.wait_done(id)["state"], "succeeded");
     }
     let posted = server.task(&posted);
     assert_eq!(posted["schedule"], Value::Null, "{posted}");
@@ -296,7 +288,7 @@ fn a_full_queue_skips_a_firing() {
     assert_eq!(schedule(&server, "full")["last_task"], Value::Null);
     // With room again, the next firing makes its task.
     assert_eq!(server.post("/queues/q/resume", "").status, 200);
-    assert_eq!(wait_done(&server, &waiting)["state"], "succeeded");
+    assert_eq!(server.wait_done(&waiting)["state"], "succeeded");
     let made = eventually("a firing with room", || {
         labelled(&server, "full").first().cloned()
     });
@@ -504,7 +496,7 @@ fn progress_shows_in_status_and_events_while_it_runs_and_stays_out_of_the_result
         assert_eq!(task["state"], "running", "{task}");
         std::fs::write(dir.path(next), "").unwrap();
     }
-    let task = wait_done(&server, &id);
+    let task = server.wait_done(&id);
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["result"], json!({"ok": true}), "{task}");
     assert_eq!(task["progress"], json!({"done": 3, "of": 3}), "{task}");
@@ -531,7 +523,7 @@ fn progress_shows_in_status_and_events_while_it_runs_and_stays_out_of_the_result
     );
     // Tasks without progress say null.
     let plain = submit(&server, json!({"work_duration": "0s"}));
-    assert_eq!(wait_done(&server, &plain)["progress"], Value::Null);
+    assert_eq!(server.wait_done(&plain)["progress"], Value::Null);
 }
 
 #[test]
@@ -545,7 +537,7 @@ fn a_progress_that_is_not_json_is_a_string_and_a_split_line_is_one_line() {
     let server = with_handler(&dir, script, &[]);
     let mut stream = server.events("?kind=report");
     let id = submit(&server, json!({"kind": "report"}));
-    let task = wait_done(&server, &id);
+    let task = server.wait_done(&id);
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["result"], "done\n", "{task}");
     assert_eq!(task["progress"], json!({"a": 1}), "{task}");
@@ -582,10 +574,10 @@ fn a_10_mib_line_without_a_newline_costs_no_memory() {
     );
     let server = with_handler(&dir, &script, &[]);
     // Once, so that what a first program costs the server is paid.
-    wait_done(&server, &submit(&server, json!({"kind": "report"})));
+    server.wait_done(&submit(&server, json!({"kind": "report"})));
     let before = server.rss_kib();
     let id = submit(&server, json!({"kind": "report"}));
-    let task = wait_done(&server, &id);
+    let task = server.wait_done(&id);
     let peak = peak_rss_kib(&server);
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["progress"], "ok", "{task}");
@@ -619,7 +611,7 @@ fn a_progress_value_past_1_kib_is_ignored() {
     );
     let server = with_handler(&dir, &script, &[]);
     let id = submit(&server, json!({"kind": "report"}));
-    let task = wait_done(&server, &id);
+    let task = server.wait_done(&id);
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["progress"], json!("a".repeat(1022)));
     assert_eq!(task["result"], "done\n");
@@ -633,7 +625,7 @@ fn progress_survives_a_restart_once_the_task_has_finished() {
     let script = "echo '::progress::{\"done\": 2, \"of\": 2}'\necho '{\"ok\": true}'";
     let mut first = with_handler(&dir, script, &["--data-dir", data]);
     let id = submit(&first, json!({"kind": "report"}));
-    let task = wait_done(&first, &id);
+    let task = first.wait_done(&id);
     assert_eq!(task["progress"], json!({"done": 2, "of": 2}), "{task}");
     assert_eq!(first.stop(Signal::TERM).0, Some(0));
     let server = with_handler(&dir, script, &["--data-dir", data]);

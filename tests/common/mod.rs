@@ -259,6 +259,19 @@ impl Server {
         }
     }
 
+    /// Polls a task until it is in a state it never leaves; returns its
+    /// status.
+    pub fn wait_done(&self, id: &str) -> serde_json::Value {
+        eventually("the task to finish", || {
+            let task = self.task(id);
+            matches!(
+                task["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+            .then_some(task)
+        })
+    }
+
     /// Reads one metric's value from `/metrics`.
     pub fn metric(&self, name: &str) -> f64 {
         let body = self.get("/metrics").text();

@@ -1789,7 +1789,8 @@ struct Store {
     nodes: Vec<(u64, &'static str)>,
 }
 
-// How the store journals, takes back and restores tasks is in section 6 (and how it feeds event streams, in section 9).
+// How the store journals, takes back and restores tasks is in section 6;
+// how it feeds event streams, in section 9.
 impl Store {
     /// Creates an empty store for `config`'s queues and limits, sending
     /// what must wait for a time to `due_tx`.
@@ -6831,18 +6832,52 @@ struct Connection {
     /// Held from the first byte of a request until its answer is written,
     /// so that shutdown waits for it.
     busy: Option<Sender<()>>,
-    /// The idle deadline's timer, kept for the connection's whole life.
-    ///
-    /// Tuning: the plain version makes a `Timer::at(deadline)` for each
-    /// wait. Registering an async-io timer wakes the reactor thread (an
-    /// eventfd write, then a read and a new epoll timeout), so one is not
-    /// made per request: this one stays armed, and when it fires before the
-    /// current deadline (the connection was busy meanwhile) it is armed
-    /// again. With the interpolated lookups it took the 202 path from about
-    /// 18 to 10.4 µs of CPU per request.
-    idle: Timer,
-    /// When `idle` is armed to fire.
-    idle_at: Instant,
+    /// The idle deadline's timer (an event stream's too), kept for the
+    /// connection's whole life.
+    idle: Alarm,
+}
+
+/// A timer kept for a connection's whole life and moved only when it must
+/// ring sooner or has rung.
+///
+/// Tuning: the plain version makes a `Timer::at(deadline)` for each wait.
+/// Registering an async-io timer wakes the reactor thread (an eventfd
+/// write, then a read and a new epoll timeout), so one is not made per
+/// request: this one stays armed, and when it rings before the current
+/// deadline (the connection was busy meanwhile) it is armed again. With the
+/// interpolated lookups it took the 202 path from about 18 to 10.4 µs of
+/// CPU per request; an event stream, whose keep-alive moves with every
+/// write, would otherwise move it on every write.
+struct Alarm {
+    /// The timer.
+    timer: Timer,
+    /// When it is armed to ring; `None` once it has rung.
+    at: Option<Instant>,
+}
+
+impl Alarm {
+    /// Makes an alarm that rings at `at`.
+    fn new(at: Instant) -> Alarm {
+        Alarm {
+            timer: Timer::at(at),
+            at: Some(at),
+        }
+    }
+
+    /// Makes it ring by `until`: it moves only if it would ring later, or
+    /// has rung. Ringing early is harmless: the waiter looks at the time.
+    fn arm(&mut self, until: Instant) {
+        if self.at.is_none_or(|at| at > until) {
+            self.timer.set_at(until);
+            self.at = Some(until);
+        }
+    }
+
+    /// Waits for it to ring.
+    async fn rung(&mut self) {
+        (&mut self.timer).await;
+        self.at = None;
+    }
 }
 
 /// An answer to a submission, waiting to learn whether its task was saved.
@@ -6897,8 +6932,7 @@ async fn serve(
         unsaved: Vec::new(),
         barrier: 0,
         busy: first_request,
-        idle: Timer::at(accepted + HEAD_TIMEOUT),
-        idle_at: accepted + HEAD_TIMEOUT,
+        idle: Alarm::new(accepted + HEAD_TIMEOUT),
     };
     if let Err(Close::Error(e)) = conn.serve_requests(&shared, accepted, &in_flight).await {
         let response = Response::error(e.status(), e.message());
@@ -6979,11 +7013,10 @@ impl Connection {
     /// the server drains, so a request sent on it gets its `503`, but
     /// nothing waits for it, and it closes when the process exits.
     async fn wait_readable(&mut self, until: Instant) -> bool {
-        if self.idle_at > until {
-            self.idle.set_at(until);
-            self.idle_at = until;
-        }
         loop {
+            // Armed for an earlier deadline, it rings early when the
+            // connection was busy since, and is armed again.
+            self.idle.arm(until);
             let (stream, idle) = (&self.stream, &mut self.idle);
             // Underneath: `readable` asks the reactor to watch the socket.
             // Polled, it finds no readiness yet, so it leaves this task's
@@ -6996,7 +7029,7 @@ impl Connection {
                 true
             };
             let fired = async {
-                idle.await;
+                idle.rung().await;
                 false
             };
             if future::or(readable, fired).await {
@@ -7005,9 +7038,6 @@ impl Connection {
             if Instant::now() >= until {
                 return false;
             }
-            // Armed for an earlier deadline: the connection was busy since.
-            self.idle.set_at(until);
-            self.idle_at = until;
         }
     }
 
@@ -7104,30 +7134,21 @@ impl Connection {
         let (mut last_stats, mut last_write) = (Instant::now(), Instant::now());
         let mut changed = false;
         let mut backlog = Backlog::default();
-        // Tuning: one timer, moved only when it must ring sooner or has
-        // rung. A stream busy with events writes often and so pushes its
-        // keep-alive back each time; setting the timer each time would be
-        // a reactor call per write, while a timer left early rings once
-        // for nothing and is set again.
-        let mut timer_at = last_write + KEEP_ALIVE;
-        let (mut timer, mut timer_rang) = (Timer::at(timer_at), false);
         loop {
             let keep_alive = last_write + KEEP_ALIVE;
             let until = match changed {
                 true => keep_alive.min(last_stats + STATS_EVERY),
                 false => keep_alive,
             };
-            if timer_rang || until < timer_at {
-                timer.set_at(until);
-                (timer_at, timer_rang) = (until, false);
-            }
+            self.idle.arm(until);
+            let (stream, idle) = (&self.stream, &mut self.idle);
             let wake = {
                 let rung = async {
                     let _ = events.feed.rung.recv().await;
                     Wake::Rung
                 };
                 let timer = async {
-                    (&mut timer).await;
+                    idle.rung().await;
                     Wake::Timer
                 };
                 let shutdown = async {
@@ -7135,7 +7156,7 @@ impl Connection {
                     Wake::Shutdown
                 };
                 let gone = async {
-                    self.client_gone().await;
+                    Self::client_gone(stream).await;
                     Wake::Gone
                 };
                 // Shutdown wins a tie: the stream says so and ends.
@@ -7145,7 +7166,7 @@ impl Connection {
             match wake {
                 Wake::Shutdown => return self.end_events(shared, &events, "shutdown").await,
                 Wake::Gone => return Err(Close::Gone),
-                Wake::Timer => timer_rang = true,
+                Wake::Timer => {}
                 Wake::Rung => {
                     events.feed.take(&mut backlog);
                     events.write(&mut self.out, backlog.events.iter().map(|e| &e[..]));
@@ -7490,7 +7511,7 @@ impl Connection {
                 false
             };
             let gone = async {
-                self.client_gone().await;
+                Self::client_gone(&self.stream).await;
                 None
             };
             match future::or(async { Some(future::or(woke, ended).await) }, gone).await {
@@ -7507,14 +7528,15 @@ impl Connection {
         }
     }
 
-    /// Returns when the client has closed its end; never, if it sends more
-    /// bytes instead (a pipelined request, read after this answer).
-    async fn client_gone(&self) {
+    /// Returns when the client has closed its end of `stream`; never, if
+    /// it sends more bytes instead (a pipelined request, read after this
+    /// answer).
+    async fn client_gone(stream: &Async<TcpStream>) {
         loop {
-            if self.stream.readable().await.is_err() {
+            if stream.readable().await.is_err() {
                 return;
             }
-            match self.stream.get_ref().peek(&mut [0u8; 1]) {
+            match stream.get_ref().peek(&mut [0u8; 1]) {
                 Ok(0) => return,
                 Ok(_) => future::pending::<()>().await,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

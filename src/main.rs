@@ -6516,6 +6516,11 @@ const MAX_BACKLOG_EVENTS: usize = 1000;
 /// lagged: with the events, the most one subscriber can cost.
 const MAX_BACKLOG_BYTES: usize = 256 << 10;
 
+/// The largest buffer of events a stream keeps for the next ones. One that
+/// keeps up takes a few KiB at a time even at saturation; a buffer a burst
+/// made larger is given back rather than held for the stream's life.
+const KEPT_EVENT_BUFFER: usize = 8 << 10;
+
 /// Which `task` events a stream wants: all of the filters it gives.
 #[derive(Debug, Default, PartialEq)]
 struct EventFilter {
@@ -6670,7 +6675,7 @@ impl Feed {
     /// for them. A buffer a burst made large is given back instead.
     fn take(&self, taken: &mut Backlog) {
         taken.events.clear();
-        if taken.events.capacity() > READ_CHUNK {
+        if taken.events.capacity() > KEPT_EVENT_BUFFER {
             taken.events = Vec::new();
         }
         let mut backlog = self.backlog();
@@ -9327,7 +9332,7 @@ mod tests {
         }
         feed.take(&mut taken);
         feed.take(&mut taken);
-        assert!(feed.backlog().events.capacity() <= READ_CHUNK);
+        assert!(feed.backlog().events.capacity() <= KEPT_EVENT_BUFFER);
     }
 
     #[test]

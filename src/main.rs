@@ -6521,6 +6521,15 @@ const MAX_BACKLOG_BYTES: usize = 256 << 10;
 /// made larger is given back rather than held for the stream's life.
 const KEPT_EVENT_BUFFER: usize = 8 << 10;
 
+/// How many events a stream lets gather before it writes them, and how long
+/// it waits for that many. A write is a wake-up and a read for the reader
+/// too: on a busy server, one write per few events costs both sides more
+/// than the events themselves. The bell rings again when this many wait,
+/// so a stream under load never waits out the timer (which, with every
+/// core busy, fires late) and stays far from `MAX_BACKLOG_EVENTS`.
+const GATHER_EVENTS: usize = 128;
+const GATHER_WAIT: Duration = Duration::from_millis(1);
+
 /// Which `task` events a stream wants: all of the filters it gives.
 #[derive(Debug, Default, PartialEq)]
 struct EventFilter {
@@ -6594,7 +6603,8 @@ impl EventFilter {
 struct Feed {
     /// The backlog, locked by the store (under its own lock) and the stream.
     backlog: Mutex<Backlog>,
-    /// Rung when something waits; a ring while one is pending is dropped.
+    /// Rung when something comes to wait, and again when `GATHER_EVENTS`
+    /// do; a ring while one is pending is dropped.
     bell: Sender<()>,
     /// Where the stream waits for the bell.
     rung: Receiver<()>,
@@ -6639,13 +6649,14 @@ impl Feed {
         self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds an event (`None`: only the stats changed), ringing unless
-    /// something already waited: the stream takes all that waits at once.
-    /// Past the backlog's limits the backlog is dropped and the stream
-    /// marked as lagged: it is told so, and ends.
+    /// Adds an event (`None`: only the stats changed), ringing when
+    /// nothing waited before, when `GATHER_EVENTS` wait, and at a lag: the
+    /// stream takes all that waits at once. Past the backlog's limits the
+    /// backlog is dropped and the stream marked as lagged: it is told so,
+    /// and ends.
     fn push(&self, event: Option<&[u8]>) {
         let mut backlog = self.backlog();
-        let ring = !backlog.changed;
+        let mut ring = !backlog.changed;
         backlog.changed = true;
         if let Some(event) = event
             && !backlog.lagged
@@ -6658,9 +6669,11 @@ impl Feed {
                     lagged: true,
                     ..Backlog::default()
                 };
+                ring = true;
             } else {
                 backlog.events.extend_from_slice(event);
                 backlog.count += 1;
+                ring |= backlog.count == GATHER_EVENTS;
             }
         }
         drop(backlog);
@@ -6668,6 +6681,13 @@ impl Feed {
             // Closed cannot happen while the feed is shared.
             let _ = self.bell.try_send(());
         }
+    }
+
+    /// Whether a stream should write what waits now rather than let more
+    /// gather: enough waits, or it lagged.
+    fn gathered(&self) -> bool {
+        let backlog = self.backlog();
+        backlog.count >= GATHER_EVENTS || backlog.lagged
     }
 
     /// Takes what waits into `taken`, whose emptied buffer the backlog
@@ -7162,12 +7182,15 @@ impl Connection {
         self.flush(shared).await?;
         let (mut last_stats, mut last_write) = (Instant::now(), Instant::now());
         let mut changed = false;
+        // Whether events wait for more to gather (`GATHER_EVENTS`).
+        let mut gathering = false;
         let mut backlog = Backlog::default();
         loop {
             let keep_alive = last_write + KEEP_ALIVE;
-            let until = match changed {
-                true => keep_alive.min(last_stats + STATS_EVERY),
-                false => keep_alive,
+            let until = match (gathering, changed) {
+                (true, _) => Instant::now() + GATHER_WAIT,
+                (false, true) => keep_alive.min(last_stats + STATS_EVERY),
+                (false, false) => keep_alive,
             };
             self.idle.arm(until);
             let (stream, idle) = (&self.stream, &mut self.idle);
@@ -7195,14 +7218,13 @@ impl Connection {
             match wake {
                 Wake::Shutdown => return self.end_events(shared, &events, "shutdown").await,
                 Wake::Gone => return Err(Close::Gone),
-                Wake::Timer => {}
-                Wake::Rung => {
-                    // Tuning: under load the other tasks are making changes
-                    // right now; letting them run first puts theirs in this
-                    // write too (at the bench's saturation, about half as
-                    // many writes, each a wake-up and a read for the
-                    // reader). With nothing else to run it returns at once.
-                    future::yield_now().await;
+                Wake::Rung if !gathering && !events.feed.gathered() => {
+                    gathering = true;
+                    continue;
+                }
+                Wake::Timer if !gathering => {}
+                Wake::Rung | Wake::Timer => {
+                    gathering = false;
                     events.feed.take(&mut backlog);
                     events.write(&mut self.out, &backlog.events);
                     changed |= backlog.changed;
@@ -9307,8 +9329,20 @@ mod tests {
         assert_eq!(feed.rung.len(), 1);
         let _ = feed.rung.try_recv();
         feed.take(&mut taken);
+        // It rings again when enough wait to be written together.
+        feed.push(Some(b"e\n\n"));
+        let _ = feed.rung.try_recv();
+        for _ in 1..GATHER_EVENTS {
+            assert!(!feed.gathered() && feed.rung.is_empty());
+            feed.push(Some(b"e\n\n"));
+        }
+        assert!(feed.gathered() && feed.rung.len() == 1);
+        let _ = feed.rung.try_recv();
+        feed.take(&mut taken);
+        assert_eq!(taken.count, GATHER_EVENTS);
 
-        // One event more than the backlog holds, by count and by bytes.
+        // One event more than the backlog holds, by count and by bytes: it
+        // rings, so that the stream learns of it at once.
         let small = [b'x'; 10];
         let large = vec![b'x'; MAX_BACKLOG_BYTES / 4 + 1];
         for (event, fit) in [(&small[..], MAX_BACKLOG_EVENTS), (&large[..], 3)] {
@@ -9317,9 +9351,12 @@ mod tests {
             }
             feed.take(&mut taken);
             assert_eq!((taken.count, taken.lagged), (fit, false));
-            for _ in 0..=fit {
+            for _ in 0..fit {
                 feed.push(Some(event));
             }
+            let _ = feed.rung.try_recv();
+            feed.push(Some(event));
+            assert!(feed.gathered() && feed.rung.len() == 1);
             feed.take(&mut taken);
             assert_eq!(
                 (taken.count, taken.events.len(), taken.lagged),

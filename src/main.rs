@@ -6517,18 +6517,23 @@ const MAX_BACKLOG_EVENTS: usize = 1000;
 const MAX_BACKLOG_BYTES: usize = 256 << 10;
 
 /// The largest buffer of events a stream keeps for the next ones. One that
-/// keeps up takes a few KiB at a time even at saturation; a buffer a burst
-/// made larger is given back rather than held for the stream's life.
-const KEPT_EVENT_BUFFER: usize = 8 << 10;
+/// keeps up takes a little more than `GATHER_EVENTS` or `GATHER_BYTES` at
+/// a time at saturation (35 KiB in the bench); a buffer a burst made
+/// larger is given back rather than held for the stream's life.
+const KEPT_EVENT_BUFFER: usize = 64 << 10;
 
-/// How many events a stream lets gather before it writes them, and how long
-/// it waits for that many. A write is a wake-up and a read for the reader
-/// too: on a busy server, one write per few events costs both sides more
-/// than the events themselves. The bell rings again when this many wait,
-/// so a stream under load never waits out the timer (which, with every
-/// core busy, fires late) and stays far from `MAX_BACKLOG_EVENTS`.
+/// How many events, or bytes of them, a stream lets gather before it
+/// writes them, and how long it waits for that many. A write is a wake-up
+/// and a read for the reader too: on a busy server, one write per few
+/// events costs both sides more than the events themselves. The bell rings
+/// again when this much waits, so a stream under load never waits out the
+/// timer (which, with every core busy, fires late) and stays far from the
+/// backlog's limits. The wait is long enough that one arming serves the
+/// gathers of the next few milliseconds (an alarm only moves earlier):
+/// arming a timer wakes the reactor's thread, and at 1 ms each gather did.
 const GATHER_EVENTS: usize = 128;
-const GATHER_WAIT: Duration = Duration::from_millis(1);
+const GATHER_BYTES: usize = 32 << 10;
+const GATHER_WAIT: Duration = Duration::from_millis(5);
 
 /// Which `task` events a stream wants: all of the filters it gives.
 #[derive(Debug, Default, PartialEq)]
@@ -6623,6 +6628,14 @@ struct Backlog {
     lagged: bool,
 }
 
+impl Backlog {
+    /// Whether enough has gathered to be written at once: `GATHER_EVENTS`
+    /// or `GATHER_BYTES`, or a lag.
+    fn gathered(&self) -> bool {
+        self.count >= GATHER_EVENTS || self.events.len() >= GATHER_BYTES || self.lagged
+    }
+}
+
 /// A stream, as the store keeps it.
 #[derive(Debug)]
 struct Subscriber {
@@ -6650,13 +6663,12 @@ impl Feed {
     }
 
     /// Adds an event (`None`: only the stats changed), ringing when
-    /// nothing waited before, when `GATHER_EVENTS` wait, and at a lag: the
-    /// stream takes all that waits at once. Past the backlog's limits the
-    /// backlog is dropped and the stream marked as lagged: it is told so,
-    /// and ends.
+    /// nothing waited before and when enough has gathered: the stream
+    /// takes all that waits at once. Past the backlog's limits the backlog
+    /// is dropped and the stream marked as lagged: it is told so, and ends.
     fn push(&self, event: Option<&[u8]>) {
         let mut backlog = self.backlog();
-        let mut ring = !backlog.changed;
+        let (gathered, mut ring) = (backlog.gathered(), !backlog.changed);
         backlog.changed = true;
         if let Some(event) = event
             && !backlog.lagged
@@ -6669,13 +6681,12 @@ impl Feed {
                     lagged: true,
                     ..Backlog::default()
                 };
-                ring = true;
             } else {
                 backlog.events.extend_from_slice(event);
                 backlog.count += 1;
-                ring |= backlog.count == GATHER_EVENTS;
             }
         }
+        ring |= !gathered && backlog.gathered();
         drop(backlog);
         if ring {
             // Closed cannot happen while the feed is shared.
@@ -6684,10 +6695,9 @@ impl Feed {
     }
 
     /// Whether a stream should write what waits now rather than let more
-    /// gather: enough waits, or it lagged.
+    /// gather.
     fn gathered(&self) -> bool {
-        let backlog = self.backlog();
-        backlog.count >= GATHER_EVENTS || backlog.lagged
+        self.backlog().gathered()
     }
 
     /// Takes what waits into `taken`, whose emptied buffer the backlog
@@ -9340,9 +9350,19 @@ mod tests {
         let _ = feed.rung.try_recv();
         feed.take(&mut taken);
         assert_eq!(taken.count, GATHER_EVENTS);
+        // Or when enough bytes do.
+        let half = vec![b'x'; GATHER_BYTES / 2];
+        feed.push(Some(&half));
+        let _ = feed.rung.try_recv();
+        assert!(!feed.gathered());
+        feed.push(Some(&half));
+        assert!(feed.gathered() && feed.rung.len() == 1);
+        let _ = feed.rung.try_recv();
+        feed.take(&mut taken);
+        assert_eq!(taken.count, 2);
 
-        // One event more than the backlog holds, by count and by bytes: it
-        // rings, so that the stream learns of it at once.
+        // One event more than the backlog holds, by count and by bytes. The
+        // bell rang when enough had gathered; the take finds the lag.
         let small = [b'x'; 10];
         let large = vec![b'x'; MAX_BACKLOG_BYTES / 4 + 1];
         for (event, fit) in [(&small[..], MAX_BACKLOG_EVENTS), (&large[..], 3)] {
@@ -9351,12 +9371,11 @@ mod tests {
             }
             feed.take(&mut taken);
             assert_eq!((taken.count, taken.lagged), (fit, false));
-            for _ in 0..fit {
+            for _ in 0..=fit {
                 feed.push(Some(event));
             }
-            let _ = feed.rung.try_recv();
-            feed.push(Some(event));
             assert!(feed.gathered() && feed.rung.len() == 1);
+            let _ = feed.rung.try_recv();
             feed.take(&mut taken);
             assert_eq!(
                 (taken.count, taken.events.len(), taken.lagged),

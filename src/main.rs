@@ -1988,7 +1988,9 @@ impl Store {
             self.log(line, Some(id), Some(done));
             saved
         });
-        self.publish(i);
+        // Ids are creation times: the event's time is the task's
+        // `created_at`.
+        self.publish(i, id / 1000);
         Admission::Created(id, state, saved)
     }
 
@@ -2093,11 +2095,14 @@ impl Store {
     /// counters `/metrics` reads, the long-poll wake-up and the event for
     /// `/events` are all made here, in that order, from the same values.
     fn set_state(&mut self, i: usize, state: State) {
+        let now = now_millis();
         let task = &mut self.tasks[i];
         let (id, old) = (task.id, task.state);
         task.state = state;
-        if state.is_terminal() {
-            task.finished_at = now_millis();
+        if state == State::Running {
+            task.started_at = now;
+        } else if state.is_terminal() {
+            task.finished_at = now;
         }
         // Starts are not journaled (see the journal's section).
         if state != State::Running {
@@ -2109,7 +2114,7 @@ impl Store {
             self.counters.finished[state as usize] += 1;
         }
         self.wake_watchers(id);
-        self.publish(i);
+        self.publish(i, now);
         if state.is_terminal() {
             self.finished.push_back(id);
             self.evict();
@@ -2187,7 +2192,6 @@ impl Store {
         let task_id = self.task_id(id);
         let task = &mut self.tasks[i];
         task.attempt += 1;
-        task.started_at = now_millis();
         let extra = task.extra.as_deref();
         let work = Work {
             id: task_id,
@@ -2257,7 +2261,7 @@ impl Store {
         let task = &mut self.tasks[i];
         if task.state == State::Running {
             task.extra_mut().progress = Some(progress);
-            self.publish(i);
+            self.publish(i, now_millis());
         }
     }
 
@@ -6720,8 +6724,9 @@ impl Feed {
 impl Store {
     /// Tells every stream that the task at index `i` changed: its `task`
     /// event is rendered once and copied to the streams whose filters it
-    /// passes, and the others learn that the stats changed.
-    fn publish(&mut self, i: usize) {
+    /// passes, and the others learn that the stats changed. `at` is when
+    /// the change happened (ms since the epoch), read once by the change.
+    fn publish(&mut self, i: usize, at: u64) {
         if self.subscribers.is_empty() {
             return;
         }
@@ -6731,7 +6736,7 @@ impl Store {
         for subscriber in &self.subscribers {
             let wanted = subscriber.filter.matches(task);
             if wanted && buf.is_empty() {
-                write_task_event(&mut buf, task, self.names(task));
+                write_task_event(&mut buf, task, self.names(task), at);
             }
             subscriber.feed.push(wanted.then_some(&buf[..]));
         }
@@ -6746,9 +6751,9 @@ impl Store {
     }
 }
 
-/// Appends a task's `task` event: `event:` and `data:` lines, and the
-/// blank line that ends it.
-fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names) {
+/// Appends a task's `task` event for its change at `at`: `event:` and
+/// `data:` lines, and the blank line that ends it.
+fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names, at: u64) {
     out.extend_from_slice(b"event: task\ndata: {\"id\": ");
     names.id.write_json(out);
     out.extend_from_slice(b", \"task_id\": ");
@@ -6764,7 +6769,7 @@ fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names) {
     out.extend_from_slice(b", \"progress\": ");
     write_raw_opt(out, task.extra.as_ref().and_then(|e| e.progress.as_deref()));
     out.extend_from_slice(b", \"at\": ");
-    write_timestamp(out, now_millis());
+    write_timestamp(out, at);
     out.extend_from_slice(b"}\n\n");
 }
 

@@ -166,6 +166,16 @@ fn a_tasks_events_arrive_in_the_order_they_happened() {
             .map(|e| &e.data["attempt"])
             .collect();
         assert_eq!(attempts, [&json!(0), &json!(1), &json!(1)]);
+        // Each event's time is the one the status keeps for that change.
+        let status = server.task(id);
+        for (state, member) in [
+            ("queued", "created_at"),
+            ("running", "started_at"),
+            ("succeeded", "finished_at"),
+        ] {
+            let event = &events[position(&events, id, state)];
+            assert_eq!(event.data["at"], status[member], "{state}: {status}");
+        }
     }
     // One worker runs them one after another, in the order they came.
     assert!(position(&events, &a, "succeeded") < position(&events, &b, "running"));

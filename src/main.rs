@@ -1227,6 +1227,12 @@ impl Task {
         }
     }
 
+    /// Returns when the task was created (ms since the epoch): ids are
+    /// creation times in microseconds.
+    fn created_at(&self) -> u64 {
+        self.id / 1000
+    }
+
     /// Returns the task's kind name.
     fn kind(&self) -> &str {
         self.extra
@@ -1263,7 +1269,7 @@ impl Task {
         out.extend_from_slice(b", \"max_attempts\": ");
         write_decimal(out, u64::from(self.max_attempts));
         out.extend_from_slice(b", \"created_at\": ");
-        write_timestamp(out, self.id / 1000);
+        write_timestamp(out, self.created_at());
         out.extend_from_slice(b", \"run_at\": ");
         write_timestamp(out, self.run_at);
         out.extend_from_slice(b", \"started_at\": ");
@@ -1988,9 +1994,7 @@ impl Store {
             self.log(line, Some(id), Some(done));
             saved
         });
-        // Ids are creation times: the event's time is the task's
-        // `created_at`.
-        self.publish(i, id / 1000);
+        self.publish(i, self.tasks[i].created_at());
         Admission::Created(id, state, saved)
     }
 
@@ -4150,7 +4154,7 @@ impl Store {
                 // The last task a schedule made, so that its next firing
                 // knows whether that one is still pending.
                 let state = &mut self.schedules[usize::from(s)];
-                (state.last_task, state.last_at) = (task.id, task.id / 1000);
+                (state.last_task, state.last_at) = (task.id, task.created_at());
             }
             // The scheduler's receiver is alive: it is returned with the store.
             match task.state {
@@ -6612,8 +6616,8 @@ impl EventFilter {
 struct Feed {
     /// The backlog, locked by the store (under its own lock) and the stream.
     backlog: Mutex<Backlog>,
-    /// Rung when something comes to wait, and again when `GATHER_EVENTS`
-    /// do; a ring while one is pending is dropped.
+    /// Rung when something comes to wait, and again when enough has
+    /// gathered; a ring while one is pending is dropped.
     bell: Sender<()>,
     /// Where the stream waits for the bell.
     rung: Receiver<()>,
@@ -7197,7 +7201,8 @@ impl Connection {
         self.flush(shared).await?;
         let (mut last_stats, mut last_write) = (Instant::now(), Instant::now());
         let mut changed = false;
-        // Whether events wait for more to gather (`GATHER_EVENTS`).
+        // Whether events wait for more to gather (`GATHER_EVENTS`,
+        // `GATHER_BYTES`, `GATHER_WAIT`).
         let mut gathering = false;
         let mut backlog = Backlog::default();
         loop {

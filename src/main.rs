@@ -5930,6 +5930,28 @@ const MAX_LIMIT: usize = 1000;
 /// answer, however large the retained tasks are.
 const MAX_PAGE_BYTES: usize = 256 << 10;
 
+/// Reads a list's `limit`: a positive integer of any number of digits,
+/// clamped to [`MAX_LIMIT`] (so `99999999999999999999`, too large for any
+/// integer type, is 1000 and not an error); `None` for `0`, a sign, or
+/// anything but digits.
+fn parse_limit(text: &[u8]) -> Option<usize> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let digits = &text[text.iter().take_while(|&&b| b == b'0').count()..];
+    // Four significant digits or fewer parse exactly; more are over the cap.
+    match digits.len() {
+        0 => None,
+        1..=4 => Some(
+            digits
+                .iter()
+                .fold(0, |n, &d| n * 10 + usize::from(d - b'0'))
+                .min(MAX_LIMIT),
+        ),
+        _ => Some(MAX_LIMIT),
+    }
+}
+
 /// What a `GET /tasks` asks for: its filters, its page size, and where
 /// the page starts.
 #[derive(Debug, Default, PartialEq)]
@@ -5968,13 +5990,7 @@ impl<'a> ListQuery<'a> {
         };
         let limit = match query_param(query, "limit")? {
             None => DEFAULT_LIMIT,
-            Some(n) => match std::str::from_utf8(&n)
-                .ok()
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                Some(n) if n > 0 => n.min(MAX_LIMIT as u64) as usize,
-                _ => return Err(bad("limit must be a positive integer")),
-            },
+            Some(n) => parse_limit(&n).ok_or_else(|| bad("limit must be a positive integer"))?,
         };
         let before = match query_param(query, "before")? {
             None => None,
@@ -9273,6 +9289,32 @@ mod tests {
             let got = percent_decode(input.as_bytes(), plus)
                 .map(|c| String::from_utf8(c.into_owned()).unwrap());
             assert_eq!(got.as_deref(), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn a_limit_is_any_positive_integer_clamped_to_1000() {
+        let cases: &[(&str, Option<usize>)] = &[
+            ("1", Some(1)),
+            ("999", Some(999)),
+            ("1000", Some(1000)),
+            ("1001", Some(1000)),
+            ("0007", Some(7)),
+            ("99999", Some(1000)),
+            ("18446744073709551616", Some(1000)),
+            ("99999999999999999999", Some(1000)),
+            ("0", None),
+            ("000", None),
+            ("", None),
+            ("-1", None),
+            ("+5", None),
+            ("1.5", None),
+            ("1e3", None),
+            (" 5", None),
+            ("abc", None),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(parse_limit(text.as_bytes()), expected, "{text:?}");
         }
     }
 

@@ -62,8 +62,12 @@ fn list_filters_newest_first_and_counts_everything() {
     let three = server.get("/tasks?state=queued&limit=3").json();
     newest.truncate(3);
     assert_eq!(ids(&three), newest);
-    let clamped = server.get("/tasks?limit=5000").json();
-    assert_eq!(clamped["tasks"].as_array().unwrap().len(), 121);
+    // Any positive integer is clamped, however many digits it has.
+    for huge in ["5000", "99999999999999999999"] {
+        let clamped = server.get(&format!("/tasks?limit={huge}"));
+        assert_eq!(clamped.status, 200, "limit={huge}");
+        assert_eq!(clamped.json()["tasks"].as_array().unwrap().len(), 121);
+    }
     assert_eq!(
         server.get("/tasks?task_id=nobody").json()["tasks"],
         serde_json::json!([])
@@ -72,6 +76,7 @@ fn list_filters_newest_first_and_counts_everything() {
     for bad in [
         "limit=0",
         "limit=-1",
+        "limit=%2B5",
         "limit=abc",
         "limit=1.5",
         "limit=",

@@ -2534,9 +2534,10 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
     }
 }
 
-/// Displays text from a handler in a log line, escaping what would break
-/// the record's one line: control characters, newlines among them, and
-/// Unicode's line and paragraph separators, written as Rust escapes them.
+/// Displays text from a handler, or a start-up error quoting what a user
+/// typed, in one line, escaping what would break it: control characters,
+/// newlines among them, and Unicode's line and paragraph separators,
+/// written as Rust escapes them.
 struct OneLine<'a>(&'a str);
 
 impl std::fmt::Display for OneLine<'_> {
@@ -2938,9 +2939,8 @@ fn parse_cron_field(text: &str, field: &CronField) -> Result<u64, String> {
             }
             (None, Some(step)) => {
                 let high = field.high;
-                return Err(format!(
-                    "{item:?} has a step but no range: write {range}-{high}/{step}"
-                ));
+                let fix = format!("{range}-{high}/{step}");
+                return Err(format!("{item:?} has a step but no range: write {fix:?}"));
             }
             (None, None) => {
                 let value = parse_cron_value(range, field, text)?;
@@ -8040,8 +8040,9 @@ fn main() {
             println!("bgtasks {}", env!("CARGO_PKG_VERSION"));
             return;
         }
+        // Every start-up error is one line, whatever text it quotes.
         Err(message) => {
-            eprintln!("bgtasks: {message}");
+            eprintln!("bgtasks: {}", OneLine(&message));
             std::process::exit(2);
         }
     };
@@ -8052,7 +8053,7 @@ fn main() {
     std::process::exit(match launch(*config) {
         Ok(code) => code,
         Err(message) => {
-            error!("{message}");
+            error!("{}", OneLine(&message));
             1
         }
     });

@@ -156,6 +156,55 @@ fn bad_values_exit_2_with_one_clear_line_before_binding() {
 }
 
 #[test]
+fn start_up_errors_stay_on_one_line_whatever_they_quote() {
+    // A regular file where the data directory should be, its name with a
+    // newline in it: the server cannot use it and exits 1.
+    let dir = TempDir::new("one-line");
+    let file = dir.arg("data\ndir");
+    std::fs::write(&file, "").unwrap();
+    /// Arguments, the exit status, and what the one line of stderr says.
+    type Case<'a> = (&'a [&'a str], i32, &'a str);
+    let cases: &[Case] = &[
+        (
+            &["--schedule", "n=5/\n2 * * * * {}"],
+            2,
+            "has a step but no range: write \"5-59/\\n2\"",
+        ),
+        (
+            &["--schedule", "n=9-1\n * * * * {}"],
+            2,
+            "minute \"1\\n\" is not a number",
+        ),
+        (&["--schedule", "n=@every 1\ns {}"], 2, "duration \"1\\ns\""),
+        (
+            &["--schedule", "a\nb=@every 1s {}"],
+            2,
+            "--schedule \"a\\nb\"",
+        ),
+        (
+            &["--handler", "a\nb=/bin/true"],
+            2,
+            "--handler \"a\\nb=/bin/true\"",
+        ),
+        (
+            &["--handler", "a=/no\nwhere"],
+            2,
+            "\"/no\\nwhere\" does not exist",
+        ),
+        (&["--queue", "a\nb=1"], 2, "--queue \"a\\nb=1\""),
+        (&["--data-dir", &file], 1, "cannot use --data-dir"),
+    ];
+    for (args, status, expected) in cases {
+        let mut all = vec!["--addr", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (code, _, err) = run(&all, &[]);
+        assert_eq!(code, Some(*status), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(err.contains(expected), "{args:?}: {err:?}");
+    }
+}
+
+#[test]
 fn a_port_in_use_exits_1_naming_the_address() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

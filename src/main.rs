@@ -2788,8 +2788,8 @@ const CALENDAR_CYCLE_YEARS: i64 = 400;
 enum Spec {
     /// Five cron fields, matched in UTC.
     Cron(Cron),
-    /// `@every DURATION`: a fixed interval, counted from whenever the caller
-    /// says (the previous firing, or the start).
+    /// `@every DURATION`: a fixed interval, counted from the start and then
+    /// from each firing's due time ([`firing_after`]).
     Every(Duration),
 }
 
@@ -2998,6 +2998,24 @@ fn next_firing(spec: &Spec, after_ms: u64) -> Option<u64> {
     }
 }
 
+/// Returns when a schedule fires next after its firing due at `due`, at
+/// `now` (ms since the epoch). `@every` keeps to the grid its first firing
+/// set: the next is `due` plus the interval, however late this one ran, so
+/// firings do not drift by the time each takes to start. A server that fell
+/// more than an interval behind skips to the first time on that grid from
+/// `now` on rather than firing the missed ones in a burst; cron specs fire
+/// at the first whole minute after both. Missed firings are not made up.
+fn firing_after(spec: &Spec, due: u64, now: u64) -> Option<u64> {
+    match spec {
+        Spec::Every(every) => {
+            let every = u64::try_from(every.as_millis()).ok().filter(|&e| e > 0)?;
+            let intervals = now.saturating_sub(due).div_ceil(every).max(1);
+            due.checked_add(intervals.checked_mul(every)?)
+        }
+        Spec::Cron(_) => next_firing(spec, due.max(now)),
+    }
+}
+
 impl Cron {
     /// Finds the first firing at or after `start`, both in minutes since
     /// the epoch, field by field: the day first, then the time in that day.
@@ -3126,8 +3144,7 @@ impl Shared {
             state.skipped += 1;
             info!("schedule {}: firing skipped: {why}", config.name);
         }
-        // Missed firings are not made up: the next is the next from now.
-        state.next_at = next_firing(&config.spec, at.max(now_millis()))?;
+        state.next_at = firing_after(&config.spec, at, now_millis())?;
         Some(state.next_at)
     }
 }
@@ -8724,6 +8741,50 @@ mod tests {
                 "{text:?} after {after}: {expected}"
             );
         }
+    }
+
+    #[test]
+    fn every_keeps_to_its_grid_and_skips_what_it_fell_behind() {
+        let every = parse_spec("@every 1s").unwrap();
+        let due = 1_796_000_000_123;
+        // (ms late, the next firing's distance from `due`)
+        let cases = [
+            (0, 1000),
+            (1, 1000),
+            (999, 1000),
+            // Due again at the very moment: it fires at once, not skipped.
+            (1000, 1000),
+            (1001, 2000),
+            (3500, 4000),
+            (86_400_500, 86_401_000),
+        ];
+        for (late, next) in cases {
+            assert_eq!(
+                firing_after(&every, due, due + late),
+                Some(due + next),
+                "{late} ms late"
+            );
+        }
+        // A clock that stepped back never fires before the next due time.
+        assert_eq!(firing_after(&every, due, due - 5000), Some(due + 1000));
+        // A thousand firings each run 1 ms late stay on the grid.
+        let mut at = due;
+        for _ in 0..1000 {
+            at = firing_after(&every, at, at + 1).unwrap();
+        }
+        assert_eq!(at, due + 1_000_000);
+        assert_eq!(firing_after(&every, u64::MAX - 999, u64::MAX), None);
+        // Cron fires on the first whole minute after both the due time and now.
+        let cron = parse_spec("* * * * *").unwrap();
+        let minute = 1_796_000_040_000;
+        assert_eq!(
+            firing_after(&cron, minute, minute + 5),
+            Some(minute + 60_000)
+        );
+        assert_eq!(
+            firing_after(&cron, minute, minute + 150_000),
+            Some(minute + 180_000)
+        );
     }
 
     #[test]

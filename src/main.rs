@@ -2009,11 +2009,12 @@ impl Store {
     }
 
     /// Moves tasks waiting for room into queue `q`'s channel, oldest first,
-    /// while it has room and is not paused.
+    /// while it has room. A paused queue takes them too, as it takes new
+    /// submissions (its workers hold what they take until the resume): what
+    /// a restart or the scheduler puts into it is in it, and counted so.
     fn refill(&mut self, q: usize, queue: &Queue) {
         let state = &mut self.queues[q];
-        while !state.paused
-            && let Some(&id) = state.waiting.front()
+        while let Some(&id) = state.waiting.front()
             && queue.jobs_tx.try_send(id).is_ok()
         {
             state.waiting.pop_front();

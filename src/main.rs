@@ -6449,7 +6449,8 @@ fn metrics(shared: &Shared) -> Response {
         vec![
             per_queue(
                 "bgtasks_queue_depth",
-                "Tasks waiting in the queue, or waiting for room in it.",
+                "Tasks in the queue, cancelled ones until a worker reaches them; \
+                 not those due but waiting for room in it.",
                 |v| v.depth as u64,
             ),
             per_queue(
@@ -6491,7 +6492,8 @@ fn metrics(shared: &Shared) -> Response {
             Family::one(
                 "bgtasks_tasks_accepted_total",
                 "counter",
-                "Tasks created by requests.",
+                "Tasks created by requests and by schedules' firings; \
+                 not idempotent repeats, nor tasks replayed from disk.",
                 c.accepted,
             ),
             Family {

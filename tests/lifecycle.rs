@@ -653,6 +653,37 @@ fn samples(text: &str) -> Vec<(String, f64)> {
 }
 
 #[test]
+fn metrics_help_says_what_each_count_holds() {
+    let tick = r#"tick=@every 1s {"work_duration": "0s"}"#;
+    let server = Server::start(&["--schedule", tick]);
+    // No request made a task, and the firing is counted all the same.
+    eventually("a firing", || {
+        (server.metric("bgtasks_tasks_accepted_total") >= 1.0).then_some(())
+    });
+    let text = server.get("/metrics").text();
+    let help = |name: &str| {
+        let prefix = format!("# HELP {name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no HELP for {name}: {text}"))
+            .to_string()
+    };
+    // Depth leaves out retries and delayed tasks waiting for room (README:
+    // "a retry or delayed task waiting for room does not" count).
+    assert_eq!(
+        help("bgtasks_queue_depth"),
+        "Tasks in the queue, cancelled ones until a worker reaches them; \
+         not those due but waiting for room in it."
+    );
+    // A schedule's firing is counted: its task is made as if POSTed.
+    assert_eq!(
+        help("bgtasks_tasks_accepted_total"),
+        "Tasks created by requests and by schedules' firings; \
+         not idempotent repeats, nor tasks replayed from disk."
+    );
+}
+
+#[test]
 fn metrics_follow_the_prometheus_text_format_and_agree_with_tasks() {
     let server = Server::start(&["--workers", "2", "--buffer", "3"]);
     let fresh = server.get("/metrics");

@@ -160,7 +160,8 @@
 //!    end, programs get SIGTERM and 1 s later SIGKILL).
 //! 4. The process exits 0 as soon as nothing is left to wait for. A second
 //!    signal, until then, exits at once with status 1 (in the last moments,
-//!    while the journal writes what is left, it is not listened for).
+//!    while the journal writes what is left, it is not listened for); a
+//!    repeat of the first signal within 1 s is the same request.
 //!
 //! # Map of this file
 //!
@@ -7836,9 +7837,10 @@ async fn listen(
 
 // ---- 11. Signals, shutdown and `main` ----
 //
-// Signals arrive through a pipe (signal-hook writes a byte per signal from
-// its handler), which the executor reads like any socket: no thread sits
-// waiting for signals, and no work happens inside a signal handler.
+// Signals arrive through pipes (signal-hook writes a byte per signal from
+// its handler), one for each signal, which the executor reads like any
+// socket: no thread sits waiting for signals, and no work happens inside a
+// signal handler.
 
 /// Starts the server and runs it until shutdown has finished; returns the
 /// exit status.
@@ -7846,16 +7848,16 @@ async fn supervise(
     shared: Arc<Shared>,
     executor: Arc<Executor<'static>>,
     listener: Async<TcpListener>,
-    signals: Async<std::os::unix::net::UnixStream>,
+    signals: Signals,
     due_rx: Receiver<(u64, u64)>,
     start_threads: impl FnOnce(),
 ) -> i32 {
     let running = start_serving(&shared, &executor, listener, due_rx).await;
     notify_service_manager("READY=1");
     start_threads();
-    let received = read_signals(&signals).await;
+    let first = (signals.next().await, Instant::now());
     notify_service_manager("STOPPING=1");
-    shut_down(&shared, &executor, running, signals, received).await
+    shut_down(&shared, &executor, running, signals, first).await
 }
 
 /// What shutdown needs of a running server: what to wait for.
@@ -7919,20 +7921,29 @@ async fn start_serving(
     }
 }
 
-/// Shuts down in the order of the crate docs, after the first of
-/// `received` signals; returns the exit status.
+/// Shuts down in the order of the crate docs, after the `first` signal
+/// (which, and when it was read); returns the exit status.
 async fn shut_down(
     shared: &Shared,
     executor: &Executor<'static>,
     running: Running,
-    signals: Async<std::os::unix::net::UnixStream>,
-    received: usize,
+    signals: Signals,
+    first: (StopSignal, Instant),
 ) -> i32 {
     // Step 1: the drain begins.
     info!(
         "shutting down: no new tasks; waiting up to {:?} for requests and running tasks",
         shared.config.grace
     );
+    // A second signal, from now on, ends the process at once; a repeat of
+    // the first is the same request.
+    executor
+        .spawn(async move {
+            while !is_second_signal(first.0, signals.next().await, first.1.elapsed()) {}
+            error!("second signal: exiting at once");
+            std::process::exit(1);
+        })
+        .detach();
     shared.store().draining = true;
     shared.draining.fire();
     for queue in &shared.queues {
@@ -7942,16 +7953,6 @@ async fn shut_down(
     // new request start, and this sender go.
     running.listening.await;
     drop(running.in_flight_tx);
-    // A second signal, from now on, ends the process at once.
-    executor
-        .spawn(async move {
-            if received < 2 {
-                read_signals(&signals).await;
-            }
-            error!("second signal: exiting at once");
-            std::process::exit(1);
-        })
-        .detach();
 
     // Step 2: wait for requests in flight and running tasks, up to --grace.
     let everything_done = async {
@@ -8027,25 +8028,73 @@ fn notify_service_manager(state: &str) {
     }
 }
 
-/// Waits for signals to arrive on the pipe; returns how many did.
-async fn read_signals(signals: &Async<std::os::unix::net::UnixStream>) -> usize {
-    let mut bytes = [0u8; 8];
-    match signals.read_with(|s| (&*s).read(&mut bytes)).await {
-        Ok(n) => n.max(1),
-        // The pipe cannot fail in practice; treating a failure as a
-        // signal errs on the side of stopping.
-        Err(_) => 1,
-    }
+/// A signal that stops the server.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum StopSignal {
+    /// SIGINT: Ctrl-C.
+    Int,
+    /// SIGTERM: `kill`, `timeout`, a service manager.
+    Term,
 }
 
-/// Sets up a pipe that receives a byte for each SIGINT and SIGTERM.
-fn signal_pipe() -> io::Result<Async<std::os::unix::net::UnixStream>> {
-    let (read, write) = std::os::unix::net::UnixStream::pair()?;
-    write.set_nonblocking(true)?;
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
+/// How long after the first signal a repeat of the same signal is the same
+/// request, not a second one: `timeout` signals the process and then its
+/// group, and a kill of a process group can reach it twice, so one signal
+/// comes twice within microseconds; a person pressing Ctrl-C again takes
+/// longer than this.
+const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+/// Tells whether signal `this`, read `after` the `first`, asks to exit at
+/// once: a different signal does, and so does the same one once
+/// [`REPEAT_WINDOW`] has passed.
+fn is_second_signal(first: StopSignal, this: StopSignal, after: Duration) -> bool {
+    this != first || after >= REPEAT_WINDOW
+}
+
+/// The read ends of the pipes signal-hook writes a byte to for each SIGINT
+/// and each SIGTERM. Its byte is the same whatever the signal: the pipe it
+/// comes through is what says which it was.
+struct Signals {
+    /// SIGINT's pipe.
+    int: Async<std::os::unix::net::UnixStream>,
+    /// SIGTERM's pipe.
+    term: Async<std::os::unix::net::UnixStream>,
+}
+
+impl Signals {
+    /// Sets up a pipe for SIGINT and one for SIGTERM.
+    fn new() -> io::Result<Signals> {
+        let pipe = |signal| {
+            let (read, write) = std::os::unix::net::UnixStream::pair()?;
+            write.set_nonblocking(true)?;
+            signal_hook::low_level::pipe::register(signal, write)?;
+            Async::new(read)
+        };
+        Ok(Signals {
+            int: pipe(signal_hook::consts::SIGINT)?,
+            term: pipe(signal_hook::consts::SIGTERM)?,
+        })
     }
-    Async::new(read)
+
+    /// Waits for a signal to arrive; returns which. Several bytes waiting
+    /// in one pipe are read as one: the same signal, come again at once.
+    async fn next(&self) -> StopSignal {
+        // SIGINT wins a tie; either way the other is read next.
+        future::or(
+            Signals::read(&self.int, StopSignal::Int),
+            Signals::read(&self.term, StopSignal::Term),
+        )
+        .await
+    }
+
+    /// Waits for `signal`'s bytes on its pipe and takes them; returns it.
+    async fn read(pipe: &Async<std::os::unix::net::UnixStream>, signal: StopSignal) -> StopSignal {
+        let mut bytes = [0u8; 8];
+        // The pipe cannot fail in practice; treating a failure as a signal
+        // errs on the side of stopping.
+        let _ = pipe.read_with(|s| (&*s).read(&mut bytes)).await;
+        signal
+    }
 }
 
 fn main() {
@@ -8097,7 +8146,7 @@ fn launch(config: Config) -> Result<i32, String> {
     // it with async-io's reactor (an epoll set, and a helper thread that
     // drives it when no thread in `block_on` does).
     let listener = Async::new(listener).map_err(|e| format!("cannot watch the listener: {e}"))?;
-    let signals = signal_pipe().map_err(|e| format!("cannot watch signals: {e}"))?;
+    let signals = Signals::new().map_err(|e| format!("cannot watch signals: {e}"))?;
     if !config.handlers.is_empty() {
         become_subreaper();
     }
@@ -8190,7 +8239,7 @@ fn spawn_journal_writer(
 fn run_executor(
     shared: &Arc<Shared>,
     listener: Async<TcpListener>,
-    signals: Async<std::os::unix::net::UnixStream>,
+    signals: Signals,
     due_rx: Receiver<(u64, u64)>,
 ) -> i32 {
     let executor = Arc::new(Executor::new());
@@ -10878,6 +10927,28 @@ mod tests {
                     "{twin} {path} ({routed:?}) is not in the document at {at}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn only_a_different_signal_or_a_late_repeat_is_a_second_signal() {
+        use StopSignal::{Int, Term};
+        let ms = Duration::from_millis;
+        let cases = [
+            (Term, Term, ms(0), false),
+            (Term, Term, ms(999), false),
+            (Term, Term, ms(1000), true),
+            (Term, Term, ms(1500), true),
+            (Int, Int, ms(10), false),
+            (Term, Int, ms(0), true),
+            (Int, Term, ms(0), true),
+        ];
+        for (first, this, after, second) in cases {
+            assert_eq!(
+                is_second_signal(first, this, after),
+                second,
+                "{first:?} then {this:?} {after:?} later"
+            );
         }
     }
 }

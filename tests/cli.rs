@@ -4,6 +4,7 @@ mod common;
 
 use common::{Server, TempDir, command};
 use rustix::process::Signal;
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 
 /// Runs the binary to completion and returns (status, stdout, stderr).
@@ -323,4 +324,73 @@ fn the_readme_flag_table_agrees_with_help() {
     let table = readme_flags(&readme);
     assert!(help.len() >= 17, "{help:?}");
     assert_eq!(table, help, "the README's flag table and --help differ");
+}
+
+/// Reads the README.
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md is readable")
+}
+
+#[test]
+fn the_readme_names_every_route_open_without_the_token() {
+    let server = Server::start(&["--token", "s3cret"]);
+    let paths = [
+        "/",
+        "/healthz",
+        "/tasks",
+        "/tasks/x",
+        "/metrics",
+        "/queues",
+        "/schedules",
+        "/openapi.json",
+        "/nowhere",
+    ];
+    let open: BTreeSet<&str> = paths
+        .into_iter()
+        .filter(|path| server.get(path).status != 401)
+        .collect();
+    let readme = readme();
+    let bullet = readme
+        .split("- With `--token`, everything but ")
+        .nth(1)
+        .and_then(|rest| rest.split(" needs").next())
+        .expect("the README says what needs the token");
+    // The paths it names in backquotes.
+    let named: BTreeSet<&str> = bullet
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|word| word.starts_with('/'))
+        .collect();
+    assert_eq!(named, open, "README: {bullet:?}");
+}
+
+#[test]
+fn what_the_readme_examples_make_in_the_clone_is_ignored_by_git() {
+    let readme = readme();
+    let ignored = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.gitignore"))
+        .expect(".gitignore is readable");
+    // Directories the examples create in the current one: `--data-dir
+    // ./DIR` and `mkdir -p DIR`.
+    let made: Vec<&str> = readme
+        .lines()
+        .flat_map(|line| {
+            let data = line.split("--data-dir ./").nth(1);
+            let mkdir = line.strip_prefix("mkdir -p ");
+            [data, mkdir].into_iter().flatten()
+        })
+        .filter_map(|rest| rest.split([' ', '/']).next())
+        .collect();
+    assert!(
+        made.contains(&"bgtasks-data") && made.contains(&"handlers"),
+        "{made:?}"
+    );
+    for dir in made {
+        let entry = format!("/{dir}/");
+        assert!(
+            ignored.lines().any(|l| l == entry),
+            "{entry} is not in .gitignore"
+        );
+    }
 }

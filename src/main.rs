@@ -160,7 +160,8 @@
 //!    end, programs get SIGTERM and 1 s later SIGKILL).
 //! 4. The process exits 0 as soon as nothing is left to wait for. A second
 //!    signal, until then, exits at once with status 1 (in the last moments,
-//!    while the journal writes what is left, it is not listened for).
+//!    while the journal writes what is left, it is not listened for); a
+//!    repeat of the first signal within 1 s is the same request.
 //!
 //! # Map of this file
 //!
@@ -2009,11 +2010,12 @@ impl Store {
     }
 
     /// Moves tasks waiting for room into queue `q`'s channel, oldest first,
-    /// while it has room and is not paused.
+    /// while it has room. A paused queue takes them too, as it takes new
+    /// submissions (its workers hold what they take until the resume): what
+    /// a restart or the scheduler puts into it is in it, and counted so.
     fn refill(&mut self, q: usize, queue: &Queue) {
         let state = &mut self.queues[q];
-        while !state.paused
-            && let Some(&id) = state.waiting.front()
+        while let Some(&id) = state.waiting.front()
             && queue.jobs_tx.try_send(id).is_ok()
         {
             state.waiting.pop_front();
@@ -2534,9 +2536,10 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
     }
 }
 
-/// Displays text from a handler in a log line, escaping what would break
-/// the record's one line: control characters, newlines among them, and
-/// Unicode's line and paragraph separators, written as Rust escapes them.
+/// Displays text from a handler, or a start-up error quoting what a user
+/// typed, in one line, escaping what would break it: control characters,
+/// newlines among them, and Unicode's line and paragraph separators,
+/// written as Rust escapes them.
 struct OneLine<'a>(&'a str);
 
 impl std::fmt::Display for OneLine<'_> {
@@ -2787,8 +2790,8 @@ const CALENDAR_CYCLE_YEARS: i64 = 400;
 enum Spec {
     /// Five cron fields, matched in UTC.
     Cron(Cron),
-    /// `@every DURATION`: a fixed interval, counted from whenever the caller
-    /// says (the previous firing, or the start).
+    /// `@every DURATION`: a fixed interval, counted from the start and then
+    /// from each firing's due time ([`firing_after`]).
     Every(Duration),
 }
 
@@ -2938,9 +2941,8 @@ fn parse_cron_field(text: &str, field: &CronField) -> Result<u64, String> {
             }
             (None, Some(step)) => {
                 let high = field.high;
-                return Err(format!(
-                    "{item:?} has a step but no range: write {range}-{high}/{step}"
-                ));
+                let fix = format!("{range}-{high}/{step}");
+                return Err(format!("{item:?} has a step but no range: write {fix:?}"));
             }
             (None, None) => {
                 let value = parse_cron_value(range, field, text)?;
@@ -2995,6 +2997,24 @@ fn next_firing(spec: &Spec, after_ms: u64) -> Option<u64> {
         Spec::Every(every) => after_ms.checked_add(u64::try_from(every.as_millis()).ok()?),
         // Cron fires on whole minutes, so the first candidate is the next one.
         Spec::Cron(cron) => cron.first_from(after_ms / 60_000 + 1)?.checked_mul(60_000),
+    }
+}
+
+/// Returns when a schedule fires next after its firing due at `due`, at
+/// `now` (ms since the epoch). `@every` keeps to the grid its first firing
+/// set: the next is `due` plus the interval, however late this one ran, so
+/// firings do not drift by the time each takes to start. A server that fell
+/// more than an interval behind skips to the first time on that grid from
+/// `now` on rather than firing the missed ones in a burst; cron specs fire
+/// at the first whole minute after both. Missed firings are not made up.
+fn firing_after(spec: &Spec, due: u64, now: u64) -> Option<u64> {
+    match spec {
+        Spec::Every(every) => {
+            let every = u64::try_from(every.as_millis()).ok().filter(|&e| e > 0)?;
+            let intervals = now.saturating_sub(due).div_ceil(every).max(1);
+            due.checked_add(intervals.checked_mul(every)?)
+        }
+        Spec::Cron(_) => next_firing(spec, due.max(now)),
     }
 }
 
@@ -3126,8 +3146,7 @@ impl Shared {
             state.skipped += 1;
             info!("schedule {}: firing skipped: {why}", config.name);
         }
-        // Missed firings are not made up: the next is the next from now.
-        state.next_at = next_firing(&config.spec, at.max(now_millis()))?;
+        state.next_at = firing_after(&config.spec, at, now_millis())?;
         Some(state.next_at)
     }
 }
@@ -5930,6 +5949,28 @@ const MAX_LIMIT: usize = 1000;
 /// answer, however large the retained tasks are.
 const MAX_PAGE_BYTES: usize = 256 << 10;
 
+/// Reads a list's `limit`: a positive integer of any number of digits,
+/// clamped to [`MAX_LIMIT`] (so `99999999999999999999`, too large for any
+/// integer type, is 1000 and not an error); `None` for `0`, a sign, or
+/// anything but digits.
+fn parse_limit(text: &[u8]) -> Option<usize> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let digits = &text[text.iter().take_while(|&&b| b == b'0').count()..];
+    // Four significant digits or fewer parse exactly; more are over the cap.
+    match digits.len() {
+        0 => None,
+        1..=4 => Some(
+            digits
+                .iter()
+                .fold(0, |n, &d| n * 10 + usize::from(d - b'0'))
+                .min(MAX_LIMIT),
+        ),
+        _ => Some(MAX_LIMIT),
+    }
+}
+
 /// What a `GET /tasks` asks for: its filters, its page size, and where
 /// the page starts.
 #[derive(Debug, Default, PartialEq)]
@@ -5968,13 +6009,7 @@ impl<'a> ListQuery<'a> {
         };
         let limit = match query_param(query, "limit")? {
             None => DEFAULT_LIMIT,
-            Some(n) => match std::str::from_utf8(&n)
-                .ok()
-                .and_then(|n| n.parse::<u64>().ok())
-            {
-                Some(n) if n > 0 => n.min(MAX_LIMIT as u64) as usize,
-                _ => return Err(bad("limit must be a positive integer")),
-            },
+            Some(n) => parse_limit(&n).ok_or_else(|| bad("limit must be a positive integer"))?,
         };
         let before = match query_param(query, "before")? {
             None => None,
@@ -6415,7 +6450,8 @@ fn metrics(shared: &Shared) -> Response {
         vec![
             per_queue(
                 "bgtasks_queue_depth",
-                "Tasks waiting in the queue, or waiting for room in it.",
+                "Tasks in the queue, cancelled ones until a worker reaches them; \
+                 not those due but waiting for room in it.",
                 |v| v.depth as u64,
             ),
             per_queue(
@@ -6457,7 +6493,8 @@ fn metrics(shared: &Shared) -> Response {
             Family::one(
                 "bgtasks_tasks_accepted_total",
                 "counter",
-                "Tasks created by requests.",
+                "Tasks created by requests and by schedules' firings; \
+                 not idempotent repeats, nor tasks replayed from disk.",
                 c.accepted,
             ),
             Family {
@@ -6807,9 +6844,11 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The headers that keep the dashboard to itself: scripts, styles and
 /// requests only from this origin (inline ones allowed: the page is one
-/// file), no sniffing of types, no framing by other pages.
+/// file), no sniffing of types, no framing by other pages. Images may also
+/// be `data:` URLs, which are no other origin: the page's icon is one, so
+/// that the browser asks for no `/favicon.ico` (a 404 in its console).
 const DASHBOARD_HEADERS: &str = "Content-Security-Policy: default-src 'self'; \
-    script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self'; \
+    script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'\r\n\
     X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n";
 
@@ -7800,9 +7839,10 @@ async fn listen(
 
 // ---- 11. Signals, shutdown and `main` ----
 //
-// Signals arrive through a pipe (signal-hook writes a byte per signal from
-// its handler), which the executor reads like any socket: no thread sits
-// waiting for signals, and no work happens inside a signal handler.
+// Signals arrive through pipes (signal-hook writes a byte per signal from
+// its handler), one for each signal, which the executor reads like any
+// socket: no thread sits waiting for signals, and no work happens inside a
+// signal handler.
 
 /// Starts the server and runs it until shutdown has finished; returns the
 /// exit status.
@@ -7810,16 +7850,16 @@ async fn supervise(
     shared: Arc<Shared>,
     executor: Arc<Executor<'static>>,
     listener: Async<TcpListener>,
-    signals: Async<std::os::unix::net::UnixStream>,
+    signals: Signals,
     due_rx: Receiver<(u64, u64)>,
     start_threads: impl FnOnce(),
 ) -> i32 {
     let running = start_serving(&shared, &executor, listener, due_rx).await;
     notify_service_manager("READY=1");
     start_threads();
-    let received = read_signals(&signals).await;
+    let first = (signals.next().await, Instant::now());
     notify_service_manager("STOPPING=1");
-    shut_down(&shared, &executor, running, signals, received).await
+    shut_down(&shared, &executor, running, signals, first).await
 }
 
 /// What shutdown needs of a running server: what to wait for.
@@ -7883,20 +7923,29 @@ async fn start_serving(
     }
 }
 
-/// Shuts down in the order of the crate docs, after the first of
-/// `received` signals; returns the exit status.
+/// Shuts down in the order of the crate docs, after the `first` signal
+/// (which, and when it was read); returns the exit status.
 async fn shut_down(
     shared: &Shared,
     executor: &Executor<'static>,
     running: Running,
-    signals: Async<std::os::unix::net::UnixStream>,
-    received: usize,
+    signals: Signals,
+    first: (StopSignal, Instant),
 ) -> i32 {
     // Step 1: the drain begins.
     info!(
         "shutting down: no new tasks; waiting up to {:?} for requests and running tasks",
         shared.config.grace
     );
+    // A second signal, from now on, ends the process at once; a repeat of
+    // the first is the same request.
+    executor
+        .spawn(async move {
+            while !is_second_signal(first.0, signals.next().await, first.1.elapsed()) {}
+            error!("second signal: exiting at once");
+            std::process::exit(1);
+        })
+        .detach();
     shared.store().draining = true;
     shared.draining.fire();
     for queue in &shared.queues {
@@ -7906,16 +7955,6 @@ async fn shut_down(
     // new request start, and this sender go.
     running.listening.await;
     drop(running.in_flight_tx);
-    // A second signal, from now on, ends the process at once.
-    executor
-        .spawn(async move {
-            if received < 2 {
-                read_signals(&signals).await;
-            }
-            error!("second signal: exiting at once");
-            std::process::exit(1);
-        })
-        .detach();
 
     // Step 2: wait for requests in flight and running tasks, up to --grace.
     let everything_done = async {
@@ -7991,25 +8030,73 @@ fn notify_service_manager(state: &str) {
     }
 }
 
-/// Waits for signals to arrive on the pipe; returns how many did.
-async fn read_signals(signals: &Async<std::os::unix::net::UnixStream>) -> usize {
-    let mut bytes = [0u8; 8];
-    match signals.read_with(|s| (&*s).read(&mut bytes)).await {
-        Ok(n) => n.max(1),
-        // The pipe cannot fail in practice; treating a failure as a
-        // signal errs on the side of stopping.
-        Err(_) => 1,
-    }
+/// A signal that stops the server.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum StopSignal {
+    /// SIGINT: Ctrl-C.
+    Int,
+    /// SIGTERM: `kill`, `timeout`, a service manager.
+    Term,
 }
 
-/// Sets up a pipe that receives a byte for each SIGINT and SIGTERM.
-fn signal_pipe() -> io::Result<Async<std::os::unix::net::UnixStream>> {
-    let (read, write) = std::os::unix::net::UnixStream::pair()?;
-    write.set_nonblocking(true)?;
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
+/// How long after the first signal a repeat of the same signal is the same
+/// request, not a second one: `timeout` signals the process and then its
+/// group, and a kill of a process group can reach it twice, so one signal
+/// comes twice within microseconds; a person pressing Ctrl-C again takes
+/// longer than this.
+const REPEAT_WINDOW: Duration = Duration::from_secs(1);
+
+/// Tells whether signal `this`, read `after` the `first`, asks to exit at
+/// once: a different signal does, and so does the same one once
+/// [`REPEAT_WINDOW`] has passed.
+fn is_second_signal(first: StopSignal, this: StopSignal, after: Duration) -> bool {
+    this != first || after >= REPEAT_WINDOW
+}
+
+/// The read ends of the pipes signal-hook writes a byte to for each SIGINT
+/// and each SIGTERM. Its byte is the same whatever the signal: the pipe it
+/// comes through is what says which it was.
+struct Signals {
+    /// SIGINT's pipe.
+    int: Async<std::os::unix::net::UnixStream>,
+    /// SIGTERM's pipe.
+    term: Async<std::os::unix::net::UnixStream>,
+}
+
+impl Signals {
+    /// Sets up a pipe for SIGINT and one for SIGTERM.
+    fn new() -> io::Result<Signals> {
+        let pipe = |signal| {
+            let (read, write) = std::os::unix::net::UnixStream::pair()?;
+            write.set_nonblocking(true)?;
+            signal_hook::low_level::pipe::register(signal, write)?;
+            Async::new(read)
+        };
+        Ok(Signals {
+            int: pipe(signal_hook::consts::SIGINT)?,
+            term: pipe(signal_hook::consts::SIGTERM)?,
+        })
     }
-    Async::new(read)
+
+    /// Waits for a signal to arrive; returns which. Several bytes waiting
+    /// in one pipe are read as one: the same signal, come again at once.
+    async fn next(&self) -> StopSignal {
+        // SIGINT wins a tie; either way the other is read next.
+        future::or(
+            Signals::read(&self.int, StopSignal::Int),
+            Signals::read(&self.term, StopSignal::Term),
+        )
+        .await
+    }
+
+    /// Waits for `signal`'s bytes on its pipe and takes them; returns it.
+    async fn read(pipe: &Async<std::os::unix::net::UnixStream>, signal: StopSignal) -> StopSignal {
+        let mut bytes = [0u8; 8];
+        // The pipe cannot fail in practice; treating a failure as a signal
+        // errs on the side of stopping.
+        let _ = pipe.read_with(|s| (&*s).read(&mut bytes)).await;
+        signal
+    }
 }
 
 fn main() {
@@ -8024,8 +8111,9 @@ fn main() {
             println!("bgtasks {}", env!("CARGO_PKG_VERSION"));
             return;
         }
+        // Every start-up error is one line, whatever text it quotes.
         Err(message) => {
-            eprintln!("bgtasks: {message}");
+            eprintln!("bgtasks: {}", OneLine(&message));
             std::process::exit(2);
         }
     };
@@ -8036,7 +8124,7 @@ fn main() {
     std::process::exit(match launch(*config) {
         Ok(code) => code,
         Err(message) => {
-            error!("{message}");
+            error!("{}", OneLine(&message));
             1
         }
     });
@@ -8060,7 +8148,7 @@ fn launch(config: Config) -> Result<i32, String> {
     // it with async-io's reactor (an epoll set, and a helper thread that
     // drives it when no thread in `block_on` does).
     let listener = Async::new(listener).map_err(|e| format!("cannot watch the listener: {e}"))?;
-    let signals = signal_pipe().map_err(|e| format!("cannot watch signals: {e}"))?;
+    let signals = Signals::new().map_err(|e| format!("cannot watch signals: {e}"))?;
     if !config.handlers.is_empty() {
         become_subreaper();
     }
@@ -8153,7 +8241,7 @@ fn spawn_journal_writer(
 fn run_executor(
     shared: &Arc<Shared>,
     listener: Async<TcpListener>,
-    signals: Async<std::os::unix::net::UnixStream>,
+    signals: Signals,
     due_rx: Receiver<(u64, u64)>,
 ) -> i32 {
     let executor = Arc::new(Executor::new());
@@ -8707,6 +8795,50 @@ mod tests {
                 "{text:?} after {after}: {expected}"
             );
         }
+    }
+
+    #[test]
+    fn every_keeps_to_its_grid_and_skips_what_it_fell_behind() {
+        let every = parse_spec("@every 1s").unwrap();
+        let due = 1_796_000_000_123;
+        // (ms late, the next firing's distance from `due`)
+        let cases = [
+            (0, 1000),
+            (1, 1000),
+            (999, 1000),
+            // Due again at the very moment: it fires at once, not skipped.
+            (1000, 1000),
+            (1001, 2000),
+            (3500, 4000),
+            (86_400_500, 86_401_000),
+        ];
+        for (late, next) in cases {
+            assert_eq!(
+                firing_after(&every, due, due + late),
+                Some(due + next),
+                "{late} ms late"
+            );
+        }
+        // A clock that stepped back never fires before the next due time.
+        assert_eq!(firing_after(&every, due, due - 5000), Some(due + 1000));
+        // A thousand firings each run 1 ms late stay on the grid.
+        let mut at = due;
+        for _ in 0..1000 {
+            at = firing_after(&every, at, at + 1).unwrap();
+        }
+        assert_eq!(at, due + 1_000_000);
+        assert_eq!(firing_after(&every, u64::MAX - 999, u64::MAX), None);
+        // Cron fires on the first whole minute after both the due time and now.
+        let cron = parse_spec("* * * * *").unwrap();
+        let minute = 1_796_000_040_000;
+        assert_eq!(
+            firing_after(&cron, minute, minute + 5),
+            Some(minute + 60_000)
+        );
+        assert_eq!(
+            firing_after(&cron, minute, minute + 150_000),
+            Some(minute + 180_000)
+        );
     }
 
     #[test]
@@ -9273,6 +9405,32 @@ mod tests {
             let got = percent_decode(input.as_bytes(), plus)
                 .map(|c| String::from_utf8(c.into_owned()).unwrap());
             assert_eq!(got.as_deref(), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn a_limit_is_any_positive_integer_clamped_to_1000() {
+        let cases: &[(&str, Option<usize>)] = &[
+            ("1", Some(1)),
+            ("999", Some(999)),
+            ("1000", Some(1000)),
+            ("1001", Some(1000)),
+            ("0007", Some(7)),
+            ("99999", Some(1000)),
+            ("18446744073709551616", Some(1000)),
+            ("99999999999999999999", Some(1000)),
+            ("0", None),
+            ("000", None),
+            ("", None),
+            ("-1", None),
+            ("+5", None),
+            ("1.5", None),
+            ("1e3", None),
+            (" 5", None),
+            ("abc", None),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(parse_limit(text.as_bytes()), expected, "{text:?}");
         }
     }
 
@@ -10771,6 +10929,28 @@ mod tests {
                     "{twin} {path} ({routed:?}) is not in the document at {at}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn only_a_different_signal_or_a_late_repeat_is_a_second_signal() {
+        use StopSignal::{Int, Term};
+        let ms = Duration::from_millis;
+        let cases = [
+            (Term, Term, ms(0), false),
+            (Term, Term, ms(999), false),
+            (Term, Term, ms(1000), true),
+            (Term, Term, ms(1500), true),
+            (Int, Int, ms(10), false),
+            (Term, Int, ms(0), true),
+            (Int, Term, ms(0), true),
+        ];
+        for (first, this, after, second) in cases {
+            assert_eq!(
+                is_second_signal(first, this, after),
+                second,
+                "{first:?} then {this:?} {after:?} later"
+            );
         }
     }
 }

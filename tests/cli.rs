@@ -4,6 +4,7 @@ mod common;
 
 use common::{Server, TempDir, command};
 use rustix::process::Signal;
+use std::collections::BTreeSet;
 use std::net::TcpListener;
 
 /// Runs the binary to completion and returns (status, stdout, stderr).
@@ -156,6 +157,55 @@ fn bad_values_exit_2_with_one_clear_line_before_binding() {
 }
 
 #[test]
+fn start_up_errors_stay_on_one_line_whatever_they_quote() {
+    // A regular file where the data directory should be, its name with a
+    // newline in it: the server cannot use it and exits 1.
+    let dir = TempDir::new("one-line");
+    let file = dir.arg("data\ndir");
+    std::fs::write(&file, "").unwrap();
+    /// Arguments, the exit status, and what the one line of stderr says.
+    type Case<'a> = (&'a [&'a str], i32, &'a str);
+    let cases: &[Case] = &[
+        (
+            &["--schedule", "n=5/\n2 * * * * {}"],
+            2,
+            "has a step but no range: write \"5-59/\\n2\"",
+        ),
+        (
+            &["--schedule", "n=9-1\n * * * * {}"],
+            2,
+            "minute \"1\\n\" is not a number",
+        ),
+        (&["--schedule", "n=@every 1\ns {}"], 2, "duration \"1\\ns\""),
+        (
+            &["--schedule", "a\nb=@every 1s {}"],
+            2,
+            "--schedule \"a\\nb\"",
+        ),
+        (
+            &["--handler", "a\nb=/bin/true"],
+            2,
+            "--handler \"a\\nb=/bin/true\"",
+        ),
+        (
+            &["--handler", "a=/no\nwhere"],
+            2,
+            "\"/no\\nwhere\" does not exist",
+        ),
+        (&["--queue", "a\nb=1"], 2, "--queue \"a\\nb=1\""),
+        (&["--data-dir", &file], 1, "cannot use --data-dir"),
+    ];
+    for (args, status, expected) in cases {
+        let mut all = vec!["--addr", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let (code, _, err) = run(&all, &[]);
+        assert_eq!(code, Some(*status), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+        assert!(err.contains(expected), "{args:?}: {err:?}");
+    }
+}
+
+#[test]
 fn a_port_in_use_exits_1_naming_the_address() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
@@ -274,4 +324,73 @@ fn the_readme_flag_table_agrees_with_help() {
     let table = readme_flags(&readme);
     assert!(help.len() >= 17, "{help:?}");
     assert_eq!(table, help, "the README's flag table and --help differ");
+}
+
+/// Reads the README.
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md is readable")
+}
+
+#[test]
+fn the_readme_names_every_route_open_without_the_token() {
+    let server = Server::start(&["--token", "s3cret"]);
+    let paths = [
+        "/",
+        "/healthz",
+        "/tasks",
+        "/tasks/x",
+        "/metrics",
+        "/queues",
+        "/schedules",
+        "/openapi.json",
+        "/nowhere",
+    ];
+    let open: BTreeSet<&str> = paths
+        .into_iter()
+        .filter(|path| server.get(path).status != 401)
+        .collect();
+    let readme = readme();
+    let bullet = readme
+        .split("- With `--token`, everything but ")
+        .nth(1)
+        .and_then(|rest| rest.split(" needs").next())
+        .expect("the README says what needs the token");
+    // The paths it names in backquotes.
+    let named: BTreeSet<&str> = bullet
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|word| word.starts_with('/'))
+        .collect();
+    assert_eq!(named, open, "README: {bullet:?}");
+}
+
+#[test]
+fn what_the_readme_examples_make_in_the_clone_is_ignored_by_git() {
+    let readme = readme();
+    let ignored = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.gitignore"))
+        .expect(".gitignore is readable");
+    // Directories the examples create in the current one: `--data-dir
+    // ./DIR` and `mkdir -p DIR`.
+    let made: Vec<&str> = readme
+        .lines()
+        .flat_map(|line| {
+            let data = line.split("--data-dir ./").nth(1);
+            let mkdir = line.strip_prefix("mkdir -p ");
+            [data, mkdir].into_iter().flatten()
+        })
+        .filter_map(|rest| rest.split([' ', '/']).next())
+        .collect();
+    assert!(
+        made.contains(&"bgtasks-data") && made.contains(&"handlers"),
+        "{made:?}"
+    );
+    for dir in made {
+        let entry = format!("/{dir}/");
+        assert!(
+            ignored.lines().any(|l| l == entry),
+            "{entry} is not in .gitignore"
+        );
+    }
 }

@@ -749,10 +749,14 @@ fn the_dashboard_is_one_small_page_with_its_headers_and_needs_no_token() {
         assert!(csp.contains(directive), "{csp}");
     }
     assert!(!csp.contains("http") && !csp.contains('*'), "{csp}");
+    // An inline icon, which the policy lets in (a `data:` URL is no other
+    // origin), so the browser asks for no /favicon.ico, a 404.
+    assert!(csp.contains("img-src 'self' data:;"), "{csp}");
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.header("x-frame-options"), Some("DENY"));
     let page = r.text();
     assert!(page.to_ascii_lowercase().starts_with("<!doctype html"));
+    assert!(page.contains("<link rel=\"icon\" href=\"data:"), "no icon");
     for external in [
         "src=\"http",
         "href=\"http",

@@ -62,8 +62,12 @@ fn list_filters_newest_first_and_counts_everything() {
     let three = server.get("/tasks?state=queued&limit=3").json();
     newest.truncate(3);
     assert_eq!(ids(&three), newest);
-    let clamped = server.get("/tasks?limit=5000").json();
-    assert_eq!(clamped["tasks"].as_array().unwrap().len(), 121);
+    // Any positive integer is clamped, however many digits it has.
+    for huge in ["5000", "99999999999999999999"] {
+        let clamped = server.get(&format!("/tasks?limit={huge}"));
+        assert_eq!(clamped.status, 200, "limit={huge}");
+        assert_eq!(clamped.json()["tasks"].as_array().unwrap().len(), 121);
+    }
     assert_eq!(
         server.get("/tasks?task_id=nobody").json()["tasks"],
         serde_json::json!([])
@@ -72,6 +76,7 @@ fn list_filters_newest_first_and_counts_everything() {
     for bad in [
         "limit=0",
         "limit=-1",
+        "limit=%2B5",
         "limit=abc",
         "limit=1.5",
         "limit=",
@@ -645,6 +650,37 @@ fn samples(text: &str) -> Vec<(String, f64)> {
             (name.to_string(), value.parse().unwrap())
         })
         .collect()
+}
+
+#[test]
+fn metrics_help_says_what_each_count_holds() {
+    let tick = r#"tick=@every 1s {"work_duration": "0s"}"#;
+    let server = Server::start(&["--schedule", tick]);
+    // No request made a task, and the firing is counted all the same.
+    eventually("a firing", || {
+        (server.metric("bgtasks_tasks_accepted_total") >= 1.0).then_some(())
+    });
+    let text = server.get("/metrics").text();
+    let help = |name: &str| {
+        let prefix = format!("# HELP {name} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no HELP for {name}: {text}"))
+            .to_string()
+    };
+    // Depth leaves out retries and delayed tasks waiting for room (README:
+    // "a retry or delayed task waiting for room does not" count).
+    assert_eq!(
+        help("bgtasks_queue_depth"),
+        "Tasks in the queue, cancelled ones until a worker reaches them; \
+         not those due but waiting for room in it."
+    );
+    // A schedule's firing is counted: its task is made as if POSTed.
+    assert_eq!(
+        help("bgtasks_tasks_accepted_total"),
+        "Tasks created by requests and by schedules' firings; \
+         not idempotent repeats, nor tasks replayed from disk."
+    );
 }
 
 #[test]

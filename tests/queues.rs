@@ -832,6 +832,32 @@ fn scheduled_tasks_and_paused_queues_survive_restarts_and_kill_9() {
 }
 
 #[test]
+fn a_paused_queue_counts_the_tasks_a_restart_puts_back_and_runs_them_on_resume() {
+    let dir = TempDir::new("paused-depth");
+    let data = dir.arg("data");
+    let args = ["--data-dir", data.as_str(), "--queue", "q=1/4"];
+    let mut server = Server::start(&args);
+    assert_eq!(server.post("/queues/q/pause", "").status, 200);
+    let body = json!({"work_duration": "0s", "queue": "q"});
+    let ids = [0, 1].map(|_| submit(&server, body.clone(), "queued"));
+    assert_eq!(queue(&server, "q")["depth"], 2);
+    server.kill();
+    let server = Server::start(&args);
+    let q = queue(&server, "q");
+    assert_eq!(
+        (&q["paused"], &q["depth"]),
+        (&json!(true), &json!(2)),
+        "{q}"
+    );
+    assert_eq!(server.metric("bgtasks_queue_depth{queue=\"q\"}"), 2.0);
+    assert_eq!(server.post("/queues/q/resume", "").status, 200);
+    for id in &ids {
+        assert_eq!(server.wait_done(id)["state"], "succeeded");
+    }
+    assert_eq!(queue(&server, "q")["depth"], 0);
+}
+
+#[test]
 fn bad_queue_flags_exit_2_with_one_line_before_binding() {
     // The address is taken, so a server that bound before checking its
     // flags would exit 1 instead of 2.

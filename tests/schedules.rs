@@ -231,6 +231,30 @@ fn schedules_lists_every_schedule_with_its_next_firing() {
 }
 
 #[test]
+fn an_every_schedule_keeps_to_the_times_its_first_firing_set() {
+    // Each firing is due a whole number of seconds after the first, however
+    // late it ran: counted from when each ran, `@every 1s` drifted about a
+    // millisecond a firing. A firing the server fell more than a second
+    // behind on is skipped, onto the same grid, so a busy machine passes too.
+    let server = Server::start(&["--schedule", &every_second("grid", "")]);
+    let mut seen: Vec<(i64, i64)> = Vec::new();
+    while seen.len() < 6 {
+        let (last, next) = eventually("the schedule to fire again", || {
+            let s = schedule(&server, "grid");
+            let last = (!s["last_at"].is_null()).then(|| epoch_millis(&s["last_at"]))?;
+            let next = epoch_millis(&s["next_at"]);
+            (seen.last().is_none_or(|&(l, _)| l != last)).then_some((last, next))
+        });
+        seen.push((last, next));
+    }
+    let first = seen[0].0;
+    for &(last, next) in &seen {
+        assert_eq!((last - first) % 1000, 0, "{seen:?}");
+        assert!(next > last && (next - last) % 1000 == 0, "{seen:?}");
+    }
+}
+
+#[test]
 fn a_schedule_whose_task_outlasts_its_interval_skips_firings() {
     let slow = r#"slow=@every 1s {"work_duration": "3s"}"#;
     let mut server = Server::start(&["--schedule", slow]);

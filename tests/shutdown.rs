@@ -2,10 +2,11 @@
 
 mod common;
 
-use common::{Server, closes, read_response};
+use common::{Server, closes, command, read_response};
 use rustix::process::Signal;
 use std::io::Write;
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Starts an idle server with a long grace and an idle keep-alive
@@ -104,18 +105,19 @@ fn while_draining_open_connections_get_503_and_new_ones_are_refused() {
     });
     // The running task holds the server until it is cancelled... by a
     // second signal, which exits at once with status 1 (liveness: it
-    // takes milliseconds; the task and the grace would take 30 s).
+    // takes milliseconds; the task and the grace would take 30 s). It is
+    // SIGINT: SIGTERM again within a second would be the same request.
     assert!(server.wait_exit(Duration::from_millis(300)).is_none());
-    let (code, took) = server.stop(Signal::TERM);
+    let (code, took) = server.stop(Signal::INT);
     assert_eq!(code, Some(1));
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
-/// Sends SIGTERM and returns how long the server takes to exit, measured
+/// Sends `signal` and returns how long the server takes to exit, measured
 /// by a blocking wait rather than a poll (a benchmark's clock).
-fn time_to_exit(server: &mut Server) -> Duration {
+fn time_to_exit(server: &mut Server, signal: Signal) -> Duration {
     let started = Instant::now();
-    server.signal(Signal::TERM);
+    server.signal(signal);
     server.child.wait().unwrap();
     started.elapsed()
 }
@@ -127,19 +129,106 @@ fn bench_shutdown_latency() {
     let mut second = Vec::new();
     for _ in 0..10 {
         let (mut server, _idle) = idle_with_a_keep_alive_connection();
-        idle.push(time_to_exit(&mut server));
+        idle.push(time_to_exit(&mut server, Signal::TERM));
         let mut server = Server::start(&["--workers", "1", "--grace", "30s"]);
         let id = server.submit("60s");
         server.wait_state(&id, "running");
         server.signal(Signal::TERM);
         server.wait_log("shutting down");
-        second.push(time_to_exit(&mut server));
+        second.push(time_to_exit(&mut server, Signal::INT));
     }
     println!("idle server, signal to exit: {}", common::spread(&mut idle));
     println!(
         "draining server, second signal to exit: {}",
         common::spread(&mut second)
     );
+}
+
+/// Starts a server with a long grace and one task running that ends on
+/// its own in `duration`.
+fn one_task_running(duration: &str) -> Server {
+    let server = Server::start(&["--workers", "1", "--grace", "30s"]);
+    let id = server.submit(duration);
+    server.wait_state(&id, "running");
+    server
+}
+
+#[test]
+fn the_same_signal_again_within_a_second_is_the_same_request() {
+    for signal in [Signal::TERM, Signal::INT] {
+        let mut server = one_task_running("2s");
+        server.signal(signal);
+        server.wait_log("shutting down");
+        // Read as a second signal, this would exit 1 at once.
+        server.signal(signal);
+        let status = server.wait_exit(common::PATIENCE).expect("an exit");
+        assert_eq!(status.code(), Some(0), "{signal:?}: {}", server.log());
+        // The task was let finish, not dropped.
+        server.wait_log("dropped 0 queued and 0 running tasks");
+        assert!(!server.log().contains("second signal"), "{}", server.log());
+    }
+}
+
+/// Kills a process group when the test fails while it is in scope.
+struct KillGroupOnPanic(rustix::process::Pid);
+
+impl Drop for KillGroupOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = rustix::process::kill_process_group(self.0, Signal::KILL);
+        }
+    }
+}
+
+#[test]
+fn timeout_stops_the_server_gracefully() {
+    // `timeout` sends SIGTERM to the server, then to its process group,
+    // which the server is in: two SIGTERMs within microseconds.
+    let server = command(
+        &["--addr", "127.0.0.1:0"],
+        &["--workers", "1", "--grace", "30s"],
+        &[],
+    );
+    let mut timeout = Command::new("timeout");
+    timeout
+        .args(["--preserve-status", "2"])
+        .arg(server.get_program())
+        .args(server.get_args())
+        .envs(server.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let mut server = Server::spawn_command(timeout);
+    // `timeout` leads a process group of its own: a failing test kills it
+    // all rather than leave the server running.
+    let _group = KillGroupOnPanic(rustix::process::Pid::from_child(&server.child));
+    let id = server.submit("3s");
+    server.wait_state(&id, "running");
+    let status = server.wait_exit(common::PATIENCE).expect("an exit");
+    assert_eq!(status.code(), Some(0), "{}", server.log());
+    server.wait_log("dropped 0 queued and 0 running tasks");
+}
+
+#[test]
+fn the_same_signal_after_a_second_or_another_signal_at_once_exits_1() {
+    let cases = [
+        (Signal::TERM, Duration::from_millis(1500), Signal::TERM),
+        (Signal::TERM, Duration::ZERO, Signal::INT),
+        (Signal::INT, Duration::ZERO, Signal::TERM),
+    ];
+    for (first, gap, then) in cases {
+        let mut server = one_task_running("60s");
+        server.signal(first);
+        // A deliberate gap between the signals, not a wait for anything.
+        std::thread::sleep(gap);
+        let (code, took) = server.stop(then);
+        assert_eq!(
+            code,
+            Some(1),
+            "{first:?}, {gap:?}, {then:?}: {}",
+            server.log()
+        );
+        // Liveness: it takes milliseconds; the task and the grace, 30 s.
+        assert!(took < Duration::from_secs(10), "{took:?}");
+        server.wait_log("second signal: exiting at once");
+    }
 }
 
 #[test]

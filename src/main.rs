@@ -1633,15 +1633,16 @@ struct NewTask {
     schedule: Option<u16>,
 }
 
-/// What the store answers to a submission.
+/// What the store answers to a submission: everything the answer shows,
+/// so that it is made after the lock is released.
 #[derive(Debug)]
 enum Admission {
     /// The task was created with this id, queued or scheduled; with a
     /// journal, the receiver tells whether its record reached the disk.
-    Created(u64, State, Option<Receiver<bool>>),
+    Created(TaskId, State, Option<Receiver<bool>>),
     /// The idempotency key names a retained task, made by the same
-    /// request: its id.
-    Repeat(u64),
+    /// request: its id, label and state.
+    Repeat(TaskId, Option<Text>, State),
     /// The idempotency key names a retained task made by another request.
     KeyReused,
     /// The task's queue is full.
@@ -1945,10 +1946,14 @@ impl Store {
         if let Some(key) = &new.key
             && let Some(&id) = self.keys.get(&key.text)
         {
-            let first = self.get(id).and_then(|t| t.extra.as_ref()?.key.as_ref());
+            let task = self.get(id);
+            let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
             return match first.map_or(0, |k| k.fingerprint) {
-                0 => Admission::Repeat(id),
-                f if f == key.fingerprint => Admission::Repeat(id),
+                f if f == 0 || f == key.fingerprint => Admission::Repeat(
+                    self.task_id(id),
+                    task.and_then(|t| t.label.clone()),
+                    task.map_or(State::Queued, |t| t.state),
+                ),
                 _ => Admission::KeyReused,
             };
         }
@@ -1995,7 +2000,7 @@ impl Store {
             saved
         });
         self.publish(i, self.tasks[i].created_at());
-        Admission::Created(id, state, saved)
+        Admission::Created(self.task_id(id), state, saved)
     }
 
     /// Puts a task whose time has come (a delayed task, or a retry) into
@@ -2413,8 +2418,69 @@ impl Shared {
     /// Locks the store. A panic elsewhere while holding the lock cannot
     /// leave a half-made change (every change is a few assignments), so a
     /// poisoned lock is used as it is.
-    fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    ///
+    /// The rule: nothing that runs while the guard is held takes the lock
+    /// again. `std`'s mutex is not re-entrant, so a second `store()` on the
+    /// thread that holds the guard would wait for itself for ever, and the
+    /// whole server with it (issue 24: a refusal told the event streams by
+    /// locking again). It is kept by construction:
+    ///
+    /// - Code that runs under the lock is given the store — a [`Store`]
+    ///   method's `self`, a `&Store` — and the fixed parts it needs
+    ///   (`&Config`, `&[Queue]`), never `&Shared`. The store holds no path
+    ///   back to its own mutex, so such code has no way to name the lock:
+    ///   a function could take it only if its signature had a `Shared` in
+    ///   it, and none that runs under the lock has.
+    /// - A function that has a `&Shared` locks for one statement
+    ///   (`shared.store().method(..)`, the guard dropped at the `;`) or one
+    ///   block in which it calls only store methods and functions that
+    ///   take no `Shared`. What needs the lock again afterwards — the
+    ///   count of a refusal, which tells the streams that the stats
+    ///   changed ([`queue_full`]) — runs after the guard is dropped.
+    /// - The guard is not `Send`, so a spawned task cannot hold it across
+    ///   an `.await` (its future would not be `Send`): a guard is always
+    ///   taken and dropped by one thread within one poll. Debug builds
+    ///   therefore check the rule exactly with a per-thread flag, and a
+    ///   second lock is a panic naming this rule instead of a hang.
+    fn store(&self) -> StoreGuard<'_> {
+        debug_assert!(
+            !HOLDS_STORE.replace(true),
+            "the store lock was taken again by the thread holding it (see Shared::store)"
+        );
+        StoreGuard(self.store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+thread_local! {
+    /// Whether this thread holds the store's guard; kept in debug builds
+    /// only, for the check in [`Shared::store`].
+    static HOLDS_STORE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The store, locked: it exists only while the lock is held, and what runs
+/// under the lock is given it (or the `&mut Store` it derefs to), never the
+/// [`Shared`] that could lock again.
+struct StoreGuard<'a>(MutexGuard<'a, Store>);
+
+impl std::ops::Deref for StoreGuard<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        &mut self.0
+    }
+}
+
+impl Drop for StoreGuard<'_> {
+    fn drop(&mut self) {
+        if cfg!(debug_assertions) {
+            HOLDS_STORE.set(false);
+        }
     }
 }
 
@@ -3113,7 +3179,7 @@ impl Shared {
     fn fire(&self, i: usize, at: u64) -> Option<u64> {
         let config = &self.config.schedules[i];
         let mut store = self.store();
-        let skipped = match store.fire(i, config, self) {
+        let skipped = match store.fire(i, &self.config, &self.queues) {
             Ok(id) => {
                 debug!("schedule {} fired: task {}", config.name, store.task_id(id));
                 None
@@ -3136,7 +3202,7 @@ impl Store {
     /// Creates the task of schedule `i`'s firing, unless its previous task
     /// is still pending or its queue is full; returns the new task's id, or
     /// why there is none.
-    fn fire(&mut self, i: usize, config: &ScheduleConfig, shared: &Shared) -> Result<u64, String> {
+    fn fire(&mut self, i: usize, config: &Config, queues: &[Queue]) -> Result<u64, String> {
         if let Some(task) = self.get(self.schedules[i].last_task)
             && matches!(
                 task.state,
@@ -3146,11 +3212,12 @@ impl Store {
             return Err(format!("its previous task is still {}", task.state.name()));
         }
         // Checked at start-up, and nothing in it depends on the time.
-        let mut new = parse_submission(&shared.config, config.template.as_bytes())?;
-        new.label = new.label.or_else(|| Some(Text::new(&config.name)));
+        let schedule = &config.schedules[i];
+        let mut new = parse_submission(config, schedule.template.as_bytes())?;
+        new.label = new.label.or_else(|| Some(Text::new(&schedule.name)));
         new.schedule = Some(i as u16);
-        match self.admit(new, &shared.queues) {
-            Admission::Created(id, ..) => {
+        match self.admit(new, queues) {
+            Admission::Created(TaskId { num: id, .. }, ..) => {
                 let state = &mut self.schedules[i];
                 (state.last_task, state.created) = (id, state.created + 1);
                 Ok(id)
@@ -5601,7 +5668,8 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
         Route::Queues => queues(shared),
         Route::Schedules => schedules(shared),
         Route::Events => {
-            return match EventFilter::parse(query, &shared.config, &shared.store()) {
+            let filter = EventFilter::parse(query, &shared.config, &shared.store());
+            return match filter {
                 Ok(filter) => Reply::Events(filter),
                 Err(response) => Reply::Now(response),
             };
@@ -5830,15 +5898,15 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
         return Submitted::Answer(queue_full(shared));
     }
     let label = new.label.clone();
-    let mut store = shared.store();
-    let (id, state, saved) = match store.admit(new, &shared.queues) {
-        Admission::Created(id, state, saved) => (id, state, saved),
-        Admission::Repeat(id) => {
-            let task = store.get(id);
-            let label = task.and_then(|t| t.label.as_ref()).map(Text::as_str);
-            let state = task.map_or(State::Queued, |t| t.state);
-            let response = submitted(200, store.task_id(id), label, state);
-            return Submitted::Repeat(response, id);
+    // One statement: the guard is dropped at its end, and the answer is
+    // made without the lock (see `Shared::store`).
+    let admission = shared.store().admit(new, &shared.queues);
+    let (task_id, state, saved) = match admission {
+        Admission::Created(task_id, state, saved) => (task_id, state, saved),
+        Admission::Repeat(task_id, label, state) => {
+            let label = label.as_ref().map(Text::as_str);
+            let response = submitted(200, task_id, label, state);
+            return Submitted::Repeat(response, task_id.num);
         }
         Admission::KeyReused => {
             return Submitted::Answer(Response::error(
@@ -5857,9 +5925,6 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
             return Submitted::Answer(Response::error(503, "server is shutting down"));
         }
     };
-    let task_id = store.task_id(id);
-    drop(store);
-    // Made outside the lock: everything it shows is known already.
     let response = submitted(202, task_id, label.as_ref().map(Text::as_str), state);
     debug!("task {task_id} queued");
     match saved {
@@ -5868,7 +5933,9 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
     }
 }
 
-/// Counts a refusal for a full queue and makes its `503`.
+/// Counts a refusal for a full queue and makes its `503`. With a stream
+/// subscribed it takes the store lock, so it is called without the guard
+/// (see `Shared::store`).
 fn queue_full(shared: &Shared) -> Response {
     shared.rejected.fetch_add(1, Ordering::Relaxed);
     if shared.subscribed.load(Ordering::Relaxed) {
@@ -6197,7 +6264,12 @@ const STATUS_CODES: usize = 600;
 fn queues(shared: &Shared) -> Response {
     let mut body = Vec::with_capacity(128 * shared.queues.len());
     body.extend_from_slice(b"{\"queues\": [");
-    for (i, view) in shared.store().queue_views(shared).iter().enumerate() {
+    for (i, view) in shared
+        .store()
+        .queue_views(&shared.config, &shared.queues)
+        .iter()
+        .enumerate()
+    {
         if i > 0 {
             body.extend_from_slice(b", ");
         }
@@ -6254,7 +6326,7 @@ fn pause(shared: &Shared, name: Option<&str>, paused: bool) -> Response {
         if paused { "paused" } else { "resumed" }
     );
     let mut body = Vec::with_capacity(128);
-    store.queue_views(shared)[q].write_json(&mut body);
+    store.queue_views(&shared.config, &shared.queues)[q].write_json(&mut body);
     Response::json(200, body)
 }
 
@@ -6333,9 +6405,9 @@ impl QueueView<'_> {
 
 impl Store {
     /// Shows every queue, `default` first.
-    fn queue_views<'a>(&self, shared: &'a Shared) -> Vec<QueueView<'a>> {
-        let configs = shared.config.queues.iter();
-        let runtime = shared.queues.iter().zip(&self.queues);
+    fn queue_views<'a>(&self, config: &'a Config, queues: &[Queue]) -> Vec<QueueView<'a>> {
+        let configs = config.queues.iter();
+        let runtime = queues.iter().zip(&self.queues);
         configs
             .zip(runtime)
             .map(|(config, (queue, state))| QueueView {
@@ -6402,7 +6474,7 @@ fn metrics(shared: &Shared) -> Response {
                 c.finished[s as usize],
             )
         });
-        let views = store.queue_views(shared);
+        let views = store.queue_views(&shared.config, &shared.queues);
         let per_queue = |name, help, value: fn(&QueueView) -> u64| Family {
             name,
             kind: "gauge",
@@ -6783,7 +6855,11 @@ fn write_stats_event(out: &mut Vec<u8>, shared: &Shared) {
     out.extend_from_slice(b"event: stats\ndata: {\"counts\": ");
     write_counts(out, &store.counts);
     out.extend_from_slice(b", \"queues\": [");
-    for (i, view) in store.queue_views(shared).iter().enumerate() {
+    for (i, view) in store
+        .queue_views(&shared.config, &shared.queues)
+        .iter()
+        .enumerate()
+    {
         if i > 0 {
             out.extend_from_slice(b", ");
         }
@@ -9140,11 +9216,11 @@ mod tests {
                         parse_key(k.as_bytes(), "/tasks", body.as_bytes()).unwrap()
                     });
                     match store.admit(new, &queues) {
-                        Admission::Created(id, state, _) => {
+                        Admission::Created(TaskId { num: id, .. }, state, _) => {
                             ids.insert(label.to_string(), id);
                             format!("created {}", state.name())
                         }
-                        Admission::Repeat(id) => {
+                        Admission::Repeat(TaskId { num: id, .. }, ..) => {
                             let first = ids.iter().find(|(_, v)| **v == id).unwrap();
                             format!("repeat {}", first.0)
                         }
@@ -9236,7 +9312,9 @@ mod tests {
     fn tombstones_are_swept_once_they_are_half_the_records() {
         let (mut store, queues, _due) = store_for(&["--buffer", "1000", "--keep-finished", "1"]);
         let admit = |store: &mut Store| {
-            let Admission::Created(id, _, _) = store.admit(new_task("t", 0), &queues) else {
+            let Admission::Created(TaskId { num: id, .. }, ..) =
+                store.admit(new_task("t", 0), &queues)
+            else {
                 panic!("admitted")
             };
             let _ = queues[0].jobs_rx.try_recv();
@@ -9939,6 +10017,29 @@ mod tests {
         );
     }
 
+    /// The check that keeps `Shared::store`'s rule in debug builds: a
+    /// second lock on the thread that holds the guard is a panic, not a
+    /// wait for itself (in a release build it would hang this test).
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the store lock was taken again")]
+    fn locking_the_store_twice_on_one_thread_is_caught() {
+        let (shared, _due, _) = build_shared(config(&[]), None);
+        let _held = shared.store();
+        let _again = shared.store();
+    }
+
+    /// The guard's check forgets a lock once it is dropped: locking again
+    /// afterwards, on the same thread, is what every statement-long lock
+    /// does.
+    #[test]
+    fn the_store_may_be_locked_again_once_the_guard_is_dropped() {
+        let (shared, _due, _) = build_shared(config(&[]), None);
+        drop(shared.store());
+        let guard = shared.store();
+        assert_eq!(guard.retained(), 0);
+    }
+
     /// A server's shared state with a journal in a fresh directory, as
     /// `launch` builds it, and what its writer thread would get.
     fn journaled(test: &str) -> (Arc<Shared>, WriterParts, PathBuf) {
@@ -9956,7 +10057,7 @@ mod tests {
         let progress = shared.journal.clone().unwrap();
         // Step 1: records leave the store in the order of the changes,
         // numbered, and `appended` says how far the numbering got.
-        let Admission::Created(id, _, Some(saved)) =
+        let Admission::Created(TaskId { num: id, .. }, _, Some(saved)) =
             shared.store().admit(new_task("p", 0), &shared.queues)
         else {
             panic!("admitted")
@@ -9987,7 +10088,7 @@ mod tests {
         // had never been accepted, the submission learns it, and waiters
         // are released all the same.
         writer.broken = true;
-        let Admission::Created(lost, _, Some(saved)) =
+        let Admission::Created(TaskId { num: lost, .. }, _, Some(saved)) =
             shared.store().admit(new_task("p", 0), &shared.queues)
         else {
             panic!("admitted")

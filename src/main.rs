@@ -4322,10 +4322,10 @@ impl Store {
         self.log(line, Awaiting::Change(Change::Cancel { id, at }));
     }
 
-    /// Step 2 under the store lock, once a batch is written or has failed:
-    /// if it failed, its new tasks are taken back and its changes are not
-    /// made; if it was written, its changes are made, in the order of
-    /// their records. Those waiting for the changes are told.
+    /// Settles a batch once it is written or has failed (step 2, under
+    /// the store lock): if it failed, its new tasks are taken back and its
+    /// changes are not made; if it was written, its changes are made, in
+    /// the order of their records. Those waiting for the changes are told.
     fn settle(&mut self, batch: &[JournalEntry], written: bool, queues: &[Queue]) {
         for entry in batch {
             match &entry.awaiting {

@@ -793,10 +793,13 @@ fn a_refused_keyed_request_can_be_repeated_and_is_then_accepted() {
     );
 }
 
-/// The answers to a cancel, a pause and a resume whose record could not
-/// be written.
+/// The answer to a cancel whose record could not be written.
 const CANCEL_NOT_SAVED: &str = "the cancel could not be saved to disk; try again later";
+
+/// The answer to a pause whose record could not be written.
 const PAUSE_NOT_SAVED: &str = "the pause could not be saved to disk; try again later";
+
+/// The answer to a resume whose record could not be written.
 const RESUME_NOT_SAVED: &str = "the resume could not be saved to disk; try again later";
 
 #[test]

@@ -181,7 +181,7 @@
 #![forbid(unsafe_code)]
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -1634,15 +1634,16 @@ struct NewTask {
     schedule: Option<u16>,
 }
 
-/// What the store answers to a submission.
+/// What the store answers to a submission: everything the answer shows,
+/// so that it is made after the lock is released.
 #[derive(Debug)]
 enum Admission {
     /// The task was created with this id, queued or scheduled; with a
     /// journal, the receiver tells whether its record reached the disk.
-    Created(u64, State, Option<Receiver<bool>>),
+    Created(TaskId, State, Option<Receiver<bool>>),
     /// The idempotency key names a retained task, made by the same
-    /// request: its id.
-    Repeat(u64),
+    /// request: its id, label and state.
+    Repeat(TaskId, Option<Text>, State),
     /// The idempotency key names a retained task made by another request.
     KeyReused,
     /// The task's queue is full.
@@ -1663,6 +1664,16 @@ enum Begin {
     /// The queue is paused: the worker keeps the task, still counted in
     /// the queue, and begins it when this trigger fires on the resume.
     Paused(Trigger),
+}
+
+/// What a cancel came to, when it was not refused.
+#[derive(Debug)]
+enum Cancel {
+    /// Made at once: the task's slot.
+    Made(usize),
+    /// With a journal: its record is on its way to disk, and the cancel is
+    /// made once it is there; the receiver tells whether it got there.
+    Saving(Receiver<bool>),
 }
 
 /// What a lookup of an id finds.
@@ -1795,6 +1806,13 @@ struct Store {
     watchers: HashMap<u64, Trigger>,
     /// Cancel signals of running tasks, by id.
     cancels: HashMap<u64, Trigger>,
+    /// With a journal, the cancels whose record is on its way to disk, by
+    /// task id: they are made once it is there (see section 6).
+    cancelling: HashMap<u64, Cancelling>,
+    /// Ids still in a queue's channel (or in the hands of a worker that
+    /// waits for the disk) whose task was taken back: the worker that gets
+    /// one skips it, and the queue no longer counts it.
+    withdrawn: HashSet<u64>,
     /// The first id this store issued (or replayed); 0 until then.
     first_id: u64,
     /// The most recently issued id: the next one is larger.
@@ -1835,6 +1853,8 @@ impl Store {
             keys: HashMap::new(),
             watchers: HashMap::new(),
             cancels: HashMap::new(),
+            cancelling: HashMap::new(),
+            withdrawn: HashSet::new(),
             first_id: 0,
             last_id: 0,
             keep_finished: config.keep_finished,
@@ -1946,10 +1966,14 @@ impl Store {
         if let Some(key) = &new.key
             && let Some(&id) = self.keys.get(&key.text)
         {
-            let first = self.get(id).and_then(|t| t.extra.as_ref()?.key.as_ref());
+            let task = self.get(id);
+            let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
             return match first.map_or(0, |k| k.fingerprint) {
-                0 => Admission::Repeat(id),
-                f if f == key.fingerprint => Admission::Repeat(id),
+                f if f == 0 || f == key.fingerprint => Admission::Repeat(
+                    self.task_id(id),
+                    task.and_then(|t| t.label.clone()),
+                    task.map_or(State::Queued, |t| t.state),
+                ),
                 _ => Admission::KeyReused,
             };
         }
@@ -1992,11 +2016,11 @@ impl Store {
             if let Some(task) = self.tasks.back() {
                 write_record(&mut line, &task.new_record(self.names(task)));
             }
-            self.log(line, Some(id), Some(done));
+            self.log(line, Awaiting::New { id, done });
             saved
         });
         self.publish(i, self.tasks[i].created_at());
-        Admission::Created(id, state, saved)
+        Admission::Created(self.task_id(id), state, saved)
     }
 
     /// Puts a task whose time has come (a delayed task, or a retry) into
@@ -2039,13 +2063,13 @@ impl Store {
 
     /// Pauses or resumes queue `q`. A paused queue's workers start
     /// nothing; resuming wakes those that wait, and lets tasks waiting for
-    /// room in.
+    /// room in. With a journal, the record is on disk already: the writer
+    /// makes the change (see section 6).
     fn set_paused(&mut self, q: usize, paused: bool, queues: &[Queue]) {
         if self.queues[q].paused == paused {
             return;
         }
         self.queues[q].paused = paused;
-        self.log_pause(q);
         self.changed();
         if !paused {
             std::mem::replace(&mut self.queues[q].resumed, Trigger::new()).fire();
@@ -2101,7 +2125,13 @@ impl Store {
     /// counters `/metrics` reads, the long-poll wake-up and the event for
     /// `/events` are all made here, in that order, from the same values.
     fn set_state(&mut self, i: usize, state: State) {
-        let now = now_millis();
+        self.set_state_at(i, state, now_millis());
+    }
+
+    /// Moves the task at index `i` to `state` as of `now` (ms since the
+    /// epoch): [`Store::set_state`], for a change whose time was fixed
+    /// when its record was made.
+    fn set_state_at(&mut self, i: usize, state: State, now: u64) {
         let task = &mut self.tasks[i];
         let (id, old) = (task.id, task.state);
         task.state = state;
@@ -2110,9 +2140,16 @@ impl Store {
         } else if state.is_terminal() {
             task.finished_at = now;
         }
-        // Starts are not journaled (see the journal's section).
-        if state != State::Running {
+        // Starts are not journaled, and a cancel's record is written
+        // before it is made (see the journal's section), which a change
+        // meanwhile makes stale.
+        if !matches!(state, State::Running | State::Cancelled) {
             self.log_state(i);
+        }
+        if !self.cancelling.is_empty()
+            && let Some(cancelling) = self.cancelling.get_mut(&id)
+        {
+            cancelling.stale = true;
         }
         self.counts[old as usize] -= 1;
         self.counts[state as usize] += 1;
@@ -2183,6 +2220,13 @@ impl Store {
     /// tries again on the resume) or the task is no longer queued (a client
     /// cancelled it). The task leaves the queue, and a waiting one enters.
     fn begin_attempt(&mut self, id: u64, q: usize, queues: &[Queue]) -> Begin {
+        // Tuning, as in `wake_watchers`: nearly always none was withdrawn.
+        if !self.withdrawn.is_empty() && self.withdrawn.remove(&id) {
+            // Taken back: no longer counted, and its place in the channel
+            // was freed when the worker took it.
+            self.refill(q, &queues[q]);
+            return Begin::Skip;
+        }
         let state = &mut self.queues[q];
         if state.paused {
             return Begin::Paused(state.resumed.clone());
@@ -2271,9 +2315,11 @@ impl Store {
         }
     }
 
-    /// Cancels a queued or running task. Returns the slot of the task, or
-    /// why not: `Err(Found(i))` when it is already terminal.
-    fn cancel(&mut self, id: u64) -> Result<usize, Lookup> {
+    /// Cancels a scheduled, queued or running task: at once without a
+    /// journal; with one, once its record is on disk (the journal's
+    /// protocol, section 6), and the receiver tells whether it got there.
+    /// `Err(Found(i))` when it is already terminal.
+    fn cancel(&mut self, id: u64) -> Result<Cancel, Lookup> {
         let i = match self.lookup(id) {
             Lookup::Found(i) => i,
             other => return Err(other),
@@ -2281,15 +2327,24 @@ impl Store {
         if self.tasks[i].state.is_terminal() {
             return Err(Lookup::Found(i));
         }
-        if let Some(cancel) = self.cancels.get(&id) {
-            cancel.fire();
+        if self.journal.is_some() {
+            return Ok(Cancel::Saving(self.log_cancel(i)));
         }
-        self.set_state(i, State::Cancelled);
+        self.make_cancel(i, now_millis());
         // Cancelling may have evicted older tasks, moving this one.
         match self.lookup(id) {
-            Lookup::Found(i) => Ok(i),
+            Lookup::Found(i) => Ok(Cancel::Made(i)),
             other => Err(other),
         }
+    }
+
+    /// Makes the cancel of the task at index `i`, as of `at`: its work, if
+    /// it runs, is interrupted, and it is `cancelled`.
+    fn make_cancel(&mut self, i: usize, at: u64) {
+        if let Some(cancel) = self.cancels.get(&self.tasks[i].id) {
+            cancel.fire();
+        }
+        self.set_state_at(i, State::Cancelled, at);
     }
 
     /// Returns the trigger that `cancel` fires for a running task, made when
@@ -2415,8 +2470,69 @@ impl Shared {
     /// Locks the store. A panic elsewhere while holding the lock cannot
     /// leave a half-made change (every change is a few assignments), so a
     /// poisoned lock is used as it is.
-    fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    ///
+    /// The rule: nothing that runs while the guard is held takes the lock
+    /// again. `std`'s mutex is not re-entrant, so a second `store()` on the
+    /// thread that holds the guard would wait for itself for ever, and the
+    /// whole server with it (issue 24: a refusal told the event streams by
+    /// locking again). It is kept by construction:
+    ///
+    /// - Code that runs under the lock is given the store — a [`Store`]
+    ///   method's `self`, a `&Store` — and the fixed parts it needs
+    ///   (`&Config`, `&[Queue]`), never `&Shared`. The store holds no path
+    ///   back to its own mutex, so such code has no way to name the lock:
+    ///   a function could take it only if its signature had a `Shared` in
+    ///   it, and none that runs under the lock has.
+    /// - A function that has a `&Shared` locks for one statement
+    ///   (`shared.store().method(..)`, the guard dropped at the `;`) or one
+    ///   block in which it calls only store methods and functions that
+    ///   take no `Shared`. What needs the lock again afterwards — the
+    ///   count of a refusal, which tells the streams that the stats
+    ///   changed ([`queue_full`]) — runs after the guard is dropped.
+    /// - The guard is not `Send`, so a spawned task cannot hold it across
+    ///   an `.await` (its future would not be `Send`): a guard is always
+    ///   taken and dropped by one thread within one poll. Debug builds
+    ///   therefore check the rule exactly with a per-thread flag, and a
+    ///   second lock is a panic naming this rule instead of a hang.
+    fn store(&self) -> StoreGuard<'_> {
+        debug_assert!(
+            !HOLDS_STORE.replace(true),
+            "the store lock was taken again by the thread holding it (see Shared::store)"
+        );
+        StoreGuard(self.store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+thread_local! {
+    /// Whether this thread holds the store's guard; kept in debug builds
+    /// only, for the check in [`Shared::store`].
+    static HOLDS_STORE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The store, locked: it exists only while the lock is held, and what runs
+/// under the lock is given it (or the `&mut Store` it derefs to), never the
+/// [`Shared`] that could lock again.
+struct StoreGuard<'a>(MutexGuard<'a, Store>);
+
+impl std::ops::Deref for StoreGuard<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Store {
+        &mut self.0
+    }
+}
+
+impl Drop for StoreGuard<'_> {
+    fn drop(&mut self) {
+        if cfg!(debug_assertions) {
+            HOLDS_STORE.set(false);
+        }
     }
 }
 
@@ -2515,7 +2631,7 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
                 Begin::Work(work) => return Some(work),
                 Begin::Skip => {
                     let id = shared.store().task_id(id);
-                    debug!("task {id} skipped: cancelled while queued");
+                    debug!("task {id} skipped: cancelled while queued, or not saved");
                     break;
                 }
                 Begin::Paused(resumed) => {
@@ -3133,7 +3249,7 @@ impl Shared {
     fn fire(&self, i: usize, at: u64) -> Option<u64> {
         let config = &self.config.schedules[i];
         let mut store = self.store();
-        let skipped = match store.fire(i, config, self) {
+        let skipped = match store.fire(i, &self.config, &self.queues) {
             Ok(id) => {
                 debug!("schedule {} fired: task {}", config.name, store.task_id(id));
                 None
@@ -3155,7 +3271,7 @@ impl Store {
     /// Creates the task of schedule `i`'s firing, unless its previous task
     /// is still pending or its queue is full; returns the new task's id, or
     /// why there is none.
-    fn fire(&mut self, i: usize, config: &ScheduleConfig, shared: &Shared) -> Result<u64, String> {
+    fn fire(&mut self, i: usize, config: &Config, queues: &[Queue]) -> Result<u64, String> {
         if let Some(task) = self.get(self.schedules[i].last_task)
             && matches!(
                 task.state,
@@ -3165,11 +3281,12 @@ impl Store {
             return Err(format!("its previous task is still {}", task.state.name()));
         }
         // Checked at start-up, and nothing in it depends on the time.
-        let mut new = parse_submission(&shared.config, config.template.as_bytes())?;
-        new.label = new.label.or_else(|| Some(Text::new(&config.name)));
+        let schedule = &config.schedules[i];
+        let mut new = parse_submission(config, schedule.template.as_bytes())?;
+        new.label = new.label.or_else(|| Some(Text::new(&schedule.name)));
         new.schedule = Some(i as u16);
-        match self.admit(new, &shared.queues) {
-            Admission::Created(id, ..) => {
+        match self.admit(new, queues) {
+            Admission::Created(TaskId { num: id, .. }, ..) => {
                 let state = &mut self.schedules[i];
                 (state.last_task, state.created) = (id, state.created + 1);
                 Ok(id)
@@ -3564,29 +3681,50 @@ fn result_json(out: &[u8]) -> Box<str> {
 // store. A line is `<crc32 in hex> <json>`: the checksum tells a record cut
 // short by a crash (the last line only) from damage anywhere else.
 //
-// The durability protocol. Its invariant: no `202` is sent and no task
-// starts before the task's record is on disk, and no answer shows a state
-// that is not on disk. Its steps, and who keeps each:
+// The durability protocol. Its invariant: no answer shows a state that is
+// not on disk. No `202` is sent and no task starts before the task's
+// record is on disk; a request whose record a failed write held answers
+// `503` and changes nothing. Its steps, and who keeps each:
 //
 // 1. Every change is made under the store lock, and its record is sent to
 //    the writer thread from there (`Store::log`), numbered in order; so
 //    records are written in the order the changes happened. The last
 //    number given out is published as `JournalProgress::appended`.
+//    A cancel, a pause and a resume go the other way round, record first:
+//    under the lock only their record is sent (`Store::log_cancel`,
+//    `Store::log_pause`), and the change waits for step 2. So no client
+//    sees one before it is on disk, and a failed write leaves nothing to
+//    undo — a running task's work, above all, is interrupted only once its
+//    cancel is saved. A second cancel of the task joins the first.
 // 2. The writer thread (`write_journal`, `JournalWriter::commit`) appends
 //    whatever has gathered and syncs once: concurrent submissions share one
-//    fsync (group commit). If the write fails, it takes the batch's new
-//    tasks back (`Store::take_back`) as if they had never been accepted.
-//    It tells each submission whether its record made it, then publishes
-//    how far it got (`durable`: the last record; `durable_task`: the last
-//    new task) and fires `progress`.
+//    fsync (group commit). Then, under the lock (`Store::settle`), if the
+//    write failed, it takes the batch's new tasks back (`Store::take_back`)
+//    from every index they entered, whatever their state, as if they had
+//    never been accepted, and drops its changes; if it was written, it
+//    makes its changes, in the order of their records. A cancel whose task
+//    changed since its record was made (it started, ended or came due) is
+//    written again first, so that the task's last record is the cancel's;
+//    one whose task ended meanwhile is not made (that end's record, later,
+//    has the last word). It tells each request whether its record made it,
+//    then publishes how far it got (`durable`: the last record;
+//    `durable_task`: the last new task) and fires `progress`.
 // 3. A worker starts a task only once `durable_task` has reached it
 //    (`JournalProgress::wait_task`), so a taken-back task never ran.
 // 4. A connection writes its answers only once `durable` has reached the
 //    `appended` it saw when it made the last of them (`Connection::settle`),
-//    and puts a `503` in place of a `202` whose task was taken back.
+//    and puts a `503` in place of a `202` whose task was taken back. A
+//    cancel, pause or resume is answered once step 2 has dealt with it
+//    (`answer_change`): as if made at once, or `503` if it was not saved.
 // 5. Every wait of steps 3 and 4 races `grace_over`, so a writer that
 //    stops making progress cannot hold shutdown up; the answers then go
 //    unsent and the connection closes.
+//
+// The server's own changes — a start, an end, a retry, a delayed task
+// coming due — are made first and journaled after, and a failed record of
+// one is not undone: it is as if the server had crashed before writing it.
+// The task runs again after a restart (at-least-once, as after a crash),
+// and the next compaction writes what memory holds.
 //
 // Starts are not recorded. A task that was running when the process died
 // is, in the journal, still queued with its previous attempt number, which
@@ -3955,10 +4093,74 @@ struct JournalEntry {
     seq: u64,
     /// The line to append.
     line: Vec<u8>,
-    /// For a `new` record: the task to take back if the write fails.
-    created: Option<u64>,
-    /// For a `new` record: told whether the record reached the disk.
-    done: Option<Sender<bool>>,
+    /// What waits for the line to be written, or to fail.
+    awaiting: Awaiting,
+}
+
+/// What waits for a record to be written, or to fail (step 2 of the
+/// protocol).
+#[derive(Debug)]
+enum Awaiting {
+    /// Nothing: a change of a task made by the server itself (a start, an
+    /// end, a retry, a delayed task coming due).
+    Nothing,
+    /// A new task, taken back if the write fails, and its submission,
+    /// told whether it was saved.
+    New {
+        /// The task.
+        id: u64,
+        /// Told whether the record reached the disk.
+        done: Sender<bool>,
+    },
+    /// A change a request asked for, made only once its record is on disk.
+    Change(Change),
+}
+
+impl JournalEntry {
+    /// Returns the id of the task the record creates, if it is a `new` one.
+    fn created(&self) -> Option<u64> {
+        match self.awaiting {
+            Awaiting::New { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// A change a request asks for that is made only once its record is on
+/// disk, by the writer (step 2 of the protocol): so that no answer, and no
+/// other client, sees it before it is there, and a failed write has
+/// nothing to undo.
+#[derive(Debug)]
+enum Change {
+    /// Cancel task `id` as of `at` (ms since the epoch); those waiting for
+    /// it are in [`Store::cancelling`].
+    Cancel {
+        /// The task.
+        id: u64,
+        /// When it is cancelled, as its record says.
+        at: u64,
+    },
+    /// Pause or resume queue `q`.
+    Pause {
+        /// The queue's index.
+        q: usize,
+        /// Whether it is paused afterwards.
+        paused: bool,
+        /// Told whether the change was made.
+        done: Sender<bool>,
+    },
+}
+
+/// A cancel whose record is on its way to disk.
+#[derive(Debug)]
+struct Cancelling {
+    /// Set when the task changes meanwhile (it starts, ends, comes due):
+    /// the record no longer says what the cancel leaves, so it is written
+    /// again, and the cancel waits for that one.
+    stale: bool,
+    /// The requests waiting for it (a second cancel joins the first),
+    /// told whether it was saved.
+    waiters: Vec<Sender<bool>>,
 }
 
 /// The store's end of the journal: records go out from here, under the
@@ -4062,16 +4264,15 @@ impl JournalProgress {
 
 // The journal's side of `Store`; the rest of its impl is in section 2.
 impl Store {
-    /// Sends a record to the journal, if there is one. `created` and
-    /// `done` are for `new` records.
-    fn log(&mut self, line: Vec<u8>, created: Option<u64>, done: Option<Sender<bool>>) {
+    /// Sends a record to the journal, if there is one, with what waits for
+    /// it.
+    fn log(&mut self, line: Vec<u8>, awaiting: Awaiting) {
         let Some(log) = &mut self.journal else { return };
         log.seq += 1;
         let entry = JournalEntry {
             seq: log.seq,
             line,
-            created,
-            done,
+            awaiting,
         };
         // Closed only at the very end of shutdown, when nothing more counts.
         let _ = log.tx.try_send(entry);
@@ -4085,37 +4286,176 @@ impl Store {
         }
         let mut line = Vec::with_capacity(160);
         write_record(&mut line, &self.tasks[i].state_record());
-        self.log(line, None, None);
+        self.log(line, Awaiting::Nothing);
     }
 
-    /// Journals that queue `q` was paused or resumed.
-    fn log_pause(&mut self, q: usize) {
-        if self.journal.is_none() {
-            return;
-        }
+    /// Journals that queue `q` is to be paused or resumed; the writer
+    /// makes the change once the record is on disk, and the receiver tells
+    /// whether it did.
+    fn log_pause(&mut self, q: usize, paused: bool) -> Receiver<bool> {
+        let mut record = self.queues[q].pause_record();
+        record.paused = Some(paused);
         let mut line = Vec::with_capacity(64);
-        write_record(&mut line, &self.queues[q].pause_record());
-        self.log(line, None, None);
+        write_record(&mut line, &record);
+        let (done, saved) = async_channel::bounded(1);
+        self.log(line, Awaiting::Change(Change::Pause { q, paused, done }));
+        saved
     }
 
-    /// Takes back a task whose `new` record could not be written: it was
-    /// never started (workers wait for the record), and it leaves no trace.
+    /// Journals that the task at index `i` is to be cancelled; the writer
+    /// makes the cancel once the record is on disk, and the receiver tells
+    /// whether it did. A cancel already on its way is joined, not written
+    /// twice.
+    fn log_cancel(&mut self, i: usize) -> Receiver<bool> {
+        let (done, saved) = async_channel::bounded(1);
+        let id = self.tasks[i].id;
+        if let Some(cancelling) = self.cancelling.get_mut(&id) {
+            cancelling.waiters.push(done);
+            return saved;
+        }
+        let waiters = vec![done];
+        self.cancelling.insert(
+            id,
+            Cancelling {
+                stale: false,
+                waiters,
+            },
+        );
+        self.write_cancel(i);
+        saved
+    }
+
+    /// Writes the record of the task at index `i` as a cancel made now
+    /// would leave it.
+    fn write_cancel(&mut self, i: usize) {
+        let (task, at) = (&self.tasks[i], now_millis());
+        let mut record = task.state_record();
+        // A running task's record would say `queued`, its attempt not
+        // counted: a cancelled one counts it.
+        record.state = Some(std::borrow::Cow::Borrowed(State::Cancelled.name()));
+        record.attempt = Some(task.attempt);
+        record.finished_at = Some(at);
+        let mut line = Vec::with_capacity(160);
+        write_record(&mut line, &record);
+        let id = task.id;
+        self.log(line, Awaiting::Change(Change::Cancel { id, at }));
+    }
+
+    /// Settles a batch once it is written or has failed (step 2, under
+    /// the store lock): if it failed, its new tasks are taken back and its
+    /// changes are not made; if it was written, its changes are made, in
+    /// the order of their records. Those waiting for the changes are told.
+    fn settle(&mut self, batch: &[JournalEntry], written: bool, queues: &[Queue]) {
+        for entry in batch {
+            match &entry.awaiting {
+                Awaiting::New { id, .. } if !written => self.take_back(*id),
+                Awaiting::Change(Change::Pause { q, paused, done }) => {
+                    if written {
+                        self.set_paused(*q, *paused, queues);
+                    }
+                    // The request may have gone; then nobody needs to know.
+                    let _ = done.try_send(written);
+                }
+                &Awaiting::Change(Change::Cancel { id, at }) => self.settle_cancel(id, at, written),
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes a cancel whose record was written, unless the task changed
+    /// since the record was made: then it is written again, and the cancel
+    /// waits for that one. A task that ended meanwhile (its own record,
+    /// later, has the last word) or was taken back is left as it is.
+    fn settle_cancel(&mut self, id: u64, at: u64, written: bool) {
+        let Some(cancelling) = self.cancelling.remove(&id) else {
+            return;
+        };
+        let pending = self
+            .index(id)
+            .filter(|&i| !self.tasks[i].state.is_terminal());
+        match pending {
+            Some(i) if written && cancelling.stale => {
+                let waiters = cancelling.waiters;
+                self.cancelling.insert(
+                    id,
+                    Cancelling {
+                        stale: false,
+                        waiters,
+                    },
+                );
+                self.write_cancel(i);
+                return;
+            }
+            Some(i) if written => self.make_cancel(i, at),
+            _ => {}
+        }
+        for waiter in cancelling.waiters {
+            // The request may have gone; then nobody needs to know.
+            let _ = waiter.try_send(written);
+        }
+    }
+
+    /// Takes back a task whose `new` record could not be written, from
+    /// every index it entered, as if it had never been accepted: it was
+    /// never started (workers wait for the record: step 3), and whatever
+    /// its state — scheduled, queued, or queued since it came due — it
+    /// leaves no trace. A cancel of it cannot have been made either (it
+    /// waits for its own record, which comes later).
     fn take_back(&mut self, id: u64) {
         let Ok(i) = self.position(id) else { return };
-        if self.tasks[i].state != State::Queued || self.tasks[i].attempt != 0 {
-            return;
-        }
         let Some(task) = self.tasks.remove(i) else {
             return;
         };
-        self.counts[State::Queued as usize] -= 1;
+        self.counts[task.state as usize] -= 1;
         self.counters.accepted -= 1;
-        if let Some(key) = task.extra.and_then(|e| e.key) {
+        if task.state == State::Queued {
+            let queue = &mut self.queues[usize::from(task.queue)];
+            queue.depth -= 1;
+            match queue.waiting.iter().position(|&w| w == id) {
+                Some(at) => drop(queue.waiting.remove(at)),
+                // In the channel, or taken by a worker waiting for the
+                // record: whoever gets it skips it.
+                None => drop(self.withdrawn.insert(id)),
+            }
+        }
+        // The scheduler finds no task when it comes due, and drops it.
+        let extra = task.extra.unwrap_or_default();
+        if let Some(key) = extra.key
+            && self.keys.get(&key.text) == Some(&id)
+        {
             self.keys.remove(&key.text);
         }
-        if let Some(watch) = self.watchers.remove(&id) {
-            watch.fire();
+        if let Some(s) = extra.schedule {
+            self.unfire(usize::from(s), id);
         }
+        self.wake_watchers(id);
+        self.changed();
+    }
+
+    /// Counts the firing of schedule `s` that made task `id`, taken back,
+    /// as skipped, and points the schedule at the task it made before.
+    fn unfire(&mut self, s: usize, id: u64) {
+        // Rare (a full disk) and under the lock: the earlier task is
+        // looked for among the retained ones, newest first.
+        let earlier = self
+            .tasks
+            .iter()
+            .rev()
+            .find(|t| {
+                t.state != State::Evicted
+                    && t.extra.as_ref().and_then(|e| e.schedule) == Some(s as u16)
+            })
+            .map_or(0, |t| t.id);
+        let state = &mut self.schedules[s];
+        if state.last_task == id {
+            state.last_task = earlier;
+        }
+        state.created -= 1;
+        state.skipped += 1;
+        info!(
+            "schedule {}: firing skipped: its task could not be saved to disk",
+            state.name
+        );
     }
 
     /// Writes every retained task as `new` and `state` records: the
@@ -4313,20 +4653,25 @@ impl JournalWriter {
         }
         let written = self.append(&bytes);
         self.report(&written);
-        if written.is_err() {
-            let mut store = shared.store();
-            for id in batch.iter().filter_map(|e| e.created) {
-                store.take_back(id);
-            }
+        let written = written.is_ok();
+        // The store is locked only for what a record's outcome changes: a
+        // task to take back, a change to make.
+        let settles = |e: &JournalEntry| match e.awaiting {
+            Awaiting::New { .. } => !written,
+            Awaiting::Change(_) => true,
+            Awaiting::Nothing => false,
+        };
+        if batch.iter().any(settles) {
+            shared.store().settle(batch, written, &shared.queues);
         }
         let last = batch.last().map_or(0, |e| e.seq);
-        let last_task = batch.iter().filter_map(|e| e.created).max();
+        let last_task = batch.iter().filter_map(JournalEntry::created).max();
         // The outcomes go out before the progress: whoever wakes on it
         // finds its outcome waiting.
         for entry in batch.drain(..) {
-            if let Some(done) = entry.done {
+            if let Awaiting::New { done, .. } = entry.awaiting {
                 // The submitter may have gone; then nobody needs to know.
-                let _ = done.try_send(written.is_ok());
+                let _ = done.try_send(written);
             }
         }
         progress.advance(last, last_task);
@@ -4343,7 +4688,7 @@ impl JournalWriter {
             Ok(()) => {}
             Err(e) if !self.failing => {
                 error!(
-                    "journal: cannot write {}: {e}; new tasks get 503 until it can",
+                    "journal: cannot write {}: {e}; requests that change something get 503 until it can",
                     path.display()
                 );
                 self.failing = true;
@@ -5581,6 +5926,9 @@ enum Reply {
     Submit(&'static str),
     /// `GET /events` with these filters: stream.
     Events(EventFilter),
+    /// A cancel, pause or resume, with a journal: answered once its record
+    /// is on disk.
+    Change(Pending),
 }
 
 /// A long poll in progress.
@@ -5611,7 +5959,7 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
         Route::Submit(route) => return Reply::Submit(route),
         Route::List => list(shared, query),
         Route::Status(id) => return status(shared, id, query, head.method == Method::Head),
-        Route::Cancel(id) => cancel(shared, id),
+        Route::Cancel(id) => return cancel(shared, id),
         Route::Health if shared.draining.is_fired() => {
             Response::json(503, &b"{\"status\": \"shutting down\"}"[..])
         }
@@ -5620,14 +5968,15 @@ fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -> Reply {
         Route::Queues => queues(shared),
         Route::Schedules => schedules(shared),
         Route::Events => {
-            return match EventFilter::parse(query, &shared.config, &shared.store()) {
+            let filter = EventFilter::parse(query, &shared.config, &shared.store());
+            return match filter {
                 Ok(filter) => Reply::Events(filter),
                 Err(response) => Reply::Now(response),
             };
         }
         Route::Dashboard => dashboard(),
         Route::OpenApi => Response::json(200, OPENAPI.as_bytes()),
-        Route::Pause(name, paused) => pause(shared, name.as_deref(), paused),
+        Route::Pause(name, paused) => return pause(shared, name.as_deref(), paused),
         Route::NotFound => Response::error(404, "no such path"),
         Route::NotAllowed(allow) => Response {
             allow: Some(allow),
@@ -5849,15 +6198,15 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
         return Submitted::Answer(queue_full(shared));
     }
     let label = new.label.clone();
-    let mut store = shared.store();
-    let (id, state, saved) = match store.admit(new, &shared.queues) {
-        Admission::Created(id, state, saved) => (id, state, saved),
-        Admission::Repeat(id) => {
-            let task = store.get(id);
-            let label = task.and_then(|t| t.label.as_ref()).map(Text::as_str);
-            let state = task.map_or(State::Queued, |t| t.state);
-            let response = submitted(200, store.task_id(id), label, state);
-            return Submitted::Repeat(response, id);
+    // One statement: the guard is dropped at its end, and the answer is
+    // made without the lock (see `Shared::store`).
+    let admission = shared.store().admit(new, &shared.queues);
+    let (task_id, state, saved) = match admission {
+        Admission::Created(task_id, state, saved) => (task_id, state, saved),
+        Admission::Repeat(task_id, label, state) => {
+            let label = label.as_ref().map(Text::as_str);
+            let response = submitted(200, task_id, label, state);
+            return Submitted::Repeat(response, task_id.num);
         }
         Admission::KeyReused => {
             return Submitted::Answer(Response::error(
@@ -5876,9 +6225,6 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
             return Submitted::Answer(Response::error(503, "server is shutting down"));
         }
     };
-    let task_id = store.task_id(id);
-    drop(store);
-    // Made outside the lock: everything it shows is known already.
     let response = submitted(202, task_id, label.as_ref().map(Text::as_str), state);
     debug!("task {task_id} queued");
     match saved {
@@ -5887,7 +6233,9 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
     }
 }
 
-/// Counts a refusal for a full queue and makes its `503`.
+/// Counts a refusal for a full queue and makes its `503`. With a stream
+/// subscribed it takes the store lock, so it is called without the guard
+/// (see `Shared::store`).
 fn queue_full(shared: &Shared) -> Response {
     shared.rejected.fetch_add(1, Ordering::Relaxed);
     if shared.subscribed.load(Ordering::Relaxed) {
@@ -6199,18 +6547,30 @@ fn lookup_failure(lookup: Lookup) -> Response {
     }
 }
 
-/// `POST /tasks/{id}/cancel`.
-fn cancel(shared: &Shared, id: Option<IdRef>) -> Response {
+/// `POST /tasks/{id}/cancel`: answered at once, or, with a journal, once
+/// the cancel's record is on disk ([`answer_change`]).
+fn cancel(shared: &Shared, id: Option<IdRef>) -> Reply {
     let mut store = shared.store();
     let id = match id.map(|id| (store.lookup_ref(&id), id.num)) {
         Some((Lookup::Found(_), id)) => id,
-        Some((other, _)) => return lookup_failure(other),
-        None => return lookup_failure(Lookup::Unknown),
+        Some((other, _)) => return Reply::Now(lookup_failure(other)),
+        None => return Reply::Now(lookup_failure(Lookup::Unknown)),
     };
-    match store.cancel(id) {
+    Reply::Now(match store.cancel(id) {
+        Ok(Cancel::Saving(saved)) => return Reply::Change(Pending::Cancel(id, saved)),
+        Ok(Cancel::Made(i)) => cancelled(&store, id, Ok(i)),
+        Err(why) => cancelled(&store, id, Err(why)),
+    })
+}
+
+/// Answers a cancel from where the task stands: `200` with its status
+/// once cancelled (`i`), `409` with it if it had ended already, or the
+/// `404`/`410` of an id without a record.
+fn cancelled(store: &Store, id: u64, result: Result<usize, Lookup>) -> Response {
+    match result {
         Ok(i) => {
             debug!("task {} cancelled", store.task_id(id));
-            task_response(200, &store, i)
+            task_response(200, store, i)
         }
         Err(Lookup::Found(i)) => {
             let task = &store.tasks[i];
@@ -6232,7 +6592,12 @@ const STATUS_CODES: usize = 600;
 fn queues(shared: &Shared) -> Response {
     let mut body = Vec::with_capacity(128 * shared.queues.len());
     body.extend_from_slice(b"{\"queues\": [");
-    for (i, view) in shared.store().queue_views(shared).iter().enumerate() {
+    for (i, view) in shared
+        .store()
+        .queue_views(&shared.config, &shared.queues)
+        .iter()
+        .enumerate()
+    {
         if i > 0 {
             body.extend_from_slice(b", ");
         }
@@ -6276,21 +6641,96 @@ fn schedules(shared: &Shared) -> Response {
     Response::json(200, body)
 }
 
-/// `POST /queues/{name}/pause` and `/resume`: the queue afterwards.
-fn pause(shared: &Shared, name: Option<&str>, paused: bool) -> Response {
+/// `POST /queues/{name}/pause` and `/resume`: the queue afterwards, at
+/// once or, with a journal, once the change's record is on disk
+/// ([`answer_change`]).
+fn pause(shared: &Shared, name: Option<&str>, paused: bool) -> Reply {
     let Some(q) = name.and_then(|name| shared.queues.iter().position(|q| *q.name == *name)) else {
-        return Response::error(404, "no such queue");
+        return Reply::Now(Response::error(404, "no such queue"));
     };
     let mut store = shared.store();
+    if store.journal.is_some() {
+        return Reply::Change(Pending::Pause(q, paused, store.log_pause(q, paused)));
+    }
     store.set_paused(q, paused, &shared.queues);
-    info!(
-        "queue {} {}",
-        shared.queues[q].name,
-        if paused { "paused" } else { "resumed" }
-    );
+    Reply::Now(paused_queue(
+        &store,
+        &shared.config,
+        &shared.queues,
+        q,
+        paused,
+    ))
+}
+
+/// Answers a pause or resume of queue `q` that has been made: the queue
+/// afterwards.
+fn paused_queue(
+    store: &Store,
+    config: &Config,
+    queues: &[Queue],
+    q: usize,
+    paused: bool,
+) -> Response {
+    let done = if paused { "paused" } else { "resumed" };
+    info!("queue {} {done}", queues[q].name);
     let mut body = Vec::with_capacity(128);
-    store.queue_views(shared)[q].write_json(&mut body);
+    store.queue_views(config, queues)[q].write_json(&mut body);
     Response::json(200, body)
+}
+
+/// A cancel, pause or resume whose record is on its way to disk.
+#[derive(Debug)]
+enum Pending {
+    /// A cancel of this task.
+    Cancel(u64, Receiver<bool>),
+    /// A pause (`true`) or resume of this queue.
+    Pause(usize, bool, Receiver<bool>),
+}
+
+/// Waits until the journal writer has dealt with a pending change's record
+/// (it makes the change once the record is on disk), then answers as the
+/// change made at once would be answered, or with a `503` if the record
+/// could not be written: then nothing changed. `None` if shutdown's grace
+/// ended first: whether the change was made is unknown, and nothing may
+/// be sent.
+async fn answer_change(shared: &Shared, pending: Pending) -> Option<Response> {
+    let (Pending::Cancel(_, saved) | Pending::Pause(_, _, saved)) = &pending;
+    let cut = async {
+        shared.grace_over.wait().await;
+        None
+    };
+    // A writer gone at the very end of shutdown wrote nothing more.
+    let outcome = async { Some(saved.recv().await == Ok(true)) };
+    let saved = future::or(cut, outcome).await?;
+    Some(match (pending, saved) {
+        (Pending::Cancel(..), false) => not_saved(shared, "the cancel"),
+        (Pending::Pause(_, true, _), false) => not_saved(shared, "the pause"),
+        (Pending::Pause(_, false, _), false) => not_saved(shared, "the resume"),
+        (Pending::Cancel(id, _), true) => {
+            let store = shared.store();
+            let result = match store.lookup(id) {
+                Lookup::Found(i) if store.tasks[i].state == State::Cancelled => Ok(i),
+                other => Err(other),
+            };
+            cancelled(&store, id, result)
+        }
+        (Pending::Pause(q, paused, _), true) => {
+            let store = shared.store();
+            paused_queue(&store, &shared.config, &shared.queues, q, paused)
+        }
+    })
+}
+
+/// Makes the `503` of a request whose record could not be written: `what`
+/// could not be saved to disk.
+fn not_saved(shared: &Shared, what: &str) -> Response {
+    Response {
+        retry_after: Some(shared.config.retry_after),
+        ..Response::error(
+            503,
+            &format!("{what} could not be saved to disk; try again later"),
+        )
+    }
 }
 
 /// Answers written by status code, for `/metrics`.
@@ -6368,9 +6808,9 @@ impl QueueView<'_> {
 
 impl Store {
     /// Shows every queue, `default` first.
-    fn queue_views<'a>(&self, shared: &'a Shared) -> Vec<QueueView<'a>> {
-        let configs = shared.config.queues.iter();
-        let runtime = shared.queues.iter().zip(&self.queues);
+    fn queue_views<'a>(&self, config: &'a Config, queues: &[Queue]) -> Vec<QueueView<'a>> {
+        let configs = config.queues.iter();
+        let runtime = queues.iter().zip(&self.queues);
         configs
             .zip(runtime)
             .map(|(config, (queue, state))| QueueView {
@@ -6437,7 +6877,7 @@ fn metrics(shared: &Shared) -> Response {
                 c.finished[s as usize],
             )
         });
-        let views = store.queue_views(shared);
+        let views = store.queue_views(&shared.config, &shared.queues);
         let per_queue = |name, help, value: fn(&QueueView) -> u64| Family {
             name,
             kind: "gauge",
@@ -6820,7 +7260,11 @@ fn write_stats_event(out: &mut Vec<u8>, shared: &Shared) {
     out.extend_from_slice(b"event: stats\ndata: {\"counts\": ");
     write_counts(out, &store.counts);
     out.extend_from_slice(b", \"queues\": [");
-    for (i, view) in store.queue_views(shared).iter().enumerate() {
+    for (i, view) in store
+        .queue_views(&shared.config, &shared.queues)
+        .iter()
+        .enumerate()
+    {
         if i > 0 {
             out.extend_from_slice(b", ");
         }
@@ -7187,6 +7631,11 @@ impl Connection {
             // allocated only when a long poll happens, so every other
             // connection's task stays small.
             Reply::Poll(poll) => (Box::pin(self.long_poll(shared, poll)).await?, None),
+            // Boxed too: the wait for the disk is rare.
+            Reply::Change(pending) => match Box::pin(answer_change(shared, pending)).await {
+                Some(response) => (response, None),
+                None => return Err(Close::Gone),
+            },
         };
         let keep_alive = self.queue_answer(shared, &head, response, saving);
         self.buf.drain(..consumed);
@@ -7583,10 +8032,7 @@ impl Connection {
                 out.extend_from_slice(&self.out[unsaved.range]);
                 continue;
             }
-            let lost = Response {
-                retry_after: Some(shared.config.retry_after),
-                ..Response::error(503, "the task could not be saved to disk; try again later")
-            };
+            let lost = not_saved(shared, "the task");
             let status = match unsaved.saving {
                 Saving::New(_) => 202,
                 Saving::Repeat(_) => 200,
@@ -9272,11 +9718,11 @@ mod tests {
                         parse_key(k.as_bytes(), "/tasks", body.as_bytes()).unwrap()
                     });
                     match store.admit(new, &queues) {
-                        Admission::Created(id, state, _) => {
+                        Admission::Created(TaskId { num: id, .. }, state, _) => {
                             ids.insert(label.to_string(), id);
                             format!("created {}", state.name())
                         }
-                        Admission::Repeat(id) => {
+                        Admission::Repeat(TaskId { num: id, .. }, ..) => {
                             let first = ids.iter().find(|(_, v)| **v == id).unwrap();
                             format!("repeat {}", first.0)
                         }
@@ -9368,7 +9814,9 @@ mod tests {
     fn tombstones_are_swept_once_they_are_half_the_records() {
         let (mut store, queues, _due) = store_for(&["--buffer", "1000", "--keep-finished", "1"]);
         let admit = |store: &mut Store| {
-            let Admission::Created(id, _, _) = store.admit(new_task("t", 0), &queues) else {
+            let Admission::Created(TaskId { num: id, .. }, ..) =
+                store.admit(new_task("t", 0), &queues)
+            else {
                 panic!("admitted")
             };
             let _ = queues[0].jobs_rx.try_recv();
@@ -10097,6 +10545,29 @@ mod tests {
         );
     }
 
+    /// The check that keeps `Shared::store`'s rule in debug builds: a
+    /// second lock on the thread that holds the guard is a panic, not a
+    /// wait for itself (in a release build it would hang this test).
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the store lock was taken again")]
+    fn locking_the_store_twice_on_one_thread_is_caught() {
+        let (shared, _due, _) = build_shared(config(&[]), None);
+        let _held = shared.store();
+        let _again = shared.store();
+    }
+
+    /// The guard's check forgets a lock once it is dropped: locking again
+    /// afterwards, on the same thread, is what every statement-long lock
+    /// does.
+    #[test]
+    fn the_store_may_be_locked_again_once_the_guard_is_dropped() {
+        let (shared, _due, _) = build_shared(config(&[]), None);
+        drop(shared.store());
+        let guard = shared.store();
+        assert_eq!(guard.retained(), 0);
+    }
+
     /// A server's shared state with a journal in a fresh directory, as
     /// `launch` builds it, and what its writer thread would get.
     fn journaled(test: &str) -> (Arc<Shared>, WriterParts, PathBuf) {
@@ -10108,21 +10579,75 @@ mod tests {
         (shared, writer.unwrap(), dir)
     }
 
+    /// Takes the records waiting for the writer.
+    fn waiting_records(rx: &Receiver<JournalEntry>) -> Vec<JournalEntry> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn a_cancel_whose_task_changed_meanwhile_is_written_again_before_it_is_made() {
+        let (shared, (rx, mut writer, _lock), dir) = journaled("stale-cancel");
+        let progress = shared.journal.clone().unwrap();
+        let Admission::Created(TaskId { num: id, .. }, ..) =
+            shared.store().admit(new_task("c", 0), &shared.queues)
+        else {
+            panic!("admitted")
+        };
+        writer.commit(&mut waiting_records(&rx), &shared, &progress);
+        // Two cancels: the second joins the first, which writes one record.
+        let Ok(Cancel::Saving(first)) = shared.store().cancel(id) else {
+            panic!("a cancel waits for its record")
+        };
+        let Ok(Cancel::Saving(second)) = shared.store().cancel(id) else {
+            panic!("a cancel waits for its record")
+        };
+        // The task starts before the record is written: the record says
+        // attempt 0, no longer what the cancel would leave.
+        assert_eq!(shared.queues[0].jobs_rx.try_recv(), Ok(id));
+        let begun = shared.store().begin_attempt(id, 0, &shared.queues);
+        assert!(matches!(begun, Begin::Work(_)), "{begun:?}");
+        let mut batch = waiting_records(&rx);
+        assert_eq!(batch.len(), 1);
+        writer.commit(&mut batch, &shared, &progress);
+        assert_eq!(first.try_recv(), Err(async_channel::TryRecvError::Empty));
+        assert_eq!(shared.store().get(id).unwrap().state, State::Running);
+        // Written again, it is made, and both requests are told.
+        let mut batch = waiting_records(&rx);
+        assert_eq!(batch.len(), 1);
+        writer.commit(&mut batch, &shared, &progress);
+        assert_eq!((first.try_recv(), second.try_recv()), (Ok(true), Ok(true)));
+        let store = shared.store();
+        let task = store.get(id).unwrap();
+        assert_eq!((task.state, task.attempt), (State::Cancelled, 1));
+        let replayed = replay(&dir.join(JOURNAL), &shared.config).unwrap();
+        let on_disk = &replayed.tasks[0];
+        assert_eq!(
+            (on_disk.state, on_disk.attempt, on_disk.finished_at),
+            (State::Cancelled, 1, task.finished_at)
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn durability_steps_1_to_3_hold() {
         let (shared, (rx, mut writer, _lock), dir) = journaled("steps");
         let progress = shared.journal.clone().unwrap();
         // Step 1: records leave the store in the order of the changes,
         // numbered, and `appended` says how far the numbering got.
-        let Admission::Created(id, _, Some(saved)) =
+        let Admission::Created(TaskId { num: id, .. }, _, Some(saved)) =
             shared.store().admit(new_task("p", 0), &shared.queues)
         else {
             panic!("admitted")
         };
-        assert_eq!(shared.store().cancel(id).ok(), Some(0));
+        // A cancel is journaled first, and made once its record is on disk.
+        let Ok(Cancel::Saving(cancel_saved)) = shared.store().cancel(id) else {
+            panic!("a cancel waits for its record")
+        };
+        assert_eq!(shared.store().get(id).unwrap().state, State::Queued);
         let mut batch: Vec<JournalEntry> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(batch.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
-        assert_eq!((batch[0].created, batch[1].created), (Some(id), None));
+        assert_eq!((batch[0].created(), batch[1].created()), (Some(id), None));
         assert_eq!(progress.appended.load(Ordering::Acquire), 2);
         // Step 3, before step 2: a worker may not start the task yet.
         let never = Trigger::new();
@@ -10132,6 +10657,8 @@ mod tests {
         writer.commit(&mut batch, &shared, &progress);
         assert!(batch.is_empty());
         assert_eq!(saved.try_recv(), Ok(true));
+        assert_eq!(cancel_saved.try_recv(), Ok(true));
+        assert_eq!(shared.store().get(id).unwrap().state, State::Cancelled);
         assert_eq!(progress.durable.load(Ordering::Acquire), 2);
         let replayed = replay(&dir.join(JOURNAL), &shared.config).unwrap();
         assert_eq!(replayed.tasks.len(), 1);
@@ -10141,20 +10668,47 @@ mod tests {
         assert!(async_io::block_on(
             progress.wait_durable(2, &Trigger::new())
         ));
-        // Step 2 when the disk fails: the new task is taken back as if it
-        // had never been accepted, the submission learns it, and waiters
-        // are released all the same.
+        // Step 2 when the disk fails: new tasks are taken back as if they
+        // had never been accepted, whatever their state, changes are not
+        // made, the requests learn it, and waiters are released all the
+        // same.
         writer.broken = true;
-        let Admission::Created(lost, _, Some(saved)) =
+        let Admission::Created(TaskId { num: lost, .. }, _, Some(saved)) =
             shared.store().admit(new_task("p", 0), &shared.queues)
         else {
             panic!("admitted")
         };
+        let later = new_task("later", now_millis() + 3_600_000);
+        let Admission::Created(TaskId { num: late, .. }, State::Scheduled, Some(late_saved)) =
+            shared.store().admit(later, &shared.queues)
+        else {
+            panic!("admitted")
+        };
+        let pause_saved = shared.store().log_pause(0, true);
         let mut batch: Vec<JournalEntry> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         writer.commit(&mut batch, &shared, &progress);
         assert_eq!(saved.try_recv(), Ok(false));
-        assert!(shared.store().get(lost).is_none());
-        assert_eq!(shared.store().counters.accepted, 1);
+        assert_eq!(late_saved.try_recv(), Ok(false));
+        assert_eq!(pause_saved.try_recv(), Ok(false));
+        let store = shared.store();
+        assert!(store.get(lost).is_none() && store.get(late).is_none());
+        assert_eq!(store.counters.accepted, 1);
+        assert_eq!(
+            (store.count(State::Queued), store.count(State::Scheduled)),
+            (0, 0)
+        );
+        // The cancelled task counts in its queue until a worker reaches
+        // it; the one taken back no longer does, and the worker that takes
+        // its id from the channel skips it too.
+        assert_eq!(store.queues[0].depth, 1);
+        assert!(!store.queues[0].paused);
+        drop(store);
+        for skipped in [id, lost] {
+            assert_eq!(shared.queues[0].jobs_rx.try_recv(), Ok(skipped));
+            let begun = shared.store().begin_attempt(skipped, 0, &shared.queues);
+            assert!(matches!(begun, Begin::Skip), "{begun:?}");
+        }
+        assert_eq!(shared.store().queues[0].depth, 0);
         assert!(async_io::block_on(
             progress.wait_task(lost, &Trigger::new())
         ));

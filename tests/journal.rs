@@ -4,7 +4,7 @@ mod common;
 
 use common::{Rng, Server, TempDir, command, eventually, read_response};
 use rustix::process::Signal;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -639,6 +639,251 @@ fn a_full_disk_gets_503_and_never_a_202_for_a_task_not_on_disk() {
             "{label} got a 503 but is on disk"
         );
     }
+}
+
+/// Starts a server on `dir` whose journal can be made to fail the way a
+/// full disk fails it ([`disk_full`]): SIGXFSZ is ignored, as the test
+/// above does, so a write past the file-size limit just fails.
+fn start_on_small_disk(dir: &DataDir, args: &[&str]) -> Server {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_bgtasks"))
+        .args(["--addr", "127.0.0.1:0", "--data-dir", dir.arg()])
+        .args(args);
+    Server::spawn_command(cmd)
+}
+
+/// Makes the disk of `server`'s journal full (no byte more may be
+/// written to it), or gives it room again: the server's soft file-size
+/// limit, set to the journal's size or lifted. Deterministic, unlike a
+/// limit set before it starts: the test says when writes begin to fail
+/// and when they work again.
+fn disk_full(server: &Server, dir: &DataDir, full: bool) {
+    use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+    let size = std::fs::metadata(dir.journal()).unwrap().len();
+    let limit = Rlimit {
+        current: full.then_some(size),
+        // The hard limit stays as the server inherited it.
+        maximum: getrlimit(Resource::Fsize).maximum,
+    };
+    let pid = Pid::from_raw(server.child.id() as i32).unwrap();
+    prlimit(Some(pid), Resource::Fsize, limit).unwrap();
+}
+
+/// The answer to a submission whose record could not be written.
+const NOT_SAVED: &str = "the task could not be saved to disk; try again later";
+
+/// Checks that `r` is the `503` of a request whose record could not be
+/// written, with `Retry-After` and `sentence`.
+fn not_saved(r: &common::Response, sentence: &str) {
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["error"], sentence);
+    assert_eq!(r.header("retry-after"), Some("60"));
+}
+
+/// Returns the labels of every retained task, newest first.
+fn labels(server: &Server) -> Vec<String> {
+    let listed = server.get("/tasks?limit=1000").json();
+    listed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["task_id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn a_refused_delayed_task_leaves_no_trace_and_never_runs() {
+    let dir = DataDir::new("full-delayed");
+    let files = TempDir::new("full-delayed-files");
+    let ran = files.arg("ran");
+    let note = files.script("note.sh", &format!("echo \"$BGTASKS_TASK_ID\" >> {ran}"));
+    let handler = format!("note={note}");
+    let mut server = start_on_small_disk(&dir, &["--workers", "1", "--handler", &handler]);
+    let saved = server.post("/tasks", r#"{"task_id": "saved", "work_duration": "60s"}"#);
+    assert_eq!(saved.status, 202, "{saved:?}");
+
+    disk_full(&server, &dir, true);
+    let soon = r#"{"task_id": "refused", "kind": "note", "delay": "200ms"}"#;
+    not_saved(&server.post("/tasks", soon), NOT_SAVED);
+    let keyed = server.post_with(
+        "/tasks",
+        &["Idempotency-Key: delayed"],
+        r#"{"task_id": "refused-keyed", "kind": "note", "delay": "1h"}"#,
+    );
+    not_saved(&keyed, NOT_SAVED);
+    let past = r#"{"task_id": "refused-past", "kind": "note", "run_at": "2020-01-01T00:00:00Z"}"#;
+    not_saved(&server.post("/tasks", past), NOT_SAVED);
+    server.wait_log("journal: cannot write");
+    // Not listed, not counted, not in the queue.
+    assert_eq!(labels(&server), ["saved"]);
+    let counts = server.get("/tasks").json()["counts"].clone();
+    assert_eq!(counts["scheduled"], 0, "{counts}");
+    assert_eq!(
+        counts["queued"].as_u64().unwrap() + counts["running"].as_u64().unwrap(),
+        1
+    );
+    assert_eq!(server.metric("bgtasks_tasks_accepted_total"), 1.0);
+    assert_eq!(server.metric("bgtasks_tasks_scheduled"), 0.0);
+    assert_eq!(server.metric("bgtasks_queue_depth{queue=\"default\"}"), 0.0);
+
+    // Never run: a task due after the refused one, in the same queue, runs
+    // alone once the running one is cancelled.
+    disk_full(&server, &dir, false);
+    let later = server.post(
+        "/tasks",
+        r#"{"task_id": "later", "kind": "note", "delay": "400ms"}"#,
+    );
+    assert_eq!(later.status, 202, "{later:?}");
+    let saved_id = saved.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(server.cancel(&saved_id).status, 200);
+    let later_id = later.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(server.wait_done(&later_id)["state"], "succeeded");
+    assert_eq!(files.read("ran"), format!("{later_id}\n"));
+    assert_eq!(server.metric("bgtasks_tasks_accepted_total"), 2.0);
+    server.kill();
+
+    let server = start(&dir, &[]);
+    assert_eq!(labels(&server), ["later", "saved"]);
+}
+
+#[test]
+fn a_refused_keyed_request_can_be_repeated_and_is_then_accepted() {
+    let dir = DataDir::new("full-keyed");
+    let mut server = start_on_small_disk(&dir, &["--workers", "1"]);
+    let body = r#"{"task_id": "keyed", "work_duration": "60s", "delay": "1h"}"#;
+    let now = r#"{"task_id": "keyed-now", "work_duration": "60s"}"#;
+    disk_full(&server, &dir, true);
+    for _ in 0..2 {
+        not_saved(
+            &server.post_with("/tasks", &["Idempotency-Key: a"], body),
+            NOT_SAVED,
+        );
+        not_saved(
+            &server.post_with("/tasks", &["Idempotency-Key: b"], now),
+            NOT_SAVED,
+        );
+    }
+    assert!(labels(&server).is_empty());
+    disk_full(&server, &dir, false);
+    // The keys were not used up: the same requests are accepted now, then
+    // repeated.
+    let first = server.post_with("/tasks", &["Idempotency-Key: a"], body);
+    assert_eq!(
+        (first.status, &first.json()["state"]),
+        (202, &json!("scheduled"))
+    );
+    let repeat = server.post_with("/tasks", &["Idempotency-Key: a"], body);
+    assert_eq!(
+        (repeat.status, &repeat.json()["id"]),
+        (200, &first.json()["id"])
+    );
+    let first_now = server.post_with("/tasks", &["Idempotency-Key: b"], now);
+    assert_eq!(first_now.status, 202, "{first_now:?}");
+    assert_eq!(server.metric("bgtasks_tasks_accepted_total"), 2.0);
+    server.kill();
+
+    let server = start(&dir, &[]);
+    assert_eq!(labels(&server), ["keyed-now", "keyed"]);
+    let repeat = server.post_with("/tasks", &["Idempotency-Key: a"], body);
+    assert_eq!(
+        (repeat.status, &repeat.json()["id"]),
+        (200, &first.json()["id"])
+    );
+}
+
+/// The answer to a cancel whose record could not be written.
+const CANCEL_NOT_SAVED: &str = "the cancel could not be saved to disk; try again later";
+
+/// The answer to a pause whose record could not be written.
+const PAUSE_NOT_SAVED: &str = "the pause could not be saved to disk; try again later";
+
+/// The answer to a resume whose record could not be written.
+const RESUME_NOT_SAVED: &str = "the resume could not be saved to disk; try again later";
+
+#[test]
+fn a_refused_cancel_has_not_happened() {
+    let dir = DataDir::new("full-cancel");
+    let mut server = start_on_small_disk(&dir, &["--workers", "1"]);
+    let running = server.submit_labelled("running", "60s");
+    server.wait_state(&running, "running");
+    let queued = server.submit_labelled("queued", "60s");
+    let r = server.post(
+        "/tasks",
+        r#"{"task_id": "scheduled", "work_duration": "60s", "delay": "1h"}"#,
+    );
+    let scheduled = r.json()["id"].as_str().unwrap().to_string();
+
+    disk_full(&server, &dir, true);
+    for id in [&running, &queued, &scheduled] {
+        not_saved(&server.cancel(id), CANCEL_NOT_SAVED);
+    }
+    // Nothing changed: the running task runs on, the others wait.
+    assert_eq!(server.task(&running)["state"], "running");
+    assert_eq!(server.task(&queued)["state"], "queued");
+    assert_eq!(server.task(&scheduled)["state"], "scheduled");
+    let counts = server.get("/tasks").json()["counts"].clone();
+    assert_eq!(counts["cancelled"], 0, "{counts}");
+    assert_eq!(
+        server.metric("bgtasks_tasks_finished_total{state=\"cancelled\"}"),
+        0.0
+    );
+
+    // With room again, a cancel is saved before it is made.
+    disk_full(&server, &dir, false);
+    let r = server.cancel(&queued);
+    assert_eq!((r.status, &r.json()["state"]), (200, &json!("cancelled")));
+    server.kill();
+
+    let server = start(&dir, &["--workers", "1"]);
+    assert_eq!(server.wait_state(&running, "running")["attempt"], 1);
+    assert_eq!(server.task(&scheduled)["state"], "scheduled");
+    assert_eq!(server.task(&queued)["state"], "cancelled");
+}
+
+#[test]
+fn a_refused_pause_or_resume_has_not_happened() {
+    let dir = DataDir::new("full-pause");
+    let mut server = start_on_small_disk(&dir, &[]);
+    let paused = |server: &Server| {
+        let queues = server.get("/queues").json();
+        queues["queues"][0]["paused"].as_bool().unwrap()
+    };
+    disk_full(&server, &dir, true);
+    not_saved(&server.post("/queues/default/pause", ""), PAUSE_NOT_SAVED);
+    assert!(!paused(&server));
+    disk_full(&server, &dir, false);
+    let r = server.post("/queues/default/pause", "");
+    assert_eq!((r.status, &r.json()["paused"]), (200, &json!(true)));
+    disk_full(&server, &dir, true);
+    not_saved(&server.post("/queues/default/resume", ""), RESUME_NOT_SAVED);
+    assert!(paused(&server));
+    assert_eq!(
+        server.metric("bgtasks_queue_paused{queue=\"default\"}"),
+        1.0
+    );
+    server.kill();
+
+    let mut server = start(&dir, &[]);
+    assert!(
+        paused(&server),
+        "the refused resume came back after a restart"
+    );
+    let r = server.post("/queues/default/resume", "");
+    assert_eq!((r.status, &r.json()["paused"]), (200, &json!(false)));
+    server.kill();
+
+    // And a refused pause does not come back either.
+    let server = start_on_small_disk(&dir, &[]);
+    disk_full(&server, &dir, true);
+    not_saved(&server.post("/queues/default/pause", ""), PAUSE_NOT_SAVED);
+    drop(server);
+    let server = start(&dir, &[]);
+    assert!(
+        !paused(&server),
+        "the refused pause came back after a restart"
+    );
 }
 
 /// Writes a journal of 500,000 finished tasks (a million records) to a

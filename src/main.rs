@@ -4512,8 +4512,17 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle keep-alive connection stays open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long writing one batch of responses may take before the client is
-/// deemed gone: a client that never reads must not hold a connection open.
+/// How long the answers a connection has to write may wait once the
+/// socket first refuses their bytes (its buffers are full) before the
+/// client is deemed gone: a client that never reads must not hold a
+/// connection open.
+///
+/// One deadline for all the answers waiting when it starts, and never a
+/// second for any of them: what the client reads meanwhile does not move
+/// it, and once it has passed nothing more is written, however much room
+/// the socket has made since — a client that reads a little now and then
+/// cannot stretch it. Answers made after those are all written get a
+/// deadline of their own, if the socket refuses them in turn.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The request methods routes tell apart.
@@ -7489,7 +7498,8 @@ impl Connection {
         }
     }
 
-    /// Writes every pending answer, giving up after [`WRITE_TIMEOUT`].
+    /// Writes every pending answer, giving up [`WRITE_TIMEOUT`] after the
+    /// socket first refuses them.
     async fn flush(&mut self, shared: &Shared) -> Result<(), Close> {
         if self.out.is_empty() {
             return Ok(());
@@ -7499,22 +7509,7 @@ impl Connection {
             // of them may be sent.
             return Err(Close::Gone);
         }
-        let (stream, out) = (&self.stream, &self.out);
-        let write = async {
-            let mut written = 0;
-            while written < out.len() {
-                match stream.write_with(|s| (&*s).write(&out[written..])).await? {
-                    0 => return Err(Close::Gone),
-                    n => written += n,
-                }
-            }
-            Ok(())
-        };
-        let timeout = async {
-            Timer::after(WRITE_TIMEOUT).await;
-            Err(Close::Gone)
-        };
-        let result = future::or(write, timeout).await;
+        let result = write_out(&self.stream, &self.out).await;
         self.out.clear();
         result
     }
@@ -7643,6 +7638,34 @@ impl Connection {
             thrown += self.buf.len();
         }
     }
+}
+
+/// Writes all of `out` to `stream`, giving up once [`WRITE_TIMEOUT`] has
+/// passed since the socket first refused a byte of it.
+async fn write_out(stream: &Async<TcpStream>, out: &[u8]) -> Result<(), Close> {
+    let mut written = 0;
+    // Made at the first refusal and kept to the end: progress never makes
+    // a new one. A write that is never refused costs no timer.
+    let mut deadline: Option<Timer> = None;
+    while written < out.len() {
+        match stream.get_ref().write(&out[written..]) {
+            Ok(0) => return Err(Close::Gone),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let timer = deadline.get_or_insert_with(|| Timer::after(WRITE_TIMEOUT));
+                let passed = async {
+                    timer.await;
+                    Err(Close::Gone)
+                };
+                let room = async { stream.writable().await.map_err(Close::from) };
+                // The deadline wins a tie: woken by it, the write is not
+                // tried again, though the socket may have room by then.
+                future::or(passed, room).await?;
+            }
+            Err(_) => return Err(Close::Gone),
+        }
+    }
+    Ok(())
 }
 
 /// A stream of events being written.

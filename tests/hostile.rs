@@ -434,6 +434,55 @@ fn an_idle_keep_alive_connection_closes_after_60_seconds() {
     );
 }
 
+/// How long a connection whose answers are not read may stay open once the
+/// kernel's buffers are full: the 10 s write timeout and the 2 s linger,
+/// with room for a busy machine — well under the ~60 s of issue 24, where a
+/// stalled write that could take a few bytes when its deadline came started
+/// over with a fresh one.
+const LATE_WRITE_CLOSE: Duration = Duration::from_secs(40);
+
+/// Sends pipelined `GET /` (a 35 KB answer each) on a clone of `stream`
+/// until the connection fails, from a thread of its own.
+fn pipeline_dashboards(stream: &TcpStream) {
+    let mut writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let requests = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(100);
+        while writer.write_all(&requests).is_ok() {}
+    });
+}
+
+#[test]
+fn a_client_that_pipelines_and_never_reads_is_closed_after_the_write_timeout() {
+    let server = Server::start(&[]);
+    let never = server.connect();
+    pipeline_dashboards(&never);
+    // A client that reads a little now and then: 16 KiB every 250 ms makes
+    // room in the server's send buffer, too little in 10 s to wake a
+    // writer (a third of the 4 MiB the buffer grows to on loopback) but
+    // enough for a write tried when its deadline passes to get on — which
+    // the server did, starting over with a fresh deadline each time.
+    let mut barely = server.connect();
+    pipeline_dashboards(&barely);
+    let started = Instant::now();
+    let (mut never_took, mut barely_took) = (None, None);
+    while never_took.is_none() || barely_took.is_none() {
+        assert!(
+            started.elapsed() < LATE_WRITE_CLOSE,
+            "still open: never reads {never_took:?}, barely reads {barely_took:?}"
+        );
+        if never_took.is_none() && !server.holds(&never) {
+            never_took = Some(started.elapsed());
+        }
+        if barely_took.is_none() && !server.holds(&barely) {
+            barely_took = Some(started.elapsed());
+        }
+        // Pacing, not waiting: this is how slowly the client reads.
+        std::thread::sleep(Duration::from_millis(250));
+        let _ = barely.read(&mut [0u8; 16384]);
+    }
+    eprintln!("closed after: never reads {never_took:?}, barely reads {barely_took:?}");
+}
+
 /// Holds a thousand connections that send an endless header a byte at a
 /// time, and meanwhile makes 20 normal requests of each kind; returns how
 /// long each `GET /healthz` took.

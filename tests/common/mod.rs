@@ -378,18 +378,14 @@ impl Server {
             .iter()
             .map(|s| s.local_addr().unwrap().port())
             .collect();
-        let port = |address: &str| {
-            let (_, port) = address.rsplit_once(':').unwrap();
-            u16::from_str_radix(port, 16).unwrap()
-        };
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
         let mut read = 0;
         for line in table.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let established = fields[3] == "01";
             if !established
-                || port(fields[1]) != self.addr.port()
-                || !ours.contains(&port(fields[2]))
+                || table_port(fields[1]) != self.addr.port()
+                || !ours.contains(&table_port(fields[2]))
             {
                 continue;
             }
@@ -401,6 +397,26 @@ impl Server {
         }
         read == ours.len()
     }
+
+    /// Tells whether the server still holds `stream`'s connection open:
+    /// its end is established (`/proc/net/tcp`). An end the server has shut
+    /// or closed is not, whatever is still buffered in it.
+    pub fn holds(&self, stream: &TcpStream) -> bool {
+        let ours = stream.local_addr().unwrap().port();
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields[3] == "01"
+                && table_port(fields[1]) == self.addr.port()
+                && table_port(fields[2]) == ours
+        })
+    }
+}
+
+/// Returns the port of an address in `/proc/net/tcp` (`0100007F:1F40`).
+fn table_port(address: &str) -> u16 {
+    let (_, port) = address.rsplit_once(':').unwrap();
+    u16::from_str_radix(port, 16).unwrap()
 }
 
 impl Drop for Server {

@@ -6864,6 +6864,17 @@ const LINGER: Duration = Duration::from_secs(2);
 /// The most bytes read and thrown away while lingering.
 const LINGER_BYTES: usize = 1 << 20;
 
+/// How many connections the kernel keeps for the listener before it is
+/// ready to accept them (SPEC §3: at least 1024). `std`'s `bind` asks for
+/// 128: a burst of 200 clients left 70 waiting for the kernel's 1 s SYN
+/// retry. 1024 as tokio (Go asks for `net.core.somaxconn`, nginx 511): as
+/// many as the default `--max-connections`, so a burst that large waits
+/// for places instead of being dropped, and the same on every host, where
+/// following `somaxconn` would queue 4096 (its default since Linux 5.4)
+/// clients behind a full server. The kernel lowers it to `somaxconn` when
+/// that is smaller.
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// The first wait after an accept error: long enough for a connection to
 /// close and free a file descriptor, short enough to go unnoticed.
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -7734,6 +7745,23 @@ fn write_stream_head(out: &mut Vec<u8>, delivery: Delivery) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Opens the listening socket on `addr`: `std`'s `TcpListener::bind`
+/// (close-on-exec, `SO_REUSEADDR` so that a restart need not wait for the
+/// last run's connections to time out), with a backlog of
+/// [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let socket = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &addr)?;
+    rustix::net::listen(&socket, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(socket))
+}
+
 /// Accepts, once shutdown has begun, the connections already waiting in the
 /// kernel's backlog: closing the listener would reset them, and their
 /// clients may have sent a request already. Each one's first request counts
@@ -8077,8 +8105,8 @@ fn launch(config: Config) -> Result<i32, String> {
     // Listening comes next, before the rest of the start-up: a client that
     // connects meanwhile waits in the backlog, so starting the reactor (a
     // thread, an epoll set) overlaps with its connecting.
-    let listener = TcpListener::bind(config.addr)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let listener =
+        bind(config.addr).map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     // Underneath: `Async::new` makes the socket non-blocking and registers
     // it with async-io's reactor (an epoll set, and a helper thread that
     // drives it when no thread in `block_on` does).

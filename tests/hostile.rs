@@ -569,6 +569,37 @@ fn past_max_connections_new_clients_wait_in_the_backlog() {
     assert_eq!(read_response(&mut waiting).unwrap().status, 200);
 }
 
+/// Holds the one place of a `--max-connections 1` server on `addr` with an
+/// event stream, then connects a thousand clients more: each must complete
+/// its handshake in the listen backlog (SPEC §3: it holds at least 1024),
+/// where the kernel used to drop every SYN past 128 for a second and more.
+fn a_burst_completes_its_handshakes_in_the_backlog(addr: &str) {
+    common::raise_fd_limit();
+    let cmd = common::command(&["--addr", addr], &["--max-connections", "1"], &[]);
+    let server = Server::spawn_command(cmd);
+    // A stream is a request in progress: its place is not taken from it.
+    let _stream = server.events("");
+    let waiting: Vec<TcpStream> = (0..1000)
+        .map(|i| {
+            // Liveness: a handshake in the backlog takes microseconds; a
+            // dropped SYN is sent again after 1, 3, 7 s…
+            TcpStream::connect_timeout(&server.addr, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("connection {i} not taken by the backlog: {e}"))
+        })
+        .collect();
+    assert_eq!(waiting.len(), 1000);
+}
+
+#[test]
+fn a_burst_of_a_thousand_clients_waits_in_the_backlog_over_ipv4() {
+    a_burst_completes_its_handshakes_in_the_backlog("127.0.0.1:0");
+}
+
+#[test]
+fn a_burst_of_a_thousand_clients_waits_in_the_backlog_over_ipv6() {
+    a_burst_completes_its_handshakes_in_the_backlog("[::1]:0");
+}
+
 #[test]
 fn connections_that_send_nothing_hold_no_buffers() {
     common::raise_fd_limit();

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// How many connections a test opens at once before it waits for the
-/// server to take them: fewer than the listen backlog (128), which a
-/// larger burst overflows, and the kernel then drops SYNs that take a
-/// second to come again.
+/// server to take them: fewer than the listen backlog, which a larger
+/// burst overflows, and the kernel then drops SYNs that take a second to
+/// come again. The server asks for 1024, but the kernel caps it at
+/// `net.core.somaxconn`, 128 by default before Linux 5.4.
 const BURST: usize = 100;
 
 /// A running bgtasks process.

@@ -180,7 +180,7 @@
 #![forbid(unsafe_code)]
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -6841,6 +6841,12 @@ fn dashboard() -> Response {
 // A connection's errors end that connection and nothing else: the listener
 // never sees them. The listener's own errors (out of file descriptors, say)
 // back off and retry instead of ending it.
+//
+// At the `--max-connections` limit, a client waiting in the backlog gets
+// the place of the longest-idle keep-alive connection, which is closed for
+// it ([`IdleConnections`]), as nginx does with its reusable connections: so
+// a client that holds every place with idle connections cannot keep
+// everyone else out, `/healthz` included, for the 60 s of the idle timeout.
 
 /// How many bytes one read asks for.
 const READ_CHUNK: usize = 8192;
@@ -6889,6 +6895,11 @@ enum Close {
     Error(HttpError),
     /// The client closed the connection or it failed: just close.
     Gone,
+    /// It was idle and its place was given to a new connection: close at
+    /// once. Every answer was written before it went idle and nothing has
+    /// arrived since, so closing sends a plain FIN, and lingering would
+    /// only keep the new client waiting for the place.
+    Evicted,
 }
 
 impl From<io::Error> for Close {
@@ -6901,6 +6912,93 @@ impl From<HttpError> for Close {
     fn from(e: HttpError) -> Close {
         Close::Error(e)
     }
+}
+
+/// The keep-alive connections waiting for their next request, oldest
+/// first: when every `--max-connections` place is taken and a client waits
+/// in the backlog, the listener closes the one idle longest.
+///
+/// Only a connection between requests counts: one that has answered a
+/// request and waits for the next with nothing left to write. A request in
+/// progress — being read, a long poll, an event stream, answers being
+/// written — is never cut short, and a connection that has not sent its
+/// first request is not taken either: its 10 s head deadline bounds it,
+/// and closing it could beat its client's first request in a burst of new
+/// connections, each closing the one before it.
+///
+/// One lock, taken when a connection starts and stops waiting (twice a
+/// keep-alive request; never per byte) and when the listener makes room.
+#[derive(Default)]
+struct IdleConnections {
+    /// The list, behind its lock.
+    list: Mutex<IdleList>,
+    /// The number [`IdleConnections::stamp`] gives next.
+    next: AtomicU64,
+}
+
+/// What [`IdleConnections`] keeps under its lock.
+#[derive(Default)]
+struct IdleList {
+    /// Each waiting connection's eviction trigger, by its stamp: the first
+    /// entry is the connection idle longest.
+    waiting: BTreeMap<u64, Trigger>,
+    /// Fired by the next connection to begin waiting, for the listener
+    /// when it found none to close.
+    wanted: Option<Trigger>,
+}
+
+impl IdleConnections {
+    /// Locks the list. Every change to it is one insert or removal, so a
+    /// poisoned lock is used as it is.
+    fn list(&self) -> MutexGuard<'_, IdleList> {
+        self.list.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns a number greater than every one returned before: when a
+    /// connection is done with its requests, for its place in the list.
+    fn stamp(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Notes that the connection stamped `since` begins to wait for its
+    /// next request, to be closed by firing `evict`.
+    fn begin_wait(&self, since: u64, evict: &Trigger) {
+        let mut list = self.list();
+        list.waiting.insert(since, evict.clone());
+        if let Some(wanted) = list.wanted.take() {
+            wanted.fire();
+        }
+    }
+
+    /// Notes that the connection stamped `since` stops waiting; `false` if
+    /// the listener took it out first, to close it, which is then final.
+    fn end_wait(&self, since: u64) -> bool {
+        self.list().waiting.remove(&since).is_some()
+    }
+
+    /// Tells the longest-idle connection to close, giving up its place;
+    /// with none idle, returns a trigger the next one to go idle fires.
+    fn close_oldest(&self) -> Option<Trigger> {
+        let mut list = self.list();
+        match list.waiting.pop_first() {
+            Some((_, evict)) => {
+                evict.fire();
+                None
+            }
+            None => Some(list.wanted.get_or_insert_with(Trigger::new).clone()),
+        }
+    }
+}
+
+/// What ended a connection's wait for the client's next bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waited {
+    /// The client sent something, or closed.
+    Readable,
+    /// The deadline passed.
+    Expired,
+    /// The listener closed it to make room ([`IdleConnections`]).
+    Evicted,
 }
 
 /// One client connection.
@@ -7004,13 +7102,15 @@ impl Saving {
 /// Each request holds a sender upgraded from `in_flight` until its answer
 /// is written, so shutdown can wait for it; `first_request` is one already
 /// taken for the first request. `_permit` holds one of `--max-connections`
-/// places and is only dropped.
+/// places and is only dropped; between requests the connection waits in
+/// `idle`, where the listener may take the place back.
 async fn serve(
     shared: Arc<Shared>,
     stream: Async<TcpStream>,
     in_flight: async_channel::WeakSender<()>,
     first_request: Option<Sender<()>>,
     _permit: smol::lock::SemaphoreGuardArc,
+    idle: Arc<IdleConnections>,
 ) {
     let accepted = Instant::now();
     let mut conn = Connection {
@@ -7022,10 +7122,18 @@ async fn serve(
         busy: first_request,
         idle: Alarm::new(accepted + HEAD_TIMEOUT),
     };
-    if let Err(Close::Error(e)) = conn.serve_requests(&shared, accepted, &in_flight).await {
-        let response = Response::error(e.status(), e.message());
-        shared.responses.add(response.status);
-        response.write(&mut conn.out, Delivery::CLOSING);
+    match conn
+        .serve_requests(&shared, accepted, &in_flight, &idle)
+        .await
+    {
+        Err(Close::Error(e)) => {
+            let response = Response::error(e.status(), e.message());
+            shared.responses.add(response.status);
+            response.write(&mut conn.out, Delivery::CLOSING);
+        }
+        // Dropping the socket closes it; its place goes back at once.
+        Err(Close::Evicted) => return,
+        Ok(()) | Err(Close::Gone) => {}
     }
     conn.close(&shared).await;
 }
@@ -7037,11 +7145,19 @@ impl Connection {
         shared: &Shared,
         accepted: Instant,
         in_flight: &async_channel::WeakSender<()>,
+        idle: &IdleConnections,
     ) -> Result<(), Close> {
         let mut deadline = accepted + HEAD_TIMEOUT;
         let (mut first, mut served) = (true, 0);
+        // What the listener fires to close this connection while it waits
+        // between requests: made at the first such wait, kept after.
+        let mut evict = None;
         loop {
             if self.buf.is_empty() {
+                // Numbered before the last answers go out: a client that has
+                // read them finds this connection idle longer than any it
+                // opens after.
+                let since = idle.stamp();
                 self.flush(shared).await?;
                 // Idle: every answer is out. Give the buffers back, and let
                 // shutdown stop waiting for this connection.
@@ -7062,13 +7178,19 @@ impl Connection {
                 // now saves a round through the reactor — 36 instead of
                 // 41 µs of CPU per request for clients that open a
                 // connection per request.
-                let arrived = first && self.read_arrived(FIRST_READ)?;
-                if !arrived && !self.wait_readable(until).await {
-                    return if first {
-                        Err(HttpError::Timeout.into())
-                    } else {
-                        Ok(())
-                    };
+                let waited = if !first {
+                    self.wait_between_requests(until, idle, since, &mut evict)
+                        .await
+                } else if self.read_arrived(FIRST_READ)? {
+                    Waited::Readable
+                } else {
+                    self.wait_readable(until, None).await
+                };
+                match waited {
+                    Waited::Readable => {}
+                    Waited::Expired if first => return Err(HttpError::Timeout.into()),
+                    Waited::Expired => return Ok(()),
+                    Waited::Evicted => return Err(Close::Evicted),
                 }
             }
             if !first {
@@ -7094,13 +7216,34 @@ impl Connection {
         }
     }
 
-    /// Waits until the client sends something (or closes); `false` if
-    /// `until` comes first.
+    /// Waits for the client's next request, listed in `idle` as waiting
+    /// since `since`, so that the listener may close the connection to make
+    /// room; `evict` is made for that the first time.
+    async fn wait_between_requests(
+        &mut self,
+        until: Instant,
+        idle: &IdleConnections,
+        since: u64,
+        evict: &mut Option<Trigger>,
+    ) -> Waited {
+        let evict = evict.get_or_insert_with(Trigger::new);
+        idle.begin_wait(since, evict);
+        let waited = self.wait_readable(until, Some(evict)).await;
+        // Taken out by the listener, it closes, whatever woke it.
+        if idle.end_wait(since) {
+            waited
+        } else {
+            Waited::Evicted
+        }
+    }
+
+    /// Waits until the client sends something (or closes), `until` comes,
+    /// or `evict` fires.
     ///
     /// Shutdown does not end this wait: an idle connection stays open while
     /// the server drains, so a request sent on it gets its `503`, but
     /// nothing waits for it, and it closes when the process exits.
-    async fn wait_readable(&mut self, until: Instant) -> bool {
+    async fn wait_readable(&mut self, until: Instant, evict: Option<&Trigger>) -> Waited {
         loop {
             // Armed for an earlier deadline, it rings early when the
             // connection was busy since, and is armed again.
@@ -7114,17 +7257,22 @@ impl Connection {
             let readable = async {
                 // An error shows up again on the read that follows.
                 let _ = stream.readable().await;
-                true
+                Waited::Readable
             };
             let fired = async {
                 idle.rung().await;
-                false
+                Waited::Expired
             };
-            if future::or(readable, fired).await {
-                return true;
-            }
-            if Instant::now() >= until {
-                return false;
+            let evicted = async {
+                match evict {
+                    Some(evict) => evict.wait().await,
+                    None => future::pending().await,
+                }
+                Waited::Evicted
+            };
+            match future::or(readable, future::or(fired, evicted)).await {
+                Waited::Expired if Instant::now() < until => {}
+                waited => return waited,
             }
         }
     }
@@ -7772,6 +7920,7 @@ fn accept_backlog(
     listener: &Async<TcpListener>,
     in_flight: &async_channel::WeakSender<()>,
     places: &Arc<smol::lock::Semaphore>,
+    idle: &Arc<IdleConnections>,
 ) {
     while let Some(place) = places.try_acquire_arc() {
         // The listener is non-blocking: this ends at WouldBlock.
@@ -7789,6 +7938,7 @@ fn accept_backlog(
             in_flight.clone(),
             first_request,
             place,
+            idle.clone(),
         );
         executor.spawn(task).detach();
     }
@@ -7797,7 +7947,8 @@ fn accept_backlog(
 /// Accepts connections until shutdown begins, each in a task of its own.
 ///
 /// A place among `--max-connections` is taken before `accept`, so past the
-/// limit new connections wait in the kernel's backlog rather than in memory.
+/// limit new connections wait in the kernel's backlog rather than in memory
+/// (until [`take_place`] makes room for them).
 async fn listen(
     shared: Arc<Shared>,
     executor: Arc<Executor<'static>>,
@@ -7805,13 +7956,14 @@ async fn listen(
     in_flight: async_channel::WeakSender<()>,
 ) {
     let places = Arc::new(smol::lock::Semaphore::new(shared.config.max_connections));
+    let idle = Arc::new(IdleConnections::default());
     let mut backoff = MIN_ACCEPT_BACKOFF;
     loop {
         // Underneath: `accept` tries `accept(2)`; when nothing waits in the
         // backlog it leaves this task's waker with the reactor, which calls
         // it when epoll says the listening socket is readable.
         let next = async {
-            let place = places.acquire_arc().await;
+            let place = take_place(&places, &listener, &idle).await;
             (place, listener.accept().await)
         };
         let stopped = async {
@@ -7819,7 +7971,7 @@ async fn listen(
             None
         };
         let Some((place, accepted)) = future::or(stopped, async { Some(next.await) }).await else {
-            accept_backlog(&shared, &executor, &listener, &in_flight, &places);
+            accept_backlog(&shared, &executor, &listener, &in_flight, &places, &idle);
             // Dropping the listener closes its socket: new connections are refused.
             return;
         };
@@ -7833,7 +7985,14 @@ async fn listen(
                 // on the executor's queue, waking an idle executor thread;
                 // `detach` lets it run to its end with no one holding its
                 // handle (dropping a handle would cancel the task).
-                let task = serve(shared.clone(), stream, in_flight.clone(), None, place);
+                let task = serve(
+                    shared.clone(),
+                    stream,
+                    in_flight.clone(),
+                    None,
+                    place,
+                    idle.clone(),
+                );
                 executor.spawn(task).detach();
             }
             Err(e) => {
@@ -7845,6 +8004,43 @@ async fn listen(
                 future::or(shared.draining.wait(), pause).await;
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
+        }
+    }
+}
+
+/// Takes a place among `--max-connections` for the next connection. At
+/// the limit, once a client waits in the backlog, it makes room: it closes
+/// the longest-idle keep-alive connection and takes its place; with none
+/// idle, it waits for a place to free or a connection to go idle.
+async fn take_place(
+    places: &Arc<smol::lock::Semaphore>,
+    listener: &Async<TcpListener>,
+    idle: &IdleConnections,
+) -> smol::lock::SemaphoreGuardArc {
+    loop {
+        if let Some(place) = places.try_acquire_arc() {
+            return place;
+        }
+        let freed = async { Some(places.acquire_arc().await) };
+        let knocked = async {
+            // An error shows up again on the accept that follows.
+            let _ = listener.readable().await;
+            None
+        };
+        if let Some(place) = future::or(freed, knocked).await {
+            return place;
+        }
+        let Some(went_idle) = idle.close_oldest() else {
+            // Its place comes back as soon as it has closed.
+            return places.acquire_arc().await;
+        };
+        let freed = async { Some(places.acquire_arc().await) };
+        let idled = async {
+            went_idle.wait().await;
+            None
+        };
+        if let Some(place) = future::or(freed, idled).await {
+            return place;
         }
     }
 }

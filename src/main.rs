@@ -8144,6 +8144,7 @@ async fn take_place(
         if let Some(place) = places.try_acquire_arc() {
             return place;
         }
+        // A place freed wins a tie in both races: nothing is closed then.
         let freed = async { Some(places.acquire_arc().await) };
         let knocked = async {
             // An error shows up again on the accept that follows.

@@ -399,9 +399,9 @@ impl Server {
         read == ours.len()
     }
 
-    /// Tells whether the server still holds `stream`'s connection open:
-    /// its end is established (`/proc/net/tcp`). An end the server has shut
-    /// or closed is not, whatever is still buffered in it.
+    /// Tells whether the server still holds `stream`'s connection (over
+    /// IPv4) open: its end is established (`/proc/net/tcp`). An end the
+    /// server has shut or closed is not, whatever is still buffered in it.
     pub fn holds(&self, stream: &TcpStream) -> bool {
         let ours = stream.local_addr().unwrap().port();
         let table = std::fs::read_to_string("/proc/net/tcp").unwrap();

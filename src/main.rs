@@ -192,6 +192,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_channel::{Receiver, Sender, TrySendError};
@@ -4876,8 +4877,17 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle keep-alive connection stays open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long writing one batch of responses may take before the client is
-/// deemed gone: a client that never reads must not hold a connection open.
+/// How long the answers a connection has to write may wait once the
+/// socket first refuses their bytes (its buffers are full) before the
+/// client is deemed gone: a client that never reads must not hold a
+/// connection open.
+///
+/// One deadline for all the answers waiting when it starts, and never a
+/// second for any of them: what the client reads meanwhile does not move
+/// it, and once it has passed nothing more is written, however much room
+/// the socket has made since — a client that reads a little now and then
+/// cannot stretch it. Answers made after those are all written get a
+/// deadline of their own, if the socket refuses them in turn.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The request methods routes tell apart.
@@ -7315,6 +7325,12 @@ fn dashboard() -> Response {
 // A connection's errors end that connection and nothing else: the listener
 // never sees them. The listener's own errors (out of file descriptors, say)
 // back off and retry instead of ending it.
+//
+// At the `--max-connections` limit, a client waiting in the backlog gets
+// the place of the longest-idle keep-alive connection, which is closed for
+// it ([`IdleConnections`]), as nginx does with its reusable connections: so
+// a client that holds every place with idle connections cannot keep
+// everyone else out, `/healthz` included, for the 60 s of the idle timeout.
 
 /// How many bytes one read asks for.
 const READ_CHUNK: usize = 8192;
@@ -7338,6 +7354,17 @@ const LINGER: Duration = Duration::from_secs(2);
 /// The most bytes read and thrown away while lingering.
 const LINGER_BYTES: usize = 1 << 20;
 
+/// How many connections the kernel keeps for the listener before it is
+/// ready to accept them (SPEC §3: at least 1024). `std`'s `bind` asks for
+/// 128: a burst of 200 clients left 70 waiting for the kernel's 1 s SYN
+/// retry. 1024 as tokio (Go asks for `net.core.somaxconn`, nginx 511): as
+/// many as the default `--max-connections`, so a burst that large waits
+/// for places instead of being dropped, and the same on every host, where
+/// following `somaxconn` would queue 4096 (its default since Linux 5.4)
+/// clients behind a full server. The kernel lowers it to `somaxconn` when
+/// that is smaller.
+const LISTEN_BACKLOG: i32 = 1024;
+
 /// The first wait after an accept error: long enough for a connection to
 /// close and free a file descriptor, short enough to go unnoticed.
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
@@ -7352,6 +7379,11 @@ enum Close {
     Error(HttpError),
     /// The client closed the connection or it failed: just close.
     Gone,
+    /// It was idle and its place was given to a new connection: close at
+    /// once. Every answer was written before it went idle and nothing has
+    /// arrived since, so closing sends a plain FIN, and lingering would
+    /// only keep the new client waiting for the place.
+    Evicted,
 }
 
 impl From<io::Error> for Close {
@@ -7364,6 +7396,217 @@ impl From<HttpError> for Close {
     fn from(e: HttpError) -> Close {
         Close::Error(e)
     }
+}
+
+/// The keep-alive connections waiting for their next request, oldest
+/// first: when every `--max-connections` place is taken and a client waits
+/// in the backlog, the listener closes the one idle longest.
+///
+/// Only a connection between requests counts: one that has answered a
+/// request and waits for the next with nothing left to write. A request in
+/// progress — being read, a long poll, an event stream, answers being
+/// written — is never cut short, and a connection that has not sent its
+/// first request is not taken either: its 10 s head deadline bounds it,
+/// and closing it could beat its client's first request in a burst of new
+/// connections, each closing the one before it.
+///
+/// One lock, taken three times a keep-alive request (when its connection
+/// starts to wait, when that wait is first polled, when it ends; never per
+/// byte) and when the listener makes room.
+#[derive(Default)]
+struct IdleConnections {
+    /// The list, behind its lock.
+    list: Mutex<IdleList>,
+    /// The number [`IdleConnections::stamp`] gives next.
+    next: AtomicU64,
+}
+
+impl IdleConnections {
+    /// Locks the list. Every change to it is a few index writes, made
+    /// before anything can panic, so a poisoned lock is used as it is.
+    fn list(&self) -> MutexGuard<'_, IdleList> {
+        self.list.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns a number greater than every one returned before: when a
+    /// connection is done with its requests, for its place in the list.
+    fn stamp(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Lists the connection stamped `since` as waiting for its next
+    /// request; returns its entry.
+    fn begin_wait(&self, since: u64) -> IdleEntry {
+        let mut list = self.list();
+        if let Some(wanted) = list.wanted.take() {
+            wanted.fire();
+        }
+        list.insert(since)
+    }
+
+    /// Waits until the listener takes `entry` out of the list to close its
+    /// connection.
+    async fn evicted(&self, entry: IdleEntry) {
+        future::poll_fn(|cx| {
+            let mut list = self.list();
+            let Some(slot) = list.slot_mut(entry) else {
+                return Poll::Ready(());
+            };
+            match &mut slot.waker {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                waker => *waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Takes `entry` out of the list as its wait ends; `false` if the
+    /// listener took it out first, to close it, which is then final.
+    fn end_wait(&self, entry: IdleEntry) -> bool {
+        self.list().remove(entry).is_some()
+    }
+
+    /// Tells the longest-idle connection to close, giving up its place;
+    /// with none idle, returns a trigger the next one to go idle fires.
+    fn close_oldest(&self) -> Option<Trigger> {
+        let mut list = self.list();
+        let Some(oldest) = list.oldest().and_then(|entry| list.remove(entry)) else {
+            return Some(list.wanted.get_or_insert_with(Trigger::new).clone());
+        };
+        drop(list);
+        // Not yet polled, its wait finds itself unlisted when it is.
+        if let Some(waker) = oldest.waker {
+            waker.wake();
+        }
+        None
+    }
+}
+
+/// Where a waiting connection is in the [`IdleList`]: its slot, and its
+/// stamp, which tells whether the slot is still its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IdleEntry {
+    /// The index of its slot.
+    slot: usize,
+    /// Its stamp.
+    since: u64,
+}
+
+/// The waiting connections in the order of their stamps: a doubly linked
+/// list threaded through a slab, so that listing one (after the newest,
+/// nearly always), taking one out and finding the oldest each cost a few
+/// index writes, where a `BTreeMap` by stamp cost about 100 ns a request.
+#[derive(Default)]
+struct IdleList {
+    /// Every slot, listed or free; never more than were listed at once,
+    /// which is at most `--max-connections`.
+    slots: Vec<IdleSlot>,
+    /// The slots not listed, reused before the slab grows.
+    free: Vec<usize>,
+    /// The oldest listed slot.
+    head: Option<usize>,
+    /// The newest listed slot.
+    tail: Option<usize>,
+    /// Fired by the next connection to begin waiting, for the listener
+    /// when it found none to close.
+    wanted: Option<Trigger>,
+}
+
+/// A slot of the [`IdleList`].
+#[derive(Default)]
+struct IdleSlot {
+    /// Whether a waiting connection has it (else it is free).
+    listed: bool,
+    /// The connection's stamp.
+    since: u64,
+    /// The slot listed before it (stamped earlier).
+    prev: Option<usize>,
+    /// The slot listed after it.
+    next: Option<usize>,
+    /// What wakes the connection's wait, once it has been polled.
+    waker: Option<Waker>,
+}
+
+impl IdleList {
+    /// Lists a connection stamped `since`, in the order of the stamps;
+    /// returns its entry.
+    fn insert(&mut self, since: u64) -> IdleEntry {
+        // Stamps are taken just before the last answers are written, so a
+        // stamp greater than the newest's is the rule: the walk back from
+        // the tail is nearly always empty.
+        let mut prev = self.tail;
+        while let Some(p) = prev
+            && self.slots[p].since > since
+        {
+            prev = self.slots[p].prev;
+        }
+        let next = prev.map_or(self.head, |p| self.slots[p].next);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(IdleSlot::default());
+            self.slots.len() - 1
+        });
+        self.slots[slot] = IdleSlot {
+            listed: true,
+            since,
+            prev,
+            next,
+            waker: None,
+        };
+        self.link(prev, next, Some(slot));
+        IdleEntry { slot, since }
+    }
+
+    /// Takes `entry` out of the list; returns what its slot held, or
+    /// `None` if it is no longer listed.
+    fn remove(&mut self, entry: IdleEntry) -> Option<IdleSlot> {
+        self.slot_mut(entry)?;
+        let taken = std::mem::take(&mut self.slots[entry.slot]);
+        self.link(taken.prev, taken.next, None);
+        self.free.push(entry.slot);
+        Some(taken)
+    }
+
+    /// Makes `between` (a new slot, or `None` to unlink one) follow `prev`
+    /// and precede `next`.
+    fn link(&mut self, prev: Option<usize>, next: Option<usize>, between: Option<usize>) {
+        let after = between.or(next);
+        let before = between.or(prev);
+        match prev {
+            Some(p) => self.slots[p].next = after,
+            None => self.head = after,
+        }
+        match next {
+            Some(n) => self.slots[n].prev = before,
+            None => self.tail = before,
+        }
+    }
+
+    /// Returns the entry of the connection waiting longest.
+    fn oldest(&self) -> Option<IdleEntry> {
+        self.head.map(|slot| IdleEntry {
+            slot,
+            since: self.slots[slot].since,
+        })
+    }
+
+    /// Returns `entry`'s slot while it is listed.
+    fn slot_mut(&mut self, entry: IdleEntry) -> Option<&mut IdleSlot> {
+        self.slots
+            .get_mut(entry.slot)
+            .filter(|slot| slot.listed && slot.since == entry.since)
+    }
+}
+
+/// What ended a connection's wait for the client's next bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waited {
+    /// The client sent something, or closed.
+    Readable,
+    /// The deadline passed.
+    Expired,
+    /// The listener closed it to make room ([`IdleConnections`]).
+    Evicted,
 }
 
 /// One client connection.
@@ -7467,13 +7710,15 @@ impl Saving {
 /// Each request holds a sender upgraded from `in_flight` until its answer
 /// is written, so shutdown can wait for it; `first_request` is one already
 /// taken for the first request. `_permit` holds one of `--max-connections`
-/// places and is only dropped.
+/// places and is only dropped; between requests the connection waits in
+/// `idle`, where the listener may take the place back.
 async fn serve(
     shared: Arc<Shared>,
     stream: Async<TcpStream>,
     in_flight: async_channel::WeakSender<()>,
     first_request: Option<Sender<()>>,
     _permit: smol::lock::SemaphoreGuardArc,
+    idle: Arc<IdleConnections>,
 ) {
     let accepted = Instant::now();
     let mut conn = Connection {
@@ -7485,10 +7730,18 @@ async fn serve(
         busy: first_request,
         idle: Alarm::new(accepted + HEAD_TIMEOUT),
     };
-    if let Err(Close::Error(e)) = conn.serve_requests(&shared, accepted, &in_flight).await {
-        let response = Response::error(e.status(), e.message());
-        shared.responses.add(response.status);
-        response.write(&mut conn.out, Delivery::CLOSING);
+    match conn
+        .serve_requests(&shared, accepted, &in_flight, &idle)
+        .await
+    {
+        Err(Close::Error(e)) => {
+            let response = Response::error(e.status(), e.message());
+            shared.responses.add(response.status);
+            response.write(&mut conn.out, Delivery::CLOSING);
+        }
+        // Dropping the socket closes it; its place goes back at once.
+        Err(Close::Evicted) => return,
+        Ok(()) | Err(Close::Gone) => {}
     }
     conn.close(&shared).await;
 }
@@ -7500,11 +7753,16 @@ impl Connection {
         shared: &Shared,
         accepted: Instant,
         in_flight: &async_channel::WeakSender<()>,
+        idle: &IdleConnections,
     ) -> Result<(), Close> {
         let mut deadline = accepted + HEAD_TIMEOUT;
         let (mut first, mut served) = (true, 0);
         loop {
             if self.buf.is_empty() {
+                // Numbered before the last answers go out: a client that has
+                // read them finds this connection idle longer than any it
+                // opens after.
+                let since = idle.stamp();
                 self.flush(shared).await?;
                 // Idle: every answer is out. Give the buffers back, and let
                 // shutdown stop waiting for this connection.
@@ -7525,13 +7783,18 @@ impl Connection {
                 // now saves a round through the reactor — 36 instead of
                 // 41 µs of CPU per request for clients that open a
                 // connection per request.
-                let arrived = first && self.read_arrived(FIRST_READ)?;
-                if !arrived && !self.wait_readable(until).await {
-                    return if first {
-                        Err(HttpError::Timeout.into())
-                    } else {
-                        Ok(())
-                    };
+                let waited = if !first {
+                    self.wait_between_requests(until, idle, since).await
+                } else if self.read_arrived(FIRST_READ)? {
+                    Waited::Readable
+                } else {
+                    self.wait_readable(until, None).await
+                };
+                match waited {
+                    Waited::Readable => {}
+                    Waited::Expired if first => return Err(HttpError::Timeout.into()),
+                    Waited::Expired => return Ok(()),
+                    Waited::Evicted => return Err(Close::Evicted),
                 }
             }
             if !first {
@@ -7557,13 +7820,36 @@ impl Connection {
         }
     }
 
-    /// Waits until the client sends something (or closes); `false` if
-    /// `until` comes first.
+    /// Waits for the client's next request, listed in `idle` as waiting
+    /// since `since`, so that the listener may close the connection to make
+    /// room.
+    async fn wait_between_requests(
+        &mut self,
+        until: Instant,
+        idle: &IdleConnections,
+        since: u64,
+    ) -> Waited {
+        let entry = idle.begin_wait(since);
+        let waited = self.wait_readable(until, Some((idle, entry))).await;
+        // Taken out by the listener, it closes, whatever woke it.
+        if idle.end_wait(entry) {
+            waited
+        } else {
+            Waited::Evicted
+        }
+    }
+
+    /// Waits until the client sends something (or closes), `until` comes,
+    /// or the listener takes `listed` out of its list.
     ///
     /// Shutdown does not end this wait: an idle connection stays open while
     /// the server drains, so a request sent on it gets its `503`, but
     /// nothing waits for it, and it closes when the process exits.
-    async fn wait_readable(&mut self, until: Instant) -> bool {
+    async fn wait_readable(
+        &mut self,
+        until: Instant,
+        listed: Option<(&IdleConnections, IdleEntry)>,
+    ) -> Waited {
         loop {
             // Armed for an earlier deadline, it rings early when the
             // connection was busy since, and is armed again.
@@ -7577,17 +7863,22 @@ impl Connection {
             let readable = async {
                 // An error shows up again on the read that follows.
                 let _ = stream.readable().await;
-                true
+                Waited::Readable
             };
             let fired = async {
                 idle.rung().await;
-                false
+                Waited::Expired
             };
-            if future::or(readable, fired).await {
-                return true;
-            }
-            if Instant::now() >= until {
-                return false;
+            let evicted = async {
+                match listed {
+                    Some((idle, entry)) => idle.evicted(entry).await,
+                    None => future::pending().await,
+                }
+                Waited::Evicted
+            };
+            match future::or(readable, future::or(fired, evicted)).await {
+                Waited::Expired if Instant::now() < until => {}
+                waited => return waited,
             }
         }
     }
@@ -7977,7 +8268,8 @@ impl Connection {
         }
     }
 
-    /// Writes every pending answer, giving up after [`WRITE_TIMEOUT`].
+    /// Writes every pending answer, giving up [`WRITE_TIMEOUT`] after the
+    /// socket first refuses them.
     async fn flush(&mut self, shared: &Shared) -> Result<(), Close> {
         if self.out.is_empty() {
             return Ok(());
@@ -7987,22 +8279,7 @@ impl Connection {
             // of them may be sent.
             return Err(Close::Gone);
         }
-        let (stream, out) = (&self.stream, &self.out);
-        let write = async {
-            let mut written = 0;
-            while written < out.len() {
-                match stream.write_with(|s| (&*s).write(&out[written..])).await? {
-                    0 => return Err(Close::Gone),
-                    n => written += n,
-                }
-            }
-            Ok(())
-        };
-        let timeout = async {
-            Timer::after(WRITE_TIMEOUT).await;
-            Err(Close::Gone)
-        };
-        let result = future::or(write, timeout).await;
+        let result = write_out(&self.stream, &self.out).await;
         self.out.clear();
         result
     }
@@ -8130,6 +8407,34 @@ impl Connection {
     }
 }
 
+/// Writes all of `out` to `stream`, giving up once [`WRITE_TIMEOUT`] has
+/// passed since the socket first refused a byte of it.
+async fn write_out(stream: &Async<TcpStream>, out: &[u8]) -> Result<(), Close> {
+    let mut written = 0;
+    // Made at the first refusal and kept to the end: progress never makes
+    // a new one. A write that is never refused costs no timer.
+    let mut deadline: Option<Timer> = None;
+    while written < out.len() {
+        match stream.get_ref().write(&out[written..]) {
+            Ok(0) => return Err(Close::Gone),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let timer = deadline.get_or_insert_with(|| Timer::after(WRITE_TIMEOUT));
+                let passed = async {
+                    timer.await;
+                    Err(Close::Gone)
+                };
+                let room = async { stream.writable().await.map_err(Close::from) };
+                // The deadline wins a tie: woken by it, the write is not
+                // tried again, though the socket may have room by then.
+                future::or(passed, room).await?;
+            }
+            Err(_) => return Err(Close::Gone),
+        }
+    }
+    Ok(())
+}
+
 /// A stream of events being written.
 struct Events<'a> {
     /// Whether the body is chunked (HTTP/1.1); an HTTP/1.0 stream ends when
@@ -8196,6 +8501,23 @@ fn write_stream_head(out: &mut Vec<u8>, delivery: Delivery) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Opens the listening socket on `addr`: `std`'s `TcpListener::bind`
+/// (close-on-exec, `SO_REUSEADDR` so that a restart need not wait for the
+/// last run's connections to time out), with a backlog of
+/// [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let socket = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &addr)?;
+    rustix::net::listen(&socket, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(socket))
+}
+
 /// Accepts, once shutdown has begun, the connections already waiting in the
 /// kernel's backlog: closing the listener would reset them, and their
 /// clients may have sent a request already. Each one's first request counts
@@ -8206,6 +8528,7 @@ fn accept_backlog(
     listener: &Async<TcpListener>,
     in_flight: &async_channel::WeakSender<()>,
     places: &Arc<smol::lock::Semaphore>,
+    idle: &Arc<IdleConnections>,
 ) {
     while let Some(place) = places.try_acquire_arc() {
         // The listener is non-blocking: this ends at WouldBlock.
@@ -8223,6 +8546,7 @@ fn accept_backlog(
             in_flight.clone(),
             first_request,
             place,
+            idle.clone(),
         );
         executor.spawn(task).detach();
     }
@@ -8231,7 +8555,8 @@ fn accept_backlog(
 /// Accepts connections until shutdown begins, each in a task of its own.
 ///
 /// A place among `--max-connections` is taken before `accept`, so past the
-/// limit new connections wait in the kernel's backlog rather than in memory.
+/// limit new connections wait in the kernel's backlog rather than in memory
+/// (until [`take_place`] makes room for them).
 async fn listen(
     shared: Arc<Shared>,
     executor: Arc<Executor<'static>>,
@@ -8239,13 +8564,14 @@ async fn listen(
     in_flight: async_channel::WeakSender<()>,
 ) {
     let places = Arc::new(smol::lock::Semaphore::new(shared.config.max_connections));
+    let idle = Arc::new(IdleConnections::default());
     let mut backoff = MIN_ACCEPT_BACKOFF;
     loop {
         // Underneath: `accept` tries `accept(2)`; when nothing waits in the
         // backlog it leaves this task's waker with the reactor, which calls
         // it when epoll says the listening socket is readable.
         let next = async {
-            let place = places.acquire_arc().await;
+            let place = take_place(&places, &listener, &idle).await;
             (place, listener.accept().await)
         };
         let stopped = async {
@@ -8253,7 +8579,7 @@ async fn listen(
             None
         };
         let Some((place, accepted)) = future::or(stopped, async { Some(next.await) }).await else {
-            accept_backlog(&shared, &executor, &listener, &in_flight, &places);
+            accept_backlog(&shared, &executor, &listener, &in_flight, &places, &idle);
             // Dropping the listener closes its socket: new connections are refused.
             return;
         };
@@ -8267,7 +8593,14 @@ async fn listen(
                 // on the executor's queue, waking an idle executor thread;
                 // `detach` lets it run to its end with no one holding its
                 // handle (dropping a handle would cancel the task).
-                let task = serve(shared.clone(), stream, in_flight.clone(), None, place);
+                let task = serve(
+                    shared.clone(),
+                    stream,
+                    in_flight.clone(),
+                    None,
+                    place,
+                    idle.clone(),
+                );
                 executor.spawn(task).detach();
             }
             Err(e) => {
@@ -8279,6 +8612,44 @@ async fn listen(
                 future::or(shared.draining.wait(), pause).await;
                 backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
             }
+        }
+    }
+}
+
+/// Takes a place among `--max-connections` for the next connection. At
+/// the limit, once a client waits in the backlog, it makes room: it closes
+/// the longest-idle keep-alive connection and takes its place; with none
+/// idle, it waits for a place to free or a connection to go idle.
+async fn take_place(
+    places: &Arc<smol::lock::Semaphore>,
+    listener: &Async<TcpListener>,
+    idle: &IdleConnections,
+) -> smol::lock::SemaphoreGuardArc {
+    loop {
+        if let Some(place) = places.try_acquire_arc() {
+            return place;
+        }
+        // A place freed wins a tie in both races: nothing is closed then.
+        let freed = async { Some(places.acquire_arc().await) };
+        let knocked = async {
+            // An error shows up again on the accept that follows.
+            let _ = listener.readable().await;
+            None
+        };
+        if let Some(place) = future::or(freed, knocked).await {
+            return place;
+        }
+        let Some(went_idle) = idle.close_oldest() else {
+            // Its place comes back as soon as it has closed.
+            return places.acquire_arc().await;
+        };
+        let freed = async { Some(places.acquire_arc().await) };
+        let idled = async {
+            went_idle.wait().await;
+            None
+        };
+        if let Some(place) = future::or(freed, idled).await {
+            return place;
         }
     }
 }
@@ -8588,8 +8959,8 @@ fn launch(config: Config) -> Result<i32, String> {
     // Listening comes next, before the rest of the start-up: a client that
     // connects meanwhile waits in the backlog, so starting the reactor (a
     // thread, an epoll set) overlaps with its connecting.
-    let listener = TcpListener::bind(config.addr)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    let listener =
+        bind(config.addr).map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     // Underneath: `Async::new` makes the socket non-blocking and registers
     // it with async-io's reactor (an epoll set, and a helper thread that
     // drives it when no thread in `block_on` does).
@@ -11506,5 +11877,53 @@ mod tests {
                 "{first:?} then {this:?} {after:?} later"
             );
         }
+    }
+
+    /// Returns the stamps of an idle list from oldest to newest, checking
+    /// that its links agree both ways.
+    fn idle_order(list: &IdleList) -> Vec<u64> {
+        let (mut order, mut prev, mut at) = (Vec::new(), None, list.head);
+        while let Some(slot) = at {
+            assert_eq!(list.slots[slot].prev, prev, "{order:?}");
+            order.push(list.slots[slot].since);
+            (prev, at) = (Some(slot), list.slots[slot].next);
+        }
+        assert_eq!(list.tail, prev, "{order:?}");
+        order
+    }
+
+    #[test]
+    fn the_idle_list_keeps_stamp_order_and_forgets_what_it_gave_up() {
+        let mut list = IdleList::default();
+        let oldest = list.insert(1);
+        let middle = list.insert(3);
+        let newest = list.insert(4);
+        // Listed late (its answers took a while to write), in stamp order.
+        let late = list.insert(2);
+        assert_eq!(idle_order(&list), [1, 2, 3, 4]);
+        // Taken out from the middle, the front and the back.
+        assert!(list.remove(middle).is_some());
+        assert_eq!(idle_order(&list), [1, 2, 4]);
+        assert_eq!(list.oldest(), Some(oldest));
+        assert!(list.remove(oldest).is_some());
+        assert!(list.remove(newest).is_some());
+        assert_eq!(idle_order(&list), [2]);
+        // Removed once only: a stale entry is not listed, even once its
+        // slot is reused by another connection.
+        assert!(list.remove(middle).is_none());
+        let reused = list.insert(5);
+        assert_eq!(reused.slot, newest.slot);
+        assert!(list.remove(newest).is_none());
+        assert!(list.slot_mut(newest).is_none());
+        assert_eq!(idle_order(&list), [2, 5]);
+        // Emptied, it starts over; the slab kept only the slots it needed.
+        assert!(list.remove(late).is_some());
+        assert!(list.remove(reused).is_some());
+        assert_eq!(idle_order(&list), Vec::<u64>::new());
+        assert_eq!(list.oldest(), None);
+        assert_eq!(list.slots.len(), 4);
+        let again = list.insert(6);
+        assert_eq!(idle_order(&list), [6]);
+        assert_eq!(list.oldest(), Some(again));
     }
 }

@@ -434,6 +434,55 @@ fn an_idle_keep_alive_connection_closes_after_60_seconds() {
     );
 }
 
+/// How long a connection whose answers are not read may stay open once the
+/// kernel's buffers are full: the 10 s write timeout and the 2 s linger,
+/// with room for a busy machine — well under the ~60 s of issue 24, where a
+/// stalled write that could take a few bytes when its deadline came started
+/// over with a fresh one.
+const LATE_WRITE_CLOSE: Duration = Duration::from_secs(40);
+
+/// Sends pipelined `GET /` (a 35 KB answer each) on a clone of `stream`
+/// until the connection fails, from a thread of its own.
+fn pipeline_dashboards(stream: &TcpStream) {
+    let mut writer = stream.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let requests = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(100);
+        while writer.write_all(&requests).is_ok() {}
+    });
+}
+
+#[test]
+fn a_client_that_pipelines_and_never_reads_is_closed_after_the_write_timeout() {
+    let server = Server::start(&[]);
+    let never = server.connect();
+    pipeline_dashboards(&never);
+    // A client that reads a little now and then: 16 KiB every 250 ms makes
+    // room in the server's send buffer, too little in 10 s to wake a
+    // writer (a third of the 4 MiB the buffer grows to on loopback) but
+    // enough for a write tried when its deadline passes to get on — which
+    // the server did, starting over with a fresh deadline each time.
+    let mut barely = server.connect();
+    pipeline_dashboards(&barely);
+    let started = Instant::now();
+    let (mut never_took, mut barely_took) = (None, None);
+    while never_took.is_none() || barely_took.is_none() {
+        assert!(
+            started.elapsed() < LATE_WRITE_CLOSE,
+            "still open: never reads {never_took:?}, barely reads {barely_took:?}"
+        );
+        if never_took.is_none() && !server.holds(&never) {
+            never_took = Some(started.elapsed());
+        }
+        if barely_took.is_none() && !server.holds(&barely) {
+            barely_took = Some(started.elapsed());
+        }
+        // Pacing, not waiting: this is how slowly the client reads.
+        std::thread::sleep(Duration::from_millis(250));
+        let _ = barely.read(&mut [0u8; 16384]);
+    }
+    eprintln!("closed after: never reads {never_took:?}, barely reads {barely_took:?}");
+}
+
 /// Holds a thousand connections that send an endless header a byte at a
 /// time, and meanwhile makes 20 normal requests of each kind; returns how
 /// long each `GET /healthz` took.
@@ -483,15 +532,9 @@ fn bench_slow_loris_p90() {
 #[test]
 fn past_max_connections_new_clients_wait_in_the_backlog() {
     let server = Server::start(&["--max-connections", "5"]);
-    let held: Vec<TcpStream> = (0..5)
-        .map(|_| {
-            let mut s = server.connect();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-                .unwrap();
-            assert_eq!(read_response(&mut s).unwrap().status, 200);
-            s
-        })
-        .collect();
+    // Streams, which are requests in progress: none is closed for a
+    // newcomer, as an idle connection would be.
+    let held: Vec<common::EventStream> = (0..5).map(|_| server.events("")).collect();
     // The sixth connects (the kernel's backlog takes it) but is not served...
     let mut waiting = server.connect();
     waiting
@@ -518,6 +561,123 @@ fn past_max_connections_new_clients_wait_in_the_backlog() {
     // ...until one of the five closes.
     drop(held);
     assert_eq!(read_response(&mut waiting).unwrap().status, 200);
+}
+
+/// Opens a connection, makes one request on it and reads the answer,
+/// leaving it open and idle.
+fn idle_connection(server: &Server) -> TcpStream {
+    let mut stream = server.connect();
+    assert_eq!(healthz_on(&mut stream), 200);
+    stream
+}
+
+/// Asks for `/healthz` on an open connection; returns the status.
+fn healthz_on(stream: &mut TcpStream) -> u16 {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    read_response(stream).expect("an answer").status
+}
+
+#[test]
+fn at_the_connection_limit_the_longest_idle_connection_makes_room() {
+    let server = Server::start(&["--max-connections", "4"]);
+    // One client holds every place with idle keep-alive connections; the
+    // first it opened has made a request since, so the second has been
+    // idle longest.
+    let mut held: Vec<TcpStream> = (0..4).map(|_| idle_connection(&server)).collect();
+    assert_eq!(healthz_on(&mut held[0]), 200);
+    // Another client is answered at once, not after the 60 s idle timeout
+    // (half of which is the liveness bound)...
+    let mut newcomer = server.connect();
+    newcomer
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(healthz_on(&mut newcomer), 200);
+    // ...in the place of the longest idle, closed without a word...
+    let mut evicted = held.remove(1);
+    evicted.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    assert_eq!(evicted.read(&mut [0u8; 64]).unwrap(), 0);
+    // ...while the others still work.
+    for stream in &mut held {
+        assert_eq!(healthz_on(stream), 200);
+    }
+}
+
+#[test]
+fn connections_with_a_request_in_progress_are_not_closed_to_make_room() {
+    let server = Server::start(&["--workers", "1", "--max-connections", "3"]);
+    let running = server.submit("60s");
+    server.wait_state(&running, "running");
+    // The three places: an event stream, a long poll, and a request whose
+    // head is still arriving.
+    let stream = server.events("");
+    let mut poll = server.long_polls(&running, "60s", 1).remove(0);
+    let mut partial = server.connect();
+    partial
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    common::eventually("the server to read the partial head", || {
+        server
+            .has_read(std::slice::from_ref(&partial))
+            .then_some(())
+    });
+    // A newcomer waits in the backlog: no place is idle...
+    let mut waiting = server.connect();
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(
+        waiting.read(&mut [0u8; 1]).is_err(),
+        "a busy connection was closed for a newcomer"
+    );
+    waiting.set_read_timeout(Some(common::PATIENCE)).unwrap();
+    // ...until one goes idle: the partial request is answered, and its
+    // connection then gives the newcomer its place.
+    partial.write_all(b"\r\n").unwrap();
+    assert_eq!(read_response(&mut partial).unwrap().status, 200);
+    assert_eq!(read_response(&mut waiting).unwrap().status, 200);
+    assert_eq!(partial.read(&mut [0u8; 64]).unwrap(), 0);
+    // The stream and the long poll were left alone: a cancel (in the place
+    // of the newcomer's connection, idle now) wakes the poll.
+    assert!(server.holds(&stream.stream));
+    assert_eq!(server.cancel(&running).status, 200);
+    let answer = read_response(&mut poll).unwrap();
+    assert_eq!(answer.json()["state"], "cancelled");
+}
+
+/// Holds the one place of a `--max-connections 1` server on `addr` with an
+/// event stream, then connects a thousand clients more: each must complete
+/// its handshake in the listen backlog (SPEC §3: it holds at least 1024),
+/// where the kernel used to drop every SYN past 128 for a second and more.
+fn a_burst_completes_its_handshakes_in_the_backlog(addr: &str) {
+    common::raise_fd_limit();
+    let cmd = common::command(&["--addr", addr], &["--max-connections", "1"], &[]);
+    let server = Server::spawn_command(cmd);
+    // A stream is a request in progress: its place is not taken from it.
+    let _stream = server.events("");
+    let waiting: Vec<TcpStream> = (0..1000)
+        .map(|i| {
+            // Liveness: a handshake in the backlog takes microseconds; a
+            // dropped SYN is sent again after 1, 3, 7 s…
+            TcpStream::connect_timeout(&server.addr, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("connection {i} not taken by the backlog: {e}"))
+        })
+        .collect();
+    assert_eq!(waiting.len(), 1000);
+}
+
+#[test]
+fn a_burst_of_a_thousand_clients_waits_in_the_backlog_over_ipv4() {
+    a_burst_completes_its_handshakes_in_the_backlog("127.0.0.1:0");
+}
+
+#[test]
+fn a_burst_of_a_thousand_clients_waits_in_the_backlog_over_ipv6() {
+    a_burst_completes_its_handshakes_in_the_backlog("[::1]:0");
 }
 
 #[test]

@@ -2826,7 +2826,7 @@ async fn attempt(shared: &Shared, work: &Work) -> Outcome {
     match &work.kind {
         None => sleep(shared, work).await,
         Some(kind) => match shared.config.handlers.iter().find(|h| h.kind == *kind) {
-            Some(handler) => run_program(shared, work, handler).await,
+            Some(handler) => run_program(shared, work, handler, interruption(shared, work)).await,
             None => Outcome::Failed(format!("no handler is registered for kind {kind:?}")),
         },
     }
@@ -3341,9 +3341,15 @@ const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs one attempt of a program handler: starts it in a process group of
 /// its own with the payload on stdin, reads the tails of its output as it
-/// comes, and ends the whole group when the program exits or the attempt is
-/// interrupted, so no process outlives its attempt.
-async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome {
+/// comes, and ends the whole group when the program exits or `interruption`
+/// (the worker's race of cancel, timeout and shutdown) ends first, so no
+/// process outlives its attempt.
+async fn run_program(
+    shared: &Shared,
+    work: &Work,
+    handler: &Handler,
+    interruption: impl Future<Output = Interrupt>,
+) -> Outcome {
     use std::os::unix::process::CommandExt;
     use std::pin::pin;
     use std::process::Stdio;
@@ -3382,7 +3388,7 @@ async fn run_program(shared: &Shared, work: &Work, handler: &Handler) -> Outcome
         }
     };
     let exited = async { future::zip(feed, child.status()).await.1 };
-    let ended = future::or(async { Err(interruption(shared, work).await) }, async {
+    let ended = future::or(async { Err(interruption.await) }, async {
         Ok(exited.await)
     });
     let ended = with_output(ended, pipes.as_mut(), &mut tails).await;

@@ -200,6 +200,8 @@ use log::{debug, error, info, warn};
 use serde::Deserialize;
 use smol::future;
 
+mod logger;
+
 // ---- 1. Configuration and flags ----
 //
 // Every flag has an environment variable (a flag beats its variable), and
@@ -340,6 +342,13 @@ const FLAGS: &[Flag] = &[
     Flag::new("--log-level", "LEVEL", "error, warn, info, debug or trace")
         .env("RUST_LOG")
         .default("info"),
+    Flag::new(
+        "--log-timestamps",
+        "on|off",
+        "start each log line with the time (off under journald)",
+    )
+    .env("BGTASKS_LOG_TIMESTAMPS")
+    .default("on"),
 ];
 
 /// A flag the command line knows; see [`FLAGS`].
@@ -476,6 +485,8 @@ struct Config {
     node: &'static str,
     /// The most verbose log level printed.
     log_level: log::LevelFilter,
+    /// Whether each log line starts with the time.
+    log_timestamps: bool,
 }
 
 /// A queue as the command line describes it.
@@ -585,6 +596,7 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             token: self.optional("--token", parse_token)?,
             node: self.optional("--node", parse_node)?.unwrap_or(""),
             log_level: self.log_level()?,
+            log_timestamps: self.log_timestamps()?,
             schedules: Vec::new(),
         };
         // Templates are checked like submissions: against the kinds and
@@ -704,6 +716,23 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             parse_level(v)
                 .filter(|&level| level != log::LevelFilter::Off)
                 .ok_or_else(|| format!("{v:?} is not one of error, warn, info, debug, trace"))
+        })
+    }
+
+    /// Reads whether log lines start with the time: `--log-timestamps` or
+    /// its variable, else off under journald (`JOURNAL_STREAM` set), which
+    /// stores each line's time itself, else on.
+    fn log_timestamps(&self) -> Result<bool, String> {
+        if self.all("--log-timestamps").is_empty()
+            && (self.env)("BGTASKS_LOG_TIMESTAMPS").is_none()
+            && (self.env)("JOURNAL_STREAM").is_some()
+        {
+            return Ok(false);
+        }
+        self.required("--log-timestamps", |v| match v {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("{v:?} is neither on nor off")),
         })
     }
 }
@@ -1721,6 +1750,21 @@ enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    /// Names the outcome for the log in the API's words for states
+    /// (`succeeded`, not `Succeeded(None)`). A failure with attempts left
+    /// leads to `queued` again, and the log line says so; an interrupted
+    /// attempt leads to no state of its own.
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded(_) => State::Succeeded.name(),
+            Outcome::Failed(_) => State::Failed.name(),
+            Outcome::Cancelled => State::Cancelled.name(),
+            Outcome::Interrupted => "interrupted by shutdown",
+        }
+    }
+}
+
 /// The store's counters that `/metrics` reports.
 #[derive(Debug, Default)]
 struct Counters {
@@ -2462,7 +2506,6 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
         let id = work.id;
         debug!("task {id} attempt {} started", work.attempt);
         let outcome = attempt(&shared, &work).await;
-        debug!("task {id} attempt {} ended: {outcome:?}", work.attempt);
         if let Outcome::Failed(why) = &outcome {
             info!(
                 "task {id} attempt {} failed: {}",
@@ -2470,7 +2513,14 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
                 OneLine(why)
             );
         }
-        shared.store().end_attempt(id.num, q, outcome);
+        let ended = outcome.name();
+        let retry = shared.store().end_attempt(id.num, q, outcome);
+        let retry = if retry.is_some() {
+            ", to be retried"
+        } else {
+            ""
+        };
+        debug!("task {id} attempt {} ended: {ended}{retry}", work.attempt);
     }
 }
 
@@ -8029,10 +8079,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // Only fails if a logger is already set, which nothing else does.
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .init();
+    logger::init(config.log_level, config.log_timestamps);
     std::process::exit(match launch(*config) {
         Ok(code) => code,
         Err(message) => {
@@ -10677,6 +10724,52 @@ mod tests {
         };
         assert!(c.handlers[0].program.ends_with("sh"));
         assert_eq!(c.handlers[0].args, ["-c", "'exit", "0'"]);
+    }
+
+    #[test]
+    fn log_timestamps_are_on_but_off_under_journald_and_the_flag_beats_both() {
+        let journald = ("JOURNAL_STREAM", "8:12345");
+        /// Arguments, environment, and whether lines start with the time.
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [(&'a str, &'a str)],
+            Result<bool, &'a str>,
+        );
+        let cases: &[Case] = &[
+            (&[], &[], Ok(true)),
+            (&[], &[journald], Ok(false)),
+            (&["--log-timestamps", "on"], &[journald], Ok(true)),
+            (&[], &[journald, ("BGTASKS_LOG_TIMESTAMPS", "on")], Ok(true)),
+            (&[], &[("BGTASKS_LOG_TIMESTAMPS", "off")], Ok(false)),
+            (
+                &["--log-timestamps=on"],
+                &[("BGTASKS_LOG_TIMESTAMPS", "off")],
+                Ok(true),
+            ),
+            (&["--log-timestamps", "off"], &[], Ok(false)),
+            (
+                &["--log-timestamps", "yes"],
+                &[],
+                Err("--log-timestamps: \"yes\" is neither on nor off"),
+            ),
+            (
+                &[],
+                &[journald, ("BGTASKS_LOG_TIMESTAMPS", "")],
+                Err("BGTASKS_LOG_TIMESTAMPS: \"\" is neither on nor off"),
+            ),
+        ];
+        for (args, env, expected) in cases {
+            let got = parse_command(args.iter().map(OsString::from), |k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+            .map(|c| match c {
+                Command::Run(config) => config.log_timestamps,
+                _ => panic!("{args:?} runs the server"),
+            });
+            assert_eq!(got, expected.map_err(str::to_string), "{args:?} {env:?}");
+        }
     }
 
     #[test]

@@ -567,7 +567,7 @@ fn a_full_disk_gets_503_and_never_a_202_for_a_task_not_on_disk() {
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
         .arg("trap '' XFSZ; ulimit -f 32; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_bgtasks"))
+        .arg(common::binary())
         .args([
             "--addr",
             "127.0.0.1:0",

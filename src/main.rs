@@ -3641,6 +3641,15 @@ const JOURNAL_TMP: &str = "journal.tmp";
 /// The file locked while a server uses the directory.
 const LOCK: &str = "lock";
 
+/// The journal format this server writes, named by the first record of
+/// every journal it creates or compacts. A journal without that record is
+/// version 0, the format before the record existed: the same records but
+/// for it, so it is read as it is and gets the record at its next
+/// compaction. A newer version is refused before anything changes, so
+/// that a binary never misreads a format it does not know, nor appends
+/// its own records to one.
+const JOURNAL_VERSION: u64 = 1;
+
 /// The most records written in one batch: enough to share an fsync among
 /// thousands of submissions, small enough to bound one write.
 const MAX_BATCH: usize = 4096;
@@ -3700,6 +3709,34 @@ enum Op {
     First,
     /// A queue was paused or resumed.
     Pause,
+    /// The journal's format: only ever its first line.
+    Version,
+}
+
+/// The first record of a journal: the format of the rest.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct VersionRecord {
+    /// Always [`Op::Version`].
+    op: Op,
+    /// The format's version: [`JOURNAL_VERSION`] when this server wrote it.
+    version: u64,
+}
+
+/// Appends the record naming this server's journal format.
+fn write_version(out: &mut Vec<u8>) {
+    let version = VersionRecord {
+        op: Op::Version,
+        version: JOURNAL_VERSION,
+    };
+    write_record(out, &version);
+}
+
+/// Returns the version a journal line names, if it is a version record
+/// whose checksum holds; its other members, in a future format, are not
+/// this server's to judge.
+fn read_version(line: &[u8]) -> Option<u64> {
+    let record: VersionRecord = serde_json::from_slice(checked_json(line)?).ok()?;
+    (record.op == Op::Version).then_some(record.version)
 }
 
 /// One journal line. The same shape serves every [`Op`]; members an op
@@ -3900,7 +3937,7 @@ impl Task {
 }
 
 /// Appends `record` as one journal line: checksum, space, JSON, newline.
-fn write_record(out: &mut Vec<u8>, record: &Record) {
+fn write_record(out: &mut Vec<u8>, record: &impl serde::Serialize) {
     let start = out.len();
     out.extend_from_slice(b"00000000 ");
     // Serializing into a Vec cannot fail.
@@ -4152,6 +4189,7 @@ impl Store {
     /// Writes every retained task as `new` and `state` records: the
     /// content of a compacted journal.
     fn snapshot(&self, out: &mut Vec<u8>) {
+        write_version(out);
         let first = Record {
             op: Some(Op::First),
             id: self.first_id,
@@ -4436,6 +4474,8 @@ enum ReplayError {
     Read(io::Error),
     /// A line other than the last one is bad: its number and why.
     Damage(usize, &'static str),
+    /// The first line names a format newer than [`JOURNAL_VERSION`].
+    Newer(u64),
 }
 
 /// Reads the journal at `path`; the error names the file (and the line).
@@ -4451,13 +4491,19 @@ fn replay(path: &Path, config: &Config) -> Result<Replayed, String> {
         ReplayError::Damage(line, why) => {
             format!("{}:{line}: the journal is damaged: {why}", path.display())
         }
+        ReplayError::Newer(version) => format!(
+            "{}: the journal is format version {version}, and this bgtasks reads \
+             versions up to {JOURNAL_VERSION}: run the bgtasks that wrote it",
+            path.display()
+        ),
     })
 }
 
-/// Replays journal lines. A last line that is cut short or fails its
-/// checksum is a write the crash interrupted: it is dropped. A bad line
-/// anywhere else, or a line whose checksum holds but whose values the
-/// contract forbids, is damage.
+/// Replays journal lines. A first line naming the format is checked, a
+/// newer one refused; without it the journal is version 0. A last line
+/// that is cut short or fails its checksum is a write the crash
+/// interrupted: it is dropped. A bad line anywhere else, or a line whose
+/// checksum holds but whose values the contract forbids, is damage.
 fn replay_lines(mut reader: impl io::BufRead, config: &Config) -> Result<Replayed, ReplayError> {
     let mut replayed = Replayed::default();
     let mut line = Vec::new();
@@ -4479,6 +4525,15 @@ fn replay_lines(mut reader: impl io::BufRead, config: &Config) -> Result<Replaye
             torn_line = Some(number);
             continue;
         };
+        if number == 1
+            && let Some(version) = read_version(text)
+        {
+            if version > JOURNAL_VERSION {
+                return Err(ReplayError::Newer(version));
+            }
+            replayed.good_len += line.len() as u64;
+            continue;
+        }
         match read_record(text) {
             Ok(record) => {
                 replayed
@@ -4500,6 +4555,7 @@ impl Replayed {
         let at = self.tasks.binary_search_by_key(&record.id, |t| t.id);
         match (record.op, at) {
             (Some(Op::First), _) => self.first_id = record.id,
+            (Some(Op::Version), _) => return Err("a version record is not the first line"),
             (Some(Op::Pause), _) => {
                 let queue = record.queue.as_deref().unwrap_or_default();
                 self.paused
@@ -8280,7 +8336,7 @@ fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
     if std::fs::remove_file(dir.join(JOURNAL_TMP)).is_ok() {
         warn!("removed {JOURNAL_TMP}: a compaction the last run did not finish");
     }
-    let file = open_journal(dir).map_err(fail)?;
+    let mut file = open_journal(dir).map_err(fail)?;
     if replayed.torn {
         warn!(
             "{}: dropped a torn last record (a write cut short by a crash)",
@@ -8289,6 +8345,17 @@ fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
         file.set_len(replayed.good_len)
             .and_then(|()| file.sync_all())
             .map_err(fail)?;
+    }
+    let mut len = replayed.good_len;
+    if len == 0 {
+        // A new journal (or one whose only record was torn) starts by
+        // naming its format.
+        let mut line = Vec::new();
+        write_version(&mut line);
+        file.write_all(&line)
+            .and_then(|()| file.sync_data())
+            .map_err(fail)?;
+        len = line.len() as u64;
     }
     // A journal just created must have its directory entry on disk too.
     std::fs::File::open(dir)
@@ -8301,7 +8368,6 @@ fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
         replayed.good_len,
         started.elapsed().as_millis()
     );
-    let len = replayed.good_len;
     Ok(DataDir {
         lock,
         writer: JournalWriter {
@@ -10201,6 +10267,40 @@ mod tests {
                 Err((1, "the record is not one the server writes")),
             ),
             (&[r#"{"id":10}"#], b"", Err((1, "the record has no op"))),
+            // The format's version, first; without it the journal is
+            // version 0, the same records.
+            (
+                &[
+                    r#"{"op":"version","version":1}"#,
+                    r#"{"op":"new","id":12,"max_attempts":1}"#,
+                ],
+                b"",
+                Ok((1, false)),
+            ),
+            (
+                &[
+                    r#"{"op":"version","version":0}"#,
+                    r#"{"op":"new","id":12,"max_attempts":1}"#,
+                ],
+                b"",
+                Ok((1, false)),
+            ),
+            (
+                &[
+                    r#"{"op":"new","id":12,"max_attempts":1}"#,
+                    r#"{"op":"version","version":1}"#,
+                ],
+                b"",
+                Err((2, "the record is not one the server writes")),
+            ),
+            (
+                &[
+                    r#"{"op":"new","id":12,"max_attempts":1}"#,
+                    r#"{"op":"version","id":0,"version":1}"#,
+                ],
+                b"",
+                Err((2, "a version record is not the first line")),
+            ),
             (
                 &[r#"{"op":"new","id":-1,"max_attempts":1}"#],
                 b"",
@@ -10214,6 +10314,7 @@ mod tests {
                 Ok(r) => Ok((r.tasks.len(), r.good_len == lines.len() as u64)),
                 Err(ReplayError::Damage(line, why)) => Err((line, why)),
                 Err(ReplayError::Read(e)) => panic!("{e}"),
+                Err(ReplayError::Newer(v)) => panic!("{records:?}: version {v}"),
             };
             // A torn tail is dropped, so the good length stops before it.
             let expected = expected.map(|(n, _)| (n, tail.is_empty()));
@@ -10232,6 +10333,28 @@ mod tests {
             replay_lines(&lines[..], &config(&[])),
             Err(ReplayError::Damage(2, "a record fails its checksum"))
         ));
+    }
+
+    #[test]
+    fn a_journal_of_a_newer_format_is_refused_whatever_follows() {
+        let newer = r#"{"op":"version","version":2,"written_by":"a later bgtasks"}"#;
+        for rest in [&[][..], &[r#"{"op":"merge","into":7}"#, "not json"][..]] {
+            let lines = journal_lines(&[&[newer][..], rest].concat());
+            assert!(matches!(
+                replay_lines(&lines[..], &config(&[])),
+                Err(ReplayError::Newer(2))
+            ));
+        }
+        // What this server writes, it reads: a compacted journal starts
+        // with the version, and a journal of only that is empty.
+        let mut line = Vec::new();
+        write_version(&mut line);
+        assert_eq!(read_version(line.trim_ascii_end()), Some(JOURNAL_VERSION));
+        let replayed = replay_lines(&line[..], &config(&[])).unwrap();
+        assert_eq!(
+            (replayed.tasks.len(), replayed.good_len),
+            (0, line.len() as u64)
+        );
     }
 
     /// A small, seeded random number generator (xorshift64*), so the

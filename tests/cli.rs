@@ -4,6 +4,7 @@ mod common;
 
 use common::{Server, TempDir, command};
 use rustix::process::Signal;
+use std::io::Write;
 use std::net::TcpListener;
 
 /// Runs the binary to completion and returns (status, stdout, stderr).
@@ -371,4 +372,41 @@ fn debug_lines_name_states_as_the_api_does() {
     for debug in ["Succeeded(", "Failed(", "Cancelled", "Interrupted"] {
         assert!(!log.contains(debug), "{debug} in {log}");
     }
+}
+
+#[test]
+fn a_log_pipe_whose_reader_is_gone_does_not_stop_the_server() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = command(
+        &["--addr", &addr.to_string()],
+        &["--log-level", "debug"],
+        &[],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Nobody reads the server's stderr any more: every log line it writes
+    // from now on fails with EPIPE.
+    drop(child.stderr.take());
+    let ask = |request: &str| {
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+        stream.write_all(request.as_bytes()).ok()?;
+        common::read_response(&mut stream)
+    };
+    let health = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    common::eventually("the server to answer", || ask(health));
+    // Each task logs "queued", "started" and "ended" at debug.
+    let submit = common::post_request("/tasks", &[], r#"{"work_duration": "0s"}"#);
+    for _ in 0..3 {
+        assert_eq!(ask(&submit).map(|r| r.status), Some(202));
+    }
+    assert_eq!(ask(health).map(|r| r.status), Some(200));
+    assert!(child.try_wait().unwrap().is_none(), "the server ended");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -176,6 +176,8 @@
 //! 10. Connections and the listener
 //! 11. Signals, shutdown and `main`
 //! 12. Tests of the pure pieces
+//!
+//! Beside it: [`logger`], the log's lines on stderr.
 
 #![forbid(unsafe_code)]
 

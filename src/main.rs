@@ -177,6 +177,8 @@
 //! 10. Connections and the listener
 //! 11. Signals, shutdown and `main`
 //! 12. Tests of the pure pieces
+//!
+//! Beside it: [`logger`], the log's lines on stderr.
 
 #![forbid(unsafe_code)]
 
@@ -201,6 +203,8 @@ use async_io::{Async, Timer};
 use log::{debug, error, info, warn};
 use serde::Deserialize;
 use smol::future;
+
+mod logger;
 
 // ---- 1. Configuration and flags ----
 //
@@ -342,6 +346,13 @@ const FLAGS: &[Flag] = &[
     Flag::new("--log-level", "LEVEL", "error, warn, info, debug or trace")
         .env("RUST_LOG")
         .default("info"),
+    Flag::new(
+        "--log-timestamps",
+        "on|off",
+        "start each log line with the time (off under journald)",
+    )
+    .env("BGTASKS_LOG_TIMESTAMPS")
+    .default("on"),
 ];
 
 /// A flag the command line knows; see [`FLAGS`].
@@ -478,6 +489,8 @@ struct Config {
     node: &'static str,
     /// The most verbose log level printed.
     log_level: log::LevelFilter,
+    /// Whether each log line starts with the time.
+    log_timestamps: bool,
 }
 
 /// A queue as the command line describes it.
@@ -587,6 +600,7 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             token: self.optional("--token", parse_token)?,
             node: self.optional("--node", parse_node)?.unwrap_or(""),
             log_level: self.log_level()?,
+            log_timestamps: self.log_timestamps()?,
             schedules: Vec::new(),
         };
         // Templates are checked like submissions: against the kinds and
@@ -706,6 +720,23 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             parse_level(v)
                 .filter(|&level| level != log::LevelFilter::Off)
                 .ok_or_else(|| format!("{v:?} is not one of error, warn, info, debug, trace"))
+        })
+    }
+
+    /// Reads whether log lines start with the time: `--log-timestamps` or
+    /// its variable, else off under journald (`JOURNAL_STREAM` set), which
+    /// stores each line's time itself, else on.
+    fn log_timestamps(&self) -> Result<bool, String> {
+        if self.all("--log-timestamps").is_empty()
+            && (self.env)("BGTASKS_LOG_TIMESTAMPS").is_none()
+            && (self.env)("JOURNAL_STREAM").is_some()
+        {
+            return Ok(false);
+        }
+        self.required("--log-timestamps", |v| match v {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err(format!("{v:?} is neither on nor off")),
         })
     }
 }
@@ -1734,6 +1765,21 @@ enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    /// Names the outcome for the log in the API's words for states
+    /// (`succeeded`, not `Succeeded(None)`). A failure with attempts left
+    /// leads to `queued` again, and the log line says so; an interrupted
+    /// attempt leads to no state of its own.
+    fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded(_) => State::Succeeded.name(),
+            Outcome::Failed(_) => State::Failed.name(),
+            Outcome::Cancelled => State::Cancelled.name(),
+            Outcome::Interrupted => "interrupted by shutdown",
+        }
+    }
+}
+
 /// The store's counters that `/metrics` reports.
 #[derive(Debug, Default)]
 struct Counters {
@@ -2581,7 +2627,6 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
         let id = work.id;
         debug!("task {id} attempt {} started", work.attempt);
         let outcome = attempt(&shared, &work).await;
-        debug!("task {id} attempt {} ended: {outcome:?}", work.attempt);
         if let Outcome::Failed(why) = &outcome {
             info!(
                 "task {id} attempt {} failed: {}",
@@ -2589,7 +2634,14 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
                 OneLine(why)
             );
         }
-        shared.store().end_attempt(id.num, q, outcome);
+        let ended = outcome.name();
+        let retry = shared.store().end_attempt(id.num, q, outcome);
+        let retry = if retry.is_some() {
+            ", to be retried"
+        } else {
+            ""
+        };
+        debug!("task {id} attempt {} ended: {ended}{retry}", work.attempt);
     }
 }
 
@@ -3755,6 +3807,15 @@ const JOURNAL_TMP: &str = "journal.tmp";
 /// The file locked while a server uses the directory.
 const LOCK: &str = "lock";
 
+/// The journal format this server writes, named by the first record of
+/// every journal it creates or compacts. A journal without that record is
+/// version 0, the format before the record existed: the same records but
+/// for it, so it is read as it is and gets the record at its next
+/// compaction. A newer version is refused before anything changes, so
+/// that a binary never misreads a format it does not know, nor appends
+/// its own records to one.
+const JOURNAL_VERSION: u64 = 1;
+
 /// The most records written in one batch: enough to share an fsync among
 /// thousands of submissions, small enough to bound one write.
 const MAX_BATCH: usize = 4096;
@@ -3814,6 +3875,34 @@ enum Op {
     First,
     /// A queue was paused or resumed.
     Pause,
+    /// The journal's format: only ever its first line.
+    Version,
+}
+
+/// The first record of a journal: the format of the rest.
+#[derive(Debug, serde::Serialize, Deserialize)]
+struct VersionRecord {
+    /// Always [`Op::Version`].
+    op: Op,
+    /// The format's version: [`JOURNAL_VERSION`] when this server wrote it.
+    version: u64,
+}
+
+/// Appends the record naming this server's journal format.
+fn write_version(out: &mut Vec<u8>) {
+    let version = VersionRecord {
+        op: Op::Version,
+        version: JOURNAL_VERSION,
+    };
+    write_record(out, &version);
+}
+
+/// Returns the version a journal line names, if it is a version record
+/// whose checksum holds; its other members, in a future format, are not
+/// this server's to judge.
+fn read_version(line: &[u8]) -> Option<u64> {
+    let record: VersionRecord = serde_json::from_slice(checked_json(line)?).ok()?;
+    (record.op == Op::Version).then_some(record.version)
 }
 
 /// One journal line. The same shape serves every [`Op`]; members an op
@@ -4014,7 +4103,7 @@ impl Task {
 }
 
 /// Appends `record` as one journal line: checksum, space, JSON, newline.
-fn write_record(out: &mut Vec<u8>, record: &Record) {
+fn write_record(out: &mut Vec<u8>, record: &impl serde::Serialize) {
     let start = out.len();
     out.extend_from_slice(b"00000000 ");
     // Serializing into a Vec cannot fail.
@@ -4468,6 +4557,7 @@ impl Store {
     /// Writes every retained task as `new` and `state` records: the
     /// content of a compacted journal.
     fn snapshot(&self, out: &mut Vec<u8>) {
+        write_version(out);
         let first = Record {
             op: Some(Op::First),
             id: self.first_id,
@@ -4757,6 +4847,8 @@ enum ReplayError {
     Read(io::Error),
     /// A line other than the last one is bad: its number and why.
     Damage(usize, &'static str),
+    /// The first line names a format newer than [`JOURNAL_VERSION`].
+    Newer(u64),
 }
 
 /// Reads the journal at `path`; the error names the file (and the line).
@@ -4772,13 +4864,19 @@ fn replay(path: &Path, config: &Config) -> Result<Replayed, String> {
         ReplayError::Damage(line, why) => {
             format!("{}:{line}: the journal is damaged: {why}", path.display())
         }
+        ReplayError::Newer(version) => format!(
+            "{}: the journal is format version {version}, and this bgtasks reads \
+             versions up to {JOURNAL_VERSION}: run the bgtasks that wrote it",
+            path.display()
+        ),
     })
 }
 
-/// Replays journal lines. A last line that is cut short or fails its
-/// checksum is a write the crash interrupted: it is dropped. A bad line
-/// anywhere else, or a line whose checksum holds but whose values the
-/// contract forbids, is damage.
+/// Replays journal lines. A first line naming the format is checked, a
+/// newer one refused; without it the journal is version 0. A last line
+/// that is cut short or fails its checksum is a write the crash
+/// interrupted: it is dropped. A bad line anywhere else, or a line whose
+/// checksum holds but whose values the contract forbids, is damage.
 fn replay_lines(mut reader: impl io::BufRead, config: &Config) -> Result<Replayed, ReplayError> {
     let mut replayed = Replayed::default();
     let mut line = Vec::new();
@@ -4800,6 +4898,15 @@ fn replay_lines(mut reader: impl io::BufRead, config: &Config) -> Result<Replaye
             torn_line = Some(number);
             continue;
         };
+        if number == 1
+            && let Some(version) = read_version(text)
+        {
+            if version > JOURNAL_VERSION {
+                return Err(ReplayError::Newer(version));
+            }
+            replayed.good_len += line.len() as u64;
+            continue;
+        }
         match read_record(text) {
             Ok(record) => {
                 replayed
@@ -4821,6 +4928,7 @@ impl Replayed {
         let at = self.tasks.binary_search_by_key(&record.id, |t| t.id);
         match (record.op, at) {
             (Some(Op::First), _) => self.first_id = record.id,
+            (Some(Op::Version), _) => return Err("a version record is not the first line"),
             (Some(Op::Pause), _) => {
                 let queue = record.queue.as_deref().unwrap_or_default();
                 self.paused
@@ -8940,10 +9048,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // Only fails if a logger is already set, which nothing else does.
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .init();
+    logger::init(config.log_level, config.log_timestamps);
     std::process::exit(match launch(*config) {
         Ok(code) => code,
         Err(message) => {
@@ -9144,7 +9249,7 @@ fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
     if std::fs::remove_file(dir.join(JOURNAL_TMP)).is_ok() {
         warn!("removed {JOURNAL_TMP}: a compaction the last run did not finish");
     }
-    let file = open_journal(dir).map_err(fail)?;
+    let mut file = open_journal(dir).map_err(fail)?;
     if replayed.torn {
         warn!(
             "{}: dropped a torn last record (a write cut short by a crash)",
@@ -9153,6 +9258,17 @@ fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
         file.set_len(replayed.good_len)
             .and_then(|()| file.sync_all())
             .map_err(fail)?;
+    }
+    let mut len = replayed.good_len;
+    if len == 0 {
+        // A new journal (or one whose only record was torn) starts by
+        // naming its format.
+        let mut line = Vec::new();
+        write_version(&mut line);
+        file.write_all(&line)
+            .and_then(|()| file.sync_data())
+            .map_err(fail)?;
+        len = line.len() as u64;
     }
     // A journal just created must have its directory entry on disk too.
     std::fs::File::open(dir)
@@ -9165,7 +9281,6 @@ fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, String> {
         replayed.good_len,
         started.elapsed().as_millis()
     );
-    let len = replayed.good_len;
     Ok(DataDir {
         lock,
         writer: JournalWriter {
@@ -11243,6 +11358,40 @@ mod tests {
                 Err((1, "the record is not one the server writes")),
             ),
             (&[r#"{"id":10}"#], b"", Err((1, "the record has no op"))),
+            // The format's version, first; without it the journal is
+            // version 0, the same records.
+            (
+                &[
+                    r#"{"op":"version","version":1}"#,
+                    r#"{"op":"new","id":12,"max_attempts":1}"#,
+                ],
+                b"",
+                Ok((1, false)),
+            ),
+            (
+                &[
+                    r#"{"op":"version","version":0}"#,
+                    r#"{"op":"new","id":12,"max_attempts":1}"#,
+                ],
+                b"",
+                Ok((1, false)),
+            ),
+            (
+                &[
+                    r#"{"op":"new","id":12,"max_attempts":1}"#,
+                    r#"{"op":"version","version":1}"#,
+                ],
+                b"",
+                Err((2, "the record is not one the server writes")),
+            ),
+            (
+                &[
+                    r#"{"op":"new","id":12,"max_attempts":1}"#,
+                    r#"{"op":"version","id":0,"version":1}"#,
+                ],
+                b"",
+                Err((2, "a version record is not the first line")),
+            ),
             (
                 &[r#"{"op":"new","id":-1,"max_attempts":1}"#],
                 b"",
@@ -11256,6 +11405,7 @@ mod tests {
                 Ok(r) => Ok((r.tasks.len(), r.good_len == lines.len() as u64)),
                 Err(ReplayError::Damage(line, why)) => Err((line, why)),
                 Err(ReplayError::Read(e)) => panic!("{e}"),
+                Err(ReplayError::Newer(v)) => panic!("{records:?}: version {v}"),
             };
             // A torn tail is dropped, so the good length stops before it.
             let expected = expected.map(|(n, _)| (n, tail.is_empty()));
@@ -11274,6 +11424,28 @@ mod tests {
             replay_lines(&lines[..], &config(&[])),
             Err(ReplayError::Damage(2, "a record fails its checksum"))
         ));
+    }
+
+    #[test]
+    fn a_journal_of_a_newer_format_is_refused_whatever_follows() {
+        let newer = r#"{"op":"version","version":2,"written_by":"a later bgtasks"}"#;
+        for rest in [&[][..], &[r#"{"op":"merge","into":7}"#, "not json"][..]] {
+            let lines = journal_lines(&[&[newer][..], rest].concat());
+            assert!(matches!(
+                replay_lines(&lines[..], &config(&[])),
+                Err(ReplayError::Newer(2))
+            ));
+        }
+        // What this server writes, it reads: a compacted journal starts
+        // with the version, and a journal of only that is empty.
+        let mut line = Vec::new();
+        write_version(&mut line);
+        assert_eq!(read_version(line.trim_ascii_end()), Some(JOURNAL_VERSION));
+        let replayed = replay_lines(&line[..], &config(&[])).unwrap();
+        assert_eq!(
+            (replayed.tasks.len(), replayed.good_len),
+            (0, line.len() as u64)
+        );
     }
 
     /// A small, seeded random number generator (xorshift64*), so the
@@ -11766,6 +11938,52 @@ mod tests {
         };
         assert!(c.handlers[0].program.ends_with("sh"));
         assert_eq!(c.handlers[0].args, ["-c", "'exit", "0'"]);
+    }
+
+    #[test]
+    fn log_timestamps_are_on_but_off_under_journald_and_the_flag_beats_both() {
+        let journald = ("JOURNAL_STREAM", "8:12345");
+        /// Arguments, environment, and whether lines start with the time.
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [(&'a str, &'a str)],
+            Result<bool, &'a str>,
+        );
+        let cases: &[Case] = &[
+            (&[], &[], Ok(true)),
+            (&[], &[journald], Ok(false)),
+            (&["--log-timestamps", "on"], &[journald], Ok(true)),
+            (&[], &[journald, ("BGTASKS_LOG_TIMESTAMPS", "on")], Ok(true)),
+            (&[], &[("BGTASKS_LOG_TIMESTAMPS", "off")], Ok(false)),
+            (
+                &["--log-timestamps=on"],
+                &[("BGTASKS_LOG_TIMESTAMPS", "off")],
+                Ok(true),
+            ),
+            (&["--log-timestamps", "off"], &[], Ok(false)),
+            (
+                &["--log-timestamps", "yes"],
+                &[],
+                Err("--log-timestamps: \"yes\" is neither on nor off"),
+            ),
+            (
+                &[],
+                &[journald, ("BGTASKS_LOG_TIMESTAMPS", "")],
+                Err("BGTASKS_LOG_TIMESTAMPS: \"\" is neither on nor off"),
+            ),
+        ];
+        for (args, env, expected) in cases {
+            let got = parse_command(args.iter().map(OsString::from), |k| {
+                env.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            })
+            .map(|c| match c {
+                Command::Run(config) => config.log_timestamps,
+                _ => panic!("{args:?} runs the server"),
+            });
+            assert_eq!(got, expected.map_err(str::to_string), "{args:?} {env:?}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod common;
 use common::{Server, TempDir, command};
 use rustix::process::Signal;
 use std::collections::BTreeSet;
+use std::io::Write;
 use std::net::TcpListener;
 
 /// Runs the binary to completion and returns (status, stdout, stderr).
@@ -299,9 +300,10 @@ fn readme_flags(readme: &str) -> Vec<(String, Option<String>, Option<String>)> {
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
         .expect("the README has a Flags section");
+    // A `|` inside a cell is escaped, as in `on\|off`.
     let cell = |text: &str| {
         let text = text.trim();
-        (text != "—").then(|| text.trim_matches('`').to_string())
+        (text != "—").then(|| text.trim_matches('`').replace("\\|", "|"))
     };
     section
         .lines()
@@ -393,4 +395,136 @@ fn what_the_readme_examples_make_in_the_clone_is_ignored_by_git() {
             "{entry} is not in .gitignore"
         );
     }
+}
+/// Whether `text` starts with an RFC 3339 UTC time with milliseconds and
+/// a space, `2026-12-07T20:33:01.123Z `.
+fn starts_with_time(text: &str) -> bool {
+    let shape = b"dddd-dd-ddTdd:dd:dd.dddZ ";
+    text.len() >= shape.len()
+        && text.bytes().zip(shape).all(|(b, &s)| match s {
+            b'd' => b.is_ascii_digit(),
+            s => b == s,
+        })
+}
+
+#[test]
+fn log_lines_start_with_the_time_unless_journald_stores_it_and_the_flag_beats_both() {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let journald = ("JOURNAL_STREAM", "8:1234");
+    /// Arguments, environment, and whether the lines carry the time.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], bool);
+    let cases: &[Case] = &[
+        (&[], &[], true),
+        (&[], &[journald], false),
+        (&["--log-timestamps", "on"], &[journald], true),
+        (&[], &[journald, ("BGTASKS_LOG_TIMESTAMPS", "on")], true),
+        (&[], &[("BGTASKS_LOG_TIMESTAMPS", "off")], false),
+        (
+            &["--log-timestamps=off"],
+            &[("BGTASKS_LOG_TIMESTAMPS", "on")],
+            false,
+        ),
+    ];
+    for &(args, env, timed) in cases {
+        let before = now();
+        let mut server = Server::start_with_env(args, env);
+        let line = server.wait_log("listening on http://");
+        let after = now();
+        assert_eq!(server.stop(Signal::TERM).0, Some(0));
+        let log = server.log();
+        for line in log.lines() {
+            assert_eq!(starts_with_time(line), timed, "{args:?} {env:?}: {log}");
+        }
+        let rest = match timed {
+            true => {
+                let time = serde_json::Value::from(&line[..24]);
+                let at = common::epoch_millis(&time);
+                assert!(
+                    before - 1 <= at && at <= after,
+                    "{line} not within the start"
+                );
+                &line[25..]
+            }
+            false => &line[..],
+        };
+        assert!(
+            rest.starts_with("INFO  [bgtasks] listening on http://127.0.0.1:"),
+            "{line:?}"
+        );
+    }
+}
+
+#[test]
+fn debug_lines_name_states_as_the_api_does() {
+    let dir = TempDir::new("debug-names");
+    let flaky = dir.script("flaky", "exit 3");
+    let mut server = Server::start(&[
+        "--log-level",
+        "debug",
+        "--handler",
+        &format!("flaky={flaky}"),
+    ]);
+    let ok = server.submit("0s");
+    server.wait_state(&ok, "succeeded");
+    let body = r#"{"kind": "flaky", "max_attempts": 2}"#;
+    let failing = server.post("/tasks", body).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    server.wait_log(&format!("task {ok} attempt 1 ended: succeeded"));
+    server.wait_log(&format!(
+        "task {failing} attempt 1 ended: failed, to be retried"
+    ));
+    server.wait_state(&failing, "failed");
+    server.wait_log(&format!("task {failing} attempt 2 ended: failed"));
+    let running = server.submit("60s");
+    server.wait_state(&running, "running");
+    assert_eq!(server.cancel(&running).status, 200);
+    server.wait_log(&format!("task {running} attempt 1 ended: cancelled"));
+    let log = server.log();
+    for debug in ["Succeeded(", "Failed(", "Cancelled", "Interrupted"] {
+        assert!(!log.contains(debug), "{debug} in {log}");
+    }
+}
+
+#[test]
+fn a_log_pipe_whose_reader_is_gone_does_not_stop_the_server() {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = command(
+        &["--addr", &addr.to_string()],
+        &["--log-level", "debug"],
+        &[],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Nobody reads the server's stderr any more: every log line it writes
+    // from now on fails with EPIPE.
+    drop(child.stderr.take());
+    let ask = |request: &str| {
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(common::PATIENCE)).unwrap();
+        stream.write_all(request.as_bytes()).ok()?;
+        common::read_response(&mut stream)
+    };
+    let health = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    common::eventually("the server to answer", || ask(health));
+    // Each task logs "queued", "started" and "ended" at debug.
+    let submit = common::post_request("/tasks", &[], r#"{"work_duration": "0s"}"#);
+    for _ in 0..3 {
+        assert_eq!(ask(&submit).map(|r| r.status), Some(202));
+    }
+    assert_eq!(ask(health).map(|r| r.status), Some(200));
+    assert!(child.try_wait().unwrap().is_none(), "the server ended");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -59,6 +59,9 @@ fn line(json: &str) -> String {
     format!("{:08x} {json}\n", crc32(json.as_bytes()))
 }
 
+/// The first record of every journal this server creates or compacts.
+const VERSION_1: &str = r#"{"op":"version","version":1}"#;
+
 /// Starts a server on `dir` with more flags.
 fn start(dir: &DataDir, args: &[&str]) -> Server {
     let mut all = vec!["--data-dir", dir.arg()];
@@ -315,6 +318,8 @@ fn the_journal_is_compacted_and_stays_small() {
         largest = largest.max(std::fs::metadata(dir.journal()).unwrap().len());
     }
     server.wait_log("journal compacted");
+    let journal = std::fs::read_to_string(dir.journal()).unwrap();
+    assert_eq!(journal.lines().next(), Some(line(VERSION_1).trim_end()));
     // 200,000 tasks of about 230 bytes of records each went through; the
     // file stays near its threshold, passing it by one write at most.
     assert!(largest < 12 << 20, "the journal grew to {largest} bytes");
@@ -567,7 +572,7 @@ fn a_full_disk_gets_503_and_never_a_202_for_a_task_not_on_disk() {
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
         .arg("trap '' XFSZ; ulimit -f 32; exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_bgtasks"))
+        .arg(common::binary())
         .args([
             "--addr",
             "127.0.0.1:0",
@@ -928,4 +933,61 @@ fn bench_replay_of_a_million_records() {
     let replayed = server.wait_log("replayed 500000 tasks");
     let (_, said) = replayed.split_once("replayed").unwrap();
     println!("replayed{said}; listening {listening:?} after the start");
+}
+
+#[test]
+fn a_journal_names_its_format_first_and_a_journal_without_it_still_replays() {
+    let dir = DataDir::new("version");
+    let mut server = start(&dir, &["--workers", "1", "--grace", "0s"]);
+    let done = server.submit_labelled("done", "0s");
+    server.wait_state(&done, "succeeded");
+    let queued: Vec<String> = (0..3)
+        .map(|i| server.submit_labelled(&format!("q{i}"), "60s"))
+        .collect();
+    assert_eq!(server.stop(Signal::TERM).0, Some(0));
+    let journal = std::fs::read_to_string(dir.journal()).unwrap();
+    let (first, rest) = journal.split_once('\n').unwrap();
+    assert_eq!(format!("{first}\n"), line(VERSION_1));
+    assert!(!rest.contains(r#""op":"version""#), "{journal}");
+    // The journal as bgtasks wrote it before the version record existed
+    // (version 0): the same records, without the first line. It is read
+    // as it is, and appended to, not rewritten.
+    std::fs::write(dir.journal(), rest).unwrap();
+    let mut server = start(&dir, &["--workers", "1", "--grace", "0s"]);
+    assert_eq!(server.task(&done)["state"], "succeeded");
+    server.wait_state(&queued[0], "running");
+    for id in &queued[1..] {
+        assert_eq!(server.task(id)["state"], "queued", "{id}");
+    }
+    let later = server.submit_labelled("later", "60s");
+    assert_eq!(server.stop(Signal::TERM).0, Some(0));
+    let journal = std::fs::read_to_string(dir.journal()).unwrap();
+    assert!(journal.starts_with(rest), "appended to, not rewritten");
+    let server = start(&dir, &[]);
+    assert_eq!(server.task(&later)["task_id"], "later");
+}
+
+#[test]
+fn a_journal_of_a_newer_format_is_refused_in_one_line_changing_nothing() {
+    let dir = DataDir::new("newer");
+    std::fs::create_dir_all(dir.path("")).unwrap();
+    // A later format may say anything after its version record.
+    let journal = [
+        line(r#"{"op":"version","version":2}"#),
+        line(r#"{"op":"merge","into":7}"#),
+        "not a record of version 1\n".to_string(),
+    ]
+    .concat();
+    std::fs::write(dir.journal(), &journal).unwrap();
+    // A compaction of the later server's, cut short: not ours to remove.
+    std::fs::write(dir.path("journal.tmp"), "half").unwrap();
+    let err = refused(dir.arg());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let expected = format!(
+        "{}: the journal is format version 2, and this bgtasks reads versions up to 1",
+        dir.journal().display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert_eq!(std::fs::read(dir.journal()).unwrap(), journal.as_bytes());
+    assert_eq!(std::fs::read(dir.path("journal.tmp")).unwrap(), b"half");
 }

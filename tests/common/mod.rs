@@ -471,12 +471,26 @@ impl Drop for TempDir {
     }
 }
 
-/// Builds a command for the binary, with a clean environment of ours.
+/// Returns the server binary under test: `BGTASKS_BIN` when set (the
+/// static build in `.ci/run`, or another build to compare), else the one
+/// cargo built with the tests.
+pub fn binary() -> PathBuf {
+    std::env::var_os("BGTASKS_BIN")
+        .filter(|path| !path.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_bgtasks")),
+            PathBuf::from,
+        )
+}
+
+/// Builds a command for the binary, with a clean environment of ours:
+/// none of the variables the server reads but those given (`JOURNAL_STREAM`
+/// too, which turns log timestamps off when the tests run under journald).
 pub fn command(first: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bgtasks"));
+    let mut cmd = Command::new(binary());
     cmd.args(first).args(args);
     for (name, _) in std::env::vars() {
-        if name.starts_with("BGTASKS_") || name == "RUST_LOG" {
+        if name.starts_with("BGTASKS_") || name == "RUST_LOG" || name == "JOURNAL_STREAM" {
             cmd.env_remove(name);
         }
     }

@@ -1,0 +1,117 @@
+//! The log: one line per event on stderr,
+//! `2026-12-07T20:33:01.123Z INFO  [bgtasks] listening on …`, the time
+//! left out when `--log-timestamps off` (the default under journald, which
+//! stores the time itself).
+//!
+//! It owns only the shape of a line and how it reaches stderr; what is
+//! logged, and at which level, is the rest of the crate's. It is this
+//! small `log::Log` rather than a logging crate because a line needs
+//! three things no logger we may depend on gives together: the time in
+//! the same RFC 3339 form as every timestamp the API shows (written by
+//! [`crate::write_timestamp`]), a whole line in one `write`, so that lines
+//! from several threads never interleave, and no panic when stderr is
+//! gone — `eprintln!` panics when its write fails (a log pipe whose reader
+//! died), and with `panic = "abort"` that would end the server.
+
+use std::io::Write;
+
+/// Writes each event at or above its level as one line on stderr.
+struct Logger {
+    /// The most verbose level written.
+    level: log::LevelFilter,
+    /// Whether each line starts with the time.
+    timestamps: bool,
+}
+
+/// Installs the logger for the rest of the process. Only the first call
+/// counts: a second has no logger to replace and is ignored.
+pub(crate) fn init(level: log::LevelFilter, timestamps: bool) {
+    // Leaked once: the logger lives as long as the process.
+    let logger = Box::leak(Box::new(Logger { level, timestamps }));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let time = self.timestamps.then(crate::now_millis);
+        let line = format_line(time, record.level(), record.target(), record.args());
+        // Nothing is left to tell that stderr is gone; the server goes on.
+        let _ = std::io::stderr().lock().write_all(&line);
+    }
+
+    fn flush(&self) {
+        // Stderr is unbuffered: every line is out once `log` returns.
+    }
+}
+
+/// Builds one log line, newline included: the time (milliseconds since
+/// the epoch) if given, the level padded to five, the target in brackets,
+/// the message.
+fn format_line(
+    time: Option<u64>,
+    level: log::Level,
+    target: &str,
+    message: &std::fmt::Arguments,
+) -> Vec<u8> {
+    let mut line = Vec::with_capacity(128);
+    if let Some(millis) = time {
+        // The status writer's own timestamp, without its JSON quotes; it
+        // writes 0 as `null` ("not yet"), so a clock set before 1970
+        // shows as the epoch's first millisecond instead.
+        crate::write_timestamp(&mut line, millis.max(1));
+        line.retain(|&b| b != b'"');
+        line.push(b' ');
+    }
+    // Writing into a Vec cannot fail.
+    let _ = writeln!(line, "{level:<5} [{target}] {message}");
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lines as the logger writes them, with and without the time.
+    #[test]
+    fn lines_start_with_the_time_unless_it_is_off() {
+        let cases: &[(Option<u64>, log::Level, &str, &str)] = &[
+            (
+                Some(1_796_675_581_123),
+                log::Level::Info,
+                "listening on http://127.0.0.1:8000",
+                "2026-12-07T20:33:01.123Z INFO  [bgtasks] listening on http://127.0.0.1:8000\n",
+            ),
+            (
+                None,
+                log::Level::Info,
+                "listening on http://127.0.0.1:8000",
+                "INFO  [bgtasks] listening on http://127.0.0.1:8000\n",
+            ),
+            (
+                Some(1_796_675_581_007),
+                log::Level::Debug,
+                "task x queued",
+                "2026-12-07T20:33:01.007Z DEBUG [bgtasks] task x queued\n",
+            ),
+            (
+                Some(0),
+                log::Level::Error,
+                "x",
+                "1970-01-01T00:00:00.001Z ERROR [bgtasks] x\n",
+            ),
+        ];
+        for &(time, level, message, expected) in cases {
+            let line = format_line(time, level, "bgtasks", &format_args!("{message}"));
+            assert_eq!(String::from_utf8(line).unwrap(), expected);
+        }
+    }
+}

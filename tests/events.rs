@@ -906,3 +906,102 @@ fn bench_memory_per_subscriber() {
         );
     }
 }
+
+/// How many connections submit at once in [`bench_submissions_beside_a_thousand_subscribers`],
+/// and how many requests each pipelines at a time: enough to keep the
+/// server's two cores busy while the client's threads stay light.
+const BENCH_CONNS: usize = 8;
+const BENCH_BATCH: usize = 32;
+
+/// Submits zero-length tasks on [`BENCH_CONNS`] keep-alive connections,
+/// [`BENCH_BATCH`] pipelined at a time, for `time`; returns the `202`s a
+/// second and how many answers were something else.
+fn submission_rate(server: &Server, time: Duration) -> (f64, usize) {
+    let body = json!({"task_id": "t", "work_duration": "0s"}).to_string();
+    let batch = common::post_request("/tasks", &[], &body).repeat(BENCH_BATCH);
+    let start = Instant::now();
+    let counts: Vec<(usize, usize)> = std::thread::scope(|scope| {
+        let conns: Vec<_> = (0..BENCH_CONNS)
+            .map(|_| {
+                let batch = &batch;
+                scope.spawn(move || {
+                    let mut conn = server.connect();
+                    let mut reader =
+                        std::io::BufReader::with_capacity(1 << 16, conn.try_clone().unwrap());
+                    let (mut accepted, mut other) = (0, 0);
+                    while start.elapsed() < time {
+                        conn.write_all(batch.as_bytes()).unwrap();
+                        for _ in 0..BENCH_BATCH {
+                            match common::read_status(&mut reader) {
+                                202 => accepted += 1,
+                                _ => other += 1,
+                            }
+                        }
+                    }
+                    (accepted, other)
+                })
+            })
+            .collect();
+        conns.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let took = start.elapsed().as_secs_f64();
+    let accepted: usize = counts.iter().map(|c| c.0).sum();
+    (accepted as f64 / took, counts.iter().map(|c| c.1).sum())
+}
+
+/// Measures the `202` rate of a fresh server beside `subscribers` streams
+/// opened with `query` that are never read; prints it with how many of
+/// the streams were still open at the end, and returns it.
+fn rate_beside(subscribers: usize, query: &str, time: Duration) -> f64 {
+    let server = Server::start(&[
+        "--workers",
+        "128",
+        "--buffer",
+        "100000",
+        "--max-connections",
+        "4096",
+    ]);
+    let alone = server.open_fds();
+    let streams: Vec<EventStream> = (0..subscribers).map(|_| server.events(query)).collect();
+    let cpu = server.cpu_ticks();
+    let (rate, other) = submission_rate(&server, time);
+    // Clock ticks are 10 ms.
+    let cpu_us = (server.cpu_ticks() - cpu) as f64 * 1e4 / (rate * time.as_secs_f64());
+    let open = server.open_fds().saturating_sub(alone);
+    println!(
+        "  {subscribers:>4} subscribers {query:<18} {rate:>8.0} 202/s, {cpu_us:.1} µs of server \
+         CPU each ({other} other answers; {open} streams still open at the end)"
+    );
+    drop(streams);
+    rate
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_submissions_beside_a_thousand_subscribers() {
+    common::raise_fd_limit();
+    let time = Duration::from_secs(
+        std::env::var("BENCH_SECONDS").map_or(5, |s| s.parse().expect("BENCH_SECONDS: seconds")),
+    );
+    let rounds: usize =
+        std::env::var("BENCH_ROUNDS").map_or(3, |s| s.parse().expect("BENCH_ROUNDS"));
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        println!("round {round}:");
+        let none = rate_beside(0, "", time);
+        let unread = rate_beside(1000, "", time);
+        let filtered = rate_beside(1000, "?task_id=nomatch", time);
+        let (b, c) = (unread / none, filtered / none);
+        println!("  ratios: b/a {b:.2}, c/a {c:.2}");
+        ratios.push((b, c));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median ratios over {rounds} rounds: b/a {:.2}, c/a {:.2}",
+        median(ratios.iter().map(|r| r.0).collect()),
+        median(ratios.iter().map(|r| r.1).collect()),
+    );
+}

@@ -6551,6 +6551,14 @@ const LOG_BYTES: usize = 256 << 10;
 /// larger is given back rather than held for the stream's life.
 const KEPT_EVENT_BUFFER: usize = 64 << 10;
 
+/// The kernel send buffer an event stream asks for (Linux doubles it for
+/// its bookkeeping): what a client that stopped reading can make the
+/// kernel hold for it, beside its own receive buffer, before its stream
+/// blocks and costs nothing more. Left to grow, it reached 4 MiB, and a
+/// thousand such clients kept the server busy filling them; this holds
+/// a few gathers, so a reader that keeps up does not wait for it.
+const STREAM_SEND_BUFFER: usize = 128 << 10;
+
 /// How many events, or bytes of them, a stream lets gather before it
 /// writes them, and how long it waits for that many. A write is a wake-up
 /// and a read for the reader too: on a busy server, one write per few
@@ -6675,6 +6683,13 @@ struct Ring {
     since_gather: (usize, usize),
     /// The slots an event rings, kept to spare an allocation each.
     woken: Vec<usize>,
+    /// The sequence numbers at which streams were rung and have not read
+    /// since, oldest first, each with how many such streams: those that
+    /// may still read what the log keeps. One whose number the log no
+    /// longer has has lagged and will read nothing more. With none, an
+    /// event that rings no stream is one no stream will read, and is not
+    /// even written.
+    readers: VecDeque<(u64, usize)>,
 }
 
 /// What the log keeps of an event beside its bytes: where they are, and
@@ -6878,8 +6893,9 @@ impl EventLog {
         let Some(kept) = ring.slots.get_mut(slot).and_then(Option::take) else {
             return;
         };
-        if kept.woke.is_none() {
-            ring.waiting.remove(&kept.key, slot);
+        match kept.woke {
+            None => ring.waiting.remove(&kept.key, slot),
+            Some(from) => ring.read_from(from),
         }
         if kept.awaits_change {
             ring.change_waiters.retain(|&s| s != slot);
@@ -6901,11 +6917,21 @@ impl Ring {
     }
 
     /// Appends a task's event and rings whom it concerns (see
-    /// [`EventLog::publish`]).
+    /// [`EventLog::publish`]). When every stream waits and none may want
+    /// it, no stream will ever read it: it is not written (with a thousand
+    /// streams filtered to other tasks, writing was most of the cost).
     fn publish(&mut self, task: &Task, names: Names, at: u64) {
-        let (seq, len) = self.append(task, names, at);
+        self.ring_change_waiters();
         let mut woken = std::mem::take(&mut self.woken);
         self.waiting.take_for(task, &mut woken);
+        if woken.is_empty() && self.readers.is_empty() {
+            self.woken = woken;
+            return;
+        }
+        let (seq, len) = self.append(task, names, at);
+        if !woken.is_empty() && seq >= self.first {
+            self.readers.push_back((seq, woken.len()));
+        }
         for k in woken.drain(..) {
             if let Some(Some(slot)) = self.slots.get_mut(k) {
                 slot.woke = Some(seq);
@@ -6913,7 +6939,6 @@ impl Ring {
             }
         }
         self.woken = woken;
-        self.ring_change_waiters();
         self.since_gather.0 += 1;
         self.since_gather.1 += len;
         if self.since_gather.0 >= GATHER_EVENTS || self.since_gather.1 >= GATHER_BYTES {
@@ -6959,8 +6984,29 @@ impl Ring {
         } else {
             self.events.push_back(entry);
         }
+        while self
+            .readers
+            .front()
+            .is_some_and(|&(from, _)| from < self.first)
+        {
+            self.readers.pop_front();
+        }
         self.compact();
         (seq, len)
+    }
+
+    /// Counts out a stream rung at `from` that has read (or closed): it no
+    /// longer holds the events from `from` on. One that lagged was counted
+    /// out when its event was evicted.
+    fn read_from(&mut self, from: u64) {
+        if let Ok(at) = self.readers.binary_search_by_key(&from, |&(seq, _)| seq)
+            && let Some((_, count)) = self.readers.get_mut(at)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.readers.remove(at);
+            }
+        }
     }
 
     /// Drops the evicted bytes from the front once there are `LOG_BYTES`
@@ -7171,6 +7217,7 @@ impl Subscription<'_> {
         if let Some(Some(slot)) = ring.slots.get_mut(self.slot) {
             slot.woke = None;
             ring.waiting.add(&slot.key, self.slot);
+            ring.read_from(from);
         }
         if read { Taken::Read } else { Taken::Lagged }
     }
@@ -7686,6 +7733,12 @@ impl Connection {
         // A stream is not a request in flight: shutdown ends it rather
         // than waits for it.
         self.busy = None;
+        // Without it the stream works as well; it only costs more when its
+        // client stops reading.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(
+            self.stream.get_ref(),
+            STREAM_SEND_BUFFER,
+        );
         let events = Events {
             chunked: !head.http10,
             subscription: shared.events.subscribe(&filter),
@@ -9893,6 +9946,38 @@ mod tests {
         // Nothing since: a take reads nothing.
         assert_eq!(all.take(&mut taken, true), Taken::Read);
         assert!(taken.is_empty());
+    }
+
+    #[test]
+    fn an_event_no_stream_may_read_is_not_written() {
+        let log = EventLog::default();
+        let only_b = log.subscribe(&label_filter(b"b"));
+        let mut taken = Vec::new();
+        publish_task(&log, 1, "a");
+        assert_eq!(log.ring().head(), 0);
+        // Once a stream has been rung, it may read what comes next.
+        publish_task(&log, 2, "b");
+        publish_task(&log, 3, "a");
+        assert!(rang(&only_b));
+        assert_eq!(log.ring().head(), 2);
+        assert_eq!(only_b.take(&mut taken, false), Taken::Read);
+        assert_eq!(labels(&taken), ["b"]);
+        // Having read, it waits again.
+        publish_task(&log, 4, "a");
+        assert!(!rang(&only_b));
+        assert_eq!(log.ring().head(), 2);
+        // A stream that stopped reading holds the events from its bell on,
+        // until the log no longer has that one: it lagged, and needs none.
+        let stalled = log.subscribe(&EventFilter::default());
+        for id in 5..5 + LOG_EVENTS as u64 {
+            publish_task(&log, id, "a");
+        }
+        assert_eq!(log.ring().head(), 2 + LOG_EVENTS as u64);
+        publish_task(&log, 5000, "a");
+        publish_task(&log, 5001, "a");
+        assert_eq!(log.ring().head(), 3 + LOG_EVENTS as u64);
+        assert_eq!(stalled.take(&mut taken, false), Taken::Lagged);
+        assert!(log.ring().readers.is_empty());
     }
 
     #[test]

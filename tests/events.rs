@@ -907,18 +907,20 @@ fn bench_memory_per_subscriber() {
     }
 }
 
-/// How many connections submit at once in [`bench_submissions_beside_a_thousand_subscribers`],
-/// and how many requests each pipelines at a time: enough to keep the
+/// How many connections submit at once in the subscribers' bench, and
+/// how many requests each pipelines at a time: enough to keep the
 /// server's two cores busy while the client's threads stay light.
 const BENCH_CONNS: usize = 8;
 const BENCH_BATCH: usize = 32;
 
 /// Submits zero-length tasks on [`BENCH_CONNS`] keep-alive connections,
 /// [`BENCH_BATCH`] pipelined at a time, for `time`; returns the `202`s a
-/// second and how many answers were something else.
-fn submission_rate(server: &Server, time: Duration) -> (f64, usize) {
+/// second, the server's CPU µs for each, and how many answers were
+/// something else.
+fn submission_rate(server: &Server, time: Duration) -> (f64, f64, usize) {
     let body = json!({"task_id": "t", "work_duration": "0s"}).to_string();
     let batch = common::post_request("/tasks", &[], &body).repeat(BENCH_BATCH);
+    let cpu = server.cpu_ticks();
     let start = Instant::now();
     let counts: Vec<(usize, usize)> = std::thread::scope(|scope| {
         let conns: Vec<_> = (0..BENCH_CONNS)
@@ -946,13 +948,46 @@ fn submission_rate(server: &Server, time: Duration) -> (f64, usize) {
     });
     let took = start.elapsed().as_secs_f64();
     let accepted: usize = counts.iter().map(|c| c.0).sum();
-    (accepted as f64 / took, counts.iter().map(|c| c.1).sum())
+    // Clock ticks are 10 ms.
+    let cpu_us = (server.cpu_ticks() - cpu) as f64 * 1e4 / accepted.max(1) as f64;
+    (
+        accepted as f64 / took,
+        cpu_us,
+        counts.iter().map(|c| c.1).sum(),
+    )
+}
+
+/// Returns how many of `streams` the server still has open (its ends of
+/// them that are established, in `/proc/net/tcp`), and how many of those
+/// hold bytes the client has not taken (they block, or will).
+fn open_streams(server: &Server, streams: &[EventStream]) -> (usize, usize) {
+    let ports: std::collections::HashSet<u16> = streams
+        .iter()
+        .map(|s| s.stream.local_addr().unwrap().port())
+        .collect();
+    let port_of = |address: &str| {
+        let (_, port) = address.rsplit_once(':').unwrap();
+        u16::from_str_radix(port, 16).unwrap()
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // The table is read while it changes: a line may come twice.
+    let mut open = std::collections::HashMap::new();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let client = port_of(f[2]);
+        if f[3] == "01" && port_of(f[1]) == server.addr.port() && ports.contains(&client) {
+            let (unsent, _) = f[4].split_once(':').unwrap();
+            open.insert(client, u64::from_str_radix(unsent, 16).unwrap() > 0);
+        }
+    }
+    (open.len(), open.values().filter(|&&b| b).count())
 }
 
 /// Measures the `202` rate of a fresh server beside `subscribers` streams
-/// opened with `query` that are never read; prints it with how many of
-/// the streams were still open at the end, and returns it.
-fn rate_beside(subscribers: usize, query: &str, time: Duration) -> f64 {
+/// opened with `query` that are never read: first for `warm_up`, while
+/// the kernel takes in what it can hold for them, then for `time`.
+/// Prints both with how many streams were open, and returns the second.
+fn rate_beside(subscribers: usize, query: &str, warm_up: Duration, time: Duration) -> f64 {
     let server = Server::start(&[
         "--workers",
         "128",
@@ -961,38 +996,43 @@ fn rate_beside(subscribers: usize, query: &str, time: Duration) -> f64 {
         "--max-connections",
         "4096",
     ]);
-    let alone = server.open_fds();
     let streams: Vec<EventStream> = (0..subscribers).map(|_| server.events(query)).collect();
-    let cpu = server.cpu_ticks();
-    let (rate, other) = submission_rate(&server, time);
-    // Clock ticks are 10 ms.
-    let cpu_us = (server.cpu_ticks() - cpu) as f64 * 1e4 / (rate * time.as_secs_f64());
-    let open = server.open_fds().saturating_sub(alone);
-    println!(
-        "  {subscribers:>4} subscribers {query:<18} {rate:>8.0} 202/s, {cpu_us:.1} µs of server \
-         CPU each ({other} other answers; {open} streams still open at the end)"
-    );
-    drop(streams);
-    rate
+    let name = format!("{subscribers} subscribers {query}");
+    let measure = |phase: &str, time: Duration| {
+        let (open, blocked) = open_streams(&server, &streams);
+        let (rate, cpu_us, other) = submission_rate(&server, time);
+        println!(
+            "  {name:<34} {phase:<5} {:>4.1} s: {rate:>7.0} 202/s, {cpu_us:>5.1} µs of server \
+             CPU each; at the start {open:>4} streams open, {blocked:>4} of them full \
+             ({other} other answers)",
+            time.as_secs_f64()
+        );
+        rate
+    };
+    measure("first", warm_up);
+    measure("then", time)
+}
+
+/// Reads a number of the bench's from the environment variable `name`.
+fn bench_knob(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| v.parse().expect(name))
 }
 
 #[test]
 #[ignore = "benchmark: run with --ignored --nocapture"]
 fn bench_submissions_beside_a_thousand_subscribers() {
     common::raise_fd_limit();
-    let time = Duration::from_secs(
-        std::env::var("BENCH_SECONDS").map_or(5, |s| s.parse().expect("BENCH_SECONDS: seconds")),
-    );
-    let rounds: usize =
-        std::env::var("BENCH_ROUNDS").map_or(3, |s| s.parse().expect("BENCH_ROUNDS"));
+    let warm_up = Duration::from_secs(bench_knob("BENCH_WARM_UP", 2));
+    let time = Duration::from_secs(bench_knob("BENCH_SECONDS", 5));
+    let rounds = bench_knob("BENCH_ROUNDS", 3);
     let mut ratios = Vec::new();
     for round in 1..=rounds {
         println!("round {round}:");
-        let none = rate_beside(0, "", time);
-        let unread = rate_beside(1000, "", time);
-        let filtered = rate_beside(1000, "?task_id=nomatch", time);
+        let none = rate_beside(0, "", warm_up, time);
+        let unread = rate_beside(1000, "", warm_up, time);
+        let filtered = rate_beside(1000, "?task_id=nomatch", warm_up, time);
         let (b, c) = (unread / none, filtered / none);
-        println!("  ratios: b/a {b:.2}, c/a {c:.2}");
+        println!("  ratios after the warm-up: b/a {b:.2}, c/a {c:.2}");
         ratios.push((b, c));
     }
     let median = |mut v: Vec<f64>| {

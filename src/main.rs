@@ -24,7 +24,7 @@
 //!  │                                   each queue's workers race their work  │  │
 //!  │                                   against grace_over · cancel · timeout │  │
 //!  │ scheduler: one heap, one timer ── delayed tasks, retries, schedules ──▶ │  │
-//!  │ /events streams ◀── a feed per stream, filled at the store's changes ◀─┘  │
+//!  │ /events streams ◀── one event log, appended at the store's changes ◀───┘  │
 //!  └──────────────────────────────────────────────────────────────────────────┘
 //!   journal thread (--data-dir): appends, group-commits fsyncs, compacts
 //!   signal pipe: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ grace_over ─▶ exit
@@ -6506,21 +6506,28 @@ const METRICS_SIZE: usize = 2048;
 //
 // Why a ring rather than a backlog per stream: pushing each event to
 // every stream's backlog cost every submission a lock and a copy per
-// stream, under the store lock, whether the stream read or not (1,000
-// streams took the 202 rate from about 7,000 to 1,000 a second). Now a
-// publisher appends once and rings only the streams that wait for an
-// event they may want: a stream waits under what its filters name first
-// (its task, label, kind or queue; see `Waiting`), so an event rings a
-// filtered stream only when it may pass; a rung stream is not rung again
-// until it has read. A stream that stopped reading, or whose filters
-// match nothing, costs publishing nothing however many there are.
+// stream, under the store lock, whether the stream read or not (with
+// 1,000 streams the 202 rate fell to a seventh in the test, to
+// near nothing in the bench). Now a publisher appends once and rings only
+// the streams that wait for an event they may want: a stream waits under
+// what its filters name first (its task, label, kind or queue; see
+// `Waiting`), so an event rings a filtered stream only when it may pass,
+// and a rung stream is not rung again until it has read. An event that
+// no stream will read (every stream waits and none for it; those rung
+// since have read it or lagged) is not even rendered. So a stream that
+// stopped reading, or whose filters match nothing, costs publishing
+// nothing, however many there are.
 //
 // Lag is per stream: the ring keeps the last 1,000 events and at most 256
-// KiB of them, and a stream whose next unread event it no longer holds is
-// told it lagged and ends. A stream that waits has read everything it
-// may want, so the events a ring overwrites meanwhile are ones it does
-// not want: it lags only if it falls behind after its bell. So a slow
-// reader costs the server a bounded amount and never slows anyone else.
+// KiB of them, and a stream is told it lagged, and ends, when the ring no
+// longer has the first event it was rung for. A stream that waits has
+// read everything it may want, so what the ring overwrites meanwhile is
+// nothing it wants; once rung, it counts every event, wanted or not (an
+// unfiltered stream lags exactly 1,000 events or 256 KiB behind, as a
+// backlog of its own did). A stream whose client stopped reading costs
+// the kernel a small send buffer (`STREAM_SEND_BUFFER`) and its client's
+// receive buffer, then blocks and costs nothing, so a slow reader costs
+// the server a bounded amount and never slows anyone else.
 //
 // Waking: a stream is rung when an event it may want comes, then lets
 // more gather (`GATHER_*`) before it reads; the gatherers are rung
@@ -6712,7 +6719,7 @@ struct Entry {
 /// offsets into the event. `?task_id=` and `?kind=` compare those bytes
 /// with their own value written the same way, so the log keeps no copy
 /// of a label.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Debug)]
 struct Said {
     /// The `task_id` member's value: `"…"` or `null`.
     label: Range<usize>,
@@ -6741,7 +6748,7 @@ struct Slot {
 /// Where a stream waits for events: under the first thing its filters
 /// name of the task, id, label, kind or queue, or with those that want
 /// every event.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 enum WaitKey {
     /// No filter.
     All,
@@ -6918,8 +6925,8 @@ impl Ring {
 
     /// Appends a task's event and rings whom it concerns (see
     /// [`EventLog::publish`]). When every stream waits and none may want
-    /// it, no stream will ever read it: it is not written (with a thousand
-    /// streams filtered to other tasks, writing was most of the cost).
+    /// it, and none rung before is still reading, no stream will ever read
+    /// it: it is not even written.
     fn publish(&mut self, task: &Task, names: Names, at: u64) {
         self.ring_change_waiters();
         let mut woken = std::mem::take(&mut self.woken);

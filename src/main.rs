@@ -24,7 +24,7 @@
 //!  │                                   each queue's workers race their work  │  │
 //!  │                                   against grace_over · cancel · timeout │  │
 //!  │ scheduler: one heap, one timer ── delayed tasks, retries, schedules ──▶ │  │
-//!  │ /events streams ◀── a feed per stream, filled at the store's changes ◀─┘  │
+//!  │ /events streams ◀── one event log, appended at the store's changes ◀───┘  │
 //!  └──────────────────────────────────────────────────────────────────────────┘
 //!   journal thread (--data-dir): appends, group-commits fsyncs, compacts
 //!   signal pipe: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ grace_over ─▶ exit
@@ -192,7 +192,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1872,10 +1872,9 @@ struct Store {
     draining: bool,
     /// Where changes are journaled, with `--data-dir`.
     journal: Option<JournalSender>,
-    /// The `/events` streams: each is told of every change.
-    subscribers: Vec<Subscriber>,
-    /// Where their events are rendered, kept to spare an allocation each.
-    event_buf: Vec<u8>,
+    /// Where the `/events` streams are told of every change (shared with
+    /// them, and with [`Shared`]).
+    events: Arc<EventLog>,
     /// The id prefix in force from each id on, in id order: those of
     /// tasks replayed from the journal, then `--node`'s from this run's
     /// first id. A prefix changes only across restarts, so ranges do.
@@ -1908,8 +1907,7 @@ impl Store {
             counters: Counters::default(),
             draining: false,
             journal: None,
-            subscribers: Vec::new(),
-            event_buf: Vec::new(),
+            events: Arc::default(),
             nodes: vec![(0, config.node)],
         }
     }
@@ -2117,7 +2115,7 @@ impl Store {
             return;
         }
         self.queues[q].paused = paused;
-        self.changed();
+        self.events.changed();
         if !paused {
             std::mem::replace(&mut self.queues[q].resumed, Trigger::new()).fire();
             self.refill(q, &queues[q]);
@@ -2505,10 +2503,10 @@ struct Shared {
     responses: StatusCounts,
     /// Submissions refused because their queue was full, for `/metrics`.
     rejected: AtomicU64,
-    /// Whether any `/events` stream is open. Tuning: the plain version
-    /// takes the lock on every refusal; this is read without it, so that a
-    /// refusal takes the lock only when a subscriber must hear of it.
-    subscribed: std::sync::atomic::AtomicBool,
+    /// Where the `/events` streams read (the store's, shared): a stream
+    /// reads without the store's lock, and a refusal tells it without
+    /// that lock.
+    events: Arc<EventLog>,
     /// How far the journal is on disk, with `--data-dir`.
     journal: Option<Arc<JournalProgress>>,
 }
@@ -2533,9 +2531,8 @@ impl Shared {
     /// - A function that has a `&Shared` locks for one statement
     ///   (`shared.store().method(..)`, the guard dropped at the `;`) or one
     ///   block in which it calls only store methods and functions that
-    ///   take no `Shared`. What needs the lock again afterwards — the
-    ///   count of a refusal, which tells the streams that the stats
-    ///   changed ([`queue_full`]) — runs after the guard is dropped.
+    ///   take no `Shared`. What needs the lock again afterwards runs after
+    ///   the guard is dropped.
     /// - The guard is not `Send`, so a spawned task cannot hold it across
     ///   an `.await` (its future would not be `Send`): a guard is always
     ///   taken and dropped by one thread within one poll. Debug builds
@@ -4525,7 +4522,7 @@ impl Store {
             self.unfire(usize::from(s), id);
         }
         self.wake_watchers(id);
-        self.changed();
+        self.events.changed();
     }
 
     /// Counts the firing of schedule `s` that made task `id`, taken back,
@@ -6357,16 +6354,12 @@ fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Subm
     }
 }
 
-/// Counts a refusal for a full queue and makes its `503`. With a stream
-/// subscribed it takes the store lock, so it is called without the guard
-/// (see `Shared::store`).
+/// Counts a refusal for a full queue and makes its `503`.
 fn queue_full(shared: &Shared) -> Response {
     shared.rejected.fetch_add(1, Ordering::Relaxed);
-    if shared.subscribed.load(Ordering::Relaxed) {
-        // Only with an `/events` subscriber does a refusal take the lock:
-        // its stats have changed.
-        shared.store().changed();
-    }
+    // The stats changed. Telling the event streams takes no lock of the
+    // store's, and none at all unless a stream waits to hear of it.
+    shared.events.changed();
     Response {
         retry_after: Some(shared.config.retry_after),
         ..Response::json(503, BUSY)
@@ -7103,13 +7096,43 @@ const METRICS_SIZE: usize = 2048;
 // dashboard, one page embedded in the binary, which reads the stream.
 //
 // Events are made where changes are made: under the store lock, by
-// `Store::publish`, called from the store's one choke point of change. Each
-// stream has a `Feed` there: a bounded backlog of rendered events and a
-// bell, a channel of one place that is rung when something waits. With no
-// stream open, publishing is one `is_empty` check; an idle stream is a
-// connection task asleep on its bell, costing no CPU. A stream that falls
-// behind its backlog's limits is told it lagged and ended, so a slow
-// reader costs the server a bounded amount and never slows anyone else.
+// `Store::publish`, called from the store's one choke point of change.
+// Each is rendered once and appended to the `EventLog`, one bounded ring
+// shared by every stream (the shape of a broadcast channel): each stream
+// reads it at a place of its own, filters what it reads, and writes it.
+// With no stream open, publishing is one load.
+//
+// Why a ring rather than a backlog per stream: pushing each event to
+// every stream's backlog cost every submission a lock and a copy per
+// stream, under the store lock, whether the stream read or not (with
+// 1,000 streams the 202 rate fell to a seventh in the issue's test, to
+// near nothing in the bench). Now a publisher appends once and rings only
+// the streams that wait for an event they may want: a stream waits under
+// what its filters name first (its task, label, kind or queue; see
+// `Waiting`), so an event rings a filtered stream only when it may pass,
+// and a rung stream is not rung again until it has read. An event that
+// no stream will read (every stream waits and none for it; those rung
+// since have read it or lagged) is not even rendered. So a stream that
+// stopped reading, or whose filters match nothing, costs publishing
+// nothing, however many there are.
+//
+// Lag is per stream: the ring keeps the last 1,000 events and at most 256
+// KiB of them, and a stream is told it lagged, and ends, when the ring no
+// longer has the first event it was rung for. A stream that waits has
+// read everything it may want, so what the ring overwrites meanwhile is
+// nothing it wants; once rung, it counts every event, wanted or not (an
+// unfiltered stream lags exactly 1,000 events or 256 KiB behind, as a
+// backlog of its own did). A stream whose client stopped reading costs
+// the kernel a small send buffer (`STREAM_SEND_BUFFER`) and its client's
+// receive buffer, then blocks and costs nothing, so a slow reader costs
+// the server a bounded amount and never slows anyone else.
+//
+// Waking: a stream is rung when an event it may want comes, then lets
+// more gather (`GATHER_*`) before it reads; the gatherers are rung
+// together when enough has come. The stats are a counter of changes:
+// `EventLog::changed` bumps it and rings only the streams that wait to
+// hear of the next change, with no lock at all when none does. An idle
+// stream is a connection task asleep on its bell, costing no CPU.
 
 /// How long a stream may stay silent before it says `: keep-alive`, so
 /// that proxies and clients do not take it for dead.
@@ -7118,12 +7141,14 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often at most a stream gets `stats`.
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
-/// The most events a stream's backlog holds before it is told it lagged.
-const MAX_BACKLOG_EVENTS: usize = 1000;
+/// The most events the log keeps: a stream that falls further behind is
+/// told it lagged (SPEC §11).
+const LOG_EVENTS: usize = 1000;
 
-/// The most bytes of events a stream's backlog holds before it is told it
-/// lagged: with the events, the most one subscriber can cost.
-const MAX_BACKLOG_BYTES: usize = 256 << 10;
+/// The most bytes of events the log keeps: a stream that falls further
+/// behind is told it lagged (SPEC §11). With the events' entries, the
+/// most the events cost, whatever the number of streams.
+const LOG_BYTES: usize = 256 << 10;
 
 /// The largest buffer of events a stream keeps for the next ones. One that
 /// keeps up takes a little more than `GATHER_EVENTS` or `GATHER_BYTES` at
@@ -7131,15 +7156,24 @@ const MAX_BACKLOG_BYTES: usize = 256 << 10;
 /// larger is given back rather than held for the stream's life.
 const KEPT_EVENT_BUFFER: usize = 64 << 10;
 
+/// The kernel send buffer an event stream asks for (Linux doubles it for
+/// its bookkeeping): what a client that stopped reading can make the
+/// kernel hold for it, beside its own receive buffer, before its stream
+/// blocks and costs nothing more. Left to grow, it reached 4 MiB, and a
+/// thousand such clients kept the server busy filling them; this holds
+/// a few gathers, so a reader that keeps up does not wait for it.
+const STREAM_SEND_BUFFER: usize = 128 << 10;
+
 /// How many events, or bytes of them, a stream lets gather before it
 /// writes them, and how long it waits for that many. A write is a wake-up
 /// and a read for the reader too: on a busy server, one write per few
-/// events costs both sides more than the events themselves. The bell rings
-/// again when this much waits, so a stream under load never waits out the
-/// timer (which, with every core busy, fires late) and stays far from the
-/// backlog's limits. The wait is long enough that one arming serves the
-/// gathers of the next few milliseconds (an alarm only moves earlier):
-/// arming a timer wakes the reactor's thread, and at 1 ms each gather did.
+/// events costs both sides more than the events themselves. The log rings
+/// the gatherers each time this much more has come, so a stream under
+/// load never waits out the timer (which, with every core busy, fires
+/// late) and stays far from the log's limits. The wait is long enough
+/// that one arming serves the gathers of the next few milliseconds (an
+/// alarm only moves earlier): arming a timer wakes the reactor's thread,
+/// and at 1 ms each gather did.
 const GATHER_EVENTS: usize = 128;
 const GATHER_BYTES: usize = 32 << 10;
 const GATHER_WAIT: Duration = Duration::from_millis(5);
@@ -7197,174 +7231,700 @@ impl EventFilter {
             queue,
         })
     }
-
-    /// Tells whether a task's events pass the filters.
-    fn matches(&self, task: &Task) -> bool {
-        self.id.is_none_or(|id| task.id == id)
-            && self.queue.is_none_or(|q| task.queue == q)
-            && self.kind.as_deref().is_none_or(|k| task.kind() == k)
-            && self.label.as_deref().is_none_or(|l| {
-                task.label
-                    .as_ref()
-                    .is_some_and(|t| t.as_str().as_bytes() == l)
-            })
-    }
 }
 
-/// What a stream and the store share: the events made for the stream that
-/// it has not yet taken, and a bell to wake it.
-#[derive(Debug)]
-struct Feed {
-    /// The backlog, locked by the store (under its own lock) and the stream.
-    backlog: Mutex<Backlog>,
-    /// Rung when something comes to wait, and again when enough has
-    /// gathered; a ring while one is pending is dropped.
-    bell: Sender<()>,
-    /// Where the stream waits for the bell.
-    rung: Receiver<()>,
-}
-
-/// A stream's backlog.
+/// The event log: one bounded ring of rendered `task` events that every
+/// stream reads at a place of its own, and the bells that wake streams.
+///
+/// Publishing an event is one append whatever the number of streams, and
+/// a bell for each stream waiting for an event it may want. A stream is
+/// rung once and then no more until it has read, so one that stopped
+/// reading costs publishing nothing after its first bell.
 #[derive(Debug, Default)]
-struct Backlog {
-    /// Rendered `task` events, oldest first, one after another.
-    events: Vec<u8>,
-    /// How many.
-    count: usize,
-    /// Whether the stats have changed since the stream last took.
-    changed: bool,
-    /// Whether the backlog outgrew its limits: the stream must end.
-    lagged: bool,
+struct EventLog {
+    /// The ring and the streams' places in it, locked by a publisher
+    /// (which holds the store's lock: that one is always taken first) and
+    /// by a stream (which holds no other).
+    ring: Mutex<Ring>,
+    /// How many streams are open: with none, publishing is this one load.
+    streams: AtomicUsize,
+    /// How many changes there have been (task events, pauses, refusals): a
+    /// stream owes `stats` while this differs from what its last `stats`
+    /// showed.
+    changes: AtomicU64,
+    /// Whether a stream may wait to hear of the next change: without one,
+    /// a change that makes no event ([`EventLog::changed`]) takes no lock.
+    awaited: AtomicBool,
 }
 
-impl Backlog {
-    /// Whether enough has gathered to be written at once: `GATHER_EVENTS`
-    /// or `GATHER_BYTES`, or a lag.
-    fn gathered(&self) -> bool {
-        self.count >= GATHER_EVENTS || self.events.len() >= GATHER_BYTES || self.lagged
-    }
+/// The events the log keeps, and which streams wait for what.
+#[derive(Debug, Default)]
+struct Ring {
+    /// The kept events' bytes, one after another, behind those evicted
+    /// and not yet dropped from the front (see [`Ring::compact`]).
+    bytes: Vec<u8>,
+    /// Where `bytes` starts, counted in all the bytes ever appended.
+    base: u64,
+    /// The kept events, oldest first.
+    events: VecDeque<Entry>,
+    /// The sequence number of the oldest kept event: events are numbered
+    /// in the order they happened, and the next one gets `first +
+    /// events.len()`.
+    first: u64,
+    /// The open streams, by slot; a closed stream's slot is used again.
+    slots: Vec<Option<Slot>>,
+    /// The slots not in use.
+    free: Vec<usize>,
+    /// The streams that have read all they wanted and wait for an event
+    /// they may want.
+    waiting: Waiting,
+    /// The streams that wait to hear of the next change.
+    change_waiters: Vec<usize>,
+    /// The streams letting events gather: they are rung together each
+    /// time `GATHER_EVENTS` or `GATHER_BYTES` more have come.
+    gatherers: Vec<usize>,
+    /// The events, and their bytes, appended since the gatherers were last
+    /// rung.
+    since_gather: (usize, usize),
+    /// The slots an event rings, kept to spare an allocation each.
+    woken: Vec<usize>,
+    /// The sequence numbers at which streams were rung and have not read
+    /// since, oldest first, each with how many such streams: those that
+    /// may still read what the log keeps. One whose number the log no
+    /// longer has has lagged and will read nothing more. With none, an
+    /// event that rings no stream is one no stream will read, and is not
+    /// even written.
+    readers: VecDeque<(u64, usize)>,
 }
 
-/// A stream, as the store keeps it.
+/// What the log keeps of an event beside its bytes: where they are, and
+/// what filters look at.
 #[derive(Debug)]
-struct Subscriber {
-    /// The events it wants.
-    filter: EventFilter,
-    /// Where they go.
-    feed: Arc<Feed>,
+struct Entry {
+    /// Where its bytes start, counted in all the bytes ever appended.
+    at: u64,
+    /// How many bytes it has.
+    len: usize,
+    /// Its task's number, for `?id=`.
+    id: u64,
+    /// Its task's queue, for `?queue=`.
+    queue: u8,
+    /// Where in its bytes it says its task's `task_id` and `kind`.
+    said: Said,
 }
 
-impl Feed {
-    /// Makes an empty feed.
-    fn new() -> Feed {
-        let (bell, rung) = async_channel::bounded(1);
-        Feed {
-            backlog: Mutex::new(Backlog::default()),
-            bell,
-            rung,
+/// Where a `task` event says its task's `task_id` and `kind`, as JSON:
+/// offsets into the event. `?task_id=` and `?kind=` compare those bytes
+/// with their own value written the same way, so the log keeps no copy
+/// of a label.
+#[derive(Debug)]
+struct Said {
+    /// The `task_id` member's value: `"…"` or `null`.
+    label: Range<usize>,
+    /// The `kind` member's value.
+    kind: Range<usize>,
+}
+
+/// A stream, as the log keeps it.
+#[derive(Debug)]
+struct Slot {
+    /// Rings the stream's bell; a ring while one is pending is dropped.
+    bell: Sender<()>,
+    /// Where it waits in [`Ring::waiting`].
+    key: WaitKey,
+    /// The first event since it last read that it may want, once one has
+    /// come. Until then it waits in [`Ring::waiting`], which is how it
+    /// knows that every event since it last read is one it does not want,
+    /// and need not read them.
+    woke: Option<u64>,
+    /// Whether it is in [`Ring::change_waiters`].
+    awaits_change: bool,
+    /// Whether it is in [`Ring::gatherers`].
+    gathers: bool,
+}
+
+/// Where a stream waits for events: under the first thing its filters
+/// name of the task, id, label, kind or queue, or with those that want
+/// every event.
+#[derive(Debug)]
+enum WaitKey {
+    /// No filter.
+    All,
+    /// `?id=`.
+    Id(u64),
+    /// `?task_id=` (and no `?id=`).
+    Label(Box<[u8]>),
+    /// `?kind=` (and neither of those).
+    Kind(Box<str>),
+    /// `?queue=` alone.
+    Queue(u8),
+}
+
+/// The streams waiting for an event they may want, by [`WaitKey`]: an
+/// event looks up its task's id, label, kind and queue, so it rings only
+/// the streams that may want it, however many others wait. One it rings
+/// may still not want it (`?task_id=a&queue=b`, a task `a` in another
+/// queue): that stream reads, finds nothing, and waits again.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Streams without filters.
+    all: Vec<usize>,
+    /// By `?id=`.
+    id: HashMap<u64, Vec<usize>>,
+    /// By `?task_id=`.
+    label: HashMap<Box<[u8]>, Vec<usize>>,
+    /// By `?kind=`.
+    kind: HashMap<Box<str>, Vec<usize>>,
+    /// By `?queue=`.
+    queue: HashMap<u8, Vec<usize>>,
+}
+
+/// What a stream's [`Subscription::take`] did.
+#[derive(Debug, PartialEq)]
+enum Taken {
+    /// Read what came, perhaps nothing.
+    Read,
+    /// Took nothing: too little has come, and the stream waits for more
+    /// among the gatherers.
+    Gathering,
+    /// Took nothing: the log no longer has all the stream had not read.
+    Lagged,
+}
+
+/// A stream's place in the log, given up when it is dropped, however the
+/// stream ends.
+#[derive(Debug)]
+struct Subscription<'a> {
+    /// The log.
+    log: &'a EventLog,
+    /// Its slot there.
+    slot: usize,
+    /// Where it waits for its bell.
+    rung: Receiver<()>,
+    /// Its filters, as it applies them to the events it reads.
+    wants: Wants,
+}
+
+/// A stream's filters as it applies them to the log's events.
+#[derive(Debug)]
+struct Wants {
+    /// `?id=`.
+    id: Option<u64>,
+    /// `?queue=`.
+    queue: Option<u8>,
+    /// `?kind=`, written as an event writes a kind.
+    kind: Option<Vec<u8>>,
+    /// `?task_id=`, written as an event writes a label; empty if it is not
+    /// UTF-8, which no label is: an event writes none empty (`"…"` or
+    /// `null`), so it matches none.
+    label: Option<Vec<u8>>,
+}
+
+impl EventLog {
+    /// Locks the ring; a poisoned lock is used as it is, as the store's is.
+    fn ring(&self) -> MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Tells whether any stream is open: publishing need not render.
+    fn open(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) > 0
+    }
+
+    /// Returns how many changes there have been.
+    fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Appends a task's event for its change at `at` and rings the streams
+    /// that may want it, those waiting to hear of a change, and the
+    /// gatherers when enough has come. Called under the store's lock, in
+    /// the order the changes happen; with no stream open, it is not.
+    fn publish(&self, task: &Task, names: Names, at: u64) {
+        let mut ring = self.ring();
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        ring.publish(task, names, at);
+        self.awaited.store(false, Ordering::SeqCst);
+    }
+
+    /// Tells the streams that the stats changed without a task event (a
+    /// pause, a refusal). Takes no lock unless a stream waits to hear of
+    /// it, and then only the log's: it may be called under the store's
+    /// lock or without it.
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        // With `SeqCst` on both sides, either this sees a stream's flag or
+        // that stream sees this change (see [`Subscription::await_change`]).
+        if self.awaited.load(Ordering::SeqCst) {
+            let mut ring = self.ring();
+            ring.ring_change_waiters();
+            self.awaited.store(false, Ordering::SeqCst);
         }
     }
 
-    /// Locks the backlog; a poisoned lock is used as it is, as the
-    /// store's is.
-    fn backlog(&self) -> MutexGuard<'_, Backlog> {
-        self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Opens a stream's place in the log, at its end: the stream is told
+    /// of events from now on, those `filter` lets through.
+    fn subscribe(&self, filter: &EventFilter) -> Subscription<'_> {
+        let (bell, rung) = async_channel::bounded(1);
+        let key = WaitKey::of(filter);
+        let mut ring = self.ring();
+        let slot = ring.free.pop().unwrap_or(ring.slots.len());
+        ring.waiting.add(&key, slot);
+        let kept = Some(Slot {
+            bell,
+            key,
+            woke: None,
+            awaits_change: false,
+            gathers: false,
+        });
+        match ring.slots.get_mut(slot) {
+            Some(free) => *free = kept,
+            None => ring.slots.push(kept),
+        }
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        Subscription {
+            log: self,
+            slot,
+            rung,
+            wants: Wants::new(filter),
+        }
     }
 
-    /// Adds an event (`None`: only the stats changed), ringing when
-    /// nothing waited before and when enough has gathered: the stream
-    /// takes all that waits at once. Past the backlog's limits the backlog
-    /// is dropped and the stream marked as lagged: it is told so, and ends.
-    fn push(&self, event: Option<&[u8]>) {
-        let mut backlog = self.backlog();
-        let (gathered, mut ring) = (backlog.gathered(), !backlog.changed);
-        backlog.changed = true;
-        if let Some(event) = event
-            && !backlog.lagged
-        {
-            if backlog.count == MAX_BACKLOG_EVENTS
-                || backlog.events.len() + event.len() > MAX_BACKLOG_BYTES
-            {
-                *backlog = Backlog {
-                    changed: true,
-                    lagged: true,
-                    ..Backlog::default()
-                };
-            } else {
-                backlog.events.extend_from_slice(event);
-                backlog.count += 1;
+    /// Closes the stream in `slot`: it is taken out of every list it waits
+    /// in. The last stream to close empties the log: with none open,
+    /// nothing is appended, and what it kept would never be read.
+    fn unsubscribe(&self, slot: usize) {
+        let mut ring = self.ring();
+        let Some(kept) = ring.slots.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        match kept.woke {
+            None => ring.waiting.remove(&kept.key, slot),
+            Some(from) => ring.read_from(from),
+        }
+        if kept.awaits_change {
+            ring.change_waiters.retain(|&s| s != slot);
+        }
+        if kept.gathers {
+            ring.gatherers.retain(|&s| s != slot);
+        }
+        ring.free.push(slot);
+        if self.streams.fetch_sub(1, Ordering::SeqCst) == 1 {
+            ring.clear();
+        }
+    }
+}
+
+impl Ring {
+    /// Returns the sequence number the next event gets.
+    fn head(&self) -> u64 {
+        self.first + self.events.len() as u64
+    }
+
+    /// Appends a task's event and rings whom it concerns (see
+    /// [`EventLog::publish`]). When every stream waits and none may want
+    /// it, and none rung before is still reading, no stream will ever read
+    /// it: it is not even written.
+    fn publish(&mut self, task: &Task, names: Names, at: u64) {
+        self.ring_change_waiters();
+        let mut woken = std::mem::take(&mut self.woken);
+        self.waiting.take_for(task, &mut woken);
+        if woken.is_empty() && self.readers.is_empty() {
+            self.woken = woken;
+            return;
+        }
+        let (seq, len) = self.append(task, names, at);
+        if !woken.is_empty() && seq >= self.first {
+            self.readers.push_back((seq, woken.len()));
+        }
+        for k in woken.drain(..) {
+            if let Some(Some(slot)) = self.slots.get_mut(k) {
+                slot.woke = Some(seq);
+                slot.ring();
             }
         }
-        ring |= !gathered && backlog.gathered();
-        drop(backlog);
-        if ring {
-            // Closed cannot happen while the feed is shared.
-            let _ = self.bell.try_send(());
+        self.woken = woken;
+        self.since_gather.0 += 1;
+        self.since_gather.1 += len;
+        if self.since_gather.0 >= GATHER_EVENTS || self.since_gather.1 >= GATHER_BYTES {
+            self.since_gather = (0, 0);
+            for k in self.gatherers.drain(..) {
+                if let Some(Some(slot)) = self.slots.get_mut(k) {
+                    slot.gathers = false;
+                    slot.ring();
+                }
+            }
         }
     }
 
-    /// Whether a stream should write what waits now rather than let more
-    /// gather.
-    fn gathered(&self) -> bool {
-        self.backlog().gathered()
+    /// Appends a task's event, evicting the oldest past `LOG_EVENTS` or
+    /// `LOG_BYTES`; returns its sequence number and length. An event
+    /// larger than `LOG_BYTES` alone evicts every other and is not kept
+    /// either: a stream that wants it lags.
+    fn append(&mut self, task: &Task, names: Names, at: u64) -> (u64, usize) {
+        let seq = self.head();
+        let start = self.bytes.len();
+        let said = write_task_event(&mut self.bytes, task, names, at);
+        let len = self.bytes.len() - start;
+        let entry = Entry {
+            at: self.base + start as u64,
+            len,
+            id: task.id,
+            queue: task.queue,
+            said,
+        };
+        let end = entry.at + len as u64;
+        while self.events.len() >= LOG_EVENTS
+            || self
+                .events
+                .front()
+                .is_some_and(|oldest| end - oldest.at > LOG_BYTES as u64)
+        {
+            self.events.pop_front();
+            self.first += 1;
+        }
+        if len > LOG_BYTES {
+            self.bytes.truncate(start);
+            self.first += 1;
+        } else {
+            self.events.push_back(entry);
+        }
+        while self
+            .readers
+            .front()
+            .is_some_and(|&(from, _)| from < self.first)
+        {
+            self.readers.pop_front();
+        }
+        self.compact();
+        (seq, len)
     }
 
-    /// Takes what waits into `taken`, whose emptied buffer the backlog
-    /// keeps for the next events: a stream that keeps up allocates nothing
-    /// for them. A buffer a burst made large is given back instead.
-    fn take(&self, taken: &mut Backlog) {
-        taken.events.clear();
-        if taken.events.capacity() > KEPT_EVENT_BUFFER {
-            taken.events = Vec::new();
+    /// Counts out a stream rung at `from` that has read (or closed): it no
+    /// longer holds the events from `from` on. One that lagged was counted
+    /// out when its event was evicted.
+    fn read_from(&mut self, from: u64) {
+        if let Ok(at) = self.readers.binary_search_by_key(&from, |&(seq, _)| seq)
+            && let Some((_, count)) = self.readers.get_mut(at)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.readers.remove(at);
+            }
         }
-        let mut backlog = self.backlog();
-        std::mem::swap(&mut backlog.events, &mut taken.events);
-        taken.count = std::mem::take(&mut backlog.count);
-        taken.changed = std::mem::take(&mut backlog.changed);
-        taken.lagged = std::mem::take(&mut backlog.lagged);
+    }
+
+    /// Drops the evicted bytes from the front once there are `LOG_BYTES`
+    /// of them: each byte is moved at most about once, and the buffer
+    /// stays under about twice `LOG_BYTES` and one event.
+    fn compact(&mut self) {
+        let end = self.base + self.bytes.len() as u64;
+        let kept = self.events.front().map_or(end, |oldest| oldest.at);
+        let dead = (kept - self.base) as usize;
+        if dead >= LOG_BYTES || kept == end {
+            self.bytes.drain(..dead);
+            self.base = kept;
+        }
+    }
+
+    /// Forgets every event, keeping the numbering, and gives back the
+    /// buffers: the last stream has closed.
+    fn clear(&mut self) {
+        self.first = self.head();
+        self.base += self.bytes.len() as u64;
+        *self = Ring {
+            first: self.first,
+            base: self.base,
+            ..Ring::default()
+        };
+    }
+
+    /// Tells whether what came from sequence number `from` on is enough to
+    /// be written at once, `GATHER_EVENTS` or `GATHER_BYTES`, or is no
+    /// longer all kept.
+    fn gathered(&self, from: u64) -> bool {
+        let Some(skip) = from.checked_sub(self.first) else {
+            return true;
+        };
+        let end = self.base + self.bytes.len() as u64;
+        let skip = skip as usize;
+        self.events.len().saturating_sub(skip) >= GATHER_EVENTS
+            || self
+                .events
+                .get(skip)
+                .is_some_and(|e| end - e.at >= GATHER_BYTES as u64)
+    }
+
+    /// Appends to `out` the events from sequence number `from` on that
+    /// `wants` lets through; returns false, having appended nothing, if
+    /// some are no longer kept: the reader lagged.
+    fn read(&self, from: u64, wants: &Wants, out: &mut Vec<u8>) -> bool {
+        let Some(skip) = from.checked_sub(self.first) else {
+            return false;
+        };
+        let skip = (skip as usize).min(self.events.len());
+        let start = |e: &Entry| (e.at - self.base) as usize;
+        if wants.everything() {
+            // They are one after another, to the end of the bytes.
+            if let Some(e) = self.events.get(skip) {
+                out.extend_from_slice(self.bytes.get(start(e)..).unwrap_or_default());
+            }
+            return true;
+        }
+        for e in self.events.range(skip..) {
+            let event = self
+                .bytes
+                .get(start(e)..start(e) + e.len)
+                .unwrap_or_default();
+            if wants.passes(e, event) {
+                out.extend_from_slice(event);
+            }
+        }
+        true
+    }
+
+    /// Rings the streams waiting to hear of the next change.
+    fn ring_change_waiters(&mut self) {
+        for k in self.change_waiters.drain(..) {
+            if let Some(Some(slot)) = self.slots.get_mut(k) {
+                slot.awaits_change = false;
+                slot.ring();
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Rings the stream's bell.
+    fn ring(&self) {
+        // Full: a ring is pending, which is all the stream needs. Closed
+        // cannot happen: the stream holds the other end until it closes
+        // its slot.
+        let _ = self.bell.try_send(());
+    }
+}
+
+impl WaitKey {
+    /// Returns where a stream with `filter` waits.
+    fn of(filter: &EventFilter) -> WaitKey {
+        match filter {
+            EventFilter { id: Some(id), .. } => WaitKey::Id(*id),
+            EventFilter { label: Some(l), .. } => WaitKey::Label(l.clone()),
+            EventFilter { kind: Some(k), .. } => WaitKey::Kind(k.clone()),
+            EventFilter { queue: Some(q), .. } => WaitKey::Queue(*q),
+            _ => WaitKey::All,
+        }
+    }
+}
+
+impl Waiting {
+    /// Adds the stream in `slot` where `key` says.
+    fn add(&mut self, key: &WaitKey, slot: usize) {
+        match key {
+            WaitKey::All => self.all.push(slot),
+            WaitKey::Id(id) => self.id.entry(*id).or_default().push(slot),
+            WaitKey::Label(label) => match self.label.get_mut(label) {
+                Some(list) => list.push(slot),
+                None => drop(self.label.insert(label.clone(), vec![slot])),
+            },
+            WaitKey::Kind(kind) => match self.kind.get_mut(kind) {
+                Some(list) => list.push(slot),
+                None => drop(self.kind.insert(kind.clone(), vec![slot])),
+            },
+            WaitKey::Queue(q) => self.queue.entry(*q).or_default().push(slot),
+        }
+    }
+
+    /// Takes the stream in `slot` out from where `key` says.
+    fn remove(&mut self, key: &WaitKey, slot: usize) {
+        /// Takes `slot` out of `map`'s list under `k`, and the list out of
+        /// `map` if that empties it.
+        fn remove_from<K, Q>(map: &mut HashMap<K, Vec<usize>>, k: &Q, slot: usize)
+        where
+            K: std::borrow::Borrow<Q> + Eq + std::hash::Hash,
+            Q: Eq + std::hash::Hash + ?Sized,
+        {
+            if let Some(list) = map.get_mut(k) {
+                list.retain(|&s| s != slot);
+                if list.is_empty() {
+                    map.remove(k);
+                }
+            }
+        }
+        match key {
+            WaitKey::All => self.all.retain(|&s| s != slot),
+            WaitKey::Id(id) => remove_from(&mut self.id, id, slot),
+            WaitKey::Label(label) => remove_from(&mut self.label, &**label, slot),
+            WaitKey::Kind(kind) => remove_from(&mut self.kind, &**kind, slot),
+            WaitKey::Queue(q) => remove_from(&mut self.queue, q, slot),
+        }
+    }
+
+    /// Moves into `woken` the streams that may want `task`'s event: a
+    /// lookup for each kind of key some stream waits under.
+    fn take_for(&mut self, task: &Task, woken: &mut Vec<usize>) {
+        woken.append(&mut self.all);
+        let mut take = |list: Option<Vec<usize>>| {
+            if let Some(mut list) = list {
+                woken.append(&mut list);
+            }
+        };
+        if !self.id.is_empty() {
+            take(self.id.remove(&task.id));
+        }
+        if !self.label.is_empty()
+            && let Some(label) = &task.label
+        {
+            take(self.label.remove(label.as_str().as_bytes()));
+        }
+        if !self.kind.is_empty() {
+            take(self.kind.remove(task.kind()));
+        }
+        if !self.queue.is_empty() {
+            take(self.queue.remove(&task.queue));
+        }
+    }
+}
+
+impl Subscription<'_> {
+    /// Takes into `taken` (emptied first) the events that came since the
+    /// stream last took, those its filters let through. With `gather`, if
+    /// less than a gather's worth has come it takes nothing and waits among
+    /// the gatherers for more. Either way it starts waiting again for an
+    /// event it may want once it has taken.
+    fn take(&self, taken: &mut Vec<u8>, gather: bool) -> Taken {
+        taken.clear();
+        // A stream that keeps up allocates nothing for its events; a
+        // buffer a burst made large is given back.
+        if taken.capacity() > KEPT_EVENT_BUFFER {
+            *taken = Vec::new();
+        }
+        let mut guard = self.log.ring();
+        let ring = &mut *guard;
+        // Still waiting: nothing it may want has come.
+        let Some(Some(Slot {
+            woke: Some(from), ..
+        })) = ring.slots.get(self.slot)
+        else {
+            return Taken::Read;
+        };
+        let from = *from;
+        if gather && !ring.gathered(from) {
+            if let Some(Some(slot)) = ring.slots.get_mut(self.slot)
+                && !slot.gathers
+            {
+                slot.gathers = true;
+                ring.gatherers.push(self.slot);
+            }
+            return Taken::Gathering;
+        }
+        let read = ring.read(from, &self.wants, taken);
+        if let Some(Some(slot)) = ring.slots.get_mut(self.slot) {
+            slot.woke = None;
+            ring.waiting.add(&slot.key, self.slot);
+            ring.read_from(from);
+        }
+        if read { Taken::Read } else { Taken::Lagged }
+    }
+
+    /// Asks to be rung at the next change, unless there has been one since
+    /// `seen`; returns whether there has.
+    fn await_change(&self, seen: u64) -> bool {
+        if self.log.changes() != seen {
+            return true;
+        }
+        {
+            let mut guard = self.log.ring();
+            let ring = &mut *guard;
+            if let Some(Some(slot)) = ring.slots.get_mut(self.slot)
+                && !slot.awaits_change
+            {
+                slot.awaits_change = true;
+                ring.change_waiters.push(self.slot);
+            }
+            self.log.awaited.store(true, Ordering::SeqCst);
+        }
+        // A change made between the first look and the flag did not see
+        // the flag: look again.
+        self.log.changes() != seen
+    }
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        self.log.unsubscribe(self.slot);
+    }
+}
+
+impl Wants {
+    /// Makes a stream's filters ready to apply.
+    fn new(filter: &EventFilter) -> Wants {
+        let json = |s: &str| {
+            let mut out = Vec::new();
+            write_json_str(&mut out, s);
+            out
+        };
+        Wants {
+            id: filter.id,
+            queue: filter.queue,
+            kind: filter.kind.as_deref().map(json),
+            label: filter
+                .label
+                .as_deref()
+                .map(|l| std::str::from_utf8(l).map_or_else(|_| Vec::new(), json)),
+        }
+    }
+
+    /// Tells whether it lets every event through.
+    fn everything(&self) -> bool {
+        self.id.is_none() && self.queue.is_none() && self.kind.is_none() && self.label.is_none()
+    }
+
+    /// Tells whether it lets `event`, kept as `entry`, through.
+    fn passes(&self, entry: &Entry, event: &[u8]) -> bool {
+        let says = |at: &Range<usize>, value: &[u8]| event.get(at.clone()) == Some(value);
+        self.id.is_none_or(|id| entry.id == id)
+            && self.queue.is_none_or(|q| entry.queue == q)
+            && self
+                .kind
+                .as_deref()
+                .is_none_or(|k| says(&entry.said.kind, k))
+            && self
+                .label
+                .as_deref()
+                .is_none_or(|l| says(&entry.said.label, l))
     }
 }
 
 // The events' side of `Store`; the rest of its impl is in section 2.
 impl Store {
-    /// Tells every stream that the task at index `i` changed: its `task`
-    /// event is rendered once and copied to the streams whose filters it
-    /// passes, and the others learn that the stats changed. `at` is when
-    /// the change happened (ms since the epoch), read once by the change.
+    /// Tells the event streams that the task at index `i` changed: its
+    /// `task` event is rendered once, into the log. `at` is when the change
+    /// happened (ms since the epoch), read once by the change.
     fn publish(&mut self, i: usize, at: u64) {
-        if self.subscribers.is_empty() {
+        if !self.events.open() {
             return;
         }
-        let mut buf = std::mem::take(&mut self.event_buf);
-        buf.clear();
         let task = &self.tasks[i];
-        for subscriber in &self.subscribers {
-            let wanted = subscriber.filter.matches(task);
-            if wanted && buf.is_empty() {
-                write_task_event(&mut buf, task, self.names(task), at);
-            }
-            subscriber.feed.push(wanted.then_some(&buf[..]));
-        }
-        self.event_buf = buf;
-    }
-
-    /// Tells every stream that the stats changed.
-    fn changed(&mut self) {
-        for subscriber in &self.subscribers {
-            subscriber.feed.push(None);
-        }
+        self.events.publish(task, self.names(task), at);
     }
 }
 
 /// Appends a task's `task` event for its change at `at`: `event:` and
-/// `data:` lines, and the blank line that ends it.
-fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names, at: u64) {
+/// `data:` lines, and the blank line that ends it. Returns where in it it
+/// says the task's label and kind.
+fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names, at: u64) -> Said {
+    let start = out.len();
     out.extend_from_slice(b"event: task\ndata: {\"id\": ");
     names.id.write_json(out);
     out.extend_from_slice(b", \"task_id\": ");
+    let label = out.len() - start;
     write_json_opt(out, task.label.as_ref().map(Text::as_str));
+    let label = label..out.len() - start;
     out.extend_from_slice(b", \"kind\": ");
+    let kind = out.len() - start;
     write_json_str(out, task.kind());
+    let kind = kind..out.len() - start;
     out.extend_from_slice(b", \"queue\": ");
     write_json_str(out, names.queue);
     out.extend_from_slice(b", \"state\": \"");
@@ -7376,6 +7936,7 @@ fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names, at: u64) {
     out.extend_from_slice(b", \"at\": ");
     write_timestamp(out, at);
     out.extend_from_slice(b"}\n\n");
+    Said { label, kind }
 }
 
 /// Appends the `stats` event: counts, queues and the counters.
@@ -8069,36 +8630,37 @@ impl Connection {
         // A stream is not a request in flight: shutdown ends it rather
         // than waits for it.
         self.busy = None;
-        let feed = Arc::new(Feed::new());
-        {
-            let mut store = shared.store();
-            store.subscribers.push(Subscriber {
-                filter,
-                feed: feed.clone(),
-            });
-            shared.subscribed.store(true, Ordering::Relaxed);
-        }
-        let _unsubscribe = Unsubscribe(shared, &feed);
+        // Without it the stream works as well; it only costs more when its
+        // client stops reading.
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(
+            self.stream.get_ref(),
+            STREAM_SEND_BUFFER,
+        );
         let events = Events {
             chunked: !head.http10,
-            feed: &feed,
+            subscription: shared.events.subscribe(&filter),
         };
         self.stream_events(shared, events).await.map(|()| false)
     }
 
     /// Streams events until shutdown, a lag or the client ends it.
     async fn stream_events(&mut self, shared: &Shared, events: Events<'_>) -> Result<(), Close> {
+        let subscription = &events.subscription;
         let mut frame = Vec::with_capacity(1024);
+        // The changes the first `stats` shows at least: counted before it
+        // is made, so that one made meanwhile is owed.
+        let mut seen = shared.events.changes();
         write_stats_event(&mut frame, shared);
         events.write(&mut self.out, &frame);
         self.flush(shared).await?;
         let (mut last_stats, mut last_write) = (Instant::now(), Instant::now());
-        let mut changed = false;
         // Whether events wait for more to gather (`GATHER_EVENTS`,
         // `GATHER_BYTES`, `GATHER_WAIT`).
         let mut gathering = false;
-        let mut backlog = Backlog::default();
+        let mut taken = Vec::new();
         loop {
+            // With no `stats` owed, it asks to hear of the next change.
+            let changed = subscription.await_change(seen);
             let keep_alive = last_write + KEEP_ALIVE;
             let until = match (gathering, changed) {
                 (true, _) => Instant::now() + GATHER_WAIT,
@@ -8109,7 +8671,7 @@ impl Connection {
             let (stream, idle) = (&self.stream, &mut self.idle);
             let wake = {
                 let rung = async {
-                    let _ = events.feed.rung.recv().await;
+                    let _ = subscription.rung.recv().await;
                     Wake::Rung
                 };
                 let timer = async {
@@ -8127,29 +8689,34 @@ impl Connection {
                 // Shutdown wins a tie: the stream says so and ends.
                 future::or(shutdown, future::or(rung, future::or(timer, gone))).await
             };
-            let mut lagged = false;
-            match wake {
+            let lagged = match wake {
                 Wake::Shutdown => return self.end_events(shared, &events, "shutdown").await,
                 Wake::Gone => return Err(Close::Gone),
-                Wake::Rung if !gathering && !events.feed.gathered() => {
-                    gathering = true;
-                    continue;
-                }
-                Wake::Timer if !gathering => {}
+                // A bell: events came, and let more gather unless enough
+                // did; or the stats changed, and nothing is read. The
+                // timer: a gather is over, or `stats` or a keep-alive may
+                // be due (and what came meanwhile is read).
                 Wake::Rung | Wake::Timer => {
-                    gathering = false;
-                    events.feed.take(&mut backlog);
-                    events.write(&mut self.out, &backlog.events);
-                    changed |= backlog.changed;
-                    lagged = backlog.lagged;
+                    match subscription.take(&mut taken, matches!(wake, Wake::Rung)) {
+                        Taken::Gathering => {
+                            gathering = true;
+                            continue;
+                        }
+                        read => {
+                            gathering = false;
+                            events.write(&mut self.out, &taken);
+                            read == Taken::Lagged
+                        }
+                    }
                 }
-            }
+            };
             let now = Instant::now();
-            if changed && now >= last_stats + STATS_EVERY {
+            if now >= last_stats + STATS_EVERY && shared.events.changes() != seen {
+                seen = shared.events.changes();
                 frame.clear();
                 write_stats_event(&mut frame, shared);
                 events.write(&mut self.out, &frame);
-                (changed, last_stats) = (false, now);
+                last_stats = now;
             }
             if lagged {
                 return self.end_events(shared, &events, "lagged").await;
@@ -8554,8 +9121,8 @@ struct Events<'a> {
     /// Whether the body is chunked (HTTP/1.1); an HTTP/1.0 stream ends when
     /// the connection closes.
     chunked: bool,
-    /// Where the store leaves the stream's events.
-    feed: &'a Feed,
+    /// The stream's place in the event log.
+    subscription: Subscription<'a>,
 }
 
 impl Events<'_> {
@@ -8587,19 +9154,6 @@ enum Wake {
     Shutdown,
     /// The client closed the connection.
     Gone,
-}
-
-/// Removes a stream's feed from the store when the stream ends, however
-/// it ends.
-struct Unsubscribe<'a>(&'a Shared, &'a Arc<Feed>);
-
-impl Drop for Unsubscribe<'_> {
-    fn drop(&mut self) {
-        let mut store = self.0.store();
-        store.subscribers.retain(|s| !Arc::ptr_eq(&s.feed, self.1));
-        let any = !store.subscribers.is_empty();
-        self.0.subscribed.store(any, Ordering::Relaxed);
-    }
 }
 
 /// Appends the head of an event stream: no `Content-Length`, chunked for
@@ -9138,6 +9692,7 @@ fn build_shared(
         progress
     });
     let shared = Arc::new(Shared {
+        events: store.events.clone(),
         store: Mutex::new(store),
         config,
         queues,
@@ -9145,7 +9700,6 @@ fn build_shared(
         grace_over: Trigger::new(),
         responses: StatusCounts::new(),
         rejected: AtomicU64::new(0),
-        subscribed: std::sync::atomic::AtomicBool::new(false),
         journal,
     });
     (shared, due_rx, writer)
@@ -10425,78 +10979,299 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_feed_rings_for_what_waits_and_lags_past_its_limits() {
-        let feed = Feed::new();
-        let mut taken = Backlog::default();
-        // Changes ring the bell, and one take has all that waited.
-        feed.push(Some(b"one\n\n"));
-        feed.push(None);
-        feed.push(Some(b"two\n\n"));
-        assert_eq!(feed.rung.len(), 1);
-        let _ = feed.rung.try_recv();
-        feed.take(&mut taken);
-        assert_eq!(
-            (&taken.events[..], taken.count, taken.changed, taken.lagged),
-            (&b"one\n\ntwo\n\n"[..], 2, true, false)
-        );
-        feed.take(&mut taken);
-        assert_eq!((taken.count, taken.changed), (0, false));
-        // After a take, the next change rings again.
-        feed.push(None);
-        assert_eq!(feed.rung.len(), 1);
-        let _ = feed.rung.try_recv();
-        feed.take(&mut taken);
-        // It rings again when enough wait to be written together.
-        feed.push(Some(b"e\n\n"));
-        let _ = feed.rung.try_recv();
-        for _ in 1..GATHER_EVENTS {
-            assert!(!feed.gathered() && feed.rung.is_empty());
-            feed.push(Some(b"e\n\n"));
-        }
-        assert!(feed.gathered() && feed.rung.len() == 1);
-        let _ = feed.rung.try_recv();
-        feed.take(&mut taken);
-        assert_eq!(taken.count, GATHER_EVENTS);
-        // Or when enough bytes do.
-        let half = vec![b'x'; GATHER_BYTES / 2];
-        feed.push(Some(&half));
-        let _ = feed.rung.try_recv();
-        assert!(!feed.gathered());
-        feed.push(Some(&half));
-        assert!(feed.gathered() && feed.rung.len() == 1);
-        let _ = feed.rung.try_recv();
-        feed.take(&mut taken);
-        assert_eq!(taken.count, 2);
+    /// Publishes to `log` the event of a new task numbered `id` with the
+    /// label `label`.
+    fn publish_task(log: &EventLog, id: u64, label: &str) {
+        let task = Task::from_new(id, new_task(label, 0), State::Queued);
+        let names = Names {
+            id: TaskId { node: "", num: id },
+            queue: "default",
+            schedule: None,
+        };
+        log.publish(&task, names, 0);
+    }
 
-        // One event more than the backlog holds, by count and by bytes. The
-        // bell rang when enough had gathered; the take finds the lag.
-        let small = [b'x'; 10];
-        let large = vec![b'x'; MAX_BACKLOG_BYTES / 4 + 1];
-        for (event, fit) in [(&small[..], MAX_BACKLOG_EVENTS), (&large[..], 3)] {
+    /// Tells whether a stream's bell rang, and silences it.
+    fn rang(subscription: &Subscription) -> bool {
+        subscription.rung.try_recv().is_ok()
+    }
+
+    /// Returns the labels of the `task` events in `bytes`, in order.
+    fn labels(bytes: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(bytes).unwrap();
+        text.split_terminator("\n\n")
+            .map(|event| {
+                let data = event.strip_prefix("event: task\ndata: ").unwrap();
+                let v: serde_json::Value = serde_json::from_str(data).unwrap();
+                v["task_id"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    }
+
+    /// A filter with only `?task_id=label`.
+    fn label_filter(label: &[u8]) -> EventFilter {
+        EventFilter {
+            label: Some(label.into()),
+            ..EventFilter::default()
+        }
+    }
+
+    #[test]
+    fn the_log_rings_a_stream_for_what_it_may_want_and_lets_events_gather() {
+        let log = EventLog::default();
+        let all = log.subscribe(&EventFilter::default());
+        let only_b = log.subscribe(&label_filter(b"b"));
+        let mut taken = Vec::new();
+        publish_task(&log, 1, "a");
+        assert!(rang(&all));
+        assert!(!rang(&only_b), "an event it does not want rings it");
+        // Too little to write yet: it gathers, and the gatherers are rung
+        // once a gather's worth has come.
+        assert_eq!(all.take(&mut taken, true), Taken::Gathering);
+        for id in 2..=GATHER_EVENTS as u64 {
+            assert!(!rang(&all), "{id}");
+            publish_task(&log, id, "a");
+        }
+        assert!(rang(&all));
+        assert_eq!(all.take(&mut taken, true), Taken::Read);
+        assert_eq!(labels(&taken), vec!["a"; GATHER_EVENTS]);
+        // Having read, each is rung by the next event it may want, once.
+        publish_task(&log, 200, "b");
+        publish_task(&log, 201, "a");
+        publish_task(&log, 202, "b");
+        assert!(rang(&all) && rang(&only_b));
+        assert!(!rang(&all) && !rang(&only_b));
+        assert_eq!(only_b.take(&mut taken, false), Taken::Read);
+        assert_eq!(labels(&taken), ["b", "b"]);
+        assert_eq!(all.take(&mut taken, false), Taken::Read);
+        assert_eq!(labels(&taken), ["b", "a", "b"]);
+        // Nothing since: a take reads nothing.
+        assert_eq!(all.take(&mut taken, true), Taken::Read);
+        assert!(taken.is_empty());
+    }
+
+    #[test]
+    fn an_event_no_stream_may_read_is_not_written() {
+        let log = EventLog::default();
+        let only_b = log.subscribe(&label_filter(b"b"));
+        let mut taken = Vec::new();
+        publish_task(&log, 1, "a");
+        assert_eq!(log.ring().head(), 0);
+        // Once a stream has been rung, it may read what comes next.
+        publish_task(&log, 2, "b");
+        publish_task(&log, 3, "a");
+        assert!(rang(&only_b));
+        assert_eq!(log.ring().head(), 2);
+        assert_eq!(only_b.take(&mut taken, false), Taken::Read);
+        assert_eq!(labels(&taken), ["b"]);
+        // Having read, it waits again.
+        publish_task(&log, 4, "a");
+        assert!(!rang(&only_b));
+        assert_eq!(log.ring().head(), 2);
+        // A stream that stopped reading holds the events from its bell on,
+        // until the log no longer has that one: it lagged, and needs none.
+        let stalled = log.subscribe(&EventFilter::default());
+        for id in 5..5 + LOG_EVENTS as u64 {
+            publish_task(&log, id, "a");
+        }
+        assert_eq!(log.ring().head(), 2 + LOG_EVENTS as u64);
+        publish_task(&log, 5000, "a");
+        publish_task(&log, 5001, "a");
+        assert_eq!(log.ring().head(), 3 + LOG_EVENTS as u64);
+        assert_eq!(stalled.take(&mut taken, false), Taken::Lagged);
+        assert!(log.ring().readers.is_empty());
+    }
+
+    #[test]
+    fn a_stream_lags_when_the_log_no_longer_has_what_it_had_not_read() {
+        // Events small enough that the count is the limit, then events
+        // large enough that the bytes are: three fit in `LOG_BYTES`.
+        for (label, fit) in [(1, LOG_EVENTS), (LOG_BYTES / 4, 3)] {
+            let label = "x".repeat(label);
+            let log = EventLog::default();
+            let reader = log.subscribe(&EventFilter::default());
+            let stalled = log.subscribe(&EventFilter::default());
+            let elsewhere = log.subscribe(&label_filter(b"y"));
+            let mut taken = Vec::new();
+            let mut id = 0;
+            let mut publish = |reader_takes: bool, taken: &mut Vec<u8>| {
+                id += 1;
+                publish_task(&log, id, &label);
+                if reader_takes {
+                    assert_eq!(reader.take(taken, false), Taken::Read);
+                    assert_eq!(labels(taken).len(), 1);
+                }
+            };
+            // As many as the log holds since it last read: it has them all.
             for _ in 0..fit {
-                feed.push(Some(event));
+                publish(true, &mut taken);
             }
-            feed.take(&mut taken);
-            assert_eq!((taken.count, taken.lagged), (fit, false));
+            assert_eq!(stalled.take(&mut taken, false), Taken::Read);
+            assert_eq!(labels(&taken).len(), fit, "{}", label.len());
+            // One more than the log holds: it lagged; a reader that keeps
+            // up did not, nor did a stream that wants none of them.
             for _ in 0..=fit {
-                feed.push(Some(event));
+                publish(true, &mut taken);
             }
-            assert!(feed.gathered() && feed.rung.len() == 1);
-            let _ = feed.rung.try_recv();
-            feed.take(&mut taken);
-            assert_eq!(
-                (taken.count, taken.events.len(), taken.lagged),
-                (0, 0, true)
-            );
+            assert_eq!(stalled.take(&mut taken, false), Taken::Lagged);
+            assert!(taken.is_empty());
+            assert_eq!(elsewhere.take(&mut taken, false), Taken::Read);
+            assert!(taken.is_empty());
+            // A buffer a burst made large is not kept for the next events.
+            assert!(taken.capacity() <= KEPT_EVENT_BUFFER);
         }
-        // A buffer a burst made large is not kept for the next events.
-        for _ in 0..3 {
-            feed.push(Some(&large));
+    }
+
+    #[test]
+    fn an_event_larger_than_the_log_lags_the_streams_that_want_it_alone() {
+        let log = EventLog::default();
+        let large = "a".repeat(LOG_BYTES);
+        let wants = log.subscribe(&label_filter(large.as_bytes()));
+        let elsewhere = log.subscribe(&label_filter(b"b"));
+        let mut taken = Vec::new();
+        publish_task(&log, 1, &large);
+        publish_task(&log, 2, "b");
+        assert!(rang(&wants) && rang(&elsewhere));
+        assert_eq!(wants.take(&mut taken, false), Taken::Lagged);
+        assert_eq!(elsewhere.take(&mut taken, false), Taken::Read);
+        assert_eq!(labels(&taken), ["b"]);
+    }
+
+    #[test]
+    fn a_change_rings_only_the_streams_that_wait_to_hear_of_it() {
+        let log = EventLog::default();
+        let stream = log.subscribe(&label_filter(b"none"));
+        let seen = log.changes();
+        assert!(!stream.await_change(seen));
+        log.changed();
+        assert!(rang(&stream));
+        assert!(stream.await_change(seen));
+        // Rung once: it does not wait again until it asks.
+        assert!(!log.awaited.load(Ordering::SeqCst));
+        log.changed();
+        assert!(!rang(&stream));
+        // An event is a change too, even one the stream does not want.
+        let seen = log.changes();
+        assert!(!stream.await_change(seen));
+        publish_task(&log, 1, "a");
+        assert!(rang(&stream));
+        assert!(stream.await_change(seen));
+    }
+
+    #[test]
+    fn a_closed_stream_leaves_nothing_behind_and_its_slot_serves_the_next() {
+        let log = EventLog::default();
+        let mut taken = Vec::new();
+        let filters = [
+            EventFilter::default(),
+            EventFilter {
+                id: Some(7),
+                ..EventFilter::default()
+            },
+            label_filter(b"a"),
+            EventFilter {
+                kind: Some("sleep".into()),
+                ..EventFilter::default()
+            },
+            EventFilter {
+                queue: Some(0),
+                ..EventFilter::default()
+            },
+        ];
+        {
+            let streams: Vec<Subscription> = filters.iter().map(|f| log.subscribe(f)).collect();
+            publish_task(&log, 1, "b");
+            assert_eq!(streams[0].take(&mut taken, true), Taken::Gathering);
+            assert!(!streams[2].await_change(log.changes()));
+            let first = streams.into_iter().next();
+            drop(first);
+            let next = log.subscribe(&label_filter(b"b"));
+            assert_eq!(next.slot, 0);
+            publish_task(&log, 2, "b");
+            assert!(rang(&next));
+            assert_eq!(next.take(&mut taken, false), Taken::Read);
+            assert_eq!(labels(&taken), ["b"]);
         }
-        feed.take(&mut taken);
-        feed.take(&mut taken);
-        assert!(feed.backlog().events.capacity() <= KEPT_EVENT_BUFFER);
+        let ring = log.ring();
+        let w = &ring.waiting;
+        assert!(w.all.is_empty() && w.id.is_empty() && w.label.is_empty());
+        assert!(w.kind.is_empty() && w.queue.is_empty());
+        assert!(ring.change_waiters.is_empty() && ring.gatherers.is_empty());
+        assert!(ring.slots.is_empty() && ring.events.is_empty());
+        assert_eq!(ring.bytes.capacity(), 0);
+        assert_eq!(log.streams.load(Ordering::SeqCst), 0);
+        assert_eq!(ring.head(), 2);
+    }
+
+    #[test]
+    fn filters_pass_the_events_they_name_by_what_the_event_says() {
+        let config = config(&["--queue", "fast=1", "--handler", "thumb=/bin/true"]);
+        let (store, _queues, _due) = {
+            let (due_tx, due_rx) = async_channel::unbounded();
+            let queues: Vec<Queue> = config.queues.iter().map(Queue::new).collect();
+            (Store::new(&config, due_tx), queues, due_rx)
+        };
+        let mut rich = task_with_everything();
+        // Its schedule is not in this configuration.
+        rich.extra_mut().schedule = None;
+        let mut quoted = Task::from_new(5, new_task("a \"quoted\"\nlabel", 0), State::Queued);
+        quoted.label = Some(Text::new("a \"quoted\"\nlabel"));
+        let plain = Task::from_new(6, new_task("t", 0), State::Queued);
+        let mut unlabelled = Task::from_new(7, new_task("t", 0), State::Queued);
+        unlabelled.label = None;
+        let cases = [
+            ("", [true; 4]),
+            ("task_id=t", [false, false, true, false]),
+            (
+                "task_id=a%20label%20longer%20than%20twenty-two%20bytes",
+                [true, false, false, false],
+            ),
+            (
+                "task_id=a%20%22quoted%22%0Alabel",
+                [false, true, false, false],
+            ),
+            ("task_id=a", [false; 4]),
+            ("task_id=%FF", [false; 4]),
+            ("kind=thumb", [true, false, false, false]),
+            ("kind=sleep", [false, true, true, true]),
+            ("queue=fast", [true, false, false, false]),
+            ("queue=default", [false, true, true, true]),
+            ("kind=sleep&task_id=t", [false, false, true, false]),
+            ("queue=fast&task_id=t", [false; 4]),
+        ];
+        let mut filters: Vec<(String, EventFilter, [bool; 4])> = cases
+            .iter()
+            .map(|&(query, expected)| {
+                let parsed = EventFilter::parse(Some(query.as_bytes()), &config, &store);
+                (query.to_owned(), parsed.unwrap(), expected)
+            })
+            .collect();
+        // `?id=` is parsed against the tasks the store has: made here.
+        let id = EventFilter {
+            id: Some(rich.id),
+            ..EventFilter::default()
+        };
+        filters.push(("id".to_owned(), id, [true, false, false, false]));
+        for (query, filter, expected) in filters {
+            let wants = Wants::new(&filter);
+            for (task, expected) in [&rich, &quoted, &plain, &unlabelled].iter().zip(expected) {
+                let mut event = Vec::new();
+                let said = write_task_event(&mut event, task, store.names(task), 0);
+                let entry = Entry {
+                    at: 0,
+                    len: event.len(),
+                    id: task.id,
+                    queue: task.queue,
+                    said,
+                };
+                assert_eq!(
+                    wants.passes(&entry, &event),
+                    expected,
+                    "{query} {:?}",
+                    task.label
+                );
+            }
+        }
     }
 
     #[test]

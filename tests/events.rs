@@ -559,6 +559,13 @@ fn tasks_to_lag() -> usize {
 fn flood(server: &Server, tasks: usize, label: &str, conns: usize) {
     let succeeded = "bgtasks_tasks_finished_total{state=\"succeeded\"}";
     let before = server.metric(succeeded);
+    submit_many(server, tasks, label, conns);
+    server.wait_metric(succeeded, before + tasks as f64);
+}
+
+/// Submits `tasks` zero-length tasks labelled `label`, one request at a
+/// time on each of `conns` connections.
+fn submit_many(server: &Server, tasks: usize, label: &str, conns: usize) {
     let body = json!({"task_id": label, "work_duration": "0s"}).to_string();
     let request = common::post_request("/tasks", &[], &body);
     std::thread::scope(|scope| {
@@ -574,7 +581,6 @@ fn flood(server: &Server, tasks: usize, label: &str, conns: usize) {
             });
         }
     });
-    server.wait_metric(succeeded, before + tasks as f64);
 }
 
 /// Reads a stream until it has had `count` task events; fails if it lags.
@@ -623,6 +629,81 @@ fn a_subscriber_that_never_reads_lags_while_one_that_reads_gets_everything() {
     assert_eq!(server.get("/healthz").status, 200);
     let read = read_to_lagged(&mut stalled);
     assert!(read < 3 * tasks, "it read all {read} events");
+}
+
+#[test]
+fn subscribers_that_never_read_lag_while_several_that_read_keep_up() {
+    let tasks = tasks_to_lag();
+    let server = Server::start(&[]);
+    // Two that never read: one wants every event, one every event of `f`.
+    let mut stalled = [server.events(""), server.events("?task_id=f")];
+    let readers: Vec<EventStream> = (0..3).map(|_| server.events("")).collect();
+    std::thread::scope(|scope| {
+        let reading: Vec<_> = readers
+            .into_iter()
+            .map(|mut reader| scope.spawn(move || read_all(&mut reader, 3 * tasks)))
+            .collect();
+        flood(&server, tasks, "f", 4);
+        for reader in reading {
+            reader.join().unwrap();
+        }
+    });
+    for stream in &mut stalled {
+        let read = read_to_lagged(stream);
+        assert!(read < 3 * tasks, "it read all {read} events");
+    }
+}
+
+#[test]
+fn a_filtered_stream_gets_every_event_it_wants_in_order_among_many_it_does_not() {
+    /// Tasks of the label the stream wants, each after a part of the
+    /// flood that makes more events than the log keeps.
+    const WANTED: usize = 20;
+    let part = tasks_to_lag() / WANTED;
+    assert!(3 * part > 1000, "{part}");
+    let server = Server::start(&[]);
+    let mut wanted = server.events("?task_id=w");
+    // It never reads, and wants none of the flood: it does not lag.
+    let mut elsewhere = server.events("?task_id=later");
+    let (ids, events) = std::thread::scope(|scope| {
+        let reading =
+            scope.spawn(move || task_events(&mut wanted, |events| events.len() == 3 * WANTED));
+        let ids: Vec<String> = (0..WANTED)
+            .map(|_| {
+                submit_many(&server, part, "f", 3);
+                submit(&server, json!({"task_id": "w", "work_duration": "0s"}))
+            })
+            .collect();
+        (ids, reading.join().unwrap())
+    });
+    assert!(events.iter().all(|e| e.data["task_id"] == "w"));
+    for id in &ids {
+        assert_eq!(states(&events, id), ["queued", "running", "succeeded"]);
+    }
+    // Created one after another: their `queued` events come in that order.
+    let queued: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.data["state"] == "queued")
+        .map(|e| &e.data["id"])
+        .collect();
+    assert_eq!(queued, ids.iter().collect::<Vec<_>>());
+    let later = submit(&server, json!({"task_id": "later", "work_duration": "0s"}));
+    let events = task_events(&mut elsewhere, |events| saw(events, &later, "succeeded"));
+    assert_eq!(states(&events, &later), ["queued", "running", "succeeded"]);
+}
+
+#[test]
+fn the_kernel_holds_a_few_hundred_kib_at_most_for_a_subscriber_that_never_reads() {
+    let server = Server::start(&[]);
+    let stalled = server.events("");
+    // Enough to fill what the kernel would hold if the server let it grow.
+    flood(&server, tasks_to_lag(), "f", 4);
+    // The server's send buffer (128 KiB asked, doubled by Linux) and the
+    // client's receive buffer, with room for the kernel's rounding.
+    let bound = 3 * (256 << 10) + sysctl("/proc/sys/net/ipv4/tcp_rmem", 1) as u64;
+    let unread = unread_bytes(&server, &stalled);
+    assert!(unread <= bound, "{unread} bytes unread, more than {bound}");
+    assert!(unread > 0);
 }
 
 /// Label bytes of the tasks that make large events: 32 such events pass
@@ -823,8 +904,8 @@ fn unread_bytes(server: &Server, stream: &EventStream) -> u64 {
 
 /// Floods a server with `subscribers` streams that never read until the
 /// kernel takes no more for them (their server side blocks), then makes
-/// about `more` events, which wait in their backlogs; returns the tasks
-/// made, the RSS (KiB), the server and the streams.
+/// about `more` events, which wait in the server's event log; returns the
+/// tasks made, the RSS (KiB), the server and the streams.
 fn rss_with_stalled(subscribers: usize, more: usize) -> (usize, u64, Server, Vec<EventStream>) {
     /// Tasks a step of the flood makes.
     const STEP: usize = 100;
@@ -895,13 +976,13 @@ fn bench_memory_per_subscriber() {
         (with as f64 - alone as f64) / 100.0
     );
     // Blocked streams with about 600 to 900 events waiting each, then with
-    // 1,500 (past the 1,000 of a backlog: the stream is marked lagged and
-    // its backlog dropped), against a server that made the same tasks.
-    // The server renders an event once for all the backlogs that hold it.
+    // 1,500 (past the 1,000 the log keeps: the streams lagged), against a
+    // server that made the same tasks. The log is one for all streams.
     for more in [600, 1500] {
         let (tasks, with, _server, mut stalled) = rss_with_stalled(20, more);
-        let without = rss_without_streams(tasks);
+        // Read before the write timeout (10 s) closes the blocked streams.
         let lagged = stalled.iter_mut().map(ends_lagged).filter(|&l| l).count();
+        let without = rss_without_streams(tasks);
         println!(
             "20 stalled subscribers, blocked, then {more} more events ({} in all): RSS \
              {without} KiB without them, {with} KiB with: {:.1} KiB each ({lagged} of 20 lagged)",
@@ -909,4 +990,143 @@ fn bench_memory_per_subscriber() {
             (with as f64 - without as f64) / 20.0
         );
     }
+}
+
+/// How many connections submit at once in the subscribers' bench, and
+/// how many requests each pipelines at a time: enough to keep the
+/// server's two cores busy while the client's threads stay light.
+const BENCH_CONNS: usize = 8;
+const BENCH_BATCH: usize = 32;
+
+/// Submits zero-length tasks on [`BENCH_CONNS`] keep-alive connections,
+/// [`BENCH_BATCH`] pipelined at a time, for `time`; returns the `202`s a
+/// second, the server's CPU µs for each, and how many answers were
+/// something else.
+fn submission_rate(server: &Server, time: Duration) -> (f64, f64, usize) {
+    let body = json!({"task_id": "t", "work_duration": "0s"}).to_string();
+    let batch = common::post_request("/tasks", &[], &body).repeat(BENCH_BATCH);
+    let cpu = server.cpu_ticks();
+    let start = Instant::now();
+    let counts: Vec<(usize, usize)> = std::thread::scope(|scope| {
+        let conns: Vec<_> = (0..BENCH_CONNS)
+            .map(|_| {
+                let batch = &batch;
+                scope.spawn(move || {
+                    let mut conn = server.connect();
+                    let mut reader =
+                        std::io::BufReader::with_capacity(1 << 16, conn.try_clone().unwrap());
+                    let (mut accepted, mut other) = (0, 0);
+                    while start.elapsed() < time {
+                        conn.write_all(batch.as_bytes()).unwrap();
+                        for _ in 0..BENCH_BATCH {
+                            match common::read_status(&mut reader) {
+                                202 => accepted += 1,
+                                _ => other += 1,
+                            }
+                        }
+                    }
+                    (accepted, other)
+                })
+            })
+            .collect();
+        conns.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    let took = start.elapsed().as_secs_f64();
+    let accepted: usize = counts.iter().map(|c| c.0).sum();
+    // Clock ticks are 10 ms.
+    let cpu_us = (server.cpu_ticks() - cpu) as f64 * 1e4 / accepted.max(1) as f64;
+    (
+        accepted as f64 / took,
+        cpu_us,
+        counts.iter().map(|c| c.1).sum(),
+    )
+}
+
+/// Returns how many of `streams` the server still has open (its ends of
+/// them that are established, in `/proc/net/tcp`), and how many of those
+/// hold bytes the client has not taken (they block, or will).
+fn open_streams(server: &Server, streams: &[EventStream]) -> (usize, usize) {
+    let ports: std::collections::HashSet<u16> = streams
+        .iter()
+        .map(|s| s.stream.local_addr().unwrap().port())
+        .collect();
+    let port_of = |address: &str| {
+        let (_, port) = address.rsplit_once(':').unwrap();
+        u16::from_str_radix(port, 16).unwrap()
+    };
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    // The table is read while it changes: a line may come twice.
+    let mut open = std::collections::HashMap::new();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let client = port_of(f[2]);
+        if f[3] == "01" && port_of(f[1]) == server.addr.port() && ports.contains(&client) {
+            let (unsent, _) = f[4].split_once(':').unwrap();
+            open.insert(client, u64::from_str_radix(unsent, 16).unwrap() > 0);
+        }
+    }
+    (open.len(), open.values().filter(|&&b| b).count())
+}
+
+/// Measures the `202` rate of a fresh server beside `subscribers` streams
+/// opened with `query` that are never read: first for `warm_up`, while
+/// the kernel takes in what it can hold for them, then for `time`.
+/// Prints both with how many streams were open, and returns the second.
+fn rate_beside(subscribers: usize, query: &str, warm_up: Duration, time: Duration) -> f64 {
+    let server = Server::start(&[
+        "--workers",
+        "128",
+        "--buffer",
+        "100000",
+        "--max-connections",
+        "4096",
+    ]);
+    let streams: Vec<EventStream> = (0..subscribers).map(|_| server.events(query)).collect();
+    let name = format!("{subscribers} subscribers {query}");
+    let measure = |phase: &str, time: Duration| {
+        let (open, blocked) = open_streams(&server, &streams);
+        let (rate, cpu_us, other) = submission_rate(&server, time);
+        println!(
+            "  {name:<34} {phase:<5} {:>4.1} s: {rate:>7.0} 202/s, {cpu_us:>5.1} µs of server \
+             CPU each; at the start {open:>4} streams open, {blocked:>4} of them full \
+             ({other} other answers)",
+            time.as_secs_f64()
+        );
+        rate
+    };
+    measure("first", warm_up);
+    measure("then", time)
+}
+
+/// Reads a number of the bench's from the environment variable `name`.
+fn bench_knob(name: &str, default: u64) -> u64 {
+    std::env::var(name).map_or(default, |v| v.parse().expect(name))
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_submissions_beside_a_thousand_subscribers() {
+    common::raise_fd_limit();
+    let warm_up = Duration::from_secs(bench_knob("BENCH_WARM_UP", 2));
+    let time = Duration::from_secs(bench_knob("BENCH_SECONDS", 5));
+    let rounds = bench_knob("BENCH_ROUNDS", 3);
+    let mut ratios = Vec::new();
+    for round in 1..=rounds {
+        println!("round {round}:");
+        let none = rate_beside(0, "", warm_up, time);
+        let unread = rate_beside(1000, "", warm_up, time);
+        let filtered = rate_beside(1000, "?task_id=nomatch", warm_up, time);
+        let (b, c) = (unread / none, filtered / none);
+        println!("  ratios after the warm-up: b/a {b:.2}, c/a {c:.2}");
+        ratios.push((b, c));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median ratios over {rounds} rounds: b/a {:.2}, c/a {:.2}",
+        median(ratios.iter().map(|r| r.0).collect()),
+        median(ratios.iter().map(|r| r.1).collect()),
+    );
 }

@@ -693,7 +693,7 @@ impl Server {
 }
 
 /// Reads one response from a buffered reader and returns its status.
-fn read_status(reader: &mut BufReader<TcpStream>) -> u16 {
+pub fn read_status(reader: &mut BufReader<TcpStream>) -> u16 {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     let status = line[9..12].parse().unwrap();

@@ -2780,7 +2780,9 @@ async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
                             shared.store().make_due(id, &shared.queues);
                             continue;
                         }
-                        Due::Schedule(i) => shared.fire(i, at),
+                        Due::Schedule(i) => {
+                            shared.store().fire(i, at, &shared.config, &shared.queues)
+                        }
                     };
                     if let Some(next) = next {
                         due.push(Reverse((next, what)));
@@ -3293,35 +3295,37 @@ impl ScheduleState {
     }
 }
 
-impl Shared {
+impl Store {
     /// Fires schedule `i`, due at `at`: creates its task as a POST would,
-    /// or skips the firing. Returns when it fires next.
-    fn fire(&self, i: usize, at: u64) -> Option<u64> {
-        let config = &self.config.schedules[i];
-        let mut store = self.store();
-        let skipped = match store.fire(i, &self.config, &self.queues) {
+    /// or skips the firing, and counts and logs which. Returns when it
+    /// fires next.
+    fn fire(&mut self, i: usize, at: u64, config: &Config, queues: &[Queue]) -> Option<u64> {
+        let schedule = &config.schedules[i];
+        let skipped = match self.fire_task(i, config, queues) {
             Ok(id) => {
-                debug!("schedule {} fired: task {}", config.name, store.task_id(id));
+                debug!(
+                    "schedule {} fired: task {}",
+                    schedule.name,
+                    self.task_id(id)
+                );
                 None
             }
             Err(why) => Some(why),
         };
-        let state = &mut store.schedules[i];
+        let state = &mut self.schedules[i];
         state.last_at = at;
         if let Some(why) = skipped {
             state.skipped += 1;
-            info!("schedule {}: firing skipped: {why}", config.name);
+            info!("schedule {}: firing skipped: {why}", schedule.name);
         }
-        state.next_at = firing_after(&config.spec, at, now_millis())?;
+        state.next_at = firing_after(&schedule.spec, at, now_millis())?;
         Some(state.next_at)
     }
-}
 
-impl Store {
     /// Creates the task of schedule `i`'s firing, unless its previous task
     /// is still pending or its queue is full; returns the new task's id, or
     /// why there is none.
-    fn fire(&mut self, i: usize, config: &Config, queues: &[Queue]) -> Result<u64, String> {
+    fn fire_task(&mut self, i: usize, config: &Config, queues: &[Queue]) -> Result<u64, String> {
         if let Some(task) = self.get(self.schedules[i].last_task)
             && matches!(
                 task.state,

@@ -1,0 +1,120 @@
+//! TODO json
+
+#[allow(unused_imports)]
+use crate::{
+    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, later::*,
+    logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
+    submit::*, systemd::*, task::*, time::*, trigger::*,
+};
+use async_channel::{Receiver, Sender, TrySendError};
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use log::{debug, error, info, warn};
+use serde::Deserialize;
+use smol::future;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Appends JSON text as it is, or `null`.
+pub(crate) fn write_raw_opt(out: &mut Vec<u8>, json: Option<&str>) {
+    out.extend_from_slice(json.unwrap_or("null").as_bytes());
+}
+
+/// Lets `write!` append to a `Vec<u8>` through `fmt::Write`, which cannot
+/// fail, so callers may ignore its `Result`.
+pub(crate) struct VecWriter<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl std::fmt::Write for VecWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Tuning: names and kinds are written into every status and event and
+    // almost never need escaping, so they are copied when they do not.
+    if s.bytes().all(|b| b >= b' ' && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
+    // Serializing a `&str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends `s` as a JSON string, or `null`.
+pub(crate) fn write_json_opt(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// Appends `n` in decimal.
+pub(crate) fn write_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Returns `name` as a JSON string literal, for a sentence that names it.
+pub(crate) fn quoted(name: &str) -> String {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    write_json_str(&mut out, name);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped_as_serde_json_escapes_them() {
+        let cases = [
+            "",
+            "sleep",
+            "default",
+            "a b",
+            "é✓",
+            "\"",
+            "\\",
+            "a\"b",
+            "\n",
+            "\u{1f}",
+            "\u{7f}",
+            "x\ty",
+            "</script>",
+        ];
+        for case in cases {
+            let mut out = Vec::new();
+            write_json_str(&mut out, case);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(case).unwrap()
+            );
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! TODO metrics
+
+#[allow(unused_imports)]
+use crate::{
+    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
+    later::*, logger::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
+    submit::*, systemd::*, task::*, time::*, trigger::*,
+};
+use async_channel::{Receiver, Sender, TrySendError};
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use log::{debug, error, info, warn};
+use serde::Deserialize;
+use smol::future;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Status codes are three digits from 100 to 599: one counter each.
+pub(crate) const STATUS_CODES: usize = 600;
+
+/// Answers written by status code, for `/metrics`.
+pub(crate) struct StatusCounts(pub(crate) [AtomicU64; STATUS_CODES]);
+
+impl StatusCounts {
+    /// Creates all-zero counts.
+    pub(crate) fn new() -> StatusCounts {
+        StatusCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    /// Counts one answer.
+    pub(crate) fn add(&self, status: u16) {
+        if let Some(count) = self.0.get(usize::from(status)) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns the `code` label and count of every status answered.
+    pub(crate) fn samples(&self) -> Vec<(String, u64)> {
+        (0..STATUS_CODES)
+            .filter_map(|code| {
+                let n = self.0[code].load(Ordering::Relaxed);
+                (n > 0).then(|| (format!("{{code=\"{code}\"}}"), n))
+            })
+            .collect()
+    }
+
+    /// Moves one answer from one status to another: a `202` that became a
+    /// `503` before it was written.
+    pub(crate) fn replace(&self, from: u16, to: u16) {
+        if let Some(count) = self.0.get(usize::from(from)) {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.add(to);
+    }
+}
+
+/// One metric family of `/metrics`: its name, type, help and samples,
+/// each sample with its labels (`{state="failed"}`, or empty).
+pub(crate) struct Family {
+    /// The metric's name.
+    pub(crate) name: &'static str,
+    /// `gauge` or `counter`.
+    pub(crate) kind: &'static str,
+    /// What it measures, for `# HELP`.
+    pub(crate) help: &'static str,
+    /// Each sample's labels and value.
+    pub(crate) samples: Vec<(String, u64)>,
+}
+
+impl Family {
+    /// A family with one sample and no labels.
+    pub(crate) fn one(
+        name: &'static str,
+        kind: &'static str,
+        help: &'static str,
+        value: u64,
+    ) -> Family {
+        Family {
+            name,
+            kind,
+            help,
+            samples: vec![(String::new(), value)],
+        }
+    }
+
+    /// Appends the family in the text format: `# HELP`, `# TYPE`, samples.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        let name = self.name;
+        let _ = write!(
+            VecWriter(out),
+            "# HELP {name} {}\n# TYPE {name} {}\n",
+            self.help,
+            self.kind
+        );
+        for (labels, value) in &self.samples {
+            let _ = writeln!(VecWriter(out), "{name}{labels} {value}");
+        }
+    }
+}
+
+/// `GET /metrics`: the Prometheus text format, version 0.0.4. The task
+/// numbers are read under the store lock, so they agree with `/tasks`.
+pub(crate) fn metrics(shared: &Shared) -> Response {
+    let mut families = {
+        let store = shared.store();
+        let c = &store.counters;
+        let finished = [State::Succeeded, State::Failed, State::Cancelled].map(|s| {
+            (
+                format!("{{state=\"{}\"}}", s.name()),
+                c.finished[s as usize],
+            )
+        });
+        let views = store.queue_views(&shared.config, &shared.queues);
+        let per_queue = |name, help, value: fn(&QueueView) -> u64| Family {
+            name,
+            kind: "gauge",
+            help,
+            samples: views
+                .iter()
+                .map(|v| (format!("{{queue=\"{}\"}}", v.name), value(v)))
+                .collect(),
+        };
+        vec![
+            per_queue(
+                "bgtasks_queue_depth",
+                "Tasks in the queue, cancelled ones until a worker reaches them; \
+                 not those due but waiting for room in it.",
+                |v| v.depth as u64,
+            ),
+            per_queue(
+                "bgtasks_queue_capacity",
+                "Capacity of the queue (--buffer, or --queue's BUFFER).",
+                |v| v.capacity as u64,
+            ),
+            per_queue(
+                "bgtasks_workers",
+                "Workers of the queue (--workers, or --queue's WORKERS).",
+                |v| v.workers as u64,
+            ),
+            per_queue("bgtasks_workers_busy", "Workers running a task.", |v| {
+                v.busy
+            }),
+            per_queue("bgtasks_queue_paused", "1 if the queue is paused.", |v| {
+                u64::from(v.paused)
+            }),
+            Family {
+                name: "bgtasks_schedule_firings_total",
+                kind: "counter",
+                help: "Firings of each schedule, by whether they created a task.",
+                samples: store
+                    .schedules
+                    .iter()
+                    .flat_map(|s| {
+                        let label =
+                            |outcome| format!("{{schedule=\"{}\", outcome=\"{outcome}\"}}", s.name);
+                        [(label("created"), s.created), (label("skipped"), s.skipped)]
+                    })
+                    .collect(),
+            },
+            Family::one(
+                "bgtasks_tasks_scheduled",
+                "gauge",
+                "Delayed tasks waiting for their time.",
+                store.count(State::Scheduled) as u64,
+            ),
+            Family::one(
+                "bgtasks_tasks_accepted_total",
+                "counter",
+                "Tasks created by requests and by schedules' firings; \
+                 not idempotent repeats, nor tasks replayed from disk.",
+                c.accepted,
+            ),
+            Family {
+                name: "bgtasks_tasks_finished_total",
+                kind: "counter",
+                help: "Tasks that reached a terminal state.",
+                samples: finished.into(),
+            },
+        ]
+    };
+    families.push(Family::one(
+        "bgtasks_tasks_rejected_total",
+        "counter",
+        "Tasks refused because the queue was full.",
+        shared.rejected.load(Ordering::Relaxed),
+    ));
+    families.push(Family {
+        name: "bgtasks_http_requests_total",
+        kind: "counter",
+        help: "HTTP requests answered, by status code.",
+        samples: shared.responses.samples(),
+    });
+    let mut out = Vec::with_capacity(METRICS_SIZE);
+    for family in &families {
+        family.write(&mut out);
+    }
+    Response {
+        content_type: "text/plain; version=0.0.4",
+        ..Response::json(200, out)
+    }
+}
+
+/// Room reserved for a `/metrics` answer: the usual one fits.
+pub(crate) const METRICS_SIZE: usize = 2048;

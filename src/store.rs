@@ -1,0 +1,1341 @@
+//! TODO store
+
+#[allow(unused_imports)]
+use crate::{
+    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
+    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
+    submit::*, systemd::*, task::*, time::*, trigger::*,
+};
+use async_channel::{Receiver, Sender, TrySendError};
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use log::{debug, error, info, warn};
+use serde::Deserialize;
+use smol::future;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Tombstones are swept from the middle of the store only past this many:
+/// a sweep moves every record, so it waits until it frees a fair amount.
+pub(crate) const TOMBSTONE_SWEEP: usize = 64;
+
+/// What the store answers to a submission: everything the answer shows,
+/// so that it is made after the lock is released.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// The task was created with this id, queued or scheduled; with a
+    /// journal, the receiver tells whether its record reached the disk.
+    Created(TaskId, State, Option<Receiver<bool>>),
+    /// The idempotency key names a retained task, made by the same
+    /// request: its id, label and state.
+    Repeat(TaskId, Option<Text>, State),
+    /// The idempotency key names a retained task made by another request.
+    KeyReused,
+    /// The task's queue is full.
+    Full,
+    /// `--max-scheduled` delayed tasks are waiting already.
+    TooManyScheduled,
+    /// Shutdown has begun.
+    ShuttingDown,
+}
+
+/// What a worker finds when it takes a task from its queue.
+#[derive(Debug)]
+pub(crate) enum Begin {
+    /// The attempt has begun: its work.
+    Work(Work),
+    /// The task is no longer queued (a client cancelled it): skip it.
+    Skip,
+    /// The queue is paused: the worker keeps the task, still counted in
+    /// the queue, and begins it when this trigger fires on the resume.
+    Paused(Trigger),
+}
+
+/// What a lookup of an id finds.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Lookup {
+    /// The task is retained; the store's slot index.
+    Found(usize),
+    /// The id was issued, but its record has been evicted: `410`.
+    Gone,
+    /// The server never issued the id: `404`.
+    Unknown,
+}
+
+/// The store's counters that `/metrics` reports.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Tasks created by requests.
+    pub(crate) accepted: u64,
+    /// Tasks that reached each terminal state, indexed like [`STATES`].
+    pub(crate) finished: [u64; STATES.len()],
+}
+
+/// Every task and the indexes over them.
+#[derive(Debug)]
+pub(crate) struct Store {
+    /// Records in id order, tombstones included.
+    pub(crate) tasks: VecDeque<Task>,
+    /// How many entries of `tasks` are tombstones.
+    pub(crate) tombstones: usize,
+    /// Ids of terminal tasks in the order they finished: eviction order.
+    pub(crate) finished: VecDeque<u64>,
+    /// Retained tasks in each state, indexed like [`STATES`].
+    pub(crate) counts: [usize; STATES.len()],
+    /// Each queue's state, indexed like [`Config::queues`].
+    pub(crate) queues: Vec<QueueState>,
+    /// Each schedule's firings, indexed like [`Config::schedules`].
+    pub(crate) schedules: Vec<ScheduleState>,
+    /// Where tasks go that must wait for a time (delayed tasks, retries):
+    /// the scheduler, as (due ms, id).
+    pub(crate) due_tx: Sender<(u64, u64)>,
+    /// How many delayed tasks may wait at once.
+    pub(crate) max_scheduled: usize,
+    /// Idempotency keys of retained tasks.
+    pub(crate) keys: HashMap<Box<str>, u64>,
+    /// Long polls waiting for a task to change, by id.
+    pub(crate) watchers: HashMap<u64, Trigger>,
+    /// Cancel signals of running tasks, by id.
+    pub(crate) cancels: HashMap<u64, Trigger>,
+    /// With a journal, the cancels whose record is on its way to disk, by
+    /// task id: they are made once it is there (see section 6).
+    pub(crate) cancelling: HashMap<u64, Cancelling>,
+    /// Ids still in a queue's channel (or in the hands of a worker that
+    /// waits for the disk) whose task was taken back: the worker that gets
+    /// one skips it, and the queue no longer counts it.
+    pub(crate) withdrawn: HashSet<u64>,
+    /// The first id this store issued (or replayed); 0 until then.
+    pub(crate) first_id: u64,
+    /// The most recently issued id: the next one is larger.
+    pub(crate) last_id: u64,
+    /// How many finished tasks to keep.
+    pub(crate) keep_finished: usize,
+    /// What `/metrics` reports.
+    pub(crate) counters: Counters,
+    /// Set once shutdown begins: submissions get `503`.
+    pub(crate) draining: bool,
+    /// Where changes are journaled, with `--data-dir`.
+    pub(crate) journal: Option<JournalSender>,
+    /// Where the `/events` streams are told of every change (shared with
+    /// them, and with [`Shared`]).
+    pub(crate) events: Arc<EventLog>,
+    /// The id prefix in force from each id on, in id order: those of
+    /// tasks replayed from the journal, then `--node`'s from this run's
+    /// first id. A prefix changes only across restarts, so ranges do.
+    pub(crate) nodes: Vec<(u64, &'static str)>,
+}
+
+// How the store journals, takes back and restores tasks is in section 6;
+// how it feeds event streams, in section 9.
+impl Store {
+    /// Creates an empty store for `config`'s queues and limits, sending
+    /// what must wait for a time to `due_tx`.
+    pub(crate) fn new(config: &Config, due_tx: Sender<(u64, u64)>) -> Store {
+        Store {
+            tasks: VecDeque::new(),
+            tombstones: 0,
+            finished: VecDeque::new(),
+            counts: [0; STATES.len()],
+            queues: config.queues.iter().map(QueueState::new).collect(),
+            schedules: config.schedules.iter().map(ScheduleState::new).collect(),
+            due_tx,
+            max_scheduled: config.max_scheduled,
+            keys: HashMap::new(),
+            watchers: HashMap::new(),
+            cancels: HashMap::new(),
+            cancelling: HashMap::new(),
+            withdrawn: HashSet::new(),
+            first_id: 0,
+            last_id: 0,
+            keep_finished: config.keep_finished,
+            counters: Counters::default(),
+            draining: false,
+            journal: None,
+            events: Arc::default(),
+            nodes: vec![(0, config.node)],
+        }
+    }
+
+    /// Returns the next id without taking it: the current time in
+    /// microseconds, or one more than the last id if the clock has not moved
+    /// on (or went back). Ids therefore increase, sort in creation order,
+    /// carry their creation time, and differ from a previous run's as long
+    /// as the clock does not go back across a restart.
+    pub(crate) fn issue_id(&self) -> u64 {
+        now_micros().max(self.last_id + 1)
+    }
+
+    /// Finds where the record for `id` is, or would be, in `tasks`.
+    ///
+    /// Tuning: the plain version is `binary_search_by_key` (the unit test
+    /// `positions_agree_with_a_binary_search` checks the two agree). Ids
+    /// are creation times, so a record's place is roughly proportional to
+    /// its id: this guesses it by interpolation, gallops from the guess to
+    /// bracket it, and only then bisects — a handful of probes instead of a
+    /// cache-missing binary search. Lookups were 8.5% of the 202 path's
+    /// time in a profile of the bench's accept phase.
+    pub(crate) fn position(&self, id: u64) -> Result<usize, usize> {
+        let tasks = &self.tasks;
+        let (Some(first), Some(last)) = (tasks.front(), tasks.back()) else {
+            return Err(0);
+        };
+        let n = tasks.len();
+        if id <= first.id || id >= last.id {
+            return match (id == first.id, id == last.id, id < first.id) {
+                (true, _, _) => Ok(0),
+                (_, true, _) => Ok(n - 1),
+                (_, _, true) => Err(0),
+                _ => Err(n),
+            };
+        }
+        // From here on tasks[lo].id < id <= tasks[hi].id.
+        let (mut lo, mut hi) = (0, n - 1);
+        let span = u128::from(last.id - first.id);
+        let guess = (u128::from(id - first.id) * (n as u128 - 1) / span) as usize;
+        let mut step = 1;
+        if tasks[guess].id < id {
+            lo = guess;
+            while lo + step < hi && tasks[lo + step].id < id {
+                lo += step;
+                step *= 2;
+            }
+            hi = hi.min(lo + step);
+        } else {
+            hi = guess;
+            while hi > lo + step && tasks[hi - step].id >= id {
+                hi -= step;
+                step *= 2;
+            }
+            lo = lo.max(hi.saturating_sub(step));
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if tasks[mid].id < id {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        if tasks[hi].id == id { Ok(hi) } else { Err(hi) }
+    }
+
+    /// Finds the record for `id`.
+    pub(crate) fn lookup(&self, id: u64) -> Lookup {
+        match self.position(id) {
+            Ok(i) if self.tasks[i].state != State::Evicted => Lookup::Found(i),
+            _ if self.first_id != 0 && (self.first_id..=self.last_id).contains(&id) => Lookup::Gone,
+            _ => Lookup::Unknown,
+        }
+    }
+
+    /// Returns the retained task with this id.
+    pub(crate) fn get(&self, id: u64) -> Option<&Task> {
+        match self.lookup(id) {
+            Lookup::Found(i) => Some(&self.tasks[i]),
+            _ => None,
+        }
+    }
+
+    /// Returns the index of the retained task with this id.
+    pub(crate) fn index(&self, id: u64) -> Option<usize> {
+        match self.lookup(id) {
+            Lookup::Found(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Admits a new task: puts its id into its queue's channel (or, for a
+    /// delayed task, hands it to the scheduler) and records it, both or
+    /// neither. The caller holds the store lock, so no worker can receive
+    /// the id before the record exists.
+    pub(crate) fn admit(&mut self, new: NewTask, queues: &[Queue]) -> Admission {
+        if self.draining {
+            return Admission::ShuttingDown;
+        }
+        if let Some(key) = &new.key
+            && let Some(&id) = self.keys.get(&key.text)
+        {
+            let task = self.get(id);
+            let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
+            return match first.map_or(0, |k| k.fingerprint) {
+                f if f == 0 || f == key.fingerprint => Admission::Repeat(
+                    self.task_id(id),
+                    task.and_then(|t| t.label.clone()),
+                    task.map_or(State::Queued, |t| t.state),
+                ),
+                _ => Admission::KeyReused,
+            };
+        }
+        let id = self.issue_id();
+        let (q, run_at) = (usize::from(new.queue), new.run_at);
+        let delayed = run_at > now_millis();
+        if delayed {
+            if self.counts[State::Scheduled as usize] >= self.max_scheduled {
+                return Admission::TooManyScheduled;
+            }
+        } else if self.queues[q].depth >= queues[q].capacity {
+            return Admission::Full;
+        } else {
+            match queues[q].jobs_tx.try_send(id) {
+                Ok(()) => self.queues[q].depth += 1,
+                Err(TrySendError::Full(_)) => return Admission::Full,
+                Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
+            }
+        }
+        if self.first_id == 0 {
+            self.first_id = id;
+        }
+        self.last_id = id;
+        self.counters.accepted += 1;
+        if let Some(key) = &new.key {
+            self.keys.insert(key.text.clone(), id);
+        }
+        let state = if delayed {
+            // The scheduler ends only at shutdown, when it no longer matters.
+            let _ = self.due_tx.try_send((run_at, id));
+            State::Scheduled
+        } else {
+            State::Queued
+        };
+        self.insert(Task::from_new(id, new, state));
+        let i = self.tasks.len() - 1;
+        let saved = self.journal.is_some().then(|| {
+            let (done, saved) = async_channel::bounded(1);
+            let mut line = Vec::with_capacity(160);
+            if let Some(task) = self.tasks.back() {
+                write_record(&mut line, &task.new_record(self.names(task)));
+            }
+            self.log(line, Awaiting::New { id, done });
+            saved
+        });
+        self.publish(i, self.tasks[i].created_at());
+        Admission::Created(self.task_id(id), state, saved)
+    }
+
+    /// Puts a task whose time has come (a delayed task, or a retry) into
+    /// its queue, behind those already waiting for room.
+    pub(crate) fn enqueue(&mut self, id: u64, queues: &[Queue]) {
+        let Some(task) = self.get(id) else { return };
+        let q = usize::from(task.queue);
+        self.queues[q].depth += 1;
+        self.queues[q].waiting.push_back(id);
+        self.refill(q, &queues[q]);
+    }
+
+    /// Moves tasks waiting for room into queue `q`'s channel, oldest first,
+    /// while it has room. A paused queue takes them too, as it takes new
+    /// submissions (its workers hold what they take until the resume): what
+    /// a restart or the scheduler puts into it is in it, and counted so.
+    pub(crate) fn refill(&mut self, q: usize, queue: &Queue) {
+        let state = &mut self.queues[q];
+        while let Some(&id) = state.waiting.front()
+            && queue.jobs_tx.try_send(id).is_ok()
+        {
+            state.waiting.pop_front();
+        }
+    }
+
+    /// Acts on a task the scheduler says is due: a delayed task becomes
+    /// queued, and it or a retry enters its queue. A task cancelled since
+    /// is left alone.
+    pub(crate) fn make_due(&mut self, id: u64, queues: &[Queue]) {
+        let Some(i) = self.index(id) else { return };
+        let task = &self.tasks[i];
+        let retry = task.extra.as_ref().is_some_and(|e| e.retry_at != 0);
+        match task.state {
+            State::Scheduled => self.set_state(i, State::Queued),
+            State::Queued if retry => {}
+            _ => return,
+        }
+        self.enqueue(id, queues);
+    }
+
+    /// Pauses or resumes queue `q`. A paused queue's workers start
+    /// nothing; resuming wakes those that wait, and lets tasks waiting for
+    /// room in. With a journal, the record is on disk already: the writer
+    /// makes the change (see section 6).
+    pub(crate) fn set_paused(&mut self, q: usize, paused: bool, queues: &[Queue]) {
+        if self.queues[q].paused == paused {
+            return;
+        }
+        self.queues[q].paused = paused;
+        self.events.changed();
+        if !paused {
+            std::mem::replace(&mut self.queues[q].resumed, Trigger::new()).fire();
+            self.refill(q, &queues[q]);
+        }
+    }
+
+    /// Returns a task's id, with the prefix it was made with.
+    pub(crate) fn task_id(&self, num: u64) -> TaskId {
+        let at = self.nodes.partition_point(|&(from, _)| from <= num);
+        let node = self
+            .nodes
+            .get(at.wrapping_sub(1))
+            .map_or("", |&(_, node)| node);
+        TaskId { node, num }
+    }
+
+    /// Finds the record an id names: the number must be a task's, and the
+    /// prefix the one that task was made with.
+    pub(crate) fn lookup_ref(&self, id: &IdRef) -> Lookup {
+        if self.task_id(id.num).node != id.node.as_str() {
+            return Lookup::Unknown;
+        }
+        self.lookup(id.num)
+    }
+
+    /// Returns the names of a task's queue and schedule.
+    pub(crate) fn names(&self, task: &Task) -> Names<'_> {
+        let schedule = task.extra.as_ref().and_then(|e| e.schedule);
+        Names {
+            id: self.task_id(task.id),
+            queue: &self.queues[usize::from(task.queue)].name,
+            schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
+        }
+    }
+
+    /// Counts the workers running an attempt, in every queue.
+    pub(crate) fn busy(&self) -> u64 {
+        self.queues.iter().map(|q| q.busy).sum()
+    }
+
+    /// Appends a record; its id must be larger than every other.
+    pub(crate) fn insert(&mut self, task: Task) {
+        self.counts[task.state as usize] += 1;
+        self.tasks.push_back(task);
+    }
+
+    /// Moves the task at index `i` to `state`, keeping counts, waking long
+    /// polls, and queueing terminal tasks for eviction — which may move
+    /// records, so `i` is not to be used afterwards.
+    ///
+    /// This is the one choke point of change: the journal record, the
+    /// counters `/metrics` reads, the long-poll wake-up and the event for
+    /// `/events` are all made here, in that order, from the same values.
+    pub(crate) fn set_state(&mut self, i: usize, state: State) {
+        self.set_state_at(i, state, now_millis());
+    }
+
+    /// Moves the task at index `i` to `state` as of `now` (ms since the
+    /// epoch): [`Store::set_state`], for a change whose time was fixed
+    /// when its record was made.
+    pub(crate) fn set_state_at(&mut self, i: usize, state: State, now: u64) {
+        let task = &mut self.tasks[i];
+        let (id, old) = (task.id, task.state);
+        task.state = state;
+        if state == State::Running {
+            task.started_at = now;
+        } else if state.is_terminal() {
+            task.finished_at = now;
+        }
+        // Starts are not journaled, and a cancel's record is written
+        // before it is made (see the journal's section), which a change
+        // meanwhile makes stale.
+        if !matches!(state, State::Running | State::Cancelled) {
+            self.log_state(i);
+        }
+        if !self.cancelling.is_empty()
+            && let Some(cancelling) = self.cancelling.get_mut(&id)
+        {
+            cancelling.stale = true;
+        }
+        self.counts[old as usize] -= 1;
+        self.counts[state as usize] += 1;
+        if state.is_terminal() {
+            self.counters.finished[state as usize] += 1;
+        }
+        self.wake_watchers(id);
+        self.publish(i, now);
+        if state.is_terminal() {
+            self.finished.push_back(id);
+            self.evict();
+        }
+    }
+
+    /// Evicts the earliest finished tasks beyond `--keep-finished`.
+    pub(crate) fn evict(&mut self) {
+        while self.finished.len() > self.keep_finished {
+            let Some(id) = self.finished.pop_front() else {
+                break;
+            };
+            let Some(i) = self.index(id) else { continue };
+            let task = &mut self.tasks[i];
+            let state = std::mem::replace(&mut task.state, State::Evicted);
+            let key = task.extra.take().and_then(|e| e.key);
+            task.label = None;
+            task.work_duration = None;
+            self.counts[state as usize] -= 1;
+            self.tombstones += 1;
+            if let Some(key) = key {
+                self.keys.remove(&key.text);
+            }
+            self.wake_watchers(id);
+        }
+        self.sweep();
+    }
+
+    /// Wakes the long polls waiting for task `id` to change.
+    pub(crate) fn wake_watchers(&mut self, id: u64) {
+        // Tuning: the plain version looks the id up. Most changes have no
+        // watcher, and a lookup would hash the id for nothing.
+        if !self.watchers.is_empty()
+            && let Some(watch) = self.watchers.remove(&id)
+        {
+            watch.fire();
+        }
+    }
+
+    /// Drops tombstones: from the front at once, and everywhere once they
+    /// are half the records, so the deque stays within twice the retained
+    /// tasks even when an old task runs for days.
+    pub(crate) fn sweep(&mut self) {
+        while self
+            .tasks
+            .front()
+            .is_some_and(|t| t.state == State::Evicted)
+        {
+            self.tasks.pop_front();
+            self.tombstones -= 1;
+        }
+        if self.tombstones > TOMBSTONE_SWEEP && self.tombstones * 2 > self.tasks.len() {
+            self.tasks.retain(|t| t.state != State::Evicted);
+            self.tombstones = 0;
+        }
+    }
+
+    /// Starts an attempt of a task a worker of queue `q` took from its
+    /// channel, unless the queue is paused (the worker keeps the task and
+    /// tries again on the resume) or the task is no longer queued (a client
+    /// cancelled it). The task leaves the queue, and a waiting one enters.
+    pub(crate) fn begin_attempt(&mut self, id: u64, q: usize, queues: &[Queue]) -> Begin {
+        // Tuning, as in `wake_watchers`: nearly always none was withdrawn.
+        if !self.withdrawn.is_empty() && self.withdrawn.remove(&id) {
+            // Taken back: no longer counted, and its place in the channel
+            // was freed when the worker took it.
+            self.refill(q, &queues[q]);
+            return Begin::Skip;
+        }
+        let state = &mut self.queues[q];
+        if state.paused {
+            return Begin::Paused(state.resumed.clone());
+        }
+        state.depth -= 1;
+        self.refill(q, &queues[q]);
+        let Some(i) = self
+            .index(id)
+            .filter(|&i| self.tasks[i].state == State::Queued)
+        else {
+            return Begin::Skip;
+        };
+        let task_id = self.task_id(id);
+        let task = &mut self.tasks[i];
+        task.attempt += 1;
+        let extra = task.extra.as_deref();
+        let work = Work {
+            id: task_id,
+            attempt: task.attempt,
+            kind: extra.and_then(|e| e.kind.clone()),
+            work_duration: task.work_duration.clone(),
+            payload: extra.and_then(|e| e.payload.clone()),
+            timeout: extra.and_then(|e| e.timeout.clone()),
+        };
+        if let Some(e) = task.extra.as_deref_mut() {
+            e.retry_at = 0;
+        }
+        self.queues[q].busy += 1;
+        self.set_state(i, State::Running);
+        Begin::Work(work)
+    }
+
+    /// Records how an attempt in queue `q` ended. A failed attempt with
+    /// attempts left goes to the scheduler for its retry; returns when it
+    /// is due (ms since the epoch).
+    pub(crate) fn end_attempt(&mut self, id: u64, q: usize, outcome: Outcome) -> Option<u64> {
+        // Tuning, as in `wake_watchers`: most attempts made no trigger.
+        if !self.cancels.is_empty() {
+            self.cancels.remove(&id);
+        }
+        self.queues[q].busy -= 1;
+        let i = self
+            .index(id)
+            .filter(|&i| self.tasks[i].state == State::Running)?;
+        let task = &mut self.tasks[i];
+        match outcome {
+            Outcome::Succeeded(result) => {
+                if task.extra.is_some() || result.is_some() {
+                    let extra = task.extra_mut();
+                    extra.error = None;
+                    extra.result = result;
+                }
+                self.set_state(i, State::Succeeded);
+                None
+            }
+            Outcome::Failed(error) if task.attempt < task.max_attempts => {
+                let retry_at = now_millis() + backoff(task.attempt).as_millis() as u64;
+                let extra = task.extra_mut();
+                extra.error = Some(error.into());
+                extra.retry_at = retry_at;
+                self.set_state(i, State::Queued);
+                // The scheduler ends only at shutdown, when a lost retry is
+                // what shutdown means anyway.
+                let _ = self.due_tx.try_send((retry_at, id));
+                Some(retry_at)
+            }
+            Outcome::Failed(error) => {
+                task.extra_mut().error = Some(error.into());
+                self.set_state(i, State::Failed);
+                None
+            }
+            // Cancelled tasks changed state when the client asked; an
+            // interrupted attempt stays running until the process exits.
+            Outcome::Cancelled | Outcome::Interrupted => None,
+        }
+    }
+
+    /// Sets the progress a running task's handler reported. It is journaled
+    /// with the task's next change of state, not on its own.
+    pub(crate) fn set_progress(&mut self, id: u64, progress: Box<str>) {
+        let Some(i) = self.index(id) else { return };
+        let task = &mut self.tasks[i];
+        if task.state == State::Running {
+            task.extra_mut().progress = Some(progress);
+            self.publish(i, now_millis());
+        }
+    }
+
+    /// Cancels a scheduled, queued or running task: at once without a
+    /// journal; with one, once its record is on disk (the journal's
+    /// protocol, section 6), and the receiver tells whether it got there.
+    /// `Err(Found(i))` when it is already terminal.
+    pub(crate) fn cancel(&mut self, id: u64) -> Result<Cancel, Lookup> {
+        let i = match self.lookup(id) {
+            Lookup::Found(i) => i,
+            other => return Err(other),
+        };
+        if self.tasks[i].state.is_terminal() {
+            return Err(Lookup::Found(i));
+        }
+        if self.journal.is_some() {
+            return Ok(Cancel::Saving(self.log_cancel(i)));
+        }
+        self.make_cancel(i, now_millis());
+        // Cancelling may have evicted older tasks, moving this one.
+        match self.lookup(id) {
+            Lookup::Found(i) => Ok(Cancel::Made(i)),
+            other => Err(other),
+        }
+    }
+
+    /// Makes the cancel of the task at index `i`, as of `at`: its work, if
+    /// it runs, is interrupted, and it is `cancelled`.
+    pub(crate) fn make_cancel(&mut self, i: usize, at: u64) {
+        if let Some(cancel) = self.cancels.get(&self.tasks[i].id) {
+            cancel.fire();
+        }
+        self.set_state_at(i, State::Cancelled, at);
+    }
+
+    /// Returns the trigger that `cancel` fires for a running task, made when
+    /// its work first waits (work that never waits needs none); `None` if
+    /// the task is no longer running — it was cancelled already.
+    pub(crate) fn cancel_trigger(&mut self, id: u64) -> Option<Trigger> {
+        let running = self.get(id).is_some_and(|t| t.state == State::Running);
+        running.then(|| self.cancels.entry(id).or_insert_with(Trigger::new).clone())
+    }
+
+    /// Returns the trigger a long poll waits on for `id` to change.
+    pub(crate) fn watch(&mut self, id: u64) -> Trigger {
+        self.watchers.entry(id).or_insert_with(Trigger::new).clone()
+    }
+
+    /// Counts the tasks in a state.
+    pub(crate) fn count(&self, state: State) -> usize {
+        self.counts[state as usize]
+    }
+}
+
+impl Store {
+    /// Fires schedule `i`, due at `at`: creates its task as a POST would,
+    /// or skips the firing, and counts and logs which. Returns when it
+    /// fires next.
+    pub(crate) fn fire(
+        &mut self,
+        i: usize,
+        at: u64,
+        config: &Config,
+        queues: &[Queue],
+    ) -> Option<u64> {
+        let schedule = &config.schedules[i];
+        let skipped = match self.fire_task(i, config, queues) {
+            Ok(id) => {
+                debug!(
+                    "schedule {} fired: task {}",
+                    schedule.name,
+                    self.task_id(id)
+                );
+                None
+            }
+            Err(why) => Some(why),
+        };
+        let state = &mut self.schedules[i];
+        state.last_at = at;
+        if let Some(why) = skipped {
+            state.skipped += 1;
+            info!("schedule {}: firing skipped: {why}", schedule.name);
+        }
+        state.next_at = firing_after(&schedule.spec, at, now_millis())?;
+        Some(state.next_at)
+    }
+
+    /// Creates the task of schedule `i`'s firing, unless its previous task
+    /// is still pending or its queue is full; returns the new task's id, or
+    /// why there is none.
+    pub(crate) fn fire_task(
+        &mut self,
+        i: usize,
+        config: &Config,
+        queues: &[Queue],
+    ) -> Result<u64, String> {
+        if let Some(task) = self.get(self.schedules[i].last_task)
+            && matches!(
+                task.state,
+                State::Scheduled | State::Queued | State::Running
+            )
+        {
+            return Err(format!("its previous task is still {}", task.state.name()));
+        }
+        // Checked at start-up, and nothing in it depends on the time.
+        let schedule = &config.schedules[i];
+        let mut new = parse_submission(config, schedule.template.as_bytes())?;
+        new.label = new.label.or_else(|| Some(Text::new(&schedule.name)));
+        new.schedule = Some(i as u16);
+        match self.admit(new, queues) {
+            Admission::Created(TaskId { num: id, .. }, ..) => {
+                let state = &mut self.schedules[i];
+                (state.last_task, state.created) = (id, state.created + 1);
+                Ok(id)
+            }
+            Admission::Full => Err("its queue is full".into()),
+            Admission::ShuttingDown => Err("the server is shutting down".into()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+}
+
+// The journal's side of `Store`; the rest of its impl is in section 2.
+impl Store {
+    /// Sends a record to the journal, if there is one, with what waits for
+    /// it.
+    pub(crate) fn log(&mut self, line: Vec<u8>, awaiting: Awaiting) {
+        let Some(log) = &mut self.journal else { return };
+        log.seq += 1;
+        let entry = JournalEntry {
+            seq: log.seq,
+            line,
+            awaiting,
+        };
+        // Closed only at the very end of shutdown, when nothing more counts.
+        let _ = log.tx.try_send(entry);
+        log.progress.appended.store(log.seq, Ordering::Release);
+    }
+
+    /// Journals the current state of the task at index `i`.
+    pub(crate) fn log_state(&mut self, i: usize) {
+        if self.journal.is_none() {
+            return;
+        }
+        let mut line = Vec::with_capacity(160);
+        write_record(&mut line, &self.tasks[i].state_record());
+        self.log(line, Awaiting::Nothing);
+    }
+
+    /// Journals that queue `q` is to be paused or resumed; the writer
+    /// makes the change once the record is on disk, and the receiver tells
+    /// whether it did.
+    pub(crate) fn log_pause(&mut self, q: usize, paused: bool) -> Receiver<bool> {
+        let mut record = self.queues[q].pause_record();
+        record.paused = Some(paused);
+        let mut line = Vec::with_capacity(64);
+        write_record(&mut line, &record);
+        let (done, saved) = async_channel::bounded(1);
+        self.log(line, Awaiting::Change(Change::Pause { q, paused, done }));
+        saved
+    }
+
+    /// Journals that the task at index `i` is to be cancelled; the writer
+    /// makes the cancel once the record is on disk, and the receiver tells
+    /// whether it did. A cancel already on its way is joined, not written
+    /// twice.
+    pub(crate) fn log_cancel(&mut self, i: usize) -> Receiver<bool> {
+        let (done, saved) = async_channel::bounded(1);
+        let id = self.tasks[i].id;
+        if let Some(cancelling) = self.cancelling.get_mut(&id) {
+            cancelling.waiters.push(done);
+            return saved;
+        }
+        let waiters = vec![done];
+        self.cancelling.insert(
+            id,
+            Cancelling {
+                stale: false,
+                waiters,
+            },
+        );
+        self.write_cancel(i);
+        saved
+    }
+
+    /// Writes the record of the task at index `i` as a cancel made now
+    /// would leave it.
+    pub(crate) fn write_cancel(&mut self, i: usize) {
+        let (task, at) = (&self.tasks[i], now_millis());
+        let mut record = task.state_record();
+        // A running task's record would say `queued`, its attempt not
+        // counted: a cancelled one counts it.
+        record.state = Some(std::borrow::Cow::Borrowed(State::Cancelled.name()));
+        record.attempt = Some(task.attempt);
+        record.finished_at = Some(at);
+        let mut line = Vec::with_capacity(160);
+        write_record(&mut line, &record);
+        let id = task.id;
+        self.log(line, Awaiting::Change(Change::Cancel { id, at }));
+    }
+
+    /// Settles a batch once it is written or has failed (step 2, under
+    /// the store lock): if it failed, its new tasks are taken back and its
+    /// changes are not made; if it was written, its changes are made, in
+    /// the order of their records. Those waiting for the changes are told.
+    pub(crate) fn settle(&mut self, batch: &[JournalEntry], written: bool, queues: &[Queue]) {
+        for entry in batch {
+            match &entry.awaiting {
+                Awaiting::New { id, .. } if !written => self.take_back(*id),
+                Awaiting::Change(Change::Pause { q, paused, done }) => {
+                    if written {
+                        self.set_paused(*q, *paused, queues);
+                    }
+                    // The request may have gone; then nobody needs to know.
+                    let _ = done.try_send(written);
+                }
+                &Awaiting::Change(Change::Cancel { id, at }) => self.settle_cancel(id, at, written),
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes a cancel whose record was written, unless the task changed
+    /// since the record was made: then it is written again, and the cancel
+    /// waits for that one. A task that ended meanwhile (its own record,
+    /// later, has the last word) or was taken back is left as it is.
+    pub(crate) fn settle_cancel(&mut self, id: u64, at: u64, written: bool) {
+        let Some(cancelling) = self.cancelling.remove(&id) else {
+            return;
+        };
+        let pending = self
+            .index(id)
+            .filter(|&i| !self.tasks[i].state.is_terminal());
+        match pending {
+            Some(i) if written && cancelling.stale => {
+                let waiters = cancelling.waiters;
+                self.cancelling.insert(
+                    id,
+                    Cancelling {
+                        stale: false,
+                        waiters,
+                    },
+                );
+                self.write_cancel(i);
+                return;
+            }
+            Some(i) if written => self.make_cancel(i, at),
+            _ => {}
+        }
+        for waiter in cancelling.waiters {
+            // The request may have gone; then nobody needs to know.
+            let _ = waiter.try_send(written);
+        }
+    }
+
+    /// Takes back a task whose `new` record could not be written, from
+    /// every index it entered, as if it had never been accepted: it was
+    /// never started (workers wait for the record: step 3), and whatever
+    /// its state — scheduled, queued, or queued since it came due — it
+    /// leaves no trace. A cancel of it cannot have been made either (it
+    /// waits for its own record, which comes later).
+    pub(crate) fn take_back(&mut self, id: u64) {
+        let Ok(i) = self.position(id) else { return };
+        let Some(task) = self.tasks.remove(i) else {
+            return;
+        };
+        self.counts[task.state as usize] -= 1;
+        self.counters.accepted -= 1;
+        if task.state == State::Queued {
+            let queue = &mut self.queues[usize::from(task.queue)];
+            queue.depth -= 1;
+            match queue.waiting.iter().position(|&w| w == id) {
+                Some(at) => drop(queue.waiting.remove(at)),
+                // In the channel, or taken by a worker waiting for the
+                // record: whoever gets it skips it.
+                None => drop(self.withdrawn.insert(id)),
+            }
+        }
+        // The scheduler finds no task when it comes due, and drops it.
+        let extra = task.extra.unwrap_or_default();
+        if let Some(key) = extra.key
+            && self.keys.get(&key.text) == Some(&id)
+        {
+            self.keys.remove(&key.text);
+        }
+        if let Some(s) = extra.schedule {
+            self.unfire(usize::from(s), id);
+        }
+        self.wake_watchers(id);
+        self.events.changed();
+    }
+
+    /// Counts the firing of schedule `s` that made task `id`, taken back,
+    /// as skipped, and points the schedule at the task it made before.
+    pub(crate) fn unfire(&mut self, s: usize, id: u64) {
+        // Rare (a full disk) and under the lock: the earlier task is
+        // looked for among the retained ones, newest first.
+        let earlier = self
+            .tasks
+            .iter()
+            .rev()
+            .find(|t| {
+                t.state != State::Evicted
+                    && t.extra.as_ref().and_then(|e| e.schedule) == Some(s as u16)
+            })
+            .map_or(0, |t| t.id);
+        let state = &mut self.schedules[s];
+        if state.last_task == id {
+            state.last_task = earlier;
+        }
+        state.created -= 1;
+        state.skipped += 1;
+        info!(
+            "schedule {}: firing skipped: its task could not be saved to disk",
+            state.name
+        );
+    }
+
+    /// Writes every retained task as `new` and `state` records: the
+    /// content of a compacted journal.
+    pub(crate) fn snapshot(&self, out: &mut Vec<u8>) {
+        write_version(out);
+        let first = Record {
+            op: Some(Op::First),
+            id: self.first_id,
+            ..Record::default()
+        };
+        write_record(out, &first);
+        for queue in self.queues.iter().filter(|q| q.paused) {
+            write_record(out, &queue.pause_record());
+        }
+        for task in self.tasks.iter().filter(|t| t.state != State::Evicted) {
+            write_record(out, &task.new_record(self.names(task)));
+            if !matches!(task.state, State::Queued | State::Scheduled) || task.attempt > 0 {
+                write_record(out, &task.state_record());
+            }
+        }
+    }
+
+    /// How many tasks are retained.
+    pub(crate) fn retained(&self) -> usize {
+        self.tasks.len() - self.tombstones
+    }
+
+    /// Fills an empty store from a replayed journal, applying
+    /// `--keep-finished` and the queues' paused states, and puts back what
+    /// was waiting: queued tasks into their queues in their original order
+    /// (what does not fit waits for room), delayed tasks and retries not
+    /// yet due into the scheduler — those due while the server was down
+    /// come due at once.
+    pub(crate) fn restore(&mut self, replayed: Replayed, queues: &[Queue]) {
+        // This run's prefix applies from its first id on.
+        let node = self.nodes[0].1;
+        self.nodes = replayed.nodes.clone();
+        self.nodes
+            .push((replayed.tasks.last().map_or(0, |t| t.id + 1), node));
+        for (name, paused) in &replayed.paused {
+            if let Some(q) = queues.iter().position(|q| *q.name == **name) {
+                self.queues[q].paused = *paused;
+            }
+        }
+        let now = now_millis();
+        let mut ready = Vec::new();
+        let mut finished = Vec::new();
+        for task in replayed.tasks {
+            self.counts[task.state as usize] += 1;
+            if let Some(key) = task.extra.as_ref().and_then(|e| e.key.as_ref()) {
+                self.keys.insert(key.text.clone(), task.id);
+            }
+            let retry_at = task.extra.as_ref().map_or(0, |e| e.retry_at);
+            if let Some(s) = task.extra.as_ref().and_then(|e| e.schedule) {
+                // The last task a schedule made, so that its next firing
+                // knows whether that one is still pending.
+                let state = &mut self.schedules[usize::from(s)];
+                (state.last_task, state.last_at) = (task.id, task.created_at());
+            }
+            // The scheduler's receiver is alive: it is returned with the store.
+            match task.state {
+                State::Scheduled => drop(self.due_tx.try_send((task.run_at, task.id))),
+                State::Queued if retry_at > now => drop(self.due_tx.try_send((retry_at, task.id))),
+                State::Queued => ready.push(task.id),
+                _ => finished.push((task.finished_at, task.id)),
+            }
+            self.last_id = task.id;
+            self.tasks.push_back(task);
+        }
+        self.first_id = match (replayed.first_id, self.tasks.front()) {
+            (0, Some(task)) => task.id,
+            (first, _) => first,
+        };
+        self.last_id = self.last_id.max(self.first_id);
+        finished.sort_unstable();
+        self.finished = finished.into_iter().map(|(_, id)| id).collect();
+        self.evict();
+        for id in ready {
+            self.enqueue(id, queues);
+        }
+    }
+}
+
+impl Store {
+    /// Shows every queue, `default` first.
+    pub(crate) fn queue_views<'a>(
+        &self,
+        config: &'a Config,
+        queues: &[Queue],
+    ) -> Vec<QueueView<'a>> {
+        let configs = config.queues.iter();
+        let runtime = queues.iter().zip(&self.queues);
+        configs
+            .zip(runtime)
+            .map(|(config, (queue, state))| QueueView {
+                name: &config.name,
+                workers: config.workers,
+                busy: state.busy,
+                // Those waiting for room are not in the queue yet.
+                depth: state.depth - state.waiting.len(),
+                capacity: queue.capacity,
+                paused: state.paused,
+            })
+            .collect()
+    }
+}
+
+// The events' side of `Store`; the rest of its impl is in section 2.
+impl Store {
+    /// Tells the event streams that the task at index `i` changed: its
+    /// `task` event is rendered once, into the log. `at` is when the change
+    /// happened (ms since the epoch), read once by the change.
+    pub(crate) fn publish(&mut self, i: usize, at: u64) {
+        if !self.events.open() {
+            return;
+        }
+        let task = &self.tasks[i];
+        self.events.publish(task, self.names(task), at);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    #[allow(unused_imports)]
+    use crate::http::tests::Rng;
+
+    #[test]
+    fn positions_agree_with_a_binary_search() {
+        let mut rng = Rng(0x1234_5678);
+        for round in 0..300 {
+            let (mut store, _queues, _due) = store_for(&[]);
+            let mut id = 1_796_000_000_000_000u64;
+            for _ in 0..rng.below(300) {
+                // Gaps of every size: bursts, pauses, and one huge jump.
+                id += match rng.below(10) {
+                    0 => 1_000_000_000 * (1 + rng.below(1000) as u64),
+                    1..=3 => 1,
+                    _ => 1 + rng.below(5000) as u64,
+                };
+                store.insert(Task::from_new(id, new_task("t", 0), State::Queued));
+            }
+            let ids: Vec<u64> = store.tasks.iter().map(|t| t.id).collect();
+            let mut probes: Vec<u64> = ids.clone();
+            probes.extend([0, 1, u64::MAX, ids.first().map_or(5, |i| i - 1), id + 1]);
+            probes.extend(ids.iter().map(|i| i + 1));
+            for probe in probes {
+                assert_eq!(
+                    store.position(probe),
+                    ids.binary_search(&probe),
+                    "round {round}, {probe}"
+                );
+            }
+        }
+    }
+
+    /// A configuration from command-line arguments, as the server gets it.
+    pub(crate) fn config(args: &[&str]) -> Config {
+        match parse_command(args.iter().map(OsString::from), |_| None) {
+            Ok(Command::Run(config)) => *config,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// A store for `args` with its queues, and the scheduler's receiver.
+    pub(crate) fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, u64)>) {
+        let config = config(args);
+        let (due_tx, due_rx) = async_channel::unbounded();
+        let queues = config.queues.iter().map(Queue::new).collect();
+        (Store::new(&config, due_tx), queues, due_rx)
+    }
+
+    /// A new `sleep` task of no time in `default`, to start at `run_at`.
+    pub(crate) fn new_task(label: &str, run_at: u64) -> NewTask {
+        NewTask {
+            label: Some(Text::new(label)),
+            work_duration: Some(Text::new("0s")),
+            kind: None,
+            payload: None,
+            timeout: None,
+            max_attempts: 2,
+            key: None,
+            queue: 0,
+            run_at,
+            schedule: None,
+        }
+    }
+
+    /// The store table: each step says what happens to a task (or to the
+    /// store), what the store answers, and the counts afterwards in the
+    /// order of [`STATES`]: scheduled, queued, running, succeeded, failed,
+    /// cancelled. The queue has two places, two finished tasks are kept,
+    /// one delayed task may wait, and every task may have two attempts.
+    /// "take" is a worker receiving from the channel; "due" is the
+    /// scheduler finding the task's time has come.
+    const STORE_STEPS: &[(&str, &str, [usize; 6])] = &[
+        ("admit a", "created queued", [0, 1, 0, 0, 0, 0]),
+        ("admit b key=k", "created queued", [0, 2, 0, 0, 0, 0]),
+        ("admit c", "full", [0, 2, 0, 0, 0, 0]),
+        ("admit d key=k", "repeat b", [0, 2, 0, 0, 0, 0]),
+        ("admit d key=k other-body", "key reused", [0, 2, 0, 0, 0, 0]),
+        ("take a", "ok", [0, 2, 0, 0, 0, 0]),
+        ("begin a", "attempt 1", [0, 1, 1, 0, 0, 0]),
+        ("admit c", "created queued", [0, 2, 1, 0, 0, 0]),
+        // A failed attempt with one left: queued again, its retry due.
+        ("fail a", "retry", [0, 3, 0, 0, 0, 0]),
+        ("take b", "ok", [0, 3, 0, 0, 0, 0]),
+        ("cancel b", "cancelled", [0, 2, 0, 0, 0, 1]),
+        // The worker that took a cancelled task skips it.
+        ("begin b", "skipped", [0, 2, 0, 0, 0, 1]),
+        ("due a", "ok", [0, 2, 0, 0, 0, 1]),
+        ("depth 2", "ok", [0, 2, 0, 0, 0, 1]),
+        ("take c", "ok", [0, 2, 0, 0, 0, 1]),
+        ("take a", "ok", [0, 2, 0, 0, 0, 1]),
+        ("begin a", "attempt 2", [0, 1, 1, 0, 0, 1]),
+        ("cancel a", "cancelled", [0, 1, 0, 0, 0, 2]),
+        // The worker learns of the cancel when its work ends.
+        ("succeed a", "ignored", [0, 1, 0, 0, 0, 2]),
+        ("cancel a", "already cancelled", [0, 1, 0, 0, 0, 2]),
+        ("begin c", "attempt 1", [0, 0, 1, 0, 0, 2]),
+        // A third finished task evicts the first to finish, b, and frees
+        // its key; b's id now answers 410.
+        ("succeed c", "done", [0, 0, 0, 1, 0, 1]),
+        ("lookup b", "gone", [0, 0, 0, 1, 0, 1]),
+        ("admit e key=k", "created queued", [0, 1, 0, 1, 0, 1]),
+        ("take e", "ok", [0, 1, 0, 1, 0, 1]),
+        ("begin e", "attempt 1", [0, 0, 1, 1, 0, 1]),
+        ("fail e", "retry", [0, 1, 0, 1, 0, 1]),
+        ("due e", "ok", [0, 1, 0, 1, 0, 1]),
+        ("take e", "ok", [0, 1, 0, 1, 0, 1]),
+        ("begin e", "attempt 2", [0, 0, 1, 1, 0, 1]),
+        ("fail e", "failed", [0, 0, 0, 1, 1, 0]),
+        ("lookup a", "gone", [0, 0, 0, 1, 1, 0]),
+        ("lookup e", "found", [0, 0, 0, 1, 1, 0]),
+        ("lookup z", "unknown", [0, 0, 0, 1, 1, 0]),
+        // Delayed tasks take no place in the queue, but only one may wait.
+        ("admit s later", "created scheduled", [1, 0, 0, 1, 1, 0]),
+        ("admit t later", "too many scheduled", [1, 0, 0, 1, 1, 0]),
+        ("cancel s", "cancelled", [0, 0, 0, 0, 1, 1]),
+        ("due s", "ok", [0, 0, 0, 0, 1, 1]),
+        ("admit u later", "created scheduled", [1, 0, 0, 0, 1, 1]),
+        ("admit v", "created queued", [1, 1, 0, 0, 1, 1]),
+        ("admit w", "created queued", [1, 2, 0, 0, 1, 1]),
+        // Due while the queue is full, u waits for room, and before any
+        // new submission.
+        ("due u", "ok", [0, 3, 0, 0, 1, 1]),
+        ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
+        ("admit x", "full", [0, 3, 0, 0, 1, 1]),
+        // A paused queue starts nothing: a worker that took a task keeps
+        // it, still counted, so no new task fits.
+        ("pause", "ok", [0, 3, 0, 0, 1, 1]),
+        ("take v", "ok", [0, 3, 0, 0, 1, 1]),
+        ("begin v", "paused", [0, 3, 0, 0, 1, 1]),
+        ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
+        ("admit x", "full", [0, 3, 0, 0, 1, 1]),
+        // On the resume v, first in line, begins first; u, waiting for
+        // room, enters behind w.
+        ("resume", "ok", [0, 3, 0, 0, 1, 1]),
+        ("begin v", "attempt 1", [0, 2, 1, 0, 1, 1]),
+        ("take w", "ok", [0, 2, 1, 0, 1, 1]),
+        ("take u", "ok", [0, 2, 1, 0, 1, 1]),
+        ("depth 2", "ok", [0, 2, 1, 0, 1, 1]),
+        ("drain", "ok", [0, 2, 1, 0, 1, 1]),
+        ("admit f", "shutting down", [0, 2, 1, 0, 1, 1]),
+    ];
+
+    #[test]
+    fn the_store_moves_tasks_through_their_states() {
+        let args = [
+            "--buffer",
+            "2",
+            "--keep-finished",
+            "2",
+            "--max-scheduled",
+            "1",
+        ];
+        let (mut store, queues, due_rx) = store_for(&args);
+        let mut ids: HashMap<String, u64> = HashMap::new();
+        for &(step, expected, counts) in STORE_STEPS {
+            let words: Vec<&str> = step.split(' ').collect();
+            let label = words.get(1).copied().unwrap_or_default();
+            let id = ids.get(label).copied().unwrap_or(1);
+            let answer = match words[0] {
+                "admit" => {
+                    let later = words.get(2) == Some(&"later");
+                    let mut new = new_task(label, if later { now_millis() + 3_600_000 } else { 0 });
+                    // The fourth word, if any, stands for the body.
+                    new.key = words.get(2).and_then(|k| k.strip_prefix("key=")).map(|k| {
+                        let body = words.get(3).copied().unwrap_or("body");
+                        parse_key(k.as_bytes(), "/tasks", body.as_bytes()).unwrap()
+                    });
+                    match store.admit(new, &queues) {
+                        Admission::Created(TaskId { num: id, .. }, state, _) => {
+                            ids.insert(label.to_string(), id);
+                            format!("created {}", state.name())
+                        }
+                        Admission::Repeat(TaskId { num: id, .. }, ..) => {
+                            let first = ids.iter().find(|(_, v)| **v == id).unwrap();
+                            format!("repeat {}", first.0)
+                        }
+                        Admission::KeyReused => "key reused".to_string(),
+                        Admission::Full => "full".to_string(),
+                        Admission::TooManyScheduled => "too many scheduled".to_string(),
+                        Admission::ShuttingDown => "shutting down".to_string(),
+                    }
+                }
+                "take" => {
+                    assert_eq!(queues[0].jobs_rx.try_recv(), Ok(id), "{step}");
+                    "ok".to_string()
+                }
+                "due" => {
+                    let (_, due) = due_rx.try_recv().unwrap();
+                    assert_eq!(due, id, "{step}");
+                    store.make_due(id, &queues);
+                    "ok".to_string()
+                }
+                "depth" => {
+                    let depth = store.queues[0].depth;
+                    assert_eq!(depth.to_string(), label, "{step}");
+                    "ok".to_string()
+                }
+                "begin" => match store.begin_attempt(id, 0, &queues) {
+                    Begin::Work(work) => format!("attempt {}", work.attempt),
+                    Begin::Skip => "skipped".to_string(),
+                    Begin::Paused(_) => "paused".to_string(),
+                },
+                "fail" | "succeed" => {
+                    let outcome = match words[0] {
+                        "fail" => Outcome::Failed("exit status 1".to_string()),
+                        _ => Outcome::Succeeded(Some("{}".into())),
+                    };
+                    let retry = store.end_attempt(id, 0, outcome);
+                    match (retry, store.get(id).map(|t| t.state)) {
+                        (Some(_), Some(State::Queued)) => "retry",
+                        (None, Some(State::Failed)) => "failed",
+                        (None, Some(State::Cancelled)) => "ignored",
+                        (None, _) => "done",
+                        other => panic!("{step}: {other:?}"),
+                    }
+                    .to_string()
+                }
+                "cancel" => match store.cancel(id) {
+                    Ok(_) => "cancelled".to_string(),
+                    Err(Lookup::Found(i)) => format!("already {}", store.tasks[i].state.name()),
+                    Err(other) => format!("{other:?}"),
+                },
+                "lookup" => match store.lookup(id) {
+                    Lookup::Found(_) => "found",
+                    Lookup::Gone => "gone",
+                    Lookup::Unknown => "unknown",
+                }
+                .to_string(),
+                "pause" | "resume" => {
+                    store.set_paused(0, words[0] == "pause", &queues);
+                    "ok".to_string()
+                }
+                "drain" => {
+                    store.draining = true;
+                    "ok".to_string()
+                }
+                other => panic!("unknown step {other}"),
+            };
+            assert_eq!(answer, expected, "{step}");
+            assert_eq!(store.counts, counts, "counts after {step}");
+            // Tombstones are swept from the front at once.
+            assert!(
+                store
+                    .tasks
+                    .front()
+                    .is_none_or(|t| t.state != State::Evicted)
+            );
+            assert_eq!(
+                store.retained(),
+                counts.iter().sum::<usize>(),
+                "after {step}"
+            );
+        }
+        assert_eq!(store.counters.accepted, 8);
+        assert_eq!(store.counters.finished, [0, 0, 0, 1, 1, 3]);
+        assert_eq!(store.busy(), 1);
+        // The keys of evicted tasks are gone with them; e keeps its own.
+        assert_eq!(store.keys.len(), 1);
+    }
+
+    #[test]
+    fn tombstones_are_swept_once_they_are_half_the_records() {
+        let (mut store, queues, _due) = store_for(&["--buffer", "1000", "--keep-finished", "1"]);
+        let admit = |store: &mut Store| {
+            let Admission::Created(TaskId { num: id, .. }, ..) =
+                store.admit(new_task("t", 0), &queues)
+            else {
+                panic!("admitted")
+            };
+            let _ = queues[0].jobs_rx.try_recv();
+            store.begin_attempt(id, 0, &queues);
+            id
+        };
+        // The oldest task runs for ever, so tombstones cannot leave from
+        // the front; finished tasks behind it are evicted one by one.
+        admit(&mut store);
+        for _ in 0..500 {
+            let id = admit(&mut store);
+            store.end_attempt(id, 0, Outcome::Succeeded(None));
+            assert!(store.tasks.len() <= 2 * store.retained() + TOMBSTONE_SWEEP);
+        }
+        assert_eq!(store.retained(), 2);
+        assert!(store.tombstones <= TOMBSTONE_SWEEP, "{}", store.tombstones);
+    }
+}

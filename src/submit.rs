@@ -1,0 +1,195 @@
+//! TODO submit
+
+#[allow(unused_imports)]
+use crate::{
+    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
+    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
+    store::*, systemd::*, task::*, time::*, trigger::*,
+};
+use async_channel::{Receiver, Sender, TrySendError};
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use log::{debug, error, info, warn};
+use serde::Deserialize;
+use smol::future;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The members a submission body may have. Strings borrow from the body
+/// when they have no escapes; `null` counts as absent.
+#[derive(Deserialize)]
+pub(crate) struct Submission<'a> {
+    /// The client's label.
+    #[serde(borrow, default)]
+    pub(crate) task_id: Option<std::borrow::Cow<'a, str>>,
+    /// How long a `sleep` task lasts.
+    #[serde(borrow, default)]
+    pub(crate) work_duration: Option<std::borrow::Cow<'a, str>>,
+    /// The task kind.
+    #[serde(borrow, default)]
+    pub(crate) kind: Option<std::borrow::Cow<'a, str>>,
+    /// Anything, handed to the handler.
+    #[serde(borrow, default)]
+    pub(crate) payload: Option<&'a serde_json::value::RawValue>,
+    /// The per-attempt timeout.
+    #[serde(borrow, default)]
+    pub(crate) timeout: Option<std::borrow::Cow<'a, str>>,
+    /// Attempts allowed.
+    #[serde(default)]
+    pub(crate) max_attempts: Option<serde_json::Number>,
+    /// The queue to run in.
+    #[serde(borrow, default)]
+    pub(crate) queue: Option<std::borrow::Cow<'a, str>>,
+    /// When to start, as an RFC 3339 time.
+    #[serde(borrow, default)]
+    pub(crate) run_at: Option<std::borrow::Cow<'a, str>>,
+    /// How long from now to start.
+    #[serde(borrow, default)]
+    pub(crate) delay: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The furthest ahead a task may be delayed: a year and a leap day, so
+/// that "this time next year" always fits.
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(366 * 86_400);
+
+/// The longest `Idempotency-Key`: the IETF draft sets no limit, and keys
+/// are kept in memory with their task, so they are kept to a short line.
+pub(crate) const MAX_KEY_LEN: usize = 255;
+
+/// The original server's answer to a body it cannot read.
+pub(crate) const BAD_BODY: &str = "failed to read POST body";
+
+/// The original server's answer to a bad `work_duration`.
+pub(crate) const BAD_DURATION: &str = "failed to parse work duration in request";
+
+/// Checks a submission body and turns it into a [`NewTask`], or the
+/// sentence of the `400` that explains what is wrong. `--schedule`
+/// templates are checked by the same function, so a template that starts
+/// is one a POST would accept.
+pub(crate) fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, String> {
+    // serde would read a JSON array as a struct's fields in order: only an
+    // object is a task.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(BAD_BODY.into());
+    }
+    // Checked as UTF-8 once, so that serde need not check each string again.
+    let body = std::str::from_utf8(body).map_err(|_| BAD_BODY)?;
+    let s: Submission = serde_json::from_str(body).map_err(|_| BAD_BODY)?;
+    let kind = match s.kind.as_deref() {
+        None | Some("sleep") => None,
+        Some(name) => match config.handlers.iter().find(|h| &*h.kind == name) {
+            Some(h) => Some(h.kind.clone()),
+            None => return Err(format!("unknown task kind {}", quoted(name))),
+        },
+    };
+    match (&s.work_duration, &kind) {
+        (Some(d), _) if parse_duration(d).is_err() => return Err(BAD_DURATION.into()),
+        (None, None) => return Err(BAD_DURATION.into()),
+        _ => {}
+    }
+    if let Some(t) = &s.timeout
+        && parse_duration(t).ok().is_none_or(|d| d.is_zero())
+    {
+        return Err("timeout must be a duration greater than zero, such as \"30s\"".into());
+    }
+    let max_attempts = match s.max_attempts.as_ref().map(serde_json::Number::as_u64) {
+        None => 1,
+        Some(Some(n)) if n >= 1 && n <= u64::from(*MAX_ATTEMPTS.end()) => n as u8,
+        Some(_) => {
+            return Err(format!(
+                "max_attempts must be an integer from {} to {}",
+                MAX_ATTEMPTS.start(),
+                MAX_ATTEMPTS.end()
+            ));
+        }
+    };
+    let queue = task_queue(config, s.queue.as_deref(), kind.as_deref())?;
+    let run_at = start_time(s.run_at.as_deref(), s.delay.as_deref())?;
+    Ok(NewTask {
+        label: s.task_id.as_deref().map(Text::new),
+        work_duration: s.work_duration.as_deref().map(Text::new),
+        kind,
+        payload: s.payload.map(|p| p.get().into()),
+        timeout: s.timeout.as_deref().map(Text::new),
+        max_attempts,
+        key: None,
+        queue,
+        run_at,
+        schedule: None,
+    })
+}
+
+/// Finds the index of a task's queue: the one it names, else the one named
+/// like its kind, else `default`. An unknown name is an error.
+pub(crate) fn task_queue(
+    config: &Config,
+    named: Option<&str>,
+    kind: Option<&str>,
+) -> Result<u8, String> {
+    let find = |name: &str| config.queues.iter().position(|q| &*q.name == name);
+    let q = match named {
+        Some(name) => find(name).ok_or_else(|| format!("unknown queue {}", quoted(name)))?,
+        None => kind.and_then(find).unwrap_or(0),
+    };
+    // There are at most MAX_QUEUES, so the index fits.
+    Ok(q as u8)
+}
+
+/// Finds when a task may start, ms since the epoch, from `run_at` or
+/// `delay`; 0 for at once. A time in the past means at once too.
+pub(crate) fn start_time(run_at: Option<&str>, delay: Option<&str>) -> Result<u64, String> {
+    let now = now_millis();
+    let latest = now + MAX_DELAY.as_millis() as u64;
+    let at = match (run_at, delay) {
+        (None, None) => return Ok(0),
+        (Some(_), Some(_)) => return Err("run_at and delay cannot be used together".into()),
+        (Some(text), None) => match parse_rfc3339(text) {
+            Some(ms) if ms > 0 => ms as u64,
+            // In the past, so at once; the store counts time from 1970, so
+            // such a run_at is not kept.
+            Some(_) => return Ok(0),
+            None => {
+                return Err(
+                    "run_at must be an RFC 3339 time such as \"2026-12-01T03:00:00Z\"".into(),
+                );
+            }
+        },
+        (None, Some(text)) => match parse_duration(text) {
+            Ok(delay) if delay <= MAX_DELAY => now + delay.as_millis() as u64,
+            Ok(_) => return Err("delay must be at most 366 days".into()),
+            Err(_) => return Err("delay must be a duration such as \"10m\"".into()),
+        },
+    };
+    if at > latest {
+        return Err("run_at must be at most 366 days ahead".into());
+    }
+    Ok(at)
+}
+
+/// Checks an `Idempotency-Key` header and fingerprints the request it
+/// came with: its route and body.
+pub(crate) fn parse_key(key: &[u8], route: &str, body: &[u8]) -> Result<IdempotencyKey, Response> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(u8::is_ascii_graphic) {
+        return Err(Response::error(
+            400,
+            &format!("Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"),
+        ));
+    }
+    Ok(IdempotencyKey {
+        // Visible ASCII is UTF-8.
+        text: std::str::from_utf8(key).unwrap_or_default().into(),
+        fingerprint: fingerprint(route, body),
+    })
+}

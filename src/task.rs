@@ -1,0 +1,717 @@
+//! TODO task
+
+#[allow(unused_imports)]
+use crate::{
+    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
+    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
+    store::*, submit::*, systemd::*, time::*, trigger::*,
+};
+use async_channel::{Receiver, Sender, TrySendError};
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use log::{debug, error, info, warn};
+use serde::Deserialize;
+use smol::future;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The lifecycle of a task. The order is the order of `counts` in `/tasks`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// A delayed task waiting for its `run_at`, in no queue yet.
+    Scheduled,
+    /// Waiting in the queue, or waiting for its retry.
+    Queued,
+    /// A worker is running an attempt.
+    Running,
+    /// An attempt succeeded. Terminal.
+    Succeeded,
+    /// The last attempt failed. Terminal.
+    Failed,
+    /// Cancelled by a client. Terminal.
+    Cancelled,
+    /// Evicted by `--keep-finished`; only the id is left, until the
+    /// tombstone is swept.
+    Evicted,
+}
+
+/// The states a client sees, in the order `counts` lists them.
+pub(crate) const STATES: [State; 6] = [
+    State::Scheduled,
+    State::Queued,
+    State::Running,
+    State::Succeeded,
+    State::Failed,
+    State::Cancelled,
+];
+
+impl State {
+    /// Returns the name clients see.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            State::Scheduled => "scheduled",
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::Cancelled => "cancelled",
+            State::Evicted => "evicted",
+        }
+    }
+
+    /// Parses a state name from a `?state=` filter.
+    pub(crate) fn from_name(name: &str) -> Option<State> {
+        STATES.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Tells whether a client should stop polling.
+    pub(crate) fn is_terminal(self) -> bool {
+        matches!(self, State::Succeeded | State::Failed | State::Cancelled)
+    }
+}
+
+/// How many bytes a [`Text`] keeps inline: enough for nearly every label
+/// and duration, and it keeps `Text` at 24 bytes, the size of a `String`.
+pub(crate) const INLINE_TEXT: usize = 22;
+
+/// A short string kept inside the record, or a longer one on the heap.
+///
+/// Tuning: the plain version is a `String`. Labels such as `"job-1234"`
+/// and durations such as `"60s"` fit inline, so a queued task costs no
+/// allocation beyond its slot in the store (about 90 bytes a task).
+#[derive(Clone, Debug)]
+pub(crate) enum Text {
+    /// Up to [`INLINE_TEXT`] bytes of UTF-8 and their length.
+    Inline(u8, [u8; INLINE_TEXT]),
+    /// Anything longer.
+    Heap(Box<str>),
+}
+
+impl Text {
+    /// Stores `s`, inline when it fits.
+    pub(crate) fn new(s: &str) -> Text {
+        if s.len() <= INLINE_TEXT {
+            let mut bytes = [0; INLINE_TEXT];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Text::Inline(s.len() as u8, bytes)
+        } else {
+            Text::Heap(s.into())
+        }
+    }
+
+    /// Returns the string.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Inline bytes were copied from a `&str`, so they are UTF-8.
+            Text::Inline(len, bytes) => std::str::from_utf8(&bytes[..*len as usize]).unwrap_or(""),
+            Text::Heap(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+/// One task's status record.
+///
+/// Tuning: the plain version has every member inline. What most tasks need
+/// is; the rest (kind, payload, timeout, error, result, retry time,
+/// idempotency key, schedule, progress) lives in [`Extra`], allocated only
+/// for the tasks that use it: a plain sleep task's record is 96 bytes
+/// instead of 232.
+#[derive(Debug)]
+pub(crate) struct Task {
+    /// The server's id: microseconds since the epoch at creation, made
+    /// unique and increasing (see [`Store::issue_id`]).
+    pub(crate) id: u64,
+    /// When the current or last attempt started, ms since the epoch; 0 if none.
+    pub(crate) started_at: u64,
+    /// When the task reached a terminal state, ms since the epoch; 0 if not.
+    pub(crate) finished_at: u64,
+    /// When a delayed task asked to run, ms since the epoch; 0 if it did not.
+    pub(crate) run_at: u64,
+    /// The client's `task_id` label.
+    pub(crate) label: Option<Text>,
+    /// `work_duration` exactly as the client sent it.
+    pub(crate) work_duration: Option<Text>,
+    /// Everything a plain `sleep` task does not need.
+    pub(crate) extra: Option<Box<Extra>>,
+    /// Where the task is in its lifecycle.
+    pub(crate) state: State,
+    /// The current or last attempt's number; 0 before the first.
+    pub(crate) attempt: u8,
+    /// Attempts allowed before the task fails.
+    pub(crate) max_attempts: u8,
+    /// The index of its queue in [`Config::queues`].
+    pub(crate) queue: u8,
+}
+
+/// The rarely used parts of a task.
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    /// The handler kind; `None` is the built-in `sleep`.
+    pub(crate) kind: Option<Arc<str>>,
+    /// The payload as JSON text, handed to the handler on stdin.
+    pub(crate) payload: Option<Box<str>>,
+    /// The per-attempt timeout as the client sent it.
+    pub(crate) timeout: Option<Text>,
+    /// When a failed attempt's retry is due, ms since the epoch; 0 if none.
+    pub(crate) retry_at: u64,
+    /// Why the last attempt failed.
+    pub(crate) error: Option<Box<str>>,
+    /// The handler's output, as JSON text.
+    pub(crate) result: Option<Box<str>>,
+    /// The `Idempotency-Key` the task was created with.
+    pub(crate) key: Option<IdempotencyKey>,
+    /// The index of the `--schedule` that made it.
+    pub(crate) schedule: Option<u16>,
+    /// The last progress its handler reported, as JSON text.
+    pub(crate) progress: Option<Box<str>>,
+}
+
+/// An `Idempotency-Key` and what it was first used for.
+#[derive(Clone, Debug)]
+pub(crate) struct IdempotencyKey {
+    /// The key as the client sent it.
+    pub(crate) text: Box<str>,
+    /// A fingerprint of the route and body of the request that first used
+    /// it ([`fingerprint`]), so that a different request with the same key
+    /// is told apart without keeping the body; 0 if unknown (a journal
+    /// written before fingerprints were kept).
+    pub(crate) fingerprint: u64,
+}
+
+/// Fingerprints a submission by its route and the bytes of its body, with
+/// 64-bit FNV-1a: collisions between two requests one client mixes up are
+/// out of the question, and the value is the same in every build, so it
+/// can be journaled.
+pub(crate) fn fingerprint(route: &str, body: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let bytes = route.bytes().chain([0]).chain(body.iter().copied());
+    bytes.fold(OFFSET, |hash, b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+// How a task reads and writes journal records is in section 6.
+impl Task {
+    /// Builds the record of a newly admitted task.
+    pub(crate) fn from_new(id: u64, new: NewTask, state: State) -> Task {
+        let needs_extra = new.kind.is_some()
+            || new.payload.is_some()
+            || new.timeout.is_some()
+            || new.key.is_some()
+            || new.schedule.is_some();
+        Task {
+            id,
+            started_at: 0,
+            finished_at: 0,
+            run_at: new.run_at,
+            label: new.label,
+            work_duration: new.work_duration,
+            extra: needs_extra.then(|| {
+                Box::new(Extra {
+                    kind: new.kind,
+                    payload: new.payload,
+                    timeout: new.timeout,
+                    key: new.key,
+                    schedule: new.schedule,
+                    ..Extra::default()
+                })
+            }),
+            state,
+            attempt: 0,
+            max_attempts: new.max_attempts,
+            queue: new.queue,
+        }
+    }
+
+    /// Returns when the task was created (ms since the epoch): ids are
+    /// creation times in microseconds.
+    pub(crate) fn created_at(&self) -> u64 {
+        self.id / 1000
+    }
+
+    /// Returns the task's kind name.
+    pub(crate) fn kind(&self) -> &str {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.kind.as_deref())
+            .unwrap_or("sleep")
+    }
+
+    /// Returns the extra part, creating it on first use.
+    pub(crate) fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Writes the members of the status object of `GET /tasks/{id}`;
+    /// `names` are those of its queue and schedule. `error` replaces the
+    /// task's own `error` member, for answers whose `error` is a sentence
+    /// about the request (a `409`).
+    pub(crate) fn write_members(&self, out: &mut Vec<u8>, names: Names, error: Option<&str>) {
+        let extra = self.extra.as_deref();
+        out.extend_from_slice(b"\"id\": ");
+        names.id.write_json(out);
+        out.extend_from_slice(b", \"task_id\": ");
+        write_json_opt(out, self.label.as_ref().map(Text::as_str));
+        out.extend_from_slice(b", \"kind\": ");
+        write_json_str(out, self.kind());
+        out.extend_from_slice(b", \"queue\": ");
+        write_json_str(out, names.queue);
+        out.extend_from_slice(b", \"state\": \"");
+        out.extend_from_slice(self.state.name().as_bytes());
+        out.extend_from_slice(b"\", \"work_duration\": ");
+        write_json_opt(out, self.work_duration.as_ref().map(Text::as_str));
+        out.extend_from_slice(b", \"attempt\": ");
+        write_decimal(out, u64::from(self.attempt));
+        out.extend_from_slice(b", \"max_attempts\": ");
+        write_decimal(out, u64::from(self.max_attempts));
+        out.extend_from_slice(b", \"created_at\": ");
+        write_timestamp(out, self.created_at());
+        out.extend_from_slice(b", \"run_at\": ");
+        write_timestamp(out, self.run_at);
+        out.extend_from_slice(b", \"started_at\": ");
+        write_timestamp(out, self.started_at);
+        out.extend_from_slice(b", \"finished_at\": ");
+        write_timestamp(out, self.finished_at);
+        out.extend_from_slice(b", \"retry_at\": ");
+        write_timestamp(out, extra.map_or(0, |e| e.retry_at));
+        out.extend_from_slice(b", \"schedule\": ");
+        write_json_opt(out, names.schedule);
+        out.extend_from_slice(b", \"progress\": ");
+        write_raw_opt(out, extra.and_then(|e| e.progress.as_deref()));
+        out.extend_from_slice(b", \"error\": ");
+        write_json_opt(out, error.or(extra.and_then(|e| e.error.as_deref())));
+        out.extend_from_slice(b", \"result\": ");
+        write_raw_opt(out, extra.and_then(|e| e.result.as_deref()));
+    }
+
+    /// Writes the whole status object.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>, names: Names) {
+        out.push(b'{');
+        self.write_members(out, names, None);
+        out.push(b'}');
+    }
+}
+
+/// The names of a task's queue and schedule, for its status: the task keeps
+/// only their indexes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Names<'a> {
+    /// Its id, prefix included.
+    pub(crate) id: TaskId,
+    /// Its queue's name.
+    pub(crate) queue: &'a str,
+    /// Its schedule's name, if a schedule made it.
+    pub(crate) schedule: Option<&'a str>,
+}
+
+/// The id alphabet, in ASCII order so that ids sort as strings the way
+/// their numbers do; every character is URL-safe.
+pub(crate) const ID_ALPHABET: &[u8; 64] =
+    b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
+
+/// Characters in an id: 9 × 6 = 54 bits, microseconds until the year 2540.
+pub(crate) const ID_LEN: usize = 9;
+
+/// A task's id as clients see it: the prefix of the node that made it
+/// (`NAME_`, or empty) and the 9 characters of its number. The number alone
+/// is unique; the prefix tells a proxy which server owns the task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TaskId {
+    /// `NAME_` of `--node`, or empty.
+    pub(crate) node: &'static str,
+    /// The number: when the task was made, in microseconds.
+    pub(crate) num: u64,
+}
+
+impl TaskId {
+    /// Appends the id.
+    pub(crate) fn write(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.node.as_bytes());
+        write_id(out, self.num);
+    }
+
+    /// Appends the id as a JSON string.
+    pub(crate) fn write_json(self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        self.write(out);
+        out.push(b'"');
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = Vec::with_capacity(ID_LEN);
+        write_id(&mut out, self.num);
+        f.write_str(self.node)?;
+        f.write_str(std::str::from_utf8(&out).unwrap_or("?"))
+    }
+}
+
+/// An id as a client wrote it: its number and the prefix it had, to be
+/// checked against the prefix of the task with that number.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct IdRef {
+    /// The number.
+    pub(crate) num: u64,
+    /// The prefix as written (`NAME_`, or empty).
+    pub(crate) node: Text,
+}
+
+impl IdRef {
+    /// Reads an id: 9 id characters, after an optional `NAME_` prefix.
+    pub(crate) fn parse(text: &[u8]) -> Option<IdRef> {
+        let (node, digits) = text.split_at(text.len().checked_sub(ID_LEN)?);
+        let prefix_ok = match node {
+            [] => true,
+            [name @ .., b'_'] => std::str::from_utf8(name).is_ok_and(is_node_name),
+            _ => false,
+        };
+        Some(IdRef {
+            num: parse_id(digits).filter(|_| prefix_ok)?,
+            node: Text::new(std::str::from_utf8(node).ok()?),
+        })
+    }
+}
+
+/// Appends an id's number as its 9 characters.
+pub(crate) fn write_id(out: &mut Vec<u8>, id: u64) {
+    let mut text = [0; ID_LEN];
+    for (i, c) in text.iter_mut().rev().enumerate() {
+        *c = ID_ALPHABET[(id >> (6 * i)) as usize & 63];
+    }
+    out.extend_from_slice(&text);
+}
+
+/// Reads an id's number back; `None` for anything that is not 9 id
+/// characters.
+pub(crate) fn parse_id(text: &[u8]) -> Option<u64> {
+    if text.len() != ID_LEN {
+        return None;
+    }
+    text.iter().try_fold(0u64, |id, &c| {
+        let digit = ID_ALPHABET.iter().position(|&a| a == c)?;
+        Some(id << 6 | digit as u64)
+    })
+}
+
+/// The allowed `max_attempts`: at least one attempt, and few enough that
+/// the last retry's backoff (capped at five minutes) ends within hours.
+pub(crate) const MAX_ATTEMPTS: std::ops::RangeInclusive<u8> = 1..=100;
+
+/// What a new task needs, checked and ready to store.
+#[derive(Debug)]
+pub(crate) struct NewTask {
+    /// The client's label.
+    pub(crate) label: Option<Text>,
+    /// The duration text for `sleep` tasks.
+    pub(crate) work_duration: Option<Text>,
+    /// The handler kind, `None` for `sleep`.
+    pub(crate) kind: Option<Arc<str>>,
+    /// The payload as JSON text.
+    pub(crate) payload: Option<Box<str>>,
+    /// The per-attempt timeout text.
+    pub(crate) timeout: Option<Text>,
+    /// Attempts allowed.
+    pub(crate) max_attempts: u8,
+    /// The idempotency key, if the request carried one.
+    pub(crate) key: Option<IdempotencyKey>,
+    /// The index of its queue.
+    pub(crate) queue: u8,
+    /// When it may start, ms since the epoch; 0 for at once.
+    pub(crate) run_at: u64,
+    /// The index of the `--schedule` that made it, if one did.
+    pub(crate) schedule: Option<u16>,
+}
+
+/// What a cancel came to, when it was not refused.
+#[derive(Debug)]
+pub(crate) enum Cancel {
+    /// Made at once: the task's slot.
+    Made(usize),
+    /// With a journal: its record is on its way to disk, and the cancel is
+    /// made once it is there; the receiver tells whether it got there.
+    Saving(Receiver<bool>),
+}
+
+/// The work a worker takes from the store when an attempt starts.
+#[derive(Debug)]
+pub(crate) struct Work {
+    /// The task's id.
+    pub(crate) id: TaskId,
+    /// This attempt's number, from 1.
+    pub(crate) attempt: u8,
+    /// The handler kind; `None` is `sleep`.
+    pub(crate) kind: Option<Arc<str>>,
+    /// How long a `sleep` lasts, as the client wrote it.
+    pub(crate) work_duration: Option<Text>,
+    /// The payload handed to a program.
+    pub(crate) payload: Option<Box<str>>,
+    /// The per-attempt timeout, as the client wrote it.
+    pub(crate) timeout: Option<Text>,
+}
+
+impl Work {
+    /// Returns how long a `sleep` lasts. The texts were checked when the
+    /// task was accepted; they are parsed here, outside the store lock.
+    pub(crate) fn sleep(&self) -> Duration {
+        let text = self.work_duration.as_ref().map_or("0", Text::as_str);
+        parse_duration(text).unwrap_or_default()
+    }
+
+    /// Returns the per-attempt timeout, if any.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+            .as_ref()
+            .and_then(|t| parse_duration(t.as_str()).ok())
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Success, with the result as JSON text.
+    Succeeded(Option<Box<str>>),
+    /// Failure, with the reason.
+    Failed(String),
+    /// A client cancelled the task (its state is already `cancelled`).
+    Cancelled,
+    /// Shutdown interrupted the attempt: not a failure, and not counted.
+    Interrupted,
+}
+
+impl Outcome {
+    /// Names the outcome for the log in the API's words for states
+    /// (`succeeded`, not `Succeeded(None)`). A failure with attempts left
+    /// leads to `queued` again, and the log line says so; an interrupted
+    /// attempt leads to no state of its own.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded(_) => State::Succeeded.name(),
+            Outcome::Failed(_) => State::Failed.name(),
+            Outcome::Cancelled => State::Cancelled.name(),
+            Outcome::Interrupted => "interrupted by shutdown",
+        }
+    }
+}
+
+/// The wait before retry number `attempt + 1`: 1 s, 2 s, 4 s … capped at
+/// five minutes.
+pub(crate) fn backoff(attempt: u8) -> Duration {
+    let secs = 1u64 << u32::from(attempt.saturating_sub(1)).min(9);
+    Duration::from_secs(secs).min(MAX_BACKOFF)
+}
+
+/// The longest wait before a retry: a failing dependency gets time to come
+/// back, and a task still retries a dozen times an hour.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+// The journal's side of `Task`; the rest of its impl is in section 2.
+impl Task {
+    /// The record of the task's fixed members, with the names of its queue
+    /// and schedule. A delayed task still waiting says so: it is still
+    /// `scheduled`.
+    pub(crate) fn new_record<'a>(&'a self, names: Names<'a>) -> Record<'a> {
+        let extra = self.extra.as_deref();
+        let scheduled = self.state == State::Scheduled;
+        Record {
+            op: Some(Op::New),
+            id: self.id,
+            queue: cow(Some(names.queue).filter(|_| self.queue != 0)),
+            schedule: cow(names.schedule),
+            node: cow(names.id.node.strip_suffix('_')),
+            run_at: nonzero(self.run_at),
+            state: cow(scheduled.then_some(State::Scheduled.name())),
+            task_id: cow(self.label.as_ref().map(Text::as_str)),
+            work_duration: cow(self.work_duration.as_ref().map(Text::as_str)),
+            kind: cow(extra.and_then(|e| e.kind.as_deref())),
+            payload: cow(extra.and_then(|e| e.payload.as_deref())),
+            timeout: cow(extra.and_then(|e| e.timeout.as_ref()).map(Text::as_str)),
+            max_attempts: Some(self.max_attempts),
+            key: cow(extra.and_then(|e| e.key.as_ref()).map(|k| &*k.text)),
+            fingerprint: extra.and_then(|e| e.key.as_ref()).map(|k| k.fingerprint),
+            ..Record::default()
+        }
+    }
+
+    /// The record of the task's changing members. A running task is
+    /// written as the journal sees it: queued, its attempt not counted.
+    pub(crate) fn state_record(&self) -> Record<'_> {
+        let extra = self.extra.as_deref();
+        let (state, attempt) = match self.state {
+            State::Running => (State::Queued, self.attempt - 1),
+            state => (state, self.attempt),
+        };
+        Record {
+            op: Some(Op::State),
+            id: self.id,
+            state: Some(std::borrow::Cow::Borrowed(state.name())),
+            attempt: Some(attempt),
+            started_at: nonzero(self.started_at),
+            finished_at: nonzero(self.finished_at),
+            retry_at: nonzero(extra.map_or(0, |e| e.retry_at)),
+            error: cow(extra.and_then(|e| e.error.as_deref())),
+            result: cow(extra.and_then(|e| e.result.as_deref())),
+            progress: cow(extra.and_then(|e| e.progress.as_deref())),
+            ..Record::default()
+        }
+    }
+
+    /// Rebuilds a task from its `new` record. A queue that is no longer
+    /// configured is `default`'s.
+    pub(crate) fn from_record(record: &Record, config: &Config) -> Task {
+        let kind = record.kind.as_deref().map(|name| {
+            config
+                .handlers
+                .iter()
+                .find(|h| &*h.kind == name)
+                .map_or_else(|| Arc::from(name), |h| h.kind.clone())
+        });
+        let queue = record
+            .queue
+            .as_deref()
+            .and_then(|name| config.queues.iter().position(|q| &*q.name == name))
+            .unwrap_or(0);
+        let state = match record.state.as_deref() {
+            Some("scheduled") => State::Scheduled,
+            _ => State::Queued,
+        };
+        let schedule = record
+            .schedule
+            .as_deref()
+            .and_then(|name| config.schedules.iter().position(|s| &*s.name == name));
+        Task::from_new(
+            record.id,
+            NewTask {
+                label: record.task_id.as_deref().map(Text::new),
+                work_duration: record.work_duration.as_deref().map(Text::new),
+                kind,
+                payload: record.payload.as_deref().map(Box::from),
+                timeout: record.timeout.as_deref().map(Text::new),
+                max_attempts: record.max_attempts.unwrap_or(1),
+                key: record.key.as_deref().map(|text| IdempotencyKey {
+                    text: text.into(),
+                    fingerprint: record.fingerprint.unwrap_or(0),
+                }),
+                queue: queue as u8,
+                run_at: record.run_at.unwrap_or(0),
+                schedule: schedule.map(|s| s as u16),
+            },
+            state,
+        )
+    }
+
+    /// Applies a `state` record (already checked by [`Record::check`]).
+    pub(crate) fn apply(&mut self, record: &Record) -> Result<(), &'static str> {
+        let state = record.state.as_deref().and_then(State::from_name);
+        let attempt = record.attempt.unwrap_or(0);
+        // A queued task has an attempt left; a finished one used at most all.
+        let most = match state {
+            Some(State::Queued) => self.max_attempts - 1,
+            _ => self.max_attempts,
+        };
+        if attempt > most {
+            return Err("attempt is past max_attempts");
+        }
+        self.state = state.unwrap_or(State::Queued);
+        self.attempt = attempt;
+        self.started_at = record.started_at.unwrap_or(0);
+        self.finished_at = record.finished_at.unwrap_or(0);
+        let changing = record.retry_at.is_some()
+            || record.error.is_some()
+            || record.result.is_some()
+            || record.progress.is_some();
+        if changing || self.extra.is_some() {
+            let extra = self.extra_mut();
+            extra.retry_at = record.retry_at.unwrap_or(0);
+            extra.error = record.error.as_deref().map(Box::from);
+            extra.result = record.result.as_deref().map(Box::from);
+            extra.progress = record.progress.as_deref().map(Box::from);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_and_sort_like_their_numbers() {
+        let ids = [
+            1u64,
+            63,
+            64,
+            1_000_000,
+            1_796_000_000_000_000,
+            (1 << 54) - 1,
+        ];
+        let texts: Vec<String> = ids
+            .iter()
+            .map(|&id| {
+                let mut out = Vec::new();
+                write_id(&mut out, id);
+                String::from_utf8(out).unwrap()
+            })
+            .collect();
+        for (id, text) in ids.iter().zip(&texts) {
+            assert_eq!(text.len(), ID_LEN);
+            assert_eq!(parse_id(text.as_bytes()), Some(*id), "{text}");
+        }
+        assert!(texts.windows(2).all(|w| w[0] < w[1]), "{texts:?}");
+        for bad in [
+            "",
+            "abc",
+            "123456789a",
+            "12345678!",
+            "12345678.",
+            "%2e%2e%2e",
+        ] {
+            assert_eq!(parse_id(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_keeps_short_strings_inline() {
+        for s in [
+            "",
+            "t",
+            "60s",
+            "exactly-twenty-two-ch",
+            "twenty-three characters",
+            "ünïcödé",
+        ] {
+            let text = Text::new(s);
+            assert_eq!(text.as_str(), s);
+            assert_eq!(
+                matches!(text, Text::Inline(..)),
+                s.len() <= INLINE_TEXT,
+                "{s}"
+            );
+        }
+        assert_eq!(std::mem::size_of::<Text>(), 24);
+        assert_eq!(std::mem::size_of::<Option<Text>>(), 24);
+    }
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_five_minutes() {
+        let secs: Vec<u64> = (1..=12).map(|a| backoff(a).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+    }
+}

@@ -1,0 +1,74 @@
+//! TODO trigger
+
+#[allow(unused_imports)]
+use crate::{
+    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
+    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
+    store::*, submit::*, systemd::*, task::*, time::*,
+};
+use async_channel::{Receiver, Sender, TrySendError};
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use log::{debug, error, info, warn};
+use serde::Deserialize;
+use smol::future;
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A one-shot broadcast: once fired, every waiter — present or future —
+/// wakes, and stays woken.
+///
+/// It is a channel that is never sent on: closing it makes every `recv()`
+/// return at once. This is the stop signal of async-executor's own docs;
+/// it is called a trigger here so that "signal" means only OS signals.
+///
+/// Underneath: a task awaiting `wait` is polled, finds the channel open
+/// and empty, and leaves its waker in the channel's list of listeners;
+/// `fire` closes the channel, which calls every waker in the list, so each
+/// waiting task goes back on the executor's queue — a sleeping worker
+/// included, whose timer future is then dropped by the `future::or` that
+/// raced it. A task that waits after the fire finds the channel closed and
+/// does not wait at all.
+#[derive(Clone, Debug)]
+pub(crate) struct Trigger {
+    /// Closed to fire.
+    pub(crate) tx: Sender<Infallible>,
+    /// Each waiter's `recv()` returns when the channel closes.
+    pub(crate) rx: Receiver<Infallible>,
+}
+
+impl Trigger {
+    /// Creates a trigger that has not fired.
+    pub(crate) fn new() -> Trigger {
+        let (tx, rx) = async_channel::bounded(1);
+        Trigger { tx, rx }
+    }
+
+    /// Fires the trigger, waking every waiter.
+    pub(crate) fn fire(&self) {
+        self.tx.close();
+    }
+
+    /// Tells whether the trigger has fired.
+    pub(crate) fn is_fired(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Waits until the trigger fires.
+    pub(crate) async fn wait(&self) {
+        // `recv` can only end with an error: nothing is ever sent.
+        let _ = self.rx.recv().await;
+    }
+}

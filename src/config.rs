@@ -1,31 +1,17 @@
 //! TODO config
 
-#[allow(unused_imports)]
 use crate::{
-    conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*, later::*,
-    logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    cron::{ScheduleConfig, parse_schedule},
+    time::parse_duration,
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The most workers a server may run: each is a small task, but a typo such
 /// as `--workers 10000000` should be refused rather than obeyed.
@@ -763,6 +749,12 @@ impl std::fmt::Display for QueueList<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::ffi::OsString;
+
+    use std::collections::HashMap;
+
+    use std::time::Duration;
 
     #[test]
     fn rust_log_is_read_as_env_logger_reads_it() {

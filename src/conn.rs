@@ -1,31 +1,32 @@
 //! TODO conn
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*, later::*,
-    logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    events::{
+        EventFilter, Events, GATHER_WAIT, KEEP_ALIVE, STATS_EVERY, STREAM_SEND_BUFFER, Taken, Wake,
+        write_stats_event, write_stream_head,
+    },
+    http::{
+        BODY_TIMEOUT, ChunkState, Chunked, Framing, HEAD_TIMEOUT, Head, HttpError, IDLE_TIMEOUT,
+        Method, WRITE_TIMEOUT, parse_head, take_head,
+    },
+    idle::{IdleConnections, IdleEntry, Waited},
+    response::{Delivery, Response},
+    routes::{
+        LongPoll, Reply, Route, Submitted, answer, answer_change, choose_route, lookup_failure,
+        not_saved, submit, task_response,
+    },
+    shared::{BURST, Shared},
+    store::Lookup,
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
+use async_channel::{Receiver, Sender};
 use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
 use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
+
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// How many bytes one read asks for.
 pub(crate) const READ_CHUNK: usize = 8192;

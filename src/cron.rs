@@ -1,31 +1,13 @@
 //! TODO cron
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*, later::*,
-    logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    config::{Config, check_name},
+    submit::parse_submission,
+    time::{civil_from_days, days_from_civil, days_in_month, now_millis, parse_duration},
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A periodic task from `--schedule NAME=SPEC TEMPLATE`.
 #[derive(Debug)]
@@ -431,6 +413,10 @@ impl ScheduleState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{config::*, time::*};
+    use std::ffi::OsString;
+
+    use std::time::Duration;
 
     /// Specs, a time, and their first firing strictly after it. 2026-03-01
     /// is a Sunday. Checked independently by brute force, day by day with

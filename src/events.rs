@@ -1,31 +1,24 @@
 //! TODO events
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, handlers::*, http::*, idle::*, journal::*, json::*, later::*,
-    logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    config::Config,
+    json::{VecWriter, quoted, write_decimal, write_json_opt, write_json_str, write_raw_opt},
+    response::{Delivery, Response},
+    routes::{query_param, write_counts},
+    shared::Shared,
+    store::{Lookup, Store},
+    submit::task_queue,
+    task::{IdRef, Names, State, Task, Text},
+    time::{with_http_date, write_timestamp},
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
+use async_channel::{Receiver, Sender};
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+
 use std::ops::Range;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 /// How long a stream may stay silent before it says `: keep-alive`, so
 /// that proxies and clients do not take it for dead.
@@ -925,6 +918,8 @@ pub(crate) fn write_stream_head(out: &mut Vec<u8>, delivery: Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{queue::*, store::*, task::*};
+
     #[allow(unused_imports)]
     use crate::journal::tests::task_with_everything;
     #[allow(unused_imports)]

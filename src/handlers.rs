@@ -1,31 +1,18 @@
 //! TODO handlers
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, http::*, idle::*, journal::*, json::*, later::*,
-    logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    config::Handler,
+    json::write_json_str,
+    shared::Shared,
+    task::{Outcome, Text, Work},
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
+use async_io::Timer;
+use log::warn;
 use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
+
 use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::io;
+use std::time::{Duration, Instant};
 
 /// Displays text from a handler, or a start-up error quoting what a user
 /// typed, in one line, escaping what would break it: control characters,

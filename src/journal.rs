@@ -1,31 +1,22 @@
 //! TODO journal
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, json::*, later::*,
-    logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    config::{Config, parse_node},
+    record::{BadLine, Op, Record, checked_json, read_record, write_record},
+    shared::Shared,
+    task::Task,
+    trigger::Trigger,
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
+use async_channel::{Receiver, Sender};
+use log::{error, info, warn};
 use serde::Deserialize;
 use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
+
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 /// The journal's file name inside `--data-dir`.
 pub(crate) const JOURNAL: &str = "journal";
@@ -694,8 +685,13 @@ pub(crate) fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, Stri
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::{queue::*, record::*, shared::*, store::*, task::*, time::*, trigger::*};
+
+    use std::sync::Arc;
+
     #[allow(unused_imports)]
     use crate::store::tests::{config, new_task, store_for};
+    use std::path::PathBuf;
 
     /// Makes journal lines, each record with its checksum.
     fn journal_lines(records: &[&str]) -> Vec<u8> {

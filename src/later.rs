@@ -1,31 +1,14 @@
 //! TODO later
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    shared::Shared,
+    task::State,
+    time::{instant_at, now_millis},
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
+use async_channel::Receiver;
+use async_io::Timer;
 use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 /// What comes due in the scheduler's heap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -182,26 +182,16 @@
 
 #![forbid(unsafe_code)]
 
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Receiver, Sender};
 use async_executor::Executor;
 use async_io::{Async, Timer};
 use log::{debug, error, info, warn};
-use serde::Deserialize;
 use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
+
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 mod config;
 mod conn;
@@ -227,11 +217,21 @@ mod task;
 mod time;
 mod trigger;
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
-    store::*, submit::*, systemd::*, task::*, time::*, trigger::*,
+    config::{Command, Config, QueueList, parse_command, usage},
+    conn::{Alarm, Close, Connection},
+    handlers::{Interrupt, OneLine, become_subreaper, interrupted, run_program},
+    http::HEAD_TIMEOUT,
+    idle::{IdleConnections, take_place},
+    journal::{open_data_dir, spawn_journal_writer},
+    later::schedule,
+    response::{Delivery, Response},
+    shared::{BURST, Shared, build_shared},
+    store::Begin,
+    systemd::notify_service_manager,
+    task::{Outcome, State, Work},
+    time::{now_millis, write_timestamp},
+    trigger::Trigger,
 };
 
 /// Takes jobs from queue `q`'s channel and runs them until shutdown
@@ -873,6 +873,8 @@ fn run_executor(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
 
     #[test]
     fn only_a_different_signal_or_a_late_repeat_is_a_second_signal() {

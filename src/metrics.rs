@@ -1,31 +1,9 @@
 //! TODO metrics
 
-#[allow(unused_imports)]
-use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, queue::*, record::*, response::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
-};
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
+use crate::{json::VecWriter, queue::QueueView, response::Response, shared::Shared, task::State};
 use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Status codes are three digits from 100 to 599: one counter each.
 pub(crate) const STATUS_CODES: usize = 600;

@@ -1,31 +1,11 @@
 //! TODO response
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, metrics::*, queue::*, record::*, routes::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    http::{Head, Method},
+    json::{write_decimal, write_json_str},
+    task::TaskId,
+    time::with_http_date,
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Returns the reason phrase of a status code.
 pub(crate) fn reason(status: u16) -> &'static str {

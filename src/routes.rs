@@ -1,31 +1,26 @@
 //! TODO routes
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, metrics::*, queue::*, record::*, response::*, shared::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    config::Config,
+    events::{EventFilter, dashboard},
+    http::{Head, HttpError, Method, percent_decode, trim_ows},
+    json::{VecWriter, write_json_opt, write_json_str},
+    metrics::metrics,
+    queue::Queue,
+    response::Response,
+    shared::Shared,
+    store::{Admission, Lookup, Store},
+    submit::{parse_key, parse_submission, task_queue},
+    task::{Cancel, IdRef, NewTask, STATES, State, Task, TaskId, Text},
+    time::{parse_duration, write_timestamp},
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
+use async_channel::Receiver;
+use log::{debug, info};
 use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// The routes, as chosen from a request head.
 #[derive(Debug, PartialEq)]
@@ -841,6 +836,8 @@ pub(crate) fn not_saved(shared: &Shared, what: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{http::*, task::*};
+
     #[allow(unused_imports)]
     use crate::store::tests::config;
 

@@ -1,31 +1,18 @@
 //! TODO shared
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, store::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    config::Config,
+    events::EventLog,
+    journal::{DataDir, JournalProgress, JournalSender, WriterParts},
+    metrics::StatusCounts,
+    queue::Queue,
+    store::Store,
+    trigger::Trigger,
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
+use async_channel::Receiver;
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Everything the listener, connections and workers share.
 pub(crate) struct Shared {
@@ -174,6 +161,7 @@ pub(crate) fn build_shared(
 #[cfg(test)]
 mod tests {
     use super::*;
+
     #[allow(unused_imports)]
     use crate::store::tests::config;
 

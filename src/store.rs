@@ -1,31 +1,25 @@
 //! TODO store
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
-    submit::*, systemd::*, task::*, time::*, trigger::*,
+    config::Config,
+    cron::{ScheduleState, firing_after},
+    events::EventLog,
+    journal::{Awaiting, Cancelling, Change, JournalEntry, JournalSender, Replayed, write_version},
+    queue::{Queue, QueueState, QueueView},
+    record::{Op, Record, write_record},
+    submit::parse_submission,
+    task::{
+        Cancel, IdRef, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text, Work, backoff,
+    },
+    time::{now_micros, now_millis},
+    trigger::Trigger,
 };
 use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
-use std::cell::Cell;
+use log::{debug, info};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Tombstones are swept from the middle of the store only past this many:
 /// a sweep moves every record, so it waits until it frees a fair amount.
@@ -1054,6 +1048,11 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::{config::*, queue::*, submit::*, task::*};
+    use std::ffi::OsString;
+
+    use std::collections::HashMap;
+
     #[allow(unused_imports)]
     use crate::http::tests::Rng;
 

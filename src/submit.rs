@@ -1,31 +1,15 @@
 //! TODO submit
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
-    store::*, systemd::*, task::*, time::*, trigger::*,
+    config::Config,
+    json::quoted,
+    response::Response,
+    task::{IdempotencyKey, MAX_ATTEMPTS, NewTask, Text, fingerprint},
+    time::{now_millis, parse_duration, parse_rfc3339},
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
 use serde::Deserialize;
-use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::time::Duration;
 
 /// The members a submission body may have. Strings borrow from the body
 /// when they have no escapes; `null` counts as absent.

@@ -1,31 +1,15 @@
 //! TODO task
 
-#[allow(unused_imports)]
 use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
-    store::*, submit::*, systemd::*, time::*, trigger::*,
+    config::{Config, is_node_name},
+    json::{write_decimal, write_json_opt, write_json_str, write_raw_opt},
+    record::{Op, Record, cow, nonzero},
+    time::{parse_duration, write_timestamp},
 };
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
-use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use async_channel::Receiver;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The lifecycle of a task. The order is the order of `counts` in `/tasks`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

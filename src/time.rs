@@ -1,30 +1,9 @@
 //! TODO time
 
-#[allow(unused_imports)]
-use crate::{
-    config::*, conn::*, cron::*, events::*, handlers::*, http::*, idle::*, journal::*, json::*,
-    later::*, logger::*, metrics::*, queue::*, record::*, response::*, routes::*, shared::*,
-    store::*, submit::*, systemd::*, task::*, trigger::*,
-};
-use async_channel::{Receiver, Sender, TrySendError};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use serde::Deserialize;
-use smol::future;
+use crate::json::VecWriter;
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::convert::Infallible;
-use std::ffi::OsString;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Poll, Waker};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Parses a duration exactly as Go's `time.ParseDuration` does — units `ns`,
@@ -349,6 +328,8 @@ pub(crate) fn write_http_date(out: &mut Vec<u8>, secs: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
 
     /// Durations Go accepts, with their values in nanoseconds (most from
     /// Go's own `time` tests).

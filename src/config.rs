@@ -15,34 +15,34 @@ use std::time::Duration;
 
 /// The most workers a server may run: each is a small task, but a typo such
 /// as `--workers 10000000` should be refused rather than obeyed.
-pub(crate) const MAX_WORKERS: usize = 100_000;
+const MAX_WORKERS: usize = 100_000;
 
 /// The largest queue: the channel allocates its slots up front (16 bytes
 /// each), so ten million slots already cost 160 MB before any task arrives.
-pub(crate) const MAX_BUFFER: usize = 10_000_000;
+const MAX_BUFFER: usize = 10_000_000;
 
 /// The most executor threads: far past any core count that pays, low
 /// enough that a typo does not start a million threads.
-pub(crate) const MAX_THREADS: usize = 1024;
+const MAX_THREADS: usize = 1024;
 
 /// The largest `Retry-After`: about 31 years, past any sensible value but
 /// well within what clients parse.
-pub(crate) const MAX_RETRY_AFTER: usize = 1_000_000_000;
+const MAX_RETRY_AFTER: usize = 1_000_000_000;
 
 /// The most finished tasks kept: each costs about 100 bytes, so this is
 /// ten gigabytes, a typo's worth rather than a plan.
-pub(crate) const MAX_KEEP_FINISHED: usize = 100_000_000;
+const MAX_KEEP_FINISHED: usize = 100_000_000;
 
 /// The largest request body a server will accept: bodies are held in memory
 /// whole, one per connection.
-pub(crate) const MAX_MAX_BODY: usize = 64 << 20;
+const MAX_MAX_BODY: usize = 64 << 20;
 
 /// The most connections a server may hold: each costs a file descriptor
 /// and a few kilobytes, and a million is past any one process's budget.
-pub(crate) const MAX_CONNECTIONS: usize = 1_000_000;
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 /// The longest task kind: kinds are names in flags and logs, not data.
-pub(crate) const MAX_KIND_LEN: usize = 64;
+const MAX_KIND_LEN: usize = 64;
 
 /// The most queues, `default` included: a task keeps its queue's index in
 /// one byte, and a box that needs more wants a broker.
@@ -50,20 +50,20 @@ pub(crate) const MAX_QUEUES: usize = 256;
 
 /// The longest queue or schedule name: a short word in URLs, labels and
 /// logs.
-pub(crate) const MAX_NAME_LEN: usize = 32;
+const MAX_NAME_LEN: usize = 32;
 
 /// The most `--schedule`s: a task keeps the index of its schedule in two
 /// bytes, and a box with more periodic work than this wants cron itself.
-pub(crate) const MAX_SCHEDULES: usize = 1024;
+const MAX_SCHEDULES: usize = 1024;
 
 /// The most delayed tasks a server may be told to hold at once: each costs
 /// about 120 bytes, so this is past a gigabyte.
-pub(crate) const MAX_SCHEDULED: usize = 10_000_000;
+const MAX_SCHEDULED: usize = 10_000_000;
 
 /// Every flag the command line knows: the one place where its name, its
 /// environment variable, its default, its range and its help live, so that
 /// `--help`, the checks and the defaults cannot disagree.
-pub(crate) const FLAGS: &[Flag] = &[
+const FLAGS: &[Flag] = &[
     Flag::new("--addr", "ADDR", "listen address, an IP and a port")
         .env("BGTASKS_ADDR")
         .default("127.0.0.1:8000"),
@@ -157,7 +157,7 @@ pub(crate) const FLAGS: &[Flag] = &[
 ];
 
 /// A flag the command line knows; see [`FLAGS`].
-pub(crate) struct Flag {
+struct Flag {
     /// The long name, with its dashes.
     pub(crate) name: &'static str,
     /// What its value is called in `--help`.
@@ -211,7 +211,7 @@ impl Flag {
     }
 
     /// Whether the flag may be given more than once, each time adding one.
-    pub(crate) fn repeatable(&self) -> bool {
+    fn repeatable(&self) -> bool {
         self.help.ends_with("(repeatable)")
     }
 }
@@ -373,7 +373,7 @@ pub(crate) fn parse_command(
 
 /// The flags as given on the command line, and the environment behind
 /// them, read through [`FLAGS`].
-pub(crate) struct Flags<'a, E> {
+struct Flags<'a, E> {
     /// Every value given for each flag, in order.
     pub(crate) given: HashMap<&'static str, Vec<String>>,
     /// Looks an environment variable up.
@@ -543,7 +543,7 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
 }
 
 /// Parses a whole decimal number within the range [`FLAGS`] gives `name`.
-pub(crate) fn parse_in(name: &str, value: &str) -> Result<usize, String> {
+fn parse_in(name: &str, value: &str) -> Result<usize, String> {
     let (low, high) = FLAGS
         .iter()
         .find(|f| f.name == name)
@@ -559,14 +559,14 @@ pub(crate) fn parse_in(name: &str, value: &str) -> Result<usize, String> {
 
 /// Parses a listen address: an IP and a port (no host names, which would
 /// need a resolver and could name several addresses).
-pub(crate) fn parse_addr(value: &str) -> Result<SocketAddr, String> {
+fn parse_addr(value: &str) -> Result<SocketAddr, String> {
     value
         .parse()
         .map_err(|_| format!("{value:?} is not an address such as 127.0.0.1:8000 or [::1]:8000"))
 }
 
 /// The longest `--node` name: ids stay within 32 characters.
-pub(crate) const MAX_NODE_LEN: usize = 16;
+const MAX_NODE_LEN: usize = 16;
 
 /// Checks a `--node` name, 1 to 16 of `a-z 0-9`, and returns the prefix of
 /// new ids, `NAME_`. It lives as long as the process: it is leaked once,
@@ -588,7 +588,7 @@ pub(crate) fn is_node_name(name: &str) -> bool {
 
 /// Checks a bearer token: one or more visible ASCII characters, so that it
 /// fits in a header unchanged.
-pub(crate) fn parse_token(value: &str) -> Result<String, String> {
+fn parse_token(value: &str) -> Result<String, String> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("the token must be one or more visible ASCII characters".to_string());
     }
@@ -596,7 +596,7 @@ pub(crate) fn parse_token(value: &str) -> Result<String, String> {
 }
 
 /// Parses a log level name (the five, or `off`) in any case.
-pub(crate) fn parse_level(name: &str) -> Option<log::LevelFilter> {
+fn parse_level(name: &str) -> Option<log::LevelFilter> {
     match name.to_ascii_lowercase().as_str() {
         "off" => Some(log::LevelFilter::Off),
         "error" => Some(log::LevelFilter::Error),
@@ -614,7 +614,7 @@ pub(crate) fn parse_level(name: &str) -> Option<log::LevelFilter> {
 /// bgtasks: that of the last `bgtasks` directive, else of the last bare
 /// level; `None` if neither is there. Directives for other targets, and
 /// ones that do not parse, are ignored, as env_logger ignores them.
-pub(crate) fn level_from_rust_log(spec: &str) -> Option<log::LevelFilter> {
+fn level_from_rust_log(spec: &str) -> Option<log::LevelFilter> {
     let directives = spec.split('/').next().unwrap_or_default();
     let (mut ours, mut bare) = (None, None);
     for directive in directives.split(',').map(str::trim) {
@@ -634,7 +634,7 @@ pub(crate) fn level_from_rust_log(spec: &str) -> Option<log::LevelFilter> {
 
 /// Parses `NAME=WORKERS[/BUFFER]`: a queue other than `default`, with its
 /// workers and, unless given, the default capacity of `--buffer`.
-pub(crate) fn parse_queue(spec: &str) -> Result<QueueConfig, String> {
+fn parse_queue(spec: &str) -> Result<QueueConfig, String> {
     let bad = |why: String| format!("--queue {spec:?}: {why}");
     let (name, sizes) = spec
         .split_once('=')
@@ -657,7 +657,7 @@ pub(crate) fn parse_queue(spec: &str) -> Result<QueueConfig, String> {
 }
 
 /// Returns a flag's default from [`FLAGS`].
-pub(crate) fn default_of(name: &str) -> &'static str {
+fn default_of(name: &str) -> &'static str {
     FLAGS
         .iter()
         .find(|f| f.name == name)
@@ -680,10 +680,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), String> {
 /// Parses `KIND=PROGRAM [ARGS…]`, resolving PROGRAM like `execvp` would and
 /// checking that it is an executable file, so a typo fails at start rather
 /// than at the first task.
-pub(crate) fn parse_handler(
-    spec: &str,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<Handler, String> {
+fn parse_handler(spec: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Handler, String> {
     let bad = |why: &str| format!("--handler {spec:?}: {why}");
     let (kind, command) = spec
         .split_once('=')
@@ -720,12 +717,12 @@ pub(crate) fn parse_handler(
 }
 
 /// Tells whether a byte may appear in a task kind.
-pub(crate) fn is_kind_byte(b: u8) -> bool {
+fn is_kind_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
 }
 
 /// Tells whether `path` is a regular file with an execute bit set.
-pub(crate) fn is_executable(path: &Path) -> bool {
+fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

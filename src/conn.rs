@@ -29,26 +29,26 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How many bytes one read asks for.
-pub(crate) const READ_CHUNK: usize = 8192;
+const READ_CHUNK: usize = 8192;
 
 /// How many bytes the first read of a request asks for: most requests fit.
 // Tuning: the plain version reads a `READ_CHUNK`; a 1 KiB buffer comes from
 // the allocator's per-thread cache instead of being zeroed 8 KiB at a time.
-pub(crate) const FIRST_READ: usize = 1024;
+const FIRST_READ: usize = 1024;
 
 /// The most bytes of answers a connection holds for a client that pipelines
 /// requests: past it, the next request is read only once they are written.
 /// Pipelined 202s are about 250 bytes each, so a hundred still share one
 /// write (and, with a journal, one wait for the disk).
-pub(crate) const MAX_UNSENT: usize = 32 << 10;
+const MAX_UNSENT: usize = 32 << 10;
 
 /// How long a closing connection keeps reading what the client still
 /// sends, so that the kernel does not answer it with a reset that could
 /// destroy the last response before the client has read it.
-pub(crate) const LINGER: Duration = Duration::from_secs(2);
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The most bytes read and thrown away while lingering.
-pub(crate) const LINGER_BYTES: usize = 1 << 20;
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Why a connection closes.
 #[derive(Debug)]
@@ -127,7 +127,7 @@ impl Alarm {
 
     /// Makes it ring by `until`: it moves only if it would ring later, or
     /// has rung. Ringing early is harmless: the waiter looks at the time.
-    pub(crate) fn arm(&mut self, until: Instant) {
+    fn arm(&mut self, until: Instant) {
         if self.at.is_none_or(|at| at > until) {
             self.timer.set_at(until);
             self.at = Some(until);
@@ -146,7 +146,7 @@ pub(crate) struct Unsaved {
     /// Where the answer is in `out`.
     pub(crate) range: Range<usize>,
     /// What tells whether the task was saved.
-    pub(crate) saving: Saving,
+    saving: Saving,
     /// How the answer is delivered, for a `503` in its place.
     pub(crate) delivery: Delivery,
 }
@@ -249,7 +249,7 @@ impl Connection {
     /// Waits for the client's next request, listed in `idle` as waiting
     /// since `since`, so that the listener may close the connection to make
     /// room.
-    pub(crate) async fn wait_between_requests(
+    async fn wait_between_requests(
         &mut self,
         until: Instant,
         idle: &IdleConnections,
@@ -271,7 +271,7 @@ impl Connection {
     /// Shutdown does not end this wait: an idle connection stays open while
     /// the server drains, so a request sent on it gets its `503`, but
     /// nothing waits for it, and it closes when the process exits.
-    pub(crate) async fn wait_readable(
+    async fn wait_readable(
         &mut self,
         until: Instant,
         listed: Option<(&IdleConnections, IdleEntry)>,
@@ -366,7 +366,7 @@ impl Connection {
     /// Answers `GET /events` (or its `HEAD`): the stream's head, then, for
     /// a `GET`, the stream until it ends, after which the connection
     /// closes. Returns whether the connection stays open.
-    pub(crate) async fn serve_events(
+    async fn serve_events(
         &mut self,
         shared: &Shared,
         head: &Head,
@@ -399,11 +399,7 @@ impl Connection {
     }
 
     /// Streams events until shutdown, a lag or the client ends it.
-    pub(crate) async fn stream_events(
-        &mut self,
-        shared: &Shared,
-        events: Events<'_>,
-    ) -> Result<(), Close> {
+    async fn stream_events(&mut self, shared: &Shared, events: Events<'_>) -> Result<(), Close> {
         let subscription = &events.subscription;
         let mut frame = Vec::with_capacity(1024);
         // The changes the first `stats` shows at least: counted before it
@@ -491,7 +487,7 @@ impl Connection {
     }
 
     /// Ends a stream with a last event (`shutdown`, `lagged`).
-    pub(crate) async fn end_events(
+    async fn end_events(
         &mut self,
         shared: &Shared,
         events: &Events<'_>,
@@ -508,7 +504,7 @@ impl Connection {
     /// Answers `Expect: 100-continue` before the body is read: `100
     /// Continue`, or, when the request will be refused anyway, the final
     /// answer at once. Returns whether to go on to the body.
-    pub(crate) async fn answer_expectation(
+    async fn answer_expectation(
         &mut self,
         shared: &Shared,
         head: &Head,
@@ -571,7 +567,7 @@ impl Connection {
     /// connection stays open after it. With a journal, it notes what the
     /// answer may show (step 4 of the durability protocol): it goes out
     /// only once that is on disk.
-    pub(crate) fn queue_answer(
+    fn queue_answer(
         &mut self,
         shared: &Shared,
         head: &Head,
@@ -597,17 +593,13 @@ impl Connection {
     }
 
     /// Appends an answer to the output, counting it for `/metrics`.
-    pub(crate) fn write_answer(&mut self, shared: &Shared, delivery: Delivery, response: Response) {
+    fn write_answer(&mut self, shared: &Shared, delivery: Delivery, response: Response) {
         shared.responses.add(response.status);
         response.write(&mut self.out, delivery);
     }
 
     /// Reads until the buffer holds a whole request head; returns its length.
-    pub(crate) async fn read_head(
-        &mut self,
-        shared: &Shared,
-        deadline: Instant,
-    ) -> Result<usize, Close> {
+    async fn read_head(&mut self, shared: &Shared, deadline: Instant) -> Result<usize, Close> {
         let mut scanned = 0;
         loop {
             if let Some(end) = take_head(&mut self.buf, &mut scanned)? {
@@ -620,7 +612,7 @@ impl Connection {
     /// Reads and decodes a chunked body that starts at `start`, removing
     /// its framing from the buffer as it goes, so the buffer never holds
     /// more than one read beyond the head.
-    pub(crate) async fn read_chunked(
+    async fn read_chunked(
         &mut self,
         shared: &Shared,
         start: usize,
@@ -679,7 +671,7 @@ impl Connection {
 
     /// Reads what has arrived already, without waiting; `false` if nothing
     /// has.
-    pub(crate) fn read_arrived(&mut self, want: usize) -> Result<bool, Close> {
+    fn read_arrived(&mut self, want: usize) -> Result<bool, Close> {
         let len = self.grow(want);
         match self.stream.get_ref().read(&mut self.buf[len..]) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -707,11 +699,7 @@ impl Connection {
     }
 
     /// Keeps the bytes a read into `buf[len..]` returned.
-    pub(crate) fn keep_read(
-        &mut self,
-        len: usize,
-        result: Result<usize, Close>,
-    ) -> Result<(), Close> {
+    fn keep_read(&mut self, len: usize, result: Result<usize, Close>) -> Result<(), Close> {
         let n = *result.as_ref().unwrap_or(&0);
         self.buf.truncate(len + n);
         match result {
@@ -827,7 +815,7 @@ impl Connection {
     /// Returns when the client has closed its end of `stream`; never, if
     /// it sends more bytes instead (a pipelined request, read after this
     /// answer).
-    pub(crate) async fn client_gone(stream: &Async<TcpStream>) {
+    async fn client_gone(stream: &Async<TcpStream>) {
         loop {
             if stream.readable().await.is_err() {
                 return;
@@ -866,7 +854,7 @@ impl Connection {
 
 /// Writes all of `out` to `stream`, giving up once [`WRITE_TIMEOUT`] has
 /// passed since the socket first refused a byte of it.
-pub(crate) async fn write_out(stream: &Async<TcpStream>, out: &[u8]) -> Result<(), Close> {
+async fn write_out(stream: &Async<TcpStream>, out: &[u8]) -> Result<(), Close> {
     let mut written = 0;
     // Made at the first refusal and kept to the end: progress never makes
     // a new one. A write that is never refused costs no timer.

@@ -61,7 +61,7 @@ pub(crate) fn parse_schedule(text: &str, config: &Config) -> Result<ScheduleConf
 /// fires. Eight years (leap day to leap day) would not do: in `0 0 29 2 */7`
 /// the weekday field starts with `*`, so the day must be both February 29th
 /// and a Sunday, which happens in 2088 and next in 2128.
-pub(crate) const CALENDAR_CYCLE_YEARS: i64 = 400;
+const CALENDAR_CYCLE_YEARS: i64 = 400;
 
 /// A parsed `--schedule` SPEC; `next_firing` says when it fires.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,16 +83,16 @@ pub(crate) struct Cron {
     /// Days of the month, 1–31.
     pub(crate) days: u64,
     /// Months, 1–12.
-    pub(crate) months: u64,
+    months: u64,
     /// Days of the week, 0–6 from Sunday; a 7 in the spec is folded into 0.
-    pub(crate) weekdays: u64,
+    weekdays: u64,
     /// Whether a day matches when either day field does rather than both:
     /// cron's rule when both are restricted, that is neither starts with `*`.
-    pub(crate) either_day: bool,
+    either_day: bool,
 }
 
 /// One cron field: its name for error messages, its range and its names.
-pub(crate) struct CronField {
+struct CronField {
     /// What one value of the field is called: "minute", "month", ….
     pub(crate) name: &'static str,
     /// The smallest value.
@@ -122,7 +122,7 @@ impl CronField {
 
 /// The five fields in the order a spec writes them. Day of week runs to 7
 /// because cron lets 7 mean Sunday, as 0 does.
-pub(crate) const CRON_FIELDS: [CronField; 5] = [
+const CRON_FIELDS: [CronField; 5] = [
     CronField::new("minute", 0, 59, &[]),
     CronField::new("hour", 0, 23, &[]),
     CronField::new("day of month", 1, 31, &[]),
@@ -131,10 +131,10 @@ pub(crate) const CRON_FIELDS: [CronField; 5] = [
 ];
 
 /// The weekday names cron knows, `sun` for 0.
-pub(crate) const WEEKDAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+const WEEKDAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 /// The month names cron knows, `jan` for 1.
-pub(crate) const MONTH_NAMES: [&str; 12] = [
+const MONTH_NAMES: [&str; 12] = [
     "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
 ];
 
@@ -150,7 +150,7 @@ pub(crate) const MONTH_NAMES: [&str; 12] = [
 /// libraries accept it). A step may not exceed the field's largest value. A
 /// spec that can never fire (`0 0 31 2 *`) is refused: cron would accept it
 /// and silently never run it.
-pub(crate) fn parse_spec(text: &str) -> Result<Spec, String> {
+fn parse_spec(text: &str) -> Result<Spec, String> {
     let text = text.trim_matches([' ', '\t']);
     if let Some(rest) = text.strip_prefix("@every") {
         let duration = rest.trim_start_matches([' ', '\t']);
@@ -202,7 +202,7 @@ pub(crate) fn parse_spec(text: &str) -> Result<Spec, String> {
 }
 
 /// Parses one cron field into the bitset of the values it matches.
-pub(crate) fn parse_cron_field(text: &str, field: &CronField) -> Result<u64, String> {
+fn parse_cron_field(text: &str, field: &CronField) -> Result<u64, String> {
     let mut bits = 0;
     for item in text.split(',') {
         let (range, step) = match item.split_once('/') {
@@ -246,7 +246,7 @@ pub(crate) fn parse_cron_field(text: &str, field: &CronField) -> Result<u64, Str
 
 /// Parses one value of a field (a number, or a name for months and
 /// weekdays) from `text`, a part of the field `whole`.
-pub(crate) fn parse_cron_value(text: &str, field: &CronField, whole: &str) -> Result<u32, String> {
+fn parse_cron_value(text: &str, field: &CronField, whole: &str) -> Result<u32, String> {
     let name = field.name;
     let value = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
         // A number too long for a u32 is out of range like any other.
@@ -275,7 +275,7 @@ pub(crate) fn parse_cron_value(text: &str, field: &CronField, whole: &str) -> Re
 /// milliseconds since the epoch; `None` if there is none before the end of
 /// time as a u64 counts it. `@every` fires `after_ms` plus its interval: the
 /// caller passes the previous firing, or the start.
-pub(crate) fn next_firing(spec: &Spec, after_ms: u64) -> Option<u64> {
+fn next_firing(spec: &Spec, after_ms: u64) -> Option<u64> {
     match spec {
         Spec::Every(every) => after_ms.checked_add(u64::try_from(every.as_millis()).ok()?),
         // Cron fires on whole minutes, so the first candidate is the next one.
@@ -304,7 +304,7 @@ pub(crate) fn firing_after(spec: &Spec, due: u64, now: u64) -> Option<u64> {
 impl Cron {
     /// Finds the first firing at or after `start`, both in minutes since
     /// the epoch, field by field: the day first, then the time in that day.
-    pub(crate) fn first_from(&self, start: u64) -> Option<u64> {
+    fn first_from(&self, start: u64) -> Option<u64> {
         let today = start / 1440;
         let mut day = self.next_day(today)?;
         if day == today {
@@ -318,7 +318,7 @@ impl Cron {
 
     /// Finds the first minute of a day at or after `from` (minutes since
     /// midnight) whose hour and minute match.
-    pub(crate) fn time_from(&self, from: u64) -> Option<u64> {
+    fn time_from(&self, from: u64) -> Option<u64> {
         let (hour, minute) = (from / 60, from % 60);
         if self.hours >> hour & 1 == 1
             && let Some(minute) = next_bit(self.minutes, minute)
@@ -330,7 +330,7 @@ impl Cron {
 
     /// Finds the first day at or after `from` (days since the epoch) whose
     /// month and day match, within one calendar cycle.
-    pub(crate) fn next_day(&self, from: u64) -> Option<u64> {
+    fn next_day(&self, from: u64) -> Option<u64> {
         let (start_year, start_month, start_day) = civil_from_days(i64::try_from(from).ok()?);
         for year in start_year..=start_year + CALENDAR_CYCLE_YEARS {
             let first_month = if year == start_year { start_month } else { 1 };
@@ -354,7 +354,7 @@ impl Cron {
     /// Returns the days of `month` in `year` that match, as a bitset: by
     /// cron's rule, the days either day field matches if both are
     /// restricted, else the days both match.
-    pub(crate) fn matching_days(&self, year: i64, month: u32) -> u64 {
+    fn matching_days(&self, year: i64, month: u32) -> u64 {
         // The weekday of the 1st, 0 for Sunday: 1970-01-01 was a Thursday.
         let first = (days_from_civil(year, month, 1) + 4).rem_euclid(7) as u32;
         // Bit i of `week` says whether day i + 1 has a matching weekday;
@@ -371,7 +371,7 @@ impl Cron {
 }
 
 /// Returns the position of the lowest set bit of `bits` at or above `from`.
-pub(crate) fn next_bit(bits: u64, from: u64) -> Option<u64> {
+fn next_bit(bits: u64, from: u64) -> Option<u64> {
     let above = if from < 64 { bits >> from << from } else { 0 };
     (above != 0).then(|| u64::from(above.trailing_zeros()))
 }

@@ -29,18 +29,18 @@ pub(crate) const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// The most events the log keeps: a stream that falls further behind is
 /// told it lagged (SPEC §11).
-pub(crate) const LOG_EVENTS: usize = 1000;
+const LOG_EVENTS: usize = 1000;
 
 /// The most bytes of events the log keeps: a stream that falls further
 /// behind is told it lagged (SPEC §11). With the events' entries, the
 /// most the events cost, whatever the number of streams.
-pub(crate) const LOG_BYTES: usize = 256 << 10;
+const LOG_BYTES: usize = 256 << 10;
 
 /// The largest buffer of events a stream keeps for the next ones. One that
 /// keeps up takes a little more than `GATHER_EVENTS` or `GATHER_BYTES` at
 /// a time at saturation (35 KiB in the bench); a buffer a burst made
 /// larger is given back rather than held for the stream's life.
-pub(crate) const KEPT_EVENT_BUFFER: usize = 64 << 10;
+const KEPT_EVENT_BUFFER: usize = 64 << 10;
 
 /// The kernel send buffer an event stream asks for (Linux doubles it for
 /// its bookkeeping): what a client that stopped reading can make the
@@ -150,9 +150,9 @@ pub(crate) struct Ring {
     /// and not yet dropped from the front (see [`Ring::compact`]).
     pub(crate) bytes: Vec<u8>,
     /// Where `bytes` starts, counted in all the bytes ever appended.
-    pub(crate) base: u64,
+    base: u64,
     /// The kept events, oldest first.
-    pub(crate) events: VecDeque<Entry>,
+    events: VecDeque<Entry>,
     /// The sequence number of the oldest kept event: events are numbered
     /// in the order they happened, and the next one gets `first +
     /// events.len()`.
@@ -165,13 +165,13 @@ pub(crate) struct Ring {
     /// they may want.
     pub(crate) waiting: Waiting,
     /// The streams that wait to hear of the next change.
-    pub(crate) change_waiters: Vec<usize>,
+    change_waiters: Vec<usize>,
     /// The streams letting events gather: they are rung together each
     /// time `GATHER_EVENTS` or `GATHER_BYTES` more have come.
-    pub(crate) gatherers: Vec<usize>,
+    gatherers: Vec<usize>,
     /// The events, and their bytes, appended since the gatherers were last
     /// rung.
-    pub(crate) since_gather: (usize, usize),
+    since_gather: (usize, usize),
     /// The slots an event rings, kept to spare an allocation each.
     pub(crate) woken: Vec<usize>,
     /// The sequence numbers at which streams were rung and have not read
@@ -180,13 +180,13 @@ pub(crate) struct Ring {
     /// longer has has lagged and will read nothing more. With none, an
     /// event that rings no stream is one no stream will read, and is not
     /// even written.
-    pub(crate) readers: VecDeque<(u64, usize)>,
+    readers: VecDeque<(u64, usize)>,
 }
 
 /// What the log keeps of an event beside its bytes: where they are, and
 /// what filters look at.
 #[derive(Debug)]
-pub(crate) struct Entry {
+struct Entry {
     /// Where its bytes start, counted in all the bytes ever appended.
     pub(crate) at: u64,
     /// How many bytes it has.
@@ -204,7 +204,7 @@ pub(crate) struct Entry {
 /// with their own value written the same way, so the log keeps no copy
 /// of a label.
 #[derive(Debug)]
-pub(crate) struct Said {
+struct Said {
     /// The `task_id` member's value: `"…"` or `null`.
     pub(crate) label: Range<usize>,
     /// The `kind` member's value.
@@ -224,9 +224,9 @@ pub(crate) struct Slot {
     /// and need not read them.
     pub(crate) woke: Option<u64>,
     /// Whether it is in [`Ring::change_waiters`].
-    pub(crate) awaits_change: bool,
+    awaits_change: bool,
     /// Whether it is in [`Ring::gatherers`].
-    pub(crate) gathers: bool,
+    gathers: bool,
 }
 
 /// Where a stream waits for events: under the first thing its filters
@@ -379,7 +379,7 @@ impl EventLog {
     /// Closes the stream in `slot`: it is taken out of every list it waits
     /// in. The last stream to close empties the log: with none open,
     /// nothing is appended, and what it kept would never be read.
-    pub(crate) fn unsubscribe(&self, slot: usize) {
+    fn unsubscribe(&self, slot: usize) {
         let mut ring = self.ring();
         let Some(kept) = ring.slots.get_mut(slot).and_then(Option::take) else {
             return;
@@ -489,7 +489,7 @@ impl Ring {
     /// Counts out a stream rung at `from` that has read (or closed): it no
     /// longer holds the events from `from` on. One that lagged was counted
     /// out when its event was evicted.
-    pub(crate) fn read_from(&mut self, from: u64) {
+    fn read_from(&mut self, from: u64) {
         if let Ok(at) = self.readers.binary_search_by_key(&from, |&(seq, _)| seq)
             && let Some((_, count)) = self.readers.get_mut(at)
         {
@@ -503,7 +503,7 @@ impl Ring {
     /// Drops the evicted bytes from the front once there are `LOG_BYTES`
     /// of them: each byte is moved at most about once, and the buffer
     /// stays under about twice `LOG_BYTES` and one event.
-    pub(crate) fn compact(&mut self) {
+    fn compact(&mut self) {
         let end = self.base + self.bytes.len() as u64;
         let kept = self.events.front().map_or(end, |oldest| oldest.at);
         let dead = (kept - self.base) as usize;
@@ -528,7 +528,7 @@ impl Ring {
     /// Tells whether what came from sequence number `from` on is enough to
     /// be written at once, `GATHER_EVENTS` or `GATHER_BYTES`, or is no
     /// longer all kept.
-    pub(crate) fn gathered(&self, from: u64) -> bool {
+    fn gathered(&self, from: u64) -> bool {
         let Some(skip) = from.checked_sub(self.first) else {
             return true;
         };
@@ -570,7 +570,7 @@ impl Ring {
     }
 
     /// Rings the streams waiting to hear of the next change.
-    pub(crate) fn ring_change_waiters(&mut self) {
+    fn ring_change_waiters(&mut self) {
         for k in self.change_waiters.drain(..) {
             if let Some(Some(slot)) = self.slots.get_mut(k) {
                 slot.awaits_change = false;
@@ -648,7 +648,7 @@ impl Waiting {
 
     /// Moves into `woken` the streams that may want `task`'s event: a
     /// lookup for each kind of key some stream waits under.
-    pub(crate) fn take_for(&mut self, task: &Task, woken: &mut Vec<usize>) {
+    fn take_for(&mut self, task: &Task, woken: &mut Vec<usize>) {
         woken.append(&mut self.all);
         let mut take = |list: Option<Vec<usize>>| {
             if let Some(mut list) = list {
@@ -767,7 +767,7 @@ impl Wants {
     }
 
     /// Tells whether it lets `event`, kept as `entry`, through.
-    pub(crate) fn passes(&self, entry: &Entry, event: &[u8]) -> bool {
+    fn passes(&self, entry: &Entry, event: &[u8]) -> bool {
         let says = |at: &Range<usize>, value: &[u8]| event.get(at.clone()) == Some(value);
         self.id.is_none_or(|id| entry.id == id)
             && self.queue.is_none_or(|q| entry.queue == q)
@@ -785,7 +785,7 @@ impl Wants {
 /// Appends a task's `task` event for its change at `at`: `event:` and
 /// `data:` lines, and the blank line that ends it. Returns where in it it
 /// says the task's label and kind.
-pub(crate) fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names, at: u64) -> Said {
+fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names, at: u64) -> Said {
     let start = out.len();
     out.extend_from_slice(b"event: task\ndata: {\"id\": ");
     names.id.write_json(out);
@@ -841,14 +841,14 @@ pub(crate) fn write_stats_event(out: &mut Vec<u8>, shared: &Shared) {
 }
 
 /// The dashboard: one self-contained page, embedded in the binary.
-pub(crate) const DASHBOARD: &str = include_str!("dashboard.html");
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// The headers that keep the dashboard to itself: scripts, styles and
 /// requests only from this origin (inline ones allowed: the page is one
 /// file), no sniffing of types, no framing by other pages. Images may also
 /// be `data:` URLs, which are no other origin: the page's icon is one, so
 /// that the browser asks for no `/favicon.ico` (a 404 in its console).
-pub(crate) const DASHBOARD_HEADERS: &str = "Content-Security-Policy: default-src 'self'; \
+const DASHBOARD_HEADERS: &str = "Content-Security-Policy: default-src 'self'; \
     script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'\r\n\
     X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\n";

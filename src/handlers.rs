@@ -55,29 +55,29 @@ pub(crate) fn interrupted(why: Interrupt, work: &Work) -> Outcome {
 }
 
 /// Says that an attempt timed out, with the timeout as the client wrote it.
-pub(crate) fn timeout_sentence(work: &Work) -> String {
+fn timeout_sentence(work: &Work) -> String {
     let text = work.timeout.as_ref().map_or("", Text::as_str);
     format!("timed out after {text}")
 }
 
 /// How many bytes one read of a program's output asks for: a quarter of
 /// the tail, so a chatty program is read in few calls from a small buffer.
-pub(crate) const PIPE_READ: usize = OUTPUT_TAIL / 4;
+const PIPE_READ: usize = OUTPUT_TAIL / 4;
 
 /// How much of a program's stdout and stderr is kept: the end of each,
 /// since that is where a result or the reason for a failure usually is.
-pub(crate) const OUTPUT_TAIL: usize = 4096;
+const OUTPUT_TAIL: usize = 4096;
 
 /// How long a cancelled or timed-out program has between SIGTERM and SIGKILL.
-pub(crate) const KILL_AFTER_CANCEL: Duration = Duration::from_secs(5);
+const KILL_AFTER_CANCEL: Duration = Duration::from_secs(5);
 
 /// How long a program interrupted by shutdown has between SIGTERM and
 /// SIGKILL: shorter, because the whole server is waiting for it.
-pub(crate) const KILL_AFTER_STOP: Duration = Duration::from_secs(1);
+const KILL_AFTER_STOP: Duration = Duration::from_secs(1);
 
 /// How long to keep reading a finished program's output after its process
 /// group is gone: only a process that left the group can hold it open.
-pub(crate) const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
+const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// Runs one attempt of a program handler: starts it in a process group of
 /// its own with the payload on stdin, reads the tails of its output as it
@@ -171,7 +171,7 @@ pub(crate) async fn run_program(
 
 /// How a program's attempt ended.
 #[derive(Debug)]
-pub(crate) enum Ending {
+enum Ending {
     /// The program exited by itself (or waiting for it failed).
     Exited(io::Result<std::process::ExitStatus>),
     /// The attempt was interrupted and the program stopped.
@@ -179,12 +179,12 @@ pub(crate) enum Ending {
 }
 
 /// How long to wait for a killed group's last processes to be reaped.
-pub(crate) const REAP_WITHIN: Duration = Duration::from_secs(1);
+const REAP_WITHIN: Duration = Duration::from_secs(1);
 
 /// How often to look for them meanwhile: SIGKILL lands within a
 /// tick or two of the operating system's scheduler, and there is no
 /// readiness to wait on.
-pub(crate) const REAP_POLL: Duration = Duration::from_millis(2);
+const REAP_POLL: Duration = Duration::from_millis(2);
 
 /// Reaps the processes of a killed group that were orphaned to bgtasks (its
 /// subreaper), so none is left a zombie. It waits only on that group, so it
@@ -211,7 +211,7 @@ pub(crate) async fn reap_group(group: Option<rustix::process::Pid>) {
 
 /// Polls `fut` to completion while also reading the program's output into
 /// `tails`, so a chatty program never blocks on a full pipe.
-pub(crate) async fn with_output<T>(
+async fn with_output<T>(
     fut: impl Future<Output = T>,
     mut pipes: std::pin::Pin<&mut impl Future<Output = (Vec<u8>, Vec<u8>)>>,
     tails: &mut Option<(Vec<u8>, Vec<u8>)>,
@@ -226,7 +226,7 @@ pub(crate) async fn with_output<T>(
 }
 
 /// Sends `signal` to a process group; a group that is already gone is fine.
-pub(crate) fn signal_group(group: Option<rustix::process::Pid>, signal: rustix::process::Signal) {
+fn signal_group(group: Option<rustix::process::Pid>, signal: rustix::process::Signal) {
     if let Some(group) = group {
         // ESRCH just means every process of the group has exited.
         let _ = rustix::process::kill_process_group(group, signal);
@@ -234,7 +234,7 @@ pub(crate) fn signal_group(group: Option<rustix::process::Pid>, signal: rustix::
 }
 
 /// Reads a pipe to its end and keeps the last [`OUTPUT_TAIL`] bytes.
-pub(crate) async fn read_tail(pipe: Option<impl smol::io::AsyncRead + Unpin>) -> Vec<u8> {
+async fn read_tail(pipe: Option<impl smol::io::AsyncRead + Unpin>) -> Vec<u8> {
     let mut tail = Vec::new();
     let Some(mut pipe) = pipe else { return tail };
     let mut chunk = [0u8; PIPE_READ];
@@ -248,16 +248,16 @@ pub(crate) async fn read_tail(pipe: Option<impl smol::io::AsyncRead + Unpin>) ->
 
 /// A line of a program's stdout that starts with this reports progress
 /// (the convention of GitHub Actions' workflow commands).
-pub(crate) const PROGRESS_PREFIX: &[u8] = b"::progress::";
+const PROGRESS_PREFIX: &[u8] = b"::progress::";
 
 /// The longest progress value: a status member, not a log; a longer line
 /// is ignored.
-pub(crate) const MAX_PROGRESS: usize = 1024;
+const MAX_PROGRESS: usize = 1024;
 
 /// Reads a program's stdout to its end, as it comes: reports each progress
 /// line to the store, and keeps the last [`OUTPUT_TAIL`] bytes of the rest
 /// for the result.
-pub(crate) async fn read_stdout(
+async fn read_stdout(
     pipe: Option<impl smol::io::AsyncRead + Unpin>,
     shared: &Shared,
     id: u64,
@@ -278,7 +278,7 @@ pub(crate) async fn read_stdout(
 
 /// Makes a progress value's JSON text: the value itself when it is JSON,
 /// else a JSON string of it.
-pub(crate) fn progress_json(value: &[u8]) -> Box<str> {
+fn progress_json(value: &[u8]) -> Box<str> {
     result_json(value.trim_ascii())
 }
 
@@ -286,7 +286,7 @@ pub(crate) fn progress_json(value: &[u8]) -> Box<str> {
 /// lines as it streams, whatever the reads' sizes, holding at most a
 /// progress value of a line, never a whole line.
 #[derive(Debug, Default)]
-pub(crate) struct Stdout {
+struct Stdout {
     /// The last bytes of the output that are not progress lines.
     pub(crate) tail: Vec<u8>,
     /// The line being read.
@@ -295,7 +295,7 @@ pub(crate) struct Stdout {
 
 /// What the line being read is known to be.
 #[derive(Debug)]
-pub(crate) enum Line {
+enum Line {
     /// It may be a progress line: this many bytes of it match the prefix.
     Start(usize),
     /// A progress line: its value so far, `None` once it is too long.
@@ -375,7 +375,7 @@ impl Stdout {
 }
 
 /// Appends `chunk` to `tail`, dropping from the front beyond [`OUTPUT_TAIL`].
-pub(crate) fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
     tail.extend_from_slice(chunk);
     if tail.len() > OUTPUT_TAIL {
         tail.drain(..tail.len() - OUTPUT_TAIL);
@@ -384,7 +384,7 @@ pub(crate) fn keep_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
 
 /// Turns how a program ended, and its output, into the attempt's outcome.
 /// A failure's `error` is the end of stderr, or a sentence if it is empty.
-pub(crate) fn program_outcome(ending: Ending, work: &Work, out: &[u8], err: &[u8]) -> Outcome {
+fn program_outcome(ending: Ending, work: &Work, out: &[u8], err: &[u8]) -> Outcome {
     use std::os::unix::process::ExitStatusExt;
     let failed = |sentence: String| {
         Outcome::Failed(if err.is_empty() {
@@ -410,7 +410,7 @@ pub(crate) fn program_outcome(ending: Ending, work: &Work, out: &[u8], err: &[u8
 
 /// Makes a task's `result` from a program's stdout: the JSON itself when
 /// all of it is JSON, else a JSON string of the text.
-pub(crate) fn result_json(out: &[u8]) -> Box<str> {
+fn result_json(out: &[u8]) -> Box<str> {
     match serde_json::from_slice::<&serde_json::value::RawValue>(out) {
         Ok(raw) => raw.get().into(),
         Err(_) => {

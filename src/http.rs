@@ -4,13 +4,13 @@ use std::ops::Range;
 use std::time::Duration;
 
 /// The most bytes of a request head (request line and headers).
-pub(crate) const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEAD: usize = 16 * 1024;
 
 /// The most header lines in one request head (or chunked trailer).
-pub(crate) const MAX_HEADERS: usize = 100;
+const MAX_HEADERS: usize = 100;
 
 /// The most bytes of a chunk-size line with its extensions.
-pub(crate) const MAX_CHUNK_LINE: usize = 4096;
+const MAX_CHUNK_LINE: usize = 4096;
 
 /// How long a whole request head may take to arrive, from its first byte
 /// (from the accept, for a connection's first request). One deadline for
@@ -132,7 +132,7 @@ impl HttpError {
 
 /// Counts the empty lines (CRLF or bare LF) at the start of `buf`, which
 /// RFC 9112 §2.2 asks a server to ignore before a request line.
-pub(crate) fn leading_empty_lines(buf: &[u8]) -> usize {
+fn leading_empty_lines(buf: &[u8]) -> usize {
     let mut i = 0;
     loop {
         match &buf[i..] {
@@ -146,7 +146,7 @@ pub(crate) fn leading_empty_lines(buf: &[u8]) -> usize {
 /// Finds the end of a request head — the blank line, CRLF or bare LF —
 /// and returns the length of the head including it. Only bytes from
 /// `from` on are new, so the scan starts just before them.
-pub(crate) fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(2);
     let mut i = start + buf[start..].iter().position(|&b| b == b'\n')?;
     loop {
@@ -184,13 +184,13 @@ pub(crate) fn take_head(
 
 /// Tells whether `b` may appear in a token (RFC 9110 §5.6.2): methods and
 /// header names.
-pub(crate) fn is_tchar(b: u8) -> bool {
+fn is_tchar(b: u8) -> bool {
     TCHAR[usize::from(b)]
 }
 
 /// Which bytes are token characters, looked up once per byte of every
 /// method and header name.
-pub(crate) const TCHAR: [bool; 256] = {
+const TCHAR: [bool; 256] = {
     let mut table = [false; 256];
     let mut i = 0;
     while i < 256 {
@@ -220,7 +220,7 @@ pub(crate) const TCHAR: [bool; 256] = {
 
 /// Tells whether `b` separates the parts of a request line. RFC 9112 §3
 /// lets a server split on any run of these instead of exactly one SP.
-pub(crate) fn is_line_space(b: u8) -> bool {
+fn is_line_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | 0x0b | 0x0c)
 }
 
@@ -236,14 +236,14 @@ pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
 }
 
 /// Returns the range of `part` inside `whole`; `part` must be a subslice.
-pub(crate) fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
+fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - whole.as_ptr() as usize;
     start..start + part.len()
 }
 
 /// Splits a head (as found by [`find_head_end`]) into lines without their
 /// line ends. A CR anywhere but just before a LF is an error.
-pub(crate) fn head_lines(head: &[u8]) -> impl Iterator<Item = Result<&[u8], HttpError>> {
+fn head_lines(head: &[u8]) -> impl Iterator<Item = Result<&[u8], HttpError>> {
     head.split(|&b| b == b'\n').map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.contains(&b'\r') {
@@ -306,7 +306,7 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Head, HttpError> {
 }
 
 /// Parses `HTTP/1.1` or `HTTP/1.0`; returns whether it is 1.0.
-pub(crate) fn parse_version(version: &[u8]) -> Result<bool, HttpError> {
+fn parse_version(version: &[u8]) -> Result<bool, HttpError> {
     match version {
         b"HTTP/1.1" => Ok(false),
         b"HTTP/1.0" => Ok(true),
@@ -322,7 +322,7 @@ pub(crate) fn parse_version(version: &[u8]) -> Result<bool, HttpError> {
 /// Splits a request target into path and query. Accepts the origin form
 /// (`/tasks?x`), the absolute form (`http://host/tasks?x`, whose authority
 /// is ignored) and `*`, which matches no route.
-pub(crate) fn split_target(target: &[u8]) -> Result<(&[u8], Option<&[u8]>), HttpError> {
+fn split_target(target: &[u8]) -> Result<(&[u8], Option<&[u8]>), HttpError> {
     if !target.iter().all(|&b| b.is_ascii_graphic() && b != b'#') {
         return Err(HttpError::BadRequest("the request target is malformed"));
     }
@@ -356,17 +356,17 @@ pub(crate) fn split_target(target: &[u8]) -> Result<(&[u8], Option<&[u8]>), Http
 
 /// What the header lines have said so far; checked as a whole at the end.
 #[derive(Default)]
-pub(crate) struct HeaderFields {
+struct HeaderFields {
     /// How many `Host` lines.
-    pub(crate) hosts: usize,
+    hosts: usize,
     /// The `Content-Length`, if any.
-    pub(crate) content_length: Option<u64>,
+    content_length: Option<u64>,
     /// Whether any `Transfer-Encoding` line appeared.
-    pub(crate) transfer_encoding: bool,
+    transfer_encoding: bool,
     /// How many `chunked` codings were listed.
     pub(crate) chunked: usize,
     /// Whether a coding other than `chunked` was listed.
-    pub(crate) other_coding: bool,
+    other_coding: bool,
     /// `Connection: close` was sent.
     pub(crate) close: bool,
     /// `Connection: keep-alive` was sent.
@@ -465,7 +465,7 @@ impl HeaderFields {
 /// (without surrounding whitespace), refusing what RFC 9112 §5 lets a
 /// server refuse: obsolete line folding, whitespace before the colon, no
 /// colon, an empty or malformed name, control characters in the value.
-pub(crate) fn split_field(line: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
+fn split_field(line: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
     if matches!(line.first(), Some(b' ' | b'\t')) {
         // RFC 9112 §5.2: obsolete line folding may be rejected.
         return Err(HttpError::BadRequest(
@@ -492,7 +492,7 @@ pub(crate) fn split_field(line: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
 
 /// Parses a `Content-Length` value: digits only, no sign, no list, and no
 /// value past `u64::MAX`.
-pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     let bad = HttpError::BadRequest("Content-Length is malformed");
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return Err(bad);
@@ -538,13 +538,13 @@ pub(crate) struct Chunked {
     /// Bytes of the current size line, for its limit.
     pub(crate) line: usize,
     /// Whether a CR was just seen (a CR must be followed by LF).
-    pub(crate) cr: bool,
+    cr: bool,
     /// The trailer line being read, checked like a header line at its end.
-    pub(crate) trailer: Vec<u8>,
+    trailer: Vec<u8>,
     /// Trailer bytes so far, for the head's size limit.
-    pub(crate) trailer_bytes: usize,
+    trailer_bytes: usize,
     /// Trailer lines so far, for the head's line limit.
-    pub(crate) trailer_lines: usize,
+    trailer_lines: usize,
     /// The decoded body.
     pub(crate) body: Vec<u8>,
 }
@@ -646,7 +646,7 @@ impl Chunked {
 
     /// Acts on a complete size line: the last chunk leads to the trailers,
     /// any other to its data, if the body stays within `max_body`.
-    pub(crate) fn end_size_line(&mut self, max_body: usize) -> Result<(), HttpError> {
+    fn end_size_line(&mut self, max_body: usize) -> Result<(), HttpError> {
         if self.size > (max_body - self.body.len()) as u64 {
             return Err(HttpError::BodyTooLarge);
         }

@@ -80,7 +80,7 @@ impl IdleConnections {
 
     /// Tells the longest-idle connection to close, giving up its place;
     /// with none idle, returns a trigger the next one to go idle fires.
-    pub(crate) fn close_oldest(&self) -> Option<Trigger> {
+    fn close_oldest(&self) -> Option<Trigger> {
         let mut list = self.list();
         let Some(oldest) = list.oldest().and_then(|entry| list.remove(entry)) else {
             return Some(list.wanted.get_or_insert_with(Trigger::new).clone());
@@ -132,7 +132,7 @@ pub(crate) struct IdleSlot {
     /// The connection's stamp.
     pub(crate) since: u64,
     /// The slot listed before it (stamped earlier).
-    pub(crate) prev: Option<usize>,
+    prev: Option<usize>,
     /// The slot listed after it.
     pub(crate) next: Option<usize>,
     /// What wakes the connection's wait, once it has been polled.
@@ -207,7 +207,7 @@ impl IdleList {
     }
 
     /// Returns `entry`'s slot while it is listed.
-    pub(crate) fn slot_mut(&mut self, entry: IdleEntry) -> Option<&mut IdleSlot> {
+    fn slot_mut(&mut self, entry: IdleEntry) -> Option<&mut IdleSlot> {
         self.slots
             .get_mut(entry.slot)
             .filter(|slot| slot.listed && slot.since == entry.since)

@@ -19,13 +19,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// The journal's file name inside `--data-dir`.
-pub(crate) const JOURNAL: &str = "journal";
+const JOURNAL: &str = "journal";
 
 /// Where compaction writes the next journal before renaming it.
-pub(crate) const JOURNAL_TMP: &str = "journal.tmp";
+const JOURNAL_TMP: &str = "journal.tmp";
 
 /// The file locked while a server uses the directory.
-pub(crate) const LOCK: &str = "lock";
+const LOCK: &str = "lock";
 
 /// The journal format this server writes, named by the first record of
 /// every journal it creates or compacts. A journal without that record is
@@ -34,30 +34,30 @@ pub(crate) const LOCK: &str = "lock";
 /// compaction. A newer version is refused before anything changes, so
 /// that a binary never misreads a format it does not know, nor appends
 /// its own records to one.
-pub(crate) const JOURNAL_VERSION: u64 = 1;
+const JOURNAL_VERSION: u64 = 1;
 
 /// The most records written in one batch: enough to share an fsync among
 /// thousands of submissions, small enough to bound one write.
-pub(crate) const MAX_BATCH: usize = 4096;
+const MAX_BATCH: usize = 4096;
 
 /// The read buffer for replaying a journal: large reads, few system calls.
-pub(crate) const REPLAY_BUFFER: usize = 1 << 20;
+const REPLAY_BUFFER: usize = 1 << 20;
 
 /// Compaction waits until the journal is this many times the size of a
 /// fresh one, so that the work of rewriting it is spread over many writes.
-pub(crate) const COMPACT_FACTOR: u64 = 4;
+const COMPACT_FACTOR: u64 = 4;
 
 /// About how many bytes a retained task takes in a fresh journal (its
 /// `new` and `state` records), to tell how large a compacted one would be.
-pub(crate) const RECORD_ESTIMATE: u64 = 320;
+const RECORD_ESTIMATE: u64 = 320;
 
 /// And until it is at least this large: rewriting a small file is not worth
 /// pausing the writer for.
-pub(crate) const COMPACT_MIN: u64 = 8 << 20;
+const COMPACT_MIN: u64 = 8 << 20;
 
 /// The first record of a journal: the format of the rest.
 #[derive(Debug, serde::Serialize, Deserialize)]
-pub(crate) struct VersionRecord {
+struct VersionRecord {
     /// Always [`Op::Version`].
     pub(crate) op: Op,
     /// The format's version: [`JOURNAL_VERSION`] when this server wrote it.
@@ -76,7 +76,7 @@ pub(crate) fn write_version(out: &mut Vec<u8>) {
 /// Returns the version a journal line names, if it is a version record
 /// whose checksum holds; its other members, in a future format, are not
 /// this server's to judge.
-pub(crate) fn read_version(line: &[u8]) -> Option<u64> {
+fn read_version(line: &[u8]) -> Option<u64> {
     let record: VersionRecord = serde_json::from_slice(checked_json(line)?).ok()?;
     (record.op == Op::Version).then_some(record.version)
 }
@@ -176,10 +176,10 @@ pub(crate) struct JournalSender {
 pub(crate) struct JournalProgress {
     /// The highest sequence number whose batch has been written (or has
     /// failed and been taken back).
-    pub(crate) durable: AtomicU64,
+    durable: AtomicU64,
     /// The highest task id whose `new` record has been written (or taken
     /// back): ids grow in journal order, so every task up to it is settled.
-    pub(crate) durable_task: AtomicU64,
+    durable_task: AtomicU64,
     /// The highest sequence number given out: what a connection's answers
     /// wait for (step 4; workers wait for `durable_task`).
     pub(crate) appended: AtomicU64,
@@ -251,7 +251,7 @@ impl JournalProgress {
 
     /// Records that every record up to `seq`, and every task up to `task`,
     /// has been dealt with.
-    pub(crate) fn advance(&self, seq: u64, task: Option<u64>) {
+    fn advance(&self, seq: u64, task: Option<u64>) {
         if let Some(task) = task {
             self.durable_task.store(task, Ordering::Release);
         }
@@ -270,7 +270,7 @@ pub(crate) struct JournalWriter {
     /// Its length up to the last record known to be whole.
     pub(crate) len: u64,
     /// The length at which compaction is considered next.
-    pub(crate) next_check: u64,
+    next_check: u64,
     /// Set when the file can no longer be trusted to take appends (a
     /// failed sync, or a failed write that could not be cut back).
     pub(crate) broken: bool,
@@ -304,7 +304,7 @@ impl JournalWriter {
     }
 
     /// Compacts the journal when it has grown past its threshold.
-    pub(crate) fn maybe_compact(&mut self, shared: &Shared) {
+    fn maybe_compact(&mut self, shared: &Shared) {
         if self.len < self.next_check || self.broken {
             return;
         }
@@ -336,7 +336,7 @@ impl JournalWriter {
 
     /// Replaces the journal with `content`: write a new file, sync it,
     /// rename it over the old one, sync the directory, reopen.
-    pub(crate) fn replace_with(&mut self, content: &[u8]) -> io::Result<()> {
+    fn replace_with(&mut self, content: &[u8]) -> io::Result<()> {
         let tmp = self.dir.join(JOURNAL_TMP);
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(content)?;
@@ -351,7 +351,7 @@ impl JournalWriter {
     /// once; if that fails, takes back the batch's new tasks; tells each
     /// submission whether its record made it; then publishes how far the
     /// journal is. Empties `batch`.
-    pub(crate) fn commit(
+    fn commit(
         &mut self,
         batch: &mut Vec<JournalEntry>,
         shared: &Shared,
@@ -409,7 +409,7 @@ impl JournalWriter {
 }
 
 /// Opens the journal for appending, creating it if need be.
-pub(crate) fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
+fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -417,11 +417,7 @@ pub(crate) fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
 }
 
 /// The writer thread: writes batches until the channel closes at shutdown.
-pub(crate) fn write_journal(
-    shared: Arc<Shared>,
-    rx: Receiver<JournalEntry>,
-    mut writer: JournalWriter,
-) {
+fn write_journal(shared: Arc<Shared>, rx: Receiver<JournalEntry>, mut writer: JournalWriter) {
     let Some(progress) = &shared.journal else {
         return;
     };
@@ -452,14 +448,14 @@ pub(crate) struct Replayed {
     /// The first id of the journal's history.
     pub(crate) first_id: u64,
     /// How many bytes of the file are whole records.
-    pub(crate) good_len: u64,
+    good_len: u64,
     /// Whether a torn last record was dropped.
-    pub(crate) torn: bool,
+    torn: bool,
 }
 
 /// Why a journal could not be replayed.
 #[derive(Debug)]
-pub(crate) enum ReplayError {
+enum ReplayError {
     /// Reading the file failed.
     Read(io::Error),
     /// A line other than the last one is bad: its number and why.
@@ -469,7 +465,7 @@ pub(crate) enum ReplayError {
 }
 
 /// Reads the journal at `path`; the error names the file (and the line).
-pub(crate) fn replay(path: &Path, config: &Config) -> Result<Replayed, String> {
+fn replay(path: &Path, config: &Config) -> Result<Replayed, String> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Replayed::default()),
@@ -494,10 +490,7 @@ pub(crate) fn replay(path: &Path, config: &Config) -> Result<Replayed, String> {
 /// that is cut short or fails its checksum is a write the crash
 /// interrupted: it is dropped. A bad line anywhere else, or a line whose
 /// checksum holds but whose values the contract forbids, is damage.
-pub(crate) fn replay_lines(
-    mut reader: impl io::BufRead,
-    config: &Config,
-) -> Result<Replayed, ReplayError> {
+fn replay_lines(mut reader: impl io::BufRead, config: &Config) -> Result<Replayed, ReplayError> {
     let mut replayed = Replayed::default();
     let mut line = Vec::new();
     let mut torn_line = None;

@@ -84,14 +84,11 @@ pub(crate) async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) 
 /// The scheduler's heap is pruned of cancelled tasks once it holds this
 /// many more entries than there are tasks waiting for a time: a client
 /// that schedules and cancels far-off tasks must not grow it for ever.
-pub(crate) const SCHEDULER_SLACK: usize = 4096;
+const SCHEDULER_SLACK: usize = 4096;
 
 /// Drops the entries of tasks no longer waiting for a time, if they are
 /// many, so the heap stays within the live tasks plus a slack.
-pub(crate) fn prune(
-    shared: &Shared,
-    due: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, Due)>>,
-) {
+fn prune(shared: &Shared, due: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, Due)>>) {
     let store = shared.store();
     let live = store.count(State::Scheduled) + store.count(State::Queued);
     if due.len() <= live + shared.config.schedules.len() + SCHEDULER_SLACK {

@@ -8,7 +8,7 @@
 //! small `log::Log` rather than a logging crate because a line needs
 //! three things no logger we may depend on gives together: the time in
 //! the same RFC 3339 form as every timestamp the API shows (written by
-//! [`crate::write_timestamp`]), a whole line in one `write`, so that lines
+//! [`crate::time::write_timestamp`]), a whole line in one `write`, so that lines
 //! from several threads never interleave, and no panic when stderr is
 //! gone — `eprintln!` panics when its write fails (a log pipe whose reader
 //! died), and with `panic = "abort"` that would end the server.
@@ -67,7 +67,7 @@ fn format_line(
         // The status writer's own timestamp, without its JSON quotes; it
         // writes 0 as `null` ("not yet"), so a clock set before 1970
         // shows as the epoch's first millisecond instead.
-        crate::write_timestamp(&mut line, millis.max(1));
+        crate::time::write_timestamp(&mut line, millis.max(1));
         line.retain(|&b| b != b'"');
         line.push(b' ');
     }

@@ -230,7 +230,7 @@ use crate::{
     store::Begin,
     systemd::notify_service_manager,
     task::{Outcome, State, Work},
-    time::{now_millis, write_timestamp},
+    time::now_millis,
     trigger::Trigger,
 };
 

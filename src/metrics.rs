@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Status codes are three digits from 100 to 599: one counter each.
-pub(crate) const STATUS_CODES: usize = 600;
+const STATUS_CODES: usize = 600;
 
 /// Answers written by status code, for `/metrics`.
 pub(crate) struct StatusCounts(pub(crate) [AtomicU64; STATUS_CODES]);
@@ -25,7 +25,7 @@ impl StatusCounts {
     }
 
     /// Returns the `code` label and count of every status answered.
-    pub(crate) fn samples(&self) -> Vec<(String, u64)> {
+    fn samples(&self) -> Vec<(String, u64)> {
         (0..STATUS_CODES)
             .filter_map(|code| {
                 let n = self.0[code].load(Ordering::Relaxed);
@@ -46,7 +46,7 @@ impl StatusCounts {
 
 /// One metric family of `/metrics`: its name, type, help and samples,
 /// each sample with its labels (`{state="failed"}`, or empty).
-pub(crate) struct Family {
+struct Family {
     /// The metric's name.
     pub(crate) name: &'static str,
     /// `gauge` or `counter`.
@@ -54,7 +54,7 @@ pub(crate) struct Family {
     /// What it measures, for `# HELP`.
     pub(crate) help: &'static str,
     /// Each sample's labels and value.
-    pub(crate) samples: Vec<(String, u64)>,
+    samples: Vec<(String, u64)>,
 }
 
 impl Family {
@@ -191,4 +191,4 @@ pub(crate) fn metrics(shared: &Shared) -> Response {
 }
 
 /// Room reserved for a `/metrics` answer: the usual one fits.
-pub(crate) const METRICS_SIZE: usize = 2048;
+const METRICS_SIZE: usize = 2048;

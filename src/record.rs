@@ -7,7 +7,7 @@ use crate::{
 use serde::Deserialize;
 
 /// The CRC-32 (IEEE) lookup table, built at compile time.
-pub(crate) const CRC_TABLE: [u32; 256] = {
+const CRC_TABLE: [u32; 256] = {
     let mut table = [0u32; 256];
     let mut i = 0;
     while i < 256 {

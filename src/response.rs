@@ -33,7 +33,7 @@ pub(crate) fn reason(status: u16) -> &'static str {
 
 /// Room reserved for a response's head, so that writing one rarely grows
 /// the buffer: the longest head bgtasks writes is under this.
-pub(crate) const RESPONSE_HEAD: usize = 192;
+const RESPONSE_HEAD: usize = 192;
 
 /// An answer, ready to be written.
 #[derive(Debug)]

@@ -87,11 +87,11 @@ pub(crate) fn choose_route(
 
 /// What a path names: the route of each method it answers, and the
 /// methods for `Allow`.
-pub(crate) struct Resource {
+struct Resource {
     /// The route for `GET` (and `HEAD`).
     pub(crate) get: Option<Route>,
     /// The route for `POST`.
-    pub(crate) post: Option<Route>,
+    post: Option<Route>,
     /// The `Allow` header of a `405`.
     pub(crate) allow: &'static str,
 }
@@ -107,7 +107,7 @@ impl Resource {
     }
 
     /// A resource that answers `POST`.
-    pub(crate) fn post(route: Route) -> Resource {
+    fn post(route: Route) -> Resource {
         Resource {
             get: None,
             post: Some(route),
@@ -118,11 +118,11 @@ impl Resource {
 
 /// The most path segments a route has (`/tasks/{id}/cancel`); a longer
 /// path names nothing, and its segments are not decoded.
-pub(crate) const MAX_SEGMENTS: usize = 3;
+const MAX_SEGMENTS: usize = 3;
 
 /// Finds what a path names; `None` for a path no route has. Segments are
 /// percent-decoded one by one, so `%2F` does not split one.
-pub(crate) fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
+fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
     let mut segments: [std::borrow::Cow<[u8]>; MAX_SEGMENTS] = Default::default();
     let mut count = 0;
     if let Some(rest) = path.strip_prefix(b"/") {
@@ -165,7 +165,7 @@ pub(crate) fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
 
 /// Tells whether an `Authorization` value is `Bearer <token>` (the scheme
 /// in any case), comparing the token in constant time.
-pub(crate) fn bearer_matches(given: Option<&[u8]>, token: &str) -> bool {
+fn bearer_matches(given: Option<&[u8]>, token: &str) -> bool {
     let Some(given) = given else { return false };
     let split = given.iter().position(|&b| b == b' ').unwrap_or(given.len());
     let (scheme, credentials) = given.split_at(split);
@@ -175,7 +175,7 @@ pub(crate) fn bearer_matches(given: Option<&[u8]>, token: &str) -> bool {
 
 /// Compares two byte strings in time that depends only on their lengths,
 /// so a client cannot find the token one byte at a time by timing answers.
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
     for (i, &x) in a.iter().enumerate() {
         diff |= x ^ b.get(i).copied().unwrap_or(!x);
@@ -214,10 +214,10 @@ pub(crate) struct LongPoll {
 /// The OpenAPI 3.1 document of every route, embedded like the dashboard.
 /// It needs the token like any route but the two the contract opens: it
 /// tells nothing secret, but nothing in the contract exempts it either.
-pub(crate) const OPENAPI: &str = include_str!("openapi.json");
+const OPENAPI: &str = include_str!("openapi.json");
 
 /// The longest `?wait=`: longer waits are cut to this.
-pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Answers a request from its route and head. A submission needs its body
 /// and, with a journal, a wait for the disk: it is handed back to the
@@ -259,7 +259,7 @@ pub(crate) fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -
 }
 
 /// The original server's answer when the queue is full, made once.
-pub(crate) const BUSY: &[u8] = br#"{"error": "workers are busy, try again later"}"#;
+const BUSY: &[u8] = br#"{"error": "workers are busy, try again later"}"#;
 
 /// What a submission came to.
 #[derive(Debug)]
@@ -333,7 +333,7 @@ pub(crate) fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u
 }
 
 /// Counts a refusal for a full queue and makes its `503`.
-pub(crate) fn queue_full(shared: &Shared) -> Response {
+fn queue_full(shared: &Shared) -> Response {
     shared.rejected.fetch_add(1, Ordering::Relaxed);
     // The stats changed. Telling the event streams takes no lock of the
     // store's, and none at all unless a stream waits to hear of it.
@@ -346,7 +346,7 @@ pub(crate) fn queue_full(shared: &Shared) -> Response {
 
 /// Makes the answer to a submission: `{"status": …, "id": …, "task_id": …,
 /// "state": …}` with `Location`.
-pub(crate) fn submitted(status: u16, id: TaskId, label: Option<&str>, state: State) -> Response {
+fn submitted(status: u16, id: TaskId, label: Option<&str>, state: State) -> Response {
     let mut body = Vec::with_capacity(128);
     body.extend_from_slice(b"{\"status\": \"task queued successfully\", \"id\": ");
     id.write_json(&mut body);
@@ -382,21 +382,21 @@ pub(crate) fn query_param<'a>(
 }
 
 /// How many tasks a list shows when `limit` does not say.
-pub(crate) const DEFAULT_LIMIT: usize = 100;
+const DEFAULT_LIMIT: usize = 100;
 
 /// The most tasks one list shows: larger `limit`s are cut to this.
-pub(crate) const MAX_LIMIT: usize = 1000;
+const MAX_LIMIT: usize = 1000;
 
 /// The most bytes of tasks one list answer holds (one task always fits),
 /// so that no request makes the server hold much more than this for its
 /// answer, however large the retained tasks are.
-pub(crate) const MAX_PAGE_BYTES: usize = 256 << 10;
+const MAX_PAGE_BYTES: usize = 256 << 10;
 
 /// Reads a list's `limit`: a positive integer of any number of digits,
 /// clamped to [`MAX_LIMIT`] (so `99999999999999999999`, too large for any
 /// integer type, is 1000 and not an error); `None` for `0`, a sign, or
 /// anything but digits.
-pub(crate) fn parse_limit(text: &[u8]) -> Option<usize> {
+fn parse_limit(text: &[u8]) -> Option<usize> {
     if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -417,7 +417,7 @@ pub(crate) fn parse_limit(text: &[u8]) -> Option<usize> {
 /// What a `GET /tasks` asks for: its filters, its page size, and where
 /// the page starts.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct ListQuery<'a> {
+struct ListQuery<'a> {
     /// Only tasks in this state.
     pub(crate) state: Option<State>,
     /// Only tasks with this `task_id`.
@@ -484,7 +484,7 @@ impl<'a> ListQuery<'a> {
 
     /// Appends the link to the page after one ending with task `last`:
     /// the same filters and limit, continuing before `last`.
-    pub(crate) fn write_next(&self, out: &mut Vec<u8>, last: TaskId, config: &Config) {
+    fn write_next(&self, out: &mut Vec<u8>, last: TaskId, config: &Config) {
         out.extend_from_slice(b"\"/tasks?");
         if let Some(state) = self.state {
             let _ = write!(VecWriter(out), "state={}&", state.name());
@@ -508,11 +508,11 @@ impl<'a> ListQuery<'a> {
 }
 
 /// The answer to an unknown `state` filter.
-pub(crate) const BAD_STATE: &str =
+const BAD_STATE: &str =
     "state must be one of scheduled, queued, running, succeeded, failed, cancelled";
 
 /// The answer to a `before` that is not an id this server issued.
-pub(crate) const BAD_BEFORE: &str = "before must be the id of a task this server made";
+const BAD_BEFORE: &str = "before must be the id of a task this server made";
 
 /// `GET /tasks`: a page of the newest retained tasks that pass the
 /// filters, the link to the next page, and the counts of all.
@@ -580,7 +580,7 @@ pub(crate) fn write_counts(out: &mut Vec<u8>, counts: &[usize; STATES.len()]) {
 
 /// Appends `bytes` percent-encoded for a query string: everything but the
 /// unreserved characters of RFC 3986 is escaped.
-pub(crate) fn percent_encode(out: &mut Vec<u8>, bytes: &[u8]) {
+fn percent_encode(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -764,7 +764,7 @@ pub(crate) fn pause(shared: &Shared, name: Option<&str>, paused: bool) -> Reply 
 
 /// Answers a pause or resume of queue `q` that has been made: the queue
 /// afterwards.
-pub(crate) fn paused_queue(
+fn paused_queue(
     store: &Store,
     config: &Config,
     queues: &[Queue],

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 
 /// Tombstones are swept from the middle of the store only past this many:
 /// a sweep moves every record, so it waits until it frees a fair amount.
-pub(crate) const TOMBSTONE_SWEEP: usize = 64;
+const TOMBSTONE_SWEEP: usize = 64;
 
 /// What the store answers to a submission: everything the answer shows,
 /// so that it is made after the lock is released.
@@ -83,7 +83,7 @@ pub(crate) struct Store {
     /// Records in id order, tombstones included.
     pub(crate) tasks: VecDeque<Task>,
     /// How many entries of `tasks` are tombstones.
-    pub(crate) tombstones: usize,
+    tombstones: usize,
     /// Ids of terminal tasks in the order they finished: eviction order.
     pub(crate) finished: VecDeque<u64>,
     /// Retained tasks in each state, indexed like [`STATES`].
@@ -109,7 +109,7 @@ pub(crate) struct Store {
     /// Ids still in a queue's channel (or in the hands of a worker that
     /// waits for the disk) whose task was taken back: the worker that gets
     /// one skips it, and the queue no longer counts it.
-    pub(crate) withdrawn: HashSet<u64>,
+    withdrawn: HashSet<u64>,
     /// The first id this store issued (or replayed); 0 until then.
     pub(crate) first_id: u64,
     /// The most recently issued id: the next one is larger.
@@ -320,7 +320,7 @@ impl Store {
 
     /// Puts a task whose time has come (a delayed task, or a retry) into
     /// its queue, behind those already waiting for room.
-    pub(crate) fn enqueue(&mut self, id: u64, queues: &[Queue]) {
+    fn enqueue(&mut self, id: u64, queues: &[Queue]) {
         let Some(task) = self.get(id) else { return };
         let q = usize::from(task.queue);
         self.queues[q].depth += 1;
@@ -332,7 +332,7 @@ impl Store {
     /// while it has room. A paused queue takes them too, as it takes new
     /// submissions (its workers hold what they take until the resume): what
     /// a restart or the scheduler puts into it is in it, and counted so.
-    pub(crate) fn refill(&mut self, q: usize, queue: &Queue) {
+    fn refill(&mut self, q: usize, queue: &Queue) {
         let state = &mut self.queues[q];
         while let Some(&id) = state.waiting.front()
             && queue.jobs_tx.try_send(id).is_ok()
@@ -426,7 +426,7 @@ impl Store {
     /// Moves the task at index `i` to `state` as of `now` (ms since the
     /// epoch): [`Store::set_state`], for a change whose time was fixed
     /// when its record was made.
-    pub(crate) fn set_state_at(&mut self, i: usize, state: State, now: u64) {
+    fn set_state_at(&mut self, i: usize, state: State, now: u64) {
         let task = &mut self.tasks[i];
         let (id, old) = (task.id, task.state);
         task.state = state;
@@ -460,7 +460,7 @@ impl Store {
     }
 
     /// Evicts the earliest finished tasks beyond `--keep-finished`.
-    pub(crate) fn evict(&mut self) {
+    fn evict(&mut self) {
         while self.finished.len() > self.keep_finished {
             let Some(id) = self.finished.pop_front() else {
                 break;
@@ -495,7 +495,7 @@ impl Store {
     /// Drops tombstones: from the front at once, and everywhere once they
     /// are half the records, so the deque stays within twice the retained
     /// tasks even when an old task runs for days.
-    pub(crate) fn sweep(&mut self) {
+    fn sweep(&mut self) {
         while self
             .tasks
             .front()
@@ -635,7 +635,7 @@ impl Store {
 
     /// Makes the cancel of the task at index `i`, as of `at`: its work, if
     /// it runs, is interrupted, and it is `cancelled`.
-    pub(crate) fn make_cancel(&mut self, i: usize, at: u64) {
+    fn make_cancel(&mut self, i: usize, at: u64) {
         if let Some(cancel) = self.cancels.get(&self.tasks[i].id) {
             cancel.fire();
         }
@@ -697,12 +697,7 @@ impl Store {
     /// Creates the task of schedule `i`'s firing, unless its previous task
     /// is still pending or its queue is full; returns the new task's id, or
     /// why there is none.
-    pub(crate) fn fire_task(
-        &mut self,
-        i: usize,
-        config: &Config,
-        queues: &[Queue],
-    ) -> Result<u64, String> {
+    fn fire_task(&mut self, i: usize, config: &Config, queues: &[Queue]) -> Result<u64, String> {
         if let Some(task) = self.get(self.schedules[i].last_task)
             && matches!(
                 task.state,
@@ -747,7 +742,7 @@ impl Store {
     }
 
     /// Journals the current state of the task at index `i`.
-    pub(crate) fn log_state(&mut self, i: usize) {
+    fn log_state(&mut self, i: usize) {
         if self.journal.is_none() {
             return;
         }
@@ -773,7 +768,7 @@ impl Store {
     /// makes the cancel once the record is on disk, and the receiver tells
     /// whether it did. A cancel already on its way is joined, not written
     /// twice.
-    pub(crate) fn log_cancel(&mut self, i: usize) -> Receiver<bool> {
+    fn log_cancel(&mut self, i: usize) -> Receiver<bool> {
         let (done, saved) = async_channel::bounded(1);
         let id = self.tasks[i].id;
         if let Some(cancelling) = self.cancelling.get_mut(&id) {
@@ -794,7 +789,7 @@ impl Store {
 
     /// Writes the record of the task at index `i` as a cancel made now
     /// would leave it.
-    pub(crate) fn write_cancel(&mut self, i: usize) {
+    fn write_cancel(&mut self, i: usize) {
         let (task, at) = (&self.tasks[i], now_millis());
         let mut record = task.state_record();
         // A running task's record would say `queued`, its attempt not
@@ -833,7 +828,7 @@ impl Store {
     /// since the record was made: then it is written again, and the cancel
     /// waits for that one. A task that ended meanwhile (its own record,
     /// later, has the last word) or was taken back is left as it is.
-    pub(crate) fn settle_cancel(&mut self, id: u64, at: u64, written: bool) {
+    fn settle_cancel(&mut self, id: u64, at: u64, written: bool) {
         let Some(cancelling) = self.cancelling.remove(&id) else {
             return;
         };
@@ -868,7 +863,7 @@ impl Store {
     /// its state — scheduled, queued, or queued since it came due — it
     /// leaves no trace. A cancel of it cannot have been made either (it
     /// waits for its own record, which comes later).
-    pub(crate) fn take_back(&mut self, id: u64) {
+    fn take_back(&mut self, id: u64) {
         let Ok(i) = self.position(id) else { return };
         let Some(task) = self.tasks.remove(i) else {
             return;
@@ -901,7 +896,7 @@ impl Store {
 
     /// Counts the firing of schedule `s` that made task `id`, taken back,
     /// as skipped, and points the schedule at the task it made before.
-    pub(crate) fn unfire(&mut self, s: usize, id: u64) {
+    fn unfire(&mut self, s: usize, id: u64) {
         // Rare (a full disk) and under the lock: the earlier task is
         // looked for among the retained ones, newest first.
         let earlier = self

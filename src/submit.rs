@@ -14,7 +14,7 @@ use std::time::Duration;
 /// The members a submission body may have. Strings borrow from the body
 /// when they have no escapes; `null` counts as absent.
 #[derive(Deserialize)]
-pub(crate) struct Submission<'a> {
+struct Submission<'a> {
     /// The client's label.
     #[serde(borrow, default)]
     pub(crate) task_id: Option<std::borrow::Cow<'a, str>>,
@@ -46,17 +46,17 @@ pub(crate) struct Submission<'a> {
 
 /// The furthest ahead a task may be delayed: a year and a leap day, so
 /// that "this time next year" always fits.
-pub(crate) const MAX_DELAY: Duration = Duration::from_secs(366 * 86_400);
+const MAX_DELAY: Duration = Duration::from_secs(366 * 86_400);
 
 /// The longest `Idempotency-Key`: the IETF draft sets no limit, and keys
 /// are kept in memory with their task, so they are kept to a short line.
-pub(crate) const MAX_KEY_LEN: usize = 255;
+const MAX_KEY_LEN: usize = 255;
 
 /// The original server's answer to a body it cannot read.
-pub(crate) const BAD_BODY: &str = "failed to read POST body";
+const BAD_BODY: &str = "failed to read POST body";
 
 /// The original server's answer to a bad `work_duration`.
-pub(crate) const BAD_DURATION: &str = "failed to parse work duration in request";
+const BAD_DURATION: &str = "failed to parse work duration in request";
 
 /// Checks a submission body and turns it into a [`NewTask`], or the
 /// sentence of the `400` that explains what is wrong. `--schedule`
@@ -133,7 +133,7 @@ pub(crate) fn task_queue(
 
 /// Finds when a task may start, ms since the epoch, from `run_at` or
 /// `delay`; 0 for at once. A time in the past means at once too.
-pub(crate) fn start_time(run_at: Option<&str>, delay: Option<&str>) -> Result<u64, String> {
+fn start_time(run_at: Option<&str>, delay: Option<&str>) -> Result<u64, String> {
     let now = now_millis();
     let latest = now + MAX_DELAY.as_millis() as u64;
     let at = match (run_at, delay) {

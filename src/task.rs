@@ -68,7 +68,7 @@ impl State {
 
 /// How many bytes a [`Text`] keeps inline: enough for nearly every label
 /// and duration, and it keeps `Text` at 24 bytes, the size of a `String`.
-pub(crate) const INLINE_TEXT: usize = 22;
+const INLINE_TEXT: usize = 22;
 
 /// A short string kept inside the record, or a longer one on the heap.
 ///
@@ -307,11 +307,10 @@ pub(crate) struct Names<'a> {
 
 /// The id alphabet, in ASCII order so that ids sort as strings the way
 /// their numbers do; every character is URL-safe.
-pub(crate) const ID_ALPHABET: &[u8; 64] =
-    b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
+const ID_ALPHABET: &[u8; 64] = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
 
 /// Characters in an id: 9 × 6 = 54 bits, microseconds until the year 2540.
-pub(crate) const ID_LEN: usize = 9;
+const ID_LEN: usize = 9;
 
 /// A task's id as clients see it: the prefix of the node that made it
 /// (`NAME_`, or empty) and the 9 characters of its number. The number alone
@@ -385,7 +384,7 @@ pub(crate) fn write_id(out: &mut Vec<u8>, id: u64) {
 
 /// Reads an id's number back; `None` for anything that is not 9 id
 /// characters.
-pub(crate) fn parse_id(text: &[u8]) -> Option<u64> {
+fn parse_id(text: &[u8]) -> Option<u64> {
     if text.len() != ID_LEN {
         return None;
     }
@@ -504,7 +503,7 @@ pub(crate) fn backoff(attempt: u8) -> Duration {
 
 /// The longest wait before a retry: a failing dependency gets time to come
 /// back, and a task still retries a dozen times an hour.
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 // The journal's side of `Task`; the rest of its impl is in section 2.
 impl Task {

@@ -306,7 +306,7 @@ pub(crate) fn with_http_date(f: impl FnOnce(&[u8])) {
 }
 
 /// Appends an HTTP date for `secs` since the epoch.
-pub(crate) fn write_http_date(out: &mut Vec<u8>, secs: u64) {
+fn write_http_date(out: &mut Vec<u8>, secs: u64) {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -48,6 +48,16 @@ impl QueueState {
             waiting: VecDeque::new(),
         }
     }
+
+    /// The record of whether the queue is paused.
+    pub(crate) fn pause_record(&self) -> Record<'_> {
+        Record {
+            op: Some(Op::Pause),
+            queue: cow(Some(&self.name)),
+            paused: Some(self.paused),
+            ..Record::default()
+        }
+    }
 }
 
 /// A queue: the original design once more, a bounded channel of task ids
@@ -74,18 +84,6 @@ impl Queue {
             capacity: config.buffer,
             jobs_tx,
             jobs_rx,
-        }
-    }
-}
-
-impl QueueState {
-    /// The record of whether the queue is paused.
-    pub(crate) fn pause_record(&self) -> Record<'_> {
-        Record {
-            op: Some(Op::Pause),
-            queue: cow(Some(&self.name)),
-            paused: Some(self.paused),
-            ..Record::default()
         }
     }
 }

@@ -659,9 +659,7 @@ impl Store {
     pub(crate) fn count(&self, state: State) -> usize {
         self.counts[state as usize]
     }
-}
 
-impl Store {
     /// Fires schedule `i`, due at `at`: creates its task as a POST would,
     /// or skips the firing, and counts and logs which. Returns when it
     /// fires next.
@@ -722,10 +720,7 @@ impl Store {
             other => Err(format!("{other:?}")),
         }
     }
-}
 
-// The journal's side of `Store`; the rest of its impl is in section 2.
-impl Store {
     /// Sends a record to the journal, if there is one, with what waits for
     /// it.
     pub(crate) fn log(&mut self, line: Vec<u8>, awaiting: Awaiting) {
@@ -1000,9 +995,7 @@ impl Store {
             self.enqueue(id, queues);
         }
     }
-}
 
-impl Store {
     /// Shows every queue, `default` first.
     pub(crate) fn queue_views<'a>(
         &self,
@@ -1024,10 +1017,7 @@ impl Store {
             })
             .collect()
     }
-}
 
-// The events' side of `Store`; the rest of its impl is in section 2.
-impl Store {
     /// Tells the event streams that the task at index `i` changed: its
     /// `task` event is rendered once, into the log. `at` is when the change
     /// happened (ms since the epoch), read once by the change.

@@ -291,6 +291,129 @@ impl Task {
         self.write_members(out, names, None);
         out.push(b'}');
     }
+
+    /// The record of the task's fixed members, with the names of its queue
+    /// and schedule. A delayed task still waiting says so: it is still
+    /// `scheduled`.
+    pub(crate) fn new_record<'a>(&'a self, names: Names<'a>) -> Record<'a> {
+        let extra = self.extra.as_deref();
+        let scheduled = self.state == State::Scheduled;
+        Record {
+            op: Some(Op::New),
+            id: self.id,
+            queue: cow(Some(names.queue).filter(|_| self.queue != 0)),
+            schedule: cow(names.schedule),
+            node: cow(names.id.node.strip_suffix('_')),
+            run_at: nonzero(self.run_at),
+            state: cow(scheduled.then_some(State::Scheduled.name())),
+            task_id: cow(self.label.as_ref().map(Text::as_str)),
+            work_duration: cow(self.work_duration.as_ref().map(Text::as_str)),
+            kind: cow(extra.and_then(|e| e.kind.as_deref())),
+            payload: cow(extra.and_then(|e| e.payload.as_deref())),
+            timeout: cow(extra.and_then(|e| e.timeout.as_ref()).map(Text::as_str)),
+            max_attempts: Some(self.max_attempts),
+            key: cow(extra.and_then(|e| e.key.as_ref()).map(|k| &*k.text)),
+            fingerprint: extra.and_then(|e| e.key.as_ref()).map(|k| k.fingerprint),
+            ..Record::default()
+        }
+    }
+
+    /// The record of the task's changing members. A running task is
+    /// written as the journal sees it: queued, its attempt not counted.
+    pub(crate) fn state_record(&self) -> Record<'_> {
+        let extra = self.extra.as_deref();
+        let (state, attempt) = match self.state {
+            State::Running => (State::Queued, self.attempt - 1),
+            state => (state, self.attempt),
+        };
+        Record {
+            op: Some(Op::State),
+            id: self.id,
+            state: Some(std::borrow::Cow::Borrowed(state.name())),
+            attempt: Some(attempt),
+            started_at: nonzero(self.started_at),
+            finished_at: nonzero(self.finished_at),
+            retry_at: nonzero(extra.map_or(0, |e| e.retry_at)),
+            error: cow(extra.and_then(|e| e.error.as_deref())),
+            result: cow(extra.and_then(|e| e.result.as_deref())),
+            progress: cow(extra.and_then(|e| e.progress.as_deref())),
+            ..Record::default()
+        }
+    }
+
+    /// Rebuilds a task from its `new` record. A queue that is no longer
+    /// configured is `default`'s.
+    pub(crate) fn from_record(record: &Record, config: &Config) -> Task {
+        let kind = record.kind.as_deref().map(|name| {
+            config
+                .handlers
+                .iter()
+                .find(|h| &*h.kind == name)
+                .map_or_else(|| Arc::from(name), |h| h.kind.clone())
+        });
+        let queue = record
+            .queue
+            .as_deref()
+            .and_then(|name| config.queues.iter().position(|q| &*q.name == name))
+            .unwrap_or(0);
+        let state = match record.state.as_deref() {
+            Some("scheduled") => State::Scheduled,
+            _ => State::Queued,
+        };
+        let schedule = record
+            .schedule
+            .as_deref()
+            .and_then(|name| config.schedules.iter().position(|s| &*s.name == name));
+        Task::from_new(
+            record.id,
+            NewTask {
+                label: record.task_id.as_deref().map(Text::new),
+                work_duration: record.work_duration.as_deref().map(Text::new),
+                kind,
+                payload: record.payload.as_deref().map(Box::from),
+                timeout: record.timeout.as_deref().map(Text::new),
+                max_attempts: record.max_attempts.unwrap_or(1),
+                key: record.key.as_deref().map(|text| IdempotencyKey {
+                    text: text.into(),
+                    fingerprint: record.fingerprint.unwrap_or(0),
+                }),
+                queue: queue as u8,
+                run_at: record.run_at.unwrap_or(0),
+                schedule: schedule.map(|s| s as u16),
+            },
+            state,
+        )
+    }
+
+    /// Applies a `state` record (already checked by [`Record::check`]).
+    pub(crate) fn apply(&mut self, record: &Record) -> Result<(), &'static str> {
+        let state = record.state.as_deref().and_then(State::from_name);
+        let attempt = record.attempt.unwrap_or(0);
+        // A queued task has an attempt left; a finished one used at most all.
+        let most = match state {
+            Some(State::Queued) => self.max_attempts - 1,
+            _ => self.max_attempts,
+        };
+        if attempt > most {
+            return Err("attempt is past max_attempts");
+        }
+        self.state = state.unwrap_or(State::Queued);
+        self.attempt = attempt;
+        self.started_at = record.started_at.unwrap_or(0);
+        self.finished_at = record.finished_at.unwrap_or(0);
+        let changing = record.retry_at.is_some()
+            || record.error.is_some()
+            || record.result.is_some()
+            || record.progress.is_some();
+        if changing || self.extra.is_some() {
+            let extra = self.extra_mut();
+            extra.retry_at = record.retry_at.unwrap_or(0);
+            extra.error = record.error.as_deref().map(Box::from);
+            extra.result = record.result.as_deref().map(Box::from);
+            extra.progress = record.progress.as_deref().map(Box::from);
+        }
+        Ok(())
+    }
 }
 
 /// The names of a task's queue and schedule, for its status: the task keeps
@@ -504,132 +627,6 @@ pub(crate) fn backoff(attempt: u8) -> Duration {
 /// The longest wait before a retry: a failing dependency gets time to come
 /// back, and a task still retries a dozen times an hour.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-// The journal's side of `Task`; the rest of its impl is in section 2.
-impl Task {
-    /// The record of the task's fixed members, with the names of its queue
-    /// and schedule. A delayed task still waiting says so: it is still
-    /// `scheduled`.
-    pub(crate) fn new_record<'a>(&'a self, names: Names<'a>) -> Record<'a> {
-        let extra = self.extra.as_deref();
-        let scheduled = self.state == State::Scheduled;
-        Record {
-            op: Some(Op::New),
-            id: self.id,
-            queue: cow(Some(names.queue).filter(|_| self.queue != 0)),
-            schedule: cow(names.schedule),
-            node: cow(names.id.node.strip_suffix('_')),
-            run_at: nonzero(self.run_at),
-            state: cow(scheduled.then_some(State::Scheduled.name())),
-            task_id: cow(self.label.as_ref().map(Text::as_str)),
-            work_duration: cow(self.work_duration.as_ref().map(Text::as_str)),
-            kind: cow(extra.and_then(|e| e.kind.as_deref())),
-            payload: cow(extra.and_then(|e| e.payload.as_deref())),
-            timeout: cow(extra.and_then(|e| e.timeout.as_ref()).map(Text::as_str)),
-            max_attempts: Some(self.max_attempts),
-            key: cow(extra.and_then(|e| e.key.as_ref()).map(|k| &*k.text)),
-            fingerprint: extra.and_then(|e| e.key.as_ref()).map(|k| k.fingerprint),
-            ..Record::default()
-        }
-    }
-
-    /// The record of the task's changing members. A running task is
-    /// written as the journal sees it: queued, its attempt not counted.
-    pub(crate) fn state_record(&self) -> Record<'_> {
-        let extra = self.extra.as_deref();
-        let (state, attempt) = match self.state {
-            State::Running => (State::Queued, self.attempt - 1),
-            state => (state, self.attempt),
-        };
-        Record {
-            op: Some(Op::State),
-            id: self.id,
-            state: Some(std::borrow::Cow::Borrowed(state.name())),
-            attempt: Some(attempt),
-            started_at: nonzero(self.started_at),
-            finished_at: nonzero(self.finished_at),
-            retry_at: nonzero(extra.map_or(0, |e| e.retry_at)),
-            error: cow(extra.and_then(|e| e.error.as_deref())),
-            result: cow(extra.and_then(|e| e.result.as_deref())),
-            progress: cow(extra.and_then(|e| e.progress.as_deref())),
-            ..Record::default()
-        }
-    }
-
-    /// Rebuilds a task from its `new` record. A queue that is no longer
-    /// configured is `default`'s.
-    pub(crate) fn from_record(record: &Record, config: &Config) -> Task {
-        let kind = record.kind.as_deref().map(|name| {
-            config
-                .handlers
-                .iter()
-                .find(|h| &*h.kind == name)
-                .map_or_else(|| Arc::from(name), |h| h.kind.clone())
-        });
-        let queue = record
-            .queue
-            .as_deref()
-            .and_then(|name| config.queues.iter().position(|q| &*q.name == name))
-            .unwrap_or(0);
-        let state = match record.state.as_deref() {
-            Some("scheduled") => State::Scheduled,
-            _ => State::Queued,
-        };
-        let schedule = record
-            .schedule
-            .as_deref()
-            .and_then(|name| config.schedules.iter().position(|s| &*s.name == name));
-        Task::from_new(
-            record.id,
-            NewTask {
-                label: record.task_id.as_deref().map(Text::new),
-                work_duration: record.work_duration.as_deref().map(Text::new),
-                kind,
-                payload: record.payload.as_deref().map(Box::from),
-                timeout: record.timeout.as_deref().map(Text::new),
-                max_attempts: record.max_attempts.unwrap_or(1),
-                key: record.key.as_deref().map(|text| IdempotencyKey {
-                    text: text.into(),
-                    fingerprint: record.fingerprint.unwrap_or(0),
-                }),
-                queue: queue as u8,
-                run_at: record.run_at.unwrap_or(0),
-                schedule: schedule.map(|s| s as u16),
-            },
-            state,
-        )
-    }
-
-    /// Applies a `state` record (already checked by [`Record::check`]).
-    pub(crate) fn apply(&mut self, record: &Record) -> Result<(), &'static str> {
-        let state = record.state.as_deref().and_then(State::from_name);
-        let attempt = record.attempt.unwrap_or(0);
-        // A queued task has an attempt left; a finished one used at most all.
-        let most = match state {
-            Some(State::Queued) => self.max_attempts - 1,
-            _ => self.max_attempts,
-        };
-        if attempt > most {
-            return Err("attempt is past max_attempts");
-        }
-        self.state = state.unwrap_or(State::Queued);
-        self.attempt = attempt;
-        self.started_at = record.started_at.unwrap_or(0);
-        self.finished_at = record.finished_at.unwrap_or(0);
-        let changing = record.retry_at.is_some()
-            || record.error.is_some()
-            || record.result.is_some()
-            || record.progress.is_some();
-        if changing || self.extra.is_some() {
-            let extra = self.extra_mut();
-            extra.retry_at = record.retry_at.unwrap_or(0);
-            extra.error = record.error.as_deref().map(Box::from);
-            extra.result = record.result.as_deref().map(Box::from);
-            extra.progress = record.progress.as_deref().map(Box::from);
-        }
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests {

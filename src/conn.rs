@@ -775,7 +775,7 @@ impl Connection {
             let changed = {
                 let mut store = shared.store();
                 match store.lookup(poll.id) {
-                    Lookup::Found(i) if store.tasks[i].state != poll.seen => {
+                    Lookup::Found(i) if store.task(i).state != poll.seen => {
                         return Ok(task_response(200, &store, i));
                     }
                     Lookup::Found(_) => store.watch(poll.id),

@@ -815,7 +815,7 @@ fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names, at: u64) -> Sa
 pub(crate) fn write_stats_event(out: &mut Vec<u8>, shared: &Shared) {
     let store = shared.store();
     out.extend_from_slice(b"event: stats\ndata: {\"counts\": ");
-    write_counts(out, &store.counts);
+    write_counts(out, store.counts());
     out.extend_from_slice(b", \"queues\": [");
     for (i, view) in store
         .queue_views(&shared.config, &shared.queues)
@@ -827,7 +827,7 @@ pub(crate) fn write_stats_event(out: &mut Vec<u8>, shared: &Shared) {
         }
         view.write_json(out);
     }
-    let c = &store.counters;
+    let c = &store.counters();
     let _ = write!(
         VecWriter(out),
         "], \"accepted_total\": {}, \"rejected_total\": {}, \"finished_total\": \
@@ -1155,7 +1155,11 @@ mod tests {
         let (store, _queues, _due) = {
             let (due_tx, due_rx) = async_channel::unbounded();
             let queues: Vec<Queue> = config.queues.iter().map(Queue::new).collect();
-            (Store::new(&config, due_tx), queues, due_rx)
+            (
+                Store::new(&config, due_tx, Default::default()),
+                queues,
+                due_rx,
+            )
         };
         let mut rich = task_with_everything();
         // Its schedule is not in this configuration.

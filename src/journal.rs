@@ -163,11 +163,41 @@ pub(crate) struct Cancelling {
 #[derive(Debug)]
 pub(crate) struct JournalSender {
     /// To the writer thread.
-    pub(crate) tx: Sender<JournalEntry>,
+    tx: Sender<JournalEntry>,
     /// The last sequence number given out.
-    pub(crate) seq: u64,
+    seq: u64,
     /// Where waiters learn how far the writer has got.
-    pub(crate) progress: Arc<JournalProgress>,
+    progress: Arc<JournalProgress>,
+}
+
+impl JournalSender {
+    /// Makes the sending end of a journal whose records go to `tx`.
+    pub(crate) fn new(tx: Sender<JournalEntry>, progress: Arc<JournalProgress>) -> JournalSender {
+        JournalSender {
+            tx,
+            seq: 0,
+            progress,
+        }
+    }
+
+    /// Sends a record to the writer thread, numbered after the last, with
+    /// what waits for it, and publishes the number as `appended`.
+    pub(crate) fn send(&mut self, line: Vec<u8>, awaiting: Awaiting) {
+        self.seq += 1;
+        let entry = JournalEntry {
+            seq: self.seq,
+            line,
+            awaiting,
+        };
+        // Closed only at the very end of shutdown, when nothing more counts.
+        let _ = self.tx.try_send(entry);
+        self.progress.appended.store(self.seq, Ordering::Release);
+    }
+
+    /// Closes the channel: the writer writes what it has, then ends.
+    pub(crate) fn close(&self) {
+        self.tx.close();
+    }
 }
 
 /// What the connections and workers share of the journal: how far it is
@@ -914,7 +944,7 @@ pub(crate) mod tests {
         assert_eq!(pause_saved.try_recv(), Ok(false));
         let store = shared.store();
         assert!(store.get(lost).is_none() && store.get(late).is_none());
-        assert_eq!(store.counters.accepted, 1);
+        assert_eq!(store.counters().accepted, 1);
         assert_eq!(
             (store.count(State::Queued), store.count(State::Scheduled)),
             (0, 0)
@@ -922,15 +952,15 @@ pub(crate) mod tests {
         // The cancelled task counts in its queue until a worker reaches
         // it; the one taken back no longer does, and the worker that takes
         // its id from the channel skips it too.
-        assert_eq!(store.queues[0].depth, 1);
-        assert!(!store.queues[0].paused);
+        assert_eq!(store.queue(0).depth, 1);
+        assert!(!store.queue(0).paused);
         drop(store);
         for skipped in [id, lost] {
             assert_eq!(shared.queues[0].jobs_rx.try_recv(), Ok(skipped));
             let begun = shared.store().begin_attempt(skipped, 0, &shared.queues);
             assert!(matches!(begun, Begin::Skip), "{begun:?}");
         }
-        assert_eq!(shared.store().queues[0].depth, 0);
+        assert_eq!(shared.store().queue(0).depth, 0);
         assert!(async_io::block_on(
             progress.wait_task(lost, &Trigger::new())
         ));

@@ -28,7 +28,7 @@ pub(crate) enum Due {
 pub(crate) async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
     use std::cmp::Reverse;
     let mut due = std::collections::BinaryHeap::new();
-    for (i, state) in shared.store().schedules.iter().enumerate() {
+    for (i, state) in shared.store().schedules().iter().enumerate() {
         if state.next_at != 0 {
             due.push(Reverse((state.next_at, Due::Schedule(i))));
         }

@@ -643,7 +643,7 @@ async fn shut_down(
             std::process::exit(1);
         })
         .detach();
-    shared.store().draining = true;
+    shared.store().close();
     shared.draining.fire();
     for queue in &shared.queues {
         queue.jobs_tx.close();
@@ -815,9 +815,7 @@ fn launch(config: Config) -> Result<i32, String> {
     let code = run_executor(&shared, listener, signals, due_rx);
     if let Some((thread, _lock)) = writer {
         // What the last moments changed is written before the process ends.
-        if let Some(sender) = &shared.store().journal {
-            sender.tx.close();
-        }
+        shared.store().close_journal();
         // The writer only ends by returning; a panic would abort.
         let _ = thread.join();
     }

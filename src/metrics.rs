@@ -93,7 +93,7 @@ impl Family {
 pub(crate) fn metrics(shared: &Shared) -> Response {
     let mut families = {
         let store = shared.store();
-        let c = &store.counters;
+        let c = &store.counters();
         let finished = [State::Succeeded, State::Failed, State::Cancelled].map(|s| {
             (
                 format!("{{state=\"{}\"}}", s.name()),
@@ -138,7 +138,7 @@ pub(crate) fn metrics(shared: &Shared) -> Response {
                 kind: "counter",
                 help: "Firings of each schedule, by whether they created a task.",
                 samples: store
-                    .schedules
+                    .schedules()
                     .iter()
                     .flat_map(|s| {
                         let label =

@@ -529,14 +529,8 @@ pub(crate) fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
     }
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"tasks\": [");
-    let end = match query.before.as_ref().map(|id| store.position(id.num)) {
-        Some(Ok(at) | Err(at)) => at,
-        None => store.tasks.len(),
-    };
     let mut matching = store
-        .tasks
-        .range(..end)
-        .rev()
+        .newest_first(query.before.as_ref().map(|id| id.num))
         .filter(|t| query.matches(t))
         .peekable();
     let (mut listed, mut last) = (0, None);
@@ -558,7 +552,7 @@ pub(crate) fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
         matching.next();
     }
     body.extend_from_slice(b"], \"counts\": ");
-    write_counts(&mut body, &store.counts);
+    write_counts(&mut body, store.counts());
     body.extend_from_slice(b", \"next\": ");
     match last.filter(|_| matching.peek().is_some()) {
         Some(last) => query.write_next(&mut body, store.task_id(last), &shared.config),
@@ -619,7 +613,7 @@ pub(crate) fn status(
     };
     match store.lookup_ref(&id) {
         Lookup::Found(i) => {
-            let task = &store.tasks[i];
+            let task = store.task(i);
             if wait.is_zero() || head_only || task.state.is_terminal() {
                 Reply::Now(task_response(200, &store, i))
             } else {
@@ -636,7 +630,7 @@ pub(crate) fn status(
 
 /// Makes a response whose body is the status of the task at index `i`.
 pub(crate) fn task_response(status: u16, store: &Store, i: usize) -> Response {
-    let task = &store.tasks[i];
+    let task = store.task(i);
     let mut body = Vec::with_capacity(384);
     task.write_json(&mut body, store.names(task));
     Response::json(status, body)
@@ -676,7 +670,7 @@ pub(crate) fn cancelled(store: &Store, id: u64, result: Result<usize, Lookup>) -
             task_response(200, store, i)
         }
         Err(Lookup::Found(i)) => {
-            let task = &store.tasks[i];
+            let task = store.task(i);
             let sentence = format!("the task is already {}", task.state.name());
             let mut body = Vec::with_capacity(384);
             body.push(b'{');
@@ -716,7 +710,7 @@ pub(crate) fn schedules(shared: &Shared) -> Response {
         .config
         .schedules
         .iter()
-        .zip(&store.schedules)
+        .zip(store.schedules())
         .enumerate()
     {
         if i > 0 {
@@ -749,7 +743,7 @@ pub(crate) fn pause(shared: &Shared, name: Option<&str>, paused: bool) -> Reply 
         return Reply::Now(Response::error(404, "no such queue"));
     };
     let mut store = shared.store();
-    if store.journal.is_some() {
+    if store.has_journal() {
         return Reply::Change(Pending::Pause(q, paused, store.log_pause(q, paused)));
     }
     store.set_paused(q, paused, &shared.queues);
@@ -809,7 +803,7 @@ pub(crate) async fn answer_change(shared: &Shared, pending: Pending) -> Option<R
         (Pending::Cancel(id, _), true) => {
             let store = shared.store();
             let result = match store.lookup(id) {
-                Lookup::Found(i) if store.tasks[i].state == State::Cancelled => Ok(i),
+                Lookup::Found(i) if store.task(i).state == State::Cancelled => Ok(i),
                 other => Err(other),
             };
             cancelled(&store, id, result)

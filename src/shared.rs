@@ -129,23 +129,20 @@ pub(crate) fn build_shared(
 ) -> (Arc<Shared>, Receiver<(u64, u64)>, Option<WriterParts>) {
     let queues: Vec<Queue> = config.queues.iter().map(Queue::new).collect();
     let (due_tx, due_rx) = async_channel::unbounded();
-    let mut store = Store::new(&config, due_tx);
+    let events = Arc::new(EventLog::default());
+    let mut store = Store::new(&config, due_tx, events.clone());
     let mut writer = None;
     let journal = data.map(|data| {
         store.restore(data.replayed, &queues);
         // Replayed tasks are on disk already.
-        let progress = Arc::new(JournalProgress::new(store.last_id));
+        let progress = Arc::new(JournalProgress::new(store.last_id()));
         let (tx, rx) = async_channel::unbounded();
-        store.journal = Some(JournalSender {
-            tx,
-            seq: 0,
-            progress: progress.clone(),
-        });
+        store.attach_journal(JournalSender::new(tx, progress.clone()));
         writer = Some((rx, data.writer, data.lock));
         progress
     });
     let shared = Arc::new(Shared {
-        events: store.events.clone(),
+        events,
         store: Mutex::new(store),
         config,
         queues,

@@ -19,7 +19,6 @@ use log::{debug, info};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// Tombstones are swept from the middle of the store only past this many:
 /// a sweep moves every record, so it waits until it frees a fair amount.
@@ -81,54 +80,54 @@ pub(crate) struct Counters {
 #[derive(Debug)]
 pub(crate) struct Store {
     /// Records in id order, tombstones included.
-    pub(crate) tasks: VecDeque<Task>,
+    tasks: VecDeque<Task>,
     /// How many entries of `tasks` are tombstones.
     tombstones: usize,
     /// Ids of terminal tasks in the order they finished: eviction order.
-    pub(crate) finished: VecDeque<u64>,
+    finished: VecDeque<u64>,
     /// Retained tasks in each state, indexed like [`STATES`].
-    pub(crate) counts: [usize; STATES.len()],
+    counts: [usize; STATES.len()],
     /// Each queue's state, indexed like [`Config::queues`].
-    pub(crate) queues: Vec<QueueState>,
+    queues: Vec<QueueState>,
     /// Each schedule's firings, indexed like [`Config::schedules`].
-    pub(crate) schedules: Vec<ScheduleState>,
+    schedules: Vec<ScheduleState>,
     /// Where tasks go that must wait for a time (delayed tasks, retries):
     /// the scheduler, as (due ms, id).
-    pub(crate) due_tx: Sender<(u64, u64)>,
+    due_tx: Sender<(u64, u64)>,
     /// How many delayed tasks may wait at once.
-    pub(crate) max_scheduled: usize,
+    max_scheduled: usize,
     /// Idempotency keys of retained tasks.
-    pub(crate) keys: HashMap<Box<str>, u64>,
+    keys: HashMap<Box<str>, u64>,
     /// Long polls waiting for a task to change, by id.
-    pub(crate) watchers: HashMap<u64, Trigger>,
+    watchers: HashMap<u64, Trigger>,
     /// Cancel signals of running tasks, by id.
-    pub(crate) cancels: HashMap<u64, Trigger>,
+    cancels: HashMap<u64, Trigger>,
     /// With a journal, the cancels whose record is on its way to disk, by
     /// task id: they are made once it is there (see section 6).
-    pub(crate) cancelling: HashMap<u64, Cancelling>,
+    cancelling: HashMap<u64, Cancelling>,
     /// Ids still in a queue's channel (or in the hands of a worker that
     /// waits for the disk) whose task was taken back: the worker that gets
     /// one skips it, and the queue no longer counts it.
     withdrawn: HashSet<u64>,
     /// The first id this store issued (or replayed); 0 until then.
-    pub(crate) first_id: u64,
+    first_id: u64,
     /// The most recently issued id: the next one is larger.
-    pub(crate) last_id: u64,
+    last_id: u64,
     /// How many finished tasks to keep.
-    pub(crate) keep_finished: usize,
+    keep_finished: usize,
     /// What `/metrics` reports.
-    pub(crate) counters: Counters,
+    counters: Counters,
     /// Set once shutdown begins: submissions get `503`.
-    pub(crate) draining: bool,
+    closed: bool,
     /// Where changes are journaled, with `--data-dir`.
-    pub(crate) journal: Option<JournalSender>,
+    journal: Option<JournalSender>,
     /// Where the `/events` streams are told of every change (shared with
     /// them, and with [`Shared`]).
-    pub(crate) events: Arc<EventLog>,
+    events: Arc<EventLog>,
     /// The id prefix in force from each id on, in id order: those of
     /// tasks replayed from the journal, then `--node`'s from this run's
     /// first id. A prefix changes only across restarts, so ranges do.
-    pub(crate) nodes: Vec<(u64, &'static str)>,
+    nodes: Vec<(u64, &'static str)>,
 }
 
 // How the store journals, takes back and restores tasks is in section 6;
@@ -136,7 +135,7 @@ pub(crate) struct Store {
 impl Store {
     /// Creates an empty store for `config`'s queues and limits, sending
     /// what must wait for a time to `due_tx`.
-    pub(crate) fn new(config: &Config, due_tx: Sender<(u64, u64)>) -> Store {
+    pub(crate) fn new(config: &Config, due_tx: Sender<(u64, u64)>, events: Arc<EventLog>) -> Store {
         Store {
             tasks: VecDeque::new(),
             tombstones: 0,
@@ -155,9 +154,9 @@ impl Store {
             last_id: 0,
             keep_finished: config.keep_finished,
             counters: Counters::default(),
-            draining: false,
+            closed: false,
             journal: None,
-            events: Arc::default(),
+            events,
             nodes: vec![(0, config.node)],
         }
     }
@@ -255,7 +254,7 @@ impl Store {
     /// neither. The caller holds the store lock, so no worker can receive
     /// the id before the record exists.
     pub(crate) fn admit(&mut self, new: NewTask, queues: &[Queue]) -> Admission {
-        if self.draining {
+        if self.closed {
             return Admission::ShuttingDown;
         }
         if let Some(key) = &new.key
@@ -660,6 +659,75 @@ impl Store {
         self.counts[state as usize]
     }
 
+    /// Returns the retained tasks in each state, indexed like [`STATES`].
+    pub(crate) fn counts(&self) -> &[usize; STATES.len()] {
+        &self.counts
+    }
+
+    /// Returns what `/metrics` and the `stats` event count.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Returns each schedule's firings, indexed like [`Config::schedules`].
+    pub(crate) fn schedules(&self) -> &[ScheduleState] {
+        &self.schedules
+    }
+
+    /// Returns what changes about queue `q` under the lock.
+    #[cfg(test)]
+    pub(crate) fn queue(&self, q: usize) -> &QueueState {
+        &self.queues[q]
+    }
+
+    /// Returns the task at index `i`, as a lookup found it.
+    pub(crate) fn task(&self, i: usize) -> &Task {
+        &self.tasks[i]
+    }
+
+    /// Returns the retained tasks older than `before` (every one, without
+    /// it), newest first: a list's page starts here.
+    pub(crate) fn newest_first(&self, before: Option<u64>) -> impl Iterator<Item = &Task> {
+        let end = match before.map(|id| self.position(id)) {
+            Some(Ok(at) | Err(at)) => at,
+            None => self.tasks.len(),
+        };
+        self.tasks
+            .range(..end)
+            .rev()
+            .filter(|t| t.state != State::Evicted)
+    }
+
+    /// Returns the most recently issued id.
+    pub(crate) fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Tells whether changes are journaled (`--data-dir`).
+    pub(crate) fn has_journal(&self) -> bool {
+        self.journal.is_some()
+    }
+
+    /// Starts journaling changes to `journal` (once, at start-up, after
+    /// the replayed tasks are restored).
+    pub(crate) fn attach_journal(&mut self, journal: JournalSender) {
+        self.journal = Some(journal);
+    }
+
+    /// Closes the journal's channel: the writer thread writes what it has
+    /// and ends. Called once the executor has stopped, so that what the
+    /// last moments changed is written before the process ends.
+    pub(crate) fn close_journal(&self) {
+        if let Some(journal) = &self.journal {
+            journal.close();
+        }
+    }
+
+    /// Refuses every submission from now on: shutdown has begun.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
     /// Fires schedule `i`, due at `at`: creates its task as a POST would,
     /// or skips the firing, and counts and logs which. Returns when it
     /// fires next.
@@ -724,16 +792,9 @@ impl Store {
     /// Sends a record to the journal, if there is one, with what waits for
     /// it.
     pub(crate) fn log(&mut self, line: Vec<u8>, awaiting: Awaiting) {
-        let Some(log) = &mut self.journal else { return };
-        log.seq += 1;
-        let entry = JournalEntry {
-            seq: log.seq,
-            line,
-            awaiting,
-        };
-        // Closed only at the very end of shutdown, when nothing more counts.
-        let _ = log.tx.try_send(entry);
-        log.progress.appended.store(log.seq, Ordering::Release);
+        if let Some(journal) = &mut self.journal {
+            journal.send(line, awaiting);
+        }
     }
 
     /// Journals the current state of the task at index `i`.
@@ -1083,7 +1144,7 @@ pub(crate) mod tests {
         let config = config(args);
         let (due_tx, due_rx) = async_channel::unbounded();
         let queues = config.queues.iter().map(Queue::new).collect();
-        (Store::new(&config, due_tx), queues, due_rx)
+        (Store::new(&config, due_tx, Arc::default()), queues, due_rx)
     }
 
     /// A new `sleep` task of no time in `default`, to start at `run_at`.
@@ -1271,7 +1332,7 @@ pub(crate) mod tests {
                     "ok".to_string()
                 }
                 "drain" => {
-                    store.draining = true;
+                    store.closed = true;
                     "ok".to_string()
                 }
                 other => panic!("unknown step {other}"),

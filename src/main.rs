@@ -176,6 +176,8 @@
 //! 10. Connections and the listener
 //! 11. Signals, shutdown and `main`
 //! 12. Tests of the pure pieces
+//!
+//! The client of SPEC §16 (`bgtasks COMMAND …`) is the module [`client`].
 
 #![forbid(unsafe_code)]
 
@@ -199,6 +201,8 @@ use async_io::{Async, Timer};
 use log::{debug, error, info, warn};
 use serde::Deserialize;
 use smol::future;
+
+mod client;
 
 // ---- 1. Configuration and flags ----
 //
@@ -404,10 +408,11 @@ impl Flag {
 
 /// Returns the usage text printed by `--help`, made from [`FLAGS`].
 fn usage() -> String {
-    let mut text = String::from(
+    let mut text = format!(
         "bgtasks: a background task manager over HTTP/1.1\n\n\
-         Usage: bgtasks [OPTIONS]\n\n\
+         Usage: bgtasks [OPTIONS]\n       {}\n\n\
          Options (a flag beats its environment variable):\n",
+        client::USAGE
     );
     for flag in FLAGS {
         let name = format!("{} {}", flag.name, flag.value);
@@ -535,7 +540,10 @@ fn parse_command(
             _ => (arg.as_str(), None),
         };
         let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
-            return Err(format!("unknown argument {arg:?} (try --help)"));
+            // A client command or option among server flags must not
+            // start a server: say where it goes.
+            return Err(client::misplaced(&arg)
+                .unwrap_or_else(|| format!("unknown argument {arg:?} (try --help)")));
         };
         let value = match inline {
             Some(v) => v.to_string(),
@@ -8013,6 +8021,10 @@ fn signal_pipe() -> io::Result<Async<std::os::unix::net::UnixStream>> {
 }
 
 fn main() {
+    // A first argument that is a word, not a flag, is a client command.
+    if let Some(code) = client::dispatch() {
+        std::process::exit(code);
+    }
     let args = std::env::args_os().skip(1);
     let config = match parse_command(args, |name| std::env::var(name).ok()) {
         Ok(Command::Run(config)) => config,

@@ -1,0 +1,2418 @@
+//! The client of SPEC §16: `bgtasks COMMAND …` talks to a running server,
+//! for scripts and people at a terminal who have no curl or jq.
+//!
+//! ```text
+//! bgtasks submit --wait --task-id nightly --duration 5s && next-step
+//! bgtasks list --state running
+//! bgtasks events --queue backup
+//! ```
+//!
+//! It owns the client's command line (the commands, their options, `--help`
+//! and usage errors), one HTTP/1.1 exchange per connection, the output —
+//! for people by default, the server's JSON as it came with `--json` — and
+//! the exit statuses of §16, which scripts branch on. It touches none of
+//! the server's state. From the server it borrows only pure pieces, so both
+//! ends of the wire read bytes the same way: the codec's head scanner and
+//! header-field parser ([`find_head_end`], [`head_lines`], [`split_field`],
+//! [`parse_content_length`]), its chunked decoder ([`Chunked`]),
+//! [`percent_encode`], [`parse_duration`], [`parse_token`] and the JSON
+//! string writer. The status line is its own: the server parses requests.
+//!
+//! # Why a blocking socket
+//!
+//! A command makes one request at a time and waits for its answer, so a
+//! blocking `std::net::TcpStream` says it in straight-line code; `async-io`
+//! would start its reactor (a thread and an epoll set) with nothing to run
+//! beside the one request, and std's socket is in the binary already (the
+//! listener is one), which keeps the client small. Every wait is bounded
+//! all the same: connecting by [`CONNECT_TIMEOUT`], each answer by one
+//! deadline (set as the socket's read timeout before every read, so a
+//! server that trickles bytes cannot stretch it), an event stream by
+//! [`EVENTS_SILENCE`] between reads. A server that stops answering, or a
+//! peer that does not speak HTTP, ends the command with status 3; it never
+//! hangs it.
+//!
+//! # Host names
+//!
+//! An IP address in `--server` is used as it is. A host name is resolved
+//! by the C library (`getaddrinfo`, through std's `ToSocketAddrs`: the
+//! hosts file, then DNS), and each of its addresses is tried in turn. A
+//! binary linked statically against glibc may be unable to resolve names
+//! (glibc loads its resolver modules at run time); it then exits 3 saying
+//! it cannot resolve the host, and an IP address works.
+
+use std::borrow::Cow;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::{
+    ChunkState, Chunked, FLAGS, HttpError, MAX_HEAD, MAX_MAX_BODY, MAX_WAIT, find_head_end,
+    head_lines, parse_content_length, parse_duration, parse_token, percent_encode, split_field,
+    trim_ows, write_decimal, write_json_str,
+};
+
+/// The server a command talks to when neither `--server` nor
+/// `BGTASKS_SERVER` names one: where a server listens by default.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:8000";
+
+/// How long connecting may take: a server that is up accepts in
+/// milliseconds, and 10 s outlasts two lost SYNs (resent after 1 s, then
+/// 3 s more), so past it the server is taken for unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an answer may take beyond what was asked of it (a long poll's
+/// wait), and each write of a request: the server answers at once, or
+/// after its journal's fsync, and 30 s is a disk far slower than any it
+/// will meet.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an event stream may stay silent before the server is taken
+/// for gone: three of the server's 15 s keep-alive comments.
+const EVENTS_SILENCE: Duration = Duration::from_secs(45);
+
+/// The largest answer, or event, the client reads. A task's status and
+/// events echo its label, which a request body of up to 64 MiB (the
+/// largest `--max-body`) can make that large; twice that leaves room for
+/// the rest, and still bounds what a peer that is not bgtasks can make the
+/// client hold.
+const MAX_ANSWER: usize = 2 * MAX_MAX_BODY;
+
+/// The first pause before asking again, after a `502`, `503` or `504` (a
+/// server or its proxy between lives) or an answer that came early with
+/// nothing changed (a server shutting down answers long polls at once):
+/// short, so that a server back up is seen at once.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest pause between such tries: a `wait` asks a server that is
+/// not ready at most every 2 s, which costs it nothing.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Exit statuses of SPEC §16, which scripts branch on.
+mod exit {
+    /// Done; for `wait` and `submit --wait`, the task succeeded.
+    pub const DONE: i32 = 0;
+    /// The task ended `failed` or `cancelled`.
+    pub const TASK_ENDED: i32 = 1;
+    /// Bad usage.
+    pub const USAGE: i32 = 2;
+    /// The server cannot be reached: refused, timed out, not HTTP.
+    pub const UNREACHABLE: i32 = 3;
+    /// The server refused the request: any 4xx or 5xx.
+    pub const REFUSED: i32 = 4;
+    /// `--wait` or `--timeout` ran out before the task ended.
+    pub const OUT_OF_TIME: i32 = 5;
+}
+
+/// The usage line of the client as a whole, also shown by the server's
+/// `--help`.
+pub(crate) const USAGE: &str = "bgtasks COMMAND [OPTIONS]  a client of a running server; COMMAND is \
+     submit, status, wait, list, cancel, retry, queues, pause, resume or events \
+     (bgtasks COMMAND --help)";
+
+/// What a client option takes after its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Takes {
+    /// Nothing: a switch.
+    Nothing,
+    /// A value, as the next argument or after `=`; what the value is called.
+    Value(&'static str),
+    /// A value only after `=` (`--wait=5m`), or none (`--wait`).
+    Inline(&'static str),
+}
+
+/// An option of a client command.
+struct Opt {
+    /// Its name, with its dashes.
+    name: &'static str,
+    /// What it takes.
+    takes: Takes,
+    /// What it is for, in `--help`.
+    help: &'static str,
+}
+
+impl Opt {
+    /// Describes an option that takes a value called `value`.
+    const fn value(name: &'static str, value: &'static str, help: &'static str) -> Opt {
+        Opt {
+            name,
+            takes: Takes::Value(value),
+            help,
+        }
+    }
+}
+
+/// The options every command takes.
+const COMMON: &[Opt] = &[
+    Opt::value(
+        "--server",
+        "URL",
+        "the server, http:// only (env BGTASKS_SERVER, default http://127.0.0.1:8000)",
+    ),
+    Opt::value(
+        "--token",
+        "TOKEN",
+        "sent as Authorization: Bearer TOKEN (env BGTASKS_TOKEN)",
+    ),
+    Opt {
+        name: "--json",
+        takes: Takes::Nothing,
+        help: "print the server's JSON as it came",
+    },
+];
+
+/// A client command: its name, its usage, and what it is built from.
+struct Spec {
+    /// The word after `bgtasks`.
+    name: &'static str,
+    /// What follows the name in its usage line.
+    synopsis: &'static str,
+    /// What it does and prints, for `--help`.
+    about: &'static str,
+    /// Its own options, besides [`COMMON`].
+    options: &'static [Opt],
+    /// Makes the command from what the command line gave.
+    build: fn(&Given) -> Result<Command, String>,
+}
+
+impl Spec {
+    /// Returns its usage line.
+    fn usage(&self) -> String {
+        format!("usage: bgtasks {} {}", self.name, self.synopsis)
+    }
+
+    /// Returns its `--help` text.
+    fn help(&self) -> String {
+        let mut text = format!("{}\n\n{}\n", self.usage(), self.about);
+        for (title, options) in [
+            ("Options", self.options),
+            ("Options of every command", COMMON),
+        ] {
+            if options.is_empty() {
+                continue;
+            }
+            let _ = write!(text, "\n{title}:\n");
+            for opt in options {
+                let name = match opt.takes {
+                    Takes::Nothing => opt.name.to_string(),
+                    Takes::Value(v) => format!("{} {v}", opt.name),
+                    Takes::Inline(v) => format!("{}[={v}]", opt.name),
+                };
+                let _ = writeln!(text, "  {name:<19} {}", opt.help);
+            }
+        }
+        text.push_str(
+            "  -h, --help          print this help\n\n\
+             Exit status: 0 done; 1 the task failed or was cancelled (wait, submit --wait);\n\
+             2 bad usage; 3 the server cannot be reached; 4 the server refused the request;\n\
+             5 --wait or --timeout ran out.\n",
+        );
+        text
+    }
+}
+
+/// Every command, in the order `--help` lists them.
+const COMMANDS: &[Spec] = &[
+    Spec {
+        name: "submit",
+        synopsis: "[--wait[=DURATION]] [--json] (BODY | - | --task-id L --duration D [--kind K] \
+                   [--payload JSON] [--queue Q] [--delay D] [--after ID]…)",
+        about: "Queues a task and prints its id. BODY is a submission, a JSON object, or an\n\
+                array of them (a batch: each id on its own line, in order); - reads BODY\n\
+                from stdin; or the options build one. With --wait, it then waits until the\n\
+                task ends (at most DURATION; default no limit) and prints its final status.",
+        options: &[
+            Opt::value("--task-id", "L", "the task's label, task_id"),
+            Opt::value(
+                "--duration",
+                "D",
+                "how long the sleep work lasts, work_duration",
+            ),
+            Opt::value(
+                "--kind",
+                "K",
+                "a kind registered with --handler (default sleep)",
+            ),
+            Opt::value(
+                "--payload",
+                "JSON",
+                "handed to the handler program on stdin",
+            ),
+            Opt::value("--queue", "Q", "the queue to run in"),
+            Opt::value("--delay", "D", "do not start before now + D"),
+            Opt::value(
+                "--after",
+                "ID",
+                "run once task ID has succeeded (repeatable)",
+            ),
+            Opt {
+                name: "--wait",
+                takes: Takes::Inline("DURATION"),
+                help: "wait until the task ends, and print its final status",
+            },
+        ],
+        build: build_submit,
+    },
+    Spec {
+        name: "status",
+        synopsis: "ID",
+        about: "Prints the status of the task ID, one member a line.",
+        options: &[],
+        build: |given| ask("GET", task_path(given, "")?, Shape::Members),
+    },
+    Spec {
+        name: "wait",
+        synopsis: "ID [--timeout DURATION]",
+        about: "Waits until the task ID ends (long polls, never a busy loop) and prints its\n\
+                final status; exits 0 if it succeeded, 1 if it failed or was cancelled.",
+        options: &[Opt::value(
+            "--timeout",
+            "DURATION",
+            "give up after DURATION (exit 5); default no limit",
+        )],
+        build: |given| {
+            let id = given.one_word("ID")?.to_string();
+            Ok(Command::Wait(id, duration(given, "--timeout")?))
+        },
+    },
+    Spec {
+        name: "list",
+        synopsis: "[--state S] [--queue Q] [--limit N]",
+        about: "Lists tasks, newest first, as a table with one header line.",
+        options: &[
+            Opt::value("--state", "S", "only tasks in state S"),
+            Opt::value("--queue", "Q", "only tasks of queue Q"),
+            Opt::value(
+                "--limit",
+                "N",
+                "at most N tasks (server default 100, at most 1000)",
+            ),
+        ],
+        build: build_list,
+    },
+    Spec {
+        name: "cancel",
+        synopsis: "ID",
+        about: "Cancels the task ID and prints its status.",
+        options: &[],
+        build: |given| ask("POST", task_path(given, "/cancel")?, Shape::Members),
+    },
+    Spec {
+        name: "retry",
+        synopsis: "ID",
+        about: "Submits the failed or cancelled task ID again and prints the new task's id.",
+        options: &[],
+        build: |given| ask("POST", task_path(given, "/retry")?, Shape::Ids),
+    },
+    Spec {
+        name: "queues",
+        synopsis: "",
+        about: "Lists the queues as a table with one header line.",
+        options: &[],
+        build: |given| {
+            given.no_words()?;
+            ask("GET", "/queues".to_string(), Shape::Table("queues", &[]))
+        },
+    },
+    Spec {
+        name: "pause",
+        synopsis: "QUEUE",
+        about: "Pauses QUEUE: it still accepts tasks, but starts none. Prints the queue.",
+        options: &[],
+        build: |given| ask("POST", queue_path(given, "pause")?, Shape::Members),
+    },
+    Spec {
+        name: "resume",
+        synopsis: "QUEUE",
+        about: "Resumes a paused QUEUE. Prints the queue.",
+        options: &[],
+        build: |given| ask("POST", queue_path(given, "resume")?, Shape::Members),
+    },
+    Spec {
+        name: "events",
+        synopsis: "[--id ID] [--task-id L] [--kind K] [--queue Q]",
+        about: "Prints the server's events, one line each as it arrives, until the server\n\
+                shuts down (exit 0) or the connection drops (exit 3). The filters narrow\n\
+                the task events.",
+        options: &[
+            Opt::value("--id", "ID", "only the task ID"),
+            Opt::value("--task-id", "L", "only tasks labelled L"),
+            Opt::value("--kind", "K", "only tasks of kind K"),
+            Opt::value("--queue", "Q", "only tasks of queue Q"),
+        ],
+        build: |given| {
+            given.no_words()?;
+            let filters = [
+                ("--id", "id"),
+                ("--task-id", "task_id"),
+                ("--kind", "kind"),
+                ("--queue", "queue"),
+            ];
+            Ok(Command::Events(query(given, &filters)))
+        },
+    },
+];
+
+/// The options of `submit` that build a body, and the members they become.
+const BODY_OPTIONS: &[(&str, &str)] = &[
+    ("--task-id", "task_id"),
+    ("--duration", "work_duration"),
+    ("--kind", "kind"),
+    ("--queue", "queue"),
+    ("--delay", "delay"),
+];
+
+/// The columns of `list`: the members that tell tasks apart at a glance,
+/// the label last because it may hold spaces.
+const LIST_COLUMNS: &[&str] = &[
+    "id",
+    "state",
+    "queue",
+    "kind",
+    "attempt",
+    "created_at",
+    "task_id",
+];
+
+/// Why a command ends without doing all it was asked; each has its exit
+/// status.
+#[derive(Debug)]
+enum Failure {
+    /// Bad usage: the message, and the command whose usage line follows
+    /// it (`None`: the client's own).
+    Usage(String, Option<&'static Spec>),
+    /// The server cannot be reached, or did not answer in HTTP.
+    Unreachable(String),
+    /// The server answered, but not as bgtasks does: what was wrong.
+    Unexpected(&'static str),
+    /// The server refused the request: its status and, if it sent one,
+    /// its `error` sentence.
+    Refused(u16, Option<String>),
+    /// A wait ran out: the sentence.
+    OutOfTime(String),
+    /// A task ended `failed` or `cancelled`: the sentence.
+    TaskEnded(String),
+    /// Stdout could not be written.
+    Output(io::Error),
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Output(e)
+    }
+}
+
+impl Failure {
+    /// Says what went wrong on stderr, in one line (a usage error adds its
+    /// usage line), and returns the exit status.
+    fn report(self) -> i32 {
+        match self {
+            Failure::Usage(message, spec) => {
+                say(&message);
+                let usage = spec.map_or_else(|| format!("usage: {USAGE}"), Spec::usage);
+                // Nothing is left to tell when stderr itself is gone.
+                let _ = writeln!(io::stderr(), "{usage}");
+                exit::USAGE
+            }
+            Failure::Unreachable(message) => {
+                say(&message);
+                exit::UNREACHABLE
+            }
+            Failure::Unexpected(what) => {
+                say(&format!(
+                    "the server did not answer as bgtasks does ({what})"
+                ));
+                exit::UNREACHABLE
+            }
+            Failure::Refused(status, sentence) => {
+                match sentence {
+                    Some(sentence) => say(&format!("{sentence} (HTTP {status})")),
+                    None => say(&format!("the server answered HTTP {status}")),
+                }
+                exit::REFUSED
+            }
+            Failure::OutOfTime(message) => {
+                say(&message);
+                exit::OUT_OF_TIME
+            }
+            Failure::TaskEnded(message) => {
+                say(&message);
+                exit::TASK_ENDED
+            }
+            Failure::Output(e) => {
+                // A reader that has gone (`bgtasks events | head`) has had
+                // what it wanted; anything else is worth a line.
+                if e.kind() != io::ErrorKind::BrokenPipe {
+                    say(&format!("cannot write the output: {e}"));
+                }
+                exit::USAGE
+            }
+        }
+    }
+}
+
+/// Writes one line to stderr, after `bgtasks: `.
+fn say(line: &str) {
+    // Nothing is left to tell when stderr itself is gone.
+    let _ = writeln!(io::stderr(), "bgtasks: {line}");
+}
+
+/// Runs the client when the first argument is a word rather than a flag,
+/// and returns its exit status; `None` leaves the command line to the
+/// server, which takes flags only.
+pub(crate) fn dispatch() -> Option<i32> {
+    let first = std::env::args_os().nth(1)?;
+    if first.as_encoded_bytes().starts_with(b"-") {
+        return None;
+    }
+    Some(run(std::env::args_os().skip(1), &|name| {
+        std::env::var(name).ok()
+    }))
+}
+
+/// Explains an argument the server does not know but the client does: a
+/// command, or a client option, among the server's flags (`bgtasks
+/// --workers 4 submit …`), which must never start a server silently.
+pub(crate) fn misplaced(arg: &str) -> Option<String> {
+    let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+    if COMMANDS.iter().any(|c| c.name == arg) {
+        return Some(format!(
+            "{arg:?} is a client command: it comes first (bgtasks {arg} …), and the \
+             server's flags do not go with it"
+        ));
+    }
+    let client_only = COMMANDS
+        .iter()
+        .flat_map(|c| c.options)
+        .chain(COMMON)
+        .any(|o| o.name == name);
+    client_only.then(|| {
+        format!("{name} is an option of the client, after its command: bgtasks COMMAND {name} …")
+    })
+}
+
+/// Runs a client command line (`args` start with the command) and returns
+/// the exit status; `env` looks a variable up.
+fn run(args: impl Iterator<Item = OsString>, env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    let mut out = io::stdout().lock();
+    let done = parse(args, env).and_then(|invocation| match invocation {
+        Invocation::Help(spec) => Ok(out.write_all(spec.help().as_bytes())?),
+        Invocation::Run(job) => execute(&job.command, &job.server, job.json, &mut out),
+    });
+    let flushed = out.flush().map_err(Failure::Output);
+    match done.and(flushed) {
+        Ok(()) => exit::DONE,
+        Err(failure) => failure.report(),
+    }
+}
+
+/// What a command line asks of the client.
+#[derive(Debug)]
+enum Invocation {
+    /// Print a command's help.
+    Help(&'static Spec),
+    /// Run a command (boxed: a command and a server are large, a help is
+    /// a pointer).
+    Run(Box<Job>),
+}
+
+/// A command to run, and where.
+#[derive(Debug)]
+struct Job {
+    /// What to do.
+    command: Command,
+    /// The server to ask.
+    server: Server,
+    /// Whether to print the server's JSON as it came.
+    json: bool,
+}
+
+/// What a command does, checked and ready to send.
+#[derive(Debug, PartialEq, Eq)]
+enum Command {
+    /// `submit`: the body (`None`: read it from stdin), and how long
+    /// `--wait` waits (`Some(None)`: no limit).
+    Submit(Option<Vec<u8>>, Option<Option<Duration>>),
+    /// `wait`: the task and the limit.
+    Wait(String, Option<Duration>),
+    /// `events`: the query string of its filters.
+    Events(String),
+    /// Every other command: one request, its answer printed in a shape.
+    Ask(&'static str, String, Shape),
+}
+
+/// How an answer is shown to people.
+#[derive(Debug, PartialEq, Eq)]
+enum Shape {
+    /// An object, one member a line.
+    Members,
+    /// The ids of new tasks, one a line.
+    Ids,
+    /// The array in this member, as a table of these columns (none: the
+    /// members of the first row).
+    Table(&'static str, &'static [&'static str]),
+}
+
+/// What a command line gave after its command.
+#[derive(Debug, Default)]
+struct Given {
+    /// The words that are not options, in order.
+    words: Vec<String>,
+    /// Each option given and its value (`None` for a switch), in order.
+    options: Vec<(&'static str, Option<String>)>,
+    /// Whether `-h` or `--help` was given.
+    help: bool,
+}
+
+impl Given {
+    /// Returns the last value given to an option.
+    fn value(&self, name: &str) -> Option<&str> {
+        self.values(name).last()
+    }
+
+    /// Returns every value given to an option, in order.
+    fn values<'a>(&'a self, name: &str) -> impl Iterator<Item = &'a str> {
+        self.options
+            .iter()
+            .filter(move |(n, _)| *n == name)
+            .filter_map(|(_, v)| v.as_deref())
+    }
+
+    /// Returns how an option was given last: `Some(None)` without a value.
+    fn last(&self, name: &str) -> Option<Option<&str>> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_deref())
+    }
+
+    /// Returns the one word the command takes (`ID`, `QUEUE`).
+    fn one_word(&self, what: &str) -> Result<&str, String> {
+        match self.words.as_slice() {
+            [word] => Ok(word),
+            [] => Err(format!("{what} is missing")),
+            [_, extra, ..] => Err(format!("unexpected argument {extra:?}")),
+        }
+    }
+
+    /// Checks that the command was given no words.
+    fn no_words(&self) -> Result<(), String> {
+        match self.words.first() {
+            Some(word) => Err(format!("unexpected argument {word:?}")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Parses a client command line: the command, then its options and words
+/// in any order; then the server and the token.
+fn parse(
+    mut args: impl Iterator<Item = OsString>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Invocation, Failure> {
+    let mut text = || {
+        args.next().map(|arg| {
+            arg.into_string()
+                .map_err(|a| format!("argument {a:?} is not valid UTF-8"))
+        })
+    };
+    let name = text().transpose().map_err(|e| Failure::Usage(e, None))?;
+    let name = name.unwrap_or_default();
+    let Some(spec) = COMMANDS.iter().find(|c| c.name == name) else {
+        return Err(Failure::Usage(format!("unknown command {name:?}"), None));
+    };
+    let usage = |message: String| Failure::Usage(message, Some(spec));
+    let args: Vec<String> = std::iter::from_fn(text)
+        .collect::<Result<_, _>>()
+        .map_err(usage)?;
+    let given = split(spec, args).map_err(usage)?;
+    if given.help {
+        return Ok(Invocation::Help(spec));
+    }
+    let command = (spec.build)(&given).map_err(usage)?;
+    let from_env = |name| env(name).map(Cow::Owned);
+    let url = given
+        .value("--server")
+        .map(Cow::Borrowed)
+        .or_else(|| from_env("BGTASKS_SERVER"))
+        .unwrap_or(Cow::Borrowed(DEFAULT_SERVER));
+    let token = match given.value("--token").map(Cow::Borrowed) {
+        None => from_env("BGTASKS_TOKEN"),
+        given => given,
+    };
+    let token = token
+        .map(|t| parse_token(&t).map_err(|e| usage(format!("--token: {e}"))))
+        .transpose()?;
+    let server = Server::parse(&url, token).map_err(usage)?;
+    let json = given.last("--json").is_some();
+    Ok(Invocation::Run(Box::new(Job {
+        command,
+        server,
+        json,
+    })))
+}
+
+/// Sorts a command's arguments into options and words: options may come
+/// anywhere, `--` ends them, and `-` alone is a word (stdin).
+fn split(spec: &Spec, args: Vec<String>) -> Result<Given, String> {
+    let mut given = Given::default();
+    let mut args = args.into_iter();
+    let mut words_only = false;
+    while let Some(arg) = args.next() {
+        if words_only || arg == "-" || !arg.starts_with('-') {
+            given.words.push(arg);
+            continue;
+        }
+        match arg.as_str() {
+            "--" => {
+                words_only = true;
+                continue;
+            }
+            "-h" | "--help" => {
+                given.help = true;
+                return Ok(given);
+            }
+            _ => {}
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let Some(opt) = spec.options.iter().chain(COMMON).find(|o| o.name == name) else {
+            return Err(unknown_option(spec, name));
+        };
+        let value = match (opt.takes, inline) {
+            (Takes::Nothing, Some(_)) => return Err(format!("{name} takes no value")),
+            (Takes::Value(_), None) => {
+                Some(args.next().ok_or_else(|| format!("{name} needs a value"))?)
+            }
+            (_, value) => value,
+        };
+        given.options.push((opt.name, value));
+    }
+    Ok(given)
+}
+
+/// Says that `name` is not an option of the command, and whose it is if
+/// it is the server's.
+fn unknown_option(spec: &Spec, name: &str) -> String {
+    if FLAGS.iter().any(|f| f.name == name) {
+        format!(
+            "{name} is a flag of the server (bgtasks with no command), not an option of {}",
+            spec.name
+        )
+    } else {
+        format!("unknown option {name:?} for {}", spec.name)
+    }
+}
+
+/// Makes a command of one request.
+fn ask(method: &'static str, path: String, shape: Shape) -> Result<Command, String> {
+    Ok(Command::Ask(method, path, shape))
+}
+
+/// Returns the path of the task the command names, plus `suffix`.
+fn task_path(given: &Given, suffix: &str) -> Result<String, String> {
+    Ok(format!("/tasks/{}{suffix}", encoded(given.one_word("ID")?)))
+}
+
+/// Returns the path that pauses or resumes the queue the command names.
+fn queue_path(given: &Given, action: &str) -> Result<String, String> {
+    Ok(format!(
+        "/queues/{}/{action}",
+        encoded(given.one_word("QUEUE")?)
+    ))
+}
+
+/// Returns `text` percent-encoded for a path segment or a query value.
+fn encoded(text: &str) -> String {
+    let mut out = Vec::with_capacity(text.len());
+    percent_encode(&mut out, text.as_bytes());
+    // Percent-encoding leaves only ASCII.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Makes a query string (`?a=1&b=2`, or empty) of the options given, each
+/// under its parameter's name.
+fn query(given: &Given, params: &[(&str, &str)]) -> String {
+    let mut text = String::new();
+    for (option, param) in params {
+        if let Some(value) = given.value(option) {
+            text.push(if text.is_empty() { '?' } else { '&' });
+            let _ = write!(text, "{param}={}", encoded(value));
+        }
+    }
+    text
+}
+
+/// Parses an option's duration, if given.
+fn duration(given: &Given, name: &str) -> Result<Option<Duration>, String> {
+    given
+        .value(name)
+        .map(|v| parse_duration(v).map_err(|e| format!("{name}: {e}")))
+        .transpose()
+}
+
+/// Builds `list`: its filters, and a limit that is a positive number.
+fn build_list(given: &Given) -> Result<Command, String> {
+    given.no_words()?;
+    if let Some(limit) = given.value("--limit")
+        && !limit.parse::<u32>().is_ok_and(|n| n >= 1)
+    {
+        return Err(format!(
+            "--limit: expected a positive whole number, got {limit:?}"
+        ));
+    }
+    let params = [
+        ("--state", "state"),
+        ("--queue", "queue"),
+        ("--limit", "limit"),
+    ];
+    let path = format!("/tasks{}", query(given, &params));
+    ask("GET", path, Shape::Table("tasks", LIST_COLUMNS))
+}
+
+/// Builds `submit`: its body — given, from stdin, or built from options —
+/// and its `--wait`.
+fn build_submit(given: &Given) -> Result<Command, String> {
+    let wait = match given.last("--wait") {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(limit)) => Some(Some(
+            parse_duration(limit).map_err(|e| format!("--wait: {e}"))?,
+        )),
+    };
+    let built = BODY_OPTIONS
+        .iter()
+        .map(|(option, _)| *option)
+        .chain(["--payload", "--after"])
+        .any(|option| given.last(option).is_some());
+    let body = match (given.words.as_slice(), built) {
+        ([], true) => Some(build_body(given)?),
+        ([word], false) if word == "-" => None,
+        ([word], false) => Some(check_body(word.as_bytes().to_vec())?),
+        ([], false) => {
+            return Err("submit needs a BODY, - (to read it from stdin) or --duration".into());
+        }
+        ([_], true) => return Err("give a BODY or the options that build one, not both".into()),
+        ([_, extra, ..], _) => return Err(format!("unexpected argument {extra:?}")),
+    };
+    Ok(Command::Submit(body, wait))
+}
+
+/// Checks that a body is a JSON object or array — the server checks the
+/// rest — so that a stray word is a usage error, not a request.
+fn check_body(body: Vec<u8>) -> Result<Vec<u8>, String> {
+    match body.trim_ascii_start().first() {
+        Some(b'{' | b'[') => Ok(body),
+        _ if parse_duration(&String::from_utf8_lossy(&body)).is_ok() => Err(
+            "BODY must be a JSON object or array (a limit for --wait is written --wait=DURATION)"
+                .into(),
+        ),
+        _ => Err("BODY must be a JSON object or an array of them".into()),
+    }
+}
+
+/// Builds a submission from `submit`'s options: their values as JSON
+/// strings, the payload as the JSON it is, the ids of `--after` as an array.
+fn build_body(given: &Given) -> Result<Vec<u8>, String> {
+    if given.value("--duration").is_none() && given.value("--kind").is_none() {
+        return Err("--duration is needed for the built-in sleep kind (or give a --kind)".into());
+    }
+    let mut out = vec![b'{'];
+    let member = |out: &mut Vec<u8>, name: &str| {
+        if out.len() > 1 {
+            out.extend_from_slice(b", ");
+        }
+        write_json_str(out, name);
+        out.extend_from_slice(b": ");
+    };
+    for &(option, name) in BODY_OPTIONS {
+        if let Some(value) = given.value(option) {
+            if matches!(option, "--duration" | "--delay") {
+                parse_duration(value).map_err(|e| format!("{option}: {e}"))?;
+            }
+            member(&mut out, name);
+            write_json_str(&mut out, value);
+        }
+    }
+    if let Some(payload) = given.value("--payload") {
+        serde_json::from_str::<&RawValue>(payload)
+            .map_err(|_| format!("--payload: {payload:?} is not JSON"))?;
+        member(&mut out, "payload");
+        out.extend_from_slice(payload.trim().as_bytes());
+    }
+    let after: Vec<&str> = given.values("--after").collect();
+    if !after.is_empty() {
+        member(&mut out, "after");
+        out.push(b'[');
+        for (i, id) in after.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            write_json_str(&mut out, id);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+// ---- Running a command ----
+
+/// Runs a command against the server, writing what it prints to `out`.
+fn execute(
+    command: &Command,
+    server: &Server,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    match command {
+        Command::Ask(method, path, shape) => {
+            let answer = server.ask(method, path, b"", ANSWER_TIMEOUT)?.accepted()?;
+            if json {
+                return write_json(out, &answer.body);
+            }
+            show(out, shape, &answer.body)
+        }
+        Command::Submit(body, wait) => submit(server, body.as_deref(), *wait, json, out),
+        Command::Wait(id, limit) => {
+            let deadline = limit.map(|l| Instant::now() + l);
+            let state = wait_for(server, id, deadline, json, out)?;
+            ended_well(id, &state)
+        }
+        Command::Events(query) => follow(server, query, json, out),
+    }
+}
+
+/// Prints an answer for people, in its shape.
+fn show(out: &mut impl Write, shape: &Shape, body: &[u8]) -> Result<(), Failure> {
+    let object = members(body)?;
+    match shape {
+        Shape::Members => write_members(out, &object)?,
+        Shape::Ids => {
+            for id in accepted_ids(body).ok_or(Failure::Unexpected("no id in the answer"))? {
+                writeln!(out, "{id}")?;
+            }
+        }
+        Shape::Table(member, columns) => {
+            let rows = object
+                .get(member)
+                .and_then(|raw| serde_json::from_str::<Vec<Members>>(raw.get()).ok())
+                .ok_or(Failure::Unexpected("no list in the answer"))?;
+            let first: Vec<&str>;
+            let columns = match (columns, rows.first()) {
+                ([], Some(row)) => {
+                    first = row.0.iter().map(|(name, _)| name.as_str()).collect();
+                    &first[..]
+                }
+                _ => columns,
+            };
+            write_table(out, &rows, columns)?;
+            if object.get("next").is_some_and(|n| n.get() != "null") {
+                say("more tasks match than are listed (--limit, up to 1000)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Prints a body as the server sent it, on its own line.
+fn write_json(out: &mut impl Write, body: &[u8]) -> Result<(), Failure> {
+    out.write_all(body)?;
+    if !body.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// Submits a body, prints the new ids and, with `--wait`, waits for each
+/// task in turn and prints its final status.
+fn submit(
+    server: &Server,
+    body: Option<&[u8]>,
+    wait: Option<Option<Duration>>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let body = match body {
+        Some(body) => Cow::Borrowed(body),
+        None => Cow::Owned(read_stdin()?),
+    };
+    let answer = server
+        .ask("POST", "/tasks", &body, ANSWER_TIMEOUT)?
+        .accepted()?;
+    let ids = accepted_ids(&answer.body).ok_or(Failure::Unexpected("no id in the answer"))?;
+    if json {
+        write_json(out, &answer.body)?;
+    } else {
+        for id in &ids {
+            writeln!(out, "{id}")?;
+        }
+    }
+    out.flush()?;
+    let Some(limit) = wait else {
+        return Ok(());
+    };
+    let deadline = limit.map(|l| Instant::now() + l);
+    let mut outcome = Ok(());
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 && !json {
+            writeln!(out)?;
+        }
+        let state = wait_for(server, id, deadline, json, out)?;
+        outcome = outcome.and(ended_well(id, &state));
+    }
+    outcome
+}
+
+/// Reads a body from stdin: at most what any server accepts.
+fn read_stdin() -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    let limit = MAX_MAX_BODY as u64;
+    io::stdin()
+        .lock()
+        .take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| Failure::Usage(format!("cannot read the body from stdin: {e}"), None))?;
+    if body.len() as u64 > limit {
+        return Err(Failure::Usage(
+            format!("the body on stdin is larger than any server accepts ({limit} bytes)"),
+            None,
+        ));
+    }
+    check_body(body).map_err(|e| Failure::Usage(e, None))
+}
+
+/// The part of an answer to a submission (`202`) that `submit` needs: the
+/// id of one task, or of each task of a batch (SPEC §15).
+#[derive(Deserialize)]
+struct Accepted {
+    /// The new task's id, for one object.
+    id: Option<String>,
+    /// The new tasks, for an array, in the order given.
+    tasks: Option<Vec<AcceptedTask>>,
+}
+
+/// One task of a batch's answer.
+#[derive(Deserialize)]
+struct AcceptedTask {
+    /// Its id.
+    id: String,
+}
+
+/// Returns the ids a submission's answer gives, in order.
+fn accepted_ids(body: &[u8]) -> Option<Vec<String>> {
+    match serde_json::from_slice::<Accepted>(body).ok()? {
+        Accepted { id: Some(id), .. } => Some(vec![id]),
+        Accepted {
+            tasks: Some(tasks), ..
+        } => Some(tasks.into_iter().map(|t| t.id).collect()),
+        _ => None,
+    }
+}
+
+/// Turns a task's final state into the command's outcome.
+fn ended_well(id: &str, state: &str) -> Result<(), Failure> {
+    match state {
+        "succeeded" => Ok(()),
+        "cancelled" => Err(Failure::TaskEnded(format!("the task {id} was cancelled"))),
+        _ => Err(Failure::TaskEnded(format!("the task {id} {state}"))),
+    }
+}
+
+/// What `wait` does after an answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// The task has ended: print its status.
+    Ended,
+    /// Ask again at once.
+    Ask,
+    /// Ask again after a pause: the server (or a proxy before it) is
+    /// between lives, or answered early with nothing changed, as a server
+    /// that is shutting down does.
+    Pause,
+    /// Stop: the server refused.
+    Refuse,
+}
+
+/// Decides what `wait` does after an answer: its status, the task's state
+/// in it, the state the last answer had, and whether it came before the
+/// long poll's time was up.
+fn next_step(status: u16, state: Option<&str>, seen: Option<&str>, early: bool) -> Next {
+    match (status, state) {
+        (200, Some("succeeded" | "failed" | "cancelled")) => Next::Ended,
+        (200, Some(state)) if early && seen == Some(state) => Next::Pause,
+        (200, Some(_)) => Next::Ask,
+        (502..=504, _) => Next::Pause,
+        _ => Next::Refuse,
+    }
+}
+
+/// Waits with long polls until the task `id` ends, or until `deadline`;
+/// prints its final status and returns its final state.
+fn wait_for(
+    server: &Server,
+    id: &str,
+    deadline: Option<Instant>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<String, Failure> {
+    let path = format!("/tasks/{}", encoded(id));
+    let mut seen: Option<String> = None;
+    let mut backoff = FIRST_BACKOFF;
+    let mut told = false;
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let wait = left.map_or(MAX_WAIT, |left| left.min(MAX_WAIT));
+        let millis = wait.as_micros().div_ceil(1000);
+        let asked = Instant::now();
+        let answer = server.ask(
+            "GET",
+            &format!("{path}?wait={millis}ms"),
+            b"",
+            ANSWER_TIMEOUT + wait,
+        )?;
+        let status = (answer.status == 200)
+            .then(|| members(&answer.body))
+            .transpose()?;
+        let state = status.as_ref().and_then(|s| s.string("state"));
+        let early = asked.elapsed() < wait;
+        match next_step(answer.status, state.as_deref(), seen.as_deref(), early) {
+            Next::Ended => {
+                if json {
+                    write_json(out, &answer.body)?;
+                } else if let Some(status) = &status {
+                    write_members(out, status)?;
+                }
+                return Ok(state.unwrap_or_default());
+            }
+            Next::Refuse => return Err(answer.refused()),
+            Next::Ask => backoff = FIRST_BACKOFF,
+            Next::Pause => {
+                if answer.status != 200 && !told {
+                    say(&format!(
+                        "the server answered HTTP {}; asking again until the task ends{}",
+                        answer.status,
+                        if deadline.is_some() {
+                            " or time runs out"
+                        } else {
+                            ""
+                        }
+                    ));
+                    told = true;
+                }
+                let left =
+                    deadline.map_or(backoff, |d| d.saturating_duration_since(Instant::now()));
+                std::thread::sleep(backoff.min(left));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        if state.is_some() {
+            seen = state;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let state = seen.map_or(String::new(), |s| format!(" is still {s}"));
+            return Err(Failure::OutOfTime(format!(
+                "the task {id}{state}: the wait ran out"
+            )));
+        }
+    }
+}
+
+/// How an event stream ended, when the server ended it.
+enum StreamEnd {
+    /// The server is shutting down.
+    Shutdown,
+    /// The client fell behind and the server dropped it.
+    Lagged,
+}
+
+/// Follows the event stream, printing each event as it arrives, until the
+/// server says it is shutting down; reconnects after `lagged`.
+fn follow(server: &Server, query: &str, json: bool, out: &mut impl Write) -> Result<(), Failure> {
+    loop {
+        match follow_once(server, query, json, out)? {
+            StreamEnd::Shutdown => {
+                say("the server is shutting down; the event stream has ended");
+                return Ok(());
+            }
+            StreamEnd::Lagged => say(
+                "fell behind the server's event stream (lagged), and missed events; reconnecting",
+            ),
+        }
+    }
+}
+
+/// Reads one event stream to its end.
+fn follow_once(
+    server: &Server,
+    query: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<StreamEnd, Failure> {
+    let mut stream = server.send("GET", &format!("/events{query}"), b"")?;
+    let mut input = Vec::new();
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    let head = server.read_head(&mut stream, &mut input, deadline)?;
+    if head.status != 200 {
+        let body = server.read_body(&mut stream, head.delimiter, input, deadline)?;
+        return Err(Answer::new(head.status, body).refused());
+    }
+    let mut decoder = Decoder::new(head.delimiter);
+    let (mut decoded, mut events) = (Vec::new(), EventText::default());
+    loop {
+        let done = decoder
+            .decode(&input, &mut decoded)
+            .map_err(|e| server.not_http(&e))?;
+        events.push(&decoded);
+        decoded.clear();
+        while let Some((name, data)) = events.next_event()? {
+            match name.as_str() {
+                "shutdown" => return Ok(StreamEnd::Shutdown),
+                "lagged" => return Ok(StreamEnd::Lagged),
+                _ if json => writeln!(out, "{data}")?,
+                _ => writeln!(out, "{}", event_line(&name, &data))?,
+            }
+            out.flush()?;
+        }
+        if done {
+            return Err(Failure::Unreachable(format!(
+                "the server at {} ended the event stream without saying why",
+                server.url
+            )));
+        }
+        input.clear();
+        let silence = Instant::now() + EVENTS_SILENCE;
+        if read_more(&mut stream, &mut input, silence).map_err(|e| server.lost(&e))? == 0 {
+            return Err(Failure::Unreachable(format!(
+                "the server at {} closed the event stream",
+                server.url
+            )));
+        }
+    }
+}
+
+/// The text of an event stream as it arrives, cut into events
+/// (Server-Sent Events: lines, and a blank line after each event).
+#[derive(Default)]
+struct EventText {
+    /// Text read and not yet taken as events.
+    text: Vec<u8>,
+}
+
+impl EventText {
+    /// Adds what arrived. CRs go: the server ends lines with LF, and JSON
+    /// has no CR of its own outside an escape.
+    fn push(&mut self, bytes: &[u8]) {
+        self.text.extend(bytes.iter().filter(|&&b| b != b'\r'));
+    }
+
+    /// Takes the next whole event, as its name and data; comments
+    /// (`: keep-alive`) are skipped.
+    fn next_event(&mut self) -> Result<Option<(String, String)>, Failure> {
+        loop {
+            let Some(end) = self.text.windows(2).position(|w| w == b"\n\n") else {
+                if self.text.len() > MAX_ANSWER {
+                    return Err(Failure::Unexpected(
+                        "an event larger than any bgtasks sends",
+                    ));
+                }
+                return Ok(None);
+            };
+            let event: Vec<u8> = self.text.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&event);
+            let (mut name, mut data) = (None, None::<String>);
+            for line in event.lines() {
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => name = Some(value.to_string()),
+                    "data" => match &mut data {
+                        Some(data) => {
+                            data.push('\n');
+                            data.push_str(value);
+                        }
+                        None => data = Some(value.to_string()),
+                    },
+                    _ => {}
+                }
+            }
+            if name.is_some() || data.is_some() {
+                let name = name.unwrap_or_else(|| "message".to_string());
+                return Ok(Some((name, data.unwrap_or_default())));
+            }
+        }
+    }
+}
+
+/// Returns an event as one line for people: a task's change as its time,
+/// id and state, then its other members as `name=value`; `stats` as its
+/// counts and totals; any other event as its name and members.
+fn event_line(name: &str, data: &str) -> String {
+    let Some(object) = Members::parse(data) else {
+        return format!("{name} {}", one_line(data));
+    };
+    let mut line;
+    match name {
+        "task" => {
+            let field = |key| object.get(key).map_or("-".into(), plain);
+            line = format!("{} {} {}", field("at"), field("id"), field("state"));
+            let shown = |key: &str| matches!(key, "at" | "id" | "state");
+            write_pairs(&mut line, object.0.iter().filter(|(key, _)| !shown(key)));
+        }
+        "stats" => {
+            line = "stats".to_string();
+            if let Some(counts) = object.get("counts").and_then(|c| Members::parse(c.get())) {
+                write_pairs(&mut line, counts.0.iter());
+            }
+            let nested = |value: &RawValue| value.get().starts_with(['{', '[']);
+            write_pairs(&mut line, object.0.iter().filter(|(_, v)| !nested(v)));
+        }
+        _ => {
+            line = printable(name).into_owned();
+            write_pairs(&mut line, object.0.iter());
+        }
+    }
+    line
+}
+
+/// Appends members to a line as ` name=value`, leaving out nulls.
+fn write_pairs<'a, 'b: 'a>(
+    line: &mut String,
+    pairs: impl Iterator<Item = &'a (String, &'b RawValue)>,
+) {
+    for (key, value) in pairs {
+        if value.get() != "null" {
+            let _ = write!(line, " {}={}", printable(key), logfmt(value));
+        }
+    }
+}
+
+// ---- Showing JSON to people ----
+
+/// A JSON object's members in the order the server wrote them, each value
+/// still JSON text (serde_json's own map would sort them).
+#[derive(Debug)]
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Collects an object's members in order.
+        struct InOrder;
+        impl<'de> Visitor<'de> for InOrder {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(InOrder)
+    }
+}
+
+impl<'a> Members<'a> {
+    /// Parses a JSON object.
+    fn parse(text: &'a str) -> Option<Members<'a>> {
+        serde_json::from_str(text).ok()
+    }
+
+    /// Returns a member's value.
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+
+    /// Returns a member that is a string, decoded.
+    fn string(&self, name: &str) -> Option<String> {
+        serde_json::from_str(self.get(name)?.get()).ok()
+    }
+}
+
+/// Parses an answer's body as a JSON object.
+fn members(body: &[u8]) -> Result<Members<'_>, Failure> {
+    std::str::from_utf8(body)
+        .ok()
+        .and_then(Members::parse)
+        .ok_or(Failure::Unexpected("the answer is not a JSON object"))
+}
+
+/// Prints an object one member a line: its name, a colon, and its value,
+/// the values in one column.
+fn write_members(out: &mut impl Write, object: &Members) -> io::Result<()> {
+    let width = object.0.iter().map(|(n, _)| n.len() + 1).max().unwrap_or(0);
+    for (name, value) in &object.0 {
+        let name = format!("{}:", printable(name));
+        writeln!(out, "{name:<width$} {}", plain(value))?;
+    }
+    Ok(())
+}
+
+/// Prints rows as a table: a header line of the column names in capitals,
+/// then a line per row, each column as wide as its widest cell.
+fn write_table(out: &mut impl Write, rows: &[Members], columns: &[&str]) -> io::Result<()> {
+    let header: Vec<String> = columns
+        .iter()
+        .map(|c| printable(c).to_ascii_uppercase())
+        .collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let cell = |column: &&str| row.get(column).map_or("-".into(), plain);
+            columns.iter().map(cell).collect()
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in std::iter::once(&header).chain(&cells) {
+        let mut line = String::new();
+        for (cell, width) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<width$}  ");
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+/// Returns a value as people read it: a string without its quotes (kept
+/// quoted and escaped when it holds control characters, which could drive
+/// a terminal), `-` for null, anything else as its JSON on one line.
+fn plain(raw: &RawValue) -> String {
+    let text = raw.get();
+    if text == "null" {
+        return "-".to_string();
+    }
+    match serde_json::from_str::<String>(text) {
+        Ok(s) if !s.chars().any(char::is_control) => s,
+        _ => one_line(text),
+    }
+}
+
+/// Returns a value for `name=value`: a plain string when it has no space,
+/// quote or `=` (nor is empty), else its JSON, which quotes it.
+fn logfmt(raw: &RawValue) -> String {
+    let plain = plain(raw);
+    let bare = |c: char| c == ' ' || c == '"' || c == '=';
+    if raw.get().starts_with('"') && (plain.is_empty() || plain.contains(bare)) {
+        return one_line(raw.get());
+    }
+    plain
+}
+
+/// Returns a name as it may be printed: escaped, if it holds control
+/// characters.
+fn printable(name: &str) -> Cow<'_, str> {
+    match name.chars().any(char::is_control) {
+        true => Cow::Owned(format!("{name:?}")),
+        false => Cow::Borrowed(name),
+    }
+}
+
+/// Returns JSON text on one line, safe for a terminal: each run of
+/// whitespace between tokens (where JSON has its line breaks) becomes one
+/// space, and a control character (which can only be inside a string) its
+/// `\u` escape, which means the same in JSON.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped, mut space) = (false, false, false);
+    for c in text.chars() {
+        if !in_string && c.is_ascii_whitespace() {
+            space = true;
+            continue;
+        }
+        if std::mem::take(&mut space) && !out.is_empty() {
+            out.push(' ');
+        }
+        if c.is_control() {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+        if escaped {
+            escaped = false;
+        } else if in_string && c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            in_string = !in_string;
+        }
+    }
+    out
+}
+
+// ---- HTTP/1.1, the client's side ----
+
+/// Where the server is, and what every request to it carries.
+#[derive(Debug, PartialEq, Eq)]
+struct Server {
+    /// The URL as given, for messages.
+    url: String,
+    /// The host to connect to: a name or an IP, without brackets.
+    host: String,
+    /// The port.
+    port: u16,
+    /// The `Host` header: the URL's host and port as given.
+    authority: String,
+    /// A path every request's path follows (a proxy's location), without
+    /// its last `/`.
+    base: String,
+    /// The bearer token, if any.
+    token: Option<String>,
+}
+
+/// An answer of the server.
+#[derive(Debug)]
+struct Answer {
+    /// Its status code.
+    status: u16,
+    /// Its body.
+    body: Vec<u8>,
+}
+
+impl Answer {
+    /// Makes an answer.
+    fn new(status: u16, body: Vec<u8>) -> Answer {
+        Answer { status, body }
+    }
+
+    /// Returns the answer if its status is a success, else the refusal.
+    fn accepted(self) -> Result<Answer, Failure> {
+        match self.status {
+            200..=299 => Ok(self),
+            _ => Err(self.refused()),
+        }
+    }
+
+    /// Returns the refusal this answer is, with the server's sentence.
+    fn refused(&self) -> Failure {
+        let sentence = std::str::from_utf8(&self.body)
+            .ok()
+            .and_then(Members::parse)
+            .and_then(|m| m.get("error").map(plain));
+        Failure::Refused(self.status, sentence)
+    }
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Delimiter {
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Neither: the body ends when the connection closes.
+    Close,
+}
+
+/// A response's head: what the client needs of it.
+#[derive(Debug, PartialEq, Eq)]
+struct ResponseHead {
+    /// The status code.
+    status: u16,
+    /// How the body is delimited.
+    delimiter: Delimiter,
+}
+
+impl Server {
+    /// Parses `--server`: `http://HOST[:PORT][/PATH]`, or the same without
+    /// `http://`; HOST is a name, an IPv4 address or a bracketed IPv6 one.
+    fn parse(url: &str, token: Option<String>) -> Result<Server, String> {
+        let bad = || format!("--server {url:?} is not a URL such as http://127.0.0.1:8000");
+        let scheme = url.find("://").map(|i| &url[..i]);
+        let rest = match scheme {
+            None => url,
+            Some(s) if s.eq_ignore_ascii_case("http") => &url[7..],
+            Some(s) if s.eq_ignore_ascii_case("https") => {
+                return Err(format!(
+                    "--server {url:?}: bgtasks speaks plain HTTP; to reach a server over \
+                     TLS, put a TLS-terminating proxy (nginx, Caddy, stunnel) on this side \
+                     and give its http:// address"
+                ));
+            }
+            Some(_) => return Err(format!("--server {url:?}: only http:// URLs are spoken")),
+        };
+        let (authority, base) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let visible = |s: &str| s.bytes().all(|b| b.is_ascii_graphic());
+        if !visible(rest) || authority.contains('@') || base.contains(['?', '#']) {
+            return Err(bad());
+        }
+        let (host, port) = split_host_port(authority).ok_or_else(bad)?;
+        Ok(Server {
+            url: url.to_string(),
+            host: host.to_string(),
+            port,
+            authority: authority.to_string(),
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// Connects to the server: to each address of its host in turn.
+    fn connect(&self) -> Result<TcpStream, Failure> {
+        let addresses = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                Failure::Unreachable(format!(
+                    "cannot resolve the host of {} ({}): {e}",
+                    self.url, self.host
+                ))
+            })?;
+        let mut failed = None;
+        for address in addresses {
+            let connected = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)
+                .and_then(|s| s.set_write_timeout(Some(ANSWER_TIMEOUT)).map(|()| s));
+            match connected {
+                Ok(stream) => return Ok(stream),
+                Err(e) => failed = Some(e),
+            }
+        }
+        let why = failed.map_or_else(|| "its host has no address".to_string(), |e| e.to_string());
+        Err(Failure::Unreachable(format!(
+            "cannot reach the server at {}: {why}",
+            self.url
+        )))
+    }
+
+    /// Writes a request, as the server writes its answers: appended into
+    /// one buffer, sent at once. Each request has its own connection
+    /// (`Connection: close`), so an answer ends where its connection does
+    /// if nothing else says so.
+    fn request(&self, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + body.len());
+        for part in [
+            method,
+            " ",
+            &self.base,
+            path,
+            " HTTP/1.1\r\nHost: ",
+            &self.authority,
+        ] {
+            out.extend_from_slice(part.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nUser-Agent: bgtasks/");
+        out.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
+        if let Some(token) = &self.token {
+            out.extend_from_slice(b"\r\nAuthorization: Bearer ");
+            out.extend_from_slice(token.as_bytes());
+        }
+        if method == "POST" {
+            if !body.is_empty() {
+                out.extend_from_slice(b"\r\nContent-Type: application/json");
+            }
+            out.extend_from_slice(b"\r\nContent-Length: ");
+            write_decimal(&mut out, body.len() as u64);
+        }
+        out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Connects and sends one request; returns the connection, its answer
+    /// to come.
+    fn send(&self, method: &str, path: &str, body: &[u8]) -> Result<TcpStream, Failure> {
+        let mut stream = self.connect()?;
+        stream
+            .write_all(&self.request(method, path, body))
+            .map_err(|e| self.lost(&e))?;
+        Ok(stream)
+    }
+
+    /// Makes one request and reads its whole answer, which must come
+    /// within `patience`.
+    fn ask(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        patience: Duration,
+    ) -> Result<Answer, Failure> {
+        let deadline = Instant::now() + patience;
+        let mut stream = self.send(method, path, body)?;
+        let mut input = Vec::new();
+        let head = self.read_head(&mut stream, &mut input, deadline)?;
+        let body = self.read_body(&mut stream, head.delimiter, input, deadline)?;
+        Ok(Answer::new(head.status, body))
+    }
+
+    /// Reads a final answer's head (skipping any `1xx`), leaving in
+    /// `input` what came after it.
+    fn read_head(
+        &self,
+        stream: &mut TcpStream,
+        input: &mut Vec<u8>,
+        deadline: Instant,
+    ) -> Result<ResponseHead, Failure> {
+        let mut scanned = 0;
+        loop {
+            if let Some(end) = find_head_end(input, scanned) {
+                let head = parse_response_head(&input[..end]).map_err(|e| self.not_http(e))?;
+                input.drain(..end);
+                scanned = 0;
+                match head.status {
+                    100..=199 => continue,
+                    _ => return Ok(head),
+                }
+            }
+            if input.len() > MAX_HEAD {
+                return Err(self.not_http("its answer's head is larger than 16 KiB"));
+            }
+            scanned = input.len();
+            if read_more(stream, input, deadline).map_err(|e| self.lost(&e))? == 0 {
+                return Err(match input.is_empty() {
+                    true => Failure::Unreachable(format!(
+                        "the server at {} closed the connection without an answer",
+                        self.url
+                    )),
+                    false => self.not_http("the connection closed inside its answer's head"),
+                });
+            }
+        }
+    }
+
+    /// Reads an answer's body, given what came with its head.
+    fn read_body(
+        &self,
+        stream: &mut TcpStream,
+        delimiter: Delimiter,
+        mut input: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, Failure> {
+        let mut decoder = Decoder::new(delimiter);
+        let mut body = Vec::new();
+        loop {
+            if decoder
+                .decode(&input, &mut body)
+                .map_err(|e| self.not_http(&e))?
+            {
+                return Ok(body);
+            }
+            input.clear();
+            if read_more(stream, &mut input, deadline).map_err(|e| self.lost(&e))? == 0 {
+                return match delimiter {
+                    Delimiter::Close => Ok(body),
+                    _ => Err(self.not_http("the connection closed inside its answer's body")),
+                };
+            }
+        }
+    }
+
+    /// Says that the server's bytes are not an HTTP answer, and why.
+    fn not_http(&self, why: &str) -> Failure {
+        Failure::Unreachable(format!(
+            "the server at {} did not answer in HTTP: {why}",
+            self.url
+        ))
+    }
+
+    /// Says that the connection failed while reading or writing.
+    fn lost(&self, e: &io::Error) -> Failure {
+        Failure::Unreachable(match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                format!("the server at {} did not answer in time", self.url)
+            }
+            _ => format!("the connection to the server at {} broke: {e}", self.url),
+        })
+    }
+}
+
+/// Splits `HOST[:PORT]` (HOST may be `[IPv6]`); the port defaults to 80.
+fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (host, after) = bracketed.split_once(']')?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        None => 80,
+        Some(port) => port.parse().ok().filter(|&p| p > 0)?,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+/// Reads what has arrived into `input`, waiting until `deadline` at most;
+/// returns how many bytes came (0: the server closed the connection).
+fn read_more(stream: &mut TcpStream, input: &mut Vec<u8>, deadline: Instant) -> io::Result<usize> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    stream.set_read_timeout(Some(left))?;
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(n) => {
+                input.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Parses a response head (status line, header lines, blank line): its
+/// status and how its body is delimited. Header lines follow the server's
+/// own rules ([`split_field`]); the error says what is wrong.
+fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static str> {
+    let mut lines = head_lines(head);
+    let status_line = lines
+        .next()
+        .unwrap_or(Ok(b""))
+        .map_err(HttpError::message)?;
+    let status = parse_status_line(status_line).ok_or("its status line is malformed")?;
+    let (mut length, mut chunked) = (None, false);
+    for line in lines {
+        let line = line.map_err(HttpError::message)?;
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = split_field(line).map_err(HttpError::message)?;
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_content_length(value).map_err(HttpError::message)?;
+            if length.is_some_and(|l| l != n) {
+                return Err("its answer has two different Content-Lengths");
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // RFC 9112 §6.3: chunked, when it is the last coding.
+            let last = value.rsplit(|&b| b == b',').next().map(trim_ows);
+            chunked = last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let delimiter = match (chunked, length) {
+        (true, _) => Delimiter::Chunked,
+        (false, Some(n)) => Delimiter::Length(n),
+        (false, None) => Delimiter::Close,
+    };
+    Ok(ResponseHead { status, delimiter })
+}
+
+/// Reads a status line (RFC 9112 §4): `HTTP/1.1` or `HTTP/1.0`, a space,
+/// three digits, then a space and a reason phrase, or nothing. Returns the
+/// status code.
+fn parse_status_line(line: &[u8]) -> Option<u16> {
+    let rest = line
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| line.strip_prefix(b"HTTP/1.0 "))?;
+    let (code, reason) = rest.split_at_checked(3)?;
+    if !code.iter().all(u8::is_ascii_digit) || !matches!(reason.first(), None | Some(b' ')) {
+        return None;
+    }
+    let code = code.iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+    (100..=599).contains(&code).then_some(code)
+}
+
+/// Where reading an answer's body is: by its length, by the server's
+/// chunked decoder, or to the connection's end.
+enum Decoder {
+    /// This many bytes are still to come.
+    Length(u64),
+    /// Chunked; the decoder keeps its place between reads.
+    Chunked(Box<Chunked>),
+    /// Everything until the connection closes.
+    Close,
+}
+
+impl Decoder {
+    /// Starts reading a body delimited so.
+    fn new(delimiter: Delimiter) -> Decoder {
+        match delimiter {
+            Delimiter::Length(n) => Decoder::Length(n),
+            Delimiter::Chunked => Decoder::Chunked(Box::default()),
+            Delimiter::Close => Decoder::Close,
+        }
+    }
+
+    /// Appends to `out` the body in `input`, all of which has arrived;
+    /// returns whether the body is complete. What follows a complete body
+    /// is dropped: every request says `Connection: close`.
+    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, String> {
+        let done = match self {
+            Decoder::Length(left) => {
+                let take = (*left).min(input.len() as u64);
+                out.extend_from_slice(&input[..take as usize]);
+                *left -= take;
+                *left == 0
+            }
+            Decoder::Chunked(chunked) => {
+                chunked.feed(input, MAX_ANSWER).map_err(|e| match e {
+                    HttpError::BodyTooLarge => "a chunk larger than any bgtasks sends".to_string(),
+                    e => format!("its chunked body is malformed ({})", e.message()),
+                })?;
+                out.append(&mut chunked.body);
+                chunked.state == ChunkState::Done
+            }
+            Decoder::Close => {
+                out.extend_from_slice(input);
+                false
+            }
+        };
+        if out.len() > MAX_ANSWER {
+            return Err("an answer larger than any bgtasks sends".to_string());
+        }
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses a command line as the client would, with no environment.
+    fn parse_args(args: &[&str]) -> Result<Invocation, Failure> {
+        parse_env(args, &[])
+    }
+
+    /// Parses a command line with these environment variables.
+    fn parse_env(args: &[&str], env: &[(&str, &str)]) -> Result<Invocation, Failure> {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        };
+        parse(args.iter().map(OsString::from), &lookup)
+    }
+
+    /// Parses a command line that must run, and returns its command.
+    fn command_of(args: &[&str]) -> Command {
+        match parse_args(args) {
+            Ok(Invocation::Run(job)) => job.command,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    /// Parses a command line that must be a usage error; returns its message.
+    fn usage_error(args: &[&str]) -> String {
+        match parse_args(args) {
+            Err(Failure::Usage(message, _)) => message,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn commands_become_requests_with_options_anywhere() {
+        let get = |path: &str, shape| Command::Ask("GET", path.to_string(), shape);
+        let post = |path: &str, shape| Command::Ask("POST", path.to_string(), shape);
+        let cases: &[(&[&str], Command)] = &[
+            (&["status", "abc"], get("/tasks/abc", Shape::Members)),
+            (
+                &["status", "--json", "abc"],
+                get("/tasks/abc", Shape::Members),
+            ),
+            (
+                &["status", "--", "-odd"],
+                get("/tasks/-odd", Shape::Members),
+            ),
+            (
+                &["status", "a/b?c"],
+                get("/tasks/a%2Fb%3Fc", Shape::Members),
+            ),
+            (
+                &["cancel", "abc"],
+                post("/tasks/abc/cancel", Shape::Members),
+            ),
+            (&["retry", "abc"], post("/tasks/abc/retry", Shape::Ids)),
+            (&["pause", "q"], post("/queues/q/pause", Shape::Members)),
+            (&["resume", "q"], post("/queues/q/resume", Shape::Members)),
+            (&["queues"], get("/queues", Shape::Table("queues", &[]))),
+            (
+                &["list", "--limit", "5", "--state=failed", "--queue", "a b"],
+                get(
+                    "/tasks?state=failed&queue=a%20b&limit=5",
+                    Shape::Table("tasks", LIST_COLUMNS),
+                ),
+            ),
+            (
+                &["wait", "abc", "--timeout", "1m30s"],
+                Command::Wait("abc".into(), Some(Duration::from_secs(90))),
+            ),
+            (&["wait", "abc"], Command::Wait("abc".into(), None)),
+            (
+                &["events", "--queue", "q", "--id=x", "--task-id", "a&b"],
+                Command::Events("?id=x&task_id=a%26b&queue=q".into()),
+            ),
+            (&["events"], Command::Events(String::new())),
+            (
+                &["submit", "{\"work_duration\": \"1s\"}"],
+                Command::Submit(Some(b"{\"work_duration\": \"1s\"}".to_vec()), None),
+            ),
+            (
+                &["submit", "-", "--wait"],
+                Command::Submit(None, Some(None)),
+            ),
+            (
+                &["submit", "--wait=2s", " [{}]"],
+                Command::Submit(Some(b" [{}]".to_vec()), Some(Some(Duration::from_secs(2)))),
+            ),
+        ];
+        for (args, command) in cases {
+            assert_eq!(&command_of(args), command, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn options_build_a_submission() {
+        let args = [
+            "submit",
+            "--task-id",
+            "say \"hi\"",
+            "--after",
+            "a1",
+            "--duration",
+            "5s",
+            "--payload",
+            " {\"n\": [1, 2]} ",
+            "--queue=q",
+            "--delay",
+            "1m",
+            "--after",
+            "b2",
+        ];
+        let expected = r#"{"task_id": "say \"hi\"", "work_duration": "5s", "queue": "q", "delay": "1m", "payload": {"n": [1, 2]}, "after": ["a1", "b2"]}"#;
+        match command_of(&args) {
+            Command::Submit(Some(body), None) => {
+                assert_eq!(String::from_utf8(body).unwrap(), expected);
+                serde_json::from_str::<serde_json::Value>(expected).unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+        let kind_only = command_of(&["submit", "--kind", "thumb"]);
+        assert_eq!(
+            kind_only,
+            Command::Submit(Some(br#"{"kind": "thumb"}"#.to_vec()), None)
+        );
+    }
+
+    #[test]
+    fn bad_command_lines_are_usage_errors_that_say_why() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["frobnicate"], "unknown command \"frobnicate\""),
+            (&["status"], "ID is missing"),
+            (&["status", "a", "b"], "unexpected argument \"b\""),
+            (
+                &["status", "--bogus", "a"],
+                "unknown option \"--bogus\" for status",
+            ),
+            (
+                &["submit", "--workers", "4", "{}"],
+                "--workers is a flag of the server",
+            ),
+            (&["status", "--json=yes", "a"], "--json takes no value"),
+            (&["wait", "a", "--timeout"], "--timeout needs a value"),
+            (
+                &["wait", "a", "--timeout", "soon"],
+                "--timeout: invalid duration",
+            ),
+            (
+                &["wait", "a", "--timeout", "-1s"],
+                "--timeout: negative duration",
+            ),
+            (
+                &["list", "--limit", "0"],
+                "--limit: expected a positive whole number",
+            ),
+            (&["queues", "extra"], "unexpected argument \"extra\""),
+            (&["submit"], "submit needs a BODY"),
+            (&["submit", "--wait", "5s"], "--wait=DURATION"),
+            (
+                &["submit", "hello"],
+                "BODY must be a JSON object or an array",
+            ),
+            (&["submit", "{}", "--duration", "1s"], "not both"),
+            (&["submit", "--task-id", "x"], "--duration is needed"),
+            (
+                &["submit", "--duration", "soon"],
+                "--duration: invalid duration",
+            ),
+            (
+                &["submit", "--duration", "1s", "--payload", "{"],
+                "--payload",
+            ),
+            (
+                &["submit", "--wait=never", "{}"],
+                "--wait: invalid duration",
+            ),
+            (
+                &["status", "a", "--server", "https://h"],
+                "TLS-terminating proxy",
+            ),
+            (
+                &["status", "a", "--token", ""],
+                "--token: the token must be",
+            ),
+        ];
+        for (args, expected) in cases {
+            let message = usage_error(args);
+            assert!(message.contains(expected), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn help_is_per_command_and_wins_over_bad_arguments() {
+        for spec in COMMANDS {
+            for flag in ["-h", "--help"] {
+                match parse_args(&[spec.name, "--bogus=1", flag]) {
+                    Err(Failure::Usage(..)) => {}
+                    other => panic!("{other:?}"),
+                }
+                match parse_args(&[spec.name, flag, "--bogus"]) {
+                    Ok(Invocation::Help(s)) => {
+                        assert_eq!(s.name, spec.name);
+                        let help = s.help();
+                        assert!(help.starts_with(&s.usage()), "{help}");
+                        assert!(help.contains("--server URL"), "{help}");
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_server_and_token_come_from_flags_then_the_environment() {
+        let server = |args: &[&str], env: &[(&str, &str)]| match parse_env(args, env) {
+            Ok(Invocation::Run(job)) => (job.server.url, job.server.token),
+            other => panic!("{other:?}"),
+        };
+        let env = [("BGTASKS_SERVER", "http://e:1"), ("BGTASKS_TOKEN", "t-env")];
+        assert_eq!(
+            server(&["queues"], &[]),
+            ("http://127.0.0.1:8000".to_string(), None)
+        );
+        assert_eq!(
+            server(&["queues"], &env),
+            ("http://e:1".to_string(), Some("t-env".to_string()))
+        );
+        assert_eq!(
+            server(&["queues", "--server", "f:2", "--token=t-flag"], &env),
+            ("f:2".to_string(), Some("t-flag".to_string()))
+        );
+    }
+
+    #[test]
+    fn server_urls_name_a_host_a_port_and_a_path() {
+        /// A URL, and its host, port, `Host` header and path prefix.
+        type Case<'a> = (&'a str, Option<(&'a str, u16, &'a str, &'a str)>);
+        let cases: &[Case] = &[
+            (
+                "http://127.0.0.1:8000",
+                Some(("127.0.0.1", 8000, "127.0.0.1:8000", "")),
+            ),
+            (
+                "HTTP://Example.org",
+                Some(("Example.org", 80, "Example.org", "")),
+            ),
+            ("localhost:9", Some(("localhost", 9, "localhost:9", ""))),
+            ("http://[::1]:8000/", Some(("::1", 8000, "[::1]:8000", ""))),
+            ("http://[::1]/x", Some(("::1", 80, "[::1]", "/x"))),
+            ("http://h:1/bg/tasks/", Some(("h", 1, "h:1", "/bg/tasks"))),
+            ("http://", None),
+            ("http://:80", None),
+            ("http://h:0", None),
+            ("http://h:65536", None),
+            ("http://h:x", None),
+            ("http://[::1", None),
+            ("http://[::1]x", None),
+            ("http://user@h", None),
+            ("http://h/a b", None),
+            ("http://h/?q", None),
+            ("ftp://h", None),
+            ("https://h", None),
+        ];
+        for (url, expected) in cases {
+            let parsed = Server::parse(url, None).ok();
+            let got = parsed.as_ref().map(|s| {
+                (
+                    s.host.as_str(),
+                    s.port,
+                    s.authority.as_str(),
+                    s.base.as_str(),
+                )
+            });
+            assert_eq!(got, *expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn requests_carry_host_token_and_length() {
+        let mut server = Server::parse("http://h:1/p/", Some("tok".into())).unwrap();
+        let request = server.request("POST", "/tasks", b"{}");
+        let expected = "POST /p/tasks HTTP/1.1\r\nHost: h:1\r\nUser-Agent: bgtasks/VERSION\r\n\
+            Authorization: Bearer tok\r\nContent-Type: application/json\r\n\
+            Content-Length: 2\r\nConnection: close\r\n\r\n{}";
+        let expected = expected.replace("VERSION", env!("CARGO_PKG_VERSION"));
+        assert_eq!(String::from_utf8(request).unwrap(), expected);
+        server.token = None;
+        let request = String::from_utf8(server.request("POST", "/tasks/a/cancel", b"")).unwrap();
+        assert!(request.ends_with("\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+        assert!(!request.contains("Authorization") && !request.contains("Content-Type"));
+        let request = String::from_utf8(server.request("GET", "/queues", b"")).unwrap();
+        assert!(!request.contains("Content-Length"), "{request}");
+    }
+
+    #[test]
+    fn status_lines_are_read_strictly() {
+        let cases: &[(&[u8], Option<u16>)] = &[
+            (b"HTTP/1.1 200 OK", Some(200)),
+            (b"HTTP/1.0 503 Service Unavailable", Some(503)),
+            (b"HTTP/1.1 404", Some(404)),
+            (b"HTTP/1.1 204 ", Some(204)),
+            (b"HTTP/1.1 99 Low", None),
+            (b"HTTP/1.1 600 High", None),
+            (b"HTTP/1.1 2000 OK", None),
+            (b"HTTP/1.1 20x OK", None),
+            (b"HTTP/2 200 OK", None),
+            (b"HTTP/1.1  200 OK", None),
+            (b"SSH-2.0-OpenSSH_9.6", None),
+            (b"", None),
+        ];
+        for (line, status) in cases {
+            assert_eq!(
+                parse_status_line(line),
+                *status,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn response_heads_say_how_the_body_is_delimited() {
+        let head = |text: &str| parse_response_head(text.as_bytes());
+        let ok = |status, delimiter| Ok(ResponseHead { status, delimiter });
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: x\r\n\r\n"),
+            ok(200, Delimiter::Length(12))
+        );
+        assert_eq!(
+            head("HTTP/1.1 200 OK\nTransfer-Encoding: gzip, Chunked\n\n"),
+            ok(200, Delimiter::Chunked)
+        );
+        assert_eq!(head("HTTP/1.0 200 OK\r\n\r\n"), ok(200, Delimiter::Close));
+        assert_eq!(
+            head("HTTP/1.1 200 OK\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\n"),
+            ok(200, Delimiter::Length(3))
+        );
+        for bad in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nNo colon\r\n\r\n",
+            "HTTP/1.1 200 OK\r\n folded: x\r\n\r\n",
+            "HTTP/1.1 200 OK\rX: y\r\n\r\n",
+            "hello\r\n\r\n",
+        ] {
+            assert!(head(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bodies_decode_however_they_are_split() {
+        let cases: &[(Delimiter, &[u8], &[u8])] = &[
+            (Delimiter::Length(5), b"hello and more", b"hello"),
+            (Delimiter::Length(0), b"", b""),
+            (
+                Delimiter::Chunked,
+                b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\nTrailer: x\r\n\r\n",
+                b"hello!",
+            ),
+        ];
+        for (delimiter, wire, body) in cases {
+            for cut in 0..=wire.len() {
+                let mut decoder = Decoder::new(*delimiter);
+                let mut out = Vec::new();
+                let first = decoder.decode(&wire[..cut], &mut out).unwrap();
+                let done = first || decoder.decode(&wire[cut..], &mut out).unwrap();
+                assert!(done, "{delimiter:?} cut at {cut}");
+                assert_eq!(out, *body, "{delimiter:?} cut at {cut}");
+            }
+        }
+        let mut decoder = Decoder::new(Delimiter::Chunked);
+        assert!(decoder.decode(b"zz\r\n", &mut Vec::new()).is_err());
+        let mut decoder = Decoder::new(Delimiter::Close);
+        assert_eq!(decoder.decode(b"abc", &mut Vec::new()), Ok(false));
+    }
+
+    #[test]
+    fn a_batch_answer_gives_every_id_in_order() {
+        let batch = br#"{"tasks": [{"id": "5NMN1", "task_id": "a", "state": "queued"},
+            {"id": "5NMN2", "task_id": null, "state": "waiting"},
+            {"id": "5NMN3", "task_id": "c", "state": "cancelled"}]}"#;
+        assert_eq!(
+            accepted_ids(batch),
+            Some(vec!["5NMN1".into(), "5NMN2".into(), "5NMN3".into()])
+        );
+        let one = br#"{"status": "task queued successfully", "id": "5NMNx", "task_id": "t", "state": "queued"}"#;
+        assert_eq!(accepted_ids(one), Some(vec!["5NMNx".into()]));
+        assert_eq!(accepted_ids(br#"{"tasks": []}"#), Some(vec![]));
+        assert_eq!(accepted_ids(br#"{"error": "no"}"#), None);
+        assert_eq!(accepted_ids(b"[1]"), None);
+    }
+
+    #[test]
+    fn wait_asks_again_pauses_or_stops_as_the_answer_says() {
+        /// An answer's status, its state, the state seen before, whether
+        /// it came early, and what `wait` does next.
+        type Case<'a> = (u16, Option<&'a str>, Option<&'a str>, bool, Next);
+        let cases: &[Case] = &[
+            (200, Some("succeeded"), None, true, Next::Ended),
+            (200, Some("failed"), Some("running"), false, Next::Ended),
+            (200, Some("cancelled"), Some("queued"), true, Next::Ended),
+            (200, Some("running"), Some("queued"), true, Next::Ask),
+            (200, Some("running"), None, true, Next::Ask),
+            (200, Some("running"), Some("running"), false, Next::Ask),
+            // A server shutting down answers long polls at once, unchanged.
+            (200, Some("running"), Some("running"), true, Next::Pause),
+            (503, None, Some("running"), true, Next::Pause),
+            (502, None, None, false, Next::Pause),
+            (504, None, None, false, Next::Pause),
+            (404, None, None, true, Next::Refuse),
+            (401, None, None, true, Next::Refuse),
+            (500, None, None, true, Next::Refuse),
+            (200, None, None, true, Next::Refuse),
+        ];
+        for &(status, state, seen, early, ref next) in cases {
+            assert_eq!(
+                &next_step(status, state, seen, early),
+                next,
+                "{status} {state:?} {seen:?} {early}"
+            );
+        }
+    }
+
+    #[test]
+    fn members_keep_the_servers_order_and_print_safely() {
+        let body = br#"{"id": "x1", "task_id": "two words", "state": "running", "attempt": 1,
+            "error": null, "result": {"a":
+            [1, 2]}, "label": "\u001b[31mred", "del": "a\u007fb"}"#;
+        let object = members(body).unwrap();
+        let mut out = Vec::new();
+        write_members(&mut out, &object).unwrap();
+        let expected = "id:      x1\n\
+                        task_id: two words\n\
+                        state:   running\n\
+                        attempt: 1\n\
+                        error:   -\n\
+                        result:  {\"a\": [1, 2]}\n\
+                        label:   \"\\u001b[31mred\"\n\
+                        del:     \"a\\u007fb\"\n";
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert!(members(b"[1, 2]").is_err());
+        assert!(members(b"\xff").is_err());
+    }
+
+    #[test]
+    fn tables_have_one_header_line_and_aligned_columns() {
+        let rows = r#"[{"name": "default", "workers": 10, "paused": false},
+                       {"name": "backup", "workers": 1, "paused": true, "extra": 0}]"#;
+        let rows: Vec<Members> = serde_json::from_str(rows).unwrap();
+        let mut out = Vec::new();
+        write_table(&mut out, &rows, &["name", "workers", "paused", "rate"]).unwrap();
+        let expected = "NAME     WORKERS  PAUSED  RATE\n\
+                        default  10       false   -\n\
+                        backup   1        true    -\n";
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        let mut out = Vec::new();
+        write_table(&mut out, &[], LIST_COLUMNS).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ID  STATE  QUEUE  KIND  ATTEMPT  CREATED_AT  TASK_ID\n"
+        );
+    }
+
+    #[test]
+    fn event_streams_are_cut_into_events_however_they_arrive() {
+        let wire = ": keep-alive\n\nevent: stats\ndata: {\"counts\": {}}\n\n\
+                    event: task\r\ndata: {\"id\": \"a\"}\r\n\r\ndata: x\ndata: y\n\n";
+        let expected = [
+            ("stats", "{\"counts\": {}}"),
+            ("task", "{\"id\": \"a\"}"),
+            ("message", "x\ny"),
+        ];
+        for cut in 0..=wire.len() {
+            let mut text = EventText::default();
+            let mut events = Vec::new();
+            for part in [&wire.as_bytes()[..cut], &wire.as_bytes()[cut..]] {
+                text.push(part);
+                while let Some(event) = text.next_event().unwrap() {
+                    events.push(event);
+                }
+            }
+            let events: Vec<(&str, &str)> = events
+                .iter()
+                .map(|(n, d)| (n.as_str(), d.as_str()))
+                .collect();
+            assert_eq!(events, expected, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn events_print_as_one_line_each() {
+        let task = r#"{"id": "a1", "task_id": "two words", "kind": "sleep", "queue": "default",
+            "state": "running", "attempt": 1, "progress": null, "at": "2026-12-07T20:00:00.000Z"}"#;
+        assert_eq!(
+            event_line("task", task),
+            "2026-12-07T20:00:00.000Z a1 running task_id=\"two words\" kind=sleep \
+             queue=default attempt=1"
+        );
+        let progress =
+            r#"{"id": "a1", "task_id": "x=y", "state": "running", "progress": {"done": 3}}"#;
+        assert_eq!(
+            event_line("task", progress),
+            "- a1 running task_id=\"x=y\" progress={\"done\": 3}"
+        );
+        let stats = r#"{"counts": {"queued": 1, "running": 2}, "queues": [{"name": "default"}],
+            "accepted_total": 3, "rejected_total": 0, "finished_total": {"succeeded": 0}}"#;
+        assert_eq!(
+            event_line("stats", stats),
+            "stats queued=1 running=2 accepted_total=3 rejected_total=0"
+        );
+        assert_eq!(event_line("odd", "not json\n"), "odd not json");
+        assert_eq!(
+            one_line("{\"a b\\\"\\t\" :\n\t[ 1 ] }"),
+            "{\"a b\\\"\\t\" : [ 1 ] }"
+        );
+        assert_eq!(event_line("other", r#"{"n": 1}"#), "other n=1");
+    }
+
+    #[test]
+    fn misplaced_client_arguments_are_named_for_the_server() {
+        let command = misplaced("submit").unwrap();
+        assert!(command.contains("client command") && command.contains("comes first"));
+        let option = misplaced("--json").unwrap();
+        assert!(option.contains("option of the client"), "{option}");
+        assert!(misplaced("--wait=5s").unwrap().contains("--wait "));
+        assert_eq!(misplaced("--bogus"), None);
+        assert_eq!(misplaced("hello"), None);
+    }
+}

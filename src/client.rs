@@ -1398,17 +1398,24 @@ fn write_table(out: &mut impl Write, rows: &[Members], columns: &[&str]) -> io::
     Ok(())
 }
 
-/// Returns a value as people read it: a string without its quotes (kept
-/// quoted and escaped when it holds control characters, which could drive
-/// a terminal), `-` for null, anything else as its JSON on one line.
+/// Returns a value as people read it: a string without its quotes and
+/// its last line breaks (kept quoted and escaped when it holds other
+/// control characters — more lines, or codes that could drive a
+/// terminal), `-` for null, anything else as its JSON on one line.
 fn plain(raw: &RawValue) -> String {
     let text = raw.get();
     if text == "null" {
         return "-".to_string();
     }
     match serde_json::from_str::<String>(text) {
-        Ok(s) if !s.chars().any(char::is_control) => s,
-        _ => one_line(text),
+        Ok(mut s) => {
+            s.truncate(s.trim_end_matches(['\n', '\r']).len());
+            match s.chars().any(char::is_control) {
+                true => one_line(text),
+                false => s,
+            }
+        }
+        Err(_) => one_line(text),
     }
 }
 
@@ -2314,7 +2321,8 @@ mod tests {
     fn members_keep_the_servers_order_and_print_safely() {
         let body = br#"{"id": "x1", "task_id": "two words", "state": "running", "attempt": 1,
             "error": null, "result": {"a":
-            [1, 2]}, "label": "\u001b[31mred", "del": "a\u007fb"}"#;
+            [1, 2]}, "label": "\u001b[31mred", "del": "a\u007fb",
+            "stderr": "one line\n", "lines": "one\ntwo\n"}"#;
         let object = members(body).unwrap();
         let mut out = Vec::new();
         write_members(&mut out, &object).unwrap();
@@ -2325,7 +2333,9 @@ mod tests {
                         error:   -\n\
                         result:  {\"a\": [1, 2]}\n\
                         label:   \"\\u001b[31mred\"\n\
-                        del:     \"a\\u007fb\"\n";
+                        del:     \"a\\u007fb\"\n\
+                        stderr:  one line\n\
+                        lines:   \"one\\ntwo\\n\"\n";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
         assert!(members(b"[1, 2]").is_err());
         assert!(members(b"\xff").is_err());

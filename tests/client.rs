@@ -573,7 +573,7 @@ fn bad_usage_exits_2_with_the_usage_line() {
         ),
         (
             &["submit", "--workers", "4", "{}"],
-            "--workers is a flag of the server",
+            "it is a flag of the server",
             "usage: bgtasks submit ",
         ),
         (

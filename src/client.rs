@@ -1445,7 +1445,11 @@ impl Server {
             }
             scanned = input.len();
             if read_more(stream, input, deadline).map_err(|e| self.lost(&e))? == 0 {
-                return Err(self.gone(format_args!("closed the connection without an answer")));
+                let what = match input.is_empty() {
+                    true => "closed the connection without an answer",
+                    false => "did not answer in HTTP: its answer ends inside its head",
+                };
+                return Err(self.gone(format_args!("{what}")));
             }
         }
     }

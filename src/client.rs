@@ -1015,74 +1015,47 @@ impl EventText {
     fn next_event(&mut self) -> Option<(String, String)> {
         loop {
             let end = self.text.windows(2).position(|w| w == b"\n\n")?;
-            let event = String::from_utf8_lossy(&self.text[..end]).into_owned();
-            self.text.drain(..end + 2);
-            let (mut name, mut data) = (None, None::<String>);
-            for line in event.split('\n') {
-                let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                match (field, &mut data) {
-                    ("event", _) => name = Some(value.to_string()),
-                    ("data", Some(data)) => *data = format!("{data}\n{value}"),
-                    ("data", None) => data = Some(value.to_string()),
-                    _ => {}
+            let event: Vec<u8> = self.text.drain(..end + 2).collect();
+            let (mut name, mut data) = (String::new(), None::<String>);
+            for line in String::from_utf8_lossy(&event).lines() {
+                if let Some(value) = line.strip_prefix("event:") {
+                    name = value.trim_start().to_string();
+                } else if let Some(value) = line.strip_prefix("data:") {
+                    let value = value.trim_start();
+                    data = Some(data.map_or_else(|| value.to_string(), |d| d + "\n" + value));
                 }
             }
-            if name.is_some() || data.is_some() {
-                let name = name.unwrap_or_else(|| "message".to_string());
+            if !name.is_empty() || data.is_some() {
+                if name.is_empty() {
+                    name = "message".to_string();
+                }
                 return Some((name, data.unwrap_or_default()));
             }
         }
     }
 }
 
-/// Returns an event as one line for people: a task's change as its time,
-/// id and state, then its other members as `name=value`; `stats` as its
-/// counts and totals; any other event as its name and members.
+/// Returns an event as one line for people: its name, then its members
+/// as `name=value` — a string bare unless it is empty or holds a space, a
+/// quote or `=` (then it is its JSON, which quotes it), an object as its
+/// JSON on one line; nulls and arrays (the queues of `stats`) left out.
 fn event_line(name: &str, data: &str) -> String {
+    let mut line = one_line(name);
     let Some(object) = Members::parse(data) else {
-        return format!("{name} {}", one_line(data));
+        return line + " " + &one_line(data);
     };
-    let mut line;
-    match name {
-        "task" => {
-            let field = |key| object.get(key).map_or_else(|| "-".to_string(), plain);
-            line = format!("{} {} {}", field("at"), field("id"), field("state"));
-            write_pairs(&mut line, &object, |key, _| {
-                !matches!(key, "at" | "id" | "state")
-            });
-        }
-        "stats" => {
-            line = "stats".to_string();
-            if let Some(counts) = object.get("counts").and_then(|c| Members::parse(c.get())) {
-                write_pairs(&mut line, &counts, |_, _| true);
-            }
-            write_pairs(&mut line, &object, |_, value| {
-                !value.get().starts_with(['{', '['])
-            });
-        }
-        _ => {
-            line = one_line(name);
-            write_pairs(&mut line, &object, |_, _| true);
-        }
-    }
-    line
-}
-
-/// Appends the members `shown` picks to a line, as ` name=value`, leaving
-/// out nulls. A string value is bare unless it is empty or holds a space,
-/// a quote or `=`; then it is its JSON, which quotes it.
-fn write_pairs(line: &mut String, object: &Members, shown: fn(&str, &RawValue) -> bool) {
     for &(key, value) in &object.0 {
-        if value.get() == "null" || !shown(key, value) {
+        let raw = value.get();
+        if raw == "null" || raw.starts_with('[') {
             continue;
         }
         let mut text = plain(value);
-        if value.get().starts_with('"') && (text.is_empty() || text.contains([' ', '"', '='])) {
-            text = one_line(value.get());
+        if raw.starts_with('"') && (text.is_empty() || text.contains([' ', '"', '='])) {
+            text = one_line(raw);
         }
         let _ = write!(line, " {}={text}", one_line(key));
     }
+    line
 }
 
 // ---- Showing JSON to people ----
@@ -1165,7 +1138,9 @@ fn write_table(out: &mut impl Write, rows: &[Members], columns: &[&str]) -> io::
     let mut widths = vec![0; columns.len()];
     for (i, cell) in cells.iter().enumerate() {
         let width = &mut widths[i % columns.len()];
-        *width = (*width).max(cell.chars().count());
+        // Bytes, not characters: every column but the last (the label,
+        // never padded) holds ASCII names, ids, numbers and times.
+        *width = (*width).max(cell.len());
     }
     let mut line = String::new();
     for (i, cell) in cells.iter().enumerate() {
@@ -1237,13 +1212,12 @@ struct Server {
     /// The host and port to connect to, `HOST:PORT` (an IPv6 address in
     /// brackets), as std resolves it.
     address: String,
-    /// The `Host` header: the URL's host and port as given.
-    authority: String,
     /// A path every request's path follows (a proxy's location), without
     /// its last `/`.
     base: String,
-    /// The bearer token, if any.
-    token: Option<String>,
+    /// The header lines every request carries: `Host` (the URL's host and
+    /// port as given), `User-Agent` and, with a token, `Authorization`.
+    headers: String,
 }
 
 /// An answer of the server.
@@ -1329,13 +1303,19 @@ impl Server {
             .bytes()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'@' | b'?' | b'#'));
         match split_host_port(authority) {
-            Some(address) if plain && scheme.eq_ignore_ascii_case("http") => Ok(Server {
-                url: url.to_string(),
-                address,
-                authority: authority.to_string(),
-                base: base.trim_end_matches('/').to_string(),
-                token,
-            }),
+            Some(address) if plain && scheme.eq_ignore_ascii_case("http") => {
+                let version = env!("CARGO_PKG_VERSION");
+                let mut headers = format!("Host: {authority}\r\nUser-Agent: bgtasks/{version}\r\n");
+                if let Some(token) = token {
+                    let _ = write!(headers, "Authorization: Bearer {token}\r\n");
+                }
+                Ok(Server {
+                    url: url.to_string(),
+                    address,
+                    base: base.trim_end_matches('/').to_string(),
+                    headers,
+                })
+            }
             _ => Err(format!(
                 "--server {url:?} is not a URL such as http://127.0.0.1:8000"
             )),
@@ -1368,7 +1348,7 @@ impl Server {
             .as_str()
             .to_socket_addrs()
             .map_err(|e| self.gone(format_args!("cannot be reached: {e}")))?;
-        let mut failed = io::Error::other("its host has no address");
+        let mut failed = None;
         for address in addresses {
             let sent = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).and_then(|s| {
                 s.set_write_timeout(Some(ANSWER_TIMEOUT))?;
@@ -1377,24 +1357,21 @@ impl Server {
             });
             match sent {
                 Ok(stream) => return Ok(stream),
-                Err(e) => failed = e,
+                Err(e) => failed = Some(e),
             }
         }
-        Err(self.gone(format_args!("cannot be reached: {failed}")))
+        Err(match failed {
+            Some(e) => self.gone(format_args!("cannot be reached: {e}")),
+            None => self.gone(format_args!("cannot be reached: its host has no address")),
+        })
     }
 
     /// Writes a request. Each request has its own connection
     /// (`Connection: close`), so an answer ends where its connection does
     /// if nothing else says so.
     fn request(&self, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-        let (base, authority) = (&self.base, &self.authority);
-        let version = env!("CARGO_PKG_VERSION");
-        let mut head = format!(
-            "{method} {base}{path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: bgtasks/{version}\r\n"
-        );
-        if let Some(token) = &self.token {
-            let _ = write!(head, "Authorization: Bearer {token}\r\n");
-        }
+        let (base, headers) = (&self.base, &self.headers);
+        let mut head = format!("{method} {base}{path} HTTP/1.1\r\n{headers}");
         if method == "POST" {
             let length = body.len();
             let _ = write!(
@@ -1482,22 +1459,15 @@ impl Server {
     }
 }
 
-/// Checks `HOST[:PORT]` (HOST may be `[IPv6]`) and returns it as
-/// `HOST:PORT`, the port 80 if none is given.
+/// Returns `HOST[:PORT]` (HOST may be `[IPv6]`) as `HOST:PORT`, the port
+/// 80 if none is given; `None` without a host or with a bad port. The
+/// host itself is checked when it is resolved.
 fn split_host_port(authority: &str) -> Option<String> {
-    let colon = authority
-        .rfind(':')
-        .filter(|&c| !authority[c..].contains(']'));
-    let (host, port) = match colon {
-        Some(c) => (&authority[..c], authority[c + 1..].parse().ok()?),
-        None => (authority, 80u16),
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
+        _ => (authority, 80u16),
     };
-    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
-    let ok = match bracketed {
-        Some(v6) => !v6.is_empty() && !v6.contains(['[', ']']),
-        None => !host.is_empty() && !host.contains(['[', ']', ':']),
-    };
-    (ok && port > 0).then(|| format!("{host}:{port}"))
+    (!host.is_empty() && port > 0).then(|| format!("{host}:{port}"))
 }
 
 /// Reads what has arrived into `input`, waiting until `deadline` at most;
@@ -1544,7 +1514,8 @@ fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static str> {
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             // RFC 9112 §6.3: chunked, when it is the last coding.
-            chunked = value.to_ascii_lowercase().ends_with(b"chunked");
+            let last = value.len().saturating_sub(7);
+            chunked = value[last..].eq_ignore_ascii_case(b"chunked");
         }
     }
     let delimiter = match (chunked, length) {
@@ -1833,7 +1804,11 @@ mod tests {
     #[test]
     fn the_server_and_token_come_from_flags_then_the_environment() {
         let server = |args: &[&str], env: &[(&str, &str)]| match parse_env(args, env) {
-            Ok(Invocation::Run(job)) => (job.server.url, job.server.token),
+            Ok(Invocation::Run(job)) => {
+                let token = job.server.headers.split_once("Bearer ");
+                let token = token.map(|(_, t)| t.trim_end().to_string());
+                (job.server.url, token)
+            }
             other => panic!("{other:?}"),
         };
         let env = [("BGTASKS_SERVER", "http://e:1"), ("BGTASKS_TOKEN", "t-env")];
@@ -1854,7 +1829,7 @@ mod tests {
     #[test]
     fn server_urls_name_a_host_a_port_and_a_path() {
         /// A URL, and the address to connect to, the `Host` header and the
-        /// path prefix.
+        /// path prefix. A host that is not one is found when it is resolved.
         type Case<'a> = (&'a str, Option<(&'a str, &'a str, &'a str)>);
         let cases: &[Case] = &[
             (
@@ -1874,10 +1849,6 @@ mod tests {
             ("http://h:0", None),
             ("http://h:65536", None),
             ("http://h:x", None),
-            ("http://[::1", None),
-            ("http://[::1]x", None),
-            ("http://[]:80", None),
-            ("http://::1:80", None),
             ("http://user@h", None),
             ("http://h/a b", None),
             ("http://h/?q", None),
@@ -1886,9 +1857,13 @@ mod tests {
         ];
         for (url, expected) in cases {
             let parsed = Server::parse(url, None).ok();
-            let got = parsed
-                .as_ref()
-                .map(|s| (s.address.as_str(), s.authority.as_str(), s.base.as_str()));
+            let got = parsed.as_ref().map(|s| {
+                (
+                    s.address.as_str(),
+                    &s.headers[6..s.headers.find('\r').unwrap()],
+                    s.base.as_str(),
+                )
+            });
             assert_eq!(got, *expected, "{url}");
         }
     }
@@ -1902,7 +1877,7 @@ mod tests {
             Content-Length: 2\r\nConnection: close\r\n\r\n{}";
         let expected = expected.replace("VERSION", env!("CARGO_PKG_VERSION"));
         assert_eq!(String::from_utf8(request).unwrap(), expected);
-        server.token = None;
+        server = Server::parse("http://h:1/p/", None).unwrap();
         let request = String::from_utf8(server.request("POST", "/tasks/a/cancel", b"")).unwrap();
         assert!(request.ends_with("\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
         assert!(!request.contains("Authorization"), "{request}");
@@ -2111,27 +2086,26 @@ mod tests {
             "state": "running", "attempt": 1, "progress": null, "at": "2026-12-07T20:00:00.000Z"}"#;
         assert_eq!(
             event_line("task", task),
-            "2026-12-07T20:00:00.000Z a1 running task_id=\"two words\" kind=sleep \
-             queue=default attempt=1"
+            "task id=a1 task_id=\"two words\" kind=sleep queue=default state=running \
+             attempt=1 at=2026-12-07T20:00:00.000Z"
         );
-        let progress =
-            r#"{"id": "a1", "task_id": "x=y", "state": "running", "progress": {"done": 3}}"#;
+        let progress = r#"{"id": "a1", "task_id": "x=y", "progress": {"done":
+            3}, "label": "", "tab": "a\tb"}"#;
         assert_eq!(
             event_line("task", progress),
-            "- a1 running task_id=\"x=y\" progress={\"done\": 3}"
+            "task id=a1 task_id=\"x=y\" progress={\"done\": 3} label=\"\" tab=\"a\\tb\""
         );
         let stats = r#"{"counts": {"queued": 1, "running": 2}, "queues": [{"name": "default"}],
-            "accepted_total": 3, "rejected_total": 0, "finished_total": {"succeeded": 0}}"#;
+            "accepted_total": 3}"#;
         assert_eq!(
             event_line("stats", stats),
-            "stats queued=1 running=2 accepted_total=3 rejected_total=0"
+            "stats counts={\"queued\": 1, \"running\": 2} accepted_total=3"
         );
         assert_eq!(event_line("odd", "not json\n"), "odd not json");
         assert_eq!(
             one_line("{\"a b\\\"\\t\" :\n\t[ 1 ] }"),
             "{\"a b\\\"\\t\" : [ 1 ] }"
         );
-        assert_eq!(event_line("other", r#"{"n": 1}"#), "other n=1");
     }
 
     #[test]

@@ -268,16 +268,10 @@ the task events to one task, a label, a kind or a queue.
         options: "--id --task-id --kind --queue",
         build: |given| {
             given.no_words()?;
-            let filters = "--id=id --task-id=task_id --kind=kind --queue=queue";
-            Ok(Command::Events(given.query(filters)))
+            Ok(Command::Events(given.query()))
         },
     },
 ];
-
-/// The options of `submit` that build a body, each with the member it
-/// becomes.
-const BODY_OPTIONS: &str = "--task-id=task_id --duration=work_duration --kind=kind \
-    --queue=queue --delay=delay --payload=payload --after=after";
 
 /// The columns of `list`: the members that tell tasks apart at a glance,
 /// the label last because it may hold spaces.
@@ -335,13 +329,11 @@ fn say(line: Arguments) {
 /// and returns its exit status; `None` leaves the command line to the
 /// server, which takes flags only.
 pub(crate) fn dispatch() -> Option<i32> {
-    let first = std::env::args_os().nth(1)?;
-    if first.as_encoded_bytes().starts_with(b"-") {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.first()?.as_encoded_bytes().starts_with(b"-") {
         return None;
     }
-    Some(run(std::env::args_os().skip(1), &|name| {
-        std::env::var(name).ok()
-    }))
+    Some(run(args.into_iter(), &|name| std::env::var(name).ok()))
 }
 
 /// Explains an argument the server does not know but the client does: a
@@ -362,14 +354,21 @@ fn listed(table: &'static str, word: &str) -> Option<&'static str> {
     table.split(' ').find(|w| *w == word)
 }
 
-/// Returns the pairs of a table written as text, `A=B` words separated by
-/// spaces.
+/// Tells whether two names are the same but for the case of ASCII
+/// letters.
 #[inline(never)]
-fn pairs(table: &'static str) -> Vec<(&'static str, &'static str)> {
-    table
-        .split(' ')
-        .map(|w| w.split_once('=').unwrap_or((w, "")))
-        .collect()
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Returns the member of a submission, or the query parameter, that an
+/// option of the command line gives.
+fn member(option: &'static str) -> &'static str {
+    match option {
+        "--duration" => "work_duration",
+        "--task-id" => "task_id",
+        _ => option.get(2..).unwrap_or(option),
+    }
 }
 
 /// Runs a client command line (`args` start with the command) and returns
@@ -458,6 +457,7 @@ struct Given {
 
 impl Given {
     /// Returns how an option was given last: `Some(None)` without a value.
+    #[inline(never)]
     fn last(&self, name: &str) -> Option<Option<&str>> {
         let (_, value) = self.options.iter().rev().find(|(n, _)| *n == name)?;
         Some(value.as_deref())
@@ -495,16 +495,27 @@ impl Given {
         }
     }
 
-    /// Makes a query string (`?a=1&b=2`, or empty) of the options given;
-    /// `params` pairs each option with its parameter, `--option=param`,
-    /// space-separated.
-    fn query(&self, params: &'static str) -> String {
-        let mut text = String::new();
-        for (option, param) in pairs(params) {
-            if let Some(value) = self.value(option) {
-                let sep = if text.is_empty() { '?' } else { '&' };
-                let _ = write!(text, "{sep}{param}={}", encoded(value));
+    /// Returns the options given that say something to the server — not
+    /// where it is, nor how to print or wait — each with its last value.
+    #[inline(never)]
+    fn settings(&self) -> Vec<(&'static str, &str)> {
+        let mut settings = Vec::new();
+        for (i, (name, value)) in self.options.iter().enumerate() {
+            let later = self.options[i + 1..].iter().any(|(n, _)| n == name);
+            let local = matches!(*name, "--server" | "--token" | "--json" | "--wait");
+            if !later && !local {
+                settings.push((*name, value.as_deref().unwrap_or_default()));
             }
+        }
+        settings
+    }
+
+    /// Makes a query string (`?a=1&b=2`, or empty) of the settings given.
+    fn query(&self) -> String {
+        let mut text = String::new();
+        for (option, value) in self.settings() {
+            let sep = if text.is_empty() { '?' } else { '&' };
+            let _ = write!(text, "{sep}{}={}", member(option), encoded(value));
         }
         text
     }
@@ -615,7 +626,7 @@ fn build_list(given: &Given) -> Result<Command, String> {
             "--limit: expected a positive whole number, got {limit:?}"
         ));
     }
-    let path = "/tasks".to_string() + &given.query("--state=state --queue=queue --limit=limit");
+    let path = "/tasks".to_string() + &given.query();
     ask("GET", path, Shape::Table("tasks", LIST_COLUMNS))
 }
 
@@ -626,9 +637,7 @@ fn build_submit(given: &Given) -> Result<Command, String> {
         Some(_) => Some(given.duration("--wait")?),
         None => None,
     };
-    let built = pairs(BODY_OPTIONS)
-        .iter()
-        .any(|&(option, _)| given.last(option).is_some());
+    let built = !given.settings().is_empty();
     let body = match (given.words.as_slice(), built) {
         ([], true) => Some(build_body(given)?),
         ([word], false) if word == "-" => None,
@@ -666,13 +675,9 @@ fn build_body(given: &Given) -> Result<Vec<u8>, String> {
     given.duration("--duration")?;
     given.duration("--delay")?;
     let mut out = Vec::new();
-    for (option, member) in pairs(BODY_OPTIONS) {
-        let mut values = given.options.iter().filter(|(n, _)| *n == option);
-        let Some((_, Some(value))) = values.next_back() else {
-            continue;
-        };
+    for (option, value) in given.settings() {
         out.push(if out.is_empty() { b'{' } else { b',' });
-        write_json_str(&mut out, member);
+        write_json_str(&mut out, member(option));
         out.push(b':');
         match option {
             "--payload" if serde_json::from_str::<&RawValue>(value).is_err() => {
@@ -681,12 +686,8 @@ fn build_body(given: &Given) -> Result<Vec<u8>, String> {
             "--payload" => out.extend_from_slice(value.as_bytes()),
             "--after" => {
                 // Every --after, in order.
-                for (i, (_, id)) in given
-                    .options
-                    .iter()
-                    .filter(|(n, _)| *n == option)
-                    .enumerate()
-                {
+                let ids = given.options.iter().filter(|(n, _)| *n == option);
+                for (i, (_, id)) in ids.enumerate() {
                     out.push(if i == 0 { b'[' } else { b',' });
                     write_json_str(&mut out, id.as_deref().unwrap_or_default());
                 }
@@ -792,7 +793,11 @@ fn accepted_ids(body: &[u8]) -> Option<Vec<String>> {
         return Some(vec![id]);
     }
     let tasks: Vec<Members> = serde_json::from_str(object.get("tasks")?.get()).ok()?;
-    tasks.iter().map(|task| task.string("id")).collect()
+    let mut ids = Vec::new();
+    for task in &tasks {
+        ids.push(task.string("id")?);
+    }
+    Some(ids)
 }
 
 /// Submits a body, prints the new ids and, with `--wait`, waits for each
@@ -1016,20 +1021,25 @@ impl EventText {
         loop {
             let end = self.text.windows(2).position(|w| w == b"\n\n")?;
             let event: Vec<u8> = self.text.drain(..end + 2).collect();
-            let (mut name, mut data) = (String::new(), None::<String>);
-            for line in String::from_utf8_lossy(&event).lines() {
-                if let Some(value) = line.strip_prefix("event:") {
-                    name = value.trim_start().to_string();
-                } else if let Some(value) = line.strip_prefix("data:") {
-                    let value = value.trim_start();
-                    data = Some(data.map_or_else(|| value.to_string(), |d| d + "\n" + value));
+            let (mut name, mut data): (&[u8], Option<Vec<u8>>) = (b"", None);
+            for line in event.split(|&b| b == b'\n') {
+                let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+                let value = line.get(colon + 1..).unwrap_or_default();
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                match (&line[..colon], &mut data) {
+                    (b"event", _) => name = value,
+                    (b"data", Some(data)) => {
+                        data.push(b'\n');
+                        data.extend_from_slice(value);
+                    }
+                    (b"data", None) => data = Some(value.to_vec()),
+                    _ => {}
                 }
             }
             if !name.is_empty() || data.is_some() {
-                if name.is_empty() {
-                    name = "message".to_string();
-                }
-                return Some((name, data.unwrap_or_default()));
+                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+                let name = if name.is_empty() { b"message" } else { name };
+                return Some((text(name), text(&data.unwrap_or_default())));
             }
         }
     }
@@ -1125,11 +1135,10 @@ fn write_members(out: &mut impl Write, object: &Members) -> io::Result<()> {
     Ok(())
 }
 
-/// Prints rows as a table: a header line of the column names in capitals,
+/// Prints rows as a table: a header line of the column names,
 /// then a line per row, each column as wide as its widest cell.
 fn write_table(out: &mut impl Write, rows: &[Members], columns: &[&str]) -> io::Result<()> {
-    let header = columns.iter().map(|c| one_line(c).to_ascii_uppercase());
-    let mut cells: Vec<String> = header.collect();
+    let mut cells: Vec<String> = columns.iter().map(|c| one_line(c)).collect();
     for row in rows {
         for column in columns {
             cells.push(row.get(column).map_or_else(|| "-".to_string(), plain));
@@ -1147,7 +1156,7 @@ fn write_table(out: &mut impl Write, rows: &[Members], columns: &[&str]) -> io::
         let width = widths[i % columns.len()];
         let _ = write!(line, "{cell:<width$}  ");
         if (i + 1) % columns.len() == 0 {
-            writeln!(out, "{}", line.trim_end())?;
+            writeln!(out, "{}", line.trim_ascii_end())?;
             line.clear();
         }
     }
@@ -1164,9 +1173,7 @@ fn plain(raw: &RawValue) -> String {
         return "-".to_string();
     }
     match serde_json::from_str::<String>(text) {
-        Ok(s) if !s.trim_end_matches(['\n', '\r']).contains(char::is_control) => {
-            s.trim_end_matches(['\n', '\r']).to_string()
-        }
+        Ok(s) if !s.trim_ascii_end().contains(char::is_control) => s.trim_ascii_end().to_string(),
         _ => one_line(text),
     }
 }
@@ -1291,7 +1298,7 @@ impl Server {
             Some((scheme, rest)) if rest.starts_with("//") => (scheme, &rest[2..]),
             _ => ("http", url),
         };
-        if scheme.eq_ignore_ascii_case("https") {
+        if same(scheme.as_bytes(), b"https") {
             return Err(format!(
                 "--server {url:?}: bgtasks speaks plain HTTP; to reach a server over TLS, \
                  put a TLS-terminating proxy (nginx, Caddy, stunnel) on this side and give \
@@ -1303,7 +1310,7 @@ impl Server {
             .bytes()
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'@' | b'?' | b'#'));
         match split_host_port(authority) {
-            Some(address) if plain && scheme.eq_ignore_ascii_case("http") => {
+            Some(address) if plain && same(scheme.as_bytes(), b"http") => {
                 let version = env!("CARGO_PKG_VERSION");
                 let mut headers = format!("Host: {authority}\r\nUser-Agent: bgtasks/{version}\r\n");
                 if let Some(token) = token {
@@ -1506,16 +1513,16 @@ fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static str> {
             continue;
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if same(name, b"content-length") {
             let n = parse_content_length(value).map_err(HttpError::message)?;
             if length.is_some_and(|l| l != n) {
                 return Err("its answer has two different Content-Lengths");
             }
             length = Some(n);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if same(name, b"transfer-encoding") {
             // RFC 9112 §6.3: chunked, when it is the last coding.
             let last = value.len().saturating_sub(7);
-            chunked = value[last..].eq_ignore_ascii_case(b"chunked");
+            chunked = same(&value[last..], b"chunked");
         }
     }
     let delimiter = match (chunked, length) {
@@ -1652,7 +1659,7 @@ mod tests {
             (
                 &["list", "--limit", "5", "--state=failed", "--queue", "a b"],
                 get(
-                    "/tasks?state=failed&queue=a%20b&limit=5",
+                    "/tasks?limit=5&state=failed&queue=a%20b",
                     Shape::Table("tasks", LIST_COLUMNS),
                 ),
             ),
@@ -1663,7 +1670,7 @@ mod tests {
             (&["wait", "abc"], Command::Wait("abc".into(), None)),
             (
                 &["events", "--queue", "q", "--id=x", "--task-id", "a&b"],
-                Command::Events("?id=x&task_id=a%26b&queue=q".into()),
+                Command::Events("?queue=q&id=x&task_id=a%26b".into()),
             ),
             (&["events"], Command::Events(String::new())),
             (
@@ -1702,7 +1709,7 @@ mod tests {
             "--after",
             "b2",
         ];
-        let expected = r#"{"task_id":"say \"hi\"","work_duration":"5s","queue":"q","delay":"1m","payload": {"n": [1, 2]} ,"after":["a1","b2"]}"#;
+        let expected = r#"{"task_id":"say \"hi\"","work_duration":"5s","payload": {"n": [1, 2]} ,"queue":"q","delay":"1m","after":["a1","b2"]}"#;
         match command_of(&args) {
             Command::Submit(Some(body), None) => {
                 assert_eq!(String::from_utf8(body).unwrap(), expected);
@@ -2042,7 +2049,7 @@ mod tests {
         let rows: Vec<Members> = serde_json::from_str(rows).unwrap();
         let mut out = Vec::new();
         write_table(&mut out, &rows, &["name", "workers", "paused", "rate"]).unwrap();
-        let expected = "NAME     WORKERS  PAUSED  RATE\n\
+        let expected = "name     workers  paused  rate\n\
                         default  10       false   -\n\
                         backup   1        true    -\n";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
@@ -2050,7 +2057,7 @@ mod tests {
         write_table(&mut out, &[], LIST_COLUMNS).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "ID  STATE  QUEUE  KIND  ATTEMPT  CREATED_AT  TASK_ID\n"
+            "id  state  queue  kind  attempt  created_at  task_id\n"
         );
     }
 

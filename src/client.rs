@@ -154,16 +154,11 @@ const COMMON_OPTIONS: &str = "--server --token --json";
 
 /// The end of every command's `--help`.
 const COMMON_HELP: &str = "
-Options of every command:
-  --server URL   the server, http:// only (env BGTASKS_SERVER,
-                 default http://127.0.0.1:8000)
-  --token TOKEN  sent as Authorization: Bearer TOKEN (env BGTASKS_TOKEN)
-  --json         print the server's JSON as it came
-  -h, --help     print this help
-
-Exit status: 0 done; 1 the task failed or was cancelled (wait, submit --wait);
-2 bad usage; 3 the server cannot be reached; 4 the server refused the request;
-5 --wait or --timeout ran out.
+Every command takes --server URL (env BGTASKS_SERVER, default
+http://127.0.0.1:8000), --token TOKEN (env BGTASKS_TOKEN), --json (print
+the server's JSON as it came) and -h, --help.
+Exit status: 0 done; 1 the task failed or was cancelled; 2 bad usage;
+3 the server cannot be reached; 4 it refused; 5 the wait ran out.
 ";
 
 /// Every command, in the order the usage names them.
@@ -173,18 +168,10 @@ const COMMANDS: &[Spec] = &[
         help: "bgtasks submit [--wait[=DURATION]] [--json] (BODY | - | --task-id L --duration D \
 [--kind K] [--payload JSON] [--queue Q] [--delay D] [--after ID]…)
 
-Queues a task and prints its id. BODY is a submission (a JSON object) or an
-array of them (a batch: each id on its own line, in order); - reads BODY from
-stdin; or these options build one:
-  --task-id L        the task's label (task_id)
-  --duration D       how long the built-in sleep work lasts (work_duration)
-  --kind K           a kind registered with --handler on the server
-  --payload JSON     handed to the handler program on stdin
-  --queue Q          the queue to run in
-  --delay D          do not start before now + D
-  --after ID         run once task ID has succeeded (repeatable)
-  --wait[=DURATION]  then wait until the task ends (at most DURATION),
-                     and print its final status
+Queues a task and prints its id. BODY is a JSON object, or an array of them
+(one id a line, in order); - reads it from stdin; or the options build one:
+task_id, work_duration, kind, payload, queue, delay, after (repeatable).
+--wait then waits for the task to end, at most DURATION, and prints its status.
 ",
         options: "--task-id --duration --kind --payload --queue --delay --after --wait",
         build: build_submit,
@@ -199,9 +186,7 @@ stdin; or these options build one:
         name: "wait",
         help: "bgtasks wait ID [--timeout DURATION]
 
-Waits until the task ID ends (with long polls, never a busy loop) and prints
-its final status: exit 0 if it succeeded, 1 if it failed or was cancelled.
-  --timeout DURATION  give up after DURATION (exit 5); default no limit
+Waits for the task ID to end, at most DURATION, and prints its final status.
 ",
         options: "--timeout",
         build: |given| {
@@ -213,10 +198,7 @@ its final status: exit 0 if it succeeded, 1 if it failed or was cancelled.
         name: "list",
         help: "bgtasks list [--state S] [--queue Q] [--limit N]
 
-Lists tasks, newest first, as a table with one header line.
-  --state S  only tasks in state S
-  --queue Q  only tasks of queue Q
-  --limit N  at most N tasks (the server's default is 100, its most 1000)
+Lists tasks, newest first (at most N; the server's default is 100).
 ",
         options: "--state --queue --limit",
         build: build_list,
@@ -260,9 +242,8 @@ Lists tasks, newest first, as a table with one header line.
         name: "events",
         help: "bgtasks events [--id ID] [--task-id L] [--kind K] [--queue Q]
 
-Prints the server's events, one line each as it arrives, until the server
-shuts down (exit 0) or the connection drops (exit 3). The options narrow
-the task events to one task, a label, a kind or a queue.
+Prints the server's events (task events of this id, label, kind or queue),
+one a line as it arrives, until the server shuts down.
 ",
         options: "--id --task-id --kind --queue",
         build: |given| {
@@ -328,11 +309,13 @@ fn say(line: Arguments) {
 /// and returns its exit status; `None` leaves the command line to the
 /// server, which takes flags only.
 pub(crate) fn dispatch() -> Option<i32> {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if args.first()?.as_encoded_bytes().starts_with(b"-") {
+    let first = std::env::args_os().nth(1)?;
+    if first.as_encoded_bytes().starts_with(b"-") {
         return None;
     }
-    Some(run(args.into_iter(), &|name| std::env::var(name).ok()))
+    Some(run(std::env::args_os().skip(1), &|name| {
+        std::env::var(name).ok()
+    }))
 }
 
 /// Explains an argument the server does not know but the client does: a
@@ -619,7 +602,9 @@ fn encoded(text: &str) -> String {
 fn build_list(given: &Given) -> Result<Command, String> {
     given.no_words()?;
     if let Some(limit) = given.value("--limit")
-        && !limit.parse::<u32>().is_ok_and(|n| n >= 1)
+        && (limit.len() > 9
+            || !limit.bytes().all(|b| b.is_ascii_digit())
+            || limit.trim_start_matches('0').is_empty())
     {
         return Err(format!(
             "--limit: expected a positive whole number, got {limit:?}"
@@ -866,6 +851,7 @@ fn read_stdin() -> Result<Vec<u8>, Exit> {
 }
 
 /// Turns a task's final state into the command's outcome.
+#[inline(never)]
 fn ended_well(id: &str, state: &str) -> Result<(), Exit> {
     let how = match state {
         "succeeded" => return Ok(()),
@@ -1384,6 +1370,7 @@ impl Server {
     }
 
     /// Says that the server cannot be reached, or did not answer in HTTP.
+    #[inline(never)]
     fn gone(&self, what: Arguments) -> Exit {
         fail(
             exit::UNREACHABLE,

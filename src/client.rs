@@ -383,9 +383,8 @@ type Usage = (String, Option<&'static Spec>);
 enum Invocation {
     /// Print a command's help.
     Help(&'static Spec),
-    /// Run a command (boxed: a command and a server are large, a help is
-    /// a pointer).
-    Run(Box<Job>),
+    /// Run a command.
+    Run(Job),
 }
 
 /// A command to run, and where.
@@ -513,7 +512,7 @@ fn parse(
     for arg in args {
         let arg = arg
             .into_string()
-            .map_err(|a| (format!("argument {a:?} is not valid UTF-8"), None))?;
+            .map_err(|_| ("an argument is not valid UTF-8".to_string(), None))?;
         words.push(arg);
     }
     let mut words = words.into_iter();
@@ -527,20 +526,30 @@ fn parse(
         return Ok(Invocation::Help(spec));
     }
     let command = (spec.build)(&given).map_err(usage)?;
-    // A flag beats its variable.
-    let setting = |flag, var| given.value(flag).map(str::to_string).or_else(|| env(var));
-    let token = match setting("--token", "BGTASKS_TOKEN") {
+    let token = match setting(&given, env, "--token", "BGTASKS_TOKEN") {
         Some(token) => Some(parse_token(&token).map_err(|e| usage(format!("--token: {e}")))?),
         None => None,
     };
-    let url = setting("--server", "BGTASKS_SERVER");
+    let url = setting(&given, env, "--server", "BGTASKS_SERVER");
     let server = Server::parse(url.as_deref().unwrap_or(DEFAULT_SERVER), token).map_err(usage)?;
     let json = given.last("--json").is_some();
-    Ok(Invocation::Run(Box::new(Job {
+    Ok(Invocation::Run(Job {
         command,
         server,
         json,
-    })))
+    }))
+}
+
+/// Returns a setting: its flag's value, else its environment variable's
+/// (a flag beats its variable).
+#[inline(never)]
+fn setting(
+    given: &Given,
+    env: &dyn Fn(&str) -> Option<String>,
+    flag: &str,
+    var: &str,
+) -> Option<String> {
+    given.value(flag).map(str::to_string).or_else(|| env(var))
 }
 
 /// Sorts a command's arguments into options and words: options may come
@@ -1005,7 +1014,8 @@ impl EventText {
     fn next_event(&mut self) -> Option<(String, String)> {
         loop {
             let end = self.text.windows(2).position(|w| w == b"\n\n")?;
-            let event: Vec<u8> = self.text.drain(..end + 2).collect();
+            let rest = self.text.split_off(end + 2);
+            let event = std::mem::replace(&mut self.text, rest);
             let (mut name, mut data): (&[u8], Option<Vec<u8>>) = (b"", None);
             for line in event.split(|&b| b == b'\n') {
                 let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());

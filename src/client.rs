@@ -145,7 +145,9 @@ impl std::fmt::Debug for Spec {
 impl Spec {
     /// Returns its usage: the first line of its help.
     fn usage(&self) -> &'static str {
-        self.help.lines().next().unwrap_or_default()
+        self.help
+            .split_once('\n')
+            .map_or(self.help, |(usage, _)| usage)
     }
 }
 
@@ -356,15 +358,15 @@ fn member(option: &'static str) -> &'static str {
 /// Runs a client command line (`args` start with the command) and returns
 /// the exit status; `env` looks a variable up.
 fn run(args: impl Iterator<Item = OsString>, env: &dyn Fn(&str) -> Option<String>) -> i32 {
-    let mut out = io::stdout().lock();
+    let mut out = io::stdout();
     let done = match parse(args, env) {
         Err((message, spec)) => {
             let usage = spec.map_or(USAGE, Spec::usage);
             Err(fail(exit::USAGE, format_args!("{message}\nusage: {usage}")))
         }
         Ok(Invocation::Help(spec)) => {
-            let (usage, rest) = spec.help.split_once('\n').unwrap_or_default();
-            write!(out, "usage: {usage}\n{rest}{COMMON_HELP}").map_err(Exit::from)
+            let (usage, rest) = spec.help.split_at(spec.usage().len());
+            write!(out, "usage: {usage}{rest}{COMMON_HELP}").map_err(Exit::from)
         }
         Ok(Invocation::Run(job)) => execute(&job.command, &job.server, job.json, &mut out),
     };
@@ -604,7 +606,7 @@ fn encoded(text: &str) -> String {
     let mut out = Vec::with_capacity(text.len());
     percent_encode(&mut out, text.as_bytes());
     // Percent-encoding leaves only ASCII.
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Builds `list`: its filters, and a limit that is a positive number.
@@ -1178,16 +1180,16 @@ fn members(body: &[u8]) -> Result<Members<'_>, Exit> {
 /// Prints an object one member a line: its name, a colon, and its value,
 /// the values in one column.
 fn write_members(out: &mut impl Write, object: &Members) -> io::Result<()> {
-    let width = object.0.iter().map(|(n, _)| n.len() + 1).max().unwrap_or(0);
+    let mut cells = Vec::new();
     for &(name, value) in &object.0 {
-        let name = one_line(name) + ":";
-        writeln!(out, "{name:<width$} {}", plain(value))?;
+        cells.push(one_line(name) + ":");
+        cells.push(plain(value));
     }
-    Ok(())
+    write_columns(out, &cells, 2)
 }
 
-/// Prints rows as a table: a header line of the column names,
-/// then a line per row, each column as wide as its widest cell.
+/// Prints rows as a table: a header line of the column names, then a line
+/// per row.
 fn write_table(out: &mut impl Write, rows: &[Members], columns: &[&str]) -> io::Result<()> {
     let mut cells: Vec<String> = columns.iter().map(|c| one_line(c)).collect();
     for row in rows {
@@ -1195,18 +1197,25 @@ fn write_table(out: &mut impl Write, rows: &[Members], columns: &[&str]) -> io::
             cells.push(row.get(column).map_or_else(|| "-".to_string(), plain));
         }
     }
-    let mut widths = vec![0; columns.len()];
+    write_columns(out, &cells, columns.len())
+}
+
+/// Prints cells, `columns` a line, each column as wide as its widest cell
+/// and two spaces from the next.
+#[inline(never)]
+fn write_columns(out: &mut dyn Write, cells: &[String], columns: usize) -> io::Result<()> {
+    let mut widths = vec![0; columns];
     for (i, cell) in cells.iter().enumerate() {
-        let width = &mut widths[i % columns.len()];
-        // Bytes, not characters: every column but the last (the label,
-        // never padded) holds ASCII names, ids, numbers and times.
+        let width = &mut widths[i % columns];
+        // Bytes, not characters: every column but the last (a label or a
+        // value, never padded) holds ASCII names, ids, numbers and times.
         *width = (*width).max(cell.len());
     }
     let mut line = String::new();
     for (i, cell) in cells.iter().enumerate() {
-        let width = widths[i % columns.len()];
+        let width = widths[i % columns];
         let _ = write!(line, "{cell:<width$}  ");
-        if (i + 1) % columns.len() == 0 {
+        if (i + 1) % columns == 0 {
             writeln!(out, "{}", line.trim_ascii_end())?;
             line.clear();
         }

@@ -182,7 +182,7 @@ task_id, work_duration, kind, payload, queue, delay, after (repeatable).
         name: "status",
         help: "bgtasks status ID\n\nPrints the status of the task ID, one member a line.\n",
         options: "",
-        build: |given| ask("GET", task_path(given, "")?, Shape::Members),
+        build: |given| ask(given, "GET", "/tasks/ID", Shape::Members),
     },
     Spec {
         name: "wait",
@@ -209,36 +209,33 @@ Lists tasks, newest first (at most N; the server's default is 100).
         name: "cancel",
         help: "bgtasks cancel ID\n\nCancels the task ID and prints its status.\n",
         options: "",
-        build: |given| ask("POST", task_path(given, "/cancel")?, Shape::Members),
+        build: |given| ask(given, "POST", "/tasks/ID/cancel", Shape::Members),
     },
     Spec {
         name: "retry",
         help: "bgtasks retry ID\n\nSubmits the failed or cancelled task ID again, and \
                prints the new task's id.\n",
         options: "",
-        build: |given| ask("POST", task_path(given, "/retry")?, Shape::Ids),
+        build: |given| ask(given, "POST", "/tasks/ID/retry", Shape::Ids),
     },
     Spec {
         name: "queues",
         help: "bgtasks queues\n\nLists the queues as a table with one header line.\n",
         options: "",
-        build: |given| {
-            given.no_words()?;
-            ask("GET", "/queues".to_string(), Shape::Table("queues", &[]))
-        },
+        build: |given| ask(given, "GET", "/queues", Shape::Table("queues", &[])),
     },
     Spec {
         name: "pause",
         help: "bgtasks pause QUEUE\n\nPauses QUEUE: it still accepts tasks but starts none. \
                Prints the queue.\n",
         options: "",
-        build: |given| ask("POST", queue_path(given, "pause")?, Shape::Members),
+        build: |given| ask(given, "POST", "/queues/QUEUE/pause", Shape::Members),
     },
     Spec {
         name: "resume",
         help: "bgtasks resume QUEUE\n\nResumes a paused QUEUE. Prints the queue.\n",
         options: "",
-        build: |given| ask("POST", queue_path(given, "resume")?, Shape::Members),
+        build: |given| ask(given, "POST", "/queues/QUEUE/resume", Shape::Members),
     },
     Spec {
         name: "events",
@@ -585,20 +582,21 @@ fn split(spec: &Spec, mut args: impl Iterator<Item = String>) -> Result<Given, S
     Ok(given)
 }
 
-/// Makes a command of one request.
-fn ask(method: &'static str, path: String, shape: Shape) -> Result<Command, String> {
+/// Makes a command of one request to `path`, in which the word the
+/// command takes (`ID` or `QUEUE`, as its usage calls it) stands for that
+/// word; a path without one takes no word.
+#[inline(never)]
+fn ask(given: &Given, method: &'static str, path: &str, shape: Shape) -> Result<Command, String> {
+    let slot = path.find(|c: char| c.is_ascii_uppercase());
+    let path = match slot {
+        None => given.no_words().map(|()| path.to_string())?,
+        Some(at) => {
+            let (prefix, rest) = path.split_at(at);
+            let (what, suffix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            format!("{prefix}{}{suffix}", encoded(given.one_word(what)?))
+        }
+    };
     Ok(Command::Ask(method, path, shape))
-}
-
-/// Returns the path of the task the command names, plus `suffix`.
-fn task_path(given: &Given, suffix: &str) -> Result<String, String> {
-    Ok(format!("/tasks/{}{suffix}", encoded(given.one_word("ID")?)))
-}
-
-/// Returns the path that pauses or resumes the queue the command names.
-fn queue_path(given: &Given, action: &str) -> Result<String, String> {
-    let queue = encoded(given.one_word("QUEUE")?);
-    Ok(format!("/queues/{queue}/{action}"))
 }
 
 /// Returns `text` percent-encoded for a path segment or a query value.
@@ -622,7 +620,11 @@ fn build_list(given: &Given) -> Result<Command, String> {
         ));
     }
     let path = "/tasks".to_string() + &given.query();
-    ask("GET", path, Shape::Table("tasks", LIST_COLUMNS))
+    Ok(Command::Ask(
+        "GET",
+        path,
+        Shape::Table("tasks", LIST_COLUMNS),
+    ))
 }
 
 /// Builds `submit`: its body — given, from stdin, or built from options —

@@ -34,14 +34,14 @@
 //! peer that does not speak HTTP, ends the command with status 3; it never
 //! hangs it.
 //!
-//! # Host names
+//! # No host names
 //!
-//! An IP address in `--server` is used as it is. A host name is resolved
-//! by the C library (`getaddrinfo`, through std's `ToSocketAddrs`: the
-//! hosts file, then DNS), and each of its addresses is tried in turn. A
-//! binary linked statically against glibc may be unable to resolve names
-//! (glibc loads its resolver modules at run time); it then exits 3 saying
-//! it cannot resolve the host, and an IP address works.
+//! `--server` takes an IP address, as the server's `--addr` does, and
+//! `localhost`, which is 127.0.0.1. Resolving names would need the C
+//! library's resolver (`getaddrinfo`): 3 KiB of this binary, and one
+//! that a binary linked statically against glibc can load only from the
+//! glibc it was built with.
+//! Any other name is a usage error (exit 2) that says so.
 //!
 //! # Size
 //!
@@ -53,7 +53,7 @@
 use std::ffi::OsString;
 use std::fmt::{Arguments, Write as _};
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
@@ -1277,9 +1277,8 @@ fn one_line(text: &str) -> String {
 struct Server {
     /// The URL as given, for messages.
     url: String,
-    /// The host and port to connect to, `HOST:PORT` (an IPv6 address in
-    /// brackets), as std resolves it.
-    address: String,
+    /// The address to connect to.
+    address: SocketAddr,
     /// A path every request's path follows (a proxy's location), without
     /// its last `/`.
     base: String,
@@ -1385,7 +1384,8 @@ impl Server {
                 })
             }
             _ => Err(format!(
-                "--server {url:?} is not a URL such as http://127.0.0.1:8000"
+                "--server {url:?} is not http://IP[:PORT] such as http://127.0.0.1:8000 \
+                 (localhost is 127.0.0.1; host names are not resolved)"
             )),
         }
     }
@@ -1409,30 +1409,16 @@ impl Server {
         }
     }
 
-    /// Connects to the server, to each address of its host in turn, and
-    /// sends one request; returns the connection, its answer to come.
+    /// Connects to the server and sends one request; returns the
+    /// connection, its answer to come.
     fn send(&self, method: &str, path: &str, body: &[u8]) -> Result<TcpStream, Exit> {
-        let addresses = self
-            .address
-            .as_str()
-            .to_socket_addrs()
-            .map_err(|e| self.gone(format_args!("cannot be reached: {e}")))?;
-        let mut failed = None;
-        for address in addresses {
-            let sent = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT).and_then(|s| {
-                s.set_write_timeout(Some(ANSWER_TIMEOUT))?;
-                (&s).write_all(&self.request(method, path, body))?;
-                Ok(s)
-            });
-            match sent {
-                Ok(stream) => return Ok(stream),
-                Err(e) => failed = Some(e),
-            }
-        }
-        Err(match failed {
-            Some(e) => self.gone(format_args!("cannot be reached: {e}")),
-            None => self.gone(format_args!("cannot be reached: its host has no address")),
-        })
+        TcpStream::connect_timeout(&self.address, CONNECT_TIMEOUT)
+            .and_then(|mut stream| {
+                stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+                stream.write_all(&self.request(method, path, body))?;
+                Ok(stream)
+            })
+            .map_err(|e| self.gone(format_args!("cannot be reached: {e}")))
     }
 
     /// Writes a request. Each request has its own connection
@@ -1528,15 +1514,20 @@ impl Server {
     }
 }
 
-/// Returns `HOST[:PORT]` (HOST may be `[IPv6]`) as `HOST:PORT`, the port
-/// 80 if none is given; `None` without a host or with a bad port. The
-/// host itself is checked when it is resolved.
-fn split_host_port(authority: &str) -> Option<String> {
+/// Reads `IP[:PORT]` (an IPv6 address in brackets; `localhost` is
+/// 127.0.0.1); the port is 80 if none is given, and may not be 0.
+fn split_host_port(authority: &str) -> Option<SocketAddr> {
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
         _ => (authority, 80u16),
     };
-    (!host.is_empty() && port > 0).then(|| format!("{host}:{port}"))
+    let host = if same(host.as_bytes(), b"localhost") {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    let address: SocketAddr = format!("{host}:{port}").parse().ok()?;
+    (port > 0).then_some(address)
 }
 
 /// Reads what has arrived into `input`, waiting until `deadline` at most;
@@ -1880,73 +1871,81 @@ mod tests {
             }
             other => panic!("{other:?}"),
         };
-        let env = [("BGTASKS_SERVER", "http://e:1"), ("BGTASKS_TOKEN", "t-env")];
+        let env = [
+            ("BGTASKS_SERVER", "http://10.0.0.1:1"),
+            ("BGTASKS_TOKEN", "t-env"),
+        ];
         assert_eq!(
             server(&["queues"], &[]),
             ("http://127.0.0.1:8000".to_string(), None)
         );
         assert_eq!(
             server(&["queues"], &env),
-            ("http://e:1".to_string(), Some("t-env".to_string()))
+            ("http://10.0.0.1:1".to_string(), Some("t-env".to_string()))
         );
         assert_eq!(
-            server(&["queues", "--server", "f:2", "--token=t-flag"], &env),
-            ("f:2".to_string(), Some("t-flag".to_string()))
+            server(
+                &["queues", "--server", "10.0.0.2:2", "--token=t-flag"],
+                &env
+            ),
+            ("10.0.0.2:2".to_string(), Some("t-flag".to_string()))
         );
     }
 
     #[test]
-    fn server_urls_name_a_host_a_port_and_a_path() {
+    fn server_urls_name_an_address_and_a_path() {
         /// A URL, and the address to connect to, the `Host` header and the
-        /// path prefix. A host that is not one is found when it is resolved.
+        /// path prefix.
         type Case<'a> = (&'a str, Option<(&'a str, &'a str, &'a str)>);
         let cases: &[Case] = &[
             (
                 "http://127.0.0.1:8000",
                 Some(("127.0.0.1:8000", "127.0.0.1:8000", "")),
             ),
-            (
-                "HTTP://Example.org",
-                Some(("Example.org:80", "Example.org", "")),
-            ),
-            ("localhost:9", Some(("localhost:9", "localhost:9", ""))),
+            ("HTTP://10.0.0.1", Some(("10.0.0.1:80", "10.0.0.1", ""))),
+            ("localhost:9", Some(("127.0.0.1:9", "localhost:9", ""))),
+            ("http://LocalHost", Some(("127.0.0.1:80", "LocalHost", ""))),
             ("http://[::1]:8000/", Some(("[::1]:8000", "[::1]:8000", ""))),
             ("http://[::1]/x", Some(("[::1]:80", "[::1]", "/x"))),
-            ("http://h:1/bg/tasks/", Some(("h:1", "h:1", "/bg/tasks"))),
+            (
+                "http://10.1.2.3:1/bg/tasks/",
+                Some(("10.1.2.3:1", "10.1.2.3:1", "/bg/tasks")),
+            ),
+            ("http://example.org", None),
             ("http://", None),
             ("http://:80", None),
-            ("http://h:0", None),
-            ("http://h:65536", None),
-            ("http://h:x", None),
-            ("http://user@h", None),
-            ("http://h/a b", None),
-            ("http://h/?q", None),
-            ("ftp://h", None),
-            ("https://h", None),
+            ("http://127.0.0.1:0", None),
+            ("http://127.0.0.1:65536", None),
+            ("http://127.0.0.1:x", None),
+            ("http://[::1", None),
+            ("http://::1:80", None),
+            ("http://user@127.0.0.1", None),
+            ("http://127.0.0.1/a b", None),
+            ("http://127.0.0.1/?q", None),
+            ("ftp://127.0.0.1", None),
+            ("https://127.0.0.1", None),
         ];
         for (url, expected) in cases {
             let parsed = Server::parse(url, None).ok();
             let got = parsed.as_ref().map(|s| {
-                (
-                    s.address.as_str(),
-                    &s.headers[6..s.headers.find('\r').unwrap()],
-                    s.base.as_str(),
-                )
+                let host = &s.headers[6..s.headers.find('\r').unwrap()];
+                (s.address.to_string(), host, s.base.as_str())
             });
-            assert_eq!(got, *expected, "{url}");
+            let expected = expected.map(|(a, h, b)| (a.to_string(), h, b));
+            assert_eq!(got, expected, "{url}");
         }
     }
 
     #[test]
     fn requests_carry_host_token_and_length() {
-        let mut server = Server::parse("http://h:1/p/", Some("tok".into())).unwrap();
+        let mut server = Server::parse("http://127.0.0.1:1/p/", Some("tok".into())).unwrap();
         let request = server.request("POST", "/tasks", b"{}");
-        let expected = "POST /p/tasks HTTP/1.1\r\nHost: h:1\r\nUser-Agent: bgtasks/VERSION\r\n\
+        let expected = "POST /p/tasks HTTP/1.1\r\nHost: 127.0.0.1:1\r\nUser-Agent: bgtasks/VERSION\r\n\
             Authorization: Bearer tok\r\nContent-Type: application/json\r\n\
             Content-Length: 2\r\nConnection: close\r\n\r\n{}";
         let expected = expected.replace("VERSION", env!("CARGO_PKG_VERSION"));
         assert_eq!(String::from_utf8(request).unwrap(), expected);
-        server = Server::parse("http://h:1/p/", None).unwrap();
+        server = Server::parse("http://127.0.0.1:1/p/", None).unwrap();
         let request = String::from_utf8(server.request("POST", "/tasks/a/cancel", b"")).unwrap();
         assert!(request.ends_with("\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
         assert!(!request.contains("Authorization"), "{request}");
@@ -2089,16 +2088,16 @@ mod tests {
         let object = members(body).unwrap();
         let mut out = Vec::new();
         write_members(&mut out, &object).unwrap();
-        let expected = "id:      x1\n\
-                        task_id: two words\n\
-                        state:   running\n\
-                        attempt: 1\n\
-                        error:   -\n\
-                        result:  {\"a\": [1, 2]}\n\
-                        label:   \"\\u001b[31mred\"\n\
-                        del:     \"a\\u007fb\"\n\
-                        stderr:  one line\n\
-                        lines:   \"one\\ntwo\\n\"\n";
+        let expected = "id:       x1\n\
+                        task_id:  two words\n\
+                        state:    running\n\
+                        attempt:  1\n\
+                        error:    -\n\
+                        result:   {\"a\": [1, 2]}\n\
+                        label:    \"\\u001b[31mred\"\n\
+                        del:      \"a\\u007fb\"\n\
+                        stderr:   one line\n\
+                        lines:    \"one\\ntwo\\n\"\n";
         assert_eq!(String::from_utf8(out).unwrap(), expected);
         assert!(members(b"[1, 2]").is_err());
         assert!(members(b"\xff").is_err());

@@ -370,20 +370,20 @@ fn list_and_queues_print_tables_with_one_header_line() {
     assert_eq!(
         header,
         [
-            "ID",
-            "STATE",
-            "QUEUE",
-            "KIND",
-            "ATTEMPT",
-            "CREATED_AT",
-            "TASK_ID"
+            "id",
+            "state",
+            "queue",
+            "kind",
+            "attempt",
+            "created_at",
+            "task_id"
         ]
     );
     // Newest first, columns aligned under their header.
     let column = |name: &str| lines[0].find(name).unwrap();
     assert!(lines[1].starts_with(second), "{out}");
-    assert_eq!(&lines[1][column("STATE")..][..7], "running");
-    assert_eq!(&lines[1][column("QUEUE")..][..4], "slow");
+    assert_eq!(&lines[1][column("state")..][..7], "running");
+    assert_eq!(&lines[1][column("queue")..][..4], "slow");
     assert!(lines[2].starts_with(&first), "{out}");
     assert!(lines[2].ends_with("  first one"), "{out}");
 
@@ -404,11 +404,20 @@ fn list_and_queues_print_tables_with_one_header_line() {
     assert_eq!(
         rows,
         [
-            vec!["NAME", "WORKERS", "BUSY", "DEPTH", "CAPACITY", "PAUSED"],
+            vec!["name", "workers", "busy", "depth", "capacity", "paused"],
             vec!["default", "10", "0", "0", "100", "false"],
             vec!["slow", "1", "1", "0", "5", "false"],
         ]
     );
+}
+
+#[test]
+fn localhost_is_127_0_0_1() {
+    let server = Server::start(&[]);
+    let url = format!("http://localhost:{}/", server.addr.port());
+    let ran = run(None, &["queues", "--server", &url], &[], "");
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(ran.out.starts_with("name "), "{ran:?}");
 }
 
 #[test]
@@ -442,7 +451,7 @@ fn events_prints_a_task_submitted_meanwhile_and_ends_0_at_shutdown() {
         &["submit", "--task-id", "watched", "--duration", "0s"],
     );
     let id = id.trim();
-    let lines = people.until(&[id, " succeeded "]);
+    let lines = people.until(&[id, " state=succeeded "]);
     assert!(
         lines.iter().any(|l| l.contains("task_id=ignored")),
         "{lines:?}"
@@ -504,7 +513,7 @@ fn an_events_reader_that_falls_behind_reconnects_and_says_so() {
         "bgtasks: fell behind the server's event stream (lagged), and missed events; reconnecting\n"
     );
     let id = server.submit_labelled("after", "0s");
-    events.until(&[&id, " succeeded "]);
+    events.until(&[&id, " state=succeeded "]);
 }
 
 #[test]
@@ -585,6 +594,11 @@ fn bad_usage_exits_2_with_the_usage_line() {
             &["submit", "--wait", "5s"],
             "--wait=DURATION",
             "usage: bgtasks submit ",
+        ),
+        (
+            &["queues", "--server", "http://example.org:8000"],
+            "host names are not resolved",
+            "usage: bgtasks queues",
         ),
     ];
     for (args, message, usage) in cases {

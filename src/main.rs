@@ -540,8 +540,8 @@ fn parse_command(
             _ => (arg.as_str(), None),
         };
         let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
-            // A client command or option among server flags must not
-            // start a server: say where it goes.
+            // A client command among server flags must not start a
+            // server: say where it goes.
             return Err(client::misplaced(&arg)
                 .unwrap_or_else(|| format!("unknown argument {arg:?} (try --help)")));
         };

@@ -1558,8 +1558,9 @@ fn read_more(stream: &mut TcpStream, input: &mut Vec<u8>, deadline: Instant) -> 
 }
 
 /// Parses a response head (status line, header lines, blank line): its
-/// status and how its body is delimited. Header lines follow the server's
-/// own rules ([`split_field`]); the error says what is wrong.
+/// status and how its body is delimited. Only `Content-Length` and
+/// `Transfer-Encoding` are read; a line without a colon is skipped. The
+/// error says what is wrong.
 fn parse_response_head(head: &[u8]) -> Result<ResponseHead, &'static str> {
     let mut lines = head
         .split(|&b| b == b'\n')

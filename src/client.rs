@@ -131,8 +131,8 @@ pub(crate) const USAGE: &str = "bgtasks COMMAND [OPTIONS]  a client of a running
 struct Spec {
     /// The word after `bgtasks`.
     name: &'static str,
-    /// Its usage (what follows `usage: `), then a blank line, what it does
-    /// and its own options, for `--help`.
+    /// Its usage (what follows `usage: `), then a blank line and what it
+    /// does, for `--help`.
     help: &'static str,
     /// Its own options, space-separated. Each takes a value, as the next
     /// argument or after `=`, but `--json`, which takes none, and
@@ -940,6 +940,7 @@ fn wait_for(
                 }
                 return Ok(state.unwrap_or_default());
             }
+            Next::Refuse if answer.status == 200 => return Err(unexpected("no state")),
             Next::Refuse => return Err(answer.refused()),
             Next::Ask => backoff = FIRST_BACKOFF,
             Next::Pause => {

@@ -1,5 +1,6 @@
 //! TODO config
 
+use crate::client;
 use crate::{
     cron::{ScheduleConfig, parse_schedule},
     time::parse_duration,
@@ -35,7 +36,7 @@ const MAX_KEEP_FINISHED: usize = 100_000_000;
 
 /// The largest request body a server will accept: bodies are held in memory
 /// whole, one per connection.
-const MAX_MAX_BODY: usize = 64 << 20;
+pub(crate) const MAX_MAX_BODY: usize = 64 << 20;
 
 /// The most connections a server may hold: each costs a file descriptor
 /// and a few kilobytes, and a million is past any one process's budget.
@@ -218,10 +219,11 @@ impl Flag {
 
 /// Returns the usage text printed by `--help`, made from [`FLAGS`].
 pub(crate) fn usage() -> String {
-    let mut text = String::from(
+    let mut text = format!(
         "bgtasks: a background task manager over HTTP/1.1\n\n\
-         Usage: bgtasks [OPTIONS]\n\n\
+         Usage: bgtasks [OPTIONS]\n       {}\n\n\
          Options (a flag beats its environment variable):\n",
+        client::USAGE
     );
     for flag in FLAGS {
         let name = format!("{} {}", flag.name, flag.value);
@@ -351,7 +353,10 @@ pub(crate) fn parse_command(
             _ => (arg.as_str(), None),
         };
         let Some(flag) = FLAGS.iter().find(|f| f.name == name) else {
-            return Err(format!("unknown argument {arg:?} (try --help)"));
+            // A client command or option among server flags must not
+            // start a server: say where it goes.
+            return Err(client::misplaced(&arg)
+                .unwrap_or_else(|| format!("unknown argument {arg:?} (try --help)")));
         };
         let value = match inline {
             Some(v) => v.to_string(),
@@ -588,7 +593,7 @@ pub(crate) fn is_node_name(name: &str) -> bool {
 
 /// Checks a bearer token: one or more visible ASCII characters, so that it
 /// fits in a header unchanged.
-fn parse_token(value: &str) -> Result<String, String> {
+pub(crate) fn parse_token(value: &str) -> Result<String, String> {
     if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("the token must be one or more visible ASCII characters".to_string());
     }

@@ -4,7 +4,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 /// The most bytes of a request head (request line and headers).
-const MAX_HEAD: usize = 16 * 1024;
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
 /// The most header lines in one request head (or chunked trailer).
 const MAX_HEADERS: usize = 100;
@@ -146,7 +146,7 @@ fn leading_empty_lines(buf: &[u8]) -> usize {
 /// Finds the end of a request head — the blank line, CRLF or bare LF —
 /// and returns the length of the head including it. Only bytes from
 /// `from` on are new, so the scan starts just before them.
-fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(2);
     let mut i = start + buf[start..].iter().position(|&b| b == b'\n')?;
     loop {
@@ -492,7 +492,7 @@ fn split_field(line: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
 
 /// Parses a `Content-Length` value: digits only, no sign, no list, and no
 /// value past `u64::MAX`.
-fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
+pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
     let bad = HttpError::BadRequest("Content-Length is malformed");
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return Err(bad);

@@ -193,6 +193,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod client;
 mod config;
 mod conn;
 mod cron;
@@ -756,6 +757,10 @@ impl Signals {
 }
 
 fn main() {
+    // A first argument that is a word, not a flag, is a client command.
+    if let Some(code) = client::dispatch() {
+        std::process::exit(code);
+    }
     let args = std::env::args_os().skip(1);
     let config = match parse_command(args, |name| std::env::var(name).ok()) {
         Ok(Command::Run(config)) => config,

@@ -217,7 +217,7 @@ pub(crate) struct LongPoll {
 const OPENAPI: &str = include_str!("openapi.json");
 
 /// The longest `?wait=`: longer waits are cut to this.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Answers a request from its route and head. A submission needs its body
 /// and, with a journal, a wait for the disk: it is handed back to the
@@ -574,7 +574,7 @@ pub(crate) fn write_counts(out: &mut Vec<u8>, counts: &[usize; STATES.len()]) {
 
 /// Appends `bytes` percent-encoded for a query string: everything but the
 /// unreserved characters of RFC 3986 is escaped.
-fn percent_encode(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn percent_encode(out: &mut Vec<u8>, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for &b in bytes {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

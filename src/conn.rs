@@ -25,6 +25,7 @@ use smol::future;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,67 @@ impl From<HttpError> for Close {
     }
 }
 
+/// Serves one connection, accepted just now, until it closes.
+///
+/// Each request holds a sender upgraded from `in_flight` until its answer
+/// is written, so shutdown can wait for it; `first_request` is one already
+/// taken for the first request. `_permit` holds one of `--max-connections`
+/// places and is only dropped; between requests the connection waits in
+/// `idle`, where the listener may take the place back.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: Async<TcpStream>,
+    in_flight: async_channel::WeakSender<()>,
+    first_request: Option<Sender<()>>,
+    _permit: smol::lock::SemaphoreGuardArc,
+    idle: Arc<IdleConnections>,
+) {
+    let accepted = Instant::now();
+    let mut conn = Connection {
+        stream,
+        buf: Vec::new(),
+        out: Vec::new(),
+        unsaved: Vec::new(),
+        barrier: 0,
+        busy: first_request,
+        idle: Alarm::new(accepted + HEAD_TIMEOUT),
+    };
+    match conn
+        .serve_requests(&shared, accepted, &in_flight, &idle)
+        .await
+    {
+        Err(Close::Error(e)) => {
+            let response = Response::error(e.status(), e.message());
+            shared.responses.add(response.status);
+            response.write(&mut conn.out, Delivery::CLOSING);
+        }
+        // Dropping the socket closes it; its place goes back at once.
+        Err(Close::Evicted) => return,
+        Ok(()) | Err(Close::Gone) => {}
+    }
+    conn.close(&shared).await;
+}
+
+/// What a connection does once a request is answered.
+#[derive(Debug, PartialEq)]
+enum Then {
+    /// Reads the next request: the connection is kept alive.
+    NextRequest,
+    /// Writes what is left and closes.
+    Close,
+}
+
+impl Then {
+    /// Keeps the connection for the next request if `keep_alive`.
+    fn after(keep_alive: bool) -> Then {
+        if keep_alive {
+            Then::NextRequest
+        } else {
+            Then::Close
+        }
+    }
+}
+
 /// One client connection.
 pub(crate) struct Connection {
     /// The socket.
@@ -86,10 +148,10 @@ pub(crate) struct Connection {
     pub(crate) out: Vec<u8>,
     /// With a journal: the answers in `out` to submissions whose tasks are
     /// not yet known to be on disk (see [`Connection::settle`]).
-    pub(crate) unsaved: Vec<Unsaved>,
+    unsaved: Vec<Unsaved>,
     /// With a journal: the last journal record the answers in `out` may
     /// show; they are written only once it is on disk.
-    pub(crate) barrier: u64,
+    barrier: u64,
     /// Held from the first byte of a request until its answer is written,
     /// so that shutdown waits for it.
     pub(crate) busy: Option<Sender<()>>,
@@ -142,7 +204,7 @@ impl Alarm {
 }
 
 /// An answer to a submission, waiting to learn whether its task was saved.
-pub(crate) struct Unsaved {
+struct Unsaved {
     /// Where the answer is in `out`.
     pub(crate) range: Range<usize>,
     /// What tells whether the task was saved.
@@ -174,7 +236,7 @@ impl Saving {
 
 impl Connection {
     /// Serves requests until the connection should close.
-    pub(crate) async fn serve_requests(
+    async fn serve_requests(
         &mut self,
         shared: &Shared,
         accepted: Instant,
@@ -230,7 +292,7 @@ impl Connection {
             if self.busy.is_none() {
                 self.busy = in_flight.upgrade();
             }
-            if !self.serve_request(shared, deadline).await? {
+            if let Then::Close = self.serve_request(shared, deadline).await? {
                 return self.flush(shared).await;
             }
             if self.out.len() >= MAX_UNSENT {
@@ -309,19 +371,15 @@ impl Connection {
         }
     }
 
-    /// Reads, answers and consumes one request. Returns whether the
-    /// connection stays open. The answer goes to `out`, to be written
-    /// with those of any pipelined requests after it.
-    pub(crate) async fn serve_request(
-        &mut self,
-        shared: &Shared,
-        deadline: Instant,
-    ) -> Result<bool, Close> {
+    /// Reads, answers and consumes one request, and says what the
+    /// connection does next. The answer goes to `out`, to be written with
+    /// those of any pipelined requests after it.
+    async fn serve_request(&mut self, shared: &Shared, deadline: Instant) -> Result<Then, Close> {
         let head_len = self.read_head(shared, deadline).await?;
         let head = parse_head(&self.buf[..head_len])?;
         let route = choose_route(&head, &self.buf[..head_len], shared.config.token.as_deref())?;
         if !self.answer_expectation(shared, &head, &route).await? {
-            return Ok(false);
+            return Ok(Then::Close);
         }
         let (consumed, chunked_body) = self.read_body(shared, &head, head_len).await?;
         let bytes = &self.buf[..head_len];
@@ -360,19 +418,19 @@ impl Connection {
         };
         let keep_alive = self.queue_answer(shared, &head, response, saving);
         self.buf.drain(..consumed);
-        Ok(keep_alive)
+        Ok(Then::after(keep_alive))
     }
 
     /// Answers `GET /events` (or its `HEAD`): the stream's head, then, for
     /// a `GET`, the stream until it ends, after which the connection
-    /// closes. Returns whether the connection stays open.
+    /// closes.
     async fn serve_events(
         &mut self,
         shared: &Shared,
         head: &Head,
         filter: EventFilter,
         consumed: usize,
-    ) -> Result<bool, Close> {
+    ) -> Result<Then, Close> {
         self.buf.drain(..consumed);
         let head_only = head.method == Method::Head;
         let keep_alive = head_only && head.keep_alive && !shared.draining.is_fired();
@@ -380,7 +438,7 @@ impl Connection {
         shared.responses.add(200);
         write_stream_head(&mut self.out, delivery);
         if head_only {
-            return Ok(keep_alive);
+            return Ok(Then::after(keep_alive));
         }
         // A stream is not a request in flight: shutdown ends it rather
         // than waits for it.
@@ -395,7 +453,9 @@ impl Connection {
             chunked: !head.http10,
             subscription: shared.events.subscribe(&filter),
         };
-        self.stream_events(shared, events).await.map(|()| false)
+        self.stream_events(shared, events)
+            .await
+            .map(|()| Then::Close)
     }
 
     /// Streams events until shutdown, a lag or the client ends it.

@@ -1,33 +1,62 @@
-//! TODO later
+//! Everything that must happen at a time: one heap, one timer, one task.
+//!
+//! A delayed task's `run_at`, a retry's backoff and a `--schedule`'s next
+//! firing are each one entry in one binary heap of due times, served by
+//! one task, [`run`], with one `async_io::Timer` armed for the earliest
+//! (STYLE.md: "one clock for all later"). A thousand delayed tasks cost a
+//! thousand heap entries, not a thousand timers.
+//!
+//! This module owns only the clock. What coming due means is the store's
+//! business ([`Store::make_due`](crate::store::Store::make_due) puts a task
+//! into its queue, or among those waiting for room;
+//! [`Store::fire`](crate::store::Store::fire) makes a schedule's task):
+//! the loop never waits for a queue, so one full queue holds up neither
+//! another queue nor a schedule. Entries arrive on a channel the store
+//! sends to under its lock (`due_tx`), and the loop ends when shutdown
+//! begins: nothing comes due once the server is draining.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use async_channel::Receiver;
+use async_io::Timer;
+use smol::future;
 
 use crate::{
     shared::Shared,
     task::State,
     time::{instant_at, now_millis},
 };
-use async_channel::Receiver;
-use async_io::Timer;
-use smol::future;
-use std::sync::Arc;
 
-/// What comes due in the scheduler's heap.
+/// What comes due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Due {
+enum Due {
     /// A task waiting for its time: a delayed task, or a retry.
     Task(u64),
     /// A schedule's next firing: its index.
     Schedule(usize),
 }
 
-/// The scheduler: one task, one heap and one timer for everything that
-/// must happen at a time — a delayed task's `run_at`, a retry's backoff, a
-/// schedule's next firing. A task that comes due goes to
-/// [`Store::make_due`], which puts it into its queue, or among those
-/// waiting for room: the scheduler itself never waits for a queue, so one
-/// full queue cannot hold up another, nor a schedule.
-pub(crate) async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
-    use std::cmp::Reverse;
-    let mut due = std::collections::BinaryHeap::new();
+/// What ended the loop's wait.
+enum Woken {
+    /// Shutdown began: the loop ends.
+    Stopped,
+    /// A task must wait until this time (ms since the epoch): its id.
+    Arrived(u64, u64),
+    /// The timer rang: the earliest entries are due.
+    Rang,
+}
+
+/// The heap is pruned of cancelled tasks once it holds this many more
+/// entries than there are tasks waiting for a time: a client that delays
+/// and cancels far-off tasks must not grow it for ever.
+const SLACK: usize = 4096;
+
+/// Serves every due time until shutdown begins: waits for the earliest,
+/// or for a new one to arrive, and acts on what has come due.
+pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
+    let mut due = BinaryHeap::new();
     for (i, state) in shared.store().schedules().iter().enumerate() {
         if state.next_at != 0 {
             due.push(Reverse((state.next_at, Due::Schedule(i))));
@@ -40,61 +69,63 @@ pub(crate) async fn schedule(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) 
                 Some(at) => Timer::at(instant_at(at)).await,
                 None => Timer::never().await,
             };
-            None
+            Woken::Rang
         };
-        let arrival = async { Some(due_rx.recv().await.ok()) };
+        let arrival = async {
+            match due_rx.recv().await {
+                Ok((at, id)) => Woken::Arrived(at, id),
+                // The store, which holds the sender, outlives this loop.
+                Err(_) => Woken::Stopped,
+            }
+        };
         let stopped = async {
             shared.draining.wait().await;
-            Some(None)
+            Woken::Stopped
         };
         // The drain wins a tie: nothing is queued, and no schedule fires,
         // once shutdown has begun.
         match future::or(stopped, future::or(arrival, timer)).await {
-            Some(Some((at, id))) => {
+            Woken::Stopped => return,
+            Woken::Arrived(at, id) => {
                 due.push(Reverse((at, Due::Task(id))));
-                if due.len() > SCHEDULER_SLACK {
+                if due.len() > SLACK {
                     prune(&shared, &mut due);
                 }
             }
-            Some(None) => return,
-            None => {
-                let now = now_millis();
-                while let Some(&Reverse((at, what))) = due.peek()
-                    && at <= now
-                {
-                    due.pop();
-                    let next = match what {
-                        Due::Task(id) => {
-                            shared.store().make_due(id, &shared.queues);
-                            continue;
-                        }
-                        Due::Schedule(i) => {
-                            shared.store().fire(i, at, &shared.config, &shared.queues)
-                        }
-                    };
-                    if let Some(next) = next {
-                        due.push(Reverse((next, what)));
-                    }
+            Woken::Rang => act_on_due(&shared, &mut due),
+        }
+    }
+}
+
+/// Takes every entry due by now off the heap and acts on it; a schedule
+/// goes back in at its next firing.
+fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
+    let now = now_millis();
+    while let Some(&Reverse((at, what))) = due.peek()
+        && at <= now
+    {
+        due.pop();
+        match what {
+            Due::Task(id) => shared.store().make_due(id, &shared.queues),
+            Due::Schedule(i) => {
+                let next = shared.store().fire(i, at, &shared.config, &shared.queues);
+                if let Some(next) = next {
+                    due.push(Reverse((next, what)));
                 }
             }
         }
     }
 }
 
-/// The scheduler's heap is pruned of cancelled tasks once it holds this
-/// many more entries than there are tasks waiting for a time: a client
-/// that schedules and cancels far-off tasks must not grow it for ever.
-const SCHEDULER_SLACK: usize = 4096;
-
 /// Drops the entries of tasks no longer waiting for a time, if they are
-/// many, so the heap stays within the live tasks plus a slack.
-fn prune(shared: &Shared, due: &mut std::collections::BinaryHeap<std::cmp::Reverse<(u64, Due)>>) {
+/// many, so the heap stays within the live tasks plus [`SLACK`].
+fn prune(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
     let store = shared.store();
     let live = store.count(State::Scheduled) + store.count(State::Queued);
-    if due.len() <= live + shared.config.schedules.len() + SCHEDULER_SLACK {
+    if due.len() <= live + shared.config.schedules.len() + SLACK {
         return;
     }
-    due.retain(|std::cmp::Reverse((_, what))| match what {
+    due.retain(|Reverse((_, what))| match what {
         Due::Task(id) => store
             .get(*id)
             .is_some_and(|t| matches!(t.state, State::Scheduled | State::Queued)),

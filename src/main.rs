@@ -152,7 +152,7 @@
 //! 1. SIGINT or SIGTERM fires `draining`: the listener takes in what waits
 //!    in its backlog and closes its socket; new tasks and `/healthz` get
 //!    `503` (idle keep-alive connections stay open to say so); the job
-//!    channels close, so workers take no new task; the scheduler stops;
+//!    channels close, so workers take no new task; the due-time loop stops;
 //!    event streams say `shutdown` and end.
 //! 2. Requests in flight are answered and running tasks may finish, for up to
 //!    `--grace`.
@@ -167,7 +167,7 @@
 //!
 //! 1. Configuration and flags
 //! 2. Task model and store
-//! 3. Worker pool: triggers, queues, workers, the scheduler
+//! 3. Worker pool: triggers, queues, workers, the due-time loop
 //! 4. Periodic tasks: cron specs and firings
 //! 5. Handlers: the built-in sleep and external programs (and progress)
 //! 6. Journal (`--data-dir`)
@@ -189,7 +189,7 @@ use log::{debug, error, info, warn};
 use smol::future;
 
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,13 +220,9 @@ mod trigger;
 
 use crate::{
     config::{Command, Config, QueueList, parse_command, usage},
-    conn::{Alarm, Close, Connection},
     handlers::{Interrupt, OneLine, become_subreaper, interrupted, run_program},
-    http::HEAD_TIMEOUT,
     idle::{IdleConnections, take_place},
     journal::{open_data_dir, spawn_journal_writer},
-    later::schedule,
-    response::{Delivery, Response},
     shared::{BURST, Shared, build_shared},
     store::Begin,
     systemd::notify_service_manager,
@@ -386,47 +382,6 @@ const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest the listener waits after an accept error before trying again.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Serves one connection, accepted just now, until it closes.
-///
-/// Each request holds a sender upgraded from `in_flight` until its answer
-/// is written, so shutdown can wait for it; `first_request` is one already
-/// taken for the first request. `_permit` holds one of `--max-connections`
-/// places and is only dropped; between requests the connection waits in
-/// `idle`, where the listener may take the place back.
-async fn serve(
-    shared: Arc<Shared>,
-    stream: Async<TcpStream>,
-    in_flight: async_channel::WeakSender<()>,
-    first_request: Option<Sender<()>>,
-    _permit: smol::lock::SemaphoreGuardArc,
-    idle: Arc<IdleConnections>,
-) {
-    let accepted = Instant::now();
-    let mut conn = Connection {
-        stream,
-        buf: Vec::new(),
-        out: Vec::new(),
-        unsaved: Vec::new(),
-        barrier: 0,
-        busy: first_request,
-        idle: Alarm::new(accepted + HEAD_TIMEOUT),
-    };
-    match conn
-        .serve_requests(&shared, accepted, &in_flight, &idle)
-        .await
-    {
-        Err(Close::Error(e)) => {
-            let response = Response::error(e.status(), e.message());
-            shared.responses.add(response.status);
-            response.write(&mut conn.out, Delivery::CLOSING);
-        }
-        // Dropping the socket closes it; its place goes back at once.
-        Err(Close::Evicted) => return,
-        Ok(()) | Err(Close::Gone) => {}
-    }
-    conn.close(&shared).await;
-}
-
 /// Opens the listening socket on `addr`: `std`'s `TcpListener::bind`
 /// (close-on-exec, `SO_REUSEADDR` so that a restart need not wait for the
 /// last run's connections to time out), with a backlog of
@@ -466,7 +421,7 @@ fn accept_backlog(
         };
         let _ = stream.get_ref().set_nodelay(true);
         let first_request = in_flight.upgrade();
-        let task = serve(
+        let task = conn::serve(
             shared.clone(),
             stream,
             in_flight.clone(),
@@ -519,7 +474,7 @@ async fn listen(
                 // on the executor's queue, waking an idle executor thread;
                 // `detach` lets it run to its end with no one holding its
                 // handle (dropping a handle would cancel the task).
-                let task = serve(
+                let task = conn::serve(
                     shared.clone(),
                     stream,
                     in_flight.clone(),
@@ -573,7 +528,7 @@ struct Running {
     workers_done: Receiver<()>,
 }
 
-/// Spawns the listener, then the workers and the retry scheduler.
+/// Spawns the listener, then the workers and the due-time loop.
 async fn start_serving(
     shared: &Arc<Shared>,
     executor: &Arc<Executor<'static>>,
@@ -612,7 +567,7 @@ async fn start_serving(
                 .detach();
         }
     }
-    executor.spawn(schedule(shared.clone(), due_rx)).detach();
+    executor.spawn(later::run(shared.clone(), due_rx)).detach();
     Running {
         listening,
         in_flight_tx,

@@ -121,7 +121,7 @@ impl Drop for StoreGuard<'_> {
 pub(crate) const BURST: usize = 4;
 
 /// Builds the state every task shares, restoring the replayed tasks into
-/// the store and the queue. Returns it with the retry scheduler's receiver
+/// the store and the queue. Returns it with the due-time loop's receiver
 /// and, with a journal, what its writer thread needs.
 pub(crate) fn build_shared(
     config: Config,

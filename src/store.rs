@@ -92,7 +92,7 @@ pub(crate) struct Store {
     /// Each schedule's firings, indexed like [`Config::schedules`].
     schedules: Vec<ScheduleState>,
     /// Where tasks go that must wait for a time (delayed tasks, retries):
-    /// the scheduler, as (due ms, id).
+    /// the due-time loop, as (due ms, id).
     due_tx: Sender<(u64, u64)>,
     /// How many delayed tasks may wait at once.
     max_scheduled: usize,
@@ -250,7 +250,7 @@ impl Store {
     }
 
     /// Admits a new task: puts its id into its queue's channel (or, for a
-    /// delayed task, hands it to the scheduler) and records it, both or
+    /// delayed task, hands it to the due-time loop) and records it, both or
     /// neither. The caller holds the store lock, so no worker can receive
     /// the id before the record exists.
     pub(crate) fn admit(&mut self, new: NewTask, queues: &[Queue]) -> Admission {
@@ -296,7 +296,7 @@ impl Store {
             self.keys.insert(key.text.clone(), id);
         }
         let state = if delayed {
-            // The scheduler ends only at shutdown, when it no longer matters.
+            // The due-time loop ends only at shutdown, when it no longer matters.
             let _ = self.due_tx.try_send((run_at, id));
             State::Scheduled
         } else {
@@ -330,7 +330,7 @@ impl Store {
     /// Moves tasks waiting for room into queue `q`'s channel, oldest first,
     /// while it has room. A paused queue takes them too, as it takes new
     /// submissions (its workers hold what they take until the resume): what
-    /// a restart or the scheduler puts into it is in it, and counted so.
+    /// a restart or the due-time loop puts into it is in it, and counted so.
     fn refill(&mut self, q: usize, queue: &Queue) {
         let state = &mut self.queues[q];
         while let Some(&id) = state.waiting.front()
@@ -340,7 +340,7 @@ impl Store {
         }
     }
 
-    /// Acts on a task the scheduler says is due: a delayed task becomes
+    /// Acts on a task the due-time loop says is due: a delayed task becomes
     /// queued, and it or a retry enters its queue. A task cancelled since
     /// is left alone.
     pub(crate) fn make_due(&mut self, id: u64, queues: &[Queue]) {
@@ -554,7 +554,7 @@ impl Store {
     }
 
     /// Records how an attempt in queue `q` ended. A failed attempt with
-    /// attempts left goes to the scheduler for its retry; returns when it
+    /// attempts left goes to the due-time loop for its retry; returns when it
     /// is due (ms since the epoch).
     pub(crate) fn end_attempt(&mut self, id: u64, q: usize, outcome: Outcome) -> Option<u64> {
         // Tuning, as in `wake_watchers`: most attempts made no trigger.
@@ -582,7 +582,7 @@ impl Store {
                 extra.error = Some(error.into());
                 extra.retry_at = retry_at;
                 self.set_state(i, State::Queued);
-                // The scheduler ends only at shutdown, when a lost retry is
+                // The due-time loop ends only at shutdown, when a lost retry is
                 // what shutdown means anyway.
                 let _ = self.due_tx.try_send((retry_at, id));
                 Some(retry_at)
@@ -936,7 +936,7 @@ impl Store {
                 None => drop(self.withdrawn.insert(id)),
             }
         }
-        // The scheduler finds no task when it comes due, and drops it.
+        // The due-time loop finds no task when it comes due, and drops it.
         let extra = task.extra.unwrap_or_default();
         if let Some(key) = extra.key
             && self.keys.get(&key.text) == Some(&id)
@@ -1006,7 +1006,7 @@ impl Store {
     /// `--keep-finished` and the queues' paused states, and puts back what
     /// was waiting: queued tasks into their queues in their original order
     /// (what does not fit waits for room), delayed tasks and retries not
-    /// yet due into the scheduler — those due while the server was down
+    /// yet due into the due-time loop — those due while the server was down
     /// come due at once.
     pub(crate) fn restore(&mut self, replayed: Replayed, queues: &[Queue]) {
         // This run's prefix applies from its first id on.
@@ -1034,7 +1034,7 @@ impl Store {
                 let state = &mut self.schedules[usize::from(s)];
                 (state.last_task, state.last_at) = (task.id, task.created_at());
             }
-            // The scheduler's receiver is alive: it is returned with the store.
+            // The due-time loop's receiver is alive: it is returned with the store.
             match task.state {
                 State::Scheduled => drop(self.due_tx.try_send((task.run_at, task.id))),
                 State::Queued if retry_at > now => drop(self.due_tx.try_send((retry_at, task.id))),
@@ -1139,7 +1139,7 @@ pub(crate) mod tests {
         }
     }
 
-    /// A store for `args` with its queues, and the scheduler's receiver.
+    /// A store for `args` with its queues, and the due-time loop's receiver.
     pub(crate) fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, u64)>) {
         let config = config(args);
         let (due_tx, due_rx) = async_channel::unbounded();

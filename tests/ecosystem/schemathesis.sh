@@ -14,10 +14,13 @@ cd "$(dirname "$0")/../.."
 . tests/ecosystem/lib.sh
 
 SCHEMATHESIS_VERSION=4.32.5
-# st as python3's pip installs it, whatever PATH holds.
-ST=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/st
+# st in a virtual environment of its own under target/ (kept between runs,
+# like the build), never in the system's Python.
+VENV=$PWD/target/ci-venv
+ST=$VENV/bin/st
 if [ "$("$ST" --version 2>/dev/null)" != "st, version $SCHEMATHESIS_VERSION" ]; then
-    python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 build_bgtasks
 
@@ -53,4 +56,4 @@ run_st "without token" ""
 run_st "with token" "st-$RANDOM$RANDOM"
 # What a fuzzer cannot provoke (a full queue, an evicted record, shutdown),
 # provoked on purpose and held to the same document.
-python3 tests/ecosystem/openapi_answers.py "$BIN"
+"$VENV/bin/python" tests/ecosystem/openapi_answers.py "$BIN"

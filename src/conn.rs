@@ -394,7 +394,10 @@ impl Connection {
                     Submitted::Answer(response) => (response, None),
                     Submitted::Saving(response, saved) => (response, Some(Saving::New(saved))),
                     Submitted::Repeat(response, id) => {
-                        let saving = shared.journal.is_some().then_some(Saving::Repeat(id));
+                        let saving = shared
+                            .journal_progress
+                            .is_some()
+                            .then_some(Saving::Repeat(id));
                         (response, saving)
                     }
                 }
@@ -634,7 +637,7 @@ impl Connection {
         response: Response,
         saving: Option<Saving>,
     ) -> bool {
-        if let Some(journal) = &shared.journal {
+        if let Some(journal) = &shared.journal_progress {
             self.barrier = journal.appended.load(Ordering::Acquire);
         }
         let keep_alive = head.keep_alive && !shared.draining.is_fired();
@@ -791,7 +794,7 @@ impl Connection {
     /// saved (the journal writer took it back). `false` if shutdown's grace
     /// ended the wait first.
     pub(crate) async fn settle(&mut self, shared: &Shared) -> bool {
-        let Some(journal) = &shared.journal else {
+        let Some(journal) = &shared.journal_progress else {
             return true;
         };
         if !journal.wait_durable(self.barrier, &shared.grace_over).await {

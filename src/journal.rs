@@ -448,7 +448,7 @@ fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
 
 /// The writer thread: writes batches until the channel closes at shutdown.
 fn write_journal(shared: Arc<Shared>, rx: Receiver<JournalEntry>, mut writer: JournalWriter) {
-    let Some(progress) = &shared.journal else {
+    let Some(progress) = &shared.journal_progress else {
         return;
     };
     let mut batch = Vec::new();
@@ -839,7 +839,7 @@ pub(crate) mod tests {
     #[test]
     fn a_cancel_whose_task_changed_meanwhile_is_written_again_before_it_is_made() {
         let (shared, (rx, mut writer, _lock), dir) = journaled("stale-cancel");
-        let progress = shared.journal.clone().unwrap();
+        let progress = shared.journal_progress.clone().unwrap();
         let Admission::Created(TaskId { num: id, .. }, ..) =
             shared.store().admit(new_task("c", 0), &shared.queues)
         else {
@@ -884,7 +884,7 @@ pub(crate) mod tests {
     #[test]
     fn durability_steps_1_to_3_hold() {
         let (shared, (rx, mut writer, _lock), dir) = journaled("steps");
-        let progress = shared.journal.clone().unwrap();
+        let progress = shared.journal_progress.clone().unwrap();
         // Step 1: records leave the store in the order of the changes,
         // numbered, and `appended` says how far the numbering got.
         let Admission::Created(TaskId { num: id, .. }, _, Some(saved)) =

@@ -277,7 +277,7 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
         if shared.draining.is_fired() {
             return None;
         }
-        if let Some(journal) = &shared.journal {
+        if let Some(journal) = &shared.journal_progress {
             // A task starts only once its record is on disk, so that a
             // failed write can still take it back (see the journal). The
             // drain may have begun meanwhile: then the task is left queued.
@@ -352,7 +352,7 @@ async fn attempt(shared: &Shared, work: &Work) -> Outcome {
 
 /// Runs the built-in `sleep` work.
 async fn sleep(shared: &Shared, work: &Work) -> Outcome {
-    let duration = work.sleep();
+    let duration = work.sleep_for();
     if duration.is_zero() {
         return Outcome::Succeeded(None);
     }
@@ -630,7 +630,7 @@ async fn shut_down(
     }
     let store = shared.store();
     let (queued, scheduled) = (store.count(State::Queued), store.count(State::Scheduled));
-    if shared.journal.is_some() {
+    if shared.journal_progress.is_some() {
         info!(
             "shutdown complete: {queued} queued, {scheduled} scheduled and {interrupted} interrupted tasks stay in the journal"
         );

@@ -90,7 +90,7 @@ impl Family {
 
 /// `GET /metrics`: the Prometheus text format, version 0.0.4. The task
 /// numbers are read under the store lock, so they agree with `/tasks`.
-pub(crate) fn metrics(shared: &Shared) -> Response {
+pub(crate) fn render(shared: &Shared) -> Response {
     let mut families = {
         let store = shared.store();
         let c = &store.counters();

@@ -5,7 +5,7 @@ use crate::{
     events::{EventFilter, dashboard},
     http::{Head, HttpError, Method, percent_decode, trim_ows},
     json::{VecWriter, write_json_opt, write_json_str},
-    metrics::metrics,
+    metrics,
     queue::Queue,
     response::Response,
     shared::Shared,
@@ -48,9 +48,11 @@ pub(crate) enum Route {
     Dashboard,
     /// `GET /openapi.json`: this API described.
     OpenApi,
-    /// `POST /queues/{name}/pause` (`true`) and `/resume` (`false`); the
-    /// name as given, `None` if it is not UTF-8.
-    Pause(Option<Box<str>>, bool),
+    /// `POST /queues/{name}/pause`; the name as given, `None` if it is
+    /// not UTF-8.
+    Pause(Option<Box<str>>),
+    /// `POST /queues/{name}/resume`; the name as for `Pause`.
+    Resume(Option<Box<str>>),
     /// A path no route has.
     NotFound,
     /// A known path with another method; the methods it allows.
@@ -155,12 +157,16 @@ fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
         (1, b"events", _, _) => Resource::get(Route::Events),
         (1, b"", _, _) => Resource::get(Route::Dashboard),
         (1, b"openapi.json", _, _) => Resource::get(Route::OpenApi),
-        (3, b"queues", name, b"pause" | b"resume") => {
-            let name = std::str::from_utf8(name).ok().map(Box::from);
-            Resource::post(Route::Pause(name, &third[..] == b"pause"))
-        }
+        (3, b"queues", name, b"pause") => Resource::post(Route::Pause(queue_name(name))),
+        (3, b"queues", name, b"resume") => Resource::post(Route::Resume(queue_name(name))),
         _ => return Ok(None),
     }))
+}
+
+/// Reads a queue's name from a path segment; `None` if it is not UTF-8
+/// (no queue has such a name).
+fn queue_name(segment: &[u8]) -> Option<Box<str>> {
+    std::str::from_utf8(segment).ok().map(Box::from)
 }
 
 /// Tells whether an `Authorization` value is `Bearer <token>` (the scheme
@@ -226,16 +232,16 @@ pub(crate) fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -
     let query = head.query.clone().map(|q| &bytes[q]);
     Reply::Now(match route {
         Route::Submit(route) => return Reply::Submit(route),
-        Route::List => list(shared, query),
-        Route::Status(id) => return status(shared, id, query, head.method == Method::Head),
-        Route::Cancel(id) => return cancel(shared, id),
+        Route::List => list_tasks(shared, query),
+        Route::Status(id) => return task_status(shared, id, query, head.method),
+        Route::Cancel(id) => return cancel_task(shared, id),
         Route::Health if shared.draining.is_fired() => {
             Response::json(503, &b"{\"status\": \"shutting down\"}"[..])
         }
         Route::Health => Response::json(200, &b"{\"status\": \"ok\"}"[..]),
-        Route::Metrics => metrics(shared),
-        Route::Queues => queues(shared),
-        Route::Schedules => schedules(shared),
+        Route::Metrics => metrics::render(shared),
+        Route::Queues => list_queues(shared),
+        Route::Schedules => list_schedules(shared),
         Route::Events => {
             let filter = EventFilter::parse(query, &shared.config, &shared.store());
             return match filter {
@@ -245,7 +251,8 @@ pub(crate) fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -
         }
         Route::Dashboard => dashboard(),
         Route::OpenApi => Response::json(200, OPENAPI.as_bytes()),
-        Route::Pause(name, paused) => return pause(shared, name.as_deref(), paused),
+        Route::Pause(name) => return pause_or_resume(shared, name.as_deref(), true),
+        Route::Resume(name) => return pause_or_resume(shared, name.as_deref(), false),
         Route::NotFound => Response::error(404, "no such path"),
         Route::NotAllowed(allow) => Response {
             allow: Some(allow),
@@ -516,7 +523,7 @@ const BAD_BEFORE: &str = "before must be the id of a task this server made";
 
 /// `GET /tasks`: a page of the newest retained tasks that pass the
 /// filters, the link to the next page, and the counts of all.
-pub(crate) fn list(shared: &Shared, query: Option<&[u8]>) -> Response {
+fn list_tasks(shared: &Shared, query: Option<&[u8]>) -> Response {
     let query = match ListQuery::parse(query, &shared.config) {
         Ok(query) => query,
         Err(response) => return response,
@@ -586,14 +593,9 @@ pub(crate) fn percent_encode(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// `GET /tasks/{id}`: the task's status, at once or after a long poll. A
-/// `HEAD` (`head_only`) is answered at once: it asks what a `GET` would
-/// get, and a health checker must not be held for a minute.
-pub(crate) fn status(
-    shared: &Shared,
-    id: Option<IdRef>,
-    query: Option<&[u8]>,
-    head_only: bool,
-) -> Reply {
+/// `HEAD` is answered at once: it asks what a `GET` would get, and a
+/// health checker must not be held for a minute.
+fn task_status(shared: &Shared, id: Option<IdRef>, query: Option<&[u8]>, method: Method) -> Reply {
     let wait = match query_param(query, "wait") {
         Err(response) => return Reply::Now(response),
         Ok(None) => Duration::ZERO,
@@ -614,7 +616,7 @@ pub(crate) fn status(
     match store.lookup_ref(&id) {
         Lookup::Found(i) => {
             let task = store.task(i);
-            if wait.is_zero() || head_only || task.state.is_terminal() {
+            if wait.is_zero() || method == Method::Head || task.state.is_terminal() {
                 Reply::Now(task_response(200, &store, i))
             } else {
                 Reply::Poll(LongPoll {
@@ -646,7 +648,7 @@ pub(crate) fn lookup_failure(lookup: Lookup) -> Response {
 
 /// `POST /tasks/{id}/cancel`: answered at once, or, with a journal, once
 /// the cancel's record is on disk ([`answer_change`]).
-pub(crate) fn cancel(shared: &Shared, id: Option<IdRef>) -> Reply {
+fn cancel_task(shared: &Shared, id: Option<IdRef>) -> Reply {
     let mut store = shared.store();
     let id = match id.map(|id| (store.lookup_ref(&id), id.num)) {
         Some((Lookup::Found(_), id)) => id,
@@ -683,7 +685,7 @@ pub(crate) fn cancelled(store: &Store, id: u64, result: Result<usize, Lookup>) -
 }
 
 /// `GET /queues`: every queue, `default` first.
-pub(crate) fn queues(shared: &Shared) -> Response {
+fn list_queues(shared: &Shared) -> Response {
     let mut body = Vec::with_capacity(128 * shared.queues.len());
     body.extend_from_slice(b"{\"queues\": [");
     for (i, view) in shared
@@ -702,7 +704,7 @@ pub(crate) fn queues(shared: &Shared) -> Response {
 }
 
 /// `GET /schedules`: every schedule, with its next and last firing.
-pub(crate) fn schedules(shared: &Shared) -> Response {
+fn list_schedules(shared: &Shared) -> Response {
     let mut body = Vec::with_capacity(160 * shared.config.schedules.len() + 16);
     body.extend_from_slice(b"{\"schedules\": [");
     let store = shared.store();
@@ -735,10 +737,10 @@ pub(crate) fn schedules(shared: &Shared) -> Response {
     Response::json(200, body)
 }
 
-/// `POST /queues/{name}/pause` and `/resume`: the queue afterwards, at
-/// once or, with a journal, once the change's record is on disk
-/// ([`answer_change`]).
-pub(crate) fn pause(shared: &Shared, name: Option<&str>, paused: bool) -> Reply {
+/// `POST /queues/{name}/pause` (`paused`) and `/resume`: the queue
+/// afterwards, at once or, with a journal, once the change's record is on
+/// disk ([`answer_change`]).
+fn pause_or_resume(shared: &Shared, name: Option<&str>, paused: bool) -> Reply {
     let Some(q) = name.and_then(|name| shared.queues.iter().position(|q| *q.name == *name)) else {
         return Reply::Now(Response::error(404, "no such queue"));
     };
@@ -1060,12 +1062,12 @@ mod tests {
             (
                 "POST /queues/slow/pause".into(),
                 None,
-                Ok(Route::Pause(Some("slow".into()), true)),
+                Ok(Route::Pause(Some("slow".into()))),
             ),
             (
                 "POST /queues/slow/resume".into(),
                 None,
-                Ok(Route::Pause(Some("slow".into()), false)),
+                Ok(Route::Resume(Some("slow".into()))),
             ),
             (
                 "GET /queues/slow/pause".into(),
@@ -1122,8 +1124,8 @@ mod tests {
                 Route::Events => ("/events", "get"),
                 Route::Dashboard => ("/", "get"),
                 Route::OpenApi => ("/openapi.json", "get"),
-                Route::Pause(_, true) => ("/queues/{name}/pause", "post"),
-                Route::Pause(_, false) => ("/queues/{name}/resume", "post"),
+                Route::Pause(_) => ("/queues/{name}/pause", "post"),
+                Route::Resume(_) => ("/queues/{name}/resume", "post"),
                 Route::NotFound | Route::NotAllowed(_) | Route::Unauthorized => return None,
             })
         }

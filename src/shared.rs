@@ -35,7 +35,7 @@ pub(crate) struct Shared {
     /// that lock.
     pub(crate) events: Arc<EventLog>,
     /// How far the journal is on disk, with `--data-dir`.
-    pub(crate) journal: Option<Arc<JournalProgress>>,
+    pub(crate) journal_progress: Option<Arc<JournalProgress>>,
 }
 
 impl Shared {
@@ -150,7 +150,7 @@ pub(crate) fn build_shared(
         grace_over: Trigger::new(),
         responses: StatusCounts::new(),
         rejected: AtomicU64::new(0),
-        journal,
+        journal_progress: journal,
     });
     (shared, due_rx, writer)
 }

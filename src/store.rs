@@ -120,7 +120,7 @@ pub(crate) struct Store {
     /// Set once shutdown begins: submissions get `503`.
     closed: bool,
     /// Where changes are journaled, with `--data-dir`.
-    journal: Option<JournalSender>,
+    journal_tx: Option<JournalSender>,
     /// Where the `/events` streams are told of every change (shared with
     /// them, and with [`Shared`]).
     events: Arc<EventLog>,
@@ -155,7 +155,7 @@ impl Store {
             keep_finished: config.keep_finished,
             counters: Counters::default(),
             closed: false,
-            journal: None,
+            journal_tx: None,
             events,
             nodes: vec![(0, config.node)],
         }
@@ -304,7 +304,7 @@ impl Store {
         };
         self.insert(Task::from_new(id, new, state));
         let i = self.tasks.len() - 1;
-        let saved = self.journal.is_some().then(|| {
+        let saved = self.journal_tx.is_some().then(|| {
             let (done, saved) = async_channel::bounded(1);
             let mut line = Vec::with_capacity(160);
             if let Some(task) = self.tasks.back() {
@@ -621,7 +621,7 @@ impl Store {
         if self.tasks[i].state.is_terminal() {
             return Err(Lookup::Found(i));
         }
-        if self.journal.is_some() {
+        if self.journal_tx.is_some() {
             return Ok(Cancel::Saving(self.log_cancel(i)));
         }
         self.make_cancel(i, now_millis());
@@ -705,20 +705,20 @@ impl Store {
 
     /// Tells whether changes are journaled (`--data-dir`).
     pub(crate) fn has_journal(&self) -> bool {
-        self.journal.is_some()
+        self.journal_tx.is_some()
     }
 
     /// Starts journaling changes to `journal` (once, at start-up, after
     /// the replayed tasks are restored).
     pub(crate) fn attach_journal(&mut self, journal: JournalSender) {
-        self.journal = Some(journal);
+        self.journal_tx = Some(journal);
     }
 
     /// Closes the journal's channel: the writer thread writes what it has
     /// and ends. Called once the executor has stopped, so that what the
     /// last moments changed is written before the process ends.
     pub(crate) fn close_journal(&self) {
-        if let Some(journal) = &self.journal {
+        if let Some(journal) = &self.journal_tx {
             journal.close();
         }
     }
@@ -792,14 +792,14 @@ impl Store {
     /// Sends a record to the journal, if there is one, with what waits for
     /// it.
     pub(crate) fn log(&mut self, line: Vec<u8>, awaiting: Awaiting) {
-        if let Some(journal) = &mut self.journal {
+        if let Some(journal) = &mut self.journal_tx {
             journal.send(line, awaiting);
         }
     }
 
     /// Journals the current state of the task at index `i`.
     fn log_state(&mut self, i: usize) {
-        if self.journal.is_none() {
+        if self.journal_tx.is_none() {
             return;
         }
         let mut line = Vec::with_capacity(160);

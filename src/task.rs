@@ -576,7 +576,7 @@ pub(crate) struct Work {
 impl Work {
     /// Returns how long a `sleep` lasts. The texts were checked when the
     /// task was accepted; they are parsed here, outside the store lock.
-    pub(crate) fn sleep(&self) -> Duration {
+    pub(crate) fn sleep_for(&self) -> Duration {
         let text = self.work_duration.as_ref().map_or("0", Text::as_str);
         parse_duration(text).unwrap_or_default()
     }

@@ -194,6 +194,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod client;
+mod client_http;
+mod client_output;
 mod config;
 mod conn;
 mod cron;

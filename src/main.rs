@@ -212,6 +212,8 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod client_http;
+mod client_output;
 mod config;
 mod conn;
 mod cron;

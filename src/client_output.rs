@@ -247,10 +247,6 @@ fn write_columns(out: &mut dyn Write, cells: &[String], columns: usize) -> io::R
     Ok(())
 }
 
-/// Returns a value as people read it: a string without its quotes and
-/// its last line breaks (kept quoted and escaped when it holds other
-/// control characters — more lines, or codes that could drive a
-
 /// Returns an event as one line for people: its name, then its members
 /// as `name=value` — a string bare unless it is empty or holds a space, a
 /// quote or `=` (then it is its JSON, which quotes it), an object as its
@@ -274,6 +270,9 @@ pub(crate) fn event_line(name: &str, data: &str) -> String {
     line
 }
 
+/// Returns a value as people read it: a string without its quotes and
+/// its last line breaks (kept quoted and escaped when it holds other
+/// control characters — more lines, or codes that could drive a
 /// terminal), `-` for null, anything else as its JSON on one line.
 pub(crate) fn plain(text: &str) -> String {
     if text == "null" {

@@ -126,6 +126,11 @@ const FLAGS: &[Flag] = &[
         "a queue with its own workers and capacity (repeatable)",
     ),
     Flag::new(
+        "--rate",
+        "QUEUE=N/UNIT",
+        "at most N task starts per s, m or h in QUEUE (repeatable)",
+    ),
+    Flag::new(
         "--schedule",
         "NAME=SPEC TEMPLATE",
         "a periodic task: cron SPEC, submission TEMPLATE (repeatable)",
@@ -305,6 +310,37 @@ pub(crate) struct QueueConfig {
     pub(crate) workers: usize,
     /// The capacity of its channel: tasks waiting beyond the running ones.
     pub(crate) buffer: usize,
+    /// How many tasks may start per unit of time, from `--rate`; `None`
+    /// lets them start as fast as workers free up.
+    pub(crate) rate: Option<Rate>,
+}
+
+/// A limit on task starts from `--rate QUEUE=N/UNIT`: at most `per` starts
+/// in each `unit`, as a token bucket that holds `per` and refills evenly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Rate {
+    /// N: the starts allowed per unit, and the bucket's size.
+    pub(crate) per: u64,
+    /// UNIT: `s`, `m` or `h`.
+    pub(crate) unit: char,
+}
+
+impl Rate {
+    /// Returns the length of the unit in microseconds.
+    pub(crate) fn unit_micros(self) -> u64 {
+        match self.unit {
+            's' => 1_000_000,
+            'm' => 60_000_000,
+            _ => 3_600_000_000,
+        }
+    }
+}
+
+impl std::fmt::Display for Rate {
+    /// Shows the rate as it was given: `5/s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.per, self.unit)
+    }
 }
 
 /// A task kind registered with `--handler KIND=PROGRAM`.
@@ -482,6 +518,7 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             name: Arc::from("default"),
             workers: self.number("--workers")?,
             buffer: self.number("--buffer")?,
+            rate: None,
         }];
         for spec in self.all("--queue") {
             let queue = parse_queue(spec)?;
@@ -492,6 +529,16 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
         }
         if queues.len() > MAX_QUEUES {
             return Err(format!("--queue: at most {} queues", MAX_QUEUES - 1));
+        }
+        for spec in self.all("--rate") {
+            let (name, rate) = parse_rate(spec)?;
+            let queue = queues
+                .iter_mut()
+                .find(|q| *q.name == *name)
+                .ok_or_else(|| format!("--rate {spec:?}: there is no queue {name:?}"))?;
+            if queue.rate.replace(rate).is_some() {
+                return Err(format!("--rate {spec:?}: the queue's rate is given twice"));
+            }
         }
         Ok(queues)
     }
@@ -658,7 +705,36 @@ fn parse_queue(spec: &str) -> Result<QueueConfig, String> {
         name: Arc::from(name),
         workers: parse_in("--workers", workers).map_err(|e| bad(format!("WORKERS: {e}")))?,
         buffer: parse_in("--buffer", buffer).map_err(|e| bad(format!("BUFFER: {e}")))?,
+        rate: None,
     })
+}
+
+/// The most starts a `--rate` may allow per unit: a million a second is
+/// past what any worker pool starts, so a larger N is a typo.
+const MAX_RATE: u64 = 1_000_000;
+
+/// Parses `QUEUE=N/UNIT` (UNIT `s`, `m` or `h`; N 1 to [`MAX_RATE`]) into
+/// the queue's name and its rate.
+fn parse_rate(spec: &str) -> Result<(&str, Rate), String> {
+    let bad = |why: &str| format!("--rate {spec:?}: {why}");
+    let (name, limit) = spec
+        .split_once('=')
+        .ok_or_else(|| bad("expected QUEUE=N/UNIT"))?;
+    let (per, unit) = limit
+        .split_once('/')
+        .ok_or_else(|| bad("expected QUEUE=N/UNIT"))?;
+    let per = per
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=MAX_RATE).contains(n))
+        .ok_or_else(|| bad(&format!("N must be a whole number from 1 to {MAX_RATE}")))?;
+    let unit = match unit {
+        "s" => 's',
+        "m" => 'm',
+        "h" => 'h',
+        _ => return Err(bad("UNIT must be s, m or h")),
+    };
+    Ok((name, Rate { per, unit }))
 }
 
 /// Returns a flag's default from [`FLAGS`].
@@ -875,6 +951,64 @@ mod tests {
         };
         assert!(c.handlers[0].program.ends_with("sh"));
         assert_eq!(c.handlers[0].args, ["-c", "'exit", "0'"]);
+    }
+
+    #[test]
+    fn rates_name_a_queue_once_with_n_per_s_m_or_h() {
+        let rates = |args: &[&str]| {
+            parse_command(args.iter().map(OsString::from), |_| None).map(|c| match c {
+                Command::Run(c) => c
+                    .queues
+                    .iter()
+                    .map(|q| q.rate.map(|r| r.to_string()))
+                    .collect(),
+                _ => Vec::new(),
+            })
+        };
+        let some = |r: &str| Some(r.to_string());
+        assert_eq!(rates(&[]), Ok(vec![None]));
+        assert_eq!(
+            rates(&[
+                "--rate",
+                "api=10/s",
+                "--queue",
+                "api=2",
+                "--rate=default=3/h"
+            ]),
+            Ok(vec![some("3/h"), some("10/s")])
+        );
+        assert_eq!(
+            rates(&["--rate", "default=1000000/m"]),
+            Ok(vec![some("1000000/m")])
+        );
+        let bad: &[(&str, &str)] = &[
+            ("api=1/s", "there is no queue \"api\""),
+            ("default", "expected QUEUE=N/UNIT"),
+            ("default=5", "expected QUEUE=N/UNIT"),
+            ("default=0/s", "N must be a whole number from 1 to 1000000"),
+            (
+                "default=1000001/s",
+                "N must be a whole number from 1 to 1000000",
+            ),
+            ("default=-1/s", "N must be a whole number from 1 to 1000000"),
+            (
+                "default=1.5/s",
+                "N must be a whole number from 1 to 1000000",
+            ),
+            ("default=5/d", "UNIT must be s, m or h"),
+            ("default=5/", "UNIT must be s, m or h"),
+            ("default=5/sec", "UNIT must be s, m or h"),
+        ];
+        for (spec, why) in bad {
+            assert_eq!(
+                rates(&["--rate", spec]),
+                Err(format!("--rate {spec:?}: {why}"))
+            );
+        }
+        assert_eq!(
+            rates(&["--rate", "default=1/s", "--rate", "default=2/s"]),
+            Err("--rate \"default=2/s\": the queue's rate is given twice".to_string())
+        );
     }
 
     #[test]

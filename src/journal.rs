@@ -856,7 +856,7 @@ pub(crate) mod tests {
         // The task starts before the record is written: the record says
         // attempt 0, no longer what the cancel would leave.
         assert_eq!(shared.queues[0].jobs_rx.try_recv(), Ok(id));
-        let begun = shared.store().begin_attempt(id, 0, &shared.queues);
+        let begun = shared.store().begin_attempt(id, 0, &shared.queues, false);
         assert!(matches!(begun, Begin::Work(_)), "{begun:?}");
         let mut batch = waiting_records(&rx);
         assert_eq!(batch.len(), 1);
@@ -957,7 +957,9 @@ pub(crate) mod tests {
         drop(store);
         for skipped in [id, lost] {
             assert_eq!(shared.queues[0].jobs_rx.try_recv(), Ok(skipped));
-            let begun = shared.store().begin_attempt(skipped, 0, &shared.queues);
+            let begun = shared
+                .store()
+                .begin_attempt(skipped, 0, &shared.queues, false);
             assert!(matches!(begun, Begin::Skip), "{begun:?}");
         }
         assert_eq!(shared.store().queue(0).depth, 0);

@@ -1,7 +1,7 @@
 //! Everything that must happen at a time: one heap, one timer, one task.
 //!
-//! A delayed task's `run_at`, a retry's backoff and a `--schedule`'s next
-//! firing are each one entry in one binary heap of due times, served by
+//! A delayed task's `run_at`, a retry's backoff, a `--schedule`'s next
+//! firing and a `--rate`'s next token are each one entry in one binary heap of due times, served by
 //! one task, [`run`], with one `async_io::Timer` armed for the earliest
 //! (STYLE.md: "one clock for all later"). A thousand delayed tasks cost a
 //! thousand heap entries, not a thousand timers.
@@ -9,7 +9,9 @@
 //! This module owns only the clock. What coming due means is the store's
 //! business ([`Store::make_due`](crate::store::Store::make_due) puts a task
 //! into its queue, or among those waiting for room;
-//! [`Store::fire`](crate::store::Store::fire) makes a schedule's task):
+//! [`Store::fire`](crate::store::Store::fire) makes a schedule's task;
+//! [`Store::refill_bucket`](crate::store::Store::refill_bucket) wakes the
+//! workers that wait for a token):
 //! the loop never waits for a queue, so one full queue holds up neither
 //! another queue nor a schedule. Entries arrive on a channel the store
 //! sends to under its lock (`due_tx`), and the loop ends when shutdown
@@ -31,19 +33,21 @@ use crate::{
 
 /// What comes due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Due {
+pub(crate) enum Due {
     /// A task waiting for its time: a delayed task, or a retry.
     Task(u64),
     /// A schedule's next firing: its index.
     Schedule(usize),
+    /// The next token of a queue's `--rate`: the queue's index.
+    Token(usize),
 }
 
 /// What ended the loop's wait.
 enum Woken {
     /// Shutdown began: the loop ends.
     Stopped,
-    /// A task must wait until this time (ms since the epoch): its id.
-    Arrived(u64, u64),
+    /// Something must happen at this time (ms since the epoch).
+    Arrived(u64, Due),
     /// The timer rang: the earliest entries are due.
     Rang,
 }
@@ -55,7 +59,7 @@ const SLACK: usize = 4096;
 
 /// Serves every due time until shutdown begins: waits for the earliest,
 /// or for a new one to arrive, and acts on what has come due.
-pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
+pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, Due)>) {
     let mut due = BinaryHeap::new();
     for (i, state) in shared.store().schedules().iter().enumerate() {
         if state.next_at != 0 {
@@ -73,7 +77,7 @@ pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
         };
         let arrival = async {
             match due_rx.recv().await {
-                Ok((at, id)) => Woken::Arrived(at, id),
+                Ok((at, what)) => Woken::Arrived(at, what),
                 // The store, which holds the sender, outlives this loop.
                 Err(_) => Woken::Stopped,
             }
@@ -86,8 +90,8 @@ pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
         // once shutdown has begun.
         match future::or(stopped, future::or(arrival, timer)).await {
             Woken::Stopped => return,
-            Woken::Arrived(at, id) => {
-                due.push(Reverse((at, Due::Task(id))));
+            Woken::Arrived(at, what) => {
+                due.push(Reverse((at, what)));
                 if due.len() > SLACK {
                     prune(&shared, &mut due);
                 }
@@ -107,6 +111,7 @@ fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
         due.pop();
         match what {
             Due::Task(id) => shared.store().make_due(id, &shared.queues),
+            Due::Token(q) => shared.store().refill_bucket(q),
             Due::Schedule(i) => {
                 let next = shared.store().fire(i, at, &shared.config, &shared.queues);
                 if let Some(next) = next {
@@ -129,6 +134,6 @@ fn prune(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
         Due::Task(id) => store
             .get(*id)
             .is_some_and(|t| matches!(t.state, State::Scheduled | State::Queued)),
-        Due::Schedule(_) => true,
+        Due::Schedule(_) | Due::Token(_) => true,
     });
 }

@@ -243,6 +243,7 @@ use crate::{
     handlers::{Interrupt, OneLine, become_subreaper, interrupted, run_program},
     idle::{IdleConnections, take_place},
     journal::{open_data_dir, spawn_journal_writer},
+    later::Due,
     shared::{BURST, Shared, build_shared},
     store::Begin,
     systemd::notify_service_manager,
@@ -370,7 +371,7 @@ fn run_executor(
     shared: &Arc<Shared>,
     listener: Async<TcpListener>,
     signals: Signals,
-    due_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, Due)>,
 ) -> i32 {
     let executor = Arc::new(Executor::new());
     let exited = Trigger::new();
@@ -417,7 +418,7 @@ async fn supervise(
     executor: Arc<Executor<'static>>,
     listener: Async<TcpListener>,
     signals: Signals,
-    due_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, Due)>,
     start_threads: impl FnOnce(),
 ) -> i32 {
     let running = start_serving(&shared, &executor, listener, due_rx).await;
@@ -446,7 +447,7 @@ async fn start_serving(
     shared: &Arc<Shared>,
     executor: &Arc<Executor<'static>>,
     listener: Async<TcpListener>,
-    due_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, Due)>,
 ) -> Running {
     let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
     // The bound address, not the flag: with port 0 the kernel picks one.
@@ -639,7 +640,9 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
 
 /// Takes the next task from queue `q`'s channel and begins its attempt;
 /// `None` once shutdown has begun. A task taken while the queue is paused
-/// is kept, still counted in the queue, and begun first on the resume.
+/// is kept, still counted in the queue, and begun first on the resume; one
+/// taken while its `--rate` has no token left is kept in the same way
+/// until the due-time loop says the next token has come.
 async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
     loop {
         // Shutdown closes the channel, which wakes every waiting worker;
@@ -657,9 +660,12 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
                 return None;
             }
         }
+        // Whether this task has waited for a token already: it counts once
+        // among the starts that had to.
+        let mut limited = false;
         loop {
-            let begun = shared.store().begin_attempt(id, q, &shared.queues);
-            match begun {
+            let begun = shared.store().begin_attempt(id, q, &shared.queues, limited);
+            let until = match begun {
                 Begin::Work(work) => return Some(work),
                 Begin::Skip => {
                     let id = shared.store().task_id(id);
@@ -667,20 +673,38 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
                     break;
                 }
                 Begin::Paused(resumed) => {
-                    let draining = async {
-                        shared.draining.wait().await;
-                        false
-                    };
-                    let resumed = async {
-                        resumed.wait().await;
-                        true
-                    };
-                    if !future::or(draining, resumed).await {
-                        return None;
-                    }
+                    held(shared, id, "its queue is paused");
+                    resumed
                 }
+                Begin::Limited(refilled) => {
+                    if !limited {
+                        held(shared, id, "it waits for a token of its queue's --rate");
+                    }
+                    limited = true;
+                    refilled
+                }
+            };
+            let draining = async {
+                shared.draining.wait().await;
+                false
+            };
+            let woken = async {
+                until.wait().await;
+                true
+            };
+            // The drain wins a tie: a task not yet begun stays queued.
+            if !future::or(draining, woken).await {
+                return None;
             }
         }
+    }
+}
+
+/// Logs, at debug level, why a worker holds task `id` without starting it.
+fn held(shared: &Shared, id: u64, why: &str) {
+    if log::log_enabled!(log::Level::Debug) {
+        let id = shared.store().task_id(id);
+        debug!("task {id} held: {why}");
     }
 }
 

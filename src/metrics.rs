@@ -134,6 +134,14 @@ pub(crate) fn render(shared: &Shared) -> Response {
                 u64::from(v.paused)
             }),
             Family {
+                kind: "counter",
+                ..per_queue(
+                    "bgtasks_queue_rate_limited_total",
+                    "Task starts that had to wait for a token of the queue's --rate.",
+                    |v| v.rate_limited,
+                )
+            },
+            Family {
                 name: "bgtasks_schedule_firings_total",
                 kind: "counter",
                 help: "Firings of each schedule, by whether they created a task.",

@@ -1,7 +1,7 @@
 //! TODO queue
 
 use crate::{
-    config::QueueConfig,
+    config::{QueueConfig, Rate},
     json::VecWriter,
     record::{Op, Record, cow},
     trigger::Trigger,
@@ -34,6 +34,9 @@ pub(crate) struct QueueState {
     /// delayed tasks that came due while it was full or paused. They enter
     /// before any new submission.
     pub(crate) waiting: VecDeque<u64>,
+    /// Its `--rate`'s token bucket; `None` without one, so that a queue
+    /// with no rate pays nothing for the feature.
+    pub(crate) bucket: Option<Box<Bucket>>,
 }
 
 impl QueueState {
@@ -46,6 +49,7 @@ impl QueueState {
             paused: false,
             resumed: Trigger::new(),
             waiting: VecDeque::new(),
+            bucket: config.rate.map(|rate| Box::new(Bucket::new(rate))),
         }
     }
 
@@ -57,6 +61,66 @@ impl QueueState {
             paused: Some(self.paused),
             ..Record::default()
         }
+    }
+}
+
+/// A `--rate`'s token bucket: it holds up to N tokens, refilled one every
+/// UNIT/N, and each start of a task takes one.
+///
+/// It is kept as the time the bucket would be full again (the "theoretical
+/// arrival time" of the GCRA, ITU-T I.371), not as a count of tokens and a
+/// timer to refill them: a start takes a token if the bucket, refilled up to
+/// now, has one, which is arithmetic on two numbers. Times are scaled by N
+/// (microseconds × N) so that UNIT/N needs no rounding: 3/s is exactly three
+/// starts a second, not one every 333,333 µs.
+#[derive(Debug)]
+pub(crate) struct Bucket {
+    /// The limit it keeps.
+    pub(crate) rate: Rate,
+    /// When the bucket is full again, in µs since the epoch × N: each start
+    /// moves it UNIT (× N / N) later, from now at the earliest.
+    full_at: u128,
+    /// When the due-time loop is to say the next token has come (ms since
+    /// the epoch); 0 when no such entry is on its heap. One entry serves
+    /// every worker that waits.
+    pub(crate) due_at: u64,
+    /// Fired when the next token comes (and then replaced): the workers
+    /// that found the bucket empty wait for it.
+    pub(crate) refilled: Trigger,
+    /// Starts that had to wait for a token, for `/metrics`.
+    pub(crate) limited: u64,
+}
+
+impl Bucket {
+    /// A full bucket for `rate`.
+    pub(crate) fn new(rate: Rate) -> Bucket {
+        Bucket {
+            rate,
+            full_at: 0,
+            due_at: 0,
+            refilled: Trigger::new(),
+            limited: 0,
+        }
+    }
+
+    /// Takes a token at `now` (µs since the epoch), or returns when the next
+    /// one comes (ms since the epoch, rounded up so that it has come by
+    /// then).
+    pub(crate) fn take(&mut self, now: u64) -> Result<(), u64> {
+        let (per, unit) = (
+            u128::from(self.rate.per),
+            u128::from(self.rate.unit_micros()),
+        );
+        let now = u128::from(now) * per;
+        // The bucket lacks (full_at - now) / (UNIT / N) tokens, scaled: one
+        // can be taken while it lacks fewer than N, i.e. at most N - 1.
+        let from = self.full_at.max(now);
+        if from - now > unit * (per - 1) {
+            let next = (from - unit * (per - 1)).div_ceil(per);
+            return Err(next.div_ceil(1000) as u64);
+        }
+        self.full_at = from + unit;
+        Ok(())
     }
 }
 
@@ -106,6 +170,10 @@ pub(crate) struct QueueView<'a> {
     pub(crate) capacity: usize,
     /// Whether it is paused.
     pub(crate) paused: bool,
+    /// Its `--rate`, if any.
+    pub(crate) rate: Option<Rate>,
+    /// Starts that had to wait for a token of its `--rate`.
+    pub(crate) rate_limited: u64,
 }
 
 impl QueueView<'_> {
@@ -114,13 +182,126 @@ impl QueueView<'_> {
         let _ = write!(
             VecWriter(out),
             "{{\"name\": \"{}\", \"workers\": {}, \"busy\": {}, \"depth\": {}, \
-             \"capacity\": {}, \"paused\": {}}}",
+             \"capacity\": {}, \"paused\": {}, \"rate\": ",
             self.name,
             self.workers,
             self.busy,
             self.depth,
             self.capacity,
             self.paused
+        );
+        let _ = match self.rate {
+            Some(rate) => write!(VecWriter(out), "\"{rate}\"}}"),
+            None => write!(VecWriter(out), "null}}"),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes tokens from a bucket for `rate` at each of `at` (ms after a
+    /// start), and returns what each take answered: `ok`, or how many ms
+    /// after the start the next token comes.
+    fn takes(per: u64, unit: char, at: &[u64]) -> Vec<String> {
+        let start = 1_796_000_000_000u64;
+        let mut bucket = Bucket::new(Rate { per, unit });
+        at.iter()
+            .map(|ms| match bucket.take((start + ms) * 1000) {
+                Ok(()) => "ok".to_string(),
+                Err(next) => (next - start).to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_bucket_lets_its_burst_through_then_one_token_every_unit_over_n() {
+        /// Rate, times of the takes (ms), and what each answers.
+        type Case<'a> = (u64, char, &'a [u64], &'a [&'a str]);
+        let cases: &[Case] = &[
+            // A full bucket of 5 lets 5 through at once; the next token
+            // comes a fifth of a second after the first was taken.
+            (
+                5,
+                's',
+                &[0, 0, 0, 0, 0, 0],
+                &["ok", "ok", "ok", "ok", "ok", "200"],
+            ),
+            (
+                5,
+                's',
+                &[0, 0, 0, 0, 0, 199, 200, 200],
+                &["ok", "ok", "ok", "ok", "ok", "200", "ok", "400"],
+            ),
+            // Refilled evenly: after a quiet spell the bucket is full
+            // again, and never fuller than N.
+            (
+                2,
+                's',
+                &[0, 0, 5000, 5000, 5000],
+                &["ok", "ok", "ok", "ok", "5500"],
+            ),
+            // One an hour: only the first, then an hour later.
+            (
+                1,
+                'h',
+                &[0, 1, 3_599_999, 3_600_000],
+                &["ok", "3600000", "3600000", "ok"],
+            ),
+            (2, 'm', &[0, 0, 0, 30_000], &["ok", "ok", "30000", "ok"]),
+            // UNIT/N need not be a whole number of µs: three a second are
+            // three a second, the next token rounded up to the ms.
+            (3, 's', &[0, 0, 0, 0], &["ok", "ok", "ok", "334"]),
+            (
+                3,
+                's',
+                &[0, 0, 0, 1000, 1000, 1000, 1000],
+                &["ok", "ok", "ok", "ok", "ok", "ok", "1334"],
+            ),
+            // Faster than one a millisecond: tokens come within the ms.
+            (1_000_000, 's', &[0, 1], &["ok", "ok"]),
+        ];
+        for &(per, unit, at, expected) in cases {
+            assert_eq!(takes(per, unit, at), expected, "{per}/{unit} at {at:?}");
+        }
+    }
+
+    #[test]
+    fn a_million_a_second_lets_a_million_through_at_once_and_no_more() {
+        let mut bucket = Bucket::new(Rate {
+            per: 1_000_000,
+            unit: 's',
+        });
+        let now = 1_796_000_000_000_000;
+        assert!((0..1_000_000).all(|_| bucket.take(now).is_ok()));
+        assert_eq!(bucket.take(now), Err(now / 1000 + 1));
+        assert_eq!(bucket.take(now + 1), Ok(()));
+    }
+
+    #[test]
+    fn a_queue_shows_its_rate_or_null() {
+        let mut view = QueueView {
+            name: "api",
+            workers: 2,
+            busy: 1,
+            depth: 3,
+            capacity: 10,
+            paused: false,
+            rate: Some(Rate { per: 10, unit: 's' }),
+            rate_limited: 0,
+        };
+        let mut out = Vec::new();
+        view.write_json(&mut out);
+        view.rate = None;
+        out.push(b'\n');
+        view.write_json(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"name\": \"api\", \"workers\": 2, \"busy\": 1, \"depth\": 3, \"capacity\": 10, \
+             \"paused\": false, \"rate\": \"10/s\"}\n\
+             {\"name\": \"api\", \"workers\": 2, \"busy\": 1, \"depth\": 3, \"capacity\": 10, \
+             \"paused\": false, \"rate\": null}"
         );
     }
 }

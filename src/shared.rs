@@ -4,6 +4,7 @@ use crate::{
     config::Config,
     events::EventLog,
     journal::{DataDir, JournalProgress, JournalSender, WriterParts},
+    later::Due,
     metrics::StatusCounts,
     queue::Queue,
     store::Store,
@@ -126,7 +127,7 @@ pub(crate) const BURST: usize = 4;
 pub(crate) fn build_shared(
     config: Config,
     data: Option<DataDir>,
-) -> (Arc<Shared>, Receiver<(u64, u64)>, Option<WriterParts>) {
+) -> (Arc<Shared>, Receiver<(u64, Due)>, Option<WriterParts>) {
     let queues: Vec<Queue> = config.queues.iter().map(Queue::new).collect();
     let (due_tx, due_rx) = async_channel::unbounded();
     let events = Arc::new(EventLog::default());

@@ -5,6 +5,7 @@ use crate::{
     cron::{ScheduleState, firing_after},
     events::EventLog,
     journal::{Awaiting, Cancelling, Change, JournalEntry, JournalSender, Replayed, write_version},
+    later::Due,
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
     submit::parse_submission,
@@ -54,6 +55,10 @@ pub(crate) enum Begin {
     /// The queue is paused: the worker keeps the task, still counted in
     /// the queue, and begins it when this trigger fires on the resume.
     Paused(Trigger),
+    /// The queue's `--rate` has no token left: the worker keeps the task,
+    /// still `queued` and counted in the queue, and tries again when this
+    /// trigger fires, as the next token comes.
+    Limited(Trigger),
 }
 
 /// What a lookup of an id finds.
@@ -91,9 +96,9 @@ pub(crate) struct Store {
     queues: Vec<QueueState>,
     /// Each schedule's firings, indexed like [`Config::schedules`].
     schedules: Vec<ScheduleState>,
-    /// Where tasks go that must wait for a time (delayed tasks, retries):
-    /// the due-time loop, as (due ms, id).
-    due_tx: Sender<(u64, u64)>,
+    /// Where what must happen at a time goes (delayed tasks, retries, a
+    /// `--rate`'s next token): the due-time loop, as (due ms, what).
+    due_tx: Sender<(u64, Due)>,
     /// How many delayed tasks may wait at once.
     max_scheduled: usize,
     /// Idempotency keys of retained tasks.
@@ -135,7 +140,7 @@ pub(crate) struct Store {
 impl Store {
     /// Creates an empty store for `config`'s queues and limits, sending
     /// what must wait for a time to `due_tx`.
-    pub(crate) fn new(config: &Config, due_tx: Sender<(u64, u64)>, events: Arc<EventLog>) -> Store {
+    pub(crate) fn new(config: &Config, due_tx: Sender<(u64, Due)>, events: Arc<EventLog>) -> Store {
         Store {
             tasks: VecDeque::new(),
             tombstones: 0,
@@ -297,7 +302,7 @@ impl Store {
         }
         let state = if delayed {
             // The due-time loop ends only at shutdown, when it no longer matters.
-            let _ = self.due_tx.try_send((run_at, id));
+            let _ = self.due_tx.try_send((run_at, Due::Task(id)));
             State::Scheduled
         } else {
             State::Queued
@@ -511,9 +516,19 @@ impl Store {
 
     /// Starts an attempt of a task a worker of queue `q` took from its
     /// channel, unless the queue is paused (the worker keeps the task and
-    /// tries again on the resume) or the task is no longer queued (a client
-    /// cancelled it). The task leaves the queue, and a waiting one enters.
-    pub(crate) fn begin_attempt(&mut self, id: u64, q: usize, queues: &[Queue]) -> Begin {
+    /// tries again on the resume), its `--rate` has no token now (the
+    /// worker keeps it and tries again when the next one comes; `limited`
+    /// says it has waited for one already, so that the start is counted
+    /// once among those that had to), or the task is no longer queued (a
+    /// client cancelled it). The task leaves the queue, and a waiting one
+    /// enters.
+    pub(crate) fn begin_attempt(
+        &mut self,
+        id: u64,
+        q: usize,
+        queues: &[Queue],
+        limited: bool,
+    ) -> Begin {
         // Tuning, as in `wake_watchers`: nearly always none was withdrawn.
         if !self.withdrawn.is_empty() && self.withdrawn.remove(&id) {
             // Taken back: no longer counted, and its place in the channel
@@ -525,12 +540,27 @@ impl Store {
         if state.paused {
             return Begin::Paused(state.resumed.clone());
         }
-        state.depth -= 1;
-        self.refill(q, &queues[q]);
-        let Some(i) = self
+        let i = self
             .index(id)
-            .filter(|&i| self.tasks[i].state == State::Queued)
-        else {
+            .filter(|&i| self.tasks[i].state == State::Queued);
+        // A token is taken only by a task that starts: a paused queue, or
+        // a task cancelled while it waited, takes none.
+        if i.is_some()
+            && let Some(bucket) = self.queues[q].bucket.as_deref_mut()
+            && let Err(next) = bucket.take(now_micros())
+        {
+            bucket.limited += u64::from(!limited);
+            if bucket.due_at == 0 {
+                bucket.due_at = next;
+                // The due-time loop ends only at shutdown, when workers
+                // stop waiting anyway.
+                let _ = self.due_tx.try_send((next, Due::Token(q)));
+            }
+            return Begin::Limited(bucket.refilled.clone());
+        }
+        self.queues[q].depth -= 1;
+        self.refill(q, &queues[q]);
+        let Some(i) = i else {
             return Begin::Skip;
         };
         let task_id = self.task_id(id);
@@ -551,6 +581,16 @@ impl Store {
         self.queues[q].busy += 1;
         self.set_state(i, State::Running);
         Begin::Work(work)
+    }
+
+    /// Acts on the due-time loop's word that queue `q`'s `--rate` has a
+    /// token again: wakes the workers that wait for one. Each tries to take
+    /// it; those that find none again put the next token on the heap.
+    pub(crate) fn refill_bucket(&mut self, q: usize) {
+        if let Some(bucket) = self.queues[q].bucket.as_deref_mut() {
+            bucket.due_at = 0;
+            std::mem::replace(&mut bucket.refilled, Trigger::new()).fire();
+        }
     }
 
     /// Records how an attempt in queue `q` ended. A failed attempt with
@@ -584,7 +624,7 @@ impl Store {
                 self.set_state(i, State::Queued);
                 // The due-time loop ends only at shutdown, when a lost retry is
                 // what shutdown means anyway.
-                let _ = self.due_tx.try_send((retry_at, id));
+                let _ = self.due_tx.try_send((retry_at, Due::Task(id)));
                 Some(retry_at)
             }
             Outcome::Failed(error) => {
@@ -1036,8 +1076,12 @@ impl Store {
             }
             // The due-time loop's receiver is alive: it is returned with the store.
             match task.state {
-                State::Scheduled => drop(self.due_tx.try_send((task.run_at, task.id))),
-                State::Queued if retry_at > now => drop(self.due_tx.try_send((retry_at, task.id))),
+                State::Scheduled => {
+                    let _ = self.due_tx.try_send((task.run_at, Due::Task(task.id)));
+                }
+                State::Queued if retry_at > now => {
+                    let _ = self.due_tx.try_send((retry_at, Due::Task(task.id)));
+                }
                 State::Queued => ready.push(task.id),
                 _ => finished.push((task.finished_at, task.id)),
             }
@@ -1075,6 +1119,8 @@ impl Store {
                 depth: state.depth - state.waiting.len(),
                 capacity: queue.capacity,
                 paused: state.paused,
+                rate: config.rate,
+                rate_limited: state.bucket.as_ref().map_or(0, |b| b.limited),
             })
             .collect()
     }
@@ -1140,7 +1186,7 @@ pub(crate) mod tests {
     }
 
     /// A store for `args` with its queues, and the due-time loop's receiver.
-    pub(crate) fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, u64)>) {
+    pub(crate) fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, Due)>) {
         let config = config(args);
         let (due_tx, due_rx) = async_channel::unbounded();
         let queues = config.queues.iter().map(Queue::new).collect();
@@ -1287,7 +1333,7 @@ pub(crate) mod tests {
                 }
                 "due" => {
                     let (_, due) = due_rx.try_recv().unwrap();
-                    assert_eq!(due, id, "{step}");
+                    assert_eq!(due, Due::Task(id), "{step}");
                     store.make_due(id, &queues);
                     "ok".to_string()
                 }
@@ -1296,10 +1342,11 @@ pub(crate) mod tests {
                     assert_eq!(depth.to_string(), label, "{step}");
                     "ok".to_string()
                 }
-                "begin" => match store.begin_attempt(id, 0, &queues) {
+                "begin" => match store.begin_attempt(id, 0, &queues, false) {
                     Begin::Work(work) => format!("attempt {}", work.attempt),
                     Begin::Skip => "skipped".to_string(),
                     Begin::Paused(_) => "paused".to_string(),
+                    Begin::Limited(_) => "limited".to_string(),
                 },
                 "fail" | "succeed" => {
                     let outcome = match words[0] {
@@ -1360,6 +1407,50 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_rate_limited_queue_holds_its_tasks_queued_and_a_paused_one_takes_no_token() {
+        let (mut store, queues, due_rx) = store_for(&["--workers", "4", "--rate", "default=1/h"]);
+        let mut admit = |label| match store.admit(new_task(label, 0), &queues) {
+            Admission::Created(TaskId { num, .. }, ..) => num,
+            other => panic!("{other:?}"),
+        };
+        let [a, b, c] = [admit("a"), admit("b"), admit("c")];
+        let begin =
+            |store: &mut Store, id, limited| match store.begin_attempt(id, 0, &queues, limited) {
+                Begin::Work(_) => "work",
+                Begin::Skip => "skip",
+                Begin::Paused(_) => "paused",
+                Begin::Limited(_) => "limited",
+            };
+        // Paused, a worker takes no token: once resumed, the bucket's
+        // only one is still there for the first task.
+        store.set_paused(0, true, &queues);
+        assert_eq!(begin(&mut store, a, false), "paused");
+        store.set_paused(0, false, &queues);
+        assert_eq!(begin(&mut store, a, false), "work");
+        // The next must wait an hour, queued and counted in the queue;
+        // one entry on the due-time heap serves every waiting worker.
+        assert_eq!(begin(&mut store, b, false), "limited");
+        assert_eq!(begin(&mut store, c, false), "limited");
+        assert_eq!(begin(&mut store, b, true), "limited");
+        let (at, due) = due_rx.try_recv().unwrap();
+        assert_eq!(due, Due::Token(0));
+        assert!(at >= now_millis() + 3_599_000, "{at}");
+        assert!(due_rx.try_recv().is_err());
+        assert_eq!(store.count(State::Queued), 2);
+        assert_eq!(store.queue_views(&config(&[]), &queues)[0].depth, 2);
+        // Each start that had to wait counts once.
+        assert_eq!(store.queue(0).bucket.as_ref().unwrap().limited, 2);
+        // A task cancelled while it waited is skipped and takes no token.
+        assert!(store.cancel(c).is_ok());
+        assert_eq!(begin(&mut store, c, true), "skip");
+        // The loop's word wakes the waiting workers; the next to find the
+        // bucket empty puts the next token on the heap again.
+        store.refill_bucket(0);
+        assert_eq!(begin(&mut store, b, true), "limited");
+        assert_eq!(due_rx.try_recv().map(|(_, due)| due), Ok(Due::Token(0)));
+    }
+
+    #[test]
     fn tombstones_are_swept_once_they_are_half_the_records() {
         let (mut store, queues, _due) = store_for(&["--buffer", "1000", "--keep-finished", "1"]);
         let admit = |store: &mut Store| {
@@ -1369,7 +1460,7 @@ pub(crate) mod tests {
                 panic!("admitted")
             };
             let _ = queues[0].jobs_rx.try_recv();
-            store.begin_attempt(id, 0, &queues);
+            store.begin_attempt(id, 0, &queues, false);
             id
         };
         // The oldest task runs for ever, so tombstones cannot leave from

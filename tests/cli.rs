@@ -114,6 +114,28 @@ fn bad_values_exit_2_with_one_clear_line_before_binding() {
             "registered twice",
         ),
         (
+            &["--rate", "api=10/s"],
+            &[],
+            "--rate \"api=10/s\": there is no queue \"api\"",
+        ),
+        (
+            &["--rate", "default=0/s"],
+            &[],
+            "N must be a whole number from 1",
+        ),
+        (
+            &["--rate", "default=1000001/h"],
+            &[],
+            "N must be a whole number from 1 to 1000000",
+        ),
+        (&["--rate", "default=5/d"], &[], "UNIT must be s, m or h"),
+        (&["--rate", "default=5"], &[], "expected QUEUE=N/UNIT"),
+        (
+            &["--rate", "default=1/s", "--rate", "default=2/s"],
+            &[],
+            "the queue's rate is given twice",
+        ),
+        (
             &[],
             &[("BGTASKS_WORKERS", "0")],
             "BGTASKS_WORKERS: expected a whole number",

@@ -415,9 +415,9 @@ fn list_and_queues_print_tables_with_one_header_line() {
     assert_eq!(
         rows,
         [
-            vec!["name", "workers", "busy", "depth", "capacity", "paused"],
-            vec!["default", "10", "0", "0", "100", "false"],
-            vec!["slow", "1", "1", "0", "5", "false"],
+            vec!["name", "workers", "busy", "depth", "capacity", "paused", "rate"],
+            vec!["default", "10", "0", "0", "100", "false", "-"],
+            vec!["slow", "1", "1", "0", "5", "false", "-"],
         ]
     );
 }

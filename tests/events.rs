@@ -219,7 +219,7 @@ fn stats_come_first_then_at_most_once_a_second_while_things_change() {
             "counts": {"scheduled": 0, "queued": 0, "running": 0, "succeeded": 0,
                        "failed": 0, "cancelled": 0},
             "queues": [{"name": "default", "workers": 10, "busy": 0, "depth": 0,
-                        "capacity": 100, "paused": false}],
+                        "capacity": 100, "paused": false, "rate": null}],
             "accepted_total": 0,
             "rejected_total": 0,
             "finished_total": {"succeeded": 0, "failed": 0, "cancelled": 0},

@@ -339,7 +339,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
         r.json(),
-        json!({"name": "default", "workers": 2, "busy": 1, "depth": 0, "capacity": 3, "paused": true})
+        json!({"name": "default", "workers": 2, "busy": 1, "depth": 0, "capacity": 3, "paused": true, "rate": null})
     );
     assert_eq!(queue(&server, "default")["paused"], true);
     assert_eq!(
@@ -946,6 +946,8 @@ fn every_queue_has_its_own_gauges_in_metrics_and_queues() {
         "a=2/5",
         "--queue",
         "b=1",
+        "--rate",
+        "a=60/m",
     ]);
     // `a`: two running, one waiting. `b`: paused, two waiting. Two delayed.
     let a: Vec<String> = (0..3)
@@ -979,16 +981,16 @@ fn every_queue_has_its_own_gauges_in_metrics_and_queues() {
         );
     }
     let expected = [
-        // name, workers, busy, depth, capacity, paused
-        ("default", 3, 0, 0, 7, false),
-        ("a", 2, 2, 1, 5, false),
-        ("b", 1, 0, 2, 100, true),
+        // name, workers, busy, depth, capacity, paused, rate
+        ("default", 3, 0, 0, 7, false, None),
+        ("a", 2, 2, 1, 5, false, Some("60/m")),
+        ("b", 1, 0, 2, 100, true, None),
     ];
     let queues = server.get("/queues").json();
     let want: Vec<Value> = expected
         .iter()
-        .map(|&(name, workers, busy, depth, capacity, paused)| {
-            json!({"name": name, "workers": workers, "busy": busy, "depth": depth, "capacity": capacity, "paused": paused})
+        .map(|&(name, workers, busy, depth, capacity, paused, rate)| {
+            json!({"name": name, "workers": workers, "busy": busy, "depth": depth, "capacity": capacity, "paused": paused, "rate": rate})
         })
         .collect();
     assert_eq!(queues, json!({"queues": want}));
@@ -1023,7 +1025,7 @@ fn every_queue_has_its_own_gauges_in_metrics_and_queues() {
         };
         assert_eq!(series, want, "{family}:\n{text}");
     }
-    for (name, workers, busy, depth, capacity, paused) in expected {
+    for (name, workers, busy, depth, capacity, paused, _) in expected {
         let label = format!("{{queue=\"{name}\"}}");
         let gauge = |family: &str| server.metric(&format!("{family}{label}"));
         assert_eq!(gauge("bgtasks_workers"), workers as f64, "{name}");
@@ -1037,6 +1039,12 @@ fn every_queue_has_its_own_gauges_in_metrics_and_queues() {
         );
     }
     assert_eq!(server.metric("bgtasks_tasks_scheduled"), 2.0);
+    // A counter, one series a queue, with or without a rate.
+    assert!(text.contains("# TYPE bgtasks_queue_rate_limited_total counter\n"));
+    for name in ["default", "a", "b"] {
+        let series = format!("bgtasks_queue_rate_limited_total{{queue=\"{name}\"}}");
+        assert_eq!(server.metric(&series), 0.0, "{name}");
+    }
 }
 
 // ---- Benchmark ----

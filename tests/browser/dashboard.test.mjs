@@ -124,7 +124,7 @@ const requests = [], dialogs = [], pageErrors = [], cspErrors = [], consoleError
 before(async () => {
   mkdirSync(ARTIFACTS, { recursive: true });
   server = await startServer(["--workers", "2", "--grace", "1s", "--queue", "slow=1/10", "--handler", "progress=" + PROGRESS,
-    "--schedule", 'tick=@every 1h {"work_duration": "10ms"}']);
+    "--rate", "slow=1000/s", "--schedule", 'tick=@every 1h {"work_duration": "10ms"}']);
   // Playwright gives each launch a fresh profile of its own (--user-data-dir).
   browser = await chromium.launch({ executablePath: CHROMIUM, args: FLAGS });
   context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
@@ -245,6 +245,13 @@ test("pause and resume toggle a queue, by mouse and then by keyboard", async () 
   await eventually("GET /queues says running", async () => !(await paused()));
   await until(page, (b) => document.querySelector(b).textContent === "Pause", button);
   assert.equal(await page.isVisible(badge), false, "the badge goes away on resume");
+});
+
+test("a queue's card shows its --rate, and a queue without one shows none", async () => {
+  const rate = (q) => `#queues [data-queue="${q}"] .rate`;
+  await page.waitForSelector(rate("slow"), { state: "visible", timeout: PATIENCE });
+  assert.equal(await page.textContent(rate("slow")), "at most 1000/s");
+  assert.equal(await page.isVisible(rate("default")), false);
 });
 
 test("a task_id made of markup shows as text and runs no script", async () => {

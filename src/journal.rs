@@ -107,15 +107,26 @@ pub(crate) enum Awaiting {
         /// Told whether the record reached the disk.
         done: Sender<bool>,
     },
+    /// A batch's new tasks (section 15), in one entry of all their
+    /// records: taken back together if the write fails, and their
+    /// submission told whether they were saved.
+    Batch {
+        /// The tasks, in order.
+        ids: Box<[u64]>,
+        /// Told whether the records reached the disk.
+        done: Sender<bool>,
+    },
     /// A change a request asked for, made only once its record is on disk.
     Change(Change),
 }
 
 impl JournalEntry {
-    /// Returns the id of the task the record creates, if it is a `new` one.
+    /// Returns the id of the task the entry creates, if it is a `new` one,
+    /// or of a batch's last (ids grow in journal order).
     pub(crate) fn created(&self) -> Option<u64> {
         match self.awaiting {
             Awaiting::New { id, .. } => Some(id),
+            Awaiting::Batch { ref ids, .. } => ids.last().copied(),
             _ => None,
         }
     }
@@ -397,7 +408,7 @@ impl JournalWriter {
         // The store is locked only for what a record's outcome changes: a
         // task to take back, a change to make.
         let settles = |e: &JournalEntry| match e.awaiting {
-            Awaiting::New { .. } => !written,
+            Awaiting::New { .. } | Awaiting::Batch { .. } => !written,
             Awaiting::Change(_) => true,
             Awaiting::Nothing => false,
         };
@@ -409,7 +420,7 @@ impl JournalWriter {
         // The outcomes go out before the progress: whoever wakes on it
         // finds its outcome waiting.
         for entry in batch.drain(..) {
-            if let Awaiting::New { done, .. } = entry.awaiting {
+            if let Awaiting::New { done, .. } | Awaiting::Batch { done, .. } = entry.awaiting {
                 // The submitter may have gone; then nobody needs to know.
                 let _ = done.try_send(written);
             }

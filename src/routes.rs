@@ -10,8 +10,8 @@ use crate::{
     response::Response,
     shared::Shared,
     store::{Admission, Lookup, Store},
-    submit::{parse_key, parse_submission, task_queue},
-    task::{Cancel, IdRef, NewTask, STATES, State, Task, TaskId, Text},
+    submit::{parse_batch, parse_key, parse_submission, task_queue},
+    task::{Cancel, IdRef, IdempotencyKey, NewTask, STATES, State, Task, TaskId, Text},
     time::{parse_duration, write_timestamp},
 };
 use async_channel::Receiver;
@@ -279,12 +279,16 @@ pub(crate) enum Submitted {
     Repeat(Response, u64),
 }
 
-/// `POST /queue-task`, `POST /tasks`: checks and admits a task.
+/// `POST /queue-task`, `POST /tasks`: checks and admits a task, or a batch
+/// of them (an array, on `/tasks` only).
 pub(crate) fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Submitted {
     let key = match key.map(|key| parse_key(key, route, body)).transpose() {
         Ok(key) => key,
         Err(response) => return Submitted::Answer(response),
     };
+    if route == "/tasks" && body.trim_ascii_start().first() == Some(&b'[') {
+        return submit_batch(shared, key, body);
+    }
     let new = match parse_submission(&shared.config, body) {
         Ok(new) => NewTask { key, ..new },
         Err(sentence) => return Submitted::Answer(Response::error(400, &sentence)),
@@ -314,22 +318,7 @@ pub(crate) fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u
             let response = submitted(200, task_id, label, state);
             return Submitted::Repeat(response, task_id.num);
         }
-        Admission::KeyReused => {
-            return Submitted::Answer(Response::error(
-                422,
-                "this Idempotency-Key was used with a different request",
-            ));
-        }
-        Admission::Full => return Submitted::Answer(queue_full(shared)),
-        Admission::TooManyScheduled => {
-            return Submitted::Answer(Response {
-                retry_after: Some(shared.config.retry_after),
-                ..Response::error(503, "too many scheduled tasks, try again later")
-            });
-        }
-        Admission::ShuttingDown => {
-            return Submitted::Answer(Response::error(503, "server is shutting down"));
-        }
+        other => return Submitted::Answer(refusal(shared, other)),
     };
     let response = submitted(202, task_id, label.as_ref().map(Text::as_str), state);
     debug!("task {task_id} queued");
@@ -337,6 +326,100 @@ pub(crate) fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u
         Some(saved) => Submitted::Saving(response, saved),
         None => Submitted::Answer(response),
     }
+}
+
+/// `POST /tasks` with an array (section 15): checks every item, then
+/// admits them all or none, and answers with every task in order.
+fn submit_batch(shared: &Shared, key: Option<IdempotencyKey>, body: &[u8]) -> Submitted {
+    let news = match parse_batch(&shared.config, body) {
+        Ok(news) => news,
+        Err((sentence, index)) => return Submitted::Answer(bad_item(&sentence, index)),
+    };
+    let count = news.len();
+    let labels: Vec<Option<Text>> = news.iter().map(|n| n.label.clone()).collect();
+    // One statement, as in `submit`.
+    let admission = shared.store().admit_batch(news, key, &shared.queues);
+    let refused = match admission {
+        Ok((made, saved)) => {
+            let tasks = made.into_iter().zip(labels);
+            let tasks: Vec<_> = tasks
+                .map(|((id, state), label)| (id, label, state))
+                .collect();
+            debug!("a batch of {count} tasks queued");
+            let response = batch_answer(202, &tasks);
+            return match saved {
+                Some(saved) => Submitted::Saving(response, saved),
+                None => Submitted::Answer(response),
+            };
+        }
+        Err(refused) => refused,
+    };
+    Submitted::Answer(match refused {
+        Admission::Repeat(first, ..) => {
+            let tasks = shared.store().batch(first.num);
+            return Submitted::Repeat(batch_answer(200, &tasks), first.num);
+        }
+        Admission::Full => {
+            // Every task of the batch was refused.
+            shared
+                .rejected
+                .fetch_add(count as u64 - 1, Ordering::Relaxed);
+            queue_full(shared)
+        }
+        other => refusal(shared, other),
+    })
+}
+
+/// Makes the answer to a submission the store refused.
+fn refusal(shared: &Shared, refused: Admission) -> Response {
+    match refused {
+        Admission::KeyReused => Response::error(
+            422,
+            "this Idempotency-Key was used with a different request",
+        ),
+        Admission::TooManyScheduled => Response {
+            retry_after: Some(shared.config.retry_after),
+            ..Response::error(503, "too many scheduled tasks, try again later")
+        },
+        Admission::ShuttingDown => Response::error(503, "server is shutting down"),
+        // A full queue, or (not a refusal) a task made or repeated, which
+        // the caller answers itself.
+        _ => queue_full(shared),
+    }
+}
+
+/// Makes a `400` for a batch: with the index of the item at fault, if
+/// one is.
+fn bad_item(sentence: &str, index: Option<usize>) -> Response {
+    let Some(index) = index else {
+        return Response::error(400, sentence);
+    };
+    let mut body = Vec::with_capacity(sentence.len() + 32);
+    body.extend_from_slice(b"{\"error\": ");
+    write_json_str(&mut body, sentence);
+    let _ = write!(VecWriter(&mut body), ", \"index\": {index}}}");
+    Response::json(400, body)
+}
+
+/// Makes the answer to a batch: `{"tasks": [{"id", "task_id", "state"},
+/// …]}`, in order.
+fn batch_answer(status: u16, tasks: &[(TaskId, Option<Text>, State)]) -> Response {
+    let mut body = Vec::with_capacity(16 + tasks.len() * 80);
+    body.extend_from_slice(b"{\"tasks\": [");
+    for (i, (id, label, state)) in tasks.iter().enumerate() {
+        if i > 0 {
+            body.extend_from_slice(b", ");
+        }
+        body.extend_from_slice(b"{\"id\": ");
+        id.write_json(&mut body);
+        body.extend_from_slice(b", \"task_id\": ");
+        write_json_opt(&mut body, label.as_ref().map(Text::as_str));
+        body.extend_from_slice(b", \"state\": \"");
+        body.extend_from_slice(state.name().as_bytes());
+        body.extend_from_slice(b"\"}");
+    }
+    body.extend_from_slice(b"]}");
+    Response::json(status, body)
 }
 
 /// Counts a refusal for a full queue and makes its `503`.

@@ -10,7 +10,8 @@ use crate::{
     record::{Op, Record, write_record},
     submit::parse_submission,
     task::{
-        Cancel, IdRef, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text, Work, backoff,
+        Cancel, IdRef, IdempotencyKey, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text,
+        Work, backoff,
     },
     time::{now_micros, now_millis},
     trigger::Trigger,
@@ -44,6 +45,11 @@ pub(crate) enum Admission {
     /// Shutdown has begun.
     ShuttingDown,
 }
+
+/// A batch the store admitted: each task's id and state, in order, and
+/// with a journal the receiver told whether their records reached the
+/// disk.
+pub(crate) type Batch = (Vec<(TaskId, State)>, Option<Receiver<bool>>);
 
 /// What a worker finds when it takes a task from its queue.
 #[derive(Debug)]
@@ -103,6 +109,11 @@ pub(crate) struct Store {
     max_scheduled: usize,
     /// Idempotency keys of retained tasks.
     keys: HashMap<Box<str>, u64>,
+    /// The ids of each batch that came with an idempotency key, by its
+    /// first task's id (which the key names; every task of the batch
+    /// carries it, so that a restart finds them): a repeat answers with
+    /// all of them. Gone with the key.
+    batches: HashMap<u64, Vec<u64>>,
     /// Long polls waiting for a task to change, by id.
     watchers: HashMap<u64, Trigger>,
     /// Cancel signals of running tasks, by id.
@@ -151,6 +162,7 @@ impl Store {
             due_tx,
             max_scheduled: config.max_scheduled,
             keys: HashMap::new(),
+            batches: HashMap::new(),
             watchers: HashMap::new(),
             cancels: HashMap::new(),
             cancelling: HashMap::new(),
@@ -263,22 +275,13 @@ impl Store {
             return Admission::ShuttingDown;
         }
         if let Some(key) = &new.key
-            && let Some(&id) = self.keys.get(&key.text)
+            && let Some(repeat) = self.repeat(key)
         {
-            let task = self.get(id);
-            let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
-            return match first.map_or(0, |k| k.fingerprint) {
-                f if f == 0 || f == key.fingerprint => Admission::Repeat(
-                    self.task_id(id),
-                    task.and_then(|t| t.label.clone()),
-                    task.map_or(State::Queued, |t| t.state),
-                ),
-                _ => Admission::KeyReused,
-            };
+            return repeat;
         }
         let id = self.issue_id();
-        let (q, run_at) = (usize::from(new.queue), new.run_at);
-        let delayed = run_at > now_millis();
+        let q = usize::from(new.queue);
+        let delayed = new.run_at > now_millis();
         if delayed {
             if self.counts[State::Scheduled as usize] >= self.max_scheduled {
                 return Admission::TooManyScheduled;
@@ -292,34 +295,159 @@ impl Store {
                 Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
             }
         }
+        let state = self.record_new(id, new, delayed);
+        let saved = self.journal_tx.is_some().then(|| {
+            let (done, saved) = async_channel::bounded(1);
+            let mut line = Vec::with_capacity(160);
+            self.write_new(&mut line);
+            self.log(line, Awaiting::New { id, done });
+            saved
+        });
+        self.publish_new();
+        Admission::Created(self.task_id(id), state, saved)
+    }
+
+    /// Admits a batch (section 15): every task or none. Everything is
+    /// checked first — each queue's room for all of the batch's tasks in
+    /// it, and `--max-scheduled` for all of its delayed ones — and only
+    /// then is each task made as [`Store::admit`] makes one; all under the
+    /// one lock, so no other submission can take the room meanwhile. With
+    /// a journal the batch is one entry: one write, one fsync. An
+    /// idempotency key names the first task, and the batch's ids are kept.
+    pub(crate) fn admit_batch(
+        &mut self,
+        news: Vec<NewTask>,
+        key: Option<IdempotencyKey>,
+        queues: &[Queue],
+    ) -> Result<Batch, Admission> {
+        if self.closed {
+            return Err(Admission::ShuttingDown);
+        }
+        if let Some(key) = &key
+            && let Some(repeat) = self.repeat(key)
+        {
+            return Err(repeat);
+        }
+        let now = now_millis();
+        let mut room = vec![0; self.queues.len()];
+        let mut delayed = 0;
+        for new in &news {
+            match new.run_at > now {
+                true => delayed += 1,
+                false => room[usize::from(new.queue)] += 1,
+            }
+        }
+        if delayed > 0 && self.counts[State::Scheduled as usize] + delayed > self.max_scheduled {
+            return Err(Admission::TooManyScheduled);
+        }
+        let full =
+            |(q, n): (usize, &usize)| *n > 0 && self.queues[q].depth + n > queues[q].capacity;
+        if room.iter().enumerate().any(full) {
+            return Err(Admission::Full);
+        }
+        let keyed = key.is_some();
+        let mut line = self
+            .journal_tx
+            .as_ref()
+            .map(|_| Vec::with_capacity(news.len() * 160));
+        let mut made = Vec::with_capacity(news.len());
+        for mut new in news {
+            new.key = key.clone();
+            let id = self.issue_id();
+            let (q, delayed) = (usize::from(new.queue), new.run_at > now);
+            if !delayed {
+                // The room was checked: the queue's depth counts at least
+                // what its channel holds. Were the channel full anyway,
+                // the task would wait for room like a retry, not be lost.
+                if queues[q].jobs_tx.try_send(id).is_err() {
+                    self.queues[q].waiting.push_back(id);
+                }
+                self.queues[q].depth += 1;
+            }
+            let state = self.record_new(id, new, delayed);
+            if let Some(line) = &mut line {
+                self.write_new(line);
+            }
+            self.publish_new();
+            made.push((self.task_id(id), state));
+        }
+        let ids: Vec<u64> = made.iter().map(|(id, _)| id.num).collect();
+        if keyed && let Some(&first) = ids.first() {
+            self.batches.insert(first, ids.clone());
+        }
+        let ids = ids.into_boxed_slice();
+        let saved = line.map(|line| {
+            let (done, saved) = async_channel::bounded(1);
+            self.log(line, Awaiting::Batch { ids, done });
+            saved
+        });
+        Ok((made, saved))
+    }
+
+    /// Answers a submission whose idempotency key names a retained task:
+    /// a repeat of the request that made it, or a different request.
+    fn repeat(&self, key: &IdempotencyKey) -> Option<Admission> {
+        let &id = self.keys.get(&key.text)?;
+        let task = self.get(id);
+        let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
+        Some(match first.map_or(0, |k| k.fingerprint) {
+            f if f == 0 || f == key.fingerprint => Admission::Repeat(
+                self.task_id(id),
+                task.and_then(|t| t.label.clone()),
+                task.map_or(State::Queued, |t| t.state),
+            ),
+            _ => Admission::KeyReused,
+        })
+    }
+
+    /// Returns the tasks of the batch whose first task is `first` (or that
+    /// one task, if it was no batch), as an idempotent repeat shows them:
+    /// id, label and state of each still retained, in order.
+    pub(crate) fn batch(&self, first: u64) -> Vec<(TaskId, Option<Text>, State)> {
+        let one = [first];
+        let ids = self.batches.get(&first).map_or(&one[..], |ids| ids);
+        ids.iter()
+            .filter_map(|&id| self.get(id))
+            .map(|t| (self.task_id(t.id), t.label.clone(), t.state))
+            .collect()
+    }
+
+    /// Records a new task, its place in its queue (or the due-time loop's
+    /// word, if `delayed`) already taken: the store's record, its key and
+    /// the counters. Returns its state.
+    fn record_new(&mut self, id: u64, new: NewTask, delayed: bool) -> State {
         if self.first_id == 0 {
             self.first_id = id;
         }
         self.last_id = id;
         self.counters.accepted += 1;
         if let Some(key) = &new.key {
-            self.keys.insert(key.text.clone(), id);
+            // A batch's later tasks carry the key too (for a restart to
+            // find them), but it names the first.
+            self.keys.entry(key.text.clone()).or_insert(id);
         }
         let state = if delayed {
             // The due-time loop ends only at shutdown, when it no longer matters.
-            let _ = self.due_tx.try_send((run_at, Due::Task(id)));
+            let _ = self.due_tx.try_send((new.run_at, Due::Task(id)));
             State::Scheduled
         } else {
             State::Queued
         };
         self.insert(Task::from_new(id, new, state));
+        state
+    }
+
+    /// Appends the `new` record of the task just recorded.
+    fn write_new(&self, line: &mut Vec<u8>) {
+        if let Some(task) = self.tasks.back() {
+            write_record(line, &task.new_record(self.names(task)));
+        }
+    }
+
+    /// Tells the event streams of the task just recorded.
+    fn publish_new(&mut self) {
         let i = self.tasks.len() - 1;
-        let saved = self.journal_tx.is_some().then(|| {
-            let (done, saved) = async_channel::bounded(1);
-            let mut line = Vec::with_capacity(160);
-            if let Some(task) = self.tasks.back() {
-                write_record(&mut line, &task.new_record(self.names(task)));
-            }
-            self.log(line, Awaiting::New { id, done });
-            saved
-        });
         self.publish(i, self.tasks[i].created_at());
-        Admission::Created(self.task_id(id), state, saved)
     }
 
     /// Puts a task whose time has come (a delayed task, or a retry) into
@@ -477,8 +605,12 @@ impl Store {
             task.work_duration = None;
             self.counts[state as usize] -= 1;
             self.tombstones += 1;
-            if let Some(key) = key {
+            // A batch's key stays while its first task does.
+            if let Some(key) = key
+                && self.keys.get(&key.text) == Some(&id)
+            {
                 self.keys.remove(&key.text);
+                self.batches.remove(&id);
             }
             self.wake_watchers(id);
         }
@@ -907,6 +1039,11 @@ impl Store {
         for entry in batch {
             match &entry.awaiting {
                 Awaiting::New { id, .. } if !written => self.take_back(*id),
+                Awaiting::Batch { ids, .. } if !written => {
+                    for &id in ids {
+                        self.take_back(id);
+                    }
+                }
                 Awaiting::Change(Change::Pause { q, paused, done }) => {
                     if written {
                         self.set_paused(*q, *paused, queues);
@@ -982,6 +1119,7 @@ impl Store {
             && self.keys.get(&key.text) == Some(&id)
         {
             self.keys.remove(&key.text);
+            self.batches.remove(&id);
         }
         if let Some(s) = extra.schedule {
             self.unfire(usize::from(s), id);
@@ -1065,7 +1203,19 @@ impl Store {
         for task in replayed.tasks {
             self.counts[task.state as usize] += 1;
             if let Some(key) = task.extra.as_ref().and_then(|e| e.key.as_ref()) {
-                self.keys.insert(key.text.clone(), task.id);
+                // A batch's tasks carry its key, one after the other: the
+                // key stays with the first, which lists them all.
+                let prev = self
+                    .tasks
+                    .back()
+                    .and_then(|t| t.extra.as_ref()?.key.as_ref());
+                match self.keys.get(&key.text) {
+                    Some(&first) if prev.is_some_and(|p| p.text == key.text) => {
+                        let batch = self.batches.entry(first).or_insert_with(|| vec![first]);
+                        batch.push(task.id);
+                    }
+                    _ => drop(self.keys.insert(key.text.clone(), task.id)),
+                }
             }
             let retry_at = task.extra.as_ref().map_or(0, |e| e.retry_at);
             if let Some(s) = task.extra.as_ref().and_then(|e| e.schedule) {

@@ -55,6 +55,11 @@ const MAX_KEY_LEN: usize = 255;
 /// The original server's answer to a body it cannot read.
 const BAD_BODY: &str = "failed to read POST body";
 
+/// The most submissions in one batch (section 15): a thousand tasks share
+/// one request and one fsync, and the whole batch is checked and created
+/// under the store lock, which a larger one would hold too long.
+pub(crate) const MAX_BATCH: usize = 1000;
+
 /// The original server's answer to a bad `work_duration`.
 const BAD_DURATION: &str = "failed to parse work duration in request";
 
@@ -113,6 +118,26 @@ pub(crate) fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, 
         run_at,
         schedule: None,
     })
+}
+
+/// Checks a batch body (section 15): a JSON array of 1 to [`MAX_BATCH`]
+/// submission objects, each checked by [`parse_submission`]. The error is
+/// the `400`'s sentence and, for a bad item, its index.
+pub(crate) fn parse_batch(
+    config: &Config,
+    body: &[u8],
+) -> Result<Vec<NewTask>, (String, Option<usize>)> {
+    let body = std::str::from_utf8(body).map_err(|_| (BAD_BODY.to_string(), None))?;
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(body).map_err(|_| (BAD_BODY.to_string(), None))?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err((format!("a batch holds 1 to {MAX_BATCH} submissions"), None));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| parse_submission(config, item.get().as_bytes()).map_err(|e| (e, Some(i))))
+        .collect()
 }
 
 /// Finds the index of a task's queue: the one it names, else the one named

@@ -415,7 +415,9 @@ fn list_and_queues_print_tables_with_one_header_line() {
     assert_eq!(
         rows,
         [
-            vec!["name", "workers", "busy", "depth", "capacity", "paused", "rate"],
+            vec![
+                "name", "workers", "busy", "depth", "capacity", "paused", "rate"
+            ],
             vec!["default", "10", "0", "0", "100", "false", "-"],
             vec!["slow", "1", "1", "0", "5", "false", "-"],
         ]
@@ -687,7 +689,6 @@ fn help_is_printed_for_each_command() {
 }
 
 #[test]
-#[ignore = "needs SPEC §14/§15 on the server"]
 fn a_batch_prints_every_id_in_order() {
     let server = Server::start(&[]);
     let body = r#"[{"task_id": "one", "work_duration": "0s"},

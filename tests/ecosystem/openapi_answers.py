@@ -143,6 +143,14 @@ def main():
         check(submit('{"work_duration": "61s"}', "key-1"), "/tasks", "post", 422)
         check(submit('{"work_duration": "60s"}'), "/tasks", "post", 202)
         check(submit('{"work_duration": "60s"}'), "/tasks", "post", 503)
+        # Batches (SPEC §15): refused whole when the queue is full; delayed
+        # tasks need no room; a key covers the batch; a bad item's index.
+        check(submit('[{"work_duration": "60s"}]'), "/tasks", "post", 503)
+        later = '[{"work_duration": "0s", "delay": "1h"}, {"work_duration": "0s", "delay": "2h"}]'
+        check(submit(later, "key-2"), "/tasks", "post", 202)
+        check(submit(later, "key-2"), "/tasks", "post", 200)
+        check(submit('[{"work_duration": "0s", "delay": "1h"}]', "key-2"), "/tasks", "post", 422)
+        check(submit('[{"work_duration": "0s"}, {"work_duration": "soon"}]'), "/tasks", "post", 400)
         check(server.request("POST", "/queue-task", '{"work_duration": "60s"}'),
               "/queue-task", "post", 503)
         check(server.request("POST", "/queue-task", "[]"), "/queue-task", "post", 400)

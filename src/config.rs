@@ -251,7 +251,8 @@ pub(crate) fn usage() -> String {
         "  -h, --help               print this help\n  \
          -V, --version            print the version\n\n\
          Durations use Go syntax: 300ms, 1.5h, 1m30s; units ns us µs μs ms s m h.\n\
-         RUST_LOG is read as env_logger reads it (debug, bgtasks=debug, warn,hyper=off).\n",
+         RUST_LOG is read as env_logger reads it (debug, bgtasks=debug, warn,hyper=off);\n\
+         RUST_LOG=bgtasks::trace=trace also logs every poll and wake of the executor.\n",
     );
     text
 }
@@ -294,6 +295,9 @@ pub(crate) struct Config {
     pub(crate) log_level: log::LevelFilter,
     /// Whether each log line starts with the time.
     pub(crate) log_timestamps: bool,
+    /// Whether the executor is traced: every poll, `Pending` and wake of
+    /// the server's tasks logged at `trace` under `bgtasks::trace`.
+    pub(crate) trace_executor: bool,
 }
 
 /// A queue as the command line describes it.
@@ -407,6 +411,7 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             node: self.optional("--node", parse_node)?.unwrap_or(""),
             log_level: self.log_level()?,
             log_timestamps: self.log_timestamps()?,
+            trace_executor: self.trace_executor(),
             schedules: Vec::new(),
         };
         // Templates are checked like submissions: against the kinds and
@@ -529,6 +534,17 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
         })
     }
 
+    /// Reads whether to trace the executor: a `RUST_LOG` directive that
+    /// names `bgtasks::trace` at `trace` (or alone), unless `--log-level`
+    /// is given, which replaces `RUST_LOG` whole. Only the name turns it on,
+    /// not a bare `trace` or `bgtasks=trace`: the trace is a lesson, many
+    /// lines a request, that nobody asking for every detail of the server
+    /// should get unasked.
+    fn trace_executor(&self) -> bool {
+        self.all("--log-level").is_empty()
+            && (self.env)("RUST_LOG").is_some_and(|spec| traces_executor(&spec))
+    }
+
     /// Reads whether log lines start with the time: `--log-timestamps` or
     /// its variable, else off under journald (`JOURNAL_STREAM` set), which
     /// stores each line's time itself, else on.
@@ -635,6 +651,26 @@ fn level_from_rust_log(spec: &str) -> Option<log::LevelFilter> {
         }
     }
     ours.or(bare)
+}
+
+/// Tells whether a `RUST_LOG` spec turns the executor trace on: its last
+/// directive for `bgtasks::trace` says `trace`, or names no level (which
+/// env_logger reads as every level).
+fn traces_executor(spec: &str) -> bool {
+    let directives = spec.split('/').next().unwrap_or_default();
+    let mut on = false;
+    for directive in directives.split(',').map(str::trim) {
+        let (target, level) = match directive.split_once('=') {
+            Some((target, level)) => (target.trim(), parse_level(level.trim())),
+            None => (directive, Some(log::LevelFilter::Trace)),
+        };
+        if target.eq_ignore_ascii_case(crate::trace::TARGET)
+            && let Some(level) = level
+        {
+            on = level == log::LevelFilter::Trace;
+        }
+    }
+    on
 }
 
 /// Parses `NAME=WORKERS[/BUFFER]`: a queue other than `default`, with its
@@ -785,6 +821,28 @@ mod tests {
         ];
         for &(spec, level) in cases {
             assert_eq!(level_from_rust_log(spec), level, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_directive_naming_it_traces_the_executor() {
+        let cases = [
+            ("bgtasks::trace=trace", true),
+            ("debug,bgtasks::trace=trace", true),
+            ("BGTASKS::TRACE=TRACE", true),
+            ("bgtasks::trace", true),
+            (" info , bgtasks::trace = trace /x", true),
+            ("bgtasks::trace=trace,bgtasks::trace=off", false),
+            ("bgtasks::trace=off,bgtasks::trace=trace", true),
+            ("bgtasks::trace=trace,bgtasks::trace=loud", true),
+            ("bgtasks::trace=debug", false),
+            ("trace", false),
+            ("bgtasks=trace", false),
+            ("bgtasks", false),
+            ("", false),
+        ];
+        for (spec, on) in cases {
+            assert_eq!(traces_executor(spec), on, "{spec:?}");
         }
     }
 

@@ -17,6 +17,7 @@ use crate::{
     },
     shared::{BURST, Shared},
     store::Lookup,
+    trace::{self, FirstLine},
 };
 use async_channel::{Receiver, Sender};
 use async_io::{Async, Timer};
@@ -348,6 +349,7 @@ impl Connection {
             // waker with the socket's entry in the reactor and arms epoll
             // for it; when data arrives, the thread driving the reactor
             // calls the waker and the executor queues this task again.
+            trace::note(format_args!("readable() on the socket"));
             let readable = async {
                 // An error shows up again on the read that follows.
                 let _ = stream.readable().await;
@@ -718,6 +720,7 @@ impl Connection {
         // cut short when it passes. `future::or` polls `read` first and
         // ends with whichever is ready; the other is dropped, and dropping
         // a timer takes it out of the reactor.
+        trace::note(format_args!("read() on the socket"));
         let read = async {
             stream
                 .read_with(|s| (&*s).read(&mut buf[len..]))
@@ -784,6 +787,7 @@ impl Connection {
             return Err(Close::Gone);
         }
         let result = write_out(&self.stream, &self.out).await;
+        trace::note(format_args!("wrote {}", FirstLine(&self.out)));
         self.out.clear();
         result
     }

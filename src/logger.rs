@@ -12,6 +12,10 @@
 //! from several threads never interleave, and no panic when stderr is
 //! gone — `eprintln!` panics when its write fails (a log pipe whose reader
 //! died), and with `panic = "abort"` that would end the server.
+//!
+//! One target has a level of its own: [`crate::trace`]'s, whose lines are
+//! written only when the executor trace is on, whatever the level of the
+//! rest.
 
 use std::io::Write;
 
@@ -19,23 +23,41 @@ use std::io::Write;
 struct Logger {
     /// The most verbose level written.
     level: log::LevelFilter,
+    /// Whether the executor trace's lines (its target, at `trace`) are
+    /// written.
+    trace_executor: bool,
     /// Whether each line starts with the time.
     timestamps: bool,
 }
 
-/// Installs the logger for the rest of the process. Only the first call
-/// counts: a second has no logger to replace and is ignored.
-pub(crate) fn init(level: log::LevelFilter, timestamps: bool) {
+/// Installs the logger for the rest of the process, and with it whether
+/// the executor is traced. Only the first call counts: a second has no
+/// logger to replace and is ignored.
+pub(crate) fn init(level: log::LevelFilter, trace_executor: bool, timestamps: bool) {
     // Leaked once: the logger lives as long as the process.
-    let logger = Box::leak(Box::new(Logger { level, timestamps }));
+    let logger = Box::leak(Box::new(Logger {
+        level,
+        trace_executor,
+        timestamps,
+    }));
     if log::set_logger(logger).is_ok() {
-        log::set_max_level(level);
+        // The `log` macros skip, before calling the logger, any line more
+        // verbose than this: with the trace off, its lines cost one compare.
+        log::set_max_level(if trace_executor {
+            log::LevelFilter::Trace
+        } else {
+            level
+        });
     }
 }
 
 impl log::Log for Logger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= self.level
+        if metadata.target() == crate::trace::TARGET {
+            self.trace_executor
+        } else {
+            metadata.level() <= self.level
+        }
     }
 
     fn log(&self, record: &log::Record) {

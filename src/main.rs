@@ -236,6 +236,7 @@ mod submit;
 mod systemd;
 mod task;
 mod time;
+mod trace;
 mod trigger;
 
 use crate::{
@@ -287,7 +288,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    logger::init(config.log_level, config.log_timestamps);
+    logger::init(
+        config.log_level,
+        config.trace_executor,
+        config.log_timestamps,
+    );
     std::process::exit(match launch(*config) {
         Ok(code) => code,
         Err(message) => {
@@ -383,9 +388,17 @@ fn run_executor(
             let threads = shared.config.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
             });
-            for _ in 1..threads {
+            for n in 1..threads {
                 let (executor, exited) = (executor.clone(), exited.clone());
-                scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
+                // Named for the executor trace, `top -H` and debuggers.
+                let thread = std::thread::Builder::new().name(format!("executor-{n}"));
+                let started = thread.spawn_scoped(scope, move || {
+                    async_io::block_on(executor.run(exited.wait()))
+                });
+                if let Err(e) = started {
+                    // The threads that did start share its work.
+                    warn!("cannot start executor thread {n}: {e}");
+                }
             }
         };
         let main = supervise(
@@ -404,7 +417,11 @@ fn run_executor(
         // wakes it is a task being queued: the executor calls the waker of
         // one sleeping thread's `block_on`, which unparks that thread, or
         // interrupts its epoll wait if it is the one in the reactor.
-        let code = async_io::block_on(executor.run(main));
+        let code = if trace::is_on() {
+            async_io::block_on(executor.run(trace::Traced::new("main", main)))
+        } else {
+            async_io::block_on(executor.run(main))
+        };
         exited.fire();
         code
     })
@@ -455,12 +472,13 @@ async fn start_serving(
         .local_addr()
         .map_or(shared.config.addr, |a| a);
     // The listener first: a client may be waiting in the backlog already.
-    let listening = executor.spawn(listen(
+    let listen = listen(
         shared.clone(),
         executor.clone(),
         listener,
         in_flight_tx.downgrade(),
-    ));
+    );
+    let listening = trace::spawn(executor, "listener", listen);
     info!(
         "listening on http://{bound} with {}",
         QueueList(&shared.config.queues)
@@ -479,12 +497,11 @@ async fn start_serving(
     let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
     for (q, queue) in shared.config.queues.iter().enumerate() {
         for _ in 0..queue.workers {
-            executor
-                .spawn(work(shared.clone(), q, workers_tx.clone()))
-                .detach();
+            let worker = work(shared.clone(), q, workers_tx.clone());
+            trace::spawn(executor, format_args!("{}-worker", queue.name), worker).detach();
         }
     }
-    executor.spawn(later::run(shared.clone(), due_rx)).detach();
+    trace::spawn(executor, "later", later::run(shared.clone(), due_rx)).detach();
     Running {
         listening,
         in_flight_tx,
@@ -534,7 +551,8 @@ async fn listen(
             return;
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                trace::note(format_args!("accepted {peer}"));
                 backoff = MIN_ACCEPT_BACKOFF;
                 // Answers go out as soon as they are written, not after
                 // Nagle's delay; failing to set it only costs latency.
@@ -551,7 +569,7 @@ async fn listen(
                     place,
                     idle.clone(),
                 );
-                executor.spawn(task).detach();
+                trace::spawn(&executor, "conn", task).detach();
             }
             Err(e) => {
                 warn!("accept failed: {e}; retrying in {backoff:?}");
@@ -596,7 +614,7 @@ fn accept_backlog(
             place,
             idle.clone(),
         );
-        executor.spawn(task).detach();
+        trace::spawn(executor, "conn", task).detach();
     }
 }
 
@@ -645,6 +663,7 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
         // Shutdown closes the channel, which wakes every waiting worker;
         // a job taken after that is left for the next start (it is still
         // queued in the store, and in the journal).
+        trace::note(format_args!("recv() on queue {}", shared.queues[q].name));
         let id = shared.queues[q].jobs_rx.recv().await.ok()?;
         if shared.draining.is_fired() {
             return None;
@@ -701,6 +720,9 @@ async fn sleep(shared: &Shared, work: &Work) -> Outcome {
     if duration.is_zero() {
         return Outcome::Succeeded(None);
     }
+    trace::note(format_args!(
+        "Timer::after({duration:?}), racing interruption"
+    ));
     let slept = async {
         Timer::after(duration).await;
         Outcome::Succeeded(None)
@@ -754,13 +776,12 @@ async fn shut_down(
     );
     // A second signal, from now on, ends the process at once; a repeat of
     // the first is the same request.
-    executor
-        .spawn(async move {
-            while !is_second_signal(first.0, signals.next().await, first.1.elapsed()) {}
-            error!("second signal: exiting at once");
-            std::process::exit(1);
-        })
-        .detach();
+    let second = async move {
+        while !is_second_signal(first.0, signals.next().await, first.1.elapsed()) {}
+        error!("second signal: exiting at once");
+        std::process::exit(1);
+    };
+    trace::spawn(executor, "signals", second).detach();
     shared.store().close();
     shared.draining.fire();
     for queue in &shared.queues {

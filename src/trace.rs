@@ -26,7 +26,9 @@
 //! (or the task itself) when the wake happens while that one is being
 //! polled on the same thread — a channel send, a trigger fired — and the
 //! reactor when it happens outside any task on a thread that drives it:
-//! an executor thread in `async_io::block_on`, or async-io's own. Which
+//! an executor thread in `async_io::block_on`, or async-io's own. (One
+//! exception: at exit the executor drops the tasks still waiting, outside
+//! any poll, and what their drop wakes is put down to the reactor.) Which
 //! event the reactor saw, a socket's readiness or a timer, it does not tell
 //! its wakers; the notes before a `pending` say what the task waits for.
 

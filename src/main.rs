@@ -536,13 +536,14 @@ async fn start_serving(
     // Tuning: the plain version spawns everything and goes on. This
     // function is not a task: it runs inside `supervise`, the future the
     // main thread's `executor.run` polls inline, and `run` is
-    // `future.or(run_forever)` (async-executor 1.14.1, `State::run`). So `yield_now`, which returns "not yet"
-    // once and wakes itself, hands the thread to `run_forever`, which runs
-    // the tasks queued meanwhile — the listener — before this goes on: a
-    // client that connected while the process was starting is answered
-    // now (its task waits in the queue for the workers), and counting
-    // cores and starting threads come after. The first 202 went out
-    // ~285 µs into `main` instead of ~530.
+    // `future.or(run_forever)` (see `run_executor`). So `yield_now`, which
+    // returns "not yet" once and wakes itself, hands the thread to
+    // `run_forever`, which runs the tasks queued meanwhile — the listener,
+    // as the trace shows — before this goes on: a client that connected
+    // while the process was starting is answered now (its task waits in
+    // the queue for the workers), and counting cores and starting threads
+    // come after. The first 202 went out ~285 µs into `main` instead of
+    // ~530.
     future::yield_now().await;
     let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
     for (q, queue) in shared.config.queues.iter().enumerate() {

@@ -201,10 +201,10 @@
 //! 9. curl closes its end: the reactor wakes the connection, its read finds
 //!    the end of the stream, and the task ends.
 //! 10. The 50 ms pass. The thread driving the reactor then was async-io's
-//!    own ([`run_executor`] says when), and it wakes the worker; the store
-//!    records `succeeded` (journals it, fires the task's watchers' trigger,
-//!    which wakes any long poll on it, and appends its event for
-//!    `/events`), and the worker goes back to `recv()`.
+//!     own ([`run_executor`] says when), and it wakes the worker; the
+//!     store records `succeeded` (journals it, fires the task's watchers'
+//!     trigger, which wakes any long poll on it, and appends its event
+//!     for `/events`), and the worker goes back to `recv()`.
 //!
 //! # Shutdown, in order
 //!

@@ -4,13 +4,13 @@
 //! wakers work on one request (the crate docs show such a trace).
 //!
 //! ```text
-//! spawn conn#14 by listener#1 on main      a task is made and queued
-//! poll conn#14 on executor-1               a thread runs it
-//! pending conn#14                          it waits: its waker is left somewhere
-//! wake conn#14 by the reactor on main      that somewhere calls the waker
-//! wake worker#3 by conn#14 on executor-1   a task's own code woke another
-//! done conn#14                             the future is finished
-//! conn#14: wrote HTTP/1.1 202 Accepted     a note from the code itself
+//! spawn conn#14 by listener#2 on main              a task is made and queued
+//! poll conn#14 on executor-1                       a thread runs it
+//! pending conn#14                                  it waits: its waker is left somewhere
+//! wake conn#14 by the reactor on main              that somewhere calls the waker
+//! wake default-worker#3 by conn#14 on executor-1   a task's own code woke another
+//! done conn#14                                     the future is finished
+//! conn#14: wrote HTTP/1.1 202 Accepted (238 bytes) a note from the code itself
 //! ```
 //!
 //! It owns only the wrapper that watches a task and the lines it writes;
@@ -41,8 +41,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 
-/// The log target of the trace's lines; `RUST_LOG` names it to turn the
-/// trace on.
+/// The log target of the trace's lines, which `RUST_LOG` names to turn
+/// the trace on: this module's path, as env_logger users name a module.
 pub(crate) const TARGET: &str = "bgtasks::trace";
 
 /// The number the next traced task gets, so that two tasks of one name

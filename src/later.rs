@@ -2,9 +2,10 @@
 //!
 //! A delayed task's `run_at`, a retry's backoff and a `--schedule`'s next
 //! firing are each one entry in one binary heap of due times, served by
-//! one task, [`run`], with one `async_io::Timer` armed for the earliest
-//! (STYLE.md: "one clock for all later"). A thousand delayed tasks cost a
-//! thousand heap entries, not a thousand timers.
+//! one task, [`run`], with one `async_io::Timer` armed for the earliest.
+//! A thousand delayed tasks cost a thousand heap entries, not a thousand
+//! timers; the heap is pruned of cancelled ones past [`SLACK`], so a
+//! client that delays and cancels far-off tasks cannot grow it for ever.
 //!
 //! This module owns only the clock. What coming due means is the store's
 //! business ([`Store::make_due`](crate::store::Store::make_due) puts a task

@@ -8,7 +8,7 @@
 //! `--help` to the table, `tests/cli.rs` the README's flag table to
 //! `--help`). Every value is
 //! checked before the listener is bound: a bad one is one line of error,
-//! which `main` prints before exiting with status 2, so a typo in a unit
+//! which [`main`](crate::main) prints before exiting with status 2, so a typo in a unit
 //! file fails loudly instead of half-starting. Each `MAX_*` bound refuses
 //! a typo's worth (`--workers 10000000`) rather than obeying it.
 //!
@@ -16,7 +16,7 @@
 //! program is resolved on `PATH` and checked to be executable, so a wrong
 //! path fails at start rather than at the first task. It reads the
 //! environment through a closure, which tests replace, and it touches no
-//! server state: what it returns, main.rs hands on. A `--schedule`'s
+//! server state: what it returns, [`crate::launch`] hands on. A `--schedule`'s
 //! template is checked here too, as a submission would be
 //! ([`crate::cron::parse_schedule`]), against the kinds and queues just
 //! read. A client command among the server's flags is refused with a word

@@ -8,7 +8,11 @@
 //! field by field — a day, then a time in it — so a spec that fires once
 //! in years costs no more than one that fires every minute, and one that
 //! never fires is refused at start, where cron would accept it and stay
-//! silent.
+//! silent. Read [`parse_spec`] for the grammar (cronie's, where cron
+//! implementations differ) and [`firing_after`] for when the next firing
+//! is: `@every` keeps to the grid its first firing set, so it does not
+//! drift, and a server that fell behind skips to the next time on the grid
+//! rather than firing the missed ones in a burst.
 //!
 //! This module only computes times; it never fires anything. Firing is
 //! the due-time loop's ([`crate::later`]): a schedule is one more entry in

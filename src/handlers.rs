@@ -4,14 +4,23 @@
 //! they come.
 //!
 //! The built-in `sleep` is the seed design's work and stays in main.rs
-//! beside the worker; a program is the real thing, and this module is
+//! beside the worker ([`crate::sleep`]); a program is the real thing, and this module is
 //! all of it. The child gets a process group of its own so that cancel,
 //! timeout and shutdown reach everything it started: the group gets
 //! SIGTERM, then SIGKILL after [`KILL_AFTER_CANCEL`] (or the shorter
 //! [`KILL_AFTER_STOP`] at shutdown, when the whole server waits), and
 //! whatever is left of it when the attempt ends is killed and reaped
 //! ([`reap_group`]; bgtasks is its handlers' subreaper,
-//! [`become_subreaper`]), so no process outlives its attempt.
+//! [`become_subreaper`]), so no process outlives its attempt — but for one
+//! that leaves the group with `setsid`, which nothing but a cgroup could
+//! follow.
+//!
+//! Read [`run_program`] first; [`program_outcome`] is how an ending
+//! becomes `succeeded` or `failed` and the words of `error`. A request
+//! only picks a kind registered with `--handler` and gives data for the
+//! program's stdin: nothing in it becomes a program name, an argument, a
+//! variable or shell text (no shell is involved; `tests/handlers.rs`,
+//! `shell_metacharacters_in_a_request_are_inert`). Keep it so.
 //!
 //! What an attempt may be interrupted by is not this module's to know:
 //! [`run_program`] is handed the worker's race of cancel, timeout and

@@ -3,7 +3,7 @@
 //! closes the one idle longest when a client waits in the backlog.
 //!
 //! Past `--max-connections`, connections wait in the kernel's backlog
-//! (main.rs asks for 1024; the kernel lowers it to `net.core.somaxconn`).
+//! ([`LISTEN_BACKLOG`](crate::LISTEN_BACKLOG), 1024; the kernel lowers it to `net.core.somaxconn`).
 //! A client waiting there gets the place of the keep-alive connection
 //! idle longest, which is closed for it without a word, as nginx does
 //! with its reusable connections: so a client that holds every place with

@@ -8,7 +8,13 @@
 //! the store does not see is counted beside it, in atomics that need no
 //! lock: the answers by status code ([`StatusCounts`], counted by the
 //! connection as it writes each answer) and the submissions refused for a
-//! full queue (`Shared::rejected`, refused without the lock).
+//! full queue ([`Shared::rejected`](crate::shared::Shared::rejected),
+//! refused without the lock).
+//!
+//! [`render`] is the whole answer. Every series has a `# HELP` line that
+//! says what it counts, and CI checks the output with Prometheus' own
+//! linter (`tests/ecosystem/promtool.sh`) after tasks of every outcome,
+//! several queues and a schedule.
 
 use crate::{json::VecWriter, queue::QueueView, response::Response, shared::Shared, task::State};
 use std::fmt::Write as _;

@@ -16,7 +16,7 @@
 //! room — is a [`QueueState`] inside the store, changed only by the
 //! store's methods under its lock. Both are indexed like
 //! [`Config::queues`](crate::config::Config::queues); the workers
-//! themselves are main.rs's.
+//! themselves are main.rs's ([`crate::work`]).
 
 use crate::{
     config::QueueConfig,

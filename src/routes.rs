@@ -4,9 +4,13 @@
 //!
 //! A route is chosen from the head alone, before the body is read, so that
 //! a request that will be refused anyway (no token, with `Expect:
-//! 100-continue`) is refused without waiting for its body. Every route
-//! but `/healthz` and the dashboard (`/`) needs `Authorization: Bearer`
-//! when `--token` is set, compared in constant time. The answers are built
+//! 100-continue`) is refused without waiting for its body. With
+//! `--token`, every request but a `GET` or `HEAD` of `/healthz` and of the
+//! dashboard (`/`) needs `Authorization: Bearer`, unknown paths and wrong
+//! methods included, compared in constant time ([`bearer_matches`]).
+//! `HEAD` takes the route `GET` would and gets its head without the body;
+//! an unknown path is `404` whatever the method, a known one with the
+//! wrong method `405` with `Allow`. The answers are built
 //! under the store lock straight into the response body: nothing is copied
 //! out of a record to render it.
 //!
@@ -17,6 +21,11 @@
 //! through its methods, each call under the lock for one statement or one
 //! block (the rule of [`Shared::store`](crate::shared::Shared::store)). A
 //! full queue is answered without the lock at all ([`submit`]).
+//!
+//! [`OPENAPI`] describes every route; the unit test
+//! `the_openapi_document_describes_every_route_and_only_routes` holds it
+//! to the router, and CI runs Schemathesis against a live server with it
+//! (`tests/ecosystem/schemathesis.sh`). A new route changes both.
 
 use crate::{
     config::Config,

@@ -32,14 +32,33 @@
 //! How a change reaches the event streams is [`crate::events`]'s; the
 //! store only calls [`Store::publish`].
 //!
+//! Read [`Store::admit`] first, then [`Store::set_state`]; a worker's
+//! side is [`Store::begin_attempt`]: it finds a cancelled task and skips
+//! it (the id was still in the channel, and its queue's place is freed
+//! only then), or a paused queue, and then the worker keeps the task and
+//! begins it first when the queue resumes.
+//!
+//! # Idempotency keys and ids
+//!
+//! An `Idempotency-Key` maps to the retained task its first request made
+//! ([`Admission::Repeat`]); a repeat of that request (the route and body
+//! bytes, as a fingerprint) gets that task, a different request
+//! [`Admission::KeyReused`]. Both are decided under the lock, in
+//! [`Store::admit`], so racing repeats make one task. A key is stored
+//! only with an admitted task, so a refused request uses up none, and it
+//! goes when its task is evicted. Ids are issued by [`Store::issue_id`];
+//! [`Store::lookup`] tells an id this server issued and evicted (`410`:
+//! between the first and the last it issued, across restarts with a
+//! journal) from one it never issued (`404`).
+//!
 //! # Records in id order
 //!
 //! Records are kept in a `VecDeque` ordered by id. Ids grow with time, so
 //! a new task always goes at the back, and a lookup is a search by id
 //! ([`Store::position`]). Finished tasks that `--keep-finished` evicts
 //! leave a tombstone, dropped from the front or swept once tombstones pile
-//! up, so the deque stays within about twice the retained tasks. Compared with a
-//! hash map this costs no per-entry overhead, which matters: a queued
+//! up, so the deque stays within about twice the retained tasks. Compared
+//! with a hash map this costs no per-entry overhead, which matters: a queued
 //! `sleep` task is its 96-byte record and nothing more.
 //!
 //! What the tasks can make the server hold is bounded by the flags: a
@@ -910,7 +929,8 @@ impl Store {
         self.log(line, Awaiting::Change(Change::Cancel { id, at }));
     }
 
-    /// Settles a batch once it is written or has failed (step 2, under
+    /// Settles a batch once it is written or has failed (step 2 of [the
+    /// durability protocol](crate::journal#the-durability-protocol), under
     /// the store lock): if it failed, its new tasks are taken back and its
     /// changes are not made; if it was written, its changes are made, in
     /// the order of their records. Those waiting for the changes are told.
@@ -966,7 +986,8 @@ impl Store {
 
     /// Takes back a task whose `new` record could not be written, from
     /// every index it entered, as if it had never been accepted: it was
-    /// never started (workers wait for the record: step 3), and whatever
+    /// never started (workers wait for the record: step 3 of [the
+    /// protocol](crate::journal#the-durability-protocol)), and whatever
     /// its state — scheduled, queued, or queued since it came due — it
     /// leaves no trace. A cancel of it cannot have been made either (it
     /// waits for its own record, which comes later).

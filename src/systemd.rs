@@ -5,8 +5,8 @@
 //! in a few lines rather than taken from a crate. It is best effort by
 //! design: a server started by hand, or under another supervisor, has no
 //! socket and sends nothing, and a failure is logged, never fatal. When
-//! each word is said is main.rs's business (once the listener and the
-//! workers run; when shutdown begins); the unit that uses it is
+//! each word is said is main.rs's business ([`crate::supervise`]: once
+//! the listener and the workers run, and when shutdown begins); the unit that uses it is
 //! `tests/systemd/bgtasks.service`.
 
 use log::warn;

@@ -2,25 +2,25 @@
 //! anything is bound.
 //!
 //! Every flag lives in one table, [`FLAGS`]: its name, its environment
-//! variable (a flag beats its variable), its default and, for a number,
-//! its range. `--help` ([`usage`]), the checks and the defaults are all
-//! read from that table, so they cannot disagree (a unit test below holds
+//! variable (a flag beats its variable), its default and, for a number, its
+//! range. `--help` ([`usage`]), the checks and the defaults are all read
+//! from that table, so they cannot disagree (a unit test below holds
 //! `--help` to the table, `tests/cli.rs` the README's flag table to
-//! `--help`). Every value is
-//! checked before the listener is bound: a bad one is one line of error,
-//! which [`main`](crate::main) prints before exiting with status 2, so a typo in a unit
-//! file fails loudly instead of half-starting. Each `MAX_*` bound refuses
-//! a typo's worth (`--workers 10000000`) rather than obeying it.
+//! `--help`). Every value is checked before the listener is bound: a bad
+//! one is one line of error, which [`main`](crate::main) prints before
+//! exiting with status 2, so a typo in a unit file fails loudly instead of
+//! half-starting. Each `MAX_*` bound refuses a typo's worth
+//! (`--workers 10000000`) rather than obeying it.
 //!
-//! The module is pure but for one look at the disk: a `--handler`'s
-//! program is resolved on `PATH` and checked to be executable, so a wrong
-//! path fails at start rather than at the first task. It reads the
-//! environment through a closure, which tests replace, and it touches no
-//! server state: what it returns, [`crate::launch`] hands on. A `--schedule`'s
-//! template is checked here too, as a submission would be
-//! ([`crate::cron::parse_schedule`]), against the kinds and queues just
-//! read. A client command among the server's flags is refused with a word
-//! on where it goes, never taken for a server run.
+//! The module is pure but for one look at the disk: a `--handler`'s program
+//! is resolved on `PATH` and checked to be executable, so a wrong path
+//! fails at start rather than at the first task. It reads the environment
+//! through a closure, which tests replace, and it touches no server state:
+//! what it returns, [`crate::launch`] hands on. Read [`parse_command`]
+//! first. A `--schedule`'s template is checked here too, as a submission
+//! would be ([`crate::cron::parse_schedule`]), against the kinds and queues
+//! just read. A client command among the server's flags is refused with a
+//! word on where it goes, never taken for a server run.
 
 use crate::client;
 use crate::{

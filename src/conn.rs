@@ -39,6 +39,9 @@
 //!   one write; past [`MAX_UNSENT`] bytes of them, the next request is not
 //!   read until they are written. After every [`BURST`] requests the task
 //!   yields, so a pipelining client cannot keep a thread.
+//! - A client that trickles heads cannot hold others up: each waits on its
+//!   own deadline, costing a task and no thread (`bench_slow_loris_p90`
+//!   in `tests/hostile.rs` prints what others' requests take meanwhile).
 //! - `Expect: 100-continue` gets `100 Continue` before the body is read —
 //!   or, when the request will be refused anyway (`413`, `401`), the final
 //!   answer instead, and the connection closes.

@@ -4,10 +4,10 @@
 //! they come.
 //!
 //! The built-in `sleep` is the seed design's work and stays in main.rs
-//! beside the worker ([`crate::sleep`]); a program is the real thing, and this module is
-//! all of it. The child gets a process group of its own so that cancel,
-//! timeout and shutdown reach everything it started: the group gets
-//! SIGTERM, then SIGKILL after [`KILL_AFTER_CANCEL`] (or the shorter
+//! beside the worker ([`crate::sleep`]); a program is the real thing, and
+//! this module is all of it. The child gets a process group of its own so
+//! that cancel, timeout and shutdown reach everything it started: the group
+//! gets SIGTERM, then SIGKILL after [`KILL_AFTER_CANCEL`] (or the shorter
 //! [`KILL_AFTER_STOP`] at shutdown, when the whole server waits), and
 //! whatever is left of it when the attempt ends is killed and reaped
 //! ([`reap_group`]; bgtasks is its handlers' subreaper,

@@ -3,13 +3,14 @@
 //! closes the one idle longest when a client waits in the backlog.
 //!
 //! Past `--max-connections`, connections wait in the kernel's backlog
-//! ([`LISTEN_BACKLOG`](crate::LISTEN_BACKLOG), 1024; the kernel lowers it to `net.core.somaxconn`).
-//! A client waiting there gets the place of the keep-alive connection
-//! idle longest, which is closed for it without a word, as nginx does
-//! with its reusable connections: so a client that holds every place with
-//! idle connections cannot keep everyone else out, `/healthz` included,
-//! for the 60 s of the idle timeout. What counts as idle, and why nothing
-//! else is ever closed to make room, is [`IdleConnections`]'s doc.
+//! ([`LISTEN_BACKLOG`](crate::LISTEN_BACKLOG), 1024; the kernel lowers it
+//! to `net.core.somaxconn`). A client waiting there gets the place of the
+//! keep-alive connection idle longest, which is closed for it without a
+//! word, as nginx does with its reusable connections: so a client that
+//! holds every place with idle connections cannot keep everyone else out,
+//! `/healthz` included, for the 60 s of the idle timeout. What counts as
+//! idle, and why nothing else is ever closed to make room, is
+//! [`IdleConnections`]'s doc.
 //!
 //! The listener calls [`take_place`] before each accept and moves the
 //! place into the connection's task; a connection lists itself when it

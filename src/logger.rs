@@ -3,15 +3,16 @@
 //! left out when `--log-timestamps off` (the default under journald, which
 //! stores the time itself).
 //!
-//! It owns only the shape of a line and how it reaches stderr; what is
-//! logged, and at which level, is the rest of the crate's. It is this
-//! small `log::Log` rather than a logging crate because a line needs
-//! three things no logger we may depend on gives together: the time in
-//! the same RFC 3339 form as every timestamp the API shows (written by
-//! [`crate::time::write_timestamp`]), a whole line in one `write`, so that lines
-//! from several threads never interleave, and no panic when stderr is
-//! gone — `eprintln!` panics when its write fails (a log pipe whose reader
-//! died), and with `panic = "abort"` that would end the server.
+//! It owns only the shape of a line ([`format_line`]) and how it reaches
+//! stderr ([`init`]); what is logged is the rest of the crate's, at the
+//! levels the table below gives. It is this small `log::Log` rather than a
+//! logging crate because a line needs three things no logger we may depend
+//! on gives together: the time in the same RFC 3339 form as every timestamp
+//! the API shows (written by [`crate::time::write_timestamp`]), a whole
+//! line in one `write`, so that lines from several threads never
+//! interleave, and no panic when stderr is gone — `eprintln!` panics when
+//! its write fails (a log pipe whose reader died), and with
+//! `panic = "abort"` that would end the server.
 //!
 //! The levels are a promise to operators, kept by whoever adds a line:
 //! `info` is quiet for a healthy server (nothing per successful task),

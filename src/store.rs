@@ -36,7 +36,9 @@
 //! side is [`Store::begin_attempt`]: it finds a cancelled task and skips
 //! it (the id was still in the channel, and its queue's place is freed
 //! only then), or a paused queue, and then the worker keeps the task and
-//! begins it first when the queue resumes.
+//! begins it first when the queue resumes. `tests/lifecycle.rs` prints
+//! what these cost under the lock: `bench_cancel_latency`,
+//! `bench_waking_a_thousand_waiters`, `bench_listing_10000_retained_tasks`.
 //!
 //! # Idempotency keys and ids
 //!

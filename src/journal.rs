@@ -102,9 +102,8 @@
 //! Replay ([`open_data_dir`], [`replay_lines`]) rebuilds the tasks in id
 //! order ([`Replayed`]): finished ones keep their status; queued ones and
 //! those that were running go back into their queues in id order; a
-//! retry keeps its `retry_at` and a delayed task its `run_at`, and those
-//! that came due while the server was down run at start, oldest first.
-//! Ids keep the `--node` prefix they were made with. A line is believed
+//! retry keeps its `retry_at` and a delayed task its `run_at` (what came
+//! due meanwhile, [`crate::later`] runs at start). Ids keep the `--node` prefix they were made with. A line is believed
 //! only once its checksum holds and [`Record::check`] finds its values
 //! within the contract.
 //!

@@ -1,4 +1,26 @@
-//! TODO config
+//! The command line and the environment, checked into a [`Config`] before
+//! anything is bound.
+//!
+//! Every flag lives in one table, [`FLAGS`]: its name, its environment
+//! variable (a flag beats its variable), its default and, for a number, its
+//! range. `--help` ([`usage`]), the checks and the defaults are all read
+//! from that table, so they cannot disagree (a unit test below holds
+//! `--help` to the table, `tests/cli.rs` the README's flag table to
+//! `--help`). Every value is checked before the listener is bound: a bad
+//! one is one line of error, which [`main`](crate::main) prints before
+//! exiting with status 2, so a typo in a unit file fails loudly instead of
+//! half-starting. Each `MAX_*` bound refuses a typo's worth
+//! (`--workers 10000000`) rather than obeying it.
+//!
+//! The module is pure but for one look at the disk: a `--handler`'s program
+//! is resolved on `PATH` and checked to be executable, so a wrong path
+//! fails at start rather than at the first task. It reads the environment
+//! through a closure, which tests replace, and it touches no server state:
+//! what it returns, [`crate::launch`] hands on. Read [`parse_command`]
+//! first. A `--schedule`'s template is checked here too, as a submission
+//! would be ([`crate::cron::parse_schedule`]), against the kinds and queues
+//! just read. A client command among the server's flags is refused with a
+//! word on where it goes, never taken for a server run.
 
 use crate::client;
 use crate::{
@@ -211,7 +233,8 @@ impl Flag {
         }
     }
 
-    /// Whether the flag may be given more than once, each time adding one.
+    /// Tells whether the flag may be given more than once, each time adding
+    /// one.
     fn repeatable(&self) -> bool {
         self.help.ends_with("(repeatable)")
     }
@@ -287,7 +310,8 @@ pub(crate) struct Config {
     pub(crate) data_dir: Option<PathBuf>,
     /// Registered task kinds and the programs that run them.
     pub(crate) handlers: Vec<Handler>,
-    /// The bearer token every route but `/healthz` requires, if any.
+    /// The bearer token every route but `/healthz` and the dashboard (`/`)
+    /// requires, if any.
     pub(crate) token: Option<String>,
     /// The prefix of new ids: `--node` and `_`, or empty.
     pub(crate) node: &'static str,

@@ -3,19 +3,34 @@
 //! left out when `--log-timestamps off` (the default under journald, which
 //! stores the time itself).
 //!
-//! It owns only the shape of a line and how it reaches stderr; what is
-//! logged, and at which level, is the rest of the crate's. It is this
-//! small `log::Log` rather than a logging crate because a line needs
-//! three things no logger we may depend on gives together: the time in
-//! the same RFC 3339 form as every timestamp the API shows (written by
-//! [`crate::time::write_timestamp`]), a whole line in one `write`, so that lines
-//! from several threads never interleave, and no panic when stderr is
-//! gone — `eprintln!` panics when its write fails (a log pipe whose reader
-//! died), and with `panic = "abort"` that would end the server.
+//! It owns only the shape of a line ([`format_line`]) and how it reaches
+//! stderr ([`init`]); what is logged is the rest of the crate's, at the
+//! levels the table below gives. It is this small `log::Log` rather than a
+//! logging crate because a line needs three things no logger we may depend
+//! on gives together: the time in the same RFC 3339 form as every timestamp
+//! the API shows (written by [`crate::time::write_timestamp`]), a whole
+//! line in one `write`, so that lines from several threads never
+//! interleave, and no panic when stderr is gone — `eprintln!` panics when
+//! its write fails (a log pipe whose reader died), and with
+//! `panic = "abort"` that would end the server.
 //!
-//! One target has a level of its own: [`crate::trace`]'s, whose lines are
-//! written only when the executor trace is on, whatever the level of the
-//! rest.
+//! The levels are a promise to operators, kept by whoever adds a line:
+//! `info` is quiet for a healthy server (nothing per successful task),
+//! so that a failure stands out.
+//!
+//! | level | what |
+//! |---|---|
+//! | `error` | a failed start, journal writes failing (once, until they work again), a second signal |
+//! | `warn` | accept errors, an executor thread that cannot start, a torn journal record dropped, a leftover `journal.tmp`, a failed compaction, a failed notification |
+//! | `info` | listening, replay, shutdown's steps and what they left, compactions, a queue paused or resumed, a schedule's skipped firing, **every failed attempt** |
+//! | `debug` | each task's steps: queued, started, ended, cancelled, skipped; each firing |
+//! | `trace` | nothing of its own; [`crate::trace`]'s lines, on only when `RUST_LOG` names `bgtasks::trace` |
+//!
+//! What a handler wrote reaches a line escaped
+//! ([`OneLine`](crate::handlers::OneLine)), so a program cannot forge a
+//! line. Which level is written is `--log-level` or `RUST_LOG`, read by
+//! [`crate::config`]; the executor trace's target has a switch of its own,
+//! written whatever the level of the rest.
 
 use std::io::Write;
 
@@ -78,7 +93,7 @@ impl log::Log for Logger {
 /// Builds one log line, newline included: the time (milliseconds since
 /// the epoch) if given, the level padded to five, the crate's name in
 /// brackets, the message. The crate's name, not the module the line came
-/// from: §1 fixes the line as `[bgtasks]`, and operators grep for it
+/// from: SPEC §1 fixes the line as `[bgtasks]`, and operators grep for it
 /// whichever module now holds the code that logs.
 fn format_line(
     time: Option<u64>,

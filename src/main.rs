@@ -20,20 +20,20 @@
 //!
 //! ```text
 //!               one async_executor::Executor on --threads threads
-//!  ┌──────────────────────────────────────────────────────────────────────────┐
-//!  │ listener ── accept ──▶ connection task (one per socket)                   │
+//!  ┌────────────────────────────────────────────────────────────────────────────┐
+//!  │ listener ── accept ──▶ connection task (one per socket)                    │
 //!  │   (Async<TcpListener>)     │ HTTP/1.1 codec ─▶ routes ─▶ Store (Mutex) ─┐  │
 //!  │                            │                     │  try_send(id)        │  │
 //!  │                            ▼                     ▼                      │  │
 //!  │                   202 + Location   one bounded channel per queue        │  │
-//!  │                                    (default: --buffer; --queue …)      │  │
+//!  │                                    (default: --buffer; --queue …)       │  │
 //!  │                                                  │ recv()               │  │
 //!  │                                                  ▼                      │  │
 //!  │                                   each queue's workers race their work  │  │
 //!  │                                   against grace_over · cancel · timeout │  │
 //!  │ due-time loop: one heap, one timer ── delayed tasks, retries, cron ───▶ │  │
-//!  │ /events streams ◀── one event log, appended at the store's changes ◀───┘  │
-//!  └──────────────────────────────────────────────────────────────────────────┘
+//!  │ /events streams ◀── one event log, appended at the store's changes ◀────┘  │
+//!  └────────────────────────────────────────────────────────────────────────────┘
 //!   journal thread (--data-dir): appends, group-commits fsyncs, compacts
 //!   signal pipes: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ grace_over ─▶ exit
 //! ```
@@ -253,6 +253,8 @@
 //! | [`logger`] | the log's lines on stderr |
 //! | [`trace`] | the executor trace: each poll, `Pending` and wake |
 //! | [`client`] | `bgtasks COMMAND`: the client for the shell |
+//! | [`client_http`] | the client's one HTTP/1.1 exchange with the server |
+//! | [`client_output`] | what the client prints: lines, tables, events |
 
 #![forbid(unsafe_code)]
 

@@ -59,7 +59,8 @@
 //!    socket and builds the state every task shares
 //!    ([`Shared`]).
 //! 2. **Executor threads.** [`run_executor`] runs one
-//!    `async_executor::Executor` on `--threads` threads, each in
+//!    `async_executor::Executor` on `--threads` threads (the main thread
+//!    and `--threads` − 1 started ones), each in
 //!    `async_io::block_on(executor.run(..))`. The main thread's `run` is
 //!    given [`supervise`], the future whose end is the process's end.
 //! 3. **The listener.** [`start_serving`] spawns [`listen`] (a task), the
@@ -72,11 +73,13 @@
 //!    [`next_work`] waits on its queue's channel (`recv`), the store begins
 //!    the attempt, and [`attempt`] runs it — the built-in [`sleep`] here, a
 //!    program in [`handlers`].
-//! 5. **The stop signal racing every `Timer`.** [`sleep`] races an
-//!    `async_io::Timer` against [`interruption`]: the end of shutdown's
-//!    grace, the task's cancel trigger and its timeout, with
-//!    `future::or`. Whichever comes first ends the attempt; the loser is
-//!    dropped, which takes its waker back.
+//! 5. **Stop and cancel racing every `Timer`.** [`sleep`] races an
+//!    `async_io::Timer` against [`interruption`] with `future::or`: the
+//!    stop signal a running task obeys (`grace_over`, which shutdown
+//!    fires when `--grace` runs out; SIGTERM itself only stops new work),
+//!    the task's cancel trigger and its timeout. The first ready ends the
+//!    attempt (on a tie, the side `or` polls first); the other future is
+//!    dropped, which removes its waker from the timer map or the trigger.
 //! 6. **Signals and shutdown.** [`Signals`] are pipes the reactor watches
 //!    like sockets; [`shut_down`] is the shutdown steps below, as code.
 //! 7. **Watching it run.** [`trace::spawn`] is how each task above is
@@ -84,8 +87,8 @@
 //!    future that logs each poll, `Pending` and wake, through a waker of
 //!    its own; [one request, traced](#one-request-traced) shows a run.
 //!
-//! Then, for a submission's whole path: [`routes::answer`] chooses what a
-//! request gets, [`submit::parse_submission`] checks the body, and
+//! Then, for a submission's whole path: [`routes::choose_route`] picks
+//! the route, [`routes::answer`] answers it, [`submit::parse_submission`] checks the body, and
 //! [`Store::admit`](store::Store::admit) is the `try_send` under the lock.
 //!
 //! # How an executor runs this
@@ -111,8 +114,9 @@
 //!   which notifies another once it finds work ([`listen`]'s `spawn`).
 //! - **Tasks run in batches of 200**, then the thread yields; a task is
 //!   never preempted, hence [`BURST`] ([`work`]).
-//! - **`block_on` drives the reactor, then gives it up** to other threads
-//!   after 500 µs of waiting on their behalf ([`run_executor`]).
+//! - **`block_on` drives the reactor, then gives it up**: after 500 µs of
+//!   waiting in epoll on others' behalf it unparks async-io's own thread
+//!   to drive it and parks ([`run_executor`]).
 //! - **Threads that poll futures outside the executor.** async-io's helper
 //!   thread drives the reactor when no `block_on` does; async-process's
 //!   driver thread runs `async_io::block_on` over the future that reaps
@@ -129,8 +133,10 @@
 //! curl -X POST localhost:8000/tasks -d '{"task_id": "hello", "work_duration": "50ms"}'
 //! ```
 //!
-//! logged this (each line's `TRACE [bgtasks] ` cut; `main#1`, the future
-//! the main thread's `run` polls inline, shows once, then is left out):
+//! logged this (each line's `TRACE [bgtasks] ` cut). `#N` numbers tasks
+//! in the order they were made: `main#1` is the future the main thread's
+//! `run` polls inline (shown once, then left out), `listener#2`, the two
+//! workers `#3` and `#4`, the due-time loop `later#5`, then connections:
 //!
 //! ```text
 //! poll main#1 on main                                          }  1
@@ -189,11 +195,12 @@
 //!    the task to a worker — and `executor-1` polls the worker while `main`
 //!    still runs the connection. (`queued` is logged once the store's lock
 //!    is let go, so after.)
-//! 6. A wake nobody asked for: the worker's `recv` took the id without the
-//!    notification its listener got, and dropping a notified listener
-//!    passes it on (async-channel 2.5, `RecvInner::poll_with_strategy`
-//!    tries `try_recv` first; event-listener 5.4, the docs of `Event`);
-//!    worker 4 finds the channel empty and waits again.
+//! 6. A wake nobody needed. The send notified worker 3's place in the
+//!    channel's list of waiting receivers; worker 3, polled, took the id
+//!    with a plain `try_recv` before looking at that notice, and a notice
+//!    left unused is handed on to the next waiter, worker 4, which finds
+//!    the channel empty and waits again. (async-channel 2.5,
+//!    `RecvInner::poll_with_strategy`; event-listener 5.4, `Event`'s docs.)
 //! 7. [`sleep`] races an `async_io::Timer` against [`interruption`]: the
 //!    timer goes into the reactor's timer map, which cuts epoll's wait
 //!    short when it is due.
@@ -427,7 +434,7 @@ fn run_executor(
     let executor = Arc::new(Executor::new());
     let exited = Trigger::new();
     std::thread::scope(|scope| {
-        // Tuning: the plain version starts the threads first. Counting the
+        // Tuning: the obvious order starts the threads first. Counting the
         // cores (std reads the cgroup quota too) and starting threads take a
         // few hundred microseconds: `supervise` does it once a client
         // already waiting has been answered.
@@ -535,7 +542,7 @@ async fn start_serving(
         "listening on http://{bound} with {}",
         QueueList(&shared.config.queues)
     );
-    // Tuning: the plain version spawns everything and goes on. This
+    // Tuning: the obvious order spawns everything and goes on. This
     // function is not a task: it runs inside `supervise`, the future the
     // main thread's `executor.run` polls inline, and `run` is
     // `future.or(run_forever)` (see `run_executor`). So `yield_now`, which
@@ -722,8 +729,9 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
 async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
     loop {
         // Shutdown closes the channel, which wakes every waiting worker;
-        // a job taken after that is left for the next start (it is still
-        // queued in the store, and in the journal).
+        // a job taken after that is left queued: with `--data-dir` the
+        // journal has it for the next start, without it is dropped (and
+        // counted in shutdown's log line).
         trace::note(format_args!("recv() on queue {}", shared.queues[q].name));
         let id = shared.queues[q].jobs_rx.recv().await.ok()?;
         if shared.draining.is_fired() {
@@ -802,6 +810,8 @@ async fn interruption(shared: &Shared, work: &Work) -> Interrupt {
         Interrupt::Timeout
     };
     let cancel = async {
+        // `None`: a cancel got in between the start and this first wait,
+        // so the attempt is over as cancelled at once.
         let cancelled = shared.store().cancel_trigger(work.id.num);
         if let Some(cancelled) = cancelled {
             cancelled.wait().await;

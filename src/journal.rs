@@ -566,6 +566,13 @@ fn replay_lines(mut reader: impl io::BufRead, config: &Config) -> Result<Replaye
 }
 
 impl Replayed {
+    /// Returns the last id of the journal's history: every task up to it
+    /// is on disk.
+    pub(crate) fn last_id(&self) -> u64 {
+        let last = self.tasks.last().map_or(0, |t| t.id);
+        last.max(self.first_id)
+    }
+
     /// Applies one record; the error says why the record is impossible.
     pub(crate) fn apply(&mut self, record: &Record, config: &Config) -> Result<(), &'static str> {
         let at = self.tasks.binary_search_by_key(&record.id, |t| t.id);
@@ -847,10 +854,10 @@ pub(crate) mod tests {
         };
         writer.commit(&mut waiting_records(&rx), &shared, &progress);
         // Two cancels: the second joins the first, which writes one record.
-        let Ok(Cancel::Saving(first)) = shared.store().cancel(id) else {
+        let Ok(Cancel::Saving(first)) = shared.store().cancel(id, &shared.queues) else {
             panic!("a cancel waits for its record")
         };
-        let Ok(Cancel::Saving(second)) = shared.store().cancel(id) else {
+        let Ok(Cancel::Saving(second)) = shared.store().cancel(id, &shared.queues) else {
             panic!("a cancel waits for its record")
         };
         // The task starts before the record is written: the record says
@@ -893,7 +900,7 @@ pub(crate) mod tests {
             panic!("admitted")
         };
         // A cancel is journaled first, and made once its record is on disk.
-        let Ok(Cancel::Saving(cancel_saved)) = shared.store().cancel(id) else {
+        let Ok(Cancel::Saving(cancel_saved)) = shared.store().cancel(id, &shared.queues) else {
             panic!("a cancel waits for its record")
         };
         assert_eq!(shared.store().get(id).unwrap().state, State::Queued);

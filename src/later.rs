@@ -1,15 +1,18 @@
 //! Everything that must happen at a time: one heap, one timer, one task.
 //!
-//! A delayed task's `run_at`, a retry's backoff and a `--schedule`'s next
-//! firing are each one entry in one binary heap of due times, served by
-//! one task, [`run`], with one `async_io::Timer` armed for the earliest
-//! (STYLE.md: "one clock for all later"). A thousand delayed tasks cost a
-//! thousand heap entries, not a thousand timers.
+//! A delayed task's `run_at`, a retry's backoff, a `--schedule`'s next
+//! firing and the next eviction by age (`--keep-finished-for`) are each
+//! one entry in one binary heap of due times, served by one task, [`run`],
+//! with one `async_io::Timer` armed for the earliest (STYLE.md: "one clock
+//! for all later"). A thousand delayed tasks cost a thousand heap entries,
+//! not a thousand timers; ten thousand finished tasks to evict by age cost
+//! one entry, for the earliest of them, armed again after each eviction.
 //!
 //! This module owns only the clock. What coming due means is the store's
 //! business ([`Store::make_due`](crate::store::Store::make_due) puts a task
 //! into its queue, or among those waiting for room;
-//! [`Store::fire`](crate::store::Store::fire) makes a schedule's task):
+//! [`Store::fire`](crate::store::Store::fire) makes a schedule's task;
+//! [`Store::expire`](crate::store::Store::expire) evicts what is too old):
 //! the loop never waits for a queue, so one full queue holds up neither
 //! another queue nor a schedule. Entries arrive on a channel the store
 //! sends to under its lock (`due_tx`), and the loop ends when shutdown
@@ -31,19 +34,22 @@ use crate::{
 
 /// What comes due.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Due {
+pub(crate) enum Due {
     /// A task waiting for its time: a delayed task, or a retry.
     Task(u64),
     /// A schedule's next firing: its index.
     Schedule(usize),
+    /// The earliest finished task's eviction by age: the heap holds one
+    /// such entry at most.
+    Expiry,
 }
 
 /// What ended the loop's wait.
 enum Woken {
     /// Shutdown began: the loop ends.
     Stopped,
-    /// A task must wait until this time (ms since the epoch): its id.
-    Arrived(u64, u64),
+    /// Something must wait until this time (ms since the epoch).
+    Arrived(u64, Due),
     /// The timer rang: the earliest entries are due.
     Rang,
 }
@@ -55,7 +61,7 @@ const SLACK: usize = 4096;
 
 /// Serves every due time until shutdown begins: waits for the earliest,
 /// or for a new one to arrive, and acts on what has come due.
-pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
+pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, Due)>) {
     let mut due = BinaryHeap::new();
     for (i, state) in shared.store().schedules().iter().enumerate() {
         if state.next_at != 0 {
@@ -73,7 +79,7 @@ pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
         };
         let arrival = async {
             match due_rx.recv().await {
-                Ok((at, id)) => Woken::Arrived(at, id),
+                Ok((at, what)) => Woken::Arrived(at, what),
                 // The store, which holds the sender, outlives this loop.
                 Err(_) => Woken::Stopped,
             }
@@ -86,8 +92,8 @@ pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
         // once shutdown has begun.
         match future::or(stopped, future::or(arrival, timer)).await {
             Woken::Stopped => return,
-            Woken::Arrived(at, id) => {
-                due.push(Reverse((at, Due::Task(id))));
+            Woken::Arrived(at, what) => {
+                due.push(Reverse((at, what)));
                 if due.len() > SLACK {
                     prune(&shared, &mut due);
                 }
@@ -98,7 +104,7 @@ pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, u64)>) {
 }
 
 /// Takes every entry due by now off the heap and acts on it; a schedule
-/// goes back in at its next firing.
+/// goes back in at its next firing, an eviction by age at the next.
 fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
     let now = now_millis();
     while let Some(&Reverse((at, what))) = due.peek()
@@ -113,6 +119,11 @@ fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
                     due.push(Reverse((next, what)));
                 }
             }
+            Due::Expiry => {
+                if let Some(next) = shared.store().expire(now) {
+                    due.push(Reverse((next, what)));
+                }
+            }
         }
     }
 }
@@ -122,13 +133,13 @@ fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
 fn prune(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
     let store = shared.store();
     let live = store.count(State::Scheduled) + store.count(State::Queued);
-    if due.len() <= live + shared.config.schedules.len() + SLACK {
+    if due.len() <= live + shared.config.schedules.len() + 1 + SLACK {
         return;
     }
     due.retain(|Reverse((_, what))| match what {
         Due::Task(id) => store
             .get(*id)
             .is_some_and(|t| matches!(t.state, State::Scheduled | State::Queued)),
-        Due::Schedule(_) => true,
+        Due::Schedule(_) | Due::Expiry => true,
     });
 }

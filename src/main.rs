@@ -197,6 +197,7 @@ mod client;
 mod config;
 mod conn;
 mod cron;
+mod deps;
 mod events;
 mod handlers;
 mod http;
@@ -255,7 +256,9 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
             );
         }
         let ended = outcome.name();
-        let retry = shared.store().end_attempt(id.num, q, outcome);
+        let retry = shared
+            .store()
+            .end_attempt(id.num, q, outcome, &shared.queues);
         let retry = if retry.is_some() {
             ", to be retried"
         } else {
@@ -504,7 +507,7 @@ async fn supervise(
     executor: Arc<Executor<'static>>,
     listener: Async<TcpListener>,
     signals: Signals,
-    due_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, later::Due)>,
     start_threads: impl FnOnce(),
 ) -> i32 {
     let running = start_serving(&shared, &executor, listener, due_rx).await;
@@ -533,7 +536,7 @@ async fn start_serving(
     shared: &Arc<Shared>,
     executor: &Arc<Executor<'static>>,
     listener: Async<TcpListener>,
-    due_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, later::Due)>,
 ) -> Running {
     let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
     // The bound address, not the flag: with port 0 the kernel picks one.
@@ -788,7 +791,7 @@ fn run_executor(
     shared: &Arc<Shared>,
     listener: Async<TcpListener>,
     signals: Signals,
-    due_rx: Receiver<(u64, u64)>,
+    due_rx: Receiver<(u64, later::Due)>,
 ) -> i32 {
     let executor = Arc::new(Executor::new());
     let exited = Trigger::new();

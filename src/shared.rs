@@ -4,6 +4,7 @@ use crate::{
     config::Config,
     events::EventLog,
     journal::{DataDir, JournalProgress, JournalSender, WriterParts},
+    later::Due,
     metrics::StatusCounts,
     queue::Queue,
     store::Store,
@@ -126,18 +127,19 @@ pub(crate) const BURST: usize = 4;
 pub(crate) fn build_shared(
     config: Config,
     data: Option<DataDir>,
-) -> (Arc<Shared>, Receiver<(u64, u64)>, Option<WriterParts>) {
+) -> (Arc<Shared>, Receiver<(u64, Due)>, Option<WriterParts>) {
     let queues: Vec<Queue> = config.queues.iter().map(Queue::new).collect();
     let (due_tx, due_rx) = async_channel::unbounded();
     let events = Arc::new(EventLog::default());
     let mut store = Store::new(&config, due_tx, events.clone());
     let mut writer = None;
     let journal = data.map(|data| {
-        store.restore(data.replayed, &queues);
-        // Replayed tasks are on disk already.
-        let progress = Arc::new(JournalProgress::new(store.last_id()));
+        // Replayed tasks are on disk already; what restoring them changes
+        // (a dependency that ended while the server was down) is journaled.
+        let progress = Arc::new(JournalProgress::new(data.replayed.last_id()));
         let (tx, rx) = async_channel::unbounded();
         store.attach_journal(JournalSender::new(tx, progress.clone()));
+        store.restore(data.replayed, &queues);
         writer = Some((rx, data.writer, data.lock));
         progress
     });

@@ -3,13 +3,16 @@
 use crate::{
     config::Config,
     cron::{ScheduleState, firing_after},
+    deps::{Deps, Fate, blocked_error, check_after, fate},
     events::EventLog,
     journal::{Awaiting, Cancelling, Change, JournalEntry, JournalSender, Replayed, write_version},
+    later::Due,
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
     submit::parse_submission,
     task::{
-        Cancel, IdRef, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text, Work, backoff,
+        Cancel, IdRef, IdempotencyKey, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text,
+        Work, backoff, task_id_in,
     },
     time::{now_micros, now_millis},
     trigger::Trigger,
@@ -28,8 +31,10 @@ const TOMBSTONE_SWEEP: usize = 64;
 /// so that it is made after the lock is released.
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// The task was created with this id, queued or scheduled; with a
-    /// journal, the receiver tells whether its record reached the disk.
+    /// The task was created with this id, in this state (`waiting`,
+    /// `scheduled`, `queued`, or `cancelled` when a dependency had ended
+    /// badly already); with a journal, the receiver tells whether its
+    /// record reached the disk.
     Created(TaskId, State, Option<Receiver<bool>>),
     /// The idempotency key names a retained task, made by the same
     /// request: its id, label and state.
@@ -38,8 +43,10 @@ pub(crate) enum Admission {
     KeyReused,
     /// The task's queue is full.
     Full,
-    /// `--max-scheduled` delayed tasks are waiting already.
+    /// `--max-scheduled` delayed and waiting tasks are waiting already.
     TooManyScheduled,
+    /// An id of its `after` names no retained task: the `400`'s sentence.
+    BadAfter(String),
     /// Shutdown has begun.
     ShuttingDown,
 }
@@ -91,11 +98,13 @@ pub(crate) struct Store {
     queues: Vec<QueueState>,
     /// Each schedule's firings, indexed like [`Config::schedules`].
     schedules: Vec<ScheduleState>,
-    /// Where tasks go that must wait for a time (delayed tasks, retries):
-    /// the due-time loop, as (due ms, id).
-    due_tx: Sender<(u64, u64)>,
-    /// How many delayed tasks may wait at once.
+    /// Where what must wait for a time goes (delayed tasks, retries, the
+    /// next eviction by age): the due-time loop, as (due ms, what).
+    due_tx: Sender<(u64, Due)>,
+    /// How many delayed and waiting tasks may wait at once.
     max_scheduled: usize,
+    /// Which waiting tasks wait for which tasks.
+    deps: Deps,
     /// Idempotency keys of retained tasks.
     keys: HashMap<Box<str>, u64>,
     /// Long polls waiting for a task to change, by id.
@@ -115,6 +124,11 @@ pub(crate) struct Store {
     last_id: u64,
     /// How many finished tasks to keep.
     keep_finished: usize,
+    /// How long finished tasks are kept (`--keep-finished-for`), in ms.
+    keep_for: Option<u64>,
+    /// Whether the due-time loop holds the entry of the next eviction by
+    /// age: one entry, for the earliest finished task, at any time.
+    expiry_armed: bool,
     /// What `/metrics` reports.
     counters: Counters,
     /// Set once shutdown begins: submissions get `503`.
@@ -135,7 +149,7 @@ pub(crate) struct Store {
 impl Store {
     /// Creates an empty store for `config`'s queues and limits, sending
     /// what must wait for a time to `due_tx`.
-    pub(crate) fn new(config: &Config, due_tx: Sender<(u64, u64)>, events: Arc<EventLog>) -> Store {
+    pub(crate) fn new(config: &Config, due_tx: Sender<(u64, Due)>, events: Arc<EventLog>) -> Store {
         Store {
             tasks: VecDeque::new(),
             tombstones: 0,
@@ -145,6 +159,7 @@ impl Store {
             schedules: config.schedules.iter().map(ScheduleState::new).collect(),
             due_tx,
             max_scheduled: config.max_scheduled,
+            deps: Deps::default(),
             keys: HashMap::new(),
             watchers: HashMap::new(),
             cancels: HashMap::new(),
@@ -153,6 +168,8 @@ impl Store {
             first_id: 0,
             last_id: 0,
             keep_finished: config.keep_finished,
+            keep_for: config.keep_finished_for.map(|d| d.as_millis() as u64),
+            expiry_armed: false,
             counters: Counters::default(),
             closed: false,
             journal_tx: None,
@@ -250,43 +267,51 @@ impl Store {
     }
 
     /// Admits a new task: puts its id into its queue's channel (or, for a
-    /// delayed task, hands it to the due-time loop) and records it, both or
-    /// neither. The caller holds the store lock, so no worker can receive
-    /// the id before the record exists.
+    /// delayed task, hands it to the due-time loop; a task with
+    /// dependencies not yet succeeded waits for them) and records it, both
+    /// or neither. The caller holds the store lock, so no worker can
+    /// receive the id before the record exists. A task whose dependency
+    /// has ended badly already is created and cancelled at once: the same
+    /// outcome as if it had ended a moment later.
     pub(crate) fn admit(&mut self, new: NewTask, queues: &[Queue]) -> Admission {
         if self.closed {
             return Admission::ShuttingDown;
         }
-        if let Some(key) = &new.key
-            && let Some(&id) = self.keys.get(&key.text)
-        {
-            let task = self.get(id);
-            let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
-            return match first.map_or(0, |k| k.fingerprint) {
-                f if f == 0 || f == key.fingerprint => Admission::Repeat(
-                    self.task_id(id),
-                    task.and_then(|t| t.label.clone()),
-                    task.map_or(State::Queued, |t| t.state),
-                ),
-                _ => Admission::KeyReused,
-            };
+        if let Some(repeat) = new.key.as_ref().and_then(|key| self.repeat(key)) {
+            return repeat;
         }
+        let fate = match new.after.as_deref() {
+            None => Fate::Ready,
+            Some(after) => match check_after(self, after) {
+                Ok(after) => fate(&after, |dep| self.get(dep).map(|t| t.state)),
+                Err(sentence) => return Admission::BadAfter(sentence),
+            },
+        };
         let id = self.issue_id();
         let (q, run_at) = (usize::from(new.queue), new.run_at);
         let delayed = run_at > now_millis();
-        if delayed {
-            if self.counts[State::Scheduled as usize] >= self.max_scheduled {
+        let state = match fate {
+            Fate::Ready if !delayed => {
+                if self.queues[q].depth >= queues[q].capacity {
+                    return Admission::Full;
+                }
+                match queues[q].jobs_tx.try_send(id) {
+                    Ok(()) => self.queues[q].depth += 1,
+                    Err(TrySendError::Full(_)) => return Admission::Full,
+                    Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
+                }
+                State::Queued
+            }
+            // Cancelled at once, below: it never waits.
+            Fate::Blocked(..) => State::Waiting,
+            _ if self.count(State::Scheduled) + self.count(State::Waiting)
+                >= self.max_scheduled =>
+            {
                 return Admission::TooManyScheduled;
             }
-        } else if self.queues[q].depth >= queues[q].capacity {
-            return Admission::Full;
-        } else {
-            match queues[q].jobs_tx.try_send(id) {
-                Ok(()) => self.queues[q].depth += 1,
-                Err(TrySendError::Full(_)) => return Admission::Full,
-                Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
-            }
-        }
+            Fate::Ready => State::Scheduled,
+            Fate::Waiting(_) => State::Waiting,
+        };
         if self.first_id == 0 {
             self.first_id = id;
         }
@@ -295,13 +320,10 @@ impl Store {
         if let Some(key) = &new.key {
             self.keys.insert(key.text.clone(), id);
         }
-        let state = if delayed {
+        if state == State::Scheduled {
             // The due-time loop ends only at shutdown, when it no longer matters.
-            let _ = self.due_tx.try_send((run_at, id));
-            State::Scheduled
-        } else {
-            State::Queued
-        };
+            let _ = self.due_tx.try_send((run_at, Due::Task(id)));
+        }
         self.insert(Task::from_new(id, new, state));
         let i = self.tasks.len() - 1;
         let saved = self.journal_tx.is_some().then(|| {
@@ -314,7 +336,67 @@ impl Store {
             saved
         });
         self.publish(i, self.tasks[i].created_at());
+        let state = match fate {
+            Fate::Waiting(pending) => {
+                self.deps.wait(id, &pending);
+                state
+            }
+            Fate::Blocked(dep, ended) => {
+                let why = blocked_error(self.task_id(dep), ended);
+                self.tasks[i].extra_mut().error = Some(why.into());
+                self.set_state(i, State::Cancelled, queues);
+                State::Cancelled
+            }
+            Fate::Ready => state,
+        };
         Admission::Created(self.task_id(id), state, saved)
+    }
+
+    /// Answers a request whose idempotency key names a retained task: the
+    /// repeat of the request that made it, or the key's misuse by another.
+    /// `None` when no retained task has the key.
+    fn repeat(&self, key: &IdempotencyKey) -> Option<Admission> {
+        let &id = self.keys.get(&key.text)?;
+        let task = self.get(id);
+        let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
+        Some(match first.map_or(0, |k| k.fingerprint) {
+            f if f == 0 || f == key.fingerprint => Admission::Repeat(
+                self.task_id(id),
+                task.and_then(|t| t.label.clone()),
+                task.map_or(State::Queued, |t| t.state),
+            ),
+            _ => Admission::KeyReused,
+        })
+    }
+
+    /// Submits again the task `old` names, which ended `failed` or
+    /// `cancelled` (`POST /tasks/{id}/retry`): a new task with its members,
+    /// queued now, made from it; the old one is unchanged. `Err` is what
+    /// the lookup found instead: `Found(i)` for a task not ended so (a
+    /// `409`). A repeated idempotency key finds its task even once the
+    /// old one is gone, as on `POST /tasks`.
+    pub(crate) fn retry(
+        &mut self,
+        old: &IdRef,
+        key: Option<IdempotencyKey>,
+        queues: &[Queue],
+    ) -> Result<Admission, Lookup> {
+        if self.closed {
+            return Ok(Admission::ShuttingDown);
+        }
+        if let Some(repeat) = key.as_ref().and_then(|key| self.repeat(key)) {
+            return Ok(repeat);
+        }
+        let i = match self.lookup_ref(old) {
+            Lookup::Found(i) => i,
+            other => return Err(other),
+        };
+        let task = &self.tasks[i];
+        if !matches!(task.state, State::Failed | State::Cancelled) {
+            return Err(Lookup::Found(i));
+        }
+        let new = NewTask { key, ..task.retry() };
+        Ok(self.admit(new, queues))
     }
 
     /// Puts a task whose time has come (a delayed task, or a retry) into
@@ -348,7 +430,7 @@ impl Store {
         let task = &self.tasks[i];
         let retry = task.extra.as_ref().is_some_and(|e| e.retry_at != 0);
         match task.state {
-            State::Scheduled => self.set_state(i, State::Queued),
+            State::Scheduled => self.set_state(i, State::Queued, queues),
             State::Queued if retry => {}
             _ => return,
         }
@@ -373,12 +455,7 @@ impl Store {
 
     /// Returns a task's id, with the prefix it was made with.
     pub(crate) fn task_id(&self, num: u64) -> TaskId {
-        let at = self.nodes.partition_point(|&(from, _)| from <= num);
-        let node = self
-            .nodes
-            .get(at.wrapping_sub(1))
-            .map_or("", |&(_, node)| node);
-        TaskId { node, num }
+        task_id_in(&self.nodes, num)
     }
 
     /// Finds the record an id names: the number must be a task's, and the
@@ -395,6 +472,7 @@ impl Store {
         let schedule = task.extra.as_ref().and_then(|e| e.schedule);
         Names {
             id: self.task_id(task.id),
+            nodes: &self.nodes,
             queue: &self.queues[usize::from(task.queue)].name,
             schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
         }
@@ -412,20 +490,44 @@ impl Store {
     }
 
     /// Moves the task at index `i` to `state`, keeping counts, waking long
-    /// polls, and queueing terminal tasks for eviction — which may move
-    /// records, so `i` is not to be used afterwards.
+    /// polls, letting the tasks that wait for it follow, and queueing
+    /// terminal tasks for eviction — which may move records, so `i` is not
+    /// to be used afterwards.
     ///
     /// This is the one choke point of change: the journal record, the
     /// counters `/metrics` reads, the long-poll wake-up and the event for
-    /// `/events` are all made here, in that order, from the same values.
-    pub(crate) fn set_state(&mut self, i: usize, state: State) {
-        self.set_state_at(i, state, now_millis());
+    /// `/events` are all made here, in that order, from the same values —
+    /// for the change itself and for each one it brings about (a waiting
+    /// task released, or cancelled down a chain).
+    pub(crate) fn set_state(&mut self, i: usize, state: State, queues: &[Queue]) {
+        self.set_state_at(i, state, now_millis(), queues);
     }
 
     /// Moves the task at index `i` to `state` as of `now` (ms since the
     /// epoch): [`Store::set_state`], for a change whose time was fixed
-    /// when its record was made.
-    fn set_state_at(&mut self, i: usize, state: State, now: u64) {
+    /// when its record was made. Starts are not journaled (see the
+    /// journal's section).
+    fn set_state_at(&mut self, i: usize, state: State, now: u64, queues: &[Queue]) {
+        self.transition(i, state, now, state != State::Running, queues);
+    }
+
+    /// Makes a change as [`Store::set_state_at`] does; `journaled` tells
+    /// whether its record is written now (a client's cancel was written
+    /// before it is made).
+    fn transition(&mut self, i: usize, state: State, now: u64, journaled: bool, queues: &[Queue]) {
+        let id = self.tasks[i].id;
+        self.change(i, state, now, journaled);
+        if state.is_terminal() {
+            if self.deps.has_dependents(id) {
+                self.follow(id, state, now, queues);
+            }
+            self.evict();
+        }
+    }
+
+    /// Changes the state of the task at index `i`, and nothing else: its
+    /// record, counts, wake-up and event. Moves no record.
+    fn change(&mut self, i: usize, state: State, now: u64, journaled: bool) {
         let task = &mut self.tasks[i];
         let (id, old) = (task.id, task.state);
         task.state = state;
@@ -434,16 +536,17 @@ impl Store {
         } else if state.is_terminal() {
             task.finished_at = now;
         }
-        // Starts are not journaled, and a cancel's record is written
-        // before it is made (see the journal's section), which a change
-        // meanwhile makes stale.
-        if !matches!(state, State::Running | State::Cancelled) {
+        if journaled {
             self.log_state(i);
         }
+        // A cancel's record, on its way, no longer says what it leaves.
         if !self.cancelling.is_empty()
             && let Some(cancelling) = self.cancelling.get_mut(&id)
         {
             cancelling.stale = true;
+        }
+        if old == State::Waiting {
+            self.deps.forget(id);
         }
         self.counts[old as usize] -= 1;
         self.counts[state as usize] += 1;
@@ -454,7 +557,55 @@ impl Store {
         self.publish(i, now);
         if state.is_terminal() {
             self.finished.push_back(id);
-            self.evict();
+            self.arm_expiry(now);
+        }
+    }
+
+    /// Lets the tasks that wait for task `id`, which has just ended in
+    /// `state`, follow it: released when it was their last dependency to
+    /// succeed; cancelled when it failed or was cancelled, and so on down
+    /// the chain. Each is a change of its own, journaled and published.
+    ///
+    /// A worklist, not recursion: a chain of ten thousand tasks cancelled
+    /// by its head is ten thousand turns of one loop, not ten thousand
+    /// nested calls, and each turn costs what one change costs.
+    fn follow(&mut self, id: u64, state: State, now: u64, queues: &[Queue]) {
+        let mut ended = VecDeque::from([(id, state)]);
+        while let Some((dep, state)) = ended.pop_front() {
+            if state == State::Succeeded {
+                for waiting in self.deps.succeeded(dep) {
+                    self.release(waiting, now, queues);
+                }
+                continue;
+            }
+            let dep_id = self.task_id(dep);
+            for waiting in self.deps.ended_badly(dep) {
+                let Some(i) = self.index(waiting) else {
+                    continue;
+                };
+                self.tasks[i].extra_mut().error = Some(blocked_error(dep_id, state).into());
+                self.change(i, State::Cancelled, now, true);
+                if self.deps.has_dependents(waiting) {
+                    ended.push_back((waiting, State::Cancelled));
+                }
+            }
+        }
+    }
+
+    /// Releases waiting task `id`, whose dependencies have all succeeded:
+    /// it goes on as if just submitted without them — `scheduled` if its
+    /// `run_at` is still ahead, else `queued`, entering its queue behind
+    /// those waiting for room.
+    fn release(&mut self, id: u64, now: u64, queues: &[Queue]) {
+        let Some(i) = self.index(id) else { return };
+        let run_at = self.tasks[i].run_at;
+        if run_at > now {
+            self.change(i, State::Scheduled, now, true);
+            // The due-time loop ends only at shutdown, when it no longer matters.
+            let _ = self.due_tx.try_send((run_at, Due::Task(id)));
+        } else {
+            self.change(i, State::Queued, now, true);
+            self.enqueue(id, queues);
         }
     }
 
@@ -464,20 +615,63 @@ impl Store {
             let Some(id) = self.finished.pop_front() else {
                 break;
             };
-            let Some(i) = self.index(id) else { continue };
-            let task = &mut self.tasks[i];
-            let state = std::mem::replace(&mut task.state, State::Evicted);
-            let key = task.extra.take().and_then(|e| e.key);
-            task.label = None;
-            task.work_duration = None;
-            self.counts[state as usize] -= 1;
-            self.tombstones += 1;
-            if let Some(key) = key {
-                self.keys.remove(&key.text);
-            }
-            self.wake_watchers(id);
+            self.evict_task(id);
         }
         self.sweep();
+    }
+
+    /// Evicts finished task `id`, taken off `finished`, if it is still
+    /// retained: only a tombstone of its id is left.
+    fn evict_task(&mut self, id: u64) {
+        let Some(i) = self.index(id) else { return };
+        let task = &mut self.tasks[i];
+        let state = std::mem::replace(&mut task.state, State::Evicted);
+        let key = task.extra.take().and_then(|e| e.key);
+        task.label = None;
+        task.work_duration = None;
+        self.counts[state as usize] -= 1;
+        self.tombstones += 1;
+        if let Some(key) = key {
+            self.keys.remove(&key.text);
+        }
+        self.wake_watchers(id);
+    }
+
+    /// Hands the due-time loop the entry of the next eviction by age, for
+    /// a task that finished at `finished_at`, unless it holds one already
+    /// (then that one is for an earlier task, and [`Store::expire`] goes
+    /// on from there).
+    fn arm_expiry(&mut self, finished_at: u64) {
+        if let Some(keep_for) = self.keep_for
+            && !self.expiry_armed
+        {
+            self.expiry_armed = true;
+            // The due-time loop ends only at shutdown, when it no longer matters.
+            let _ = self.due_tx.try_send((finished_at + keep_for, Due::Expiry));
+        }
+    }
+
+    /// Evicts the finished tasks older than `--keep-finished-for` as of
+    /// `now`: the due-time loop's entry for it came due. Returns when the
+    /// next one is due, for the loop's one entry of it; `None` when no
+    /// finished task is left (the next to finish arms it again).
+    pub(crate) fn expire(&mut self, now: u64) -> Option<u64> {
+        let keep_for = self.keep_for?;
+        // Tasks finish in about the order of their `finished_at` (a
+        // journaled cancel's time is fixed when its record is made), so the
+        // front is the next to expire, within a disk write.
+        while let Some(&id) = self.finished.front() {
+            if self.get(id).is_some_and(|t| t.finished_at + keep_for > now) {
+                break;
+            }
+            self.finished.pop_front();
+            self.evict_task(id);
+        }
+        self.sweep();
+        let next = self.finished.front().and_then(|&id| self.get(id));
+        let next = next.map(|t| t.finished_at + keep_for);
+        self.expiry_armed = next.is_some();
+        next
     }
 
     /// Wakes the long polls waiting for task `id` to change.
@@ -534,6 +728,8 @@ impl Store {
             return Begin::Skip;
         };
         let task_id = self.task_id(id);
+        let after = self.tasks[i].after().iter();
+        let after = after.map(|&dep| self.task_id(dep)).collect();
         let task = &mut self.tasks[i];
         task.attempt += 1;
         let extra = task.extra.as_deref();
@@ -544,19 +740,27 @@ impl Store {
             work_duration: task.work_duration.clone(),
             payload: extra.and_then(|e| e.payload.clone()),
             timeout: extra.and_then(|e| e.timeout.clone()),
+            after,
         };
         if let Some(e) = task.extra.as_deref_mut() {
             e.retry_at = 0;
         }
         self.queues[q].busy += 1;
-        self.set_state(i, State::Running);
+        self.set_state(i, State::Running, queues);
         Begin::Work(work)
     }
 
     /// Records how an attempt in queue `q` ended. A failed attempt with
     /// attempts left goes to the due-time loop for its retry; returns when it
-    /// is due (ms since the epoch).
-    pub(crate) fn end_attempt(&mut self, id: u64, q: usize, outcome: Outcome) -> Option<u64> {
+    /// is due (ms since the epoch). Tasks that wait for this one follow its
+    /// end.
+    pub(crate) fn end_attempt(
+        &mut self,
+        id: u64,
+        q: usize,
+        outcome: Outcome,
+        queues: &[Queue],
+    ) -> Option<u64> {
         // Tuning, as in `wake_watchers`: most attempts made no trigger.
         if !self.cancels.is_empty() {
             self.cancels.remove(&id);
@@ -573,7 +777,7 @@ impl Store {
                     extra.error = None;
                     extra.result = result;
                 }
-                self.set_state(i, State::Succeeded);
+                self.set_state(i, State::Succeeded, queues);
                 None
             }
             Outcome::Failed(error) if task.attempt < task.max_attempts => {
@@ -581,15 +785,15 @@ impl Store {
                 let extra = task.extra_mut();
                 extra.error = Some(error.into());
                 extra.retry_at = retry_at;
-                self.set_state(i, State::Queued);
+                self.set_state(i, State::Queued, queues);
                 // The due-time loop ends only at shutdown, when a lost retry is
                 // what shutdown means anyway.
-                let _ = self.due_tx.try_send((retry_at, id));
+                let _ = self.due_tx.try_send((retry_at, Due::Task(id)));
                 Some(retry_at)
             }
             Outcome::Failed(error) => {
                 task.extra_mut().error = Some(error.into());
-                self.set_state(i, State::Failed);
+                self.set_state(i, State::Failed, queues);
                 None
             }
             // Cancelled tasks changed state when the client asked; an
@@ -609,11 +813,12 @@ impl Store {
         }
     }
 
-    /// Cancels a scheduled, queued or running task: at once without a
-    /// journal; with one, once its record is on disk (the journal's
-    /// protocol, section 6), and the receiver tells whether it got there.
-    /// `Err(Found(i))` when it is already terminal.
-    pub(crate) fn cancel(&mut self, id: u64) -> Result<Cancel, Lookup> {
+    /// Cancels a waiting, scheduled, queued or running task (and the tasks
+    /// that wait for it): at once without a journal; with one, once its
+    /// record is on disk (the journal's protocol, section 6), and the
+    /// receiver tells whether it got there. `Err(Found(i))` when it is
+    /// already terminal.
+    pub(crate) fn cancel(&mut self, id: u64, queues: &[Queue]) -> Result<Cancel, Lookup> {
         let i = match self.lookup(id) {
             Lookup::Found(i) => i,
             other => return Err(other),
@@ -624,7 +829,7 @@ impl Store {
         if self.journal_tx.is_some() {
             return Ok(Cancel::Saving(self.log_cancel(i)));
         }
-        self.make_cancel(i, now_millis());
+        self.make_cancel(i, now_millis(), queues);
         // Cancelling may have evicted older tasks, moving this one.
         match self.lookup(id) {
             Lookup::Found(i) => Ok(Cancel::Made(i)),
@@ -633,12 +838,13 @@ impl Store {
     }
 
     /// Makes the cancel of the task at index `i`, as of `at`: its work, if
-    /// it runs, is interrupted, and it is `cancelled`.
-    fn make_cancel(&mut self, i: usize, at: u64) {
+    /// it runs, is interrupted, and it is `cancelled`. Its record was
+    /// written before (with a journal).
+    fn make_cancel(&mut self, i: usize, at: u64, queues: &[Queue]) {
         if let Some(cancel) = self.cancels.get(&self.tasks[i].id) {
             cancel.fire();
         }
-        self.set_state_at(i, State::Cancelled, at);
+        self.transition(i, State::Cancelled, at, false, queues);
     }
 
     /// Returns the trigger that `cancel` fires for a running task, made when
@@ -784,6 +990,7 @@ impl Store {
                 Ok(id)
             }
             Admission::Full => Err("its queue is full".into()),
+            Admission::BadAfter(why) => Err(why),
             Admission::ShuttingDown => Err("the server is shutting down".into()),
             other => Err(format!("{other:?}")),
         }
@@ -863,10 +1070,17 @@ impl Store {
     /// the store lock): if it failed, its new tasks are taken back and its
     /// changes are not made; if it was written, its changes are made, in
     /// the order of their records. Those waiting for the changes are told.
+    /// Tasks that wait for a task taken back never see it succeed: they
+    /// are cancelled as if it had been — once every task of the batch is
+    /// taken back, so that none of those is cancelled first.
     pub(crate) fn settle(&mut self, batch: &[JournalEntry], written: bool, queues: &[Queue]) {
+        let mut lost = Vec::new();
         for entry in batch {
             match &entry.awaiting {
-                Awaiting::New { id, .. } if !written => self.take_back(*id),
+                Awaiting::New { id, .. } if !written => {
+                    self.take_back(*id);
+                    lost.push(*id);
+                }
                 Awaiting::Change(Change::Pause { q, paused, done }) => {
                     if written {
                         self.set_paused(*q, *paused, queues);
@@ -874,17 +1088,26 @@ impl Store {
                     // The request may have gone; then nobody needs to know.
                     let _ = done.try_send(written);
                 }
-                &Awaiting::Change(Change::Cancel { id, at }) => self.settle_cancel(id, at, written),
+                &Awaiting::Change(Change::Cancel { id, at }) => {
+                    self.settle_cancel(id, at, written, queues);
+                }
                 _ => {}
             }
         }
+        let now = now_millis();
+        for id in lost {
+            if self.deps.has_dependents(id) {
+                self.follow(id, State::Cancelled, now, queues);
+            }
+        }
+        self.evict();
     }
 
     /// Makes a cancel whose record was written, unless the task changed
     /// since the record was made: then it is written again, and the cancel
     /// waits for that one. A task that ended meanwhile (its own record,
     /// later, has the last word) or was taken back is left as it is.
-    fn settle_cancel(&mut self, id: u64, at: u64, written: bool) {
+    fn settle_cancel(&mut self, id: u64, at: u64, written: bool, queues: &[Queue]) {
         let Some(cancelling) = self.cancelling.remove(&id) else {
             return;
         };
@@ -904,7 +1127,7 @@ impl Store {
                 self.write_cancel(i);
                 return;
             }
-            Some(i) if written => self.make_cancel(i, at),
+            Some(i) if written => self.make_cancel(i, at, queues),
             _ => {}
         }
         for waiter in cancelling.waiters {
@@ -916,9 +1139,10 @@ impl Store {
     /// Takes back a task whose `new` record could not be written, from
     /// every index it entered, as if it had never been accepted: it was
     /// never started (workers wait for the record: step 3), and whatever
-    /// its state — scheduled, queued, or queued since it came due — it
-    /// leaves no trace. A cancel of it cannot have been made either (it
-    /// waits for its own record, which comes later).
+    /// its state — waiting, scheduled, queued, queued since it came due or
+    /// was released, or cancelled with a dependency — it leaves no trace.
+    /// A client's cancel of it cannot have been made (it waits for its own
+    /// record, which comes later).
     fn take_back(&mut self, id: u64) {
         let Ok(i) = self.position(id) else { return };
         let Some(task) = self.tasks.remove(i) else {
@@ -926,15 +1150,26 @@ impl Store {
         };
         self.counts[task.state as usize] -= 1;
         self.counters.accepted -= 1;
-        if task.state == State::Queued {
-            let queue = &mut self.queues[usize::from(task.queue)];
-            queue.depth -= 1;
-            match queue.waiting.iter().position(|&w| w == id) {
-                Some(at) => drop(queue.waiting.remove(at)),
-                // In the channel, or taken by a worker waiting for the
-                // record: whoever gets it skips it.
-                None => drop(self.withdrawn.insert(id)),
+        match task.state {
+            State::Queued => {
+                let queue = &mut self.queues[usize::from(task.queue)];
+                queue.depth -= 1;
+                match queue.waiting.iter().position(|&w| w == id) {
+                    Some(at) => drop(queue.waiting.remove(at)),
+                    // In the channel, or taken by a worker waiting for the
+                    // record: whoever gets it skips it.
+                    None => drop(self.withdrawn.insert(id)),
+                }
             }
+            State::Waiting => self.deps.forget(id),
+            State::Cancelled => {
+                self.counters.finished[State::Cancelled as usize] -= 1;
+                // It finished last, or nearly.
+                if let Some(at) = self.finished.iter().rposition(|&f| f == id) {
+                    self.finished.remove(at);
+                }
+            }
+            _ => {}
         }
         // The due-time loop finds no task when it comes due, and drops it.
         let extra = task.extra.unwrap_or_default();
@@ -991,7 +1226,11 @@ impl Store {
         }
         for task in self.tasks.iter().filter(|t| t.state != State::Evicted) {
             write_record(out, &task.new_record(self.names(task)));
-            if !matches!(task.state, State::Queued | State::Scheduled) || task.attempt > 0 {
+            let waits = matches!(
+                task.state,
+                State::Queued | State::Scheduled | State::Waiting
+            );
+            if !waits || task.attempt > 0 {
                 write_record(out, &task.state_record());
             }
         }
@@ -1003,11 +1242,13 @@ impl Store {
     }
 
     /// Fills an empty store from a replayed journal, applying
-    /// `--keep-finished` and the queues' paused states, and puts back what
-    /// was waiting: queued tasks into their queues in their original order
-    /// (what does not fit waits for room), delayed tasks and retries not
-    /// yet due into the due-time loop — those due while the server was down
-    /// come due at once.
+    /// `--keep-finished`, `--keep-finished-for` and the queues' paused
+    /// states, and puts back what was waiting: queued tasks into their
+    /// queues in their original order (what does not fit waits for room),
+    /// delayed tasks and retries not yet due into the due-time loop — those
+    /// due while the server was down come due at once — and waiting tasks
+    /// into the dependency index ([`Store::resume_waiting`]). The journal
+    /// is attached already: what restoring changes is journaled.
     pub(crate) fn restore(&mut self, replayed: Replayed, queues: &[Queue]) {
         // This run's prefix applies from its first id on.
         let node = self.nodes[0].1;
@@ -1021,6 +1262,7 @@ impl Store {
         }
         let now = now_millis();
         let mut ready = Vec::new();
+        let mut waiting = Vec::new();
         let mut finished = Vec::new();
         for task in replayed.tasks {
             self.counts[task.state as usize] += 1;
@@ -1035,10 +1277,12 @@ impl Store {
                 (state.last_task, state.last_at) = (task.id, task.created_at());
             }
             // The due-time loop's receiver is alive: it is returned with the store.
+            let due = |at| drop(self.due_tx.try_send((at, Due::Task(task.id))));
             match task.state {
-                State::Scheduled => drop(self.due_tx.try_send((task.run_at, task.id))),
-                State::Queued if retry_at > now => drop(self.due_tx.try_send((retry_at, task.id))),
+                State::Scheduled => due(task.run_at),
+                State::Queued if retry_at > now => due(retry_at),
                 State::Queued => ready.push(task.id),
+                State::Waiting => waiting.push(task.id),
                 _ => finished.push((task.finished_at, task.id)),
             }
             self.last_id = task.id;
@@ -1051,9 +1295,38 @@ impl Store {
         self.last_id = self.last_id.max(self.first_id);
         finished.sort_unstable();
         self.finished = finished.into_iter().map(|(_, id)| id).collect();
-        self.evict();
         for id in ready {
             self.enqueue(id, queues);
+        }
+        // Before any eviction: a dependency must be found to be judged.
+        self.resume_waiting(waiting, now, queues);
+        self.evict();
+        if let Some(next) = self.expire(now) {
+            let _ = self.due_tx.try_send((next, Due::Expiry));
+        }
+    }
+
+    /// Puts the replayed waiting tasks back, in id order, so that each
+    /// dependency's fate is settled before its dependents' (a task names
+    /// only older ones): those whose dependencies are all pending or
+    /// partly succeeded wait again; a dependency that ended while the
+    /// server was down is honoured now, journaled — released when all
+    /// succeeded, cancelled when one failed or was cancelled (or is no
+    /// longer in the journal).
+    fn resume_waiting(&mut self, waiting: Vec<u64>, now: u64, queues: &[Queue]) {
+        for id in waiting {
+            let Some(i) = self.index(id) else { continue };
+            let after = self.tasks[i].after();
+            match fate(after, |dep| self.get(dep).map(|t| t.state)) {
+                Fate::Waiting(pending) => self.deps.wait(id, &pending),
+                Fate::Ready => self.release(id, now, queues),
+                Fate::Blocked(dep, ended) => {
+                    let why = blocked_error(self.task_id(dep), ended);
+                    self.tasks[i].extra_mut().error = Some(why.into());
+                    // No task waits for it yet: its dependents come later.
+                    self.change(i, State::Cancelled, now, true);
+                }
+            }
         }
     }
 

@@ -119,16 +119,21 @@ pub(crate) enum Fate {
 }
 
 /// Finds what dependencies `after` make of a task, from the state of each
-/// (`None` for a task no longer retained, which counts as cancelled: a
-/// task runs only after dependencies known to have succeeded). The first
-/// that ended badly, in the order given, blocks it.
+/// (`None` for a task no longer retained). The first that ended badly, in
+/// the order given, blocks it.
+///
+/// A dependency no longer retained counts as succeeded. A submission names
+/// only retained tasks ([`check_after`]), so one is missing only when a
+/// waiting task is replayed and its dependency was evicted, then compacted
+/// away, while it waited: eviction takes finished tasks only, and had that
+/// one failed or been cancelled, the task would have been cancelled with
+/// it, in the same snapshot.
 pub(crate) fn fate(after: &[u64], state_of: impl Fn(u64) -> Option<State>) -> Fate {
     let mut pending = Vec::new();
     for &dep in after {
         match state_of(dep) {
-            Some(State::Succeeded) => {}
             Some(state @ (State::Failed | State::Cancelled)) => return Fate::Blocked(dep, state),
-            None | Some(State::Evicted) => return Fate::Blocked(dep, State::Cancelled),
+            None | Some(State::Succeeded | State::Evicted) => {}
             Some(_) => pending.push(dep),
         }
     }
@@ -220,7 +225,8 @@ mod tests {
             (&[1, 2, 5], Fate::Waiting(vec![2, 5])),
             (&[2, 3, 4], Fate::Blocked(3, State::Failed)),
             (&[4, 3], Fate::Blocked(4, State::Cancelled)),
-            (&[1, 9], Fate::Blocked(9, State::Cancelled)),
+            (&[1, 9], Fate::Ready),
+            (&[9, 2], Fate::Waiting(vec![2])),
         ];
         for (after, fate_expected) in cases {
             assert_eq!(fate(after, states), *fate_expected, "{after:?}");

@@ -54,8 +54,10 @@ impl log::Log for Logger {
 }
 
 /// Builds one log line, newline included: the time (milliseconds since
-/// the epoch) if given, the level padded to five, the target in brackets,
-/// the message.
+/// the epoch) if given, the level padded to five, the crate's name in
+/// brackets, the message. The crate's name, not the module the line came
+/// from: §1 fixes the line as `[bgtasks]`, and operators grep for it
+/// whichever module now holds the code that logs.
 fn format_line(
     time: Option<u64>,
     level: log::Level,
@@ -72,7 +74,8 @@ fn format_line(
         line.push(b' ');
     }
     // Writing into a Vec cannot fail.
-    let _ = writeln!(line, "{level:<5} [{target}] {message}");
+    let krate = target.split("::").next().unwrap_or(target);
+    let _ = writeln!(line, "{level:<5} [{krate}] {message}");
     line
 }
 
@@ -109,9 +112,12 @@ mod tests {
                 "1970-01-01T00:00:00.001Z ERROR [bgtasks] x\n",
             ),
         ];
-        for &(time, level, message, expected) in cases {
-            let line = format_line(time, level, "bgtasks", &format_args!("{message}"));
-            assert_eq!(String::from_utf8(line).unwrap(), expected);
+        // A line logged from a module still names the crate alone.
+        for target in ["bgtasks", "bgtasks::store"] {
+            for &(time, level, message, expected) in cases {
+                let line = format_line(time, level, target, &format_args!("{message}"));
+                assert_eq!(String::from_utf8(line).unwrap(), expected);
+            }
         }
     }
 }

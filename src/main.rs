@@ -8,6 +8,14 @@
 //! curl localhost:8000/tasks/<id>?wait=10s
 //! ```
 //!
+//! This file is the core: the seed design the project grew from — a
+//! bounded channel, a pool of workers and a hand-written HTTP/1.1 listener
+//! on one smol executor — told in the order a request flows. Every feature
+//! around it (flags, the store, the journal, the HTTP codec, the routes,
+//! events, cron, handlers, the client) is a module of its own, listed in
+//! [the map](#map); this file calls into them, and none of them reaches
+//! back into it.
+//!
 //! # How the parts fit
 //!
 //! ```text
@@ -23,139 +31,146 @@
 //!  │                                                  ▼                      │  │
 //!  │                                   each queue's workers race their work  │  │
 //!  │                                   against grace_over · cancel · timeout │  │
-//!  │ scheduler: one heap, one timer ── delayed tasks, retries, schedules ──▶ │  │
+//!  │ due-time loop: one heap, one timer ── delayed tasks, retries, cron ───▶ │  │
 //!  │ /events streams ◀── one event log, appended at the store's changes ◀───┘  │
 //!  └──────────────────────────────────────────────────────────────────────────┘
 //!   journal thread (--data-dir): appends, group-commits fsyncs, compacts
-//!   signal pipe: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ grace_over ─▶ exit
+//!   signal pipes: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ grace_over ─▶ exit
 //! ```
 //!
 //! A client POSTs a task; its connection task parses it, and under the
 //! store lock puts the task's id into its queue's bounded channel with
-//! `try_send` and records the task. A full queue (its channel, and the
-//! tasks waiting to enter it) means `503` with `Retry-After`, and nothing
-//! is recorded, so admission is atomic. A worker
-//! receives the id, marks the task running and does the work; the client
-//! polls `GET /tasks/{id}` (or long-polls with `?wait=`) until the task is
-//! `succeeded`, `failed` or `cancelled`.
+//! `try_send` and records the task, both or neither — so a full queue means
+//! `503` with `Retry-After` and leaves no trace. A worker receives the id,
+//! marks the task running and does the work; the client polls
+//! `GET /tasks/{id}` (or long-polls with `?wait=`) until the task is
+//! `succeeded`, `failed` or `cancelled`. Every wait that something else may
+//! have to cut short — a sleeping task, a child process, a long poll —
+//! races a [`Trigger`]: a channel that is never sent on
+//! and is closed to fire, which wakes every waiter at once.
 //!
-//! Every wait that something else may have to cut short — a sleeping task,
-//! a child process, a long poll, a delayed task — races a [`Trigger`]: a
-//! channel that is never sent on and is closed to fire, which wakes every
-//! waiter at once. Shutdown closes the job channels themselves the same
-//! way, which wakes every idle worker.
+//! # Reading path
 //!
-//! # Reading it to learn how an executor works
+//! Read this file from the top; each step names the function to read.
 //!
-//! Three words first. A *future* is a value with a `poll` method
-//! ([`Future::poll`]) that either finishes or says "not yet" — and, before
-//! saying so, keeps a *waker* from its context somewhere that will be
-//! called when it is worth polling again. A *task* is a future the
-//! executor owns: an executor keeps queues of tasks ready to run (one
-//! shared, one per thread, which idle threads steal from) and polls them,
-//! one at a time on each of its threads; a waker's `wake` puts its task
-//! back on a queue and wakes a sleeping thread to run it. The future given
-//! to `executor.run` itself is not a task: that thread polls it inline,
-//! between tasks. The *reactor* (async-io's) is what turns the operating
-//! system's readiness — epoll, here — and timers into wake-ups. ("Poll"
-//! also names unrelated things below: an HTTP long poll, `?wait=`; the
-//! polling loops of the tests; and [`reap_group`]'s loop, which looks for
-//! exited processes every 2 ms because they have no readiness to wait on.
-//! The text says which.)
+//! 1. **Start-up.** [`main`] parses the flags into a
+//!    [`Config`] (or hands the command line to the
+//!    [`client`]); [`launch`] replays the journal, [`bind`]s the listening
+//!    socket and builds the state every task shares
+//!    ([`Shared`]).
+//! 2. **Executor threads.** [`run_executor`] runs one
+//!    `async_executor::Executor` on `--threads` threads, each in
+//!    `async_io::block_on(executor.run(..))`. The main thread's `run` is
+//!    given [`supervise`], the future whose end is the process's end.
+//! 3. **The listener.** [`start_serving`] spawns [`listen`] (a task), the
+//!    workers and the due-time loop ([`later::run`]). [`listen`] takes a
+//!    place among `--max-connections`, accepts, and spawns
+//!    [`conn::serve`] for each socket: one task per connection, which reads
+//!    requests without blocking a thread and answers them through
+//!    [`routes`].
+//! 4. **Bounded channels and workers.** [`work`] is one worker:
+//!    [`next_work`] waits on its queue's channel (`recv`), the store begins
+//!    the attempt, and [`attempt`] runs it — the built-in [`sleep`] here, a
+//!    program in [`handlers`].
+//! 5. **The stop signal racing every `Timer`.** [`sleep`] races an
+//!    `async_io::Timer` against [`interruption`]: the end of shutdown's
+//!    grace, the task's cancel trigger and its timeout, with
+//!    `future::or`. Whichever comes first ends the attempt; the loser is
+//!    dropped, which takes its waker back.
+//! 6. **Signals and shutdown.** [`Signals`] are pipes the reactor watches
+//!    like sockets; [`shut_down`] is the shutdown steps below, as code.
 //!
-//! Every race in this file is `future::or(a, b)`, and what it does when
-//! polled shows the whole mechanism in four lines:
+//! Then, for a submission's whole path: [`routes::answer`] chooses what a
+//! request gets, [`submit::parse_submission`] checks the body, and
+//! [`Store::admit`](store::Store::admit) is the `try_send` under the lock.
 //!
-//! ```text
-//! fn poll(a, b, cx) -> Poll<T> {
-//!     if let Ready(v) = a.poll(cx) { return Ready(v) }  // left side first
-//!     b.poll(cx)  // a said "not yet": it has left cx's waker where its event will be
-//! }               // (a timer, a socket, a channel); b does the same, or is ready
-//! ```
+//! # How an executor runs this
 //!
-//! Whichever event comes first calls that waker, the task is polled
-//! again, one side is ready, and the race ends; the other side is dropped,
-//! and dropping it takes its waker back (a timer leaves the reactor).
+//! Three words first. A *future* is a value with a `poll` method that
+//! either finishes or says "not yet" — and, before saying so, leaves the
+//! *waker* from its context wherever its event will come from (a socket's
+//! entry in the reactor, a timer, a channel's list of listeners). A *task*
+//! is a future the executor owns; calling its waker puts it back on a run
+//! queue. The *reactor* (async-io's) turns epoll's readiness and expired
+//! timers into calls of those wakers. ("Poll" also names unrelated things
+//! here: an HTTP long poll, `?wait=`; and [`handlers`]' loop that looks for
+//! exited processes.)
 //!
-//! Read these, in this order, and skip the rest on a first pass:
+//! What the crates do underneath, checked against their sources:
 //!
-//! 1. [`main`], [`launch`] and [`run_executor`]: the executor runs on
-//!    `--threads` threads, each in `async_io::block_on(executor.run(..))`;
-//!    the main thread's `run` is given [`supervise`], the future whose end
-//!    is the process's end, and polls it inline. Threads that run no
-//!    futures: the journal writer, async-io's reactor helper, and
-//!    async-process's, which learns of handlers' exits.
-//! 2. [`start_serving`] and [`listen`]: the listener is a task; each
-//!    accepted connection becomes a task of its own ([`serve`]).
-//! 3. [`Connection::serve_requests`], [`Connection::serve_request`] and
-//!    [`Connection::fill`]: reading without blocking a thread, one deadline
-//!    per request head.
-//! 4. [`submit`] and [`Store::admit`]: the bounded channel, and why
-//!    `try_send` under a lock makes admission atomic.
-//! 5. [`Trigger`], then [`work`], [`next_work`], [`attempt`], [`sleep`] and
-//!    [`interruption`]: a worker sleeping in a timer, and how cancel and
-//!    shutdown reach it at once.
-//! 6. [`shut_down`]: the shutdown steps below, as code.
-//!
-//! Sections 4 (periodic tasks), 6 (the journal), 7 (the HTTP codec: pure
-//! functions on bytes) and 9 (events) can wait. Lines marked `// Tuning:`
-//! make the server faster but the lesson harder to see: each says what the
-//! plain version would be and what the tuned one buys.
+//! - **`executor.run(main)` polls `main` inline.** `Executor::run` is
+//!   `future.or(run_forever)` (async-executor 1.14, `State::run`): the
+//!   future given to `run` is not a task, and the thread polls it between
+//!   batches of tasks. That is why [`start_serving`] can `yield_now` to let
+//!   the listener task run first: `main`'s future says "not yet" once, and
+//!   `run_forever` runs the tasks queued meanwhile.
+//! - **A wake queues the task globally and notifies one sleeper.** The
+//!   executor's `schedule` pushes the woken task on the shared queue and
+//!   calls `State::notify`, which wakes one sleeping thread's ticker (not
+//!   all of them); a thread that finds work notifies another before it
+//!   runs it, so wake-ups spread as work does.
+//! - **Tasks run in batches.** `run_forever` runs 200 tasks, then
+//!   `yield_now`s, so the future given to `run` and the reactor get their
+//!   turn on a busy thread; a task itself is never preempted, which is why
+//!   a worker and a connection yield every [`BURST`] items.
+//! - **`block_on` drives the reactor, then gives it up.** When `run` has
+//!   nothing to do, `async_io::block_on` (async-io 2.6, `driver.rs`) takes
+//!   the reactor's lock if it is free and waits in epoll; a thread that
+//!   has waited there for 500 µs on others' behalf drops the lock, unparks
+//!   async-io's own helper thread and sleeps until it is notified, so one
+//!   thread does not serve everyone's I/O. A thread that finds the reactor
+//!   taken just parks until a waker unparks it.
+//! - **Threads that poll futures outside the executor.** async-io's helper
+//!   thread drives the reactor when no `block_on` does; async-process's
+//!   driver thread runs `async_io::block_on` over the future that reaps
+//!   children (async-process 2.5, `Reaper::start_driver_thread`), and on
+//!   Linux each child's exit arrives as a pidfd in the ordinary reactor.
+//!   The journal writer is a plain thread that runs no future.
 //!
 //! # One request, traced
 //!
-//! `POST /tasks` on a connection that is new, then `GET /tasks/{id}?wait=10s`
-//! on another, without `--data-dir` (with it, steps 4 and 5 also wait for
-//! the disk: see section 6):
+//! `POST /tasks` on a new connection, then `GET /tasks/{id}?wait=10s` on
+//! another, without `--data-dir` (with it, steps 4 and 5 also wait for the
+//! disk: see [`journal`]):
 //!
 //! 1. The kernel queues the connection on the listening socket. [`listen`]
-//!    had awaited `listener.accept()`, which found nothing to accept at the
-//!    time and so left its task's waker with the reactor; epoll now reports
-//!    the socket readable, whichever thread is driving the reactor (one in
-//!    `block_on`, or async-io's helper thread) calls that waker, and the
+//!    had awaited `listener.accept()`, which found nothing to accept and so
+//!    left its task's waker with the reactor; epoll reports the socket
+//!    readable, the thread driving the reactor calls that waker, and the
 //!    executor queues the listener task again. Polled, `accept` succeeds.
-//! 2. [`listen`] spawns [`serve`] for the new socket: `executor.spawn`
-//!    wraps the future in a task and queues it; `detach` lets it run to its
-//!    end with nobody holding its handle.
-//! 3. [`Connection::serve_requests`] reads the request at once (it has
-//!    usually arrived by the time the connection is accepted), and
-//!    [`Connection::serve_request`] finds the head ([`take_head`],
-//!    [`parse_head`]), picks the route ([`choose_route`]), reads the body
-//!    ([`Connection::read_body`]) and calls [`submit`].
-//! 4. [`submit`] checks the body ([`parse_submission`]), takes the store
-//!    lock, and [`Store::admit`] does `try_send(id)` on the queue's channel
-//!    and records the task, both or neither. The `202` goes into the
-//!    connection's output and [`Connection::flush`] writes it.
+//! 2. [`listen`] spawns [`conn::serve`] for the new socket: `spawn` wraps
+//!    the future in a task and queues it; `detach` lets it run to its end
+//!    with nobody holding its handle.
+//! 3. The connection reads the request at once (it has usually arrived by
+//!    the time the connection is accepted), parses the head
+//!    ([`http::parse_head`]), picks the route ([`routes::choose_route`]),
+//!    reads the body and calls [`routes::submit`].
+//! 4. [`Store::admit`](store::Store::admit) does `try_send(id)` on the
+//!    queue's channel and records the task, both or neither. The `202` goes
+//!    into the connection's output and is written.
 //! 5. A worker of that queue was waiting in [`next_work`] on `recv()`: the
-//!    channel kept its waker, and `try_send` woke it, queueing the worker
-//!    task. [`Store::begin_attempt`] marks the task running and wakes the
-//!    long polls that watch it ([`Store::wake_watchers`]).
-//! 6. [`sleep`] races an `async_io::Timer` against [`interruption`] (the
-//!    cancel and `grace_over` triggers and a timeout) with `future::or`:
-//!    the timer registers with the reactor, which shortens its epoll wait
-//!    to the earliest timer and wakes the worker when it passes.
-//! 7. [`Store::end_attempt`] records `succeeded`; [`Store::set_state`],
-//!    the one place every change goes through, writes the journal record,
-//!    counts it, fires the task's watchers [`Trigger`] and feeds the event
-//!    streams.
-//! 8. The second connection's [`Connection::long_poll`] was waiting on that
-//!    trigger (and on its deadline, and on the client going away); the fire
-//!    wakes it, it reads the task again and answers `200`. (A long poll
-//!    answers on any change: one made while the task was queued is answered
-//!    `running` at step 5, and the client asks again.) Then
-//!    [`Connection::flush`] writes it with `write_with` — which, when the
-//!    socket's buffer is full, leaves its waker with the reactor until
-//!    epoll says the socket is writable again.
+//!    channel kept its waker, and `try_send` woke it — often on the other
+//!    executor thread. The store marks the task running and wakes the long
+//!    polls that watch it.
+//! 6. [`sleep`] races an `async_io::Timer` against [`interruption`]: the
+//!    timer registers with the reactor, which shortens its epoll wait to the
+//!    earliest timer and wakes the worker when it passes.
+//! 7. The store records `succeeded` at its one choke point of change,
+//!    which journals it, counts it, fires the task's watchers trigger and
+//!    appends its event for `/events`.
+//! 8. The second connection's long poll was waiting on that trigger (and on
+//!    its deadline, and on the client going away); the fire wakes it, it
+//!    reads the task again and answers `200`.
 //!
 //! # Shutdown, in order
 //!
 //! 1. SIGINT or SIGTERM fires `draining`: the listener takes in what waits
 //!    in its backlog and closes its socket; new tasks and `/healthz` get
 //!    `503` (idle keep-alive connections stay open to say so); the job
-//!    channels close, so workers take no new task; the due-time loop stops;
-//!    event streams say `shutdown` and end.
-//! 2. Requests in flight are answered and running tasks may finish, for up to
-//!    `--grace`.
+//!    channels close, so workers take no new task; the due-time loop
+//!    stops; event streams say `shutdown` and end.
+//! 2. Requests in flight are answered and running tasks may finish, for up
+//!    to `--grace`.
 //! 3. Then `grace_over` fires: every running task is interrupted (sleeps
 //!    end, programs get SIGTERM and 1 s later SIGKILL).
 //! 4. The process exits 0 as soon as nothing is left to wait for. A second
@@ -163,37 +178,42 @@
 //!    while the journal writes what is left, it is not listened for); a
 //!    repeat of the first signal within 1 s is the same request.
 //!
-//! # Map of this file
+//! # Map
 //!
-//! 1. Configuration and flags
-//! 2. Task model and store
-//! 3. Worker pool: triggers, queues, workers, the due-time loop
-//! 4. Periodic tasks: cron specs and firings
-//! 5. Handlers: the built-in sleep and external programs (and progress)
-//! 6. Journal (`--data-dir`)
-//! 7. HTTP/1.1 codec
-//! 8. Routes
-//! 9. Events and the dashboard
-//! 10. Connections and the listener
-//! 11. Signals, shutdown and `main`
-//! 12. Tests of the pure pieces
+//! The core is this file. Each module owns one concern:
 //!
-//! Beside it: [`logger`], the log's lines on stderr.
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | the flag table, environment, validation, `--help` |
+//! | [`time`] | Go durations, RFC 3339, HTTP dates, the civil calendar |
+//! | [`json`] | JSON written by hand: strings, numbers, optional members |
+//! | [`task`] | a task's record, its states and ids, the one status writer |
+//! | [`store`] | every task behind one lock: admission and every change |
+//! | [`queue`] | a queue's channel and what changes about it under the lock |
+//! | [`shared`] | what every task shares, and the rule of the store's lock |
+//! | [`trigger`] | the one-shot broadcast every cut-short wait races |
+//! | [`later`] | the one due-time heap: delays, retries, schedule firings |
+//! | [`cron`] | `--schedule` specs and their next firings |
+//! | [`handlers`] | programs in process groups, their output and progress |
+//! | [`record`] | the journal's line format: records and checksums |
+//! | [`journal`] | the writer thread, group commit, replay, compaction |
+//! | [`http`] | the HTTP/1.1 request codec: heads, chunked bodies |
+//! | [`response`] | writing an answer: status line, headers, body |
+//! | [`conn`] | a connection's life: read, answer, flush, long poll |
+//! | [`idle`] | idle keep-alive connections, closed to make room |
+//! | [`routes`] | which route a request takes, and each route's answer |
+//! | [`submit`] | a submission body checked into a new task |
+//! | [`events`] | `/events`: the shared event log, streams, the dashboard |
+//! | [`metrics`] | `/metrics` in Prometheus' text format |
+//! | [`systemd`] | `READY=1` and `STOPPING=1` for a service manager |
+//! | [`logger`] | the log's lines on stderr |
+//! | [`client`] | `bgtasks COMMAND`: the client for the shell |
 
 #![forbid(unsafe_code)]
 
-use async_channel::{Receiver, Sender};
-use async_executor::Executor;
-use async_io::{Async, Timer};
-use log::{debug, error, info, warn};
-use smol::future;
-
-use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 mod client;
+mod client_http;
+mod client_output;
 mod config;
 mod conn;
 mod cron;
@@ -231,6 +251,358 @@ use crate::{
     time::now_millis,
     trigger::Trigger,
 };
+use async_channel::{Receiver, Sender};
+use async_executor::Executor;
+use async_io::{Async, Timer};
+use log::{debug, error, info, warn};
+use smol::future;
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+// Start-up: flags, the journal, the listening socket, the executor threads.
+
+/// Runs the client when the first argument is a command; otherwise reads
+/// the flags, sets up the log and runs the server until it has shut down,
+/// exiting with its status (2 for a bad flag, 1 for a failed start).
+fn main() {
+    // A first argument that is a word, not a flag, is a client command.
+    if let Some(code) = client::dispatch() {
+        std::process::exit(code);
+    }
+    let args = std::env::args_os().skip(1);
+    let config = match parse_command(args, |name| std::env::var(name).ok()) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{}", usage());
+            return;
+        }
+        Ok(Command::Version) => {
+            println!("bgtasks {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        // Every start-up error is one line, whatever text it quotes.
+        Err(message) => {
+            eprintln!("bgtasks: {}", OneLine(&message));
+            std::process::exit(2);
+        }
+    };
+    logger::init(config.log_level, config.log_timestamps);
+    std::process::exit(match launch(*config) {
+        Ok(code) => code,
+        Err(message) => {
+            error!("{}", OneLine(&message));
+            1
+        }
+    });
+}
+
+/// Opens the data directory, binds, builds the shared state and runs the
+/// executor threads until shutdown; returns the exit status.
+fn launch(config: Config) -> Result<i32, String> {
+    // The data directory comes first: a server should know its tasks
+    // before it listens.
+    let data = match &config.data_dir {
+        Some(dir) => Some(open_data_dir(dir, &config)?),
+        None => None,
+    };
+    // Listening comes next, before the rest of the start-up: a client that
+    // connects meanwhile waits in the backlog, so starting the reactor (a
+    // thread, an epoll set) overlaps with its connecting.
+    let listener =
+        bind(config.addr).map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
+    // Underneath: `Async::new` makes the socket non-blocking and registers
+    // it with async-io's reactor (an epoll set, and a helper thread that
+    // drives it when no thread in `block_on` does).
+    let listener = Async::new(listener).map_err(|e| format!("cannot watch the listener: {e}"))?;
+    let signals = Signals::new().map_err(|e| format!("cannot watch signals: {e}"))?;
+    if !config.handlers.is_empty() {
+        become_subreaper();
+    }
+    let (shared, due_rx, writer) = build_shared(config, data);
+    // The writer must run before anything is served: a submission waits
+    // for it, and without it would wait forever.
+    let writer = match writer {
+        Some(writer) => Some(spawn_journal_writer(&shared, writer)?),
+        None => None,
+    };
+    let code = run_executor(&shared, listener, signals, due_rx);
+    if let Some((thread, _lock)) = writer {
+        // What the last moments changed is written before the process ends.
+        shared.store().close_journal();
+        // The writer only ends by returning; a panic would abort.
+        let _ = thread.join();
+    }
+    Ok(code)
+}
+
+/// How many connections the kernel keeps for the listener before it is
+/// ready to accept them (SPEC §3: at least 1024). `std`'s `bind` asks for
+/// 128: a burst of 200 clients left 70 waiting for the kernel's 1 s SYN
+/// retry. 1024 as tokio (Go asks for `net.core.somaxconn`, nginx 511): as
+/// many as the default `--max-connections`, so a burst that large waits
+/// for places instead of being dropped, and the same on every host, where
+/// following `somaxconn` would queue 4096 (its default since Linux 5.4)
+/// clients behind a full server. The kernel lowers it to `somaxconn` when
+/// that is smaller.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Opens the listening socket on `addr`: `std`'s `TcpListener::bind`
+/// (close-on-exec, `SO_REUSEADDR` so that a restart need not wait for the
+/// last run's connections to time out), with a backlog of
+/// [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let socket = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    sockopt::set_socket_reuseaddr(&socket, true)?;
+    rustix::net::bind(&socket, &addr)?;
+    rustix::net::listen(&socket, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(socket))
+}
+
+/// Runs the executor on `--threads` threads until [`supervise`] returns its
+/// exit status.
+fn run_executor(
+    shared: &Arc<Shared>,
+    listener: Async<TcpListener>,
+    signals: Signals,
+    due_rx: Receiver<(u64, later::Due)>,
+) -> i32 {
+    let executor = Arc::new(Executor::new());
+    let exited = Trigger::new();
+    std::thread::scope(|scope| {
+        // Tuning: the plain version starts the threads first. Counting the
+        // cores (std reads the cgroup quota too) and starting threads take a
+        // few hundred microseconds: `supervise` does it once a client
+        // already waiting has been answered.
+        let start_threads = || {
+            let threads = shared.config.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+            });
+            for _ in 1..threads {
+                let (executor, exited) = (executor.clone(), exited.clone());
+                scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
+            }
+        };
+        let main = supervise(
+            shared.clone(),
+            executor.clone(),
+            listener,
+            signals,
+            due_rx,
+            start_threads,
+        );
+        // Underneath: `executor.run` polls the executor's ready tasks on
+        // this thread until `main` ends; when none is ready it returns
+        // "not yet", and `block_on` then drives the reactor itself — an
+        // epoll wait, until an event, a timer or a wake-up — unless another
+        // thread is driving it, in which case it sleeps until woken. What
+        // wakes it is a task being queued: the executor calls the waker of
+        // one sleeping thread's `block_on`, which unparks that thread, or
+        // interrupts its epoll wait if it is the one in the reactor.
+        let code = async_io::block_on(executor.run(main));
+        exited.fire();
+        code
+    })
+}
+
+/// Starts the server and runs it until shutdown has finished; returns the
+/// exit status.
+async fn supervise(
+    shared: Arc<Shared>,
+    executor: Arc<Executor<'static>>,
+    listener: Async<TcpListener>,
+    signals: Signals,
+    due_rx: Receiver<(u64, later::Due)>,
+    start_threads: impl FnOnce(),
+) -> i32 {
+    let running = start_serving(&shared, &executor, listener, due_rx).await;
+    notify_service_manager("READY=1");
+    start_threads();
+    let first = (signals.next().await, Instant::now());
+    notify_service_manager("STOPPING=1");
+    shut_down(&shared, &executor, running, signals, first).await
+}
+
+/// What shutdown needs of a running server: what to wait for.
+struct Running {
+    /// The listener's task; it ends once it has taken in its backlog.
+    listening: async_executor::Task<()>,
+    /// Each request holds an upgraded clone of this while it is served.
+    in_flight_tx: Sender<()>,
+    /// Reports, once `in_flight_tx` is dropped, when the last request in
+    /// flight has been answered: its receive fails when no sender is left.
+    requests_done: Receiver<()>,
+    /// Reports in the same way when every worker has ended.
+    workers_done: Receiver<()>,
+}
+
+/// Spawns the listener, then the workers and the due-time loop.
+async fn start_serving(
+    shared: &Arc<Shared>,
+    executor: &Arc<Executor<'static>>,
+    listener: Async<TcpListener>,
+    due_rx: Receiver<(u64, later::Due)>,
+) -> Running {
+    let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
+    // The bound address, not the flag: with port 0 the kernel picks one.
+    let bound = listener
+        .get_ref()
+        .local_addr()
+        .map_or(shared.config.addr, |a| a);
+    // The listener first: a client may be waiting in the backlog already.
+    let listening = executor.spawn(listen(
+        shared.clone(),
+        executor.clone(),
+        listener,
+        in_flight_tx.downgrade(),
+    ));
+    info!(
+        "listening on http://{bound} with {}",
+        QueueList(&shared.config.queues)
+    );
+    // Tuning: the plain version spawns everything and goes on. This
+    // function is not a task: it runs inside `supervise`, the future the
+    // main thread's `executor.run` polls inline, and `run` is
+    // `future.or(run_forever)`. So `yield_now`, which returns "not yet"
+    // once and wakes itself, hands the thread to `run_forever`, which runs
+    // the tasks queued meanwhile — the listener — before this goes on: a
+    // client that connected while the process was starting is answered
+    // now (its task waits in the queue for the workers), and counting
+    // cores and starting threads come after. The first 202 went out
+    // ~285 µs into `main` instead of ~530.
+    future::yield_now().await;
+    let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
+    for (q, queue) in shared.config.queues.iter().enumerate() {
+        for _ in 0..queue.workers {
+            executor
+                .spawn(work(shared.clone(), q, workers_tx.clone()))
+                .detach();
+        }
+    }
+    executor.spawn(later::run(shared.clone(), due_rx)).detach();
+    Running {
+        listening,
+        in_flight_tx,
+        requests_done,
+        workers_done,
+    }
+}
+
+// The listener: one task that accepts, and a task per connection.
+
+/// The first wait after an accept error: long enough for a connection to
+/// close and free a file descriptor, short enough to go unnoticed.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+
+/// The longest the listener waits after an accept error before trying again.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Accepts connections until shutdown begins, each in a task of its own.
+///
+/// A place among `--max-connections` is taken before `accept`, so past the
+/// limit new connections wait in the kernel's backlog rather than in memory
+/// (until [`take_place`] makes room for them).
+async fn listen(
+    shared: Arc<Shared>,
+    executor: Arc<Executor<'static>>,
+    listener: Async<TcpListener>,
+    in_flight: async_channel::WeakSender<()>,
+) {
+    let places = Arc::new(smol::lock::Semaphore::new(shared.config.max_connections));
+    let idle = Arc::new(IdleConnections::default());
+    let mut backoff = MIN_ACCEPT_BACKOFF;
+    loop {
+        // Underneath: `accept` tries `accept(2)`; when nothing waits in the
+        // backlog it leaves this task's waker with the reactor, which calls
+        // it when epoll says the listening socket is readable.
+        let next = async {
+            let place = take_place(&places, &listener, &idle).await;
+            (place, listener.accept().await)
+        };
+        let stopped = async {
+            shared.draining.wait().await;
+            None
+        };
+        let Some((place, accepted)) = future::or(stopped, async { Some(next.await) }).await else {
+            accept_backlog(&shared, &executor, &listener, &in_flight, &places, &idle);
+            // Dropping the listener closes its socket: new connections are refused.
+            return;
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                backoff = MIN_ACCEPT_BACKOFF;
+                // Answers go out as soon as they are written, not after
+                // Nagle's delay; failing to set it only costs latency.
+                let _ = stream.get_ref().set_nodelay(true);
+                // Underneath: `spawn` wraps the future in a task and puts it
+                // on the executor's queue, waking an idle executor thread;
+                // `detach` lets it run to its end with no one holding its
+                // handle (dropping a handle would cancel the task).
+                let task = conn::serve(
+                    shared.clone(),
+                    stream,
+                    in_flight.clone(),
+                    None,
+                    place,
+                    idle.clone(),
+                );
+                executor.spawn(task).detach();
+            }
+            Err(e) => {
+                warn!("accept failed: {e}; retrying in {backoff:?}");
+                drop(place);
+                let pause = async {
+                    Timer::after(backoff).await;
+                };
+                future::or(shared.draining.wait(), pause).await;
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Accepts, once shutdown has begun, the connections already waiting in the
+/// kernel's backlog: closing the listener would reset them, and their
+/// clients may have sent a request already. Each one's first request counts
+/// as in flight, so shutdown waits for its answer (a `503`, most likely).
+fn accept_backlog(
+    shared: &Arc<Shared>,
+    executor: &Executor<'static>,
+    listener: &Async<TcpListener>,
+    in_flight: &async_channel::WeakSender<()>,
+    places: &Arc<smol::lock::Semaphore>,
+    idle: &Arc<IdleConnections>,
+) {
+    while let Some(place) = places.try_acquire_arc() {
+        // The listener is non-blocking: this ends at WouldBlock.
+        let Ok((stream, _)) = listener.get_ref().accept() else {
+            return;
+        };
+        let Ok(stream) = Async::new(stream) else {
+            continue;
+        };
+        let _ = stream.get_ref().set_nodelay(true);
+        let first_request = in_flight.upgrade();
+        let task = conn::serve(
+            shared.clone(),
+            stream,
+            in_flight.clone(),
+            first_request,
+            place,
+            idle.clone(),
+        );
+        executor.spawn(task).detach();
+    }
+}
+
+// Workers: each takes ids from its queue's bounded channel and runs them,
+// racing the stop signal.
 
 /// Takes jobs from queue `q`'s channel and runs them until shutdown
 /// begins.
@@ -315,6 +687,31 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
     }
 }
 
+/// Runs one attempt of a task.
+async fn attempt(shared: &Shared, work: &Work) -> Outcome {
+    match &work.kind {
+        None => sleep(shared, work).await,
+        Some(kind) => match shared.config.handlers.iter().find(|h| h.kind == *kind) {
+            Some(handler) => run_program(shared, work, handler, interruption(shared, work)).await,
+            None => Outcome::Failed(format!("no handler is registered for kind {kind:?}")),
+        },
+    }
+}
+
+/// Runs the built-in `sleep` work.
+async fn sleep(shared: &Shared, work: &Work) -> Outcome {
+    let duration = work.sleep_for();
+    if duration.is_zero() {
+        return Outcome::Succeeded(None);
+    }
+    let slept = async {
+        Timer::after(duration).await;
+        Outcome::Succeeded(None)
+    };
+    let cut = async { interrupted(interruption(shared, work).await, work) };
+    future::or(cut, slept).await
+}
+
 /// Waits until the attempt must end early, and says why.
 async fn interruption(shared: &Shared, work: &Work) -> Interrupt {
     let timeout = async {
@@ -342,242 +739,7 @@ async fn interruption(shared: &Shared, work: &Work) -> Interrupt {
     future::or(shutdown, future::or(cancel, timeout)).await
 }
 
-/// Runs one attempt of a task.
-async fn attempt(shared: &Shared, work: &Work) -> Outcome {
-    match &work.kind {
-        None => sleep(shared, work).await,
-        Some(kind) => match shared.config.handlers.iter().find(|h| h.kind == *kind) {
-            Some(handler) => run_program(shared, work, handler, interruption(shared, work)).await,
-            None => Outcome::Failed(format!("no handler is registered for kind {kind:?}")),
-        },
-    }
-}
-
-/// Runs the built-in `sleep` work.
-async fn sleep(shared: &Shared, work: &Work) -> Outcome {
-    let duration = work.sleep_for();
-    if duration.is_zero() {
-        return Outcome::Succeeded(None);
-    }
-    let slept = async {
-        Timer::after(duration).await;
-        Outcome::Succeeded(None)
-    };
-    let cut = async { interrupted(interruption(shared, work).await, work) };
-    future::or(cut, slept).await
-}
-
-/// How many connections the kernel keeps for the listener before it is
-/// ready to accept them (SPEC §3: at least 1024). `std`'s `bind` asks for
-/// 128: a burst of 200 clients left 70 waiting for the kernel's 1 s SYN
-/// retry. 1024 as tokio (Go asks for `net.core.somaxconn`, nginx 511): as
-/// many as the default `--max-connections`, so a burst that large waits
-/// for places instead of being dropped, and the same on every host, where
-/// following `somaxconn` would queue 4096 (its default since Linux 5.4)
-/// clients behind a full server. The kernel lowers it to `somaxconn` when
-/// that is smaller.
-const LISTEN_BACKLOG: i32 = 1024;
-
-/// The first wait after an accept error: long enough for a connection to
-/// close and free a file descriptor, short enough to go unnoticed.
-const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-
-/// The longest the listener waits after an accept error before trying again.
-const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Opens the listening socket on `addr`: `std`'s `TcpListener::bind`
-/// (close-on-exec, `SO_REUSEADDR` so that a restart need not wait for the
-/// last run's connections to time out), with a backlog of
-/// [`LISTEN_BACKLOG`].
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::INET,
-        SocketAddr::V6(_) => AddressFamily::INET6,
-    };
-    let socket = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
-    sockopt::set_socket_reuseaddr(&socket, true)?;
-    rustix::net::bind(&socket, &addr)?;
-    rustix::net::listen(&socket, LISTEN_BACKLOG)?;
-    Ok(TcpListener::from(socket))
-}
-
-/// Accepts, once shutdown has begun, the connections already waiting in the
-/// kernel's backlog: closing the listener would reset them, and their
-/// clients may have sent a request already. Each one's first request counts
-/// as in flight, so shutdown waits for its answer (a `503`, most likely).
-fn accept_backlog(
-    shared: &Arc<Shared>,
-    executor: &Executor<'static>,
-    listener: &Async<TcpListener>,
-    in_flight: &async_channel::WeakSender<()>,
-    places: &Arc<smol::lock::Semaphore>,
-    idle: &Arc<IdleConnections>,
-) {
-    while let Some(place) = places.try_acquire_arc() {
-        // The listener is non-blocking: this ends at WouldBlock.
-        let Ok((stream, _)) = listener.get_ref().accept() else {
-            return;
-        };
-        let Ok(stream) = Async::new(stream) else {
-            continue;
-        };
-        let _ = stream.get_ref().set_nodelay(true);
-        let first_request = in_flight.upgrade();
-        let task = conn::serve(
-            shared.clone(),
-            stream,
-            in_flight.clone(),
-            first_request,
-            place,
-            idle.clone(),
-        );
-        executor.spawn(task).detach();
-    }
-}
-
-/// Accepts connections until shutdown begins, each in a task of its own.
-///
-/// A place among `--max-connections` is taken before `accept`, so past the
-/// limit new connections wait in the kernel's backlog rather than in memory
-/// (until [`take_place`] makes room for them).
-async fn listen(
-    shared: Arc<Shared>,
-    executor: Arc<Executor<'static>>,
-    listener: Async<TcpListener>,
-    in_flight: async_channel::WeakSender<()>,
-) {
-    let places = Arc::new(smol::lock::Semaphore::new(shared.config.max_connections));
-    let idle = Arc::new(IdleConnections::default());
-    let mut backoff = MIN_ACCEPT_BACKOFF;
-    loop {
-        // Underneath: `accept` tries `accept(2)`; when nothing waits in the
-        // backlog it leaves this task's waker with the reactor, which calls
-        // it when epoll says the listening socket is readable.
-        let next = async {
-            let place = take_place(&places, &listener, &idle).await;
-            (place, listener.accept().await)
-        };
-        let stopped = async {
-            shared.draining.wait().await;
-            None
-        };
-        let Some((place, accepted)) = future::or(stopped, async { Some(next.await) }).await else {
-            accept_backlog(&shared, &executor, &listener, &in_flight, &places, &idle);
-            // Dropping the listener closes its socket: new connections are refused.
-            return;
-        };
-        match accepted {
-            Ok((stream, _)) => {
-                backoff = MIN_ACCEPT_BACKOFF;
-                // Answers go out as soon as they are written, not after
-                // Nagle's delay; failing to set it only costs latency.
-                let _ = stream.get_ref().set_nodelay(true);
-                // Underneath: `spawn` wraps the future in a task and puts it
-                // on the executor's queue, waking an idle executor thread;
-                // `detach` lets it run to its end with no one holding its
-                // handle (dropping a handle would cancel the task).
-                let task = conn::serve(
-                    shared.clone(),
-                    stream,
-                    in_flight.clone(),
-                    None,
-                    place,
-                    idle.clone(),
-                );
-                executor.spawn(task).detach();
-            }
-            Err(e) => {
-                warn!("accept failed: {e}; retrying in {backoff:?}");
-                drop(place);
-                let pause = async {
-                    Timer::after(backoff).await;
-                };
-                future::or(shared.draining.wait(), pause).await;
-                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-            }
-        }
-    }
-}
-
-/// Starts the server and runs it until shutdown has finished; returns the
-/// exit status.
-async fn supervise(
-    shared: Arc<Shared>,
-    executor: Arc<Executor<'static>>,
-    listener: Async<TcpListener>,
-    signals: Signals,
-    due_rx: Receiver<(u64, later::Due)>,
-    start_threads: impl FnOnce(),
-) -> i32 {
-    let running = start_serving(&shared, &executor, listener, due_rx).await;
-    notify_service_manager("READY=1");
-    start_threads();
-    let first = (signals.next().await, Instant::now());
-    notify_service_manager("STOPPING=1");
-    shut_down(&shared, &executor, running, signals, first).await
-}
-
-/// What shutdown needs of a running server: what to wait for.
-struct Running {
-    /// The listener's task; it ends once it has taken in its backlog.
-    listening: async_executor::Task<()>,
-    /// Each request holds an upgraded clone of this while it is served.
-    in_flight_tx: Sender<()>,
-    /// Reports, once `in_flight_tx` is dropped, when the last request in
-    /// flight has been answered: its receive fails when no sender is left.
-    requests_done: Receiver<()>,
-    /// Reports in the same way when every worker has ended.
-    workers_done: Receiver<()>,
-}
-
-/// Spawns the listener, then the workers and the due-time loop.
-async fn start_serving(
-    shared: &Arc<Shared>,
-    executor: &Arc<Executor<'static>>,
-    listener: Async<TcpListener>,
-    due_rx: Receiver<(u64, later::Due)>,
-) -> Running {
-    let (in_flight_tx, requests_done) = async_channel::bounded::<()>(1);
-    // The bound address, not the flag: with port 0 the kernel picks one.
-    let bound = listener
-        .get_ref()
-        .local_addr()
-        .map_or(shared.config.addr, |a| a);
-    // The listener first: a client may be waiting in the backlog already.
-    let listening = executor.spawn(listen(
-        shared.clone(),
-        executor.clone(),
-        listener,
-        in_flight_tx.downgrade(),
-    ));
-    info!(
-        "listening on http://{bound} with {}",
-        QueueList(&shared.config.queues)
-    );
-    // Tuning: the plain version spawns everything and goes on. `yield_now`
-    // returns "not yet" once and wakes itself, so the executor runs the
-    // tasks queued before it — the listener — first: a client that connected
-    // while the process was starting is answered now (its task waits in the
-    // queue for the workers), and counting cores and starting threads come
-    // after. The first 202 went out ~285 µs into `main` instead of ~530.
-    future::yield_now().await;
-    let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
-    for (q, queue) in shared.config.queues.iter().enumerate() {
-        for _ in 0..queue.workers {
-            executor
-                .spawn(work(shared.clone(), q, workers_tx.clone()))
-                .detach();
-        }
-    }
-    executor.spawn(later::run(shared.clone(), due_rx)).detach();
-    Running {
-        listening,
-        in_flight_tx,
-        requests_done,
-        workers_done,
-    }
-}
+// Signals and shutdown, in order.
 
 /// Shuts down in the order of the crate docs, after the `first` signal
 /// (which, and when it was read); returns the exit status.
@@ -712,123 +874,6 @@ impl Signals {
         let _ = pipe.read_with(|s| (&*s).read(&mut bytes)).await;
         signal
     }
-}
-
-fn main() {
-    // A first argument that is a word, not a flag, is a client command.
-    if let Some(code) = client::dispatch() {
-        std::process::exit(code);
-    }
-    let args = std::env::args_os().skip(1);
-    let config = match parse_command(args, |name| std::env::var(name).ok()) {
-        Ok(Command::Run(config)) => config,
-        Ok(Command::Help) => {
-            print!("{}", usage());
-            return;
-        }
-        Ok(Command::Version) => {
-            println!("bgtasks {}", env!("CARGO_PKG_VERSION"));
-            return;
-        }
-        // Every start-up error is one line, whatever text it quotes.
-        Err(message) => {
-            eprintln!("bgtasks: {}", OneLine(&message));
-            std::process::exit(2);
-        }
-    };
-    logger::init(config.log_level, config.log_timestamps);
-    std::process::exit(match launch(*config) {
-        Ok(code) => code,
-        Err(message) => {
-            error!("{}", OneLine(&message));
-            1
-        }
-    });
-}
-
-/// Opens the data directory, binds, builds the shared state and runs the
-/// executor threads until shutdown; returns the exit status.
-fn launch(config: Config) -> Result<i32, String> {
-    // The data directory comes first: a server should know its tasks
-    // before it listens.
-    let data = match &config.data_dir {
-        Some(dir) => Some(open_data_dir(dir, &config)?),
-        None => None,
-    };
-    // Listening comes next, before the rest of the start-up: a client that
-    // connects meanwhile waits in the backlog, so starting the reactor (a
-    // thread, an epoll set) overlaps with its connecting.
-    let listener =
-        bind(config.addr).map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
-    // Underneath: `Async::new` makes the socket non-blocking and registers
-    // it with async-io's reactor (an epoll set, and a helper thread that
-    // drives it when no thread in `block_on` does).
-    let listener = Async::new(listener).map_err(|e| format!("cannot watch the listener: {e}"))?;
-    let signals = Signals::new().map_err(|e| format!("cannot watch signals: {e}"))?;
-    if !config.handlers.is_empty() {
-        become_subreaper();
-    }
-    let (shared, due_rx, writer) = build_shared(config, data);
-    // The writer must run before anything is served: a submission waits
-    // for it, and without it would wait forever.
-    let writer = match writer {
-        Some(writer) => Some(spawn_journal_writer(&shared, writer)?),
-        None => None,
-    };
-    let code = run_executor(&shared, listener, signals, due_rx);
-    if let Some((thread, _lock)) = writer {
-        // What the last moments changed is written before the process ends.
-        shared.store().close_journal();
-        // The writer only ends by returning; a panic would abort.
-        let _ = thread.join();
-    }
-    Ok(code)
-}
-
-/// Runs the executor on `--threads` threads until [`supervise`] returns its
-/// exit status.
-fn run_executor(
-    shared: &Arc<Shared>,
-    listener: Async<TcpListener>,
-    signals: Signals,
-    due_rx: Receiver<(u64, later::Due)>,
-) -> i32 {
-    let executor = Arc::new(Executor::new());
-    let exited = Trigger::new();
-    std::thread::scope(|scope| {
-        // Tuning: the plain version starts the threads first. Counting the
-        // cores (std reads the cgroup quota too) and starting threads take a
-        // few hundred microseconds: `supervise` does it once a client
-        // already waiting has been answered.
-        let start_threads = || {
-            let threads = shared.config.threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-            });
-            for _ in 1..threads {
-                let (executor, exited) = (executor.clone(), exited.clone());
-                scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
-            }
-        };
-        let main = supervise(
-            shared.clone(),
-            executor.clone(),
-            listener,
-            signals,
-            due_rx,
-            start_threads,
-        );
-        // Underneath: `executor.run` polls the executor's ready tasks on
-        // this thread until `main` ends; when none is ready it returns
-        // "not yet", and `block_on` then drives the reactor itself — an
-        // epoll wait, until an event, a timer or a wake-up — unless another
-        // thread is driving it, in which case it sleeps until woken. What
-        // wakes it is a task being queued: the executor calls the waker of
-        // one sleeping thread's `block_on`, which unparks that thread, or
-        // interrupts its epoll wait if it is the one in the reactor.
-        let code = async_io::block_on(executor.run(main));
-        exited.fire();
-        code
-    })
 }
 
 #[cfg(test)]

@@ -904,11 +904,6 @@ impl Store {
             .filter(|t| t.state != State::Evicted)
     }
 
-    /// Returns the most recently issued id.
-    pub(crate) fn last_id(&self) -> u64 {
-        self.last_id
-    }
-
     /// Tells whether changes are journaled (`--data-dir`).
     pub(crate) fn has_journal(&self) -> bool {
         self.journal_tx.is_some()
@@ -1277,7 +1272,9 @@ impl Store {
                 (state.last_task, state.last_at) = (task.id, task.created_at());
             }
             // The due-time loop's receiver is alive: it is returned with the store.
-            let due = |at| drop(self.due_tx.try_send((at, Due::Task(task.id))));
+            let due = |at| {
+                let _ = self.due_tx.try_send((at, Due::Task(task.id)));
+            };
             match task.state {
                 State::Scheduled => due(task.run_at),
                 State::Queued if retry_at > now => due(retry_at),
@@ -1298,6 +1295,9 @@ impl Store {
         for id in ready {
             self.enqueue(id, queues);
         }
+        // Tasks cancelled below arm no eviction by age of their own: the
+        // one entry, armed last, is for the oldest finished task.
+        self.expiry_armed = true;
         // Before any eviction: a dependency must be found to be judged.
         self.resume_waiting(waiting, now, queues);
         self.evict();

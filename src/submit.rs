@@ -144,7 +144,7 @@ fn parse_after(raw: &serde_json::value::RawValue) -> Result<Box<[IdRef]>, String
         let Some(id) = IdRef::parse(text.as_bytes()) else {
             return Err(format!(
                 "after: {} is not the id of a task this server made",
-                quoted(shortened(&text))
+                quoted(&shortened(&text))
             ));
         };
         if ids.contains(&id) {

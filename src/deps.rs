@@ -192,7 +192,10 @@ mod tests {
         assert_eq!(deps.succeeded(1), [3]);
         assert_eq!(deps.succeeded(3), [5]);
         assert!(!deps.has_dependents(3));
-        assert_eq!((deps.dependents.capacity(), deps.unfinished.capacity()), (0, 0));
+        assert_eq!(
+            (deps.dependents.capacity(), deps.unfinished.capacity()),
+            (0, 0)
+        );
     }
 
     #[test]

@@ -753,6 +753,11 @@ pub(crate) mod tests {
                 queue: 1,
                 run_at: 1_796_000_000_050,
                 schedule: Some(0),
+                after: Some(Box::new([IdRef {
+                    num: 1_795_000_000_000_000,
+                    node: Text::new(""),
+                }])),
+                retry_of: Some(1_794_000_000_000_000),
             },
             State::Queued,
         );
@@ -778,6 +783,7 @@ pub(crate) mod tests {
                 node: "b_",
                 num: task.id,
             },
+            nodes: &[(0, "b_")],
             queue: "thumbs",
             schedule: Some("nightly"),
         };
@@ -1050,7 +1056,7 @@ pub(crate) mod tests {
                     r#"{"op":"state","id":10,"state":"running","attempt":1}"#,
                 ],
                 b"",
-                Err((2, "a running or scheduled state is never written")),
+                Err((2, "a running or waiting state is never written")),
             ),
             (
                 &[
@@ -1063,15 +1069,25 @@ pub(crate) mod tests {
             (
                 &[
                     NEW_A,
-                    r#"{"op":"state","id":10,"state":"scheduled","attempt":0}"#,
+                    r#"{"op":"state","id":10,"state":"waiting","attempt":0}"#,
                 ],
                 b"",
-                Err((2, "a running or scheduled state is never written")),
+                Err((2, "a running or waiting state is never written")),
             ),
             (
                 &[r#"{"op":"new","id":10,"max_attempts":1,"state":"queued"}"#],
                 b"",
-                Err((1, "a new task is queued or scheduled")),
+                Err((1, "a new task is queued, scheduled or waiting")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":1,"state":"waiting"}"#],
+                b"",
+                Err((1, "a waiting task has dependencies")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":1,"after":[]}"#],
+                b"",
+                Err((1, "after names 1 to 32 tasks")),
             ),
             (
                 &[r#"{"op":"new","id":10,"max_attempts":1,"queue":"Bad Name"}"#],

@@ -1103,7 +1103,11 @@ mod tests {
                     node: Text::new(""),
                 }))),
             ),
-            ("POST /tasks/nope/retry".into(), None, Ok(Route::Retry(None))),
+            (
+                "POST /tasks/nope/retry".into(),
+                None,
+                Ok(Route::Retry(None)),
+            ),
             (
                 format!("POST /tasks/{id_text}/cancel/x"),
                 None,

@@ -395,7 +395,10 @@ impl Store {
         if !matches!(task.state, State::Failed | State::Cancelled) {
             return Err(Lookup::Found(i));
         }
-        let new = NewTask { key, ..task.retry() };
+        let new = NewTask {
+            key,
+            ..task.retry()
+        };
         Ok(self.admit(new, queues))
     }
 
@@ -1413,7 +1416,7 @@ pub(crate) mod tests {
     }
 
     /// A store for `args` with its queues, and the due-time loop's receiver.
-    pub(crate) fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, u64)>) {
+    pub(crate) fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, Due)>) {
         let config = config(args);
         let (due_tx, due_rx) = async_channel::unbounded();
         let queues = config.queues.iter().map(Queue::new).collect();
@@ -1433,85 +1436,108 @@ pub(crate) mod tests {
             queue: 0,
             run_at,
             schedule: None,
+            after: None,
+            retry_of: None,
         }
     }
 
     /// The store table: each step says what happens to a task (or to the
     /// store), what the store answers, and the counts afterwards in the
-    /// order of [`STATES`]: scheduled, queued, running, succeeded, failed,
-    /// cancelled. The queue has two places, two finished tasks are kept,
+    /// order of [`STATES`]: waiting, scheduled, queued, running, succeeded,
+    /// failed, cancelled. The queue has two places, two finished tasks are kept,
     /// one delayed task may wait, and every task may have two attempts.
     /// "take" is a worker receiving from the channel; "due" is the
     /// scheduler finding the task's time has come.
-    const STORE_STEPS: &[(&str, &str, [usize; 6])] = &[
-        ("admit a", "created queued", [0, 1, 0, 0, 0, 0]),
-        ("admit b key=k", "created queued", [0, 2, 0, 0, 0, 0]),
-        ("admit c", "full", [0, 2, 0, 0, 0, 0]),
-        ("admit d key=k", "repeat b", [0, 2, 0, 0, 0, 0]),
-        ("admit d key=k other-body", "key reused", [0, 2, 0, 0, 0, 0]),
-        ("take a", "ok", [0, 2, 0, 0, 0, 0]),
-        ("begin a", "attempt 1", [0, 1, 1, 0, 0, 0]),
-        ("admit c", "created queued", [0, 2, 1, 0, 0, 0]),
+    const STORE_STEPS: &[(&str, &str, [usize; 7])] = &[
+        ("admit a", "created queued", [0, 0, 1, 0, 0, 0, 0]),
+        ("admit b key=k", "created queued", [0, 0, 2, 0, 0, 0, 0]),
+        ("admit c", "full", [0, 0, 2, 0, 0, 0, 0]),
+        ("admit d key=k", "repeat b", [0, 0, 2, 0, 0, 0, 0]),
+        (
+            "admit d key=k other-body",
+            "key reused",
+            [0, 0, 2, 0, 0, 0, 0],
+        ),
+        ("take a", "ok", [0, 0, 2, 0, 0, 0, 0]),
+        ("begin a", "attempt 1", [0, 0, 1, 1, 0, 0, 0]),
+        ("admit c", "created queued", [0, 0, 2, 1, 0, 0, 0]),
         // A failed attempt with one left: queued again, its retry due.
-        ("fail a", "retry", [0, 3, 0, 0, 0, 0]),
-        ("take b", "ok", [0, 3, 0, 0, 0, 0]),
-        ("cancel b", "cancelled", [0, 2, 0, 0, 0, 1]),
+        ("fail a", "retry", [0, 0, 3, 0, 0, 0, 0]),
+        ("take b", "ok", [0, 0, 3, 0, 0, 0, 0]),
+        ("cancel b", "cancelled", [0, 0, 2, 0, 0, 0, 1]),
         // The worker that took a cancelled task skips it.
-        ("begin b", "skipped", [0, 2, 0, 0, 0, 1]),
-        ("due a", "ok", [0, 2, 0, 0, 0, 1]),
-        ("depth 2", "ok", [0, 2, 0, 0, 0, 1]),
-        ("take c", "ok", [0, 2, 0, 0, 0, 1]),
-        ("take a", "ok", [0, 2, 0, 0, 0, 1]),
-        ("begin a", "attempt 2", [0, 1, 1, 0, 0, 1]),
-        ("cancel a", "cancelled", [0, 1, 0, 0, 0, 2]),
+        ("begin b", "skipped", [0, 0, 2, 0, 0, 0, 1]),
+        ("due a", "ok", [0, 0, 2, 0, 0, 0, 1]),
+        ("depth 2", "ok", [0, 0, 2, 0, 0, 0, 1]),
+        ("take c", "ok", [0, 0, 2, 0, 0, 0, 1]),
+        ("take a", "ok", [0, 0, 2, 0, 0, 0, 1]),
+        ("begin a", "attempt 2", [0, 0, 1, 1, 0, 0, 1]),
+        ("cancel a", "cancelled", [0, 0, 1, 0, 0, 0, 2]),
         // The worker learns of the cancel when its work ends.
-        ("succeed a", "ignored", [0, 1, 0, 0, 0, 2]),
-        ("cancel a", "already cancelled", [0, 1, 0, 0, 0, 2]),
-        ("begin c", "attempt 1", [0, 0, 1, 0, 0, 2]),
+        ("succeed a", "ignored", [0, 0, 1, 0, 0, 0, 2]),
+        ("cancel a", "already cancelled", [0, 0, 1, 0, 0, 0, 2]),
+        ("begin c", "attempt 1", [0, 0, 0, 1, 0, 0, 2]),
         // A third finished task evicts the first to finish, b, and frees
         // its key; b's id now answers 410.
-        ("succeed c", "done", [0, 0, 0, 1, 0, 1]),
-        ("lookup b", "gone", [0, 0, 0, 1, 0, 1]),
-        ("admit e key=k", "created queued", [0, 1, 0, 1, 0, 1]),
-        ("take e", "ok", [0, 1, 0, 1, 0, 1]),
-        ("begin e", "attempt 1", [0, 0, 1, 1, 0, 1]),
-        ("fail e", "retry", [0, 1, 0, 1, 0, 1]),
-        ("due e", "ok", [0, 1, 0, 1, 0, 1]),
-        ("take e", "ok", [0, 1, 0, 1, 0, 1]),
-        ("begin e", "attempt 2", [0, 0, 1, 1, 0, 1]),
-        ("fail e", "failed", [0, 0, 0, 1, 1, 0]),
-        ("lookup a", "gone", [0, 0, 0, 1, 1, 0]),
-        ("lookup e", "found", [0, 0, 0, 1, 1, 0]),
-        ("lookup z", "unknown", [0, 0, 0, 1, 1, 0]),
+        ("succeed c", "done", [0, 0, 0, 0, 1, 0, 1]),
+        ("lookup b", "gone", [0, 0, 0, 0, 1, 0, 1]),
+        ("admit e key=k", "created queued", [0, 0, 1, 0, 1, 0, 1]),
+        ("take e", "ok", [0, 0, 1, 0, 1, 0, 1]),
+        ("begin e", "attempt 1", [0, 0, 0, 1, 1, 0, 1]),
+        ("fail e", "retry", [0, 0, 1, 0, 1, 0, 1]),
+        ("due e", "ok", [0, 0, 1, 0, 1, 0, 1]),
+        ("take e", "ok", [0, 0, 1, 0, 1, 0, 1]),
+        ("begin e", "attempt 2", [0, 0, 0, 1, 1, 0, 1]),
+        ("fail e", "failed", [0, 0, 0, 0, 1, 1, 0]),
+        ("lookup a", "gone", [0, 0, 0, 0, 1, 1, 0]),
+        ("lookup e", "found", [0, 0, 0, 0, 1, 1, 0]),
+        ("lookup z", "unknown", [0, 0, 0, 0, 1, 1, 0]),
         // Delayed tasks take no place in the queue, but only one may wait.
-        ("admit s later", "created scheduled", [1, 0, 0, 1, 1, 0]),
-        ("admit t later", "too many scheduled", [1, 0, 0, 1, 1, 0]),
-        ("cancel s", "cancelled", [0, 0, 0, 0, 1, 1]),
-        ("due s", "ok", [0, 0, 0, 0, 1, 1]),
-        ("admit u later", "created scheduled", [1, 0, 0, 0, 1, 1]),
-        ("admit v", "created queued", [1, 1, 0, 0, 1, 1]),
-        ("admit w", "created queued", [1, 2, 0, 0, 1, 1]),
+        ("admit s later", "created scheduled", [0, 1, 0, 0, 1, 1, 0]),
+        ("admit t later", "too many scheduled", [0, 1, 0, 0, 1, 1, 0]),
+        ("cancel s", "cancelled", [0, 0, 0, 0, 0, 1, 1]),
+        ("due s", "ok", [0, 0, 0, 0, 0, 1, 1]),
+        ("admit u later", "created scheduled", [0, 1, 0, 0, 0, 1, 1]),
+        ("admit v", "created queued", [0, 1, 1, 0, 0, 1, 1]),
+        ("admit w", "created queued", [0, 1, 2, 0, 0, 1, 1]),
         // Due while the queue is full, u waits for room, and before any
         // new submission.
-        ("due u", "ok", [0, 3, 0, 0, 1, 1]),
-        ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
-        ("admit x", "full", [0, 3, 0, 0, 1, 1]),
+        ("due u", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("depth 3", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("admit x", "full", [0, 0, 3, 0, 0, 1, 1]),
         // A paused queue starts nothing: a worker that took a task keeps
         // it, still counted, so no new task fits.
-        ("pause", "ok", [0, 3, 0, 0, 1, 1]),
-        ("take v", "ok", [0, 3, 0, 0, 1, 1]),
-        ("begin v", "paused", [0, 3, 0, 0, 1, 1]),
-        ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
-        ("admit x", "full", [0, 3, 0, 0, 1, 1]),
+        ("pause", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("take v", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("begin v", "paused", [0, 0, 3, 0, 0, 1, 1]),
+        ("depth 3", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("admit x", "full", [0, 0, 3, 0, 0, 1, 1]),
         // On the resume v, first in line, begins first; u, waiting for
         // room, enters behind w.
-        ("resume", "ok", [0, 3, 0, 0, 1, 1]),
-        ("begin v", "attempt 1", [0, 2, 1, 0, 1, 1]),
-        ("take w", "ok", [0, 2, 1, 0, 1, 1]),
-        ("take u", "ok", [0, 2, 1, 0, 1, 1]),
-        ("depth 2", "ok", [0, 2, 1, 0, 1, 1]),
-        ("drain", "ok", [0, 2, 1, 0, 1, 1]),
-        ("admit f", "shutting down", [0, 2, 1, 0, 1, 1]),
+        ("resume", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("begin v", "attempt 1", [0, 0, 2, 1, 0, 1, 1]),
+        ("take w", "ok", [0, 0, 2, 1, 0, 1, 1]),
+        ("take u", "ok", [0, 0, 2, 1, 0, 1, 1]),
+        ("depth 2", "ok", [0, 0, 2, 1, 0, 1, 1]),
+        // A waiting task takes no place in the queue, but counts against
+        // --max-scheduled with the delayed ones.
+        ("admit g after=v", "created waiting", [1, 0, 2, 1, 0, 1, 1]),
+        ("admit h later", "too many scheduled", [1, 0, 2, 1, 0, 1, 1]),
+        ("admit h after=z", "bad after", [1, 0, 2, 1, 0, 1, 1]),
+        // After a task that failed already: cancelled at once, evicting e.
+        (
+            "admit i after=e",
+            "created cancelled",
+            [1, 0, 2, 1, 0, 0, 2],
+        ),
+        // v succeeds: g is released, and waits for room like a retry.
+        ("succeed v", "done", [0, 0, 3, 0, 1, 0, 1]),
+        ("depth 3", "ok", [0, 0, 3, 0, 1, 0, 1]),
+        // Cancelling w cancels j, which waits for it.
+        ("admit j after=w", "created waiting", [1, 0, 3, 0, 1, 0, 1]),
+        ("cancel w", "cancelled", [0, 0, 2, 0, 0, 0, 2]),
+        ("drain", "ok", [0, 0, 2, 0, 0, 0, 2]),
+        ("admit f", "shutting down", [0, 0, 2, 0, 0, 0, 2]),
     ];
 
     #[test]
@@ -1534,6 +1560,14 @@ pub(crate) mod tests {
                 "admit" => {
                     let later = words.get(2) == Some(&"later");
                     let mut new = new_task(label, if later { now_millis() + 3_600_000 } else { 0 });
+                    new.after = words
+                        .get(2)
+                        .and_then(|w| w.strip_prefix("after="))
+                        .map(|dep| {
+                            let num = ids.get(dep).copied().unwrap_or(1);
+                            let node = Text::new("");
+                            Box::from([IdRef { num, node }])
+                        });
                     // The fourth word, if any, stands for the body.
                     new.key = words.get(2).and_then(|k| k.strip_prefix("key=")).map(|k| {
                         let body = words.get(3).copied().unwrap_or("body");
@@ -1551,6 +1585,7 @@ pub(crate) mod tests {
                         Admission::KeyReused => "key reused".to_string(),
                         Admission::Full => "full".to_string(),
                         Admission::TooManyScheduled => "too many scheduled".to_string(),
+                        Admission::BadAfter(_) => "bad after".to_string(),
                         Admission::ShuttingDown => "shutting down".to_string(),
                     }
                 }
@@ -1560,7 +1595,7 @@ pub(crate) mod tests {
                 }
                 "due" => {
                     let (_, due) = due_rx.try_recv().unwrap();
-                    assert_eq!(due, id, "{step}");
+                    assert_eq!(due, Due::Task(id), "{step}");
                     store.make_due(id, &queues);
                     "ok".to_string()
                 }
@@ -1579,7 +1614,7 @@ pub(crate) mod tests {
                         "fail" => Outcome::Failed("exit status 1".to_string()),
                         _ => Outcome::Succeeded(Some("{}".into())),
                     };
-                    let retry = store.end_attempt(id, 0, outcome);
+                    let retry = store.end_attempt(id, 0, outcome, &queues);
                     match (retry, store.get(id).map(|t| t.state)) {
                         (Some(_), Some(State::Queued)) => "retry",
                         (None, Some(State::Failed)) => "failed",
@@ -1589,7 +1624,7 @@ pub(crate) mod tests {
                     }
                     .to_string()
                 }
-                "cancel" => match store.cancel(id) {
+                "cancel" => match store.cancel(id, &queues) {
                     Ok(_) => "cancelled".to_string(),
                     Err(Lookup::Found(i)) => format!("already {}", store.tasks[i].state.name()),
                     Err(other) => format!("{other:?}"),
@@ -1625,11 +1660,11 @@ pub(crate) mod tests {
                 "after {step}"
             );
         }
-        assert_eq!(store.counters.accepted, 8);
-        assert_eq!(store.counters.finished, [0, 0, 0, 1, 1, 3]);
-        assert_eq!(store.busy(), 1);
-        // The keys of evicted tasks are gone with them; e keeps its own.
-        assert_eq!(store.keys.len(), 1);
+        assert_eq!(store.counters.accepted, 11);
+        assert_eq!(store.counters.finished, [0, 0, 0, 0, 2, 1, 6]);
+        assert_eq!(store.busy(), 0);
+        // The keys of evicted tasks are gone with them, e's last.
+        assert!(store.keys.is_empty());
     }
 
     #[test]
@@ -1650,7 +1685,7 @@ pub(crate) mod tests {
         admit(&mut store);
         for _ in 0..500 {
             let id = admit(&mut store);
-            store.end_attempt(id, 0, Outcome::Succeeded(None));
+            store.end_attempt(id, 0, Outcome::Succeeded(None), &queues);
             assert!(store.tasks.len() <= 2 * store.retained() + TOMBSTONE_SWEEP);
         }
         assert_eq!(store.retained(), 2);

@@ -226,7 +226,9 @@ impl Task {
                     timeout: new.timeout,
                     key: new.key,
                     schedule: new.schedule,
-                    after: new.after.map(|after| after.iter().map(|id| id.num).collect()),
+                    after: new
+                        .after
+                        .map(|after| after.iter().map(|id| id.num).collect()),
                     retry_of: new.retry_of,
                     ..Extra::default()
                 })

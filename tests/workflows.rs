@@ -366,6 +366,8 @@ fn a_dependency_that_ended_while_the_server_was_down_is_honoured_at_start() {
     // What a journal holds when the server died after writing the end of
     // a task and before writing what that end did to the tasks after it:
     // a1 failed, a2 succeeded; b1 and b2 still wait; c1 waits for b1.
+    // b3 waits for a task compacted away (evicted after it succeeded, as
+    // the only way a waiting task's dependency leaves the journal).
     let (a1, a2, b1, b2, c1) = (
         1_795_818_360_837_963u64,
         1_795_818_360_837_964u64,
@@ -373,6 +375,7 @@ fn a_dependency_that_ended_while_the_server_was_down_is_honoured_at_start() {
         1_795_818_360_837_966u64,
         1_795_818_360_837_967u64,
     );
+    let (gone, b3) = (1_795_818_360_837_900u64, 1_795_818_360_837_968u64);
     let ended = 1_795_818_361_000u64;
     let records = [
         json!({"op": "new", "id": a1, "task_id": "a1", "work_duration": "0s", "max_attempts": 1}),
@@ -380,6 +383,7 @@ fn a_dependency_that_ended_while_the_server_was_down_is_honoured_at_start() {
         json!({"op": "new", "id": b1, "task_id": "b1", "work_duration": "0s", "max_attempts": 1, "state": "waiting", "after": [a2, a1]}),
         json!({"op": "new", "id": b2, "task_id": "b2", "work_duration": "0s", "max_attempts": 1, "state": "waiting", "after": [a2]}),
         json!({"op": "new", "id": c1, "task_id": "c1", "work_duration": "0s", "max_attempts": 1, "state": "waiting", "after": [b1]}),
+        json!({"op": "new", "id": b3, "task_id": "b3", "work_duration": "0s", "max_attempts": 1, "state": "waiting", "after": [gone]}),
         json!({"op": "state", "id": a1, "state": "failed", "attempt": 1, "started_at": ended, "finished_at": ended, "error": "boom"}),
         json!({"op": "state", "id": a2, "state": "succeeded", "attempt": 1, "started_at": ended, "finished_at": ended}),
     ];
@@ -409,6 +413,7 @@ fn a_dependency_that_ended_while_the_server_was_down_is_honoured_at_start() {
     let c1_status = server.task(&c1);
     assert_eq!(c1_status["error"], format!("dependency {b1} was cancelled"));
     assert_eq!(server.wait_done(&b2)["state"], "succeeded");
+    assert_eq!(server.wait_done(&by_label("b3"))["state"], "succeeded");
     // What start-up made of them is on disk: the same after a restart.
     server.stop(Signal::TERM);
     let server = start_on(&dir, &[]);
@@ -649,6 +654,11 @@ fn eviction_by_age_goes_on_after_a_restart() {
 
 #[test]
 fn keep_finished_for_is_checked_at_start() {
+    let server = Server::start(&["--keep-finished-for", "1h30m"]);
+    assert_eq!(server.get("/healthz").status, 200);
+    let help = common::command(&["--help"], &[], &[]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--keep-finished-for DURATION"), "{help}");
     for bad in ["0s", "soon", "-1s"] {
         let out = common::command(&["--keep-finished-for", bad], &[], &[])
             .output()

@@ -139,7 +139,7 @@ const FLAGS: &[Flag] = &[
     Flag::new(
         "--max-scheduled",
         "N",
-        "delayed and waiting tasks not yet in a queue, at most",
+        "delayed and waiting tasks, at most",
     )
     .env("BGTASKS_MAX_SCHEDULED")
     .default("100000")

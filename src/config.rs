@@ -136,14 +136,10 @@ const FLAGS: &[Flag] = &[
         "NAME=SPEC TEMPLATE",
         "a periodic task: cron SPEC, submission TEMPLATE (repeatable)",
     ),
-    Flag::new(
-        "--max-scheduled",
-        "N",
-        "delayed and waiting tasks, at most",
-    )
-    .env("BGTASKS_MAX_SCHEDULED")
-    .default("100000")
-    .range(1, MAX_SCHEDULED),
+    Flag::new("--max-scheduled", "N", "delayed and waiting tasks, at most")
+        .env("BGTASKS_MAX_SCHEDULED")
+        .default("100000")
+        .range(1, MAX_SCHEDULED),
     Flag::new(
         "--node",
         "NAME",

@@ -158,6 +158,18 @@ fn cancelling_a_waiting_task_cancels_those_after_it() {
 }
 
 #[test]
+fn a_cancel_answers_with_its_task_even_when_its_cascade_evicts_it() {
+    let server = Server::start(&["--keep-finished", "2"]);
+    let ids = chain(&server, 4);
+    let r = server.cancel(&ids[0]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["id"], ids[0]);
+    // Kept until the next task finishes; the last two of the cascade stay.
+    assert_eq!(server.task(&ids[3])["state"], "cancelled");
+    assert_eq!(server.get(&format!("/tasks/{}", ids[1])).status, 410);
+}
+
+#[test]
 fn every_malformed_after_is_a_400_naming_the_id_and_creates_nothing() {
     let server = Server::start(&["--keep-finished", "1"]);
     let gone = server.submit("0s");

@@ -694,7 +694,7 @@ fn bad_queues_and_times_are_refused_with_a_sentence_and_store_nothing() {
         ("/tasks?queue=", r#"unknown queue """#),
         (
             "/tasks?state=later",
-            "state must be one of scheduled, queued, running, succeeded, failed, cancelled",
+            "state must be one of waiting, scheduled, queued, running, succeeded, failed, cancelled",
         ),
     ] {
         let r = server.get(path);

@@ -1683,68 +1683,6 @@ pub(crate) mod tests {
         assert!(store.keys.is_empty());
     }
 
-    /// Admits a task after `after` (none when empty); returns its id.
-    fn admit_after(store: &mut Store, queues: &[Queue], after: &[u64]) -> u64 {
-        let mut new = new_task("t", 0);
-        let ids = after.iter().map(|&num| IdRef {
-            num,
-            node: Text::new(""),
-        });
-        new.after = (!after.is_empty()).then(|| ids.collect());
-        match store.admit(new, queues) {
-            Admission::Created(TaskId { num, .. }, ..) => num,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    #[ignore = "a benchmark: prints the store-lock time of a release and of a cascade"]
-    fn bench_ten_thousand_waiting_tasks_released_or_cancelled_at_once() {
-        const N: usize = 10_000;
-        // Room for all of them in the queue: the release puts each in the
-        // channel, as it would with a large --buffer.
-        let (mut store, queues, _due) = store_for(&["--buffer", "20000"]);
-        let head = admit_after(&mut store, &queues, &[]);
-        for _ in 0..N {
-            admit_after(&mut store, &queues, &[head]);
-        }
-        let _ = queues[0].jobs_rx.try_recv();
-        store.begin_attempt(head, 0, &queues);
-        let started = std::time::Instant::now();
-        store.end_attempt(head, 0, Outcome::Succeeded(None), &queues);
-        let released = started.elapsed();
-        assert_eq!(
-            (store.count(State::Waiting), store.count(State::Queued)),
-            (0, N)
-        );
-        // A chain of N below a queued head, cancelled by it.
-        let (mut store, queues, _due) = store_for(&["--buffer", "20000"]);
-        let mut last = admit_after(&mut store, &queues, &[]);
-        let head = last;
-        for _ in 0..N {
-            last = admit_after(&mut store, &queues, &[last]);
-        }
-        let started = std::time::Instant::now();
-        assert!(store.cancel(head, &queues).is_ok());
-        let cancelled = started.elapsed();
-        assert_eq!(store.count(State::Waiting), 0);
-        // One more end, of a task no one waits for, for comparison.
-        let (mut store, queues, _due) = store_for(&[]);
-        let plain = admit_after(&mut store, &queues, &[]);
-        let _ = queues[0].jobs_rx.try_recv();
-        store.begin_attempt(plain, 0, &queues);
-        let started = std::time::Instant::now();
-        store.end_attempt(plain, 0, Outcome::Succeeded(None), &queues);
-        let alone = started.elapsed();
-        println!(
-            "under the store lock: one success releasing {N} waiting tasks {released:?} \
-             ({:?} a task); cancelling the head of a chain of {N} {cancelled:?} ({:?} a task); \
-             the end of a task with no dependents {alone:?}",
-            released / N as u32,
-            cancelled / N as u32,
-        );
-    }
-
     #[test]
     fn tombstones_are_swept_once_they_are_half_the_records() {
         let (mut store, queues, _due) = store_for(&["--buffer", "1000", "--keep-finished", "1"]);

@@ -680,3 +680,31 @@ fn keep_finished_for_is_checked_at_start() {
         assert!(err.contains("--keep-finished-for"), "{err}");
     }
 }
+
+#[test]
+#[ignore = "a benchmark: prints how late eviction by age comes"]
+fn bench_lateness_of_eviction_by_age() {
+    const TASKS: usize = 50;
+    let server = Server::start(&["--keep-finished-for", "1s"]);
+    let ids: Vec<String> = (0..TASKS).map(|_| server.submit("0s")).collect();
+    let ends: Vec<i64> = ids
+        .iter()
+        .map(|id| millis(&server.wait_done(id), "finished_at") + 1_000)
+        .collect();
+    let now = || {
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        since.unwrap().as_millis() as i64
+    };
+    let mut late = Vec::new();
+    for (id, due) in ids.iter().zip(ends) {
+        let seen = eventually("the eviction", || {
+            (server.get(&format!("/tasks/{id}")).status == 410).then(now)
+        });
+        late.push(Duration::from_millis((seen - due).max(0) as u64));
+    }
+    println!(
+        "eviction by age, {TASKS} tasks, --keep-finished-for 1s: lateness as seen by a \
+         client polling every 5 ms (poll included): {}",
+        common::spread(&mut late)
+    );
+}

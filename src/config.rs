@@ -1,4 +1,26 @@
-//! TODO config
+//! The command line and the environment, checked into a [`Config`] before
+//! anything is bound.
+//!
+//! Every flag lives in one table, [`FLAGS`]: its name, its environment
+//! variable (a flag beats its variable), its default and, for a number, its
+//! range. `--help` ([`usage`]), the checks and the defaults are all read
+//! from that table, so they cannot disagree (a unit test below holds
+//! `--help` to the table, `tests/cli.rs` the README's flag table to
+//! `--help`). Every value is checked before the listener is bound: a bad
+//! one is one line of error, which [`main`](crate::main) prints before
+//! exiting with status 2, so a typo in a unit file fails loudly instead of
+//! half-starting. Each `MAX_*` bound refuses a typo's worth
+//! (`--workers 10000000`) rather than obeying it.
+//!
+//! The module is pure but for one look at the disk: a `--handler`'s program
+//! is resolved on `PATH` and checked to be executable, so a wrong path
+//! fails at start rather than at the first task. It reads the environment
+//! through a closure, which tests replace, and it touches no server state:
+//! what it returns, [`crate::launch`] hands on. Read [`parse_command`]
+//! first. A `--schedule`'s template is checked here too, as a submission
+//! would be ([`crate::cron::parse_schedule`]), against the kinds and queues
+//! just read. A client command among the server's flags is refused with a
+//! word on where it goes, never taken for a server run.
 
 use crate::client;
 use crate::{
@@ -213,7 +235,8 @@ impl Flag {
         }
     }
 
-    /// Whether the flag may be given more than once, each time adding one.
+    /// Tells whether the flag may be given more than once, each time adding
+    /// one.
     fn repeatable(&self) -> bool {
         self.help.ends_with("(repeatable)")
     }
@@ -253,7 +276,8 @@ pub(crate) fn usage() -> String {
         "  -h, --help               print this help\n  \
          -V, --version            print the version\n\n\
          Durations use Go syntax: 300ms, 1.5h, 1m30s; units ns us µs μs ms s m h.\n\
-         RUST_LOG is read as env_logger reads it (debug, bgtasks=debug, warn,hyper=off).\n",
+         RUST_LOG is read as env_logger reads it (debug, bgtasks=debug, warn,hyper=off);\n\
+         RUST_LOG=bgtasks::trace=trace also logs every poll and wake of the executor.\n",
     );
     text
 }
@@ -290,7 +314,8 @@ pub(crate) struct Config {
     pub(crate) data_dir: Option<PathBuf>,
     /// Registered task kinds and the programs that run them.
     pub(crate) handlers: Vec<Handler>,
-    /// The bearer token every route but `/healthz` requires, if any.
+    /// The bearer token every route but `/healthz` and the dashboard (`/`)
+    /// requires, if any.
     pub(crate) token: Option<String>,
     /// The prefix of new ids: `--node` and `_`, or empty.
     pub(crate) node: &'static str,
@@ -298,6 +323,9 @@ pub(crate) struct Config {
     pub(crate) log_level: log::LevelFilter,
     /// Whether each log line starts with the time.
     pub(crate) log_timestamps: bool,
+    /// Whether the executor is traced: every poll, `Pending` and wake of
+    /// the server's tasks logged at `trace` under `bgtasks::trace`.
+    pub(crate) trace_executor: bool,
 }
 
 /// A queue as the command line describes it.
@@ -412,6 +440,7 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             node: self.optional("--node", parse_node)?.unwrap_or(""),
             log_level: self.log_level()?,
             log_timestamps: self.log_timestamps()?,
+            trace_executor: self.trace_executor(),
             schedules: Vec::new(),
         };
         // Templates are checked like submissions: against the kinds and
@@ -532,6 +561,17 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
                 .filter(|&level| level != log::LevelFilter::Off)
                 .ok_or_else(|| format!("{v:?} is not one of error, warn, info, debug, trace"))
         })
+    }
+
+    /// Reads whether to trace the executor: a `RUST_LOG` directive that
+    /// names `bgtasks::trace` at `trace` (or alone), unless `--log-level`
+    /// is given, which replaces `RUST_LOG` whole. Only the name turns it on,
+    /// not a bare `trace` or `bgtasks=trace`: the trace is a lesson, many
+    /// lines a request, that nobody asking for every detail of the server
+    /// should get unasked.
+    fn trace_executor(&self) -> bool {
+        self.all("--log-level").is_empty()
+            && (self.env)("RUST_LOG").is_some_and(|spec| traces_executor(&spec))
     }
 
     /// Reads whether log lines start with the time: `--log-timestamps` or
@@ -656,6 +696,26 @@ fn level_from_rust_log(spec: &str) -> Option<log::LevelFilter> {
         }
     }
     ours.or(bare)
+}
+
+/// Tells whether a `RUST_LOG` spec turns the executor trace on: its last
+/// directive for `bgtasks::trace` says `trace`, or names no level (which
+/// env_logger reads as every level).
+fn traces_executor(spec: &str) -> bool {
+    let directives = spec.split('/').next().unwrap_or_default();
+    let mut on = false;
+    for directive in directives.split(',').map(str::trim) {
+        let (target, level) = match directive.split_once('=') {
+            Some((target, level)) => (target.trim(), parse_level(level.trim())),
+            None => (directive, Some(log::LevelFilter::Trace)),
+        };
+        if target.eq_ignore_ascii_case(crate::trace::TARGET)
+            && let Some(level) = level
+        {
+            on = level == log::LevelFilter::Trace;
+        }
+    }
+    on
 }
 
 /// Parses `NAME=WORKERS[/BUFFER]`: a queue other than `default`, with its
@@ -806,6 +866,28 @@ mod tests {
         ];
         for &(spec, level) in cases {
             assert_eq!(level_from_rust_log(spec), level, "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_directive_naming_it_traces_the_executor() {
+        let cases = [
+            ("bgtasks::trace=trace", true),
+            ("debug,bgtasks::trace=trace", true),
+            ("BGTASKS::TRACE=TRACE", true),
+            ("bgtasks::trace", true),
+            (" info , bgtasks::trace = trace /x", true),
+            ("bgtasks::trace=trace,bgtasks::trace=off", false),
+            ("bgtasks::trace=off,bgtasks::trace=trace", true),
+            ("bgtasks::trace=trace,bgtasks::trace=loud", true),
+            ("bgtasks::trace=debug", false),
+            ("trace", false),
+            ("bgtasks=trace", false),
+            ("bgtasks", false),
+            ("", false),
+        ];
+        for (spec, on) in cases {
+            assert_eq!(traces_executor(spec), on, "{spec:?}");
         }
     }
 

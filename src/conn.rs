@@ -1,4 +1,86 @@
-//! TODO conn
+//! A connection's life: reading requests off the socket, answering them in
+//! order, long polls and event streams, its deadlines, and its close.
+//!
+//! One task per connection ([`serve`]) reads a request, answers it, and
+//! loops; [`Connection::serve_request`] is one request's whole path, read
+//! it first. It owns the socket and every wait on it: reading without
+//! blocking a thread (what has arrived is read at once; otherwise the task
+//! waits for readiness), writing, and the deadlines. What the bytes mean
+//! is [`crate::http`]'s, which route a request takes and what it answers
+//! is [`crate::routes`]'s, and how the answer is written is
+//! [`crate::response`]'s; the store is reached only through them, or
+//! locked for one statement, never across an `.await`.
+//!
+//! A connection's errors end that connection and nothing else ([`Close`]):
+//! the listener never sees them. Its buffers exist only while a request is
+//! being handled: an idle keep-alive connection holds no buffer at all
+//! (`footprint_per_connection_and_event_stream` in `tests/footprint.rs`
+//! prints what one costs).
+//!
+//! # Deadlines and limits
+//!
+//! - A head must arrive whole within [`HEAD_TIMEOUT`] of its first byte
+//!   (of the accept, for a connection's first request), a body within
+//!   [`BODY_TIMEOUT`] of its head, else `408` and close: one deadline
+//!   (`Timer::at`) for each, not a timer per read, so a client trickling
+//!   bytes cannot stretch it.
+//! - A keep-alive connection idle for [`IDLE_TIMEOUT`] is closed without
+//!   a word. While it waits between requests it is listed in
+//!   [`IdleConnections`], and at `--max-connections` the listener may
+//!   close it sooner to make room ([`crate::idle`]). Only a connection
+//!   between requests is closed so: never one reading a request or
+//!   writing an answer, a long poll, an event stream, or a new connection
+//!   that has not sent its first request. Shutdown does not close idle
+//!   connections: a request sent on one gets its `503`.
+//! - Answers the socket refuses are given [`WRITE_TIMEOUT`] from the first
+//!   refusal, one deadline for all that wait; then the client is deemed
+//!   gone and the connection closes.
+//! - A client may pipeline: answers gather in the output and go out in
+//!   one write; past [`MAX_UNSENT`] bytes of them, the next request is not
+//!   read until they are written. After every [`BURST`] requests the task
+//!   yields, so a pipelining client cannot keep a thread.
+//! - A client that trickles heads cannot hold others up: each waits on its
+//!   own deadline, costing a task and no thread (`bench_slow_loris_p90`
+//!   in `tests/hostile.rs` prints what others' requests take meanwhile).
+//! - `Expect: 100-continue` gets `100 Continue` before the body is read —
+//!   or, when the request will be refused anyway (`413`, `401`), the final
+//!   answer instead, and the connection closes.
+//! - With a journal, answers go out only once what they show is on disk
+//!   ([`Connection::settle`]; step 4 of [the durability
+//!   protocol](crate::journal#the-durability-protocol)).
+//! - Closing writes what is pending, shuts the sending side, and reads and
+//!   drops what the client still sends for [`LINGER`] (at most
+//!   [`LINGER_BYTES`]), so the kernel does not answer it with a reset that
+//!   could destroy the last answer before the client reads it.
+//!
+//! # Memory bounds
+//!
+//! The most one connection can make the server hold is its request plus
+//! its answers. The request: a head of at most
+//! [`MAX_HEAD`](crate::http::MAX_HEAD) plus one
+//! [`READ_CHUNK`] read, and a body of at most `--max-body`, held once (a
+//! chunked body as its decoded copy, the framing dropped as it is read).
+//! The answers: under [`MAX_UNSENT`] unsent plus the answer being made,
+//! which exists twice while it is copied out. The largest answer is a
+//! list page, at most 256 KiB of tasks (more only when one task alone is
+//! larger); one task's status is at most its request body plus the 4 KiB
+//! tails of its `result` and `error` (up to 6× once JSON-escaped: about
+//! 50 KiB). A long poll holds only its request; an idle connection holds
+//! no buffer. At the defaults: 16 + 8 + 64 KiB of request, 32 KiB unsent,
+//! 2 × (256 + 64 + 50) KiB of answer — at most about 860 KiB per
+//! connection, 860 MiB for 1,024 connections, approached only by a client
+//! that stores 64 KiB labels and never reads (a typical task's status is
+//! 300 bytes). A client that stops reading keeps about half that until
+//! [`WRITE_TIMEOUT`] closes it. Growing buffers may reserve up to twice
+//! their contents in address space, never written and so not resident;
+//! kernel socket buffers are extra. A test holds a server to this and
+//! prints what it cost (`tests/bounds.rs`,
+//! `fifty_readers_that_never_read_a_list_of_large_tasks_cost_under_32_mb`):
+//! 1,000 tasks with 60 KB labels, then 50 connections that ask for the
+//! whole list and never read, then 10 that pipeline 50 such lists each,
+//! must each add under 32 MiB (they added about 0.75 MiB and 3.4 MiB of
+//! RSS when last measured, on a 2-core VM). An event stream's share is in
+//! [`crate::events`].
 
 use crate::{
     events::{
@@ -17,6 +99,7 @@ use crate::{
     },
     shared::{BURST, Shared},
     store::Lookup,
+    trace::{self, FirstLine},
 };
 use async_channel::{Receiver, Sender};
 use async_io::{Async, Timer};
@@ -29,7 +112,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// How many bytes one read asks for.
+/// How many bytes one read asks for: a whole typical request in one read,
+/// and the most a connection reads beyond a head or a body it is waiting
+/// for the end of.
 const READ_CHUNK: usize = 8192;
 
 /// How many bytes the first read of a request asks for: most requests fit.
@@ -45,10 +130,13 @@ const MAX_UNSENT: usize = 32 << 10;
 
 /// How long a closing connection keeps reading what the client still
 /// sends, so that the kernel does not answer it with a reset that could
-/// destroy the last response before the client has read it.
+/// destroy the last response before the client has read it: long enough
+/// for bytes already in flight to arrive, short enough that a closing
+/// connection soon gives its place back.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// The most bytes read and thrown away while lingering.
+/// The most bytes read and thrown away while lingering: a client that
+/// keeps sending gets no more of the server's time than this.
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Why a connection closes.
@@ -364,6 +452,7 @@ impl Connection {
             // waker with the socket's entry in the reactor and arms epoll
             // for it; when data arrives, the thread driving the reactor
             // calls the waker and the executor queues this task again.
+            trace::note(format_args!("readable() on the socket"));
             let readable = async {
                 // An error shows up again on the read that follows.
                 let _ = stream.readable().await;
@@ -638,8 +727,9 @@ impl Connection {
 
     /// Appends a request's answer to the output; returns whether the
     /// connection stays open after it. With a journal, it notes what the
-    /// answer may show (step 4 of the durability protocol): it goes out
-    /// only once that is on disk.
+    /// answer may show (step 4 of [the durability
+    /// protocol](crate::journal#the-durability-protocol)): it goes out only
+    /// once that is on disk.
     fn queue_answer(
         &mut self,
         shared: &Shared,
@@ -728,6 +818,7 @@ impl Connection {
         // cut short when it passes. `future::or` polls `read` first and
         // ends with whichever is ready; the other is dropped, and dropping
         // a timer takes it out of the reactor.
+        trace::note(format_args!("read() on the socket"));
         let read = async {
             stream
                 .read_with(|s| (&*s).read(&mut buf[len..]))
@@ -794,6 +885,7 @@ impl Connection {
             return Err(Close::Gone);
         }
         let result = write_out(&self.stream, &self.out).await;
+        trace::note(format_args!("wrote {}", FirstLine(&self.out)));
         self.out.clear();
         result
     }
@@ -837,7 +929,8 @@ impl Connection {
     }
 
     /// Waits for the task of an HTTP long poll (`?wait=`) to change, then
-    /// answers: the wait is on the task's watchers [`Trigger`], its
+    /// answers: the wait is on the task's watchers
+    /// [`Trigger`](crate::trigger::Trigger), its
     /// deadline, the drain, and the client closing the connection.
     pub(crate) async fn long_poll(
         &mut self,

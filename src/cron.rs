@@ -1,4 +1,29 @@
-//! TODO cron
+//! Periodic tasks: `--schedule NAME=SPEC TEMPLATE` parsed and checked at
+//! start, and each schedule's next firing computed from its SPEC.
+//!
+//! A schedule makes a task from TEMPLATE (a submission body, checked at
+//! start-up exactly as a POST's, by [`crate::submit::parse_submission`])
+//! each time SPEC fires. SPEC is cron's five fields in UTC, a shortcut
+//! (`@daily`), or `@every DURATION`. The next firing is computed directly,
+//! field by field — a day, then a time in it — so a spec that fires once
+//! in years costs no more than one that fires every minute, and one that
+//! never fires is refused at start, where cron would accept it and stay
+//! silent. Read [`parse_spec`] for the grammar (cronie's, where cron
+//! implementations differ) and [`firing_after`] for when the next firing
+//! is: `@every` keeps to the grid its first firing set, so it does not
+//! drift, and a server that fell behind skips to the next time on the grid
+//! rather than firing the missed ones in a burst.
+//!
+//! This module only computes times; it never fires anything. Firing is
+//! the due-time loop's ([`crate::later`]): a schedule is one more entry in
+//! its heap, and when it comes due
+//! [`Store::fire`](crate::store::Store::fire) creates its task through
+//! [`Store::admit`](crate::store::Store::admit), as a POST would — unless
+//! the schedule's previous task is still pending or its queue is full:
+//! then the firing is skipped, counted and logged, because periodic work
+//! must not pile up behind itself. Firings missed while the server was
+//! down are not made up. What the store keeps of a schedule between
+//! firings is its [`ScheduleState`].
 
 use crate::{
     config::{Config, check_name},
@@ -396,8 +421,8 @@ pub(crate) struct ScheduleState {
 }
 
 impl ScheduleState {
-    /// A schedule's state at start: nothing fired yet, the first firing the
-    /// next one due from now (missed ones are not made up).
+    /// Makes a schedule's state at start: nothing fired yet, the first
+    /// firing the next one due from now (missed ones are not made up).
     pub(crate) fn new(config: &ScheduleConfig) -> ScheduleState {
         ScheduleState {
             name: config.name.clone(),

@@ -1,4 +1,39 @@
-//! TODO handlers
+//! Program handlers: a task of a `--handler` kind runs as a child process
+//! in a process group of its own, its payload on stdin, its output's tails
+//! kept as its result or its error, its `::progress::` lines reported as
+//! they come.
+//!
+//! The built-in `sleep` is the seed design's work and stays in main.rs
+//! beside the worker ([`crate::sleep`]); a program is the real thing, and
+//! this module is all of it. The child gets a process group of its own so
+//! that cancel, timeout and shutdown reach everything it started: the group
+//! gets SIGTERM, then SIGKILL after [`KILL_AFTER_CANCEL`] (or the shorter
+//! [`KILL_AFTER_STOP`] at shutdown, when the whole server waits), and
+//! whatever is left of it when the attempt ends is killed and reaped
+//! ([`reap_group`]; bgtasks is its handlers' subreaper,
+//! [`become_subreaper`]), so no process outlives its attempt — but for one
+//! that leaves the group with `setsid`, which nothing but a cgroup could
+//! follow.
+//!
+//! Read [`run_program`] first; [`program_outcome`] is how an ending
+//! becomes `succeeded` or `failed` and the words of `error`. A request
+//! only picks a kind registered with `--handler` and gives data for the
+//! program's stdin: nothing in it becomes a program name, an argument, a
+//! variable or shell text (no shell is involved; `tests/handlers.rs`,
+//! `shell_metacharacters_in_a_request_are_inert`). Keep it so.
+//!
+//! What an attempt may be interrupted by is not this module's to know:
+//! [`run_program`] is handed the worker's race of cancel, timeout and
+//! shutdown as one future, and hands back the attempt's [`Outcome`], which
+//! the worker records. The only change it makes itself is a running
+//! task's progress, through
+//! [`Store::set_progress`](crate::store::Store::set_progress), the lock
+//! taken for that one statement.
+//!
+//! What one attempt can make the server hold is bounded whatever the
+//! program writes: the last [`OUTPUT_TAIL`] bytes of stdout and of
+//! stderr, a progress value of at most [`MAX_PROGRESS`] bytes (a longer
+//! line is ignored, never held whole), and reads of [`PIPE_READ`] bytes.
 
 use crate::{
     config::Handler,

@@ -1,26 +1,96 @@
-//! TODO http
+//! The HTTP/1.1 request codec (RFC 9112): request heads, chunked bodies
+//! and their trailers, and the errors that close a connection.
+//!
+//! The codec is pure: it looks at bytes and says what they are, and never
+//! reads or writes a socket (that is [`crate::conn`]'s), so every rule
+//! below is tested on byte strings. Partial input is a normal state, not
+//! an error: the head parser is only called once [`find_head_end`] has
+//! seen the blank line, and [`find_head_end`] looks only at the newly read
+//! bytes ([`take_head`] remembers how far it looked), so a client
+//! trickling a head in one byte at a time costs linear work. The chunked
+//! decoder ([`Chunked`]) is resumable for the same reason. Every limit has
+//! a name and a reason. Answers are written by [`crate::response`].
+//!
+//! It is strict where leniency would let a request be read two ways — the
+//! way requests are smuggled past a proxy — and lenient where the RFC
+//! allows it for requests typed by hand.
+//!
+//! # Accepted
+//!
+//! - Keep-alive, HTTP/1.0's only with `Connection: keep-alive` (which the
+//!   answer repeats), and pipelining; [`crate::conn`] answers in order.
+//! - Bodies by `Content-Length` or `Transfer-Encoding: chunked`; neither
+//!   header means an empty body. Chunk extensions are ignored; trailer
+//!   fields are checked like header fields, then ignored.
+//! - `Expect: 100-continue` (ignored from an HTTP/1.0 client, which cannot
+//!   mean it).
+//! - A bare LF for CRLF; empty lines before the request line (RFC 9112
+//!   §2.2); header names in any case; runs of SP, HTAB, VT and FF between
+//!   the request line's parts, and before or after them (RFC 9112 §3).
+//! - Targets in absolute form (`http://host/tasks`, the host ignored) and
+//!   `*`, which names no route. Path segments are percent-decoded one by
+//!   one by the router, so `%2F` does not split one.
+//!
+//! # Refused
+//!
+//! An error names the status it becomes ([`HttpError::status`]). After any
+//! of them the answer says `Connection: close` and the connection ends:
+//! once framing is in doubt, nobody knows where the next request would
+//! start.
+//!
+//! | what | answer |
+//! |---|---|
+//! | a malformed request line, header or trailer line; obs-fold; whitespace before a colon; a control character in a value; a bare CR; a broken `%` escape in the path | `400` |
+//! | HTTP/1.1 without `Host`, or any request with two | `400` |
+//! | `Content-Length` with `Transfer-Encoding`, twice, as a list, signed or past 2^64; `Transfer-Encoding` on HTTP/1.0; `chunked` twice | `400` |
+//! | a malformed or overflowing chunk size, chunk data longer than its size, a chunk-size line over [`MAX_CHUNK_LINE`] | `400` |
+//! | no whole head [`HEAD_TIMEOUT`] after its first byte (after the accept, for a connection's first request); no whole body [`BODY_TIMEOUT`] after its head | `408` |
+//! | a body over `--max-body` (by `Content-Length`, or as soon as the chunks pass it) | `413` |
+//! | an `Expect` other than `100-continue` | `417` |
+//! | a head (or trailers) over [`MAX_HEAD`] or [`MAX_HEADERS`] lines | `431` |
+//! | a transfer coding other than `chunked` | `501` |
+//! | a version other than HTTP/1.0 and 1.1 | `505` |
+//!
+//! The timeouts are the connection's to enforce, with one deadline for a
+//! whole head and one for a whole body, so trickling bytes cannot stretch
+//! either; so are [`IDLE_TIMEOUT`] and [`WRITE_TIMEOUT`] (see
+//! [`crate::conn`]). No input gets a `500`.
 
 use std::ops::Range;
 use std::time::Duration;
 
-/// The most bytes of a request head (request line and headers).
+/// The most bytes of a request head (request line and headers): the
+/// contract's limit (SPEC §3), far above any request this API needs (a
+/// token and an idempotency key are a few hundred bytes), and what a
+/// connection reading a head may make the server hold, with one read.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 
-/// The most header lines in one request head (or chunked trailer).
+/// The most header lines in one request head (or chunked trailer): the
+/// contract's limit (SPEC §3); real clients send about ten.
 const MAX_HEADERS: usize = 100;
 
-/// The most bytes of a chunk-size line with its extensions.
+/// The most bytes of a chunk-size line with its extensions: a size is at
+/// most 16 hex digits, and the extensions are ignored, so a long line could
+/// only make the server read on for nothing.
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// How long a whole request head may take to arrive, from its first byte
-/// (from the accept, for a connection's first request). One deadline for
-/// the whole head, so trickling bytes cannot stretch it.
+/// (from the accept, for a connection's first request): the contract's
+/// 10 s (SPEC §3), ample for a few hundred bytes on any link, short enough
+/// that a client that connects and says nothing soon gives its place
+/// back. One deadline for the whole head, so trickling bytes cannot
+/// stretch it.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a request body may take to arrive, from the end of its head.
+/// How long a request body may take to arrive, from the end of its head:
+/// as long as a head may take, and one deadline for all of it, for the
+/// same reasons.
 pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long an idle keep-alive connection stays open.
+/// How long an idle keep-alive connection stays open: the contract's 60 s
+/// (SPEC §3), long enough for a client that polls every few seconds to
+/// reuse it; at `--max-connections` an idle one gives its place to a new
+/// client sooner ([`crate::idle`]).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long the answers a connection has to write may wait once the

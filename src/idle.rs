@@ -1,4 +1,22 @@
-//! TODO idle
+//! The places of `--max-connections`, and who gives one up: the list of
+//! idle keep-alive connections, oldest first, and [`take_place`], which
+//! closes the one idle longest when a client waits in the backlog.
+//!
+//! Past `--max-connections`, connections wait in the kernel's backlog
+//! ([`LISTEN_BACKLOG`](crate::LISTEN_BACKLOG), 1024; the kernel lowers it
+//! to `net.core.somaxconn`). A client waiting there gets the place of the
+//! keep-alive connection idle longest, which is closed for it without a
+//! word, as nginx does with its reusable connections: so a client that
+//! holds every place with idle connections cannot keep everyone else out,
+//! `/healthz` included, for the 60 s of the idle timeout. What counts as
+//! idle, and why nothing else is ever closed to make room, is
+//! [`IdleConnections`]'s doc.
+//!
+//! The listener calls [`take_place`] before each accept and moves the
+//! place into the connection's task; a connection lists itself when it
+//! waits between requests and takes itself out when it wakes
+//! ([`crate::conn`]). The module knows nothing of sockets but the
+//! listener's readiness, which says that a client waits.
 
 use crate::trigger::Trigger;
 use async_io::Async;

@@ -1,4 +1,133 @@
-//! TODO journal
+//! The journal of `--data-dir`: the writer thread, group commit, replay at
+//! start and compaction — and the durability protocol, stated here once.
+//!
+//! With `--data-dir`, every task and every change of its state is a line
+//! appended to `DIR/journal` (the line format is [`crate::record`]'s), and
+//! replaying the lines at start rebuilds the store. A line is
+//! `<crc32 in hex> <json>`: the checksum tells a record cut short by a
+//! crash (the last line only, which is dropped with a warning) from damage
+//! anywhere else, which stops start-up before anything on disk changes.
+//! The directory is locked (`DIR/lock`) against a second server.
+//!
+//! The writer is a thread of its own, not a task: a write and an `fsync`
+//! block, and would hold an executor thread for milliseconds. It owns the
+//! file; everyone else reaches it through a channel (the store's
+//! [`JournalSender`]) and learns how far it got from [`JournalProgress`],
+//! without the store lock.
+//!
+//! # The durability protocol
+//!
+//! Its invariant: no answer shows a state that is not on disk. No `202`
+//! is sent and no task starts before the task's record is on disk; a
+//! request whose record a failed write held answers `503` and changes
+//! nothing. Its steps, and who keeps each:
+//!
+//! 1. Every change is made under the store lock, and its record is sent to
+//!    the writer thread from there
+//!    ([`Store::log`](crate::store::Store::log)), numbered in order; so
+//!    records are written in the order the changes happened. The last
+//!    number given out is published as [`JournalProgress::appended`]. A
+//!    cancel, a pause and a resume go the other way round, record first:
+//!    under the lock only their record is sent
+//!    ([`Store::log_cancel`](crate::store::Store::log_cancel),
+//!    [`Store::log_pause`](crate::store::Store::log_pause)), and the
+//!    change waits for step 2. So no client sees one before it is on disk,
+//!    and a failed write leaves nothing to undo — a running task's work,
+//!    above all, is interrupted only once its cancel is saved. A second
+//!    cancel of the task joins the first.
+//! 2. The writer thread ([`write_journal`], [`JournalWriter::commit`])
+//!    appends whatever has gathered (up to [`MAX_BATCH`] records) and
+//!    syncs once: concurrent submissions share one fsync (group commit).
+//!    Then, under the lock
+//!    ([`Store::settle`](crate::store::Store::settle)), if the write
+//!    failed, it takes the batch's new tasks back from every index they
+//!    entered, whatever their state, as if they had never been accepted,
+//!    and drops its changes; if it was written, it makes its changes, in
+//!    the order of their records. A cancel whose task changed since its
+//!    record was made (it started, ended or came due) is written again
+//!    first, so that the task's last record is the cancel's; one whose
+//!    task ended meanwhile is not made (that end's record, later, has the
+//!    last word). It tells each request whether its record made it, then
+//!    publishes how far it got (`durable`: the last record;
+//!    `durable_task`: the last new task) and fires `progress`.
+//! 3. A worker starts a task only once `durable_task` has reached it
+//!    ([`JournalProgress::wait_task`], which the worker awaits), so a
+//!    taken-back task never ran.
+//! 4. A connection writes its answers only once `durable` has reached the
+//!    `appended` it saw when it made the last of them
+//!    ([`Connection::settle`](crate::conn::Connection::settle)): one wait
+//!    for all of a pipelining client's answers. It puts a `503` in place
+//!    of a `202` whose task was taken back. A cancel, pause or resume is
+//!    answered once step 2 has dealt with it
+//!    ([`answer_change`](crate::routes::answer_change)): as if made at
+//!    once, or `503` if it was not saved.
+//! 5. Every wait of steps 3 and 4 races `grace_over`, so a writer that
+//!    stops making progress cannot hold shutdown up; the answers then go
+//!    unsent and the connection closes.
+//!
+//! The server's own changes — a start, an end, a retry, a delayed task
+//! coming due — are made first and journaled after, and a failed record of
+//! one is not undone: it is as if the server had crashed before writing it.
+//! The task runs again after a restart (at-least-once, as after a crash),
+//! and the next compaction writes what memory holds.
+//!
+//! Starts are not recorded. A task that was running when the process died
+//! is, in the journal, still queued with its previous attempt number,
+//! which is exactly what the contract asks for: queued again, the attempt
+//! not counted. A handler's progress is written with the task's next
+//! change of state, not on its own.
+//!
+//! # Compaction and failures
+//!
+//! The writer also compacts: once the file passes [`COMPACT_FACTOR`] times
+//! what the retained tasks need, plus [`COMPACT_MIN`], it writes them
+//! afresh to `journal.tmp`
+//! ([`Store::snapshot`](crate::store::Store::snapshot)), syncs it,
+//! renames it over the journal and syncs the directory. A crash
+//! before the rename leaves the old journal (and a `journal.tmp` the next
+//! start removes); after it, the new one is complete. A failed append is
+//! cut back off the file so that later appends follow whole records; a
+//! failed `fsync` makes the file untrusted, and every later batch fails
+//! (`503` to what waits for it) until a restart, since nobody knows what
+//! reached the disk.
+//!
+//! A task's `new` record is about 100 bytes and a change of state about
+//! 130 (more with long labels and payloads); a retained task costs a
+//! fresh journal about [`RECORD_ESTIMATE`]. So at the default
+//! `--keep-finished 10000` the journal stays under about 20 MiB: four
+//! times 3 MiB, plus 8 MiB.
+//!
+//! # Replay, copies and formats
+//!
+//! Replay ([`open_data_dir`], [`replay_lines`]) rebuilds the tasks in id
+//! order ([`Replayed`]): finished ones keep their status; queued ones and
+//! those that were running go back into their queues in id order; a
+//! retry keeps its `retry_at` and a delayed task its `run_at` (what came
+//! due meanwhile, [`crate::later`] runs at start). Ids keep the `--node` prefix they were made with. A line is believed
+//! only once its checksum holds and [`Record::check`] finds its values
+//! within the contract.
+//!
+//! Because the journal is only ever appended to, or replaced whole by a
+//! rename, a copy of the directory taken while the server runs (`cp -a`,
+//! `tar`) is a journal replay accepts, and holds every task whose `202`
+//! was sent before the copy began (the `202` waited for the fsync): a
+//! record the copy cuts in half is a torn last line, dropped with a
+//! warning; a compaction during the copy renames a whole new journal over
+//! the old one, and the copy has one or the other; the copied `lock` is a
+//! plain file (the lock belongs to the running server's open file, not
+//! the name), and a copied `journal.tmp` is removed at start.
+//! `tests/backup.rs` holds the server to this under load. Changes to the
+//! writer must keep it so: never rewrite the journal in place.
+//!
+//! The first line names the format ([`JOURNAL_VERSION`]); a journal
+//! without it is version 0 and is read as it is. A newer version is
+//! refused before anything on disk changes, with a line saying which
+//! bgtasks to run, so that an older binary never misreads a newer journal
+//! nor appends to it; a damaged line stops start-up the same way, naming
+//! `file:line`. A bgtasks that changes the format must keep reading the
+//! older versions. `bench_replay_of_a_million_records` in
+//! `tests/journal.rs` prints how long a start takes to replay a large
+//! journal.
 
 use crate::{
     config::{Config, parse_node},
@@ -51,7 +180,8 @@ const COMPACT_FACTOR: u64 = 4;
 /// `new` and `state` records), to tell how large a compacted one would be.
 const RECORD_ESTIMATE: u64 = 320;
 
-/// And until it is at least this large: rewriting a small file is not worth
+/// What compaction adds to its threshold, so that it waits until the
+/// journal is at least this large: rewriting a small file is not worth
 /// pausing the writer for.
 const COMPACT_MIN: u64 = 8 << 20;
 
@@ -128,7 +258,7 @@ impl JournalEntry {
 #[derive(Debug)]
 pub(crate) enum Change {
     /// Cancel task `id` as of `at` (ms since the epoch); those waiting for
-    /// it are in [`Store::cancelling`].
+    /// it are in the store's `cancelling`, by task id.
     Cancel {
         /// The task.
         id: u64,
@@ -446,7 +576,8 @@ fn open_journal(dir: &Path) -> io::Result<std::fs::File> {
         .open(dir.join(JOURNAL))
 }
 
-/// The writer thread: writes batches until the channel closes at shutdown.
+/// Runs the writer thread: writes batches until the channel closes at
+/// shutdown.
 fn write_journal(shared: Arc<Shared>, rx: Receiver<JournalEntry>, mut writer: JournalWriter) {
     let Some(progress) = &shared.journal_progress else {
         return;
@@ -473,7 +604,7 @@ pub(crate) struct Replayed {
     /// Queues paused or resumed, in the order it happened.
     pub(crate) paused: Vec<(Box<str>, bool)>,
     /// The id prefix from each id on, as the tasks were made: the store's
-    /// table of [`Store::task_id`].
+    /// table of [`Store::task_id`](crate::store::Store::task_id).
     pub(crate) nodes: Vec<(u64, &'static str)>,
     /// The first id of the journal's history.
     pub(crate) first_id: u64,

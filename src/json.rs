@@ -1,4 +1,16 @@
-//! TODO json
+//! JSON written by hand into a byte buffer: strings, numbers, `null` and
+//! JSON text kept as it came.
+//!
+//! Every answer and event that shows a task — its status, a list page, a
+//! `task` event — is written straight into the bytes that go out, from
+//! the record itself and under the store lock: no `serde_json::Value` in
+//! between, and nothing copied out of a record to render it. These few
+//! writers are all that takes. serde_json still reads everything that
+//! comes in (submission bodies, journal lines) and escapes the rare string
+//! that needs it, so both directions agree on what a JSON string is (the
+//! unit test below holds [`write_json_str`]'s fast path to serde_json's
+//! output). JSON text a task keeps — payload, result, progress — was
+//! checked when it arrived and is copied as it is ([`write_raw_opt`]).
 
 /// Appends JSON text as it is, or `null`.
 pub(crate) fn write_raw_opt(out: &mut Vec<u8>, json: Option<&str>) {

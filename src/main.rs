@@ -20,20 +20,20 @@
 //!
 //! ```text
 //!               one async_executor::Executor on --threads threads
-//!  ┌──────────────────────────────────────────────────────────────────────────┐
-//!  │ listener ── accept ──▶ connection task (one per socket)                   │
+//!  ┌────────────────────────────────────────────────────────────────────────────┐
+//!  │ listener ── accept ──▶ connection task (one per socket)                    │
 //!  │   (Async<TcpListener>)     │ HTTP/1.1 codec ─▶ routes ─▶ Store (Mutex) ─┐  │
 //!  │                            │                     │  try_send(id)        │  │
 //!  │                            ▼                     ▼                      │  │
 //!  │                   202 + Location   one bounded channel per queue        │  │
-//!  │                                    (default: --buffer; --queue …)      │  │
+//!  │                                    (default: --buffer; --queue …)       │  │
 //!  │                                                  │ recv()               │  │
 //!  │                                                  ▼                      │  │
 //!  │                                   each queue's workers race their work  │  │
 //!  │                                   against grace_over · cancel · timeout │  │
 //!  │ due-time loop: one heap, one timer ── delayed tasks, retries, cron ───▶ │  │
-//!  │ /events streams ◀── one event log, appended at the store's changes ◀───┘  │
-//!  └──────────────────────────────────────────────────────────────────────────┘
+//!  │ /events streams ◀── one event log, appended at the store's changes ◀────┘  │
+//!  └────────────────────────────────────────────────────────────────────────────┘
 //!   journal thread (--data-dir): appends, group-commits fsyncs, compacts
 //!   signal pipes: SIGINT/SIGTERM ─▶ draining ─(--grace)─▶ grace_over ─▶ exit
 //! ```
@@ -59,7 +59,8 @@
 //!    socket and builds the state every task shares
 //!    ([`Shared`]).
 //! 2. **Executor threads.** [`run_executor`] runs one
-//!    `async_executor::Executor` on `--threads` threads, each in
+//!    `async_executor::Executor` on `--threads` threads (the main thread
+//!    and `--threads` − 1 started ones), each in
 //!    `async_io::block_on(executor.run(..))`. The main thread's `run` is
 //!    given [`supervise`], the future whose end is the process's end.
 //! 3. **The listener.** [`start_serving`] spawns [`listen`] (a task), the
@@ -72,16 +73,22 @@
 //!    [`next_work`] waits on its queue's channel (`recv`), the store begins
 //!    the attempt, and [`attempt`] runs it — the built-in [`sleep`] here, a
 //!    program in [`handlers`].
-//! 5. **The stop signal racing every `Timer`.** [`sleep`] races an
-//!    `async_io::Timer` against [`interruption`]: the end of shutdown's
-//!    grace, the task's cancel trigger and its timeout, with
-//!    `future::or`. Whichever comes first ends the attempt; the loser is
-//!    dropped, which takes its waker back.
+//! 5. **Stop and cancel racing every `Timer`.** [`sleep`] races an
+//!    `async_io::Timer` against [`interruption`] with `future::or`: the
+//!    stop signal a running task obeys (`grace_over`, which shutdown
+//!    fires when `--grace` runs out; SIGTERM itself only stops new work),
+//!    the task's cancel trigger and its timeout. The first ready ends the
+//!    attempt (on a tie, the side `or` polls first); the other future is
+//!    dropped, which removes its waker from the timer map or the trigger.
 //! 6. **Signals and shutdown.** [`Signals`] are pipes the reactor watches
 //!    like sockets; [`shut_down`] is the shutdown steps below, as code.
+//! 7. **Watching it run.** [`trace::spawn`] is how each task above is
+//!    spawned: with `RUST_LOG=bgtasks::trace=trace` it wraps the task in a
+//!    future that logs each poll, `Pending` and wake, through a waker of
+//!    its own; [one request, traced](#one-request-traced) shows a run.
 //!
-//! Then, for a submission's whole path: [`routes::answer`] chooses what a
-//! request gets, [`submit::parse_submission`] checks the body, and
+//! Then, for a submission's whole path: [`routes::choose_route`] picks
+//! the route, [`routes::answer`] answers it, [`submit::parse_submission`] checks the body, and
 //! [`Store::admit`](store::Store::admit) is the `try_send` under the lock.
 //!
 //! # How an executor runs this
@@ -94,32 +101,22 @@
 //! queue. The *reactor* (async-io's) turns epoll's readiness and expired
 //! timers into calls of those wakers. ("Poll" also names unrelated things
 //! here: an HTTP long poll, `?wait=`; and [`handlers`]' loop that looks for
-//! exited processes.)
+//! exited processes.) [`trace`] builds a waker by hand, and its trace shows
+//! all of this happen (below).
 //!
-//! What the crates do underneath, checked against their sources:
+//! What the crates do underneath, each said beside the code it concerns
+//! and checked against the crates' sources (the function is cited there):
 //!
-//! - **`executor.run(main)` polls `main` inline.** `Executor::run` is
-//!   `future.or(run_forever)` (async-executor 1.14, `State::run`): the
-//!   future given to `run` is not a task, and the thread polls it between
-//!   batches of tasks. That is why [`start_serving`] can `yield_now` to let
-//!   the listener task run first: `main`'s future says "not yet" once, and
-//!   `run_forever` runs the tasks queued meanwhile.
-//! - **A wake queues the task globally and notifies one sleeper.** The
-//!   executor's `schedule` pushes the woken task on the shared queue and
-//!   calls `State::notify`, which wakes one sleeping thread's ticker (not
-//!   all of them); a thread that finds work notifies another before it
-//!   runs it, so wake-ups spread as work does.
-//! - **Tasks run in batches.** `run_forever` runs 200 tasks, then
-//!   `yield_now`s, so the future given to `run` and the reactor get their
-//!   turn on a busy thread; a task itself is never preempted, which is why
-//!   a worker and a connection yield every [`BURST`] items.
-//! - **`block_on` drives the reactor, then gives it up.** When `run` has
-//!   nothing to do, `async_io::block_on` (async-io 2.6, `driver.rs`) takes
-//!   the reactor's lock if it is free and waits in epoll; a thread that
-//!   has waited there for 500 µs on others' behalf drops the lock, unparks
-//!   async-io's own helper thread and sleeps until it is notified, so one
-//!   thread does not serve everyone's I/O. A thread that finds the reactor
-//!   taken just parks until a waker unparks it.
+//! - **`executor.run(main)` polls `main` inline**, between batches of
+//!   tasks: `run` is `future.or(run_forever)` ([`run_executor`],
+//!   [`start_serving`]).
+//! - **A wake queues the task globally and notifies one sleeping thread**,
+//!   which notifies another once it finds work ([`listen`]'s `spawn`).
+//! - **Tasks run in batches of 200**, then the thread yields; a task is
+//!   never preempted, hence [`BURST`] ([`work`]).
+//! - **`block_on` drives the reactor, then gives it up**: after 500 µs of
+//!   waiting in epoll on others' behalf it unparks async-io's own thread
+//!   to drive it and parks ([`run_executor`]).
 //! - **Threads that poll futures outside the executor.** async-io's helper
 //!   thread drives the reactor when no `block_on` does; async-process's
 //!   driver thread runs `async_io::block_on` over the future that reaps
@@ -129,38 +126,92 @@
 //!
 //! # One request, traced
 //!
-//! `POST /tasks` on a new connection, then `GET /tasks/{id}?wait=10s` on
-//! another, without `--data-dir` (with it, steps 4 and 5 also wait for the
-//! disk: see [`journal`]):
+//! With the executor trace on ([`trace`]), one `POST` on a new connection:
 //!
-//! 1. The kernel queues the connection on the listening socket. [`listen`]
-//!    had awaited `listener.accept()`, which found nothing to accept and so
-//!    left its task's waker with the reactor; epoll reports the socket
-//!    readable, the thread driving the reactor calls that waker, and the
-//!    executor queues the listener task again. Polled, `accept` succeeds.
-//! 2. [`listen`] spawns [`conn::serve`] for the new socket: `spawn` wraps
-//!    the future in a task and queues it; `detach` lets it run to its end
-//!    with nobody holding its handle.
-//! 3. The connection reads the request at once (it has usually arrived by
-//!    the time the connection is accepted), parses the head
-//!    ([`http::parse_head`]), picks the route ([`routes::choose_route`]),
-//!    reads the body and calls [`routes::submit`].
-//! 4. [`Store::admit`](store::Store::admit) does `try_send(id)` on the
-//!    queue's channel and records the task, both or neither. The `202` goes
-//!    into the connection's output and is written.
-//! 5. A worker of that queue was waiting in [`next_work`] on `recv()`: the
-//!    channel kept its waker, and `try_send` woke it — often on the other
-//!    executor thread. The store marks the task running and wakes the long
-//!    polls that watch it.
-//! 6. [`sleep`] races an `async_io::Timer` against [`interruption`]: the
-//!    timer registers with the reactor, which shortens its epoll wait to the
-//!    earliest timer and wakes the worker when it passes.
-//! 7. The store records `succeeded` at its one choke point of change,
-//!    which journals it, counts it, fires the task's watchers trigger and
-//!    appends its event for `/events`.
-//! 8. The second connection's long poll was waiting on that trigger (and on
-//!    its deadline, and on the client going away); the fire wakes it, it
-//!    reads the task again and answers `200`.
+//! ```text
+//! RUST_LOG=debug,bgtasks::trace=trace bgtasks --threads 2 --workers 2
+//! curl -X POST localhost:8000/tasks -d '{"task_id": "hello", "work_duration": "50ms"}'
+//! ```
+//!
+//! logged this (each line's `TRACE [bgtasks] ` cut). `#N` numbers tasks
+//! in the order they were made: `main#1` is the future the main thread's
+//! `run` polls inline (shown once, then left out), `listener#2`, the two
+//! workers `#3` and `#4`, the due-time loop `later#5`, then connections:
+//!
+//! ```text
+//! poll main#1 on main                                          }  1
+//! pending main#1                                               }
+//! wake listener#2 by the reactor on main                       }
+//! poll listener#2 on executor-1                                }
+//! listener#2: accepted 127.0.0.1:34542                         }
+//! spawn conn#6 by listener#2 on executor-1                     }  2
+//! pending listener#2
+//! poll conn#6 on executor-1                                    }  3
+//! conn#6: readable() on the socket                             }
+//! pending conn#6                                               }
+//! wake conn#6 by the reactor on main                           }  4
+//! poll conn#6 on main                                          }
+//! wake default-worker#3 by conn#6 on main                      }  5
+//! poll default-worker#3 on executor-1                          }
+//! DEBUG [bgtasks] task 5NWHMnXzu queued
+//! wake default-worker#4 by default-worker#3 on executor-1      }  6
+//! DEBUG [bgtasks] task 5NWHMnXzu attempt 1 started
+//! default-worker#3: Timer::after(50ms), racing interruption    }  7
+//! pending default-worker#3                                     }
+//! poll default-worker#4 on executor-1
+//! pending default-worker#4
+//! conn#6: wrote HTTP/1.1 202 Accepted (238 bytes)              }  8
+//! conn#6: readable() on the socket
+//! pending conn#6
+//! wake conn#6 by the reactor on main                           }  9
+//! poll conn#6 on main                                          }
+//! done conn#6                                                  }
+//! wake default-worker#3 by the reactor on async-io             } 10
+//! poll default-worker#3 on executor-1                          }
+//! DEBUG [bgtasks] task 5NWHMnXzu attempt 1 ended: succeeded
+//! default-worker#3: recv() on queue default
+//! pending default-worker#3
+//! ```
+//!
+//! 1. The main thread polls `main#1` each time it looks for tasks; none
+//!    is ready, so it waits in epoll (`block_on`). The kernel queues the
+//!    connection on the listening socket: [`listen`]'s `accept` had found
+//!    nothing and left the listener's waker with the reactor, which calls
+//!    it now — on `main`, the thread in epoll. `executor-1` takes the
+//!    queued task first, and the accept succeeds.
+//! 2. [`listen`] spawns [`conn::serve`] for the socket (a task; `detach`
+//!    lets it run to its end with nobody holding its handle).
+//! 3. `executor-1` polls it. Its first read found nothing — curl connects,
+//!    then sends, and this time the connection won the race — so it waits
+//!    for the socket to be readable: its waker is left with the socket's
+//!    entry in the reactor, and the task says `pending`.
+//! 4. The bytes arrive: the reactor, driven now by `main`, calls the waker,
+//!    and `main` polls the task: a task runs on whichever thread takes it.
+//!    It parses the head ([`http::parse_head`]), picks the route
+//!    ([`routes::choose_route`]) and calls [`routes::submit`].
+//! 5. [`Store::admit`](store::Store::admit) does `try_send(id)` on the
+//!    queue's channel. A worker waited there in [`next_work`]'s `recv()`:
+//!    the send calls its waker, *by `conn#6`* — this is the wake that hands
+//!    the task to a worker — and `executor-1` polls the worker while `main`
+//!    still runs the connection. (`queued` is logged once the store's lock
+//!    is let go, so after.)
+//! 6. A wake nobody needed. The send notified worker 3's place in the
+//!    channel's list of waiting receivers; worker 3, polled, took the id
+//!    with a plain `try_recv` before looking at that notice, and a notice
+//!    left unused is handed on to the next waiter, worker 4, which finds
+//!    the channel empty and waits again. (async-channel 2.5,
+//!    `RecvInner::poll_with_strategy`; event-listener 5.4, `Event`'s docs.)
+//! 7. [`sleep`] races an `async_io::Timer` against [`interruption`]: the
+//!    timer goes into the reactor's timer map, which cuts epoll's wait
+//!    short when it is due.
+//! 8. The `202` is written; the connection waits for a next request.
+//! 9. curl closes its end: the reactor wakes the connection, its read finds
+//!    the end of the stream, and the task ends.
+//! 10. The 50 ms pass. The thread driving the reactor then was async-io's
+//!     own ([`run_executor`] says when), and it wakes the worker; the
+//!     store records `succeeded` (journals it, fires the task's watchers'
+//!     trigger, which wakes any long poll on it, and appends its event
+//!     for `/events`), and the worker goes back to `recv()`.
 //!
 //! # Shutdown, in order
 //!
@@ -189,10 +240,11 @@
 //! | [`json`] | JSON written by hand: strings, numbers, optional members |
 //! | [`task`] | a task's record, its states and ids, the one status writer |
 //! | [`store`] | every task behind one lock: admission and every change |
+//! | [`deps`] | which waiting tasks wait for which (`after`), and their fate |
 //! | [`queue`] | a queue's channel and what changes about it under the lock |
 //! | [`shared`] | what every task shares, and the rule of the store's lock |
 //! | [`trigger`] | the one-shot broadcast every cut-short wait races |
-//! | [`later`] | the one due-time heap: delays, retries, schedule firings |
+//! | [`later`] | the one due-time heap: delays, retries, schedule firings, eviction by age |
 //! | [`cron`] | `--schedule` specs and their next firings |
 //! | [`handlers`] | programs in process groups, their output and progress |
 //! | [`record`] | the journal's line format: records and checksums |
@@ -207,7 +259,10 @@
 //! | [`metrics`] | `/metrics` in Prometheus' text format |
 //! | [`systemd`] | `READY=1` and `STOPPING=1` for a service manager |
 //! | [`logger`] | the log's lines on stderr |
+//! | [`trace`] | the executor trace: each poll, `Pending` and wake |
 //! | [`client`] | `bgtasks COMMAND`: the client for the shell |
+//! | [`client_http`] | the client's one HTTP/1.1 exchange with the server |
+//! | [`client_output`] | what the client prints: lines, tables, events |
 
 #![forbid(unsafe_code)]
 
@@ -237,6 +292,7 @@ mod submit;
 mod systemd;
 mod task;
 mod time;
+mod trace;
 mod trigger;
 
 use crate::{
@@ -288,7 +344,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    logger::init(config.log_level, config.log_timestamps);
+    logger::init(
+        config.log_level,
+        config.trace_executor,
+        config.log_timestamps,
+    );
     std::process::exit(match launch(*config) {
         Ok(code) => code,
         Err(message) => {
@@ -376,7 +436,7 @@ fn run_executor(
     let executor = Arc::new(Executor::new());
     let exited = Trigger::new();
     std::thread::scope(|scope| {
-        // Tuning: the plain version starts the threads first. Counting the
+        // Tuning: the obvious order starts the threads first. Counting the
         // cores (std reads the cgroup quota too) and starting threads take a
         // few hundred microseconds: `supervise` does it once a client
         // already waiting has been answered.
@@ -384,9 +444,17 @@ fn run_executor(
             let threads = shared.config.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
             });
-            for _ in 1..threads {
+            for n in 1..threads {
                 let (executor, exited) = (executor.clone(), exited.clone());
-                scope.spawn(move || async_io::block_on(executor.run(exited.wait())));
+                // Named for the executor trace, `top -H` and debuggers.
+                let thread = std::thread::Builder::new().name(format!("executor-{n}"));
+                let started = thread.spawn_scoped(scope, move || {
+                    async_io::block_on(executor.run(exited.wait()))
+                });
+                if let Err(e) = started {
+                    // The threads that did start share its work.
+                    warn!("cannot start executor thread {n}: {e}");
+                }
             }
         };
         let main = supervise(
@@ -397,15 +465,24 @@ fn run_executor(
             due_rx,
             start_threads,
         );
-        // Underneath: `executor.run` polls the executor's ready tasks on
-        // this thread until `main` ends; when none is ready it returns
-        // "not yet", and `block_on` then drives the reactor itself — an
-        // epoll wait, until an event, a timer or a wake-up — unless another
-        // thread is driving it, in which case it sleeps until woken. What
-        // wakes it is a task being queued: the executor calls the waker of
-        // one sleeping thread's `block_on`, which unparks that thread, or
-        // interrupts its epoll wait if it is the one in the reactor.
-        let code = async_io::block_on(executor.run(main));
+        // Underneath: `executor.run(main)` is `main.or(run_forever)`
+        // (async-executor 1.14.1, src/lib.rs, `State::run`): `main` is not a
+        // task but polled inline, first, each time `block_on` polls `run`;
+        // `run_forever` then runs ready tasks, 200 at a time. When none is
+        // ready, `run` returns "not yet" and `block_on` (async-io 2.6.0,
+        // src/driver.rs, `block_on`) takes the reactor if no thread has it
+        // and waits in epoll until an event, a timer or a wake-up; a thread
+        // that has waited there 500 µs on others' behalf gives the reactor
+        // up — it unparks async-io's own thread to drive it — and parks
+        // until woken, and a thread that finds the reactor taken parks at
+        // once. What wakes it is a task being queued: the executor calls
+        // the waker of one sleeping thread's `block_on`, which unparks that
+        // thread, or interrupts its epoll wait if it is the one in epoll.
+        let code = if trace::is_on() {
+            async_io::block_on(executor.run(trace::Traced::new("main", main)))
+        } else {
+            async_io::block_on(executor.run(main))
+        };
         exited.fire();
         code
     })
@@ -456,36 +533,37 @@ async fn start_serving(
         .local_addr()
         .map_or(shared.config.addr, |a| a);
     // The listener first: a client may be waiting in the backlog already.
-    let listening = executor.spawn(listen(
+    let listen = listen(
         shared.clone(),
         executor.clone(),
         listener,
         in_flight_tx.downgrade(),
-    ));
+    );
+    let listening = trace::spawn(executor, "listener", listen);
     info!(
         "listening on http://{bound} with {}",
         QueueList(&shared.config.queues)
     );
-    // Tuning: the plain version spawns everything and goes on. This
+    // Tuning: the obvious order spawns everything and goes on. This
     // function is not a task: it runs inside `supervise`, the future the
     // main thread's `executor.run` polls inline, and `run` is
-    // `future.or(run_forever)`. So `yield_now`, which returns "not yet"
-    // once and wakes itself, hands the thread to `run_forever`, which runs
-    // the tasks queued meanwhile — the listener — before this goes on: a
-    // client that connected while the process was starting is answered
-    // now (its task waits in the queue for the workers), and counting
-    // cores and starting threads come after. The first 202 went out
-    // ~285 µs into `main` instead of ~530.
+    // `future.or(run_forever)` (see `run_executor`). So `yield_now`, which
+    // returns "not yet" once and wakes itself, hands the thread to
+    // `run_forever`, which runs the tasks queued meanwhile — the listener,
+    // as the trace shows — before this goes on: a client that connected
+    // while the process was starting is answered now (its task waits in
+    // the queue for the workers), and counting cores and starting threads
+    // come after. The first 202 went out ~285 µs into `main` instead of
+    // ~530.
     future::yield_now().await;
     let (workers_tx, workers_done) = async_channel::bounded::<()>(1);
     for (q, queue) in shared.config.queues.iter().enumerate() {
         for _ in 0..queue.workers {
-            executor
-                .spawn(work(shared.clone(), q, workers_tx.clone()))
-                .detach();
+            let worker = work(shared.clone(), q, workers_tx.clone());
+            trace::spawn(executor, format_args!("{}-worker", queue.name), worker).detach();
         }
     }
-    executor.spawn(later::run(shared.clone(), due_rx)).detach();
+    trace::spawn(executor, "later", later::run(shared.clone(), due_rx)).detach();
     Running {
         listening,
         in_flight_tx,
@@ -535,13 +613,19 @@ async fn listen(
             return;
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                trace::note(format_args!("accepted {peer}"));
                 backoff = MIN_ACCEPT_BACKOFF;
                 // Answers go out as soon as they are written, not after
                 // Nagle's delay; failing to set it only costs latency.
                 let _ = stream.get_ref().set_nodelay(true);
-                // Underneath: `spawn` wraps the future in a task and puts it
-                // on the executor's queue, waking an idle executor thread;
+                // Underneath: `spawn` wraps the future in a task and
+                // schedules it, as every wake of it will: push it on the
+                // executor's one shared queue and notify one sleeping
+                // thread, not all (async-executor 1.14.1, src/lib.rs,
+                // `Executor::schedule`, `State::notify`); a thread that
+                // finds a task notifies the next sleeper before running it
+                // (`Ticker::runnable_with`), so threads wake as work comes.
                 // `detach` lets it run to its end with no one holding its
                 // handle (dropping a handle would cancel the task).
                 let task = conn::serve(
@@ -552,7 +636,7 @@ async fn listen(
                     place,
                     idle.clone(),
                 );
-                executor.spawn(task).detach();
+                trace::spawn(&executor, "conn", task).detach();
             }
             Err(e) => {
                 warn!("accept failed: {e}; retrying in {backoff:?}");
@@ -597,7 +681,7 @@ fn accept_backlog(
             place,
             idle.clone(),
         );
-        executor.spawn(task).detach();
+        trace::spawn(executor, "conn", task).detach();
     }
 }
 
@@ -614,7 +698,10 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
     while let Some(work) = next_work(&shared, q).await {
         run += 1;
         if run % BURST == 0 {
-            // A worker whose channel is never empty never waits: see BURST.
+            // A worker whose channel is never empty never waits, and a task
+            // is never preempted: the executor runs tasks in batches of 200
+            // between its own yields (async-executor 1.14.1, src/lib.rs,
+            // `State::run`), but cannot stop one midway. See BURST.
             future::yield_now().await;
         }
         let id = work.id;
@@ -646,8 +733,10 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
 async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
     loop {
         // Shutdown closes the channel, which wakes every waiting worker;
-        // a job taken after that is left for the next start (it is still
-        // queued in the store, and in the journal).
+        // a job taken after that is left queued: with `--data-dir` the
+        // journal has it for the next start, without it is dropped (and
+        // counted in shutdown's log line).
+        trace::note(format_args!("recv() on queue {}", shared.queues[q].name));
         let id = shared.queues[q].jobs_rx.recv().await.ok()?;
         if shared.draining.is_fired() {
             return None;
@@ -704,6 +793,9 @@ async fn sleep(shared: &Shared, work: &Work) -> Outcome {
     if duration.is_zero() {
         return Outcome::Succeeded(None);
     }
+    trace::note(format_args!(
+        "Timer::after({duration:?}), racing interruption"
+    ));
     let slept = async {
         Timer::after(duration).await;
         Outcome::Succeeded(None)
@@ -722,6 +814,8 @@ async fn interruption(shared: &Shared, work: &Work) -> Interrupt {
         Interrupt::Timeout
     };
     let cancel = async {
+        // `None`: a cancel got in between the start and this first wait,
+        // so the attempt is over as cancelled at once.
         let cancelled = shared.store().cancel_trigger(work.id.num);
         if let Some(cancelled) = cancelled {
             cancelled.wait().await;
@@ -757,13 +851,12 @@ async fn shut_down(
     );
     // A second signal, from now on, ends the process at once; a repeat of
     // the first is the same request.
-    executor
-        .spawn(async move {
-            while !is_second_signal(first.0, signals.next().await, first.1.elapsed()) {}
-            error!("second signal: exiting at once");
-            std::process::exit(1);
-        })
-        .detach();
+    let second = async move {
+        while !is_second_signal(first.0, signals.next().await, first.1.elapsed()) {}
+        error!("second signal: exiting at once");
+        std::process::exit(1);
+    };
+    trace::spawn(executor, "signals", second).detach();
     shared.store().close();
     shared.draining.fire();
     for queue in &shared.queues {

@@ -1,4 +1,20 @@
-//! TODO metrics
+//! `GET /metrics`: the counters and gauges in Prometheus's text format,
+//! and the count of answers by status code.
+//!
+//! The task numbers are read from the store under its lock, in one block,
+//! so they agree with each other and with `/tasks` at that moment; the
+//! store keeps them as it changes tasks (its counters are made at its one
+//! choke point of change), so this module only reads and renders. What
+//! the store does not see is counted beside it, in atomics that need no
+//! lock: the answers by status code ([`StatusCounts`], counted by the
+//! connection as it writes each answer) and the submissions refused for a
+//! full queue ([`Shared::rejected`](crate::shared::Shared::rejected),
+//! refused without the lock).
+//!
+//! [`render`] is the whole answer. Every series has a `# HELP` line that
+//! says what it counts, and CI checks the output with Prometheus' own
+//! linter (`tests/ecosystem/promtool.sh`) after tasks of every outcome,
+//! several queues and a schedule.
 
 use crate::{json::VecWriter, queue::QueueView, response::Response, shared::Shared, task::State};
 use std::fmt::Write as _;
@@ -58,7 +74,7 @@ struct Family {
 }
 
 impl Family {
-    /// A family with one sample and no labels.
+    /// Makes a family with one sample and no labels.
     pub(crate) fn one(
         name: &'static str,
         kind: &'static str,
@@ -88,8 +104,9 @@ impl Family {
     }
 }
 
-/// `GET /metrics`: the Prometheus text format, version 0.0.4. The task
-/// numbers are read under the store lock, so they agree with `/tasks`.
+/// Answers `GET /metrics` in the Prometheus text format, version 0.0.4.
+/// The task numbers are read under the store lock, so they agree with
+/// `/tasks`.
 pub(crate) fn render(shared: &Shared) -> Response {
     let mut families = {
         let store = shared.store();

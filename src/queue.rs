@@ -1,4 +1,22 @@
-//! TODO queue
+//! A queue: its bounded channel of task ids ([`Queue`]), and what the store
+//! keeps of it under its lock ([`QueueState`]).
+//!
+//! Each queue is the original Go design once more: a bounded channel of
+//! its capacity and the workers that take the next job from it —
+//! `default` from `--workers` and `--buffer`, the others from `--queue`,
+//! all on the one executor. Only a task's id travels through a channel;
+//! the record stays in the store, so a client can cancel a queued task by
+//! changing its state, and the worker that later receives the id sees
+//! that and skips it.
+//!
+//! A queue is two values because two kinds of code touch it. The channel
+//! halves are made at start and used without the store lock — a worker
+//! waits in `recv()`, which must never hold it. What changes — the depth
+//! admission counts, the busy workers, the pause, the tasks waiting for
+//! room — is a [`QueueState`] inside the store, changed only by the
+//! store's methods under its lock. Both are indexed like
+//! [`Config::queues`](crate::config::Config::queues); the workers
+//! themselves are main.rs's ([`crate::work`]).
 
 use crate::{
     config::QueueConfig,
@@ -37,7 +55,7 @@ pub(crate) struct QueueState {
 }
 
 impl QueueState {
-    /// A queue's state at start: idle, running, nothing waiting.
+    /// Makes a queue's state at start: idle, running, nothing waiting.
     pub(crate) fn new(config: &QueueConfig) -> QueueState {
         QueueState {
             name: config.name.clone(),
@@ -49,7 +67,7 @@ impl QueueState {
         }
     }
 
-    /// The record of whether the queue is paused.
+    /// Returns the record of whether the queue is paused.
     pub(crate) fn pause_record(&self) -> Record<'_> {
         Record {
             op: Some(Op::Pause),

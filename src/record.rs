@@ -1,4 +1,22 @@
-//! TODO record
+//! The journal's line format: one [`Record`] a line, written
+//! `<crc32 in hex> <json>`, and the checks a line passes before replay
+//! believes it.
+//!
+//! The checksum tells a record cut short by a crash — only ever the last
+//! line — from damage anywhere else, which replay refuses to start on
+//! ([`crate::journal`] decides which is which). A line whose checksum
+//! holds is still checked against the contract's ranges
+//! ([`Record::check`]): a journal edited by hand is refused rather than
+//! giving a task what the API never gives it (`max_attempts` out of
+//! range, a payload that is not JSON, a state no record says).
+//!
+//! One flat shape serves every [`Op`]: the members an op does not use are
+//! left out of the line, and strings are borrowed (`Cow`), so writing a
+//! record copies nothing out of the task and reading one borrows from the
+//! line. The module is pure: it turns records into bytes and back, and
+//! never opens a file; what a task's records say is [`crate::task`]'s
+//! ([`Task::new_record`](crate::task::Task::new_record),
+//! [`Task::state_record`](crate::task::Task::state_record)).
 
 use crate::{
     config::{check_name, is_node_name},
@@ -58,19 +76,25 @@ pub(crate) struct Record<'a> {
     pub(crate) op: Option<Op>,
     /// The task's id.
     pub(crate) id: u64,
+    /// The client's `task_id` label.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) task_id: Option<std::borrow::Cow<'a, str>>,
+    /// `work_duration` as the client sent it.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) work_duration: Option<std::borrow::Cow<'a, str>>,
+    /// The handler kind; left out for `sleep`.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) kind: Option<std::borrow::Cow<'a, str>>,
     /// The payload's JSON text.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) payload: Option<std::borrow::Cow<'a, str>>,
+    /// The per-attempt timeout as the client sent it.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) timeout: Option<std::borrow::Cow<'a, str>>,
+    /// Attempts allowed; a `new` record always has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_attempts: Option<u8>,
+    /// The `Idempotency-Key` the task was created with.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) key: Option<std::borrow::Cow<'a, str>>,
     /// The key's fingerprint of its first request.
@@ -80,6 +104,7 @@ pub(crate) struct Record<'a> {
     /// resumed.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) queue: Option<std::borrow::Cow<'a, str>>,
+    /// When a delayed task may start, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) run_at: Option<u64>,
     /// Whether the queue is paused now.
@@ -100,16 +125,25 @@ pub(crate) struct Record<'a> {
     /// The last progress, as JSON text.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) progress: Option<std::borrow::Cow<'a, str>>,
+    /// The state's name: `scheduled` or `waiting` in a `new` record of a
+    /// delayed task or of one with `after`; in a `state` record, any but
+    /// `running` and `waiting`.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) state: Option<std::borrow::Cow<'a, str>>,
+    /// The attempt number as the journal counts it (a running attempt is
+    /// not counted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) attempt: Option<u8>,
+    /// When the last attempt started, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) started_at: Option<u64>,
+    /// When the task finished, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) finished_at: Option<u64>,
+    /// When a retry is due, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) retry_at: Option<u64>,
+    /// Why the last attempt failed.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<std::borrow::Cow<'a, str>>,
     /// The result's JSON text.

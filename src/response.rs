@@ -1,4 +1,14 @@
-//! TODO response
+//! An answer as it goes on the wire: [`Response`], and how the request it
+//! answers shapes its delivery ([`Delivery`]).
+//!
+//! Every answer but the event stream's head and `100 Continue` is written
+//! by [`Response::write`], so the rules are kept in one place: the status
+//! line and headers end in CRLF, `Content-Length` is computed from the
+//! body, `Date` is the current second's, `Connection` is said only where
+//! the protocol's default does not hold (HTTP/1.1 closing, HTTP/1.0 kept
+//! alive), and a `HEAD` gets the head without the body. It writes into a
+//! byte buffer and never touches a socket: [`crate::conn`] gathers the
+//! answers of pipelined requests and writes them together.
 
 use crate::{
     http::{Head, Method},

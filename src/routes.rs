@@ -1,4 +1,31 @@
-//! TODO routes
+//! Routing and each route's answer: the [`Route`] a request head names
+//! ([`choose_route`]) and what it answers ([`answer`], [`submit`]), the
+//! `/openapi.json` document included.
+//!
+//! A route is chosen from the head alone, before the body is read, so that
+//! a request that will be refused anyway (no token, with `Expect:
+//! 100-continue`) is refused without waiting for its body. With
+//! `--token`, every request but a `GET` or `HEAD` of `/healthz` and of the
+//! dashboard (`/`) needs `Authorization: Bearer`, unknown paths and wrong
+//! methods included, compared in constant time ([`bearer_matches`]).
+//! `HEAD` takes the route `GET` would and gets its head without the body;
+//! an unknown path is `404` whatever the method, a known one with the
+//! wrong method `405` with `Allow`. The answers are built
+//! under the store lock straight into the response body: nothing is copied
+//! out of a record to render it.
+//!
+//! A route never touches the socket. What cannot be answered at once is
+//! handed back to the connection as a [`Reply`] — a long poll, an event
+//! stream, a submission (it needs its body), a change waiting for the
+//! disk — and [`crate::conn`] does the waiting. The store is changed only
+//! through its methods, each call under the lock for one statement or one
+//! block (the rule of [`Shared::store`](crate::shared::Shared::store)). A
+//! full queue is answered without the lock at all ([`submit`]).
+//!
+//! [`OPENAPI`] describes every route; the unit test
+//! `the_openapi_document_describes_every_route_and_only_routes` holds it
+//! to the router, and CI runs Schemathesis against a live server with it
+//! (`tests/ecosystem/schemathesis.sh`). A new route changes both.
 
 use crate::{
     config::Config,
@@ -101,7 +128,7 @@ struct Resource {
 }
 
 impl Resource {
-    /// A resource that answers `GET` and `HEAD`.
+    /// Makes a resource that answers `GET` and `HEAD`.
     pub(crate) fn get(route: Route) -> Resource {
         Resource {
             get: Some(route),
@@ -110,7 +137,7 @@ impl Resource {
         }
     }
 
-    /// A resource that answers `POST`.
+    /// Makes a resource that answers `POST`.
     fn post(route: Route) -> Resource {
         Resource {
             get: None,
@@ -228,7 +255,8 @@ pub(crate) struct LongPoll {
 /// tells nothing secret, but nothing in the contract exempts it either.
 const OPENAPI: &str = include_str!("openapi.json");
 
-/// The longest `?wait=`: longer waits are cut to this.
+/// The longest `?wait=`: longer waits are cut to this, the contract's
+/// 60 s (SPEC §2), as long as a keep-alive connection may idle.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// Answers a request from its route and head. A submission needs its body
@@ -286,7 +314,7 @@ pub(crate) enum Submitted {
     Repeat(Response, u64),
 }
 
-/// `POST /queue-task`, `POST /tasks`: checks and admits a task.
+/// Checks and admits a task: `POST /queue-task`, `POST /tasks`.
 pub(crate) fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u8]) -> Submitted {
     let key = match key.map(|key| parse_key(key, route, body)).transpose() {
         Ok(key) => key,
@@ -443,10 +471,14 @@ pub(crate) fn query_param<'a>(
     Ok(found)
 }
 
-/// How many tasks a list shows when `limit` does not say.
+/// How many tasks a list shows when `limit` does not say: the contract's
+/// 100 (SPEC §2), a screenful for a person and a small answer for a
+/// script.
 const DEFAULT_LIMIT: usize = 100;
 
-/// The most tasks one list shows: larger `limit`s are cut to this.
+/// The most tasks one list shows: larger `limit`s are cut to this, the
+/// contract's 1000 (SPEC §2), so a page's work under the store lock stays
+/// short.
 const MAX_LIMIT: usize = 1000;
 
 /// The most bytes of tasks one list answer holds (one task always fits),
@@ -576,8 +608,8 @@ const BAD_STATE: &str =
 /// The answer to a `before` that is not an id this server issued.
 const BAD_BEFORE: &str = "before must be the id of a task this server made";
 
-/// `GET /tasks`: a page of the newest retained tasks that pass the
-/// filters, the link to the next page, and the counts of all.
+/// Answers `GET /tasks`: a page of the newest retained tasks that pass
+/// the filters, the link to the next page, and the counts of all.
 fn list_tasks(shared: &Shared, query: Option<&[u8]>) -> Response {
     let query = match ListQuery::parse(query, &shared.config) {
         Ok(query) => query,
@@ -647,7 +679,8 @@ pub(crate) fn percent_encode(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// `GET /tasks/{id}`: the task's status, at once or after a long poll. A
+/// Answers `GET /tasks/{id}`: the task's status, at once or after a long
+/// poll. A
 /// `HEAD` is answered at once: it asks what a `GET` would get, and a
 /// health checker must not be held for a minute.
 fn task_status(shared: &Shared, id: Option<IdRef>, query: Option<&[u8]>, method: Method) -> Reply {
@@ -701,7 +734,7 @@ pub(crate) fn lookup_failure(lookup: Lookup) -> Response {
     }
 }
 
-/// `POST /tasks/{id}/cancel`: answered at once, or, with a journal, once
+/// Answers `POST /tasks/{id}/cancel`: at once, or, with a journal, once
 /// the cancel's record is on disk ([`answer_change`]).
 fn cancel_task(shared: &Shared, id: Option<IdRef>) -> Reply {
     let mut store = shared.store();
@@ -739,7 +772,7 @@ pub(crate) fn cancelled(store: &Store, id: u64, result: Result<usize, Lookup>) -
     }
 }
 
-/// `GET /queues`: every queue, `default` first.
+/// Answers `GET /queues`: every queue, `default` first.
 fn list_queues(shared: &Shared) -> Response {
     let mut body = Vec::with_capacity(128 * shared.queues.len());
     body.extend_from_slice(b"{\"queues\": [");
@@ -758,7 +791,8 @@ fn list_queues(shared: &Shared) -> Response {
     Response::json(200, body)
 }
 
-/// `GET /schedules`: every schedule, with its next and last firing.
+/// Answers `GET /schedules`: every schedule, with its next and last
+/// firing.
 fn list_schedules(shared: &Shared) -> Response {
     let mut body = Vec::with_capacity(160 * shared.config.schedules.len() + 16);
     body.extend_from_slice(b"{\"schedules\": [");
@@ -792,7 +826,7 @@ fn list_schedules(shared: &Shared) -> Response {
     Response::json(200, body)
 }
 
-/// `POST /queues/{name}/pause` (`paused`) and `/resume`: the queue
+/// Answers `POST /queues/{name}/pause` (`paused`) and `/resume`: the queue
 /// afterwards, at once or, with a journal, once the change's record is on
 /// disk ([`answer_change`]).
 fn pause_or_resume(shared: &Shared, name: Option<&str>, paused: bool) -> Reply {

@@ -1,4 +1,15 @@
-//! TODO shared
+//! The state every part of the server shares ([`Shared`]), made once at
+//! start ([`build_shared`]), and the one lock around the store.
+//!
+//! One `Arc<Shared>` reaches the listener, every connection, every worker
+//! and the due-time loop. Only the store is behind a lock; what is read
+//! without it sits beside the store, not in it: the configuration, the
+//! queues' channels, shutdown's two triggers, the journal's progress, the
+//! event log's read side, and counters kept in atomics. The lock's rule —
+//! nothing that runs under it takes it again — is stated at
+//! [`Shared::store`], which checks it in debug builds; it is why the
+//! store's methods are given `&Config` and `&[Queue]`, never `&Shared`.
+//! [`BURST`] lives here because workers and connections both keep to it.
 
 use crate::{
     config::Config,

@@ -1,4 +1,14 @@
-//! TODO submit
+//! Checking a submission: the body of `POST /tasks` (or a `--schedule`
+//! template) turned into a [`NewTask`], or the sentence of its `400`.
+//!
+//! Every rule a task must pass before it exists is here, and only here:
+//! a `--schedule` template is checked at start-up by the same
+//! [`parse_submission`], so a schedule that starts makes only tasks a POST
+//! would be given. It is pure — it reads the configuration and the clock,
+//! never the store — so a bad body is refused before the store lock is
+//! taken. Where the original Go server had an answer (`failed to read POST
+//! body`, `failed to parse work duration in request`), the sentence is
+//! kept word for word: its clients match it.
 
 use crate::{
     config::Config,
@@ -55,10 +65,10 @@ const MAX_DELAY: Duration = Duration::from_secs(366 * 86_400);
 /// are kept in memory with their task, so they are kept to a short line.
 const MAX_KEY_LEN: usize = 255;
 
-/// The original server's answer to a body it cannot read.
+/// The original server's answer to a body it cannot read, word for word.
 const BAD_BODY: &str = "failed to read POST body";
 
-/// The original server's answer to a bad `work_duration`.
+/// The original server's answer to a bad `work_duration`, word for word.
 const BAD_DURATION: &str = "failed to parse work duration in request";
 
 /// Checks a submission body and turns it into a [`NewTask`], or the

@@ -1,4 +1,14 @@
-//! TODO systemd
+//! The service manager's notifications (`sd_notify`): `READY=1` and
+//! `STOPPING=1` on `$NOTIFY_SOCKET`, for systemd's `Type=notify`.
+//!
+//! The protocol is one datagram on a Unix socket, so it is written here in
+//! a few lines ([`notify_service_manager`]) rather than taken from a crate.
+//! It is best effort by design: a server started by hand, or under another
+//! supervisor, has no socket and sends nothing, and a failure is logged,
+//! never fatal. When each word is said is main.rs's business
+//! ([`crate::supervise`]: once the listener and the workers run, and when
+//! shutdown begins); the unit that uses it is
+//! `tests/systemd/bgtasks.service`.
 
 use log::warn;
 use std::path::Path;

@@ -1,4 +1,28 @@
-//! TODO task
+//! A task as the store keeps it: its [`State`]s, its record ([`Task`]),
+//! its id as clients see it ([`TaskId`]), and the one writer of its status
+//! JSON.
+//!
+//! Everything here is plain data and pure functions on it. A task is
+//! changed only by the store ([`crate::store::Store`]), under its lock,
+//! which is why nothing here locks, journals, counts or wakes anyone: the
+//! methods below build a task, describe it ([`Task::write_json`], the
+//! status object of `GET /tasks/{id}`, of each item of `GET /tasks` and of
+//! a `409`; its journal records, [`Task::new_record`] and
+//! [`Task::state_record`]) or rebuild it from its records at replay
+//! ([`Task::from_record`], [`Task::apply`]); the line format those records
+//! take on disk is [`crate::record`]'s.
+//!
+//! Its shape is set by memory. A server may hold a million queued tasks,
+//! so a plain `sleep` task's record is 96 bytes: the members every task
+//! has are inline (short strings in a [`Text`], with no allocation), and
+//! the rest — kind, payload, timeout, error, result, retry time,
+//! idempotency key, schedule, progress — is one boxed [`Extra`], made only
+//! for the tasks that use it. A task keeps its queue and schedule as
+//! indexes into the configuration, and its creation time as its id:
+//! microseconds since the epoch, unique and increasing
+//! ([`Store::issue_id`](crate::store::Store::issue_id)), shown as 9
+//! characters of an alphabet in ASCII order, so that ids sort as strings
+//! the way tasks were made.
 
 use crate::{
     config::{Config, is_node_name},
@@ -80,7 +104,7 @@ const INLINE_TEXT: usize = 22;
 ///
 /// Tuning: the plain version is a `String`. Labels such as `"job-1234"`
 /// and durations such as `"60s"` fit inline, so a queued task costs no
-/// allocation beyond its slot in the store (about 90 bytes a task).
+/// allocation beyond its slot in the store (96 bytes a task).
 #[derive(Clone, Debug)]
 pub(crate) enum Text {
     /// Up to [`INLINE_TEXT`] bytes of UTF-8 and their length.
@@ -127,7 +151,8 @@ impl PartialEq for Text {
 #[derive(Debug)]
 pub(crate) struct Task {
     /// The server's id: microseconds since the epoch at creation, made
-    /// unique and increasing (see [`Store::issue_id`]).
+    /// unique and increasing (see
+    /// [`Store::issue_id`](crate::store::Store::issue_id)).
     pub(crate) id: u64,
     /// When the current or last attempt started, ms since the epoch; 0 if none.
     pub(crate) started_at: u64,
@@ -201,7 +226,6 @@ pub(crate) fn fingerprint(route: &str, body: &[u8]) -> u64 {
     bytes.fold(OFFSET, |hash, b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
-// How a task reads and writes journal records is in section 6.
 impl Task {
     /// Builds the record of a newly admitted task.
     pub(crate) fn from_new(id: u64, new: NewTask, state: State) -> Task {
@@ -356,9 +380,9 @@ impl Task {
         out.push(b'}');
     }
 
-    /// The record of the task's fixed members, with the names of its queue
-    /// and schedule. A task still waiting for its time or its dependencies
-    /// says so: it is still `scheduled` or `waiting`.
+    /// Returns the record of the task's fixed members, with the names of
+    /// its queue and schedule. A task still waiting for its time or its
+    /// dependencies says so: it is still `scheduled` or `waiting`.
     pub(crate) fn new_record<'a>(&'a self, names: Names<'a>) -> Record<'a> {
         let extra = self.extra.as_deref();
         let waiting = matches!(self.state, State::Scheduled | State::Waiting);
@@ -386,7 +410,7 @@ impl Task {
         }
     }
 
-    /// The record of the task's changing members. A running task is
+    /// Returns the record of the task's changing members. A running task is
     /// written as the journal sees it: queued, its attempt not counted.
     pub(crate) fn state_record(&self) -> Record<'_> {
         let extra = self.extra.as_deref();
@@ -735,8 +759,8 @@ impl Outcome {
     }
 }
 
-/// The wait before retry number `attempt + 1`: 1 s, 2 s, 4 s … capped at
-/// five minutes.
+/// Returns the wait before retry number `attempt + 1`: 1 s, 2 s, 4 s …
+/// capped at five minutes.
 pub(crate) fn backoff(attempt: u8) -> Duration {
     let secs = 1u64 << u32::from(attempt.saturating_sub(1)).min(9);
     Duration::from_secs(secs).min(MAX_BACKOFF)

@@ -1,4 +1,20 @@
-//! TODO time
+//! Time as the contract writes it: Go durations, RFC 3339 timestamps,
+//! HTTP dates, and the civil calendar under them.
+//!
+//! Written by hand because the dependency rule leaves no date crate, and
+//! because each form is small and exactly specified: [`parse_duration`]
+//! is Go's `time.ParseDuration` (the original server was Go, and its
+//! flags and bodies say `1m30s`), [`parse_rfc3339`] is RFC 3339's
+//! `date-time`, [`write_timestamp`] writes the one form every timestamp
+//! the API shows takes, and the calendar is Howard Hinnant's
+//! `civil_from_days` and its inverse. The parsers are pure and tested
+//! table-first against what Go and the RFCs say; only the `now_*`
+//! functions, [`instant_at`] and [`with_http_date`] read the clock.
+//!
+//! A task's times are wall-clock milliseconds since the epoch (0 for "not
+//! yet"), because they are shown to clients and kept in the journal
+//! across restarts; the due-time loop waits for one on the monotonic
+//! clock, converting it with [`instant_at`] when it arms its timer.
 
 use crate::json::VecWriter;
 use std::cell::Cell;
@@ -284,12 +300,11 @@ pub(crate) fn instant_at(millis: u64) -> Instant {
 
 /// Calls `f` with the current time as an HTTP date (RFC 9110 §5.6.7),
 /// such as `Sun, 06 Nov 1994 08:49:37 GMT`.
-///
-// Tuning: the plain version formats the date for each answer; each thread
-// here formats it once a second and keeps it, which spares a `core::fmt`
-// call and a division by 86,400 on every answer.
 pub(crate) fn with_http_date(f: impl FnOnce(&[u8])) {
     use std::cell::RefCell;
+    // Tuning: the plain version formats the date for each answer; each
+    // thread here formats it once a second and keeps it, which spares a
+    // `core::fmt` call and a division by 86,400 on every answer.
     thread_local! {
         static DATE: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
     }

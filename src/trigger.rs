@@ -1,4 +1,20 @@
-//! TODO trigger
+//! [`Trigger`], the one way a wait is cut short: a channel that is never
+//! sent on and is closed to fire, waking every waiter at once.
+//!
+//! Every wait that something else may have to end early races a trigger
+//! with `future::or`: shutdown's `draining` and `grace_over`
+//! ([`crate::shared::Shared`]), a running task's cancel
+//! ([`Store::cancel_trigger`](crate::store::Store::cancel_trigger)), a long
+//! poll's watch of its task ([`Store::watch`](crate::store::Store::watch)),
+//! a paused queue's resume, the journal's progress after each batch, and
+//! the idle connection asked to make room ([`crate::idle`]). A trigger
+//! fires once and stays fired, so a waiter that comes late does not wait
+//! at all; what must fire again (a watch, a resume, the journal's
+//! progress) is replaced by a fresh trigger as the old one fires.
+//!
+//! It knows nothing of what it stops: the waiter decides what a fire
+//! means. Shutdown wakes idle workers the same way, by closing the job
+//! channels themselves.
 
 use async_channel::{Receiver, Sender};
 use std::convert::Infallible;

@@ -128,6 +128,12 @@ const FLAGS: &[Flag] = &[
         .env("BGTASKS_KEEP_FINISHED")
         .default("10000")
         .range(1, MAX_KEEP_FINISHED),
+    Flag::new(
+        "--keep-finished-for",
+        "DURATION",
+        "finished tasks older than this are evicted too",
+    )
+    .env("BGTASKS_KEEP_FINISHED_FOR"),
     Flag::new("--max-body", "BYTES", "largest request body")
         .env("BGTASKS_MAX_BODY")
         .default("65536")
@@ -157,14 +163,10 @@ const FLAGS: &[Flag] = &[
         "NAME=SPEC TEMPLATE",
         "a periodic task: cron SPEC, submission TEMPLATE (repeatable)",
     ),
-    Flag::new(
-        "--max-scheduled",
-        "N",
-        "delayed tasks waiting for their time, at most",
-    )
-    .env("BGTASKS_MAX_SCHEDULED")
-    .default("100000")
-    .range(1, MAX_SCHEDULED),
+    Flag::new("--max-scheduled", "N", "delayed and waiting tasks, at most")
+        .env("BGTASKS_MAX_SCHEDULED")
+        .default("100000")
+        .range(1, MAX_SCHEDULED),
     Flag::new(
         "--node",
         "NAME",
@@ -293,7 +295,7 @@ pub(crate) struct Config {
     /// The queues, `default` (from `--workers` and `--buffer`) first, then
     /// the `--queue`s in the order given.
     pub(crate) queues: Vec<QueueConfig>,
-    /// How many delayed tasks may wait for their time at once.
+    /// How many delayed and waiting tasks may wait at once.
     pub(crate) max_scheduled: usize,
     /// The periodic tasks, in the order given.
     pub(crate) schedules: Vec<ScheduleConfig>,
@@ -307,6 +309,8 @@ pub(crate) struct Config {
     pub(crate) retry_after: u64,
     /// How many finished tasks stay queryable before the earliest go.
     pub(crate) keep_finished: usize,
+    /// How long a finished task stays queryable, if not for ever.
+    pub(crate) keep_finished_for: Option<Duration>,
     /// The largest request body accepted, in bytes.
     pub(crate) max_body: usize,
     /// How many connections may be open at once.
@@ -460,6 +464,7 @@ impl<E: Fn(&str) -> Option<String>> Flags<'_, E> {
             grace: self.required("--grace", parse_duration)?,
             retry_after: self.number("--retry-after")? as u64,
             keep_finished: self.number("--keep-finished")?,
+            keep_finished_for: self.optional("--keep-finished-for", parse_keep_for)?,
             max_body: self.number("--max-body")?,
             max_connections: self.number("--max-connections")?,
             data_dir: self.optional("--data-dir", |v| match v {
@@ -685,6 +690,22 @@ pub(crate) fn parse_token(value: &str) -> Result<String, String> {
         return Err("the token must be one or more visible ASCII characters".to_string());
     }
     Ok(value.to_string())
+}
+
+/// The longest `--keep-finished-for`: a century, past any retention
+/// policy, and far from overflowing the milliseconds it is counted in.
+const MAX_KEEP_FOR: Duration = Duration::from_secs(100 * 366 * 86_400);
+
+/// Parses `--keep-finished-for`: a duration greater than zero (a task
+/// evicted as it finishes could not be read at all), at most a century.
+fn parse_keep_for(value: &str) -> Result<Duration, String> {
+    match parse_duration(value) {
+        Ok(d) if !d.is_zero() && d <= MAX_KEEP_FOR => Ok(d),
+        Ok(_) => Err(format!(
+            "expected a duration greater than 0 and at most 36600 days, got {value:?}"
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Parses a log level name (the five, or `off`) in any case.
@@ -1013,6 +1034,14 @@ mod tests {
             parse(&["--workers", "1", "-h"], &[]),
             Ok(Command::Help)
         ));
+        assert_eq!(c.keep_finished_for, None);
+        let Ok(Command::Run(c)) = parse(&[], &[("BGTASKS_KEEP_FINISHED_FOR", "1h30m")]) else {
+            panic!()
+        };
+        assert_eq!(c.keep_finished_for, Some(Duration::from_secs(5400)));
+        for bad in ["0", "0s", "-1s", "soon", "900000h", "1e9h"] {
+            assert!(parse(&["--keep-finished-for", bad], &[]).is_err(), "{bad}");
+        }
         assert!(parse(&["--handler", "x"], &[]).is_err());
         assert!(parse(&["--handler", "sleep=/bin/true"], &[]).is_err());
         assert!(parse(&["--handler", "a b=/bin/true"], &[]).is_err());

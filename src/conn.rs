@@ -95,7 +95,7 @@ use crate::{
     response::{Delivery, Response},
     routes::{
         LongPoll, Reply, Route, Submitted, answer, answer_change, choose_route, lookup_failure,
-        not_saved, submit, task_response,
+        not_saved, retry, submit, task_response,
     },
     shared::{BURST, Shared},
     store::Lookup,
@@ -312,6 +312,22 @@ pub(crate) enum Saving {
 }
 
 impl Saving {
+    /// Splits what a submission came to into its answer and, with a
+    /// journal, what the answer waits for.
+    pub(crate) fn of(shared: &Shared, submitted: Submitted) -> (Response, Option<Saving>) {
+        match submitted {
+            Submitted::Answer(response) => (response, None),
+            Submitted::Saving(response, saved) => (response, Some(Saving::New(saved))),
+            Submitted::Repeat(response, id) => {
+                let saving = shared
+                    .journal_progress
+                    .is_some()
+                    .then_some(Saving::Repeat(id));
+                (response, saving)
+            }
+        }
+    }
+
     /// Tells, once the journal has dealt with the record, whether the task
     /// is on disk.
     pub(crate) fn saved(&self, shared: &Shared) -> bool {
@@ -479,17 +495,11 @@ impl Connection {
                     .as_deref()
                     .unwrap_or(&self.buf[head_len..consumed]);
                 let key = head.idempotency_key.clone().map(|k| &bytes[k]);
-                match submit(shared, route, key, body) {
-                    Submitted::Answer(response) => (response, None),
-                    Submitted::Saving(response, saved) => (response, Some(Saving::New(saved))),
-                    Submitted::Repeat(response, id) => {
-                        let saving = shared
-                            .journal_progress
-                            .is_some()
-                            .then_some(Saving::Repeat(id));
-                        (response, saving)
-                    }
-                }
+                Saving::of(shared, submit(shared, route, key, body))
+            }
+            Reply::Retry(id) => {
+                let key = head.idempotency_key.clone().map(|k| &bytes[k]);
+                Saving::of(shared, retry(shared, id, key))
             }
             // Boxed like the long poll below, for the same reason.
             Reply::Events(filter) => {

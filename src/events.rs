@@ -1031,6 +1031,7 @@ mod tests {
         let task = Task::from_new(id, new_task(label, 0), State::Queued);
         let names = Names {
             id: TaskId { node: "", num: id },
+            nodes: &[],
             queue: "default",
             schedule: None,
         };

@@ -134,6 +134,7 @@ pub(crate) async fn run_program(
         .env("BGTASKS_TASK_ID", work.id.to_string())
         .env("BGTASKS_TASK_KIND", work.kind.as_deref().unwrap_or("sleep"))
         .env("BGTASKS_ATTEMPT", work.attempt.to_string())
+        .env("BGTASKS_AFTER", work.after_env())
         .process_group(0);
     // The conversion keeps the program, arguments, environment and process
     // group, but not the standard streams: they are set after it.

@@ -708,6 +708,13 @@ fn replay_lines(mut reader: impl io::BufRead, config: &Config) -> Result<Replaye
 }
 
 impl Replayed {
+    /// Returns the last id of the journal's history: every task up to it
+    /// is on disk.
+    pub(crate) fn last_id(&self) -> u64 {
+        let last = self.tasks.last().map_or(0, |t| t.id);
+        last.max(self.first_id)
+    }
+
     /// Applies one record; the error says why the record is impossible.
     pub(crate) fn apply(&mut self, record: &Record, config: &Config) -> Result<(), &'static str> {
         let at = self.tasks.binary_search_by_key(&record.id, |t| t.id);
@@ -888,6 +895,11 @@ pub(crate) mod tests {
                 queue: 1,
                 run_at: 1_796_000_000_050,
                 schedule: Some(0),
+                after: Some(Box::new([IdRef {
+                    num: 1_795_000_000_000_000,
+                    node: Text::new(""),
+                }])),
+                retry_of: Some(1_794_000_000_000_000),
             },
             State::Queued,
         );
@@ -913,6 +925,7 @@ pub(crate) mod tests {
                 node: "b_",
                 num: task.id,
             },
+            nodes: &[(0, "b_")],
             queue: "thumbs",
             schedule: Some("nightly"),
         };
@@ -989,10 +1002,10 @@ pub(crate) mod tests {
         };
         writer.commit(&mut waiting_records(&rx), &shared, &progress);
         // Two cancels: the second joins the first, which writes one record.
-        let Ok(Cancel::Saving(first)) = shared.store().cancel(id) else {
+        let Ok(Cancel::Saving(first)) = shared.store().cancel(id, &shared.queues) else {
             panic!("a cancel waits for its record")
         };
-        let Ok(Cancel::Saving(second)) = shared.store().cancel(id) else {
+        let Ok(Cancel::Saving(second)) = shared.store().cancel(id, &shared.queues) else {
             panic!("a cancel waits for its record")
         };
         // The task starts before the record is written: the record says
@@ -1035,7 +1048,7 @@ pub(crate) mod tests {
             panic!("admitted")
         };
         // A cancel is journaled first, and made once its record is on disk.
-        let Ok(Cancel::Saving(cancel_saved)) = shared.store().cancel(id) else {
+        let Ok(Cancel::Saving(cancel_saved)) = shared.store().cancel(id, &shared.queues) else {
             panic!("a cancel waits for its record")
         };
         assert_eq!(shared.store().get(id).unwrap().state, State::Queued);
@@ -1187,7 +1200,7 @@ pub(crate) mod tests {
                     r#"{"op":"state","id":10,"state":"running","attempt":1}"#,
                 ],
                 b"",
-                Err((2, "a running or scheduled state is never written")),
+                Err((2, "a running or waiting state is never written")),
             ),
             (
                 &[
@@ -1200,15 +1213,25 @@ pub(crate) mod tests {
             (
                 &[
                     NEW_A,
-                    r#"{"op":"state","id":10,"state":"scheduled","attempt":0}"#,
+                    r#"{"op":"state","id":10,"state":"waiting","attempt":0}"#,
                 ],
                 b"",
-                Err((2, "a running or scheduled state is never written")),
+                Err((2, "a running or waiting state is never written")),
             ),
             (
                 &[r#"{"op":"new","id":10,"max_attempts":1,"state":"queued"}"#],
                 b"",
-                Err((1, "a new task is queued or scheduled")),
+                Err((1, "a new task is queued, scheduled or waiting")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":1,"state":"waiting"}"#],
+                b"",
+                Err((1, "a waiting task has dependencies")),
+            ),
+            (
+                &[r#"{"op":"new","id":10,"max_attempts":1,"after":[]}"#],
+                b"",
+                Err((1, "after names 1 to 32 tasks")),
             ),
             (
                 &[r#"{"op":"new","id":10,"max_attempts":1,"queue":"Bad Name"}"#],

@@ -1,17 +1,21 @@
 //! Everything that must happen at a time: one heap, one timer, one task.
 //!
 //! A delayed task's `run_at`, a retry's backoff, a `--schedule`'s next
-//! firing and a `--rate`'s next token are each one entry in one binary
-//! heap of due times, served by one task, [`run`], with one
-//! `async_io::Timer` armed for the earliest. A thousand delayed tasks cost
-//! a thousand heap entries, not a thousand timers; the heap is pruned of
-//! cancelled ones past [`SLACK`], so a client that delays and cancels
-//! far-off tasks cannot grow it for ever.
+//! A delayed task's `run_at`, a retry's backoff, a `--schedule`'s next
+//! firing, the next eviction by age (`--keep-finished-for`) and a
+//! `--rate`'s next token are each one entry in one binary heap of due
+//! times, served by one task, [`run`], with one `async_io::Timer` armed for
+//! the earliest. A thousand delayed tasks cost a thousand heap entries,
+//! not a thousand timers; ten thousand finished tasks to evict by age cost
+//! one entry, for the earliest of them, armed again after each eviction;
+//! the heap is pruned of cancelled ones past [`SLACK`], so a client that
+//! delays and cancels far-off tasks cannot grow it for ever.
 //!
 //! This module owns only the clock. What coming due means is the store's
 //! business ([`Store::make_due`](crate::store::Store::make_due) puts a task
 //! into its queue, or among those waiting for room;
 //! [`Store::fire`](crate::store::Store::fire) makes a schedule's task;
+//! [`Store::expire`](crate::store::Store::expire) evicts what is too old;
 //! [`Store::refill_bucket`](crate::store::Store::refill_bucket) wakes the
 //! workers that wait for a token):
 //! the loop never waits for a queue, so one full queue holds up neither
@@ -45,6 +49,9 @@ pub(crate) enum Due {
     Task(u64),
     /// A schedule's next firing: its index.
     Schedule(usize),
+    /// The earliest finished task's eviction by age: the heap holds one
+    /// such entry at most.
+    Expiry,
     /// The next token of a queue's `--rate`: the queue's index.
     Token(usize),
 }
@@ -109,7 +116,7 @@ pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, Due)>) {
 }
 
 /// Takes every entry due by now off the heap and acts on it; a schedule
-/// goes back in at its next firing.
+/// goes back in at its next firing, an eviction by age at the next.
 fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
     let now = now_millis();
     while let Some(&Reverse((at, what))) = due.peek()
@@ -125,6 +132,11 @@ fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
                     due.push(Reverse((next, what)));
                 }
             }
+            Due::Expiry => {
+                if let Some(next) = shared.store().expire(now) {
+                    due.push(Reverse((next, what)));
+                }
+            }
         }
     }
 }
@@ -134,13 +146,13 @@ fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
 fn prune(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
     let store = shared.store();
     let live = store.count(State::Scheduled) + store.count(State::Queued);
-    if due.len() <= live + shared.config.schedules.len() + SLACK {
+    if due.len() <= live + shared.config.schedules.len() + 1 + SLACK {
         return;
     }
     due.retain(|Reverse((_, what))| match what {
         Due::Task(id) => store
             .get(*id)
             .is_some_and(|t| matches!(t.state, State::Scheduled | State::Queued)),
-        Due::Schedule(_) | Due::Token(_) => true,
+        Due::Schedule(_) | Due::Expiry | Due::Token(_) => true,
     });
 }

@@ -240,10 +240,11 @@
 //! | [`json`] | JSON written by hand: strings, numbers, optional members |
 //! | [`task`] | a task's record, its states and ids, the one status writer |
 //! | [`store`] | every task behind one lock: admission and every change |
+//! | [`deps`] | which waiting tasks wait for which (`after`), and their fate |
 //! | [`queue`] | a queue's channel and what changes about it under the lock |
 //! | [`shared`] | what every task shares, and the rule of the store's lock |
 //! | [`trigger`] | the one-shot broadcast every cut-short wait races |
-//! | [`later`] | the one due-time heap: delays, retries, schedule firings |
+//! | [`later`] | the one due-time heap: delays, retries, schedule firings, eviction by age |
 //! | [`cron`] | `--schedule` specs and their next firings |
 //! | [`handlers`] | programs in process groups, their output and progress |
 //! | [`record`] | the journal's line format: records and checksums |
@@ -271,6 +272,7 @@ mod client_output;
 mod config;
 mod conn;
 mod cron;
+mod deps;
 mod events;
 mod handlers;
 mod http;
@@ -714,7 +716,9 @@ async fn work(shared: Arc<Shared>, q: usize, _done: Sender<()>) {
             );
         }
         let ended = outcome.name();
-        let retry = shared.store().end_attempt(id.num, q, outcome);
+        let retry = shared
+            .store()
+            .end_attempt(id.num, q, outcome, &shared.queues);
         let retry = if retry.is_some() {
             ", to be retried"
         } else {

@@ -179,6 +179,12 @@ pub(crate) fn render(shared: &Shared) -> Response {
                 store.count(State::Scheduled) as u64,
             ),
             Family::one(
+                "bgtasks_tasks_waiting",
+                "gauge",
+                "Tasks waiting for their dependencies (after) to succeed.",
+                store.count(State::Waiting) as u64,
+            ),
+            Family::one(
                 "bgtasks_tasks_accepted_total",
                 "counter",
                 "Tasks created by requests and by schedules' firings; \

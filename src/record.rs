@@ -20,7 +20,7 @@
 
 use crate::{
     config::{check_name, is_node_name},
-    task::{MAX_ATTEMPTS, State},
+    task::{MAX_AFTER, MAX_ATTEMPTS, State},
 };
 use serde::Deserialize;
 
@@ -116,11 +116,18 @@ pub(crate) struct Record<'a> {
     /// The `--node` of the server that made the task.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) node: Option<std::borrow::Cow<'a, str>>,
+    /// The ids of the tasks it runs after, in the order given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) after: Option<std::borrow::Cow<'a, [u64]>>,
+    /// The id of the task it retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) retry_of: Option<u64>,
     /// The last progress, as JSON text.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) progress: Option<std::borrow::Cow<'a, str>>,
-    /// The state's name: `scheduled` in a `new` record of a delayed task;
-    /// in a `state` record, any but `running` and `scheduled`.
+    /// The state's name: `scheduled` or `waiting` in a `new` record of a
+    /// delayed task or of one with `after`; in a `state` record, any but
+    /// `running` and `waiting`.
     #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
     pub(crate) state: Option<std::borrow::Cow<'a, str>>,
     /// The attempt number as the journal counts it (a running attempt is
@@ -204,8 +211,24 @@ impl Record<'_> {
                 Err("max_attempts is out of range")
             }
             Some(Op::New) if !is_json(&self.payload) => Err("the payload is not JSON"),
-            Some(Op::New) if self.state.as_deref().is_some_and(|s| s != "scheduled") => {
-                Err("a new task is queued or scheduled")
+            Some(Op::New)
+                if self
+                    .state
+                    .as_deref()
+                    .is_some_and(|s| s != "scheduled" && s != "waiting") =>
+            {
+                Err("a new task is queued, scheduled or waiting")
+            }
+            Some(Op::New)
+                if self
+                    .after
+                    .as_deref()
+                    .is_some_and(|a| a.is_empty() || a.len() > MAX_AFTER) =>
+            {
+                Err("after names 1 to 32 tasks")
+            }
+            Some(Op::New) if self.state.as_deref() == Some("waiting") && self.after.is_none() => {
+                Err("a waiting task has dependencies")
             }
             Some(Op::New | Op::Pause)
                 if self
@@ -224,8 +247,8 @@ impl Record<'_> {
             Some(Op::State) if self.state.as_deref().and_then(State::from_name).is_none() => {
                 Err("the state is unknown")
             }
-            Some(Op::State) if matches!(self.state.as_deref(), Some("running" | "scheduled")) => {
-                Err("a running or scheduled state is never written")
+            Some(Op::State) if matches!(self.state.as_deref(), Some("running" | "waiting")) => {
+                Err("a running or waiting state is never written")
             }
             Some(Op::State) if !is_json(&self.result) => Err("the result is not JSON"),
             Some(Op::State) if !is_json(&self.progress) => Err("the progress is not JSON"),

@@ -61,6 +61,8 @@ pub(crate) enum Route {
     Status(Option<IdRef>),
     /// `POST /tasks/{id}/cancel`.
     Cancel(Option<IdRef>),
+    /// `POST /tasks/{id}/retry`.
+    Retry(Option<IdRef>),
     /// `GET /healthz`.
     Health,
     /// `GET /metrics`.
@@ -177,6 +179,7 @@ fn resource(path: &[u8]) -> Result<Option<Resource>, HttpError> {
         },
         (2, b"tasks", _, _) => Resource::get(Route::Status(id())),
         (3, b"tasks", _, b"cancel") => Resource::post(Route::Cancel(id())),
+        (3, b"tasks", _, b"retry") => Resource::post(Route::Retry(id())),
         (1, b"healthz", _, _) => Resource::get(Route::Health),
         (1, b"metrics", _, _) => Resource::get(Route::Metrics),
         (1, b"queues", _, _) => Resource::get(Route::Queues),
@@ -226,6 +229,9 @@ pub(crate) enum Reply {
     /// A submission to the route with this path: admit it and, with a
     /// journal, wait for the disk.
     Submit(&'static str),
+    /// `POST /tasks/{id}/retry`: a submission too, made of the task `id`
+    /// names.
+    Retry(Option<IdRef>),
     /// `GET /events` with these filters: stream.
     Events(EventFilter),
     /// A cancel, pause or resume, with a journal: answered once its record
@@ -260,6 +266,7 @@ pub(crate) fn answer(shared: &Shared, route: Route, head: &Head, bytes: &[u8]) -
     let query = head.query.clone().map(|q| &bytes[q]);
     Reply::Now(match route {
         Route::Submit(route) => return Reply::Submit(route),
+        Route::Retry(id) => return Reply::Retry(id),
         Route::List => list_tasks(shared, query),
         Route::Status(id) => return task_status(shared, id, query, head.method),
         Route::Cancel(id) => return cancel_task(shared, id),
@@ -325,11 +332,12 @@ pub(crate) fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u
     // plain version would ask `Store::admit`): full at this instant is
     // reason enough, and the lock stays free for the work — the 503 path
     // then costs less than the 202 path. A repeated key must still find
-    // its task, a delayed task needs no room, and shutdown has its own
-    // answer.
+    // its task, a delayed or waiting task needs no room, and shutdown has
+    // its own answer.
     let queue = &shared.queues[usize::from(new.queue)];
     if new.key.is_none()
         && new.run_at == 0
+        && new.after.is_none()
         && queue.jobs_tx.is_full()
         && !shared.draining.is_fired()
     {
@@ -339,6 +347,50 @@ pub(crate) fn submit(shared: &Shared, route: &str, key: Option<&[u8]>, body: &[u
     // One statement: the guard is dropped at its end, and the answer is
     // made without the lock (see `Shared::store`).
     let admission = shared.store().admit(new, &shared.queues);
+    admitted(shared, admission, label)
+}
+
+/// `POST /tasks/{id}/retry`: submits the failed or cancelled task again,
+/// answered like a submission.
+pub(crate) fn retry(shared: &Shared, id: Option<IdRef>, key: Option<&[u8]>) -> Submitted {
+    let Some(id) = id else {
+        return Submitted::Answer(lookup_failure(Lookup::Unknown));
+    };
+    // The route and the old id are what a retry's request is: its key is
+    // fingerprinted with them, so the same key on another task is a 422.
+    let route = format!("/tasks/{id}/retry");
+    let key = match key.map(|key| parse_key(key, &route, b"")).transpose() {
+        Ok(key) => key,
+        Err(response) => return Submitted::Answer(response),
+    };
+    let mut store = shared.store();
+    let admission = match store.retry(&id, key, &shared.queues) {
+        Ok(admission) => admission,
+        Err(Lookup::Found(i)) => {
+            let task = store.task(i);
+            let sentence = format!(
+                "the task is {}: only a failed or cancelled task can be retried",
+                task.state.name()
+            );
+            let mut body = Vec::with_capacity(384);
+            body.push(b'{');
+            task.write_members(&mut body, store.names(task), Some(&sentence));
+            body.push(b'}');
+            return Submitted::Answer(Response::json(409, body));
+        }
+        Err(other) => return Submitted::Answer(lookup_failure(other)),
+    };
+    let label = match &admission {
+        Admission::Created(task_id, ..) => store.get(task_id.num).and_then(|t| t.label.clone()),
+        _ => None,
+    };
+    drop(store);
+    admitted(shared, admission, label)
+}
+
+/// Answers a submission from what the store made of it: `202` (with the
+/// task's `label`), a repeat's `200`, or a refusal.
+fn admitted(shared: &Shared, admission: Admission, label: Option<Text>) -> Submitted {
     let (task_id, state, saved) = match admission {
         Admission::Created(task_id, state, saved) => (task_id, state, saved),
         Admission::Repeat(task_id, label, state) => {
@@ -410,6 +462,8 @@ fn refusal(shared: &Shared, refused: Admission) -> Response {
             ..Response::error(503, "too many scheduled tasks, try again later")
         },
         Admission::ShuttingDown => Response::error(503, "server is shutting down"),
+        Admission::BadAfter(sentence) => Response::error(400, &sentence),
+        Admission::BadItem(index, sentence) => bad_item(&sentence, Some(index)),
         // A full queue, or (not a refusal) a task made or repeated, which
         // the caller answers itself.
         _ => queue_full(shared),
@@ -631,7 +685,7 @@ impl<'a> ListQuery<'a> {
 
 /// The answer to an unknown `state` filter.
 const BAD_STATE: &str =
-    "state must be one of scheduled, queued, running, succeeded, failed, cancelled";
+    "state must be one of waiting, scheduled, queued, running, succeeded, failed, cancelled";
 
 /// The answer to a `before` that is not an id this server issued.
 const BAD_BEFORE: &str = "before must be the id of a task this server made";
@@ -771,7 +825,7 @@ fn cancel_task(shared: &Shared, id: Option<IdRef>) -> Reply {
         Some((other, _)) => return Reply::Now(lookup_failure(other)),
         None => return Reply::Now(lookup_failure(Lookup::Unknown)),
     };
-    Reply::Now(match store.cancel(id) {
+    Reply::Now(match store.cancel(id, &shared.queues) {
         Ok(Cancel::Saving(saved)) => return Reply::Change(Pending::Cancel(id, saved)),
         Ok(Cancel::Made(i)) => cancelled(&store, id, Ok(i)),
         Err(why) => cancelled(&store, id, Err(why)),
@@ -1158,6 +1212,19 @@ mod tests {
                 Ok(Route::NotAllowed("POST")),
             ),
             (
+                format!("POST /tasks/{id_text}/retry"),
+                None,
+                Ok(Route::Retry(Some(IdRef {
+                    num: id,
+                    node: Text::new(""),
+                }))),
+            ),
+            (
+                "POST /tasks/nope/retry".into(),
+                None,
+                Ok(Route::Retry(None)),
+            ),
+            (
                 format!("POST /tasks/{id_text}/cancel/x"),
                 None,
                 Ok(Route::NotFound),
@@ -1234,6 +1301,7 @@ mod tests {
                 Route::List => ("/tasks", "get"),
                 Route::Status(_) => ("/tasks/{id}", "get"),
                 Route::Cancel(_) => ("/tasks/{id}/cancel", "post"),
+                Route::Retry(_) => ("/tasks/{id}/retry", "post"),
                 Route::Health => ("/healthz", "get"),
                 Route::Metrics => ("/metrics", "get"),
                 Route::Queues => ("/queues", "get"),
@@ -1290,6 +1358,7 @@ mod tests {
             ("get", "/tasks/"),
             ("get", "/tasks/AAAAAAAAA"),
             ("post", "/tasks/AAAAAAAAA/cancel"),
+            ("post", "/tasks/AAAAAAAAA/retry"),
             ("get", "/healthz"),
             ("get", "/metrics"),
             ("get", "/queues"),

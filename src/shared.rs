@@ -145,11 +145,12 @@ pub(crate) fn build_shared(
     let mut store = Store::new(&config, due_tx, events.clone());
     let mut writer = None;
     let journal = data.map(|data| {
-        store.restore(data.replayed, &queues);
-        // Replayed tasks are on disk already.
-        let progress = Arc::new(JournalProgress::new(store.last_id()));
+        // Replayed tasks are on disk already; what restoring them changes
+        // (a dependency that ended while the server was down) is journaled.
+        let progress = Arc::new(JournalProgress::new(data.replayed.last_id()));
         let (tx, rx) = async_channel::unbounded();
         store.attach_journal(JournalSender::new(tx, progress.clone()));
+        store.restore(data.replayed, &queues);
         writer = Some((rx, data.writer, data.lock));
         progress
     });

@@ -24,6 +24,9 @@
 //! can take the lock again: the store holds no path back to its own
 //! mutex, and its methods are given `&Config` and `&[Queue]`, never the
 //! `Shared` that could lock.
+//! What a change brings about — tasks waiting for it released, or
+//! cancelled down a chain ([`crate::deps`] says which) — goes through the
+//! same choke point, each once, in a worklist rather than by recursion.
 //!
 //! With `--data-dir`, the store is where the journal's durability
 //! protocol begins (records are sent in the order the changes happen,
@@ -82,15 +85,16 @@
 use crate::{
     config::Config,
     cron::{ScheduleState, firing_after},
+    deps::{Deps, Fate, blocked_error, check_after, fate},
     events::EventLog,
     journal::{Awaiting, Cancelling, Change, JournalEntry, JournalSender, Replayed, write_version},
     later::Due,
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
-    submit::parse_submission,
+    submit::{MAX_BATCH, parse_submission},
     task::{
         Cancel, IdRef, IdempotencyKey, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text,
-        Work, backoff,
+        Work, backoff, task_id_in,
     },
     time::{now_micros, now_millis},
     trigger::Trigger,
@@ -109,8 +113,10 @@ const TOMBSTONE_SWEEP: usize = 64;
 /// so that it is made after the lock is released.
 #[derive(Debug)]
 pub(crate) enum Admission {
-    /// The task was created with this id, queued or scheduled; with a
-    /// journal, the receiver tells whether its record reached the disk.
+    /// The task was created with this id, in this state (`waiting`,
+    /// `scheduled`, `queued`, or `cancelled` when a dependency had ended
+    /// badly already); with a journal, the receiver tells whether its
+    /// record reached the disk.
     Created(TaskId, State, Option<Receiver<bool>>),
     /// The idempotency key names a retained task, made by the same
     /// request: its id, label and state.
@@ -119,8 +125,12 @@ pub(crate) enum Admission {
     KeyReused,
     /// The task's queue is full.
     Full,
-    /// `--max-scheduled` delayed tasks are waiting already.
+    /// `--max-scheduled` delayed and waiting tasks are waiting already.
     TooManyScheduled,
+    /// An id of its `after` names no retained task: the `400`'s sentence.
+    BadAfter(String),
+    /// An item of a batch: the `400`'s sentence for the item at this index.
+    BadItem(usize, String),
     /// Shutdown has begun.
     ShuttingDown,
 }
@@ -129,6 +139,21 @@ pub(crate) enum Admission {
 /// with a journal the receiver told whether their records reached the
 /// disk.
 pub(crate) type Batch = (Vec<(TaskId, State)>, Option<Receiver<bool>>);
+
+/// Where a batch's items stand in for their ids, counting down, while
+/// their fates are planned before any has an id: far above any id, which
+/// is a time in microseconds.
+const BATCH_ITEM: u64 = u64::MAX;
+
+/// Returns the id a planned fate's dependency has: its own, or, for an
+/// item of the batch ([`BATCH_ITEM`] minus its index), the one it was
+/// given.
+fn in_batch(dep: u64, ids: &[u64]) -> u64 {
+    match dep.checked_sub(BATCH_ITEM - MAX_BATCH as u64) {
+        Some(_) => ids[(BATCH_ITEM - dep) as usize],
+        None => dep,
+    }
+}
 
 /// What a worker finds when it takes a task from its queue.
 #[derive(Debug)]
@@ -181,11 +206,14 @@ pub(crate) struct Store {
     queues: Vec<QueueState>,
     /// Each schedule's firings, indexed like [`Config::schedules`].
     schedules: Vec<ScheduleState>,
-    /// Where what must happen at a time goes (delayed tasks, retries, a
-    /// `--rate`'s next token): the due-time loop, as (due ms, what).
+    /// Where what must wait for a time goes (delayed tasks, retries, the
+    /// next eviction by age, a `--rate`'s next token): the due-time loop,
+    /// as (due ms, what).
     due_tx: Sender<(u64, Due)>,
-    /// How many delayed tasks may wait at once.
+    /// How many delayed and waiting tasks may wait at once.
     max_scheduled: usize,
+    /// Which waiting tasks wait for which tasks.
+    deps: Deps,
     /// Idempotency keys of retained tasks.
     keys: HashMap<Box<str>, u64>,
     /// The ids of each batch that came with an idempotency key, by its
@@ -210,6 +238,11 @@ pub(crate) struct Store {
     last_id: u64,
     /// How many finished tasks to keep.
     keep_finished: usize,
+    /// How long finished tasks are kept (`--keep-finished-for`), in ms.
+    keep_for: Option<u64>,
+    /// Whether the due-time loop holds the entry of the next eviction by
+    /// age: one entry, for the earliest finished task, at any time.
+    expiry_armed: bool,
     /// What `/metrics` reports.
     counters: Counters,
     /// Set once shutdown begins: submissions get `503`.
@@ -238,6 +271,7 @@ impl Store {
             schedules: config.schedules.iter().map(ScheduleState::new).collect(),
             due_tx,
             max_scheduled: config.max_scheduled,
+            deps: Deps::default(),
             keys: HashMap::new(),
             batches: HashMap::new(),
             watchers: HashMap::new(),
@@ -247,6 +281,8 @@ impl Store {
             first_id: 0,
             last_id: 0,
             keep_finished: config.keep_finished,
+            keep_for: config.keep_finished_for.map(|d| d.as_millis() as u64),
+            expiry_armed: false,
             counters: Counters::default(),
             closed: false,
             journal_tx: None,
@@ -344,35 +380,52 @@ impl Store {
     }
 
     /// Admits a new task: puts its id into its queue's channel (or, for a
-    /// delayed task, hands it to the due-time loop) and records it, both or
-    /// neither. The caller holds the store lock, so no worker can receive
-    /// the id before the record exists.
+    /// delayed task, hands it to the due-time loop; a task with
+    /// dependencies not yet succeeded waits for them) and records it, both
+    /// or neither. The caller holds the store lock, so no worker can
+    /// receive the id before the record exists. A task whose dependency
+    /// has ended badly already is created and cancelled at once: the same
+    /// outcome as if it had ended a moment later.
     pub(crate) fn admit(&mut self, new: NewTask, queues: &[Queue]) -> Admission {
         if self.closed {
             return Admission::ShuttingDown;
         }
-        if let Some(key) = &new.key
-            && let Some(repeat) = self.repeat(key)
-        {
+        if let Some(repeat) = new.key.as_ref().and_then(|key| self.repeat(key)) {
             return repeat;
         }
+        let fate = match new.after.as_deref() {
+            None => Fate::Ready,
+            Some(after) => match check_after(self, after) {
+                Ok(after) => fate(&after, |dep| self.get(dep).map(|t| t.state)),
+                Err(sentence) => return Admission::BadAfter(sentence),
+            },
+        };
         let id = self.issue_id();
         let q = usize::from(new.queue);
         let delayed = new.run_at > now_millis();
-        if delayed {
-            if self.counts[State::Scheduled as usize] >= self.max_scheduled {
+        let state = match fate {
+            Fate::Ready if !delayed => {
+                if self.queues[q].depth >= queues[q].capacity {
+                    return Admission::Full;
+                }
+                match queues[q].jobs_tx.try_send(id) {
+                    Ok(()) => self.queues[q].depth += 1,
+                    Err(TrySendError::Full(_)) => return Admission::Full,
+                    Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
+                }
+                State::Queued
+            }
+            // Cancelled at once, below: it never waits.
+            Fate::Blocked(..) => State::Waiting,
+            _ if self.count(State::Scheduled) + self.count(State::Waiting)
+                >= self.max_scheduled =>
+            {
                 return Admission::TooManyScheduled;
             }
-        } else if self.queues[q].depth >= queues[q].capacity {
-            return Admission::Full;
-        } else {
-            match queues[q].jobs_tx.try_send(id) {
-                Ok(()) => self.queues[q].depth += 1,
-                Err(TrySendError::Full(_)) => return Admission::Full,
-                Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
-            }
-        }
-        let state = self.record_new(id, new, delayed);
+            Fate::Ready => State::Scheduled,
+            Fate::Waiting(_) => State::Waiting,
+        };
+        self.record_new(id, new, state);
         let saved = self.journal_tx.is_some().then(|| {
             let (done, saved) = async_channel::bounded(1);
             let mut line = Vec::with_capacity(160);
@@ -380,17 +433,22 @@ impl Store {
             self.log(line, Awaiting::New { id, done });
             saved
         });
-        self.publish_new();
+        let state = self.meet_fate(id, fate, state, queues);
         Admission::Created(self.task_id(id), state, saved)
     }
 
     /// Admits a batch (section 15): every task or none. Everything is
-    /// checked first — each queue's room for all of the batch's tasks in
-    /// it, and `--max-scheduled` for all of its delayed ones — and only
-    /// then is each task made as [`Store::admit`] makes one; all under the
-    /// one lock, so no other submission can take the room meanwhile. With
-    /// a journal the batch is one entry: one write, one fsync. An
-    /// idempotency key names the first task, and the batch's ids are kept.
+    /// checked first — each item's `after`, each queue's room for all of
+    /// the batch's tasks in it, and `--max-scheduled` for all of its
+    /// delayed and waiting ones — and only then is each task made as
+    /// [`Store::admit`] makes one; all under the one lock, so no other
+    /// submission can take the room meanwhile. An item's `after` may name
+    /// an earlier item (`"#N"`), which gets its real id. With a journal the
+    /// batch is one entry: one write, one fsync; its tasks meet their fate
+    /// (wait, or are cancelled for a dependency that ended badly) once its
+    /// `new` records are on their way, so that no record of theirs comes
+    /// before those. An idempotency key names the first task, and the
+    /// batch's ids are kept.
     pub(crate) fn admit_batch(
         &mut self,
         news: Vec<NewTask>,
@@ -400,21 +458,38 @@ impl Store {
         if self.closed {
             return Err(Admission::ShuttingDown);
         }
-        if let Some(key) = &key
-            && let Some(repeat) = self.repeat(key)
-        {
+        if let Some(repeat) = key.as_ref().and_then(|key| self.repeat(key)) {
             return Err(repeat);
         }
         let now = now_millis();
         let mut room = vec![0; self.queues.len()];
-        let mut delayed = 0;
-        for new in &news {
-            match new.run_at > now {
-                true => delayed += 1,
-                false => room[usize::from(new.queue)] += 1,
-            }
+        let mut later = 0;
+        let mut plans: Vec<(Fate, State)> = Vec::with_capacity(news.len());
+        for (i, new) in news.iter().enumerate() {
+            let fate = match new.after.as_deref() {
+                None => Fate::Ready,
+                Some(after) => match self.batch_fate(after, &plans) {
+                    Ok(fate) => fate,
+                    Err(sentence) => return Err(Admission::BadItem(i, sentence)),
+                },
+            };
+            let state = match fate {
+                Fate::Ready if new.run_at <= now => {
+                    room[usize::from(new.queue)] += 1;
+                    State::Queued
+                }
+                Fate::Blocked(..) => State::Waiting,
+                Fate::Ready => State::Scheduled,
+                Fate::Waiting(_) => State::Waiting,
+            };
+            later += usize::from(matches!(
+                (&fate, state),
+                (Fate::Waiting(_), _) | (Fate::Ready, State::Scheduled)
+            ));
+            plans.push((fate, state));
         }
-        if delayed > 0 && self.counts[State::Scheduled as usize] + delayed > self.max_scheduled {
+        let waiting = self.count(State::Scheduled) + self.count(State::Waiting);
+        if later > 0 && waiting + later > self.max_scheduled {
             return Err(Admission::TooManyScheduled);
         }
         let full =
@@ -422,17 +497,24 @@ impl Store {
         if room.iter().enumerate().any(full) {
             return Err(Admission::Full);
         }
-        let keyed = key.is_some();
         let mut line = self
             .journal_tx
             .as_ref()
             .map(|_| Vec::with_capacity(news.len() * 160));
-        let mut made = Vec::with_capacity(news.len());
-        for mut new in news {
-            new.key = key.clone();
+        let mut ids: Vec<u64> = Vec::with_capacity(news.len());
+        for (mut new, &(_, state)) in news.into_iter().zip(&plans) {
             let id = self.issue_id();
-            let (q, delayed) = (usize::from(new.queue), new.run_at > now);
-            if !delayed {
+            new.key = key.clone();
+            // "#N" becomes the id item N was given.
+            for dep in new.after.iter_mut().flat_map(|a| a.iter_mut()) {
+                if let Some(n) = dep.batch_item() {
+                    let num = ids[n];
+                    let node = Text::new(self.task_id(num).node);
+                    *dep = IdRef { num, node };
+                }
+            }
+            if state == State::Queued {
+                let q = usize::from(new.queue);
                 // The room was checked: the queue's depth counts at least
                 // what its channel holds. Were the channel full anyway,
                 // the task would wait for room like a retry, not be lost.
@@ -441,40 +523,113 @@ impl Store {
                 }
                 self.queues[q].depth += 1;
             }
-            let state = self.record_new(id, new, delayed);
+            self.record_new(id, new, state);
             if let Some(line) = &mut line {
                 self.write_new(line);
             }
-            self.publish_new();
-            made.push((self.task_id(id), state));
+            ids.push(id);
         }
-        let ids: Vec<u64> = made.iter().map(|(id, _)| id.num).collect();
-        if keyed && let Some(&first) = ids.first() {
+        if key.is_some()
+            && let Some(&first) = ids.first()
+        {
             self.batches.insert(first, ids.clone());
         }
-        let ids = ids.into_boxed_slice();
         let saved = line.map(|line| {
             let (done, saved) = async_channel::bounded(1);
+            let ids = ids.clone().into_boxed_slice();
             self.log(line, Awaiting::Batch { ids, done });
             saved
         });
+        let mut made = Vec::with_capacity(ids.len());
+        for (&id, (fate, state)) in ids.iter().zip(plans) {
+            let fate = match fate {
+                Fate::Waiting(on) => Fate::Waiting(on.iter().map(|&d| in_batch(d, &ids)).collect()),
+                Fate::Blocked(dep, ended) => Fate::Blocked(in_batch(dep, &ids), ended),
+                Fate::Ready => Fate::Ready,
+            };
+            let state = self.meet_fate(id, fate, state, queues);
+            made.push((self.task_id(id), state));
+        }
         Ok((made, saved))
     }
 
-    /// Answers a submission whose idempotency key names a retained task:
-    /// a repeat of the request that made it, or a different request.
-    fn repeat(&self, key: &IdempotencyKey) -> Option<Admission> {
-        let &id = self.keys.get(&key.text)?;
-        let task = self.get(id);
-        let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
-        Some(match first.map_or(0, |k| k.fingerprint) {
-            f if f == 0 || f == key.fingerprint => Admission::Repeat(
-                self.task_id(id),
-                task.and_then(|t| t.label.clone()),
-                task.map_or(State::Queued, |t| t.state),
-            ),
-            _ => Admission::KeyReused,
-        })
+    /// Finds what its `after` makes of a batch's item whose earlier items
+    /// are planned as `plans`: its ids must name retained tasks, and its
+    /// `"#N"`s earlier items (checked when the body was read). An earlier
+    /// item stands for its dependents as a task not yet ended, or as a
+    /// cancelled one if it is to be cancelled itself; in the fate it is
+    /// [`BATCH_ITEM`] minus its index, until it has its id ([`in_batch`]).
+    fn batch_fate(&self, after: &[IdRef], plans: &[(Fate, State)]) -> Result<Fate, String> {
+        let ids: Vec<IdRef> = after
+            .iter()
+            .filter(|d| d.batch_item().is_none())
+            .cloned()
+            .collect();
+        check_after(self, &ids)?;
+        let deps: Vec<u64> = after
+            .iter()
+            .map(|d| d.batch_item().map_or(d.num, |n| BATCH_ITEM - n as u64))
+            .collect();
+        Ok(fate(&deps, |dep| {
+            match dep.checked_sub(BATCH_ITEM - MAX_BATCH as u64) {
+                Some(_) => match plans.get((BATCH_ITEM - dep) as usize) {
+                    Some((Fate::Blocked(..), _)) => Some(State::Cancelled),
+                    _ => Some(State::Waiting),
+                },
+                None => self.get(dep).map(|t| t.state),
+            }
+        }))
+    }
+
+    /// Records a new task whose place in its queue (or the due-time loop's
+    /// word, if it is scheduled) is taken: the store's record, its key and
+    /// the counters.
+    fn record_new(&mut self, id: u64, new: NewTask, state: State) {
+        if self.first_id == 0 {
+            self.first_id = id;
+        }
+        self.last_id = id;
+        self.counters.accepted += 1;
+        if let Some(key) = &new.key {
+            // A batch's later tasks carry the key too (for a restart to
+            // find them), but it names the first.
+            self.keys.entry(key.text.clone()).or_insert(id);
+        }
+        if state == State::Scheduled {
+            // The due-time loop ends only at shutdown, when it no longer matters.
+            let _ = self.due_tx.try_send((new.run_at, Due::Task(id)));
+        }
+        self.insert(Task::from_new(id, new, state));
+    }
+
+    /// Appends the `new` record of the task just recorded.
+    fn write_new(&self, line: &mut Vec<u8>) {
+        if let Some(task) = self.tasks.back() {
+            write_record(line, &task.new_record(self.names(task)));
+        }
+    }
+
+    /// Tells the event streams of new task `id`, then makes what its
+    /// dependencies say of it: it waits for those not yet ended, or is
+    /// cancelled for one that ended badly. Returns its state.
+    fn meet_fate(&mut self, id: u64, fate: Fate, state: State, queues: &[Queue]) -> State {
+        let Some(i) = self.index(id) else {
+            return state;
+        };
+        self.publish(i, self.tasks[i].created_at());
+        match fate {
+            Fate::Waiting(pending) => {
+                self.deps.wait(id, &pending);
+                state
+            }
+            Fate::Blocked(dep, ended) => {
+                let why = blocked_error(self.task_id(dep), ended);
+                self.tasks[i].extra_mut().error = Some(why.into());
+                self.set_state(i, State::Cancelled, queues);
+                State::Cancelled
+            }
+            Fate::Ready => state,
+        }
     }
 
     /// Returns the tasks of the batch whose first task is `first` (or that
@@ -489,42 +644,54 @@ impl Store {
             .collect()
     }
 
-    /// Records a new task, its place in its queue (or the due-time loop's
-    /// word, if `delayed`) already taken: the store's record, its key and
-    /// the counters. Returns its state.
-    fn record_new(&mut self, id: u64, new: NewTask, delayed: bool) -> State {
-        if self.first_id == 0 {
-            self.first_id = id;
+    /// Answers a request whose idempotency key names a retained task: the
+    /// repeat of the request that made it, or the key's misuse by another.
+    /// `None` when no retained task has the key.
+    fn repeat(&self, key: &IdempotencyKey) -> Option<Admission> {
+        let &id = self.keys.get(&key.text)?;
+        let task = self.get(id);
+        let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
+        Some(match first.map_or(0, |k| k.fingerprint) {
+            f if f == 0 || f == key.fingerprint => Admission::Repeat(
+                self.task_id(id),
+                task.and_then(|t| t.label.clone()),
+                task.map_or(State::Queued, |t| t.state),
+            ),
+            _ => Admission::KeyReused,
+        })
+    }
+
+    /// Submits again the task `old` names, which ended `failed` or
+    /// `cancelled` (`POST /tasks/{id}/retry`): a new task with its members,
+    /// queued now, made from it; the old one is unchanged. `Err` is what
+    /// the lookup found instead: `Found(i)` for a task not ended so (a
+    /// `409`). A repeated idempotency key finds its task even once the
+    /// old one is gone, as on `POST /tasks`.
+    pub(crate) fn retry(
+        &mut self,
+        old: &IdRef,
+        key: Option<IdempotencyKey>,
+        queues: &[Queue],
+    ) -> Result<Admission, Lookup> {
+        if self.closed {
+            return Ok(Admission::ShuttingDown);
         }
-        self.last_id = id;
-        self.counters.accepted += 1;
-        if let Some(key) = &new.key {
-            // A batch's later tasks carry the key too (for a restart to
-            // find them), but it names the first.
-            self.keys.entry(key.text.clone()).or_insert(id);
+        if let Some(repeat) = key.as_ref().and_then(|key| self.repeat(key)) {
+            return Ok(repeat);
         }
-        let state = if delayed {
-            // The due-time loop ends only at shutdown, when it no longer matters.
-            let _ = self.due_tx.try_send((new.run_at, Due::Task(id)));
-            State::Scheduled
-        } else {
-            State::Queued
+        let i = match self.lookup_ref(old) {
+            Lookup::Found(i) => i,
+            other => return Err(other),
         };
-        self.insert(Task::from_new(id, new, state));
-        state
-    }
-
-    /// Appends the `new` record of the task just recorded.
-    fn write_new(&self, line: &mut Vec<u8>) {
-        if let Some(task) = self.tasks.back() {
-            write_record(line, &task.new_record(self.names(task)));
+        let task = &self.tasks[i];
+        if !matches!(task.state, State::Failed | State::Cancelled) {
+            return Err(Lookup::Found(i));
         }
-    }
-
-    /// Tells the event streams of the task just recorded.
-    fn publish_new(&mut self) {
-        let i = self.tasks.len() - 1;
-        self.publish(i, self.tasks[i].created_at());
+        let new = NewTask {
+            key,
+            ..task.retry()
+        };
+        Ok(self.admit(new, queues))
     }
 
     /// Puts a task whose time has come (a delayed task, or a retry) into
@@ -558,7 +725,7 @@ impl Store {
         let task = &self.tasks[i];
         let retry = task.extra.as_ref().is_some_and(|e| e.retry_at != 0);
         match task.state {
-            State::Scheduled => self.set_state(i, State::Queued),
+            State::Scheduled => self.set_state(i, State::Queued, queues),
             State::Queued if retry => {}
             _ => return,
         }
@@ -583,12 +750,7 @@ impl Store {
 
     /// Returns a task's id, with the prefix it was made with.
     pub(crate) fn task_id(&self, num: u64) -> TaskId {
-        let at = self.nodes.partition_point(|&(from, _)| from <= num);
-        let node = self
-            .nodes
-            .get(at.wrapping_sub(1))
-            .map_or("", |&(_, node)| node);
-        TaskId { node, num }
+        task_id_in(&self.nodes, num)
     }
 
     /// Finds the record an id names: the number must be a task's, and the
@@ -605,6 +767,7 @@ impl Store {
         let schedule = task.extra.as_ref().and_then(|e| e.schedule);
         Names {
             id: self.task_id(task.id),
+            nodes: &self.nodes,
             queue: &self.queues[usize::from(task.queue)].name,
             schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
         }
@@ -622,20 +785,44 @@ impl Store {
     }
 
     /// Moves the task at index `i` to `state`, keeping counts, waking long
-    /// polls, and queueing terminal tasks for eviction — which may move
-    /// records, so `i` is not to be used afterwards.
+    /// polls, letting the tasks that wait for it follow, and queueing
+    /// terminal tasks for eviction — which may move records, so `i` is not
+    /// to be used afterwards.
     ///
     /// This is the one choke point of change: the journal record, the
     /// counters `/metrics` reads, the long-poll wake-up and the event for
-    /// `/events` are all made here, in that order, from the same values.
-    pub(crate) fn set_state(&mut self, i: usize, state: State) {
-        self.set_state_at(i, state, now_millis());
+    /// `/events` are all made here, in that order, from the same values —
+    /// for the change itself and for each one it brings about (a waiting
+    /// task released, or cancelled down a chain).
+    pub(crate) fn set_state(&mut self, i: usize, state: State, queues: &[Queue]) {
+        self.set_state_at(i, state, now_millis(), queues);
     }
 
     /// Moves the task at index `i` to `state` as of `now` (ms since the
     /// epoch): [`Store::set_state`], for a change whose time was fixed
-    /// when its record was made.
-    fn set_state_at(&mut self, i: usize, state: State, now: u64) {
+    /// when its record was made. Starts are not journaled (the durability
+    /// protocol, in [`crate::journal`]).
+    fn set_state_at(&mut self, i: usize, state: State, now: u64, queues: &[Queue]) {
+        self.transition(i, state, now, state != State::Running, queues);
+    }
+
+    /// Makes a change as [`Store::set_state_at`] does; `journaled` tells
+    /// whether its record is written now (a client's cancel was written
+    /// before it is made).
+    fn transition(&mut self, i: usize, state: State, now: u64, journaled: bool, queues: &[Queue]) {
+        let id = self.tasks[i].id;
+        self.change(i, state, now, journaled);
+        if state.is_terminal() {
+            if self.deps.has_dependents(id) {
+                self.follow(id, state, now, queues);
+            }
+            self.evict_sparing(id);
+        }
+    }
+
+    /// Changes the state of the task at index `i`, and nothing else: its
+    /// record, counts, wake-up and event. Moves no record.
+    fn change(&mut self, i: usize, state: State, now: u64, journaled: bool) {
         let task = &mut self.tasks[i];
         let (id, old) = (task.id, task.state);
         task.state = state;
@@ -644,16 +831,17 @@ impl Store {
         } else if state.is_terminal() {
             task.finished_at = now;
         }
-        // Starts are not journaled, and a cancel's record is written
-        // before it is made (the durability protocol, in `crate::journal`),
-        // which a change meanwhile makes stale.
-        if !matches!(state, State::Running | State::Cancelled) {
+        if journaled {
             self.log_state(i);
         }
+        // A cancel's record, on its way, no longer says what it leaves.
         if !self.cancelling.is_empty()
             && let Some(cancelling) = self.cancelling.get_mut(&id)
         {
             cancelling.stale = true;
+        }
+        if old == State::Waiting {
+            self.deps.forget(id);
         }
         self.counts[old as usize] -= 1;
         self.counts[state as usize] += 1;
@@ -664,34 +852,141 @@ impl Store {
         self.publish(i, now);
         if state.is_terminal() {
             self.finished.push_back(id);
-            self.evict();
+            self.arm_expiry(now);
+        }
+    }
+
+    /// Lets the tasks that wait for task `id`, which has just ended in
+    /// `state`, follow it: released when it was their last dependency to
+    /// succeed; cancelled when it failed or was cancelled, and so on down
+    /// the chain. Each is a change of its own, journaled and published.
+    ///
+    /// A worklist, not recursion: a chain of ten thousand tasks cancelled
+    /// by its head is ten thousand turns of one loop, not ten thousand
+    /// nested calls, and each turn costs what one change costs.
+    fn follow(&mut self, id: u64, state: State, now: u64, queues: &[Queue]) {
+        let mut ended = VecDeque::from([(id, state)]);
+        while let Some((dep, state)) = ended.pop_front() {
+            if state == State::Succeeded {
+                for waiting in self.deps.succeeded(dep) {
+                    self.release(waiting, now, queues);
+                }
+                continue;
+            }
+            let dep_id = self.task_id(dep);
+            for waiting in self.deps.ended_badly(dep) {
+                let Some(i) = self.index(waiting) else {
+                    continue;
+                };
+                self.tasks[i].extra_mut().error = Some(blocked_error(dep_id, state).into());
+                self.change(i, State::Cancelled, now, true);
+                if self.deps.has_dependents(waiting) {
+                    ended.push_back((waiting, State::Cancelled));
+                }
+            }
+        }
+    }
+
+    /// Releases waiting task `id`, whose dependencies have all succeeded:
+    /// it goes on as if just submitted without them — `scheduled` if its
+    /// `run_at` is still ahead, else `queued`, entering its queue behind
+    /// those waiting for room.
+    fn release(&mut self, id: u64, now: u64, queues: &[Queue]) {
+        let Some(i) = self.index(id) else { return };
+        let run_at = self.tasks[i].run_at;
+        if run_at > now {
+            self.change(i, State::Scheduled, now, true);
+            // The due-time loop ends only at shutdown, when it no longer matters.
+            let _ = self.due_tx.try_send((run_at, Due::Task(id)));
+        } else {
+            self.change(i, State::Queued, now, true);
+            self.enqueue(id, queues);
         }
     }
 
     /// Evicts the earliest finished tasks beyond `--keep-finished`.
     fn evict(&mut self) {
-        while self.finished.len() > self.keep_finished {
+        self.evict_sparing(0);
+    }
+
+    /// Evicts the earliest finished tasks beyond `--keep-finished`, but
+    /// task `spare`, whose change made them too many: a cancel whose
+    /// cascade finished more tasks than are kept still answers with its
+    /// task's status. It goes back to the front, the next to go.
+    fn evict_sparing(&mut self, spare: u64) {
+        let mut spared = None;
+        while self.finished.len() + usize::from(spared.is_some()) > self.keep_finished {
             let Some(id) = self.finished.pop_front() else {
                 break;
             };
-            let Some(i) = self.index(id) else { continue };
-            let task = &mut self.tasks[i];
-            let state = std::mem::replace(&mut task.state, State::Evicted);
-            let key = task.extra.take().and_then(|e| e.key);
-            task.label = None;
-            task.work_duration = None;
-            self.counts[state as usize] -= 1;
-            self.tombstones += 1;
-            // A batch's key stays while its first task does.
-            if let Some(key) = key
-                && self.keys.get(&key.text) == Some(&id)
-            {
-                self.keys.remove(&key.text);
-                self.batches.remove(&id);
+            if id == spare {
+                spared = Some(id);
+            } else {
+                self.evict_task(id);
             }
-            self.wake_watchers(id);
+        }
+        if let Some(id) = spared {
+            self.finished.push_front(id);
         }
         self.sweep();
+    }
+
+    /// Evicts finished task `id`, taken off `finished`, if it is still
+    /// retained: only a tombstone of its id is left.
+    fn evict_task(&mut self, id: u64) {
+        let Some(i) = self.index(id) else { return };
+        let task = &mut self.tasks[i];
+        let state = std::mem::replace(&mut task.state, State::Evicted);
+        let key = task.extra.take().and_then(|e| e.key);
+        task.label = None;
+        task.work_duration = None;
+        self.counts[state as usize] -= 1;
+        self.tombstones += 1;
+        // A batch's key stays while its first task does.
+        if let Some(key) = key
+            && self.keys.get(&key.text) == Some(&id)
+        {
+            self.keys.remove(&key.text);
+            self.batches.remove(&id);
+        }
+        self.wake_watchers(id);
+    }
+
+    /// Hands the due-time loop the entry of the next eviction by age, for
+    /// a task that finished at `finished_at`, unless it holds one already
+    /// (then that one is for an earlier task, and [`Store::expire`] goes
+    /// on from there).
+    fn arm_expiry(&mut self, finished_at: u64) {
+        if let Some(keep_for) = self.keep_for
+            && !self.expiry_armed
+        {
+            self.expiry_armed = true;
+            // The due-time loop ends only at shutdown, when it no longer matters.
+            let _ = self.due_tx.try_send((finished_at + keep_for, Due::Expiry));
+        }
+    }
+
+    /// Evicts the finished tasks older than `--keep-finished-for` as of
+    /// `now`: the due-time loop's entry for it came due. Returns when the
+    /// next one is due, for the loop's one entry of it; `None` when no
+    /// finished task is left (the next to finish arms it again).
+    pub(crate) fn expire(&mut self, now: u64) -> Option<u64> {
+        let keep_for = self.keep_for?;
+        // Tasks finish in about the order of their `finished_at` (a
+        // journaled cancel's time is fixed when its record is made), so the
+        // front is the next to expire, within a disk write.
+        while let Some(&id) = self.finished.front() {
+            if self.get(id).is_some_and(|t| t.finished_at + keep_for > now) {
+                break;
+            }
+            self.finished.pop_front();
+            self.evict_task(id);
+        }
+        self.sweep();
+        let next = self.finished.front().and_then(|&id| self.get(id));
+        let next = next.map(|t| t.finished_at + keep_for);
+        self.expiry_armed = next.is_some();
+        next
     }
 
     /// Wakes the long polls waiting for task `id` to change.
@@ -773,6 +1068,8 @@ impl Store {
             return Begin::Skip;
         };
         let task_id = self.task_id(id);
+        let after = self.tasks[i].after().iter();
+        let after = after.map(|&dep| self.task_id(dep)).collect();
         let task = &mut self.tasks[i];
         task.attempt += 1;
         let extra = task.extra.as_deref();
@@ -783,12 +1080,13 @@ impl Store {
             work_duration: task.work_duration.clone(),
             payload: extra.and_then(|e| e.payload.clone()),
             timeout: extra.and_then(|e| e.timeout.clone()),
+            after,
         };
         if let Some(e) = task.extra.as_deref_mut() {
             e.retry_at = 0;
         }
         self.queues[q].busy += 1;
-        self.set_state(i, State::Running);
+        self.set_state(i, State::Running, queues);
         Begin::Work(work)
     }
 
@@ -804,8 +1102,15 @@ impl Store {
 
     /// Records how an attempt in queue `q` ended. A failed attempt with
     /// attempts left goes to the due-time loop for its retry; returns when it
-    /// is due (ms since the epoch).
-    pub(crate) fn end_attempt(&mut self, id: u64, q: usize, outcome: Outcome) -> Option<u64> {
+    /// is due (ms since the epoch). Tasks that wait for this one follow its
+    /// end.
+    pub(crate) fn end_attempt(
+        &mut self,
+        id: u64,
+        q: usize,
+        outcome: Outcome,
+        queues: &[Queue],
+    ) -> Option<u64> {
         // Tuning, as in `wake_watchers`: most attempts made no trigger.
         if !self.cancels.is_empty() {
             self.cancels.remove(&id);
@@ -822,7 +1127,7 @@ impl Store {
                     extra.error = None;
                     extra.result = result;
                 }
-                self.set_state(i, State::Succeeded);
+                self.set_state(i, State::Succeeded, queues);
                 None
             }
             Outcome::Failed(error) if task.attempt < task.max_attempts => {
@@ -830,7 +1135,7 @@ impl Store {
                 let extra = task.extra_mut();
                 extra.error = Some(error.into());
                 extra.retry_at = retry_at;
-                self.set_state(i, State::Queued);
+                self.set_state(i, State::Queued, queues);
                 // The due-time loop ends only at shutdown, when a lost retry is
                 // what shutdown means anyway.
                 let _ = self.due_tx.try_send((retry_at, Due::Task(id)));
@@ -838,7 +1143,7 @@ impl Store {
             }
             Outcome::Failed(error) => {
                 task.extra_mut().error = Some(error.into());
-                self.set_state(i, State::Failed);
+                self.set_state(i, State::Failed, queues);
                 None
             }
             // Cancelled tasks changed state when the client asked; an
@@ -858,12 +1163,12 @@ impl Store {
         }
     }
 
-    /// Cancels a scheduled, queued or running task: at once without a
-    /// journal; with one, once its record is on disk (the durability
-    /// protocol of [`crate::journal`]), and the receiver tells whether it
-    /// got there.
+    /// Cancels a waiting, scheduled, queued or running task (and the tasks
+    /// that wait for it): at once without a journal; with one, once its
+    /// record is on disk (the durability protocol of [`crate::journal`]),
+    /// and the receiver tells whether it got there.
     /// `Err(Found(i))` when it is already terminal.
-    pub(crate) fn cancel(&mut self, id: u64) -> Result<Cancel, Lookup> {
+    pub(crate) fn cancel(&mut self, id: u64, queues: &[Queue]) -> Result<Cancel, Lookup> {
         let i = match self.lookup(id) {
             Lookup::Found(i) => i,
             other => return Err(other),
@@ -874,7 +1179,7 @@ impl Store {
         if self.journal_tx.is_some() {
             return Ok(Cancel::Saving(self.log_cancel(i)));
         }
-        self.make_cancel(i, now_millis());
+        self.make_cancel(i, now_millis(), queues);
         // Cancelling may have evicted older tasks, moving this one.
         match self.lookup(id) {
             Lookup::Found(i) => Ok(Cancel::Made(i)),
@@ -883,12 +1188,13 @@ impl Store {
     }
 
     /// Makes the cancel of the task at index `i`, as of `at`: its work, if
-    /// it runs, is interrupted, and it is `cancelled`.
-    fn make_cancel(&mut self, i: usize, at: u64) {
+    /// it runs, is interrupted, and it is `cancelled`. Its record was
+    /// written before (with a journal).
+    fn make_cancel(&mut self, i: usize, at: u64, queues: &[Queue]) {
         if let Some(cancel) = self.cancels.get(&self.tasks[i].id) {
             cancel.fire();
         }
-        self.set_state_at(i, State::Cancelled, at);
+        self.transition(i, State::Cancelled, at, false, queues);
     }
 
     /// Returns the trigger that `cancel` fires for a running task, made when
@@ -946,11 +1252,6 @@ impl Store {
             .range(..end)
             .rev()
             .filter(|t| t.state != State::Evicted)
-    }
-
-    /// Returns the most recently issued id.
-    pub(crate) fn last_id(&self) -> u64 {
-        self.last_id
     }
 
     /// Tells whether changes are journaled (`--data-dir`).
@@ -1034,6 +1335,7 @@ impl Store {
                 Ok(id)
             }
             Admission::Full => Err("its queue is full".into()),
+            Admission::BadAfter(why) => Err(why),
             Admission::ShuttingDown => Err("the server is shutting down".into()),
             other => Err(format!("{other:?}")),
         }
@@ -1114,14 +1416,22 @@ impl Store {
     /// the store lock): if it failed, its new tasks are taken back and its
     /// changes are not made; if it was written, its changes are made, in
     /// the order of their records. Those waiting for the changes are told.
+    /// Tasks that wait for a task taken back never see it succeed: they
+    /// are cancelled as if it had been — once every task of the batch is
+    /// taken back, so that none of those is cancelled first.
     pub(crate) fn settle(&mut self, batch: &[JournalEntry], written: bool, queues: &[Queue]) {
+        let mut lost = Vec::new();
         for entry in batch {
             match &entry.awaiting {
-                Awaiting::New { id, .. } if !written => self.take_back(*id),
+                Awaiting::New { id, .. } if !written => {
+                    self.take_back(*id);
+                    lost.push(*id);
+                }
                 Awaiting::Batch { ids, .. } if !written => {
                     for &id in ids {
                         self.take_back(id);
                     }
+                    lost.extend_from_slice(ids);
                 }
                 Awaiting::Change(Change::Pause { q, paused, done }) => {
                     if written {
@@ -1130,17 +1440,26 @@ impl Store {
                     // The request may have gone; then nobody needs to know.
                     let _ = done.try_send(written);
                 }
-                &Awaiting::Change(Change::Cancel { id, at }) => self.settle_cancel(id, at, written),
+                &Awaiting::Change(Change::Cancel { id, at }) => {
+                    self.settle_cancel(id, at, written, queues);
+                }
                 _ => {}
             }
         }
+        let now = now_millis();
+        for id in lost {
+            if self.deps.has_dependents(id) {
+                self.follow(id, State::Cancelled, now, queues);
+            }
+        }
+        self.evict();
     }
 
     /// Makes a cancel whose record was written, unless the task changed
     /// since the record was made: then it is written again, and the cancel
     /// waits for that one. A task that ended meanwhile (its own record,
     /// later, has the last word) or was taken back is left as it is.
-    fn settle_cancel(&mut self, id: u64, at: u64, written: bool) {
+    fn settle_cancel(&mut self, id: u64, at: u64, written: bool, queues: &[Queue]) {
         let Some(cancelling) = self.cancelling.remove(&id) else {
             return;
         };
@@ -1160,7 +1479,7 @@ impl Store {
                 self.write_cancel(i);
                 return;
             }
-            Some(i) if written => self.make_cancel(i, at),
+            Some(i) if written => self.make_cancel(i, at, queues),
             _ => {}
         }
         for waiter in cancelling.waiters {
@@ -1173,9 +1492,10 @@ impl Store {
     /// every index it entered, as if it had never been accepted: it was
     /// never started (workers wait for the record: step 3 of [the
     /// protocol](crate::journal#the-durability-protocol)), and whatever
-    /// its state — scheduled, queued, or queued since it came due — it
-    /// leaves no trace. A cancel of it cannot have been made either (it
-    /// waits for its own record, which comes later).
+    /// its state — waiting, scheduled, queued, queued since it came due or
+    /// was released, or cancelled with a dependency — it leaves no trace.
+    /// A client's cancel of it cannot have been made (it waits for its own
+    /// record, which comes later).
     fn take_back(&mut self, id: u64) {
         let Ok(i) = self.position(id) else { return };
         let Some(task) = self.tasks.remove(i) else {
@@ -1183,15 +1503,26 @@ impl Store {
         };
         self.counts[task.state as usize] -= 1;
         self.counters.accepted -= 1;
-        if task.state == State::Queued {
-            let queue = &mut self.queues[usize::from(task.queue)];
-            queue.depth -= 1;
-            match queue.waiting.iter().position(|&w| w == id) {
-                Some(at) => drop(queue.waiting.remove(at)),
-                // In the channel, or taken by a worker waiting for the
-                // record: whoever gets it skips it.
-                None => drop(self.withdrawn.insert(id)),
+        match task.state {
+            State::Queued => {
+                let queue = &mut self.queues[usize::from(task.queue)];
+                queue.depth -= 1;
+                match queue.waiting.iter().position(|&w| w == id) {
+                    Some(at) => drop(queue.waiting.remove(at)),
+                    // In the channel, or taken by a worker waiting for the
+                    // record: whoever gets it skips it.
+                    None => drop(self.withdrawn.insert(id)),
+                }
             }
+            State::Waiting => self.deps.forget(id),
+            State::Cancelled => {
+                self.counters.finished[State::Cancelled as usize] -= 1;
+                // It finished last, or nearly.
+                if let Some(at) = self.finished.iter().rposition(|&f| f == id) {
+                    self.finished.remove(at);
+                }
+            }
+            _ => {}
         }
         // The due-time loop finds no task when it comes due, and drops it.
         let extra = task.extra.unwrap_or_default();
@@ -1249,7 +1580,11 @@ impl Store {
         }
         for task in self.tasks.iter().filter(|t| t.state != State::Evicted) {
             write_record(out, &task.new_record(self.names(task)));
-            if !matches!(task.state, State::Queued | State::Scheduled) || task.attempt > 0 {
+            let waits = matches!(
+                task.state,
+                State::Queued | State::Scheduled | State::Waiting
+            );
+            if !waits || task.attempt > 0 {
                 write_record(out, &task.state_record());
             }
         }
@@ -1261,11 +1596,13 @@ impl Store {
     }
 
     /// Fills an empty store from a replayed journal, applying
-    /// `--keep-finished` and the queues' paused states, and puts back what
-    /// was waiting: queued tasks into their queues in their original order
-    /// (what does not fit waits for room), delayed tasks and retries not
-    /// yet due into the due-time loop — those due while the server was down
-    /// come due at once.
+    /// `--keep-finished`, `--keep-finished-for` and the queues' paused
+    /// states, and puts back what was waiting: queued tasks into their
+    /// queues in their original order (what does not fit waits for room),
+    /// delayed tasks and retries not yet due into the due-time loop — those
+    /// due while the server was down come due at once — and waiting tasks
+    /// into the dependency index ([`Store::resume_waiting`]). The journal
+    /// is attached already: what restoring changes is journaled.
     pub(crate) fn restore(&mut self, replayed: Replayed, queues: &[Queue]) {
         // This run's prefix applies from its first id on.
         let node = self.nodes[0].1;
@@ -1279,6 +1616,7 @@ impl Store {
         }
         let now = now_millis();
         let mut ready = Vec::new();
+        let mut waiting = Vec::new();
         let mut finished = Vec::new();
         for task in replayed.tasks {
             self.counts[task.state as usize] += 1;
@@ -1305,14 +1643,14 @@ impl Store {
                 (state.last_task, state.last_at) = (task.id, task.created_at());
             }
             // The due-time loop's receiver is alive: it is returned with the store.
+            let due = |at| {
+                let _ = self.due_tx.try_send((at, Due::Task(task.id)));
+            };
             match task.state {
-                State::Scheduled => {
-                    let _ = self.due_tx.try_send((task.run_at, Due::Task(task.id)));
-                }
-                State::Queued if retry_at > now => {
-                    let _ = self.due_tx.try_send((retry_at, Due::Task(task.id)));
-                }
+                State::Scheduled => due(task.run_at),
+                State::Queued if retry_at > now => due(retry_at),
                 State::Queued => ready.push(task.id),
+                State::Waiting => waiting.push(task.id),
                 _ => finished.push((task.finished_at, task.id)),
             }
             self.last_id = task.id;
@@ -1325,9 +1663,41 @@ impl Store {
         self.last_id = self.last_id.max(self.first_id);
         finished.sort_unstable();
         self.finished = finished.into_iter().map(|(_, id)| id).collect();
-        self.evict();
         for id in ready {
             self.enqueue(id, queues);
+        }
+        // Tasks cancelled below arm no eviction by age of their own: the
+        // one entry, armed last, is for the oldest finished task.
+        self.expiry_armed = true;
+        // Before any eviction: a dependency must be found to be judged.
+        self.resume_waiting(waiting, now, queues);
+        self.evict();
+        if let Some(next) = self.expire(now) {
+            let _ = self.due_tx.try_send((next, Due::Expiry));
+        }
+    }
+
+    /// Puts the replayed waiting tasks back, in id order, so that each
+    /// dependency's fate is settled before its dependents' (a task names
+    /// only older ones): those whose dependencies are all pending or
+    /// partly succeeded wait again; a dependency that ended while the
+    /// server was down is honoured now, journaled — released when all
+    /// succeeded, cancelled when one failed or was cancelled (or is no
+    /// longer in the journal).
+    fn resume_waiting(&mut self, waiting: Vec<u64>, now: u64, queues: &[Queue]) {
+        for id in waiting {
+            let Some(i) = self.index(id) else { continue };
+            let after = self.tasks[i].after();
+            match fate(after, |dep| self.get(dep).map(|t| t.state)) {
+                Fate::Waiting(pending) => self.deps.wait(id, &pending),
+                Fate::Ready => self.release(id, now, queues),
+                Fate::Blocked(dep, ended) => {
+                    let why = blocked_error(self.task_id(dep), ended);
+                    self.tasks[i].extra_mut().error = Some(why.into());
+                    // No task waits for it yet: its dependents come later.
+                    self.change(i, State::Cancelled, now, true);
+                }
+            }
         }
     }
 
@@ -1436,85 +1806,108 @@ pub(crate) mod tests {
             queue: 0,
             run_at,
             schedule: None,
+            after: None,
+            retry_of: None,
         }
     }
 
     /// The store table: each step says what happens to a task (or to the
     /// store), what the store answers, and the counts afterwards in the
-    /// order of [`STATES`]: scheduled, queued, running, succeeded, failed,
-    /// cancelled. The queue has two places, two finished tasks are kept,
+    /// order of [`STATES`]: waiting, scheduled, queued, running, succeeded,
+    /// failed, cancelled. The queue has two places, two finished tasks are kept,
     /// one delayed task may wait, and every task may have two attempts.
     /// "take" is a worker receiving from the channel; "due" is the
     /// scheduler finding the task's time has come.
-    const STORE_STEPS: &[(&str, &str, [usize; 6])] = &[
-        ("admit a", "created queued", [0, 1, 0, 0, 0, 0]),
-        ("admit b key=k", "created queued", [0, 2, 0, 0, 0, 0]),
-        ("admit c", "full", [0, 2, 0, 0, 0, 0]),
-        ("admit d key=k", "repeat b", [0, 2, 0, 0, 0, 0]),
-        ("admit d key=k other-body", "key reused", [0, 2, 0, 0, 0, 0]),
-        ("take a", "ok", [0, 2, 0, 0, 0, 0]),
-        ("begin a", "attempt 1", [0, 1, 1, 0, 0, 0]),
-        ("admit c", "created queued", [0, 2, 1, 0, 0, 0]),
+    const STORE_STEPS: &[(&str, &str, [usize; 7])] = &[
+        ("admit a", "created queued", [0, 0, 1, 0, 0, 0, 0]),
+        ("admit b key=k", "created queued", [0, 0, 2, 0, 0, 0, 0]),
+        ("admit c", "full", [0, 0, 2, 0, 0, 0, 0]),
+        ("admit d key=k", "repeat b", [0, 0, 2, 0, 0, 0, 0]),
+        (
+            "admit d key=k other-body",
+            "key reused",
+            [0, 0, 2, 0, 0, 0, 0],
+        ),
+        ("take a", "ok", [0, 0, 2, 0, 0, 0, 0]),
+        ("begin a", "attempt 1", [0, 0, 1, 1, 0, 0, 0]),
+        ("admit c", "created queued", [0, 0, 2, 1, 0, 0, 0]),
         // A failed attempt with one left: queued again, its retry due.
-        ("fail a", "retry", [0, 3, 0, 0, 0, 0]),
-        ("take b", "ok", [0, 3, 0, 0, 0, 0]),
-        ("cancel b", "cancelled", [0, 2, 0, 0, 0, 1]),
+        ("fail a", "retry", [0, 0, 3, 0, 0, 0, 0]),
+        ("take b", "ok", [0, 0, 3, 0, 0, 0, 0]),
+        ("cancel b", "cancelled", [0, 0, 2, 0, 0, 0, 1]),
         // The worker that took a cancelled task skips it.
-        ("begin b", "skipped", [0, 2, 0, 0, 0, 1]),
-        ("due a", "ok", [0, 2, 0, 0, 0, 1]),
-        ("depth 2", "ok", [0, 2, 0, 0, 0, 1]),
-        ("take c", "ok", [0, 2, 0, 0, 0, 1]),
-        ("take a", "ok", [0, 2, 0, 0, 0, 1]),
-        ("begin a", "attempt 2", [0, 1, 1, 0, 0, 1]),
-        ("cancel a", "cancelled", [0, 1, 0, 0, 0, 2]),
+        ("begin b", "skipped", [0, 0, 2, 0, 0, 0, 1]),
+        ("due a", "ok", [0, 0, 2, 0, 0, 0, 1]),
+        ("depth 2", "ok", [0, 0, 2, 0, 0, 0, 1]),
+        ("take c", "ok", [0, 0, 2, 0, 0, 0, 1]),
+        ("take a", "ok", [0, 0, 2, 0, 0, 0, 1]),
+        ("begin a", "attempt 2", [0, 0, 1, 1, 0, 0, 1]),
+        ("cancel a", "cancelled", [0, 0, 1, 0, 0, 0, 2]),
         // The worker learns of the cancel when its work ends.
-        ("succeed a", "ignored", [0, 1, 0, 0, 0, 2]),
-        ("cancel a", "already cancelled", [0, 1, 0, 0, 0, 2]),
-        ("begin c", "attempt 1", [0, 0, 1, 0, 0, 2]),
+        ("succeed a", "ignored", [0, 0, 1, 0, 0, 0, 2]),
+        ("cancel a", "already cancelled", [0, 0, 1, 0, 0, 0, 2]),
+        ("begin c", "attempt 1", [0, 0, 0, 1, 0, 0, 2]),
         // A third finished task evicts the first to finish, b, and frees
         // its key; b's id now answers 410.
-        ("succeed c", "done", [0, 0, 0, 1, 0, 1]),
-        ("lookup b", "gone", [0, 0, 0, 1, 0, 1]),
-        ("admit e key=k", "created queued", [0, 1, 0, 1, 0, 1]),
-        ("take e", "ok", [0, 1, 0, 1, 0, 1]),
-        ("begin e", "attempt 1", [0, 0, 1, 1, 0, 1]),
-        ("fail e", "retry", [0, 1, 0, 1, 0, 1]),
-        ("due e", "ok", [0, 1, 0, 1, 0, 1]),
-        ("take e", "ok", [0, 1, 0, 1, 0, 1]),
-        ("begin e", "attempt 2", [0, 0, 1, 1, 0, 1]),
-        ("fail e", "failed", [0, 0, 0, 1, 1, 0]),
-        ("lookup a", "gone", [0, 0, 0, 1, 1, 0]),
-        ("lookup e", "found", [0, 0, 0, 1, 1, 0]),
-        ("lookup z", "unknown", [0, 0, 0, 1, 1, 0]),
+        ("succeed c", "done", [0, 0, 0, 0, 1, 0, 1]),
+        ("lookup b", "gone", [0, 0, 0, 0, 1, 0, 1]),
+        ("admit e key=k", "created queued", [0, 0, 1, 0, 1, 0, 1]),
+        ("take e", "ok", [0, 0, 1, 0, 1, 0, 1]),
+        ("begin e", "attempt 1", [0, 0, 0, 1, 1, 0, 1]),
+        ("fail e", "retry", [0, 0, 1, 0, 1, 0, 1]),
+        ("due e", "ok", [0, 0, 1, 0, 1, 0, 1]),
+        ("take e", "ok", [0, 0, 1, 0, 1, 0, 1]),
+        ("begin e", "attempt 2", [0, 0, 0, 1, 1, 0, 1]),
+        ("fail e", "failed", [0, 0, 0, 0, 1, 1, 0]),
+        ("lookup a", "gone", [0, 0, 0, 0, 1, 1, 0]),
+        ("lookup e", "found", [0, 0, 0, 0, 1, 1, 0]),
+        ("lookup z", "unknown", [0, 0, 0, 0, 1, 1, 0]),
         // Delayed tasks take no place in the queue, but only one may wait.
-        ("admit s later", "created scheduled", [1, 0, 0, 1, 1, 0]),
-        ("admit t later", "too many scheduled", [1, 0, 0, 1, 1, 0]),
-        ("cancel s", "cancelled", [0, 0, 0, 0, 1, 1]),
-        ("due s", "ok", [0, 0, 0, 0, 1, 1]),
-        ("admit u later", "created scheduled", [1, 0, 0, 0, 1, 1]),
-        ("admit v", "created queued", [1, 1, 0, 0, 1, 1]),
-        ("admit w", "created queued", [1, 2, 0, 0, 1, 1]),
+        ("admit s later", "created scheduled", [0, 1, 0, 0, 1, 1, 0]),
+        ("admit t later", "too many scheduled", [0, 1, 0, 0, 1, 1, 0]),
+        ("cancel s", "cancelled", [0, 0, 0, 0, 0, 1, 1]),
+        ("due s", "ok", [0, 0, 0, 0, 0, 1, 1]),
+        ("admit u later", "created scheduled", [0, 1, 0, 0, 0, 1, 1]),
+        ("admit v", "created queued", [0, 1, 1, 0, 0, 1, 1]),
+        ("admit w", "created queued", [0, 1, 2, 0, 0, 1, 1]),
         // Due while the queue is full, u waits for room, and before any
         // new submission.
-        ("due u", "ok", [0, 3, 0, 0, 1, 1]),
-        ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
-        ("admit x", "full", [0, 3, 0, 0, 1, 1]),
+        ("due u", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("depth 3", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("admit x", "full", [0, 0, 3, 0, 0, 1, 1]),
         // A paused queue starts nothing: a worker that took a task keeps
         // it, still counted, so no new task fits.
-        ("pause", "ok", [0, 3, 0, 0, 1, 1]),
-        ("take v", "ok", [0, 3, 0, 0, 1, 1]),
-        ("begin v", "paused", [0, 3, 0, 0, 1, 1]),
-        ("depth 3", "ok", [0, 3, 0, 0, 1, 1]),
-        ("admit x", "full", [0, 3, 0, 0, 1, 1]),
+        ("pause", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("take v", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("begin v", "paused", [0, 0, 3, 0, 0, 1, 1]),
+        ("depth 3", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("admit x", "full", [0, 0, 3, 0, 0, 1, 1]),
         // On the resume v, first in line, begins first; u, waiting for
         // room, enters behind w.
-        ("resume", "ok", [0, 3, 0, 0, 1, 1]),
-        ("begin v", "attempt 1", [0, 2, 1, 0, 1, 1]),
-        ("take w", "ok", [0, 2, 1, 0, 1, 1]),
-        ("take u", "ok", [0, 2, 1, 0, 1, 1]),
-        ("depth 2", "ok", [0, 2, 1, 0, 1, 1]),
-        ("drain", "ok", [0, 2, 1, 0, 1, 1]),
-        ("admit f", "shutting down", [0, 2, 1, 0, 1, 1]),
+        ("resume", "ok", [0, 0, 3, 0, 0, 1, 1]),
+        ("begin v", "attempt 1", [0, 0, 2, 1, 0, 1, 1]),
+        ("take w", "ok", [0, 0, 2, 1, 0, 1, 1]),
+        ("take u", "ok", [0, 0, 2, 1, 0, 1, 1]),
+        ("depth 2", "ok", [0, 0, 2, 1, 0, 1, 1]),
+        // A waiting task takes no place in the queue, but counts against
+        // --max-scheduled with the delayed ones.
+        ("admit g after=v", "created waiting", [1, 0, 2, 1, 0, 1, 1]),
+        ("admit h later", "too many scheduled", [1, 0, 2, 1, 0, 1, 1]),
+        ("admit h after=z", "bad after", [1, 0, 2, 1, 0, 1, 1]),
+        // After a task that failed already: cancelled at once, evicting e.
+        (
+            "admit i after=e",
+            "created cancelled",
+            [1, 0, 2, 1, 0, 0, 2],
+        ),
+        // v succeeds: g is released, and waits for room like a retry.
+        ("succeed v", "done", [0, 0, 3, 0, 1, 0, 1]),
+        ("depth 3", "ok", [0, 0, 3, 0, 1, 0, 1]),
+        // Cancelling w cancels j, which waits for it.
+        ("admit j after=w", "created waiting", [1, 0, 3, 0, 1, 0, 1]),
+        ("cancel w", "cancelled", [0, 0, 2, 0, 0, 0, 2]),
+        ("drain", "ok", [0, 0, 2, 0, 0, 0, 2]),
+        ("admit f", "shutting down", [0, 0, 2, 0, 0, 0, 2]),
     ];
 
     #[test]
@@ -1537,6 +1930,14 @@ pub(crate) mod tests {
                 "admit" => {
                     let later = words.get(2) == Some(&"later");
                     let mut new = new_task(label, if later { now_millis() + 3_600_000 } else { 0 });
+                    new.after = words
+                        .get(2)
+                        .and_then(|w| w.strip_prefix("after="))
+                        .map(|dep| {
+                            let num = ids.get(dep).copied().unwrap_or(1);
+                            let node = Text::new("");
+                            Box::from([IdRef { num, node }])
+                        });
                     // The fourth word, if any, stands for the body.
                     new.key = words.get(2).and_then(|k| k.strip_prefix("key=")).map(|k| {
                         let body = words.get(3).copied().unwrap_or("body");
@@ -1554,6 +1955,7 @@ pub(crate) mod tests {
                         Admission::KeyReused => "key reused".to_string(),
                         Admission::Full => "full".to_string(),
                         Admission::TooManyScheduled => "too many scheduled".to_string(),
+                        Admission::BadAfter(_) | Admission::BadItem(..) => "bad after".to_string(),
                         Admission::ShuttingDown => "shutting down".to_string(),
                     }
                 }
@@ -1583,7 +1985,7 @@ pub(crate) mod tests {
                         "fail" => Outcome::Failed("exit status 1".to_string()),
                         _ => Outcome::Succeeded(Some("{}".into())),
                     };
-                    let retry = store.end_attempt(id, 0, outcome);
+                    let retry = store.end_attempt(id, 0, outcome, &queues);
                     match (retry, store.get(id).map(|t| t.state)) {
                         (Some(_), Some(State::Queued)) => "retry",
                         (None, Some(State::Failed)) => "failed",
@@ -1593,7 +1995,7 @@ pub(crate) mod tests {
                     }
                     .to_string()
                 }
-                "cancel" => match store.cancel(id) {
+                "cancel" => match store.cancel(id, &queues) {
                     Ok(_) => "cancelled".to_string(),
                     Err(Lookup::Found(i)) => format!("already {}", store.tasks[i].state.name()),
                     Err(other) => format!("{other:?}"),
@@ -1629,11 +2031,11 @@ pub(crate) mod tests {
                 "after {step}"
             );
         }
-        assert_eq!(store.counters.accepted, 8);
-        assert_eq!(store.counters.finished, [0, 0, 0, 1, 1, 3]);
-        assert_eq!(store.busy(), 1);
-        // The keys of evicted tasks are gone with them; e keeps its own.
-        assert_eq!(store.keys.len(), 1);
+        assert_eq!(store.counters.accepted, 11);
+        assert_eq!(store.counters.finished, [0, 0, 0, 0, 2, 1, 6]);
+        assert_eq!(store.busy(), 0);
+        // The keys of evicted tasks are gone with them, e's last.
+        assert!(store.keys.is_empty());
     }
 
     #[test]
@@ -1671,7 +2073,7 @@ pub(crate) mod tests {
         // Each start that had to wait counts once.
         assert_eq!(store.queue(0).bucket.as_ref().unwrap().limited, 2);
         // A task cancelled while it waited is skipped and takes no token.
-        assert!(store.cancel(c).is_ok());
+        assert!(store.cancel(c, &queues).is_ok());
         assert_eq!(begin(&mut store, c, true), "skip");
         // The loop's word wakes the waiting workers; the next to find the
         // bucket empty puts the next token on the heap again.
@@ -1698,7 +2100,7 @@ pub(crate) mod tests {
         admit(&mut store);
         for _ in 0..500 {
             let id = admit(&mut store);
-            store.end_attempt(id, 0, Outcome::Succeeded(None));
+            store.end_attempt(id, 0, Outcome::Succeeded(None), &queues);
             assert!(store.tasks.len() <= 2 * store.retained() + TOMBSTONE_SWEEP);
         }
         assert_eq!(store.retained(), 2);

@@ -14,7 +14,7 @@ use crate::{
     config::Config,
     json::quoted,
     response::Response,
-    task::{IdempotencyKey, MAX_ATTEMPTS, NewTask, Text, fingerprint},
+    task::{IdRef, IdempotencyKey, MAX_AFTER, MAX_ATTEMPTS, NewTask, Text, fingerprint},
     time::{now_millis, parse_duration, parse_rfc3339},
 };
 use serde::Deserialize;
@@ -52,6 +52,9 @@ struct Submission<'a> {
     /// How long from now to start.
     #[serde(borrow, default)]
     pub(crate) delay: Option<std::borrow::Cow<'a, str>>,
+    /// The tasks to run after, read by [`parse_after`].
+    #[serde(borrow, default)]
+    pub(crate) after: Option<&'a serde_json::value::RawValue>,
 }
 
 /// The furthest ahead a task may be delayed: a year and a leap day, so
@@ -78,6 +81,13 @@ const BAD_DURATION: &str = "failed to parse work duration in request";
 /// templates are checked by the same function, so a template that starts
 /// is one a POST would accept.
 pub(crate) fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, String> {
+    parse_item(config, body, None)
+}
+
+/// Checks a submission, as [`parse_submission`] does; `item` is its index
+/// when it is an item of a batch, whose `after` may name an earlier item
+/// as `"#N"`.
+fn parse_item(config: &Config, body: &[u8], item: Option<usize>) -> Result<NewTask, String> {
     // serde would read a JSON array as a struct's fields in order: only an
     // object is a task.
     if body.trim_ascii_start().first() != Some(&b'{') {
@@ -116,6 +126,7 @@ pub(crate) fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, 
     };
     let queue = task_queue(config, s.queue.as_deref(), kind.as_deref())?;
     let run_at = start_time(s.run_at.as_deref(), s.delay.as_deref())?;
+    let after = s.after.map(|a| parse_after(a, item)).transpose()?;
     Ok(NewTask {
         label: s.task_id.as_deref().map(Text::new),
         work_duration: s.work_duration.as_deref().map(Text::new),
@@ -127,6 +138,8 @@ pub(crate) fn parse_submission(config: &Config, body: &[u8]) -> Result<NewTask, 
         queue,
         run_at,
         schedule: None,
+        after,
+        retry_of: None,
     })
 }
 
@@ -146,8 +159,80 @@ pub(crate) fn parse_batch(
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| parse_submission(config, item.get().as_bytes()).map_err(|e| (e, Some(i))))
+        .map(|(i, item)| {
+            parse_item(config, item.get().as_bytes(), Some(i)).map_err(|e| (e, Some(i)))
+        })
         .collect()
+}
+
+/// The answer to an `after` that is not an array of 1 to [`MAX_AFTER`].
+const BAD_AFTER: &str = "after must be an array of 1 to 32 task ids";
+
+/// Reads a submission's `after`: 1 to [`MAX_AFTER`] distinct strings, each
+/// shaped like an id — or, in item `item` of a batch, `"#N"` naming an
+/// earlier item (section 15). Whether each id names a retained task is
+/// the store's to check ([`check_after`](crate::deps::check_after)).
+fn parse_after(
+    raw: &serde_json::value::RawValue,
+    item: Option<usize>,
+) -> Result<Box<[IdRef]>, String> {
+    let items: Vec<&serde_json::value::RawValue> =
+        serde_json::from_str(raw.get()).map_err(|_| BAD_AFTER)?;
+    if items.is_empty() || items.len() > MAX_AFTER {
+        return Err(BAD_AFTER.into());
+    }
+    let mut ids: Vec<IdRef> = Vec::with_capacity(items.len());
+    for entry in items {
+        let Ok(text) = serde_json::from_str::<std::borrow::Cow<str>>(entry.get()) else {
+            return Err(format!(
+                "after: {} is not a task id (a string)",
+                shortened(entry.get())
+            ));
+        };
+        let earlier = item.and_then(|own| {
+            let n = text.strip_prefix('#')?;
+            let n = n
+                .parse::<usize>()
+                .ok()
+                .filter(|_| n.bytes().all(|b| b.is_ascii_digit()));
+            Some(
+                n.filter(|&n| n < own)
+                    .map(IdRef::batch_item_ref)
+                    .ok_or_else(|| {
+                        format!(
+                            "after: {} names no earlier item of this batch",
+                            quoted(&shortened(&text))
+                        )
+                    }),
+            )
+        });
+        let Some(id) = earlier
+            .transpose()?
+            .or_else(|| IdRef::parse(text.as_bytes()))
+        else {
+            return Err(format!(
+                "after: {} is not the id of a task this server made",
+                quoted(&shortened(&text))
+            ));
+        };
+        if ids.contains(&id) {
+            return Err(format!("after: {} is named twice", quoted(&text)));
+        }
+        ids.push(id);
+    }
+    Ok(ids.into())
+}
+
+/// The most characters of a client's text an error sentence quotes: an
+/// id is 9 to 26, and a sentence should stay one line.
+const QUOTED_TEXT: usize = 40;
+
+/// Cuts text to at most [`QUOTED_TEXT`] characters, marking a cut with `…`.
+fn shortened(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(QUOTED_TEXT) {
+        Some((at, _)) => format!("{}…", &text[..at]).into(),
+        None => text.into(),
+    }
 }
 
 /// Finds the index of a task's queue: the one it names, else the one named

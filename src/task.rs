@@ -38,6 +38,9 @@ use std::time::Duration;
 /// The lifecycle of a task. The order is the order of `counts` in `/tasks`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum State {
+    /// A task whose dependencies (`after`) have not all succeeded yet, in
+    /// no queue yet.
+    Waiting,
     /// A delayed task waiting for its `run_at`, in no queue yet.
     Scheduled,
     /// Waiting in the queue, or waiting for its retry.
@@ -48,7 +51,8 @@ pub(crate) enum State {
     Succeeded,
     /// The last attempt failed. Terminal.
     Failed,
-    /// Cancelled by a client. Terminal.
+    /// Cancelled by a client, or because a dependency failed or was
+    /// cancelled. Terminal.
     Cancelled,
     /// Evicted by `--keep-finished`; only the id is left, until the
     /// tombstone is swept.
@@ -56,7 +60,8 @@ pub(crate) enum State {
 }
 
 /// The states a client sees, in the order `counts` lists them.
-pub(crate) const STATES: [State; 6] = [
+pub(crate) const STATES: [State; 7] = [
+    State::Waiting,
     State::Scheduled,
     State::Queued,
     State::Running,
@@ -69,6 +74,7 @@ impl State {
     /// Returns the name clients see.
     pub(crate) fn name(self) -> &'static str {
         match self {
+            State::Waiting => "waiting",
             State::Scheduled => "scheduled",
             State::Queued => "queued",
             State::Running => "running",
@@ -139,9 +145,9 @@ impl PartialEq for Text {
 ///
 /// Tuning: the plain version has every member inline. What most tasks need
 /// is; the rest (kind, payload, timeout, error, result, retry time,
-/// idempotency key, schedule, progress) lives in [`Extra`], allocated only
-/// for the tasks that use it: a plain sleep task's record is 96 bytes
-/// instead of 232.
+/// idempotency key, schedule, progress, dependencies, the task retried)
+/// lives in [`Extra`], allocated only for the tasks that use it: a plain
+/// sleep task's record is 96 bytes instead of 264.
 #[derive(Debug)]
 pub(crate) struct Task {
     /// The server's id: microseconds since the epoch at creation, made
@@ -191,6 +197,10 @@ pub(crate) struct Extra {
     pub(crate) schedule: Option<u16>,
     /// The last progress its handler reported, as JSON text.
     pub(crate) progress: Option<Box<str>>,
+    /// The tasks it runs after (`after`), in the order given.
+    pub(crate) after: Option<Box<[u64]>>,
+    /// The task it was made from by `POST /tasks/{id}/retry`.
+    pub(crate) retry_of: Option<u64>,
 }
 
 /// An `Idempotency-Key` and what it was first used for.
@@ -223,7 +233,9 @@ impl Task {
             || new.payload.is_some()
             || new.timeout.is_some()
             || new.key.is_some()
-            || new.schedule.is_some();
+            || new.schedule.is_some()
+            || new.after.is_some()
+            || new.retry_of.is_some();
         Task {
             id,
             started_at: 0,
@@ -238,6 +250,10 @@ impl Task {
                     timeout: new.timeout,
                     key: new.key,
                     schedule: new.schedule,
+                    after: new
+                        .after
+                        .map(|after| after.iter().map(|id| id.num).collect()),
+                    retry_of: new.retry_of,
                     ..Extra::default()
                 })
             }),
@@ -265,6 +281,35 @@ impl Task {
     /// Returns the extra part, creating it on first use.
     pub(crate) fn extra_mut(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Returns the ids of the tasks it runs after, in the order given;
+    /// empty when it has none.
+    pub(crate) fn after(&self) -> &[u64] {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.after.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Describes the task `POST /tasks/{id}/retry` makes of this one: the
+    /// same members, queued now (no `run_at`, no `after`), made from it.
+    pub(crate) fn retry(&self) -> NewTask {
+        let extra = self.extra.as_deref();
+        NewTask {
+            label: self.label.clone(),
+            work_duration: self.work_duration.clone(),
+            kind: extra.and_then(|e| e.kind.clone()),
+            payload: extra.and_then(|e| e.payload.clone()),
+            timeout: extra.and_then(|e| e.timeout.clone()),
+            max_attempts: self.max_attempts,
+            key: None,
+            queue: self.queue,
+            run_at: 0,
+            schedule: None,
+            after: None,
+            retry_of: Some(self.id),
+        }
     }
 
     /// Writes the members of the status object of `GET /tasks/{id}`;
@@ -301,6 +346,25 @@ impl Task {
         write_timestamp(out, extra.map_or(0, |e| e.retry_at));
         out.extend_from_slice(b", \"schedule\": ");
         write_json_opt(out, names.schedule);
+        out.extend_from_slice(b", \"after\": ");
+        match extra.and_then(|e| e.after.as_deref()) {
+            Some(after) => {
+                out.push(b'[');
+                for (i, &dep) in after.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b", ");
+                    }
+                    task_id_in(names.nodes, dep).write_json(out);
+                }
+                out.push(b']');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b", \"retry_of\": ");
+        match extra.and_then(|e| e.retry_of) {
+            Some(old) => task_id_in(names.nodes, old).write_json(out),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b", \"progress\": ");
         write_raw_opt(out, extra.and_then(|e| e.progress.as_deref()));
         out.extend_from_slice(b", \"error\": ");
@@ -317,11 +381,11 @@ impl Task {
     }
 
     /// Returns the record of the task's fixed members, with the names of
-    /// its queue and schedule. A delayed task still waiting says so: it is
-    /// still `scheduled`.
+    /// its queue and schedule. A task still waiting for its time or its
+    /// dependencies says so: it is still `scheduled` or `waiting`.
     pub(crate) fn new_record<'a>(&'a self, names: Names<'a>) -> Record<'a> {
         let extra = self.extra.as_deref();
-        let scheduled = self.state == State::Scheduled;
+        let waiting = matches!(self.state, State::Scheduled | State::Waiting);
         Record {
             op: Some(Op::New),
             id: self.id,
@@ -329,7 +393,7 @@ impl Task {
             schedule: cow(names.schedule),
             node: cow(names.id.node.strip_suffix('_')),
             run_at: nonzero(self.run_at),
-            state: cow(scheduled.then_some(State::Scheduled.name())),
+            state: cow(waiting.then_some(self.state.name())),
             task_id: cow(self.label.as_ref().map(Text::as_str)),
             work_duration: cow(self.work_duration.as_ref().map(Text::as_str)),
             kind: cow(extra.and_then(|e| e.kind.as_deref())),
@@ -338,6 +402,10 @@ impl Task {
             max_attempts: Some(self.max_attempts),
             key: cow(extra.and_then(|e| e.key.as_ref()).map(|k| &*k.text)),
             fingerprint: extra.and_then(|e| e.key.as_ref()).map(|k| k.fingerprint),
+            after: extra
+                .and_then(|e| e.after.as_deref())
+                .map(std::borrow::Cow::Borrowed),
+            retry_of: extra.and_then(|e| e.retry_of),
             ..Record::default()
         }
     }
@@ -382,6 +450,7 @@ impl Task {
             .unwrap_or(0);
         let state = match record.state.as_deref() {
             Some("scheduled") => State::Scheduled,
+            Some("waiting") => State::Waiting,
             _ => State::Queued,
         };
         let schedule = record
@@ -404,6 +473,14 @@ impl Task {
                 queue: queue as u8,
                 run_at: record.run_at.unwrap_or(0),
                 schedule: schedule.map(|s| s as u16),
+                after: record.after.as_deref().map(|after| {
+                    let id = |&num| IdRef {
+                        num,
+                        node: Text::new(""),
+                    };
+                    after.iter().map(id).collect()
+                }),
+                retry_of: record.retry_of,
             },
             state,
         )
@@ -441,11 +518,14 @@ impl Task {
 }
 
 /// The names of a task's queue and schedule, for its status: the task keeps
-/// only their indexes.
+/// only their indexes; and the id prefixes, for the ids it names.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Names<'a> {
     /// Its id, prefix included.
     pub(crate) id: TaskId,
+    /// The id prefix in force from each id on, for the ids of its
+    /// dependencies and of the task it retries (see [`task_id_in`]).
+    pub(crate) nodes: &'a [(u64, &'static str)],
     /// Its queue's name.
     pub(crate) queue: &'a str,
     /// Its schedule's name, if a schedule made it.
@@ -494,6 +574,14 @@ impl std::fmt::Display for TaskId {
     }
 }
 
+/// Returns the id of task `num` with the prefix it was made with, from
+/// `nodes`: the prefix in force from each id on, in id order.
+pub(crate) fn task_id_in(nodes: &[(u64, &'static str)], num: u64) -> TaskId {
+    let at = nodes.partition_point(|&(from, _)| from <= num);
+    let node = nodes.get(at.wrapping_sub(1)).map_or("", |&(_, node)| node);
+    TaskId { node, num }
+}
+
 /// An id as a client wrote it: its number and the prefix it had, to be
 /// checked against the prefix of the task with that number.
 #[derive(Clone, Debug, PartialEq)]
@@ -505,6 +593,21 @@ pub(crate) struct IdRef {
 }
 
 impl IdRef {
+    /// Names item `n` of the same batch (`"#N"` in an `after`, section 15)
+    /// until the store gives it its id: the prefix `#`, which no node's
+    /// prefix is, marks it.
+    pub(crate) fn batch_item_ref(n: usize) -> IdRef {
+        IdRef {
+            num: n as u64,
+            node: Text::new("#"),
+        }
+    }
+
+    /// Returns the index of the batch's item this names, if it names one.
+    pub(crate) fn batch_item(&self) -> Option<usize> {
+        (self.node.as_str() == "#").then_some(self.num as usize)
+    }
+
     /// Reads an id: 9 id characters, after an optional `NAME_` prefix.
     pub(crate) fn parse(text: &[u8]) -> Option<IdRef> {
         let (node, digits) = text.split_at(text.len().checked_sub(ID_LEN)?);
@@ -517,6 +620,16 @@ impl IdRef {
             num: parse_id(digits).filter(|_| prefix_ok)?,
             node: Text::new(std::str::from_utf8(node).ok()?),
         })
+    }
+}
+
+impl std::fmt::Display for IdRef {
+    /// Writes the id as the client wrote it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = Vec::with_capacity(ID_LEN);
+        write_id(&mut out, self.num);
+        f.write_str(self.node.as_str())?;
+        f.write_str(std::str::from_utf8(&out).unwrap_or("?"))
     }
 }
 
@@ -545,6 +658,11 @@ fn parse_id(text: &[u8]) -> Option<u64> {
 /// the last retry's backoff (capped at five minutes) ends within hours.
 pub(crate) const MAX_ATTEMPTS: std::ops::RangeInclusive<u8> = 1..=100;
 
+/// The most tasks one task may run after: a pipeline names its previous
+/// step or a fan-in of a few; 32 keeps a task's record, and the work of
+/// checking it under the store lock, small.
+pub(crate) const MAX_AFTER: usize = 32;
+
 /// What a new task needs, checked and ready to store.
 #[derive(Debug)]
 pub(crate) struct NewTask {
@@ -568,6 +686,11 @@ pub(crate) struct NewTask {
     pub(crate) run_at: u64,
     /// The index of the `--schedule` that made it, if one did.
     pub(crate) schedule: Option<u16>,
+    /// The ids of the tasks it runs after, as written, until the store
+    /// checks them (a journal's ids have no prefix: they are checked).
+    pub(crate) after: Option<Box<[IdRef]>>,
+    /// The task it retries (`POST /tasks/{id}/retry`).
+    pub(crate) retry_of: Option<u64>,
 }
 
 /// What a cancel came to, when it was not refused.
@@ -595,6 +718,9 @@ pub(crate) struct Work {
     pub(crate) payload: Option<Box<str>>,
     /// The per-attempt timeout, as the client wrote it.
     pub(crate) timeout: Option<Text>,
+    /// The ids of the tasks it ran after, in the order given, for the
+    /// handler's `BGTASKS_AFTER`.
+    pub(crate) after: Vec<TaskId>,
 }
 
 impl Work {
@@ -610,6 +736,13 @@ impl Work {
         self.timeout
             .as_ref()
             .and_then(|t| parse_duration(t.as_str()).ok())
+    }
+
+    /// Returns `BGTASKS_AFTER`: the ids of the tasks it ran after, in the
+    /// order given, comma-separated; empty when none.
+    pub(crate) fn after_env(&self) -> String {
+        let ids: Vec<String> = self.after.iter().map(TaskId::to_string).collect();
+        ids.join(",")
     }
 }
 

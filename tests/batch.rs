@@ -293,3 +293,118 @@ fn an_idempotency_key_covers_the_whole_batch_across_a_restart() {
         (retained(&server) == 3).then_some(())
     });
 }
+
+#[test]
+fn a_batch_is_a_pipeline_when_its_items_name_earlier_ones_as_hash_n() {
+    let dir = TempDir::new("batch-pipeline");
+    let script = dir.script("fail.sh", "exit 1");
+    let server = Server::start(&["--handler", &format!("fail={script}")]);
+    let failed = server.post("/tasks", r#"{"kind": "fail"}"#).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(server.wait_done(&failed)["state"], "failed");
+    let body = json!([
+        {"task_id": "fetch", "work_duration": "50ms"},
+        {"task_id": "transform", "work_duration": "0s", "after": ["#0"]},
+        {"task_id": "upload", "work_duration": "0s", "after": ["#1", "#0"]},
+        {"task_id": "doomed", "work_duration": "0s", "after": [failed]},
+        {"task_id": "behind", "work_duration": "0s", "after": ["#2", "#3"]},
+    ]);
+    let tasks = created(&server.post("/tasks", &body.to_string()));
+    let states: Vec<&str> = tasks.iter().map(|t| t.2.as_str()).collect();
+    assert_eq!(
+        states,
+        ["queued", "waiting", "waiting", "cancelled", "cancelled"]
+    );
+    let id = |i: usize| tasks[i].0.clone();
+    // The status shows the real ids, in the order given.
+    assert_eq!(server.task(&id(2))["after"], json!([id(1), id(0)]));
+    assert_eq!(
+        server.task(&id(3))["error"],
+        format!("dependency {failed} failed")
+    );
+    assert_eq!(
+        server.task(&id(4))["error"],
+        format!("dependency {} was cancelled", id(3))
+    );
+    // The chain runs in order.
+    let finished: Vec<i64> = (0..3)
+        .map(|i| {
+            let task = server.wait_done(&id(i));
+            assert_eq!(task["state"], "succeeded", "{task}");
+            common::epoch_millis(&task["started_at"])
+        })
+        .collect();
+    assert!(finished.windows(2).all(|w| w[0] <= w[1]), "{finished:?}");
+}
+
+#[test]
+fn hash_n_names_only_an_earlier_item_of_the_same_batch() {
+    let server = Server::start(&[]);
+    let ok = json!({"work_duration": "0s"});
+    let cases: &[(Value, usize, &str)] = &[
+        (
+            json!([ok, {"work_duration": "0s", "after": ["#1"]}]),
+            1,
+            "after: \"#1\" names no earlier item of this batch",
+        ),
+        (
+            json!([{"work_duration": "0s", "after": ["#0"]}]),
+            0,
+            "after: \"#0\" names no earlier item of this batch",
+        ),
+        (
+            json!([ok, ok, {"work_duration": "0s", "after": ["#7"]}]),
+            2,
+            "after: \"#7\" names no earlier item of this batch",
+        ),
+        (
+            json!([ok, {"work_duration": "0s", "after": ["#0", "#0"]}]),
+            1,
+            "after: \"#0\" is named twice",
+        ),
+        (
+            json!([ok, {"work_duration": "0s", "after": ["AAAAAAAAA"]}]),
+            1,
+            "after: \"AAAAAAAAA\" is not the id of a task this server made",
+        ),
+    ];
+    for (body, index, error) in cases {
+        let r = server.post("/tasks", &body.to_string());
+        assert_eq!(
+            (r.status, r.json()),
+            (400, json!({"error": error, "index": index})),
+            "{body}"
+        );
+    }
+    // Outside a batch, "#0" is no id.
+    let r = server.post("/tasks", r##"{"work_duration": "0s", "after": ["#0"]}"##);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        r.json()["error"],
+        "after: \"#0\" is not the id of a task this server made"
+    );
+    assert_eq!(retained(&server), 0);
+}
+
+#[test]
+fn a_pipeline_batch_survives_kill_9_and_runs_after_the_restart() {
+    let dir = TempDir::new("batch-pipeline-kill");
+    let data = dir.arg("data");
+    let args = ["--workers", "1", "--data-dir", data.as_str()];
+    let mut server = Server::start(&args);
+    let blocker = server.submit("60s");
+    server.wait_state(&blocker, "running");
+    let body = json!([
+        {"task_id": "a", "work_duration": "0s"},
+        {"task_id": "b", "work_duration": "0s", "after": ["#0"]},
+    ]);
+    let tasks = created(&server.post("/tasks", &body.to_string()));
+    server.kill();
+    let server = Server::start(&args);
+    assert_eq!(server.task(&tasks[1].0)["after"], json!([tasks[0].0]));
+    assert_eq!(server.task(&tasks[1].0)["state"], "waiting");
+    assert!(server.cancel(&blocker).status == 200);
+    assert_eq!(server.wait_done(&tasks[1].0)["state"], "succeeded");
+}

@@ -714,7 +714,6 @@ fn a_batch_prints_every_id_in_order() {
 }
 
 #[test]
-#[ignore = "needs SPEC §14/§15 on the server"]
 fn retry_prints_the_new_id() {
     let dir = TempDir::new("client-retry");
     let script = dir.script("fail.sh", "exit 1");

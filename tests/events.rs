@@ -217,7 +217,7 @@ fn stats_come_first_then_at_most_once_a_second_while_things_change() {
     assert_eq!(
         first.data,
         json!({
-            "counts": {"scheduled": 0, "queued": 0, "running": 0, "succeeded": 0,
+            "counts": {"waiting": 0, "scheduled": 0, "queued": 0, "running": 0, "succeeded": 0,
                        "failed": 0, "cancelled": 0},
             "queues": [{"name": "default", "workers": 10, "busy": 0, "depth": 0,
                         "capacity": 100, "paused": false, "rate": null}],

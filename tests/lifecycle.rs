@@ -32,7 +32,7 @@ fn list_filters_newest_first_and_counts_everything() {
     assert_eq!(server.cancel(&cancelled).status, 200);
 
     let all = server.get("/tasks").json();
-    let expected_counts = serde_json::json!({"scheduled": 0, "queued": 119, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 1});
+    let expected_counts = serde_json::json!({"waiting": 0, "scheduled": 0, "queued": 119, "running": 1, "succeeded": 0, "failed": 0, "cancelled": 1});
     assert_eq!(all["counts"], expected_counts);
     // Default limit 100, newest first.
     let mut newest: Vec<String> = queued.iter().rev().take(100).cloned().collect();

@@ -549,7 +549,7 @@ fn a_delayed_task_waits_scheduled_and_runs_at_its_time() {
     }
     assert_eq!(
         server.get("/tasks").json()["counts"],
-        json!({"scheduled": 0, "queued": 0, "running": 0, "succeeded": 6, "failed": 0, "cancelled": 0})
+        json!({"waiting": 0, "scheduled": 0, "queued": 0, "running": 0, "succeeded": 6, "failed": 0, "cancelled": 0})
     );
     // A task sent without either has no run_at.
     let id = server.submit("0s");
@@ -694,7 +694,7 @@ fn bad_queues_and_times_are_refused_with_a_sentence_and_store_nothing() {
         ("/tasks?queue=", r#"unknown queue """#),
         (
             "/tasks?state=later",
-            "state must be one of scheduled, queued, running, succeeded, failed, cancelled",
+            "state must be one of waiting, scheduled, queued, running, succeeded, failed, cancelled",
         ),
     ] {
         let r = server.get(path);

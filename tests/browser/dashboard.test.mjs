@@ -228,6 +228,37 @@ test("cancel in the detail panel, reached by keyboard, cancels a running task", 
   await until(page, () => !document.getElementById("detail").open);
 });
 
+test("waiting shows in the counts; after and retry_of link to their tasks; Retry submits again", async () => {
+  const a = await submit(server, { work_duration: "60s", task_id: "first step" });
+  const b = await submit(server, { work_duration: "10ms", task_id: "second step", after: [a] });
+  await until(page, () => Number(document.getElementById("count-waiting").textContent) >= 1);
+  await rowState(page, b, "waiting");
+  await page.click(`#tasks tr[data-id="${b}"]`);
+  const link = (member, id) => `#d-body dd[data-member="${member}"] a[data-task="${id}"]`;
+  await page.waitForSelector(link("after", a), { timeout: PATIENCE });
+  assert.equal(await page.isVisible("#d-retry"), false, "no retry button for a waiting task");
+  await page.click(link("after", a));
+  await until(page, (a) => document.getElementById("d-title").textContent === "Task " + a
+    && (document.querySelector('#d-body dd[data-member="id"]') || {}).textContent === a, a);
+  // Cancelling a cancels b, which waits for it; b is retried from its panel.
+  assert.equal((await call(server, "POST", "/tasks/" + a + "/cancel")).status, 200);
+  await page.keyboard.press("Escape");
+  await until(page, () => !document.getElementById("detail").open);
+  await rowState(page, b, "cancelled");
+  await page.click(`#tasks tr[data-id="${b}"]`);
+  await page.waitForSelector("#d-retry", { state: "visible", timeout: PATIENCE });
+  await page.click("#d-retry");
+  await page.waitForSelector(link("retry_of", b), { timeout: PATIENCE });
+  const again = await page.textContent('#d-body dd[data-member="id"]');
+  assert.notEqual(again, b);
+  const status = (await call(server, "GET", "/tasks/" + again)).json;
+  assert.equal(status.retry_of, b);
+  assert.equal(status.task_id, "second step");
+  assert.equal(status.after, null);
+  await page.keyboard.press("Escape");
+  await until(page, () => !document.getElementById("detail").open);
+});
+
 test("pause and resume toggle a queue, by mouse and then by keyboard", async () => {
   const button = '#queues [data-queue="slow"] button';
   const paused = async () => (await call(server, "GET", "/queues")).json.queues.find((q) => q.name === "slow").paused;

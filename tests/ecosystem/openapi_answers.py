@@ -135,6 +135,9 @@ def main():
         check(server.request("GET", f"/tasks/{first}"), "/tasks/{id}", "get", 410)
         check(server.request("HEAD", f"/tasks/{first}"), "/tasks/{id}", "head", 410)
         check(server.request("POST", f"/tasks/{second}/cancel"), "/tasks/{id}/cancel", "post", 409)
+        check(server.request("POST", f"/tasks/{second}/retry"), "/tasks/{id}/retry", "post", 409)
+        check(server.request("POST", f"/tasks/{first}/retry"), "/tasks/{id}/retry", "post", 410)
+        check(server.request("POST", "/tasks/n2_AAAAAAAAA/retry"), "/tasks/{id}/retry", "post", 404)
         check(server.request("GET", "/tasks/n2_AAAAAAAAA"), "/tasks/{id}", "get", 404)
         running = submit('{"work_duration": "60s"}', "key-1")
         check(running, "/tasks", "post", 202)
@@ -184,6 +187,43 @@ def main():
         check(health, "/healthz", "get", 503)
         check(server.request("POST", "/tasks", '{"work_duration": "1s"}', conn=late),
               "/tasks", "post", 503)
+    finally:
+        server.stop()
+
+    # Dependencies and retries: a waiting task, a retry refused by a full
+    # queue, then accepted, repeated and misused with its key, and a task
+    # after a cancelled one, cancelled at once.
+    server = Server("--workers", "1", "--buffer", "1")
+    try:
+        submit = lambda body, key=None: server.request(  # noqa: E731
+            "POST", "/tasks", body, {"Idempotency-Key": key} if key else {})
+        head = json.loads(submit('{"work_duration": "60s"}')[2])["id"]
+        server.wait_state(head, "running")
+        queued = json.loads(submit('{"work_duration": "60s"}')[2])["id"]
+        waiting = submit(json.dumps({"work_duration": "0s", "after": [head]}))
+        check(waiting, "/tasks", "post", 202)
+        waiting = json.loads(waiting[2])["id"]
+        check(server.request("GET", f"/tasks/{waiting}"), "/tasks/{id}", "get", 200)
+        check(server.request("POST", f"/tasks/{waiting}/cancel"), "/tasks/{id}/cancel", "post", 200)
+        check(server.request("POST", f"/tasks/{waiting}/retry"), "/tasks/{id}/retry", "post", 503)
+        check(server.request("POST", f"/tasks/{queued}/cancel"), "/tasks/{id}/cancel", "post", 200)
+        check(server.request("POST", f"/tasks/{head}/cancel"), "/tasks/{id}/cancel", "post", 200)
+        key = {"Idempotency-Key": "retry-1"}
+        deadline = time.monotonic() + 60
+        # The worker frees the cancelled task's place when it takes it.
+        while (retried := server.request("POST", f"/tasks/{waiting}/retry", headers=key))[0] == 503:
+            if time.monotonic() > deadline:
+                fail("the queue never had room")
+            time.sleep(0.02)
+        check(retried, "/tasks/{id}/retry", "post", 202)
+        check(server.request("POST", f"/tasks/{waiting}/retry", headers=key), "/tasks/{id}/retry", "post", 200)
+        check(server.request("POST", f"/tasks/{head}/retry", headers=key), "/tasks/{id}/retry", "post", 422)
+        check(server.request("GET", f"/tasks/{json.loads(retried[2])['id']}"), "/tasks/{id}", "get", 200)
+        late = submit(json.dumps({"work_duration": "0s", "after": [head]}))
+        check(late, "/tasks", "post", 202)
+        if json.loads(late[2])["state"] != "cancelled":
+            fail(f"a task after a cancelled one: {late}")
+        check(server.request("GET", f"/tasks/{json.loads(late[2])['id']}"), "/tasks/{id}", "get", 200)
     finally:
         server.stop()
 

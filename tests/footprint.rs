@@ -63,15 +63,20 @@ fn report(what: &str, before: u64, after: u64, count: usize) {
 /// Starts a server with `args`, submits [`TASKS`] tasks of `body`, waits
 /// until `state` counts them all, and prints what each added.
 fn per_task(what: &str, args: &[&str], body: &str, state: &str) {
-    let server = Server::start(args);
-    let before = settled_rss(&server);
+    per_task_on(&Server::start(args), what, body, state);
+}
+
+/// Submits [`TASKS`] tasks of `body` to `server`, waits until `state`
+/// counts them all, and prints what each added.
+fn per_task_on(server: &Server, what: &str, body: &str, state: &str) {
+    let before = settled_rss(server);
     let statuses = server.pipeline("/tasks", TASKS, 4, |_| body.to_string());
     assert_eq!(statuses.get(&202), Some(&TASKS), "{statuses:?}");
     common::eventually(&format!("{TASKS} tasks {state}"), || {
         let counts = server.get("/tasks?limit=1").json()["counts"].clone();
         (counts[state].as_u64() >= Some(TASKS as u64 - 1)).then_some(())
     });
-    report(what, before, settled_rss(&server), TASKS);
+    report(what, before, settled_rss(server), TASKS);
 }
 
 #[test]
@@ -88,7 +93,7 @@ fn footprint_of_the_binary_and_the_idle_server() {
 }
 
 #[test]
-#[ignore = "benchmark: prints the RSS of each queued, scheduled and finished task"]
+#[ignore = "benchmark: prints the RSS of each queued, scheduled, waiting and finished task"]
 fn footprint_per_task() {
     let tasks = TASKS.to_string();
     let room = (2 * TASKS).to_string();
@@ -104,6 +109,16 @@ fn footprint_per_task() {
         &["--max-scheduled", &room],
         r#"{"task_id": "t", "work_duration": "0s", "delay": "1h"}"#,
         "scheduled",
+    );
+    // Each waits for one task that runs for an hour (SPEC §13).
+    let server = Server::start(&["--max-scheduled", &room]);
+    let parent = server.submit("1h");
+    server.wait_state(&parent, "running");
+    per_task_on(
+        &server,
+        "waiting task (after one running task)",
+        &format!(r#"{{"task_id": "t", "work_duration": "0s", "after": ["{parent}"]}}"#),
+        "waiting",
     );
     per_task(
         "retained finished task (succeeded)",

@@ -162,8 +162,11 @@ const LOCK: &str = "lock";
 /// for it, so it is read as it is and gets the record at its next
 /// compaction. A newer version is refused before anything changes, so
 /// that a binary never misreads a format it does not know, nor appends
-/// its own records to one.
-const JOURNAL_VERSION: u64 = 1;
+/// its own records to one. Version 2 added `after` and `retry_of` and the
+/// state `waiting` in `new` records, and `scheduled` in `state` records
+/// (a released task's): version 1 would drop the first two and call the
+/// others damage.
+const JOURNAL_VERSION: u64 = 2;
 
 /// The most records written in one batch: enough to share an fsync among
 /// thousands of submissions, small enough to bound one write.
@@ -1297,6 +1300,14 @@ pub(crate) mod tests {
             ),
             (
                 &[
+                    r#"{"op":"version","version":2}"#,
+                    r#"{"op":"new","id":12,"max_attempts":1,"state":"waiting","after":[9]}"#,
+                ],
+                b"",
+                Ok((1, false)),
+            ),
+            (
+                &[
                     r#"{"op":"version","version":0}"#,
                     r#"{"op":"new","id":12,"max_attempts":1}"#,
                 ],
@@ -1355,12 +1366,12 @@ pub(crate) mod tests {
 
     #[test]
     fn a_journal_of_a_newer_format_is_refused_whatever_follows() {
-        let newer = r#"{"op":"version","version":2,"written_by":"a later bgtasks"}"#;
+        let newer = r#"{"op":"version","version":3,"written_by":"a later bgtasks"}"#;
         for rest in [&[][..], &[r#"{"op":"merge","into":7}"#, "not json"][..]] {
             let lines = journal_lines(&[&[newer][..], rest].concat());
             assert!(matches!(
                 replay_lines(&lines[..], &config(&[])),
-                Err(ReplayError::Newer(2))
+                Err(ReplayError::Newer(3))
             ));
         }
         // What this server writes, it reads: a compacted journal starts

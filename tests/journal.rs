@@ -60,7 +60,7 @@ fn line(json: &str) -> String {
 }
 
 /// The first record of every journal this server creates or compacts.
-const VERSION_1: &str = r#"{"op":"version","version":1}"#;
+const VERSION_2: &str = r#"{"op":"version","version":2}"#;
 
 /// Starts a server on `dir` with more flags.
 fn start(dir: &DataDir, args: &[&str]) -> Server {
@@ -319,7 +319,7 @@ fn the_journal_is_compacted_and_stays_small() {
     }
     server.wait_log("journal compacted");
     let journal = std::fs::read_to_string(dir.journal()).unwrap();
-    assert_eq!(journal.lines().next(), Some(line(VERSION_1).trim_end()));
+    assert_eq!(journal.lines().next(), Some(line(VERSION_2).trim_end()));
     // 200,000 tasks of about 230 bytes of records each went through; the
     // file stays near its threshold, passing it by one write at most.
     assert!(largest < 12 << 20, "the journal grew to {largest} bytes");
@@ -947,7 +947,7 @@ fn a_journal_names_its_format_first_and_a_journal_without_it_still_replays() {
     assert_eq!(server.stop(Signal::TERM).0, Some(0));
     let journal = std::fs::read_to_string(dir.journal()).unwrap();
     let (first, rest) = journal.split_once('\n').unwrap();
-    assert_eq!(format!("{first}\n"), line(VERSION_1));
+    assert_eq!(format!("{first}\n"), line(VERSION_2));
     assert!(!rest.contains(r#""op":"version""#), "{journal}");
     // The journal as bgtasks wrote it before the version record existed
     // (version 0): the same records, without the first line. It is read
@@ -973,9 +973,9 @@ fn a_journal_of_a_newer_format_is_refused_in_one_line_changing_nothing() {
     std::fs::create_dir_all(dir.path("")).unwrap();
     // A later format may say anything after its version record.
     let journal = [
-        line(r#"{"op":"version","version":2}"#),
+        line(r#"{"op":"version","version":3}"#),
         line(r#"{"op":"merge","into":7}"#),
-        "not a record of version 1\n".to_string(),
+        "not a record of version 2\n".to_string(),
     ]
     .concat();
     std::fs::write(dir.journal(), &journal).unwrap();
@@ -984,7 +984,7 @@ fn a_journal_of_a_newer_format_is_refused_in_one_line_changing_nothing() {
     let err = refused(dir.arg());
     assert_eq!(err.lines().count(), 1, "{err}");
     let expected = format!(
-        "{}: the journal is format version 2, and this bgtasks reads versions up to 1",
+        "{}: the journal is format version 3, and this bgtasks reads versions up to 2",
         dir.journal().display()
     );
     assert!(err.contains(&expected), "{err}");

@@ -240,6 +240,7 @@
 //! | [`json`] | JSON written by hand: strings, numbers, optional members |
 //! | [`task`] | a task's record, its states and ids, the one status writer |
 //! | [`store`] | every task behind one lock: admission and every change |
+//! | [`table`] | the store's records in id order, lookups and tombstones |
 //! | [`deps`] | which waiting tasks wait for which (`after`), and their fate |
 //! | [`queue`] | a queue's channel and what changes about it under the lock |
 //! | [`shared`] | what every task shares, and the rule of the store's lock |
@@ -290,6 +291,7 @@ mod shared;
 mod store;
 mod submit;
 mod systemd;
+mod table;
 mod task;
 mod time;
 mod trace;

@@ -57,20 +57,13 @@
 //! goes when its task is evicted. A batch's key names its first task;
 //! every task of the batch carries it (so that a restart finds them, one
 //! after another in the journal), and `batches` keeps their ids for the
-//! repeat's answer ([`Store::batch`]). Ids are issued by [`Store::issue_id`];
-//! [`Store::lookup`] tells an id this server issued and evicted (`410`:
-//! between the first and the last it issued, across restarts with a
-//! journal) from one it never issued (`404`).
+//! repeat's answer ([`Store::batch`]).
 //!
-//! # Records in id order
+//! # Records
 //!
-//! Records are kept in a `VecDeque` ordered by id. Ids grow with time, so
-//! a new task always goes at the back, and a lookup is a search by id
-//! ([`Store::position`]). Finished tasks that `--keep-finished` evicts
-//! leave a tombstone, dropped from the front or swept once tombstones pile
-//! up, so the deque stays within about twice the retained tasks. Compared
-//! with a hash map this costs no per-entry overhead, which matters: a queued
-//! `sleep` task is its 96-byte record and nothing more.
+//! The records themselves, in id order with the ids issued, are a
+//! [`Table`]'s: it keeps the counts per state and the tombstones of evicted
+//! tasks, and the store keeps everything else a change means.
 //!
 //! What the tasks can make the server hold is bounded by the flags: a
 //! submission is refused with `503` once its queue holds its capacity or
@@ -92,9 +85,10 @@ use crate::{
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
     submit::{MAX_BATCH, parse_submission},
+    table::Table,
     task::{
         Cancel, IdRef, IdempotencyKey, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text,
-        Work, backoff, task_id_in,
+        Work, backoff,
     },
     time::{now_micros, now_millis},
     trigger::Trigger,
@@ -104,10 +98,6 @@ use log::{debug, info};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use std::sync::Arc;
-
-/// Tombstones are swept from the middle of the store only past this many:
-/// a sweep moves every record, so it waits until it frees a fair amount.
-const TOMBSTONE_SWEEP: usize = 64;
 
 /// What the store answers to a submission: everything the answer shows,
 /// so that it is made after the lock is released.
@@ -194,14 +184,10 @@ pub(crate) struct Counters {
 /// Every task and the indexes over them.
 #[derive(Debug)]
 pub(crate) struct Store {
-    /// Records in id order, tombstones included.
-    tasks: VecDeque<Task>,
-    /// How many entries of `tasks` are tombstones.
-    tombstones: usize,
+    /// Every task's record, in id order, with the ids issued.
+    tasks: Table,
     /// Ids of terminal tasks in the order they finished: eviction order.
     finished: VecDeque<u64>,
-    /// Retained tasks in each state, indexed like [`STATES`].
-    counts: [usize; STATES.len()],
     /// Each queue's state, indexed like [`Config::queues`].
     queues: Vec<QueueState>,
     /// Each schedule's firings, indexed like [`Config::schedules`].
@@ -232,10 +218,6 @@ pub(crate) struct Store {
     /// waits for the disk) whose task was taken back: the worker that gets
     /// one skips it, and the queue no longer counts it.
     withdrawn: HashSet<u64>,
-    /// The first id this store issued (or replayed); 0 until then.
-    first_id: u64,
-    /// The most recently issued id: the next one is larger.
-    last_id: u64,
     /// How many finished tasks to keep.
     keep_finished: usize,
     /// How long finished tasks are kept (`--keep-finished-for`), in ms.
@@ -252,10 +234,6 @@ pub(crate) struct Store {
     /// Where the `/events` streams are told of every change (shared with
     /// them, and with [`Shared`](crate::shared::Shared)).
     events: Arc<EventLog>,
-    /// The id prefix in force from each id on, in id order: those of
-    /// tasks replayed from the journal, then `--node`'s from this run's
-    /// first id. A prefix changes only across restarts, so ranges do.
-    nodes: Vec<(u64, &'static str)>,
 }
 
 impl Store {
@@ -263,10 +241,8 @@ impl Store {
     /// what must wait for a time to `due_tx`.
     pub(crate) fn new(config: &Config, due_tx: Sender<(u64, Due)>, events: Arc<EventLog>) -> Store {
         Store {
-            tasks: VecDeque::new(),
-            tombstones: 0,
+            tasks: Table::new(config.node),
             finished: VecDeque::new(),
-            counts: [0; STATES.len()],
             queues: config.queues.iter().map(QueueState::new).collect(),
             schedules: config.schedules.iter().map(ScheduleState::new).collect(),
             due_tx,
@@ -278,8 +254,6 @@ impl Store {
             cancels: HashMap::new(),
             cancelling: HashMap::new(),
             withdrawn: HashSet::new(),
-            first_id: 0,
-            last_id: 0,
             keep_finished: config.keep_finished,
             keep_for: config.keep_finished_for.map(|d| d.as_millis() as u64),
             expiry_armed: false,
@@ -287,96 +261,17 @@ impl Store {
             closed: false,
             journal_tx: None,
             events,
-            nodes: vec![(0, config.node)],
         }
-    }
-
-    /// Returns the next id without taking it: the current time in
-    /// microseconds, or one more than the last id if the clock has not moved
-    /// on (or went back). Ids therefore increase, sort in creation order,
-    /// carry their creation time, and differ from a previous run's as long
-    /// as the clock does not go back across a restart.
-    pub(crate) fn issue_id(&self) -> u64 {
-        now_micros().max(self.last_id + 1)
-    }
-
-    /// Finds where the record for `id` is, or would be, in `tasks`.
-    ///
-    /// Tuning: the plain version is `binary_search_by_key` (the unit test
-    /// `positions_agree_with_a_binary_search` checks the two agree). Ids
-    /// are creation times, so a record's place is roughly proportional to
-    /// its id: this guesses it by interpolation, gallops from the guess to
-    /// bracket it, and only then bisects — a handful of probes instead of a
-    /// cache-missing binary search. Lookups were 8.5% of the 202 path's
-    /// time in a profile of the bench's accept phase.
-    pub(crate) fn position(&self, id: u64) -> Result<usize, usize> {
-        let tasks = &self.tasks;
-        let (Some(first), Some(last)) = (tasks.front(), tasks.back()) else {
-            return Err(0);
-        };
-        let n = tasks.len();
-        if id <= first.id || id >= last.id {
-            return match (id == first.id, id == last.id, id < first.id) {
-                (true, _, _) => Ok(0),
-                (_, true, _) => Ok(n - 1),
-                (_, _, true) => Err(0),
-                _ => Err(n),
-            };
-        }
-        // From here on tasks[lo].id < id <= tasks[hi].id.
-        let (mut lo, mut hi) = (0, n - 1);
-        let span = u128::from(last.id - first.id);
-        let guess = (u128::from(id - first.id) * (n as u128 - 1) / span) as usize;
-        let mut step = 1;
-        if tasks[guess].id < id {
-            lo = guess;
-            while lo + step < hi && tasks[lo + step].id < id {
-                lo += step;
-                step *= 2;
-            }
-            hi = hi.min(lo + step);
-        } else {
-            hi = guess;
-            while hi > lo + step && tasks[hi - step].id >= id {
-                hi -= step;
-                step *= 2;
-            }
-            lo = lo.max(hi.saturating_sub(step));
-        }
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if tasks[mid].id < id {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        if tasks[hi].id == id { Ok(hi) } else { Err(hi) }
     }
 
     /// Finds the record for `id`.
     pub(crate) fn lookup(&self, id: u64) -> Lookup {
-        match self.position(id) {
-            Ok(i) if self.tasks[i].state != State::Evicted => Lookup::Found(i),
-            _ if self.first_id != 0 && (self.first_id..=self.last_id).contains(&id) => Lookup::Gone,
-            _ => Lookup::Unknown,
-        }
+        self.tasks.lookup(id)
     }
 
     /// Returns the retained task with this id.
     pub(crate) fn get(&self, id: u64) -> Option<&Task> {
-        match self.lookup(id) {
-            Lookup::Found(i) => Some(&self.tasks[i]),
-            _ => None,
-        }
-    }
-
-    /// Returns the index of the retained task with this id.
-    pub(crate) fn index(&self, id: u64) -> Option<usize> {
-        match self.lookup(id) {
-            Lookup::Found(i) => Some(i),
-            _ => None,
-        }
+        self.tasks.get(id)
     }
 
     /// Admits a new task: puts its id into its queue's channel (or, for a
@@ -400,7 +295,7 @@ impl Store {
                 Err(sentence) => return Admission::BadAfter(sentence),
             },
         };
-        let id = self.issue_id();
+        let id = self.tasks.issue_id();
         let q = usize::from(new.queue);
         let delayed = new.run_at > now_millis();
         let state = match fate {
@@ -503,7 +398,7 @@ impl Store {
             .map(|_| Vec::with_capacity(news.len() * 160));
         let mut ids: Vec<u64> = Vec::with_capacity(news.len());
         for (mut new, &(_, state)) in news.into_iter().zip(&plans) {
-            let id = self.issue_id();
+            let id = self.tasks.issue_id();
             new.key = key.clone();
             // "#N" becomes the id item N was given.
             for dep in new.after.iter_mut().flat_map(|a| a.iter_mut()) {
@@ -585,10 +480,6 @@ impl Store {
     /// word, if it is scheduled) is taken: the store's record, its key and
     /// the counters.
     fn record_new(&mut self, id: u64, new: NewTask, state: State) {
-        if self.first_id == 0 {
-            self.first_id = id;
-        }
-        self.last_id = id;
         self.counters.accepted += 1;
         if let Some(key) = &new.key {
             // A batch's later tasks carry the key too (for a restart to
@@ -599,12 +490,12 @@ impl Store {
             // The due-time loop ends only at shutdown, when it no longer matters.
             let _ = self.due_tx.try_send((new.run_at, Due::Task(id)));
         }
-        self.insert(Task::from_new(id, new, state));
+        self.tasks.push(Task::from_new(id, new, state));
     }
 
     /// Appends the `new` record of the task just recorded.
     fn write_new(&self, line: &mut Vec<u8>) {
-        if let Some(task) = self.tasks.back() {
+        if let Some(task) = self.tasks.last() {
             write_record(line, &task.new_record(self.names(task)));
         }
     }
@@ -613,7 +504,7 @@ impl Store {
     /// dependencies say of it: it waits for those not yet ended, or is
     /// cancelled for one that ended badly. Returns its state.
     fn meet_fate(&mut self, id: u64, fate: Fate, state: State, queues: &[Queue]) -> State {
-        let Some(i) = self.index(id) else {
+        let Some(i) = self.tasks.index(id) else {
             return state;
         };
         self.publish(i, self.tasks[i].created_at());
@@ -721,7 +612,9 @@ impl Store {
     /// queued, and it or a retry enters its queue. A task cancelled since
     /// is left alone.
     pub(crate) fn make_due(&mut self, id: u64, queues: &[Queue]) {
-        let Some(i) = self.index(id) else { return };
+        let Some(i) = self.tasks.index(id) else {
+            return;
+        };
         let task = &self.tasks[i];
         let retry = task.extra.as_ref().is_some_and(|e| e.retry_at != 0);
         match task.state {
@@ -750,16 +643,13 @@ impl Store {
 
     /// Returns a task's id, with the prefix it was made with.
     pub(crate) fn task_id(&self, num: u64) -> TaskId {
-        task_id_in(&self.nodes, num)
+        self.tasks.task_id(num)
     }
 
     /// Finds the record an id names: the number must be a task's, and the
     /// prefix the one that task was made with.
     pub(crate) fn lookup_ref(&self, id: &IdRef) -> Lookup {
-        if self.task_id(id.num).node != id.node.as_str() {
-            return Lookup::Unknown;
-        }
-        self.lookup(id.num)
+        self.tasks.lookup_ref(id)
     }
 
     /// Returns the names of a task's queue and schedule.
@@ -767,7 +657,7 @@ impl Store {
         let schedule = task.extra.as_ref().and_then(|e| e.schedule);
         Names {
             id: self.task_id(task.id),
-            nodes: &self.nodes,
+            nodes: self.tasks.nodes(),
             queue: &self.queues[usize::from(task.queue)].name,
             schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
         }
@@ -776,12 +666,6 @@ impl Store {
     /// Counts the workers running an attempt, in every queue.
     pub(crate) fn busy(&self) -> u64 {
         self.queues.iter().map(|q| q.busy).sum()
-    }
-
-    /// Appends a record; its id must be larger than every other.
-    pub(crate) fn insert(&mut self, task: Task) {
-        self.counts[task.state as usize] += 1;
-        self.tasks.push_back(task);
     }
 
     /// Moves the task at index `i` to `state`, keeping counts, waking long
@@ -823,9 +707,9 @@ impl Store {
     /// Changes the state of the task at index `i`, and nothing else: its
     /// record, counts, wake-up and event. Moves no record.
     fn change(&mut self, i: usize, state: State, now: u64, journaled: bool) {
+        let id = self.tasks[i].id;
+        let old = self.tasks.set_state(i, state);
         let task = &mut self.tasks[i];
-        let (id, old) = (task.id, task.state);
-        task.state = state;
         if state == State::Running {
             task.started_at = now;
         } else if state.is_terminal() {
@@ -843,8 +727,6 @@ impl Store {
         if old == State::Waiting {
             self.deps.forget(id);
         }
-        self.counts[old as usize] -= 1;
-        self.counts[state as usize] += 1;
         if state.is_terminal() {
             self.counters.finished[state as usize] += 1;
         }
@@ -875,7 +757,7 @@ impl Store {
             }
             let dep_id = self.task_id(dep);
             for waiting in self.deps.ended_badly(dep) {
-                let Some(i) = self.index(waiting) else {
+                let Some(i) = self.tasks.index(waiting) else {
                     continue;
                 };
                 self.tasks[i].extra_mut().error = Some(blocked_error(dep_id, state).into());
@@ -892,7 +774,9 @@ impl Store {
     /// `run_at` is still ahead, else `queued`, entering its queue behind
     /// those waiting for room.
     fn release(&mut self, id: u64, now: u64, queues: &[Queue]) {
-        let Some(i) = self.index(id) else { return };
+        let Some(i) = self.tasks.index(id) else {
+            return;
+        };
         let run_at = self.tasks[i].run_at;
         if run_at > now {
             self.change(i, State::Scheduled, now, true);
@@ -928,20 +812,16 @@ impl Store {
         if let Some(id) = spared {
             self.finished.push_front(id);
         }
-        self.sweep();
+        self.tasks.sweep();
     }
 
     /// Evicts finished task `id`, taken off `finished`, if it is still
     /// retained: only a tombstone of its id is left.
     fn evict_task(&mut self, id: u64) {
-        let Some(i) = self.index(id) else { return };
-        let task = &mut self.tasks[i];
-        let state = std::mem::replace(&mut task.state, State::Evicted);
-        let key = task.extra.take().and_then(|e| e.key);
-        task.label = None;
-        task.work_duration = None;
-        self.counts[state as usize] -= 1;
-        self.tombstones += 1;
+        let Some(i) = self.tasks.index(id) else {
+            return;
+        };
+        let (_, key) = self.tasks.bury(i);
         // A batch's key stays while its first task does.
         if let Some(key) = key
             && self.keys.get(&key.text) == Some(&id)
@@ -982,7 +862,7 @@ impl Store {
             self.finished.pop_front();
             self.evict_task(id);
         }
-        self.sweep();
+        self.tasks.sweep();
         let next = self.finished.front().and_then(|&id| self.get(id));
         let next = next.map(|t| t.finished_at + keep_for);
         self.expiry_armed = next.is_some();
@@ -997,24 +877,6 @@ impl Store {
             && let Some(watch) = self.watchers.remove(&id)
         {
             watch.fire();
-        }
-    }
-
-    /// Drops tombstones: from the front at once, and everywhere once they
-    /// are half the records, so the deque stays within twice the retained
-    /// tasks even when an old task runs for days.
-    fn sweep(&mut self) {
-        while self
-            .tasks
-            .front()
-            .is_some_and(|t| t.state == State::Evicted)
-        {
-            self.tasks.pop_front();
-            self.tombstones -= 1;
-        }
-        if self.tombstones > TOMBSTONE_SWEEP && self.tombstones * 2 > self.tasks.len() {
-            self.tasks.retain(|t| t.state != State::Evicted);
-            self.tombstones = 0;
         }
     }
 
@@ -1045,6 +907,7 @@ impl Store {
             return Begin::Paused(state.resumed.clone());
         }
         let i = self
+            .tasks
             .index(id)
             .filter(|&i| self.tasks[i].state == State::Queued);
         // A token is taken only by a task that starts: a paused queue, or
@@ -1117,6 +980,7 @@ impl Store {
         }
         self.queues[q].busy -= 1;
         let i = self
+            .tasks
             .index(id)
             .filter(|&i| self.tasks[i].state == State::Running)?;
         let task = &mut self.tasks[i];
@@ -1155,7 +1019,9 @@ impl Store {
     /// Sets the progress a running task's handler reported. It is journaled
     /// with the task's next change of state, not on its own.
     pub(crate) fn set_progress(&mut self, id: u64, progress: Box<str>) {
-        let Some(i) = self.index(id) else { return };
+        let Some(i) = self.tasks.index(id) else {
+            return;
+        };
         let task = &mut self.tasks[i];
         if task.state == State::Running {
             task.extra_mut().progress = Some(progress);
@@ -1212,12 +1078,12 @@ impl Store {
 
     /// Counts the tasks in a state.
     pub(crate) fn count(&self, state: State) -> usize {
-        self.counts[state as usize]
+        self.tasks.count(state)
     }
 
     /// Returns the retained tasks in each state, indexed like [`STATES`].
     pub(crate) fn counts(&self) -> &[usize; STATES.len()] {
-        &self.counts
+        self.tasks.counts()
     }
 
     /// Returns what `/metrics` and the `stats` event count.
@@ -1244,14 +1110,7 @@ impl Store {
     /// Returns the retained tasks older than `before` (every one, without
     /// it), newest first: a list's page starts here.
     pub(crate) fn newest_first(&self, before: Option<u64>) -> impl Iterator<Item = &Task> {
-        let end = match before.map(|id| self.position(id)) {
-            Some(Ok(at) | Err(at)) => at,
-            None => self.tasks.len(),
-        };
-        self.tasks
-            .range(..end)
-            .rev()
-            .filter(|t| t.state != State::Evicted)
+        self.tasks.newest_first(before)
     }
 
     /// Tells whether changes are journaled (`--data-dir`).
@@ -1464,6 +1323,7 @@ impl Store {
             return;
         };
         let pending = self
+            .tasks
             .index(id)
             .filter(|&i| !self.tasks[i].state.is_terminal());
         match pending {
@@ -1497,11 +1357,9 @@ impl Store {
     /// A client's cancel of it cannot have been made (it waits for its own
     /// record, which comes later).
     fn take_back(&mut self, id: u64) {
-        let Ok(i) = self.position(id) else { return };
-        let Some(task) = self.tasks.remove(i) else {
+        let Some(task) = self.tasks.remove(id) else {
             return;
         };
-        self.counts[task.state as usize] -= 1;
         self.counters.accepted -= 1;
         match task.state {
             State::Queued => {
@@ -1546,12 +1404,8 @@ impl Store {
         // looked for among the retained ones, newest first.
         let earlier = self
             .tasks
-            .iter()
-            .rev()
-            .find(|t| {
-                t.state != State::Evicted
-                    && t.extra.as_ref().and_then(|e| e.schedule) == Some(s as u16)
-            })
+            .newest_first(None)
+            .find(|t| t.extra.as_ref().and_then(|e| e.schedule) == Some(s as u16))
             .map_or(0, |t| t.id);
         let state = &mut self.schedules[s];
         if state.last_task == id {
@@ -1571,14 +1425,14 @@ impl Store {
         write_version(out);
         let first = Record {
             op: Some(Op::First),
-            id: self.first_id,
+            id: self.tasks.first_id(),
             ..Record::default()
         };
         write_record(out, &first);
         for queue in self.queues.iter().filter(|q| q.paused) {
             write_record(out, &queue.pause_record());
         }
-        for task in self.tasks.iter().filter(|t| t.state != State::Evicted) {
+        for task in self.tasks.oldest_first() {
             write_record(out, &task.new_record(self.names(task)));
             let waits = matches!(
                 task.state,
@@ -1592,7 +1446,7 @@ impl Store {
 
     /// Counts the retained tasks (tombstones excluded).
     pub(crate) fn retained(&self) -> usize {
-        self.tasks.len() - self.tombstones
+        self.tasks.retained()
     }
 
     /// Fills an empty store from a replayed journal, applying
@@ -1604,11 +1458,6 @@ impl Store {
     /// into the dependency index ([`Store::resume_waiting`]). The journal
     /// is attached already: what restoring changes is journaled.
     pub(crate) fn restore(&mut self, replayed: Replayed, queues: &[Queue]) {
-        // This run's prefix applies from its first id on.
-        let node = self.nodes[0].1;
-        self.nodes = replayed.nodes.clone();
-        self.nodes
-            .push((replayed.tasks.last().map_or(0, |t| t.id + 1), node));
         for (name, paused) in &replayed.paused {
             if let Some(q) = queues.iter().position(|q| *q.name == **name) {
                 self.queues[q].paused = *paused;
@@ -1619,13 +1468,12 @@ impl Store {
         let mut waiting = Vec::new();
         let mut finished = Vec::new();
         for task in replayed.tasks {
-            self.counts[task.state as usize] += 1;
             if let Some(key) = task.extra.as_ref().and_then(|e| e.key.as_ref()) {
                 // A batch's tasks carry its key, one after the other: the
                 // key stays with the first, which lists them all.
                 let prev = self
                     .tasks
-                    .back()
+                    .last()
                     .and_then(|t| t.extra.as_ref()?.key.as_ref());
                 match self.keys.get(&key.text) {
                     Some(&first) if prev.is_some_and(|p| p.text == key.text) => {
@@ -1653,14 +1501,10 @@ impl Store {
                 State::Waiting => waiting.push(task.id),
                 _ => finished.push((task.finished_at, task.id)),
             }
-            self.last_id = task.id;
-            self.tasks.push_back(task);
+            self.tasks.push(task);
         }
-        self.first_id = match (replayed.first_id, self.tasks.front()) {
-            (0, Some(task)) => task.id,
-            (first, _) => first,
-        };
-        self.last_id = self.last_id.max(self.first_id);
+        // This run's prefix applies from its first id on.
+        self.tasks.restore_ids(replayed.nodes, replayed.first_id);
         finished.sort_unstable();
         self.finished = finished.into_iter().map(|(_, id)| id).collect();
         for id in ready {
@@ -1686,7 +1530,9 @@ impl Store {
     /// longer in the journal).
     fn resume_waiting(&mut self, waiting: Vec<u64>, now: u64, queues: &[Queue]) {
         for id in waiting {
-            let Some(i) = self.index(id) else { continue };
+            let Some(i) = self.tasks.index(id) else {
+                continue;
+            };
             let after = self.tasks[i].after();
             match fate(after, |dep| self.get(dep).map(|t| t.state)) {
                 Fate::Waiting(pending) => self.deps.wait(id, &pending),
@@ -1740,42 +1586,10 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::table::TOMBSTONE_SWEEP;
     use crate::{config::*, queue::*, submit::*, task::*};
-    use std::ffi::OsString;
-
     use std::collections::HashMap;
-
-    #[allow(unused_imports)]
-    use crate::http::tests::Rng;
-
-    #[test]
-    fn positions_agree_with_a_binary_search() {
-        let mut rng = Rng(0x1234_5678);
-        for round in 0..300 {
-            let (mut store, _queues, _due) = store_for(&[]);
-            let mut id = 1_796_000_000_000_000u64;
-            for _ in 0..rng.below(300) {
-                // Gaps of every size: bursts, pauses, and one huge jump.
-                id += match rng.below(10) {
-                    0 => 1_000_000_000 * (1 + rng.below(1000) as u64),
-                    1..=3 => 1,
-                    _ => 1 + rng.below(5000) as u64,
-                };
-                store.insert(Task::from_new(id, new_task("t", 0), State::Queued));
-            }
-            let ids: Vec<u64> = store.tasks.iter().map(|t| t.id).collect();
-            let mut probes: Vec<u64> = ids.clone();
-            probes.extend([0, 1, u64::MAX, ids.first().map_or(5, |i| i - 1), id + 1]);
-            probes.extend(ids.iter().map(|i| i + 1));
-            for probe in probes {
-                assert_eq!(
-                    store.position(probe),
-                    ids.binary_search(&probe),
-                    "round {round}, {probe}"
-                );
-            }
-        }
-    }
+    use std::ffi::OsString;
 
     /// A configuration from command-line arguments, as the server gets it.
     pub(crate) fn config(args: &[&str]) -> Config {
@@ -2017,14 +1831,7 @@ pub(crate) mod tests {
                 other => panic!("unknown step {other}"),
             };
             assert_eq!(answer, expected, "{step}");
-            assert_eq!(store.counts, counts, "counts after {step}");
-            // Tombstones are swept from the front at once.
-            assert!(
-                store
-                    .tasks
-                    .front()
-                    .is_none_or(|t| t.state != State::Evicted)
-            );
+            assert_eq!(store.counts(), &counts, "counts after {step}");
             assert_eq!(
                 store.retained(),
                 counts.iter().sum::<usize>(),
@@ -2101,9 +1908,9 @@ pub(crate) mod tests {
         for _ in 0..500 {
             let id = admit(&mut store);
             store.end_attempt(id, 0, Outcome::Succeeded(None), &queues);
-            assert!(store.tasks.len() <= 2 * store.retained() + TOMBSTONE_SWEEP);
+            assert!(store.tasks.tombstones() <= store.retained() + TOMBSTONE_SWEEP);
         }
         assert_eq!(store.retained(), 2);
-        assert!(store.tombstones <= TOMBSTONE_SWEEP, "{}", store.tombstones);
+        assert!(store.tasks.tombstones() <= TOMBSTONE_SWEEP);
     }
 }

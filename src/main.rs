@@ -241,6 +241,7 @@
 //! | [`task`] | a task's record, its states and ids, the one status writer |
 //! | [`store`] | every task behind one lock: admission and every change |
 //! | [`table`] | the store's records in id order, lookups and tombstones |
+//! | [`keys`] | idempotency keys: the task each names, a batch's tasks |
 //! | [`deps`] | which waiting tasks wait for which (`after`), and their fate |
 //! | [`queue`] | a queue's channel and what changes about it under the lock |
 //! | [`shared`] | what every task shares, and the rule of the store's lock |
@@ -280,6 +281,7 @@ mod http;
 mod idle;
 mod journal;
 mod json;
+mod keys;
 mod later;
 mod logger;
 mod metrics;

@@ -46,18 +46,13 @@
 //! made. `tests/lifecycle.rs` prints what these cost under the lock: `bench_cancel_latency`,
 //! `bench_waking_a_thousand_waiters`, `bench_listing_10000_retained_tasks`.
 //!
-//! # Idempotency keys and ids
+//! # Idempotency keys
 //!
-//! An `Idempotency-Key` maps to the retained task its first request made
-//! ([`Admission::Repeat`]); a repeat of that request (the route and body
-//! bytes, as a fingerprint) gets that task, a different request
-//! [`Admission::KeyReused`]. Both are decided under the lock, in
-//! [`Store::admit`], so racing repeats make one task. A key is stored
-//! only with an admitted task, so a refused request uses up none, and it
-//! goes when its task is evicted. A batch's key names its first task;
-//! every task of the batch carries it (so that a restart finds them, one
-//! after another in the journal), and `batches` keeps their ids for the
-//! repeat's answer ([`Store::batch`]).
+//! A submission whose `Idempotency-Key` names a retained task
+//! ([`Keys`] says which) is decided under the lock, in [`Store::admit`]:
+//! the repeat of the request that made it gets that task
+//! ([`Admission::Repeat`], with a batch's every task: [`Store::batch`]),
+//! a different request [`Admission::KeyReused`].
 //!
 //! # Records
 //!
@@ -81,6 +76,7 @@ use crate::{
     deps::{Deps, Fate, blocked_error, check_after, fate},
     events::EventLog,
     journal::{Awaiting, Cancelling, Change, JournalEntry, JournalSender, Replayed, write_version},
+    keys::Keys,
     later::Due,
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
@@ -200,13 +196,8 @@ pub(crate) struct Store {
     max_scheduled: usize,
     /// Which waiting tasks wait for which tasks.
     deps: Deps,
-    /// Idempotency keys of retained tasks.
-    keys: HashMap<Box<str>, u64>,
-    /// The ids of each batch that came with an idempotency key, by its
-    /// first task's id (which the key names; every task of the batch
-    /// carries it, so that a restart finds them): a repeat answers with
-    /// all of them. Gone with the key.
-    batches: HashMap<u64, Vec<u64>>,
+    /// Idempotency keys of retained tasks, and their batches.
+    keys: Keys,
     /// Long polls waiting for a task to change, by id.
     watchers: HashMap<u64, Trigger>,
     /// Cancel signals of running tasks, by id.
@@ -248,8 +239,7 @@ impl Store {
             due_tx,
             max_scheduled: config.max_scheduled,
             deps: Deps::default(),
-            keys: HashMap::new(),
-            batches: HashMap::new(),
+            keys: Keys::default(),
             watchers: HashMap::new(),
             cancels: HashMap::new(),
             cancelling: HashMap::new(),
@@ -424,10 +414,8 @@ impl Store {
             }
             ids.push(id);
         }
-        if key.is_some()
-            && let Some(&first) = ids.first()
-        {
-            self.batches.insert(first, ids.clone());
+        if key.is_some() {
+            self.keys.add_batch(&ids);
         }
         let saved = line.map(|line| {
             let (done, saved) = async_channel::bounded(1);
@@ -482,9 +470,7 @@ impl Store {
     fn record_new(&mut self, id: u64, new: NewTask, state: State) {
         self.counters.accepted += 1;
         if let Some(key) = &new.key {
-            // A batch's later tasks carry the key too (for a restart to
-            // find them), but it names the first.
-            self.keys.entry(key.text.clone()).or_insert(id);
+            self.keys.add(key, id);
         }
         if state == State::Scheduled {
             // The due-time loop ends only at shutdown, when it no longer matters.
@@ -528,7 +514,7 @@ impl Store {
     /// id, label and state of each still retained, in order.
     pub(crate) fn batch(&self, first: u64) -> Vec<(TaskId, Option<Text>, State)> {
         let one = [first];
-        let ids = self.batches.get(&first).map_or(&one[..], |ids| ids);
+        let ids = self.keys.batch(first).unwrap_or(&one);
         ids.iter()
             .filter_map(|&id| self.get(id))
             .map(|t| (self.task_id(t.id), t.label.clone(), t.state))
@@ -539,7 +525,7 @@ impl Store {
     /// repeat of the request that made it, or the key's misuse by another.
     /// `None` when no retained task has the key.
     fn repeat(&self, key: &IdempotencyKey) -> Option<Admission> {
-        let &id = self.keys.get(&key.text)?;
+        let id = self.keys.task(key)?;
         let task = self.get(id);
         let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
         Some(match first.map_or(0, |k| k.fingerprint) {
@@ -822,12 +808,8 @@ impl Store {
             return;
         };
         let (_, key) = self.tasks.bury(i);
-        // A batch's key stays while its first task does.
-        if let Some(key) = key
-            && self.keys.get(&key.text) == Some(&id)
-        {
-            self.keys.remove(&key.text);
-            self.batches.remove(&id);
+        if let Some(key) = key {
+            self.keys.forget(&key, id);
         }
         self.wake_watchers(id);
     }
@@ -1384,11 +1366,8 @@ impl Store {
         }
         // The due-time loop finds no task when it comes due, and drops it.
         let extra = task.extra.unwrap_or_default();
-        if let Some(key) = extra.key
-            && self.keys.get(&key.text) == Some(&id)
-        {
-            self.keys.remove(&key.text);
-            self.batches.remove(&id);
+        if let Some(key) = extra.key {
+            self.keys.forget(&key, id);
         }
         if let Some(s) = extra.schedule {
             self.unfire(usize::from(s), id);
@@ -1469,19 +1448,12 @@ impl Store {
         let mut finished = Vec::new();
         for task in replayed.tasks {
             if let Some(key) = task.extra.as_ref().and_then(|e| e.key.as_ref()) {
-                // A batch's tasks carry its key, one after the other: the
-                // key stays with the first, which lists them all.
                 let prev = self
                     .tasks
                     .last()
                     .and_then(|t| t.extra.as_ref()?.key.as_ref());
-                match self.keys.get(&key.text) {
-                    Some(&first) if prev.is_some_and(|p| p.text == key.text) => {
-                        let batch = self.batches.entry(first).or_insert_with(|| vec![first]);
-                        batch.push(task.id);
-                    }
-                    _ => drop(self.keys.insert(key.text.clone(), task.id)),
-                }
+                let follows = prev.is_some_and(|p| p.text == key.text);
+                self.keys.replay(key, task.id, follows);
             }
             let retry_at = task.extra.as_ref().map_or(0, |e| e.retry_at);
             if let Some(s) = task.extra.as_ref().and_then(|e| e.schedule) {

@@ -936,10 +936,8 @@ pub(crate) mod tests {
         let mut scheduled = task_with_everything();
         (scheduled.id, scheduled.state, scheduled.attempt) =
             (scheduled.id + 1, State::Scheduled, 0);
-        let paused = QueueState {
-            paused: true,
-            ..QueueState::new(&config.queues[1])
-        };
+        let mut paused = QueueState::new(&config.queues[1]);
+        paused.restore_paused(true);
         let mut lines = Vec::new();
         write_record(&mut lines, &task.new_record(names(&task)));
         write_record(&mut lines, &task.state_record());
@@ -1110,8 +1108,8 @@ pub(crate) mod tests {
         // The cancelled task counts in its queue until a worker reaches
         // it; the one taken back no longer does, and the worker that takes
         // its id from the channel skips it too.
-        assert_eq!(store.queue(0).depth, 1);
-        assert!(!store.queue(0).paused);
+        assert_eq!(store.queue(0).depth(), 1);
+        assert!(!store.queue(0).paused());
         drop(store);
         for skipped in [id, lost] {
             assert_eq!(shared.queues[0].jobs_rx.try_recv(), Ok(skipped));
@@ -1120,7 +1118,7 @@ pub(crate) mod tests {
                 .begin_attempt(skipped, 0, &shared.queues, false);
             assert!(matches!(begun, Begin::Skip), "{begun:?}");
         }
-        assert_eq!(shared.store().queue(0).depth, 0);
+        assert_eq!(shared.store().queue(0).depth(), 0);
         assert!(async_io::block_on(
             progress.wait_task(lost, &Trigger::new())
         ));

@@ -13,8 +13,9 @@
 //! halves are made at start and used without the store lock — a worker
 //! waits in `recv()`, which must never hold it. What changes — the depth
 //! admission counts, the busy workers, the pause, the tasks waiting for
-//! room — is a [`QueueState`] inside the store, changed only by the
-//! store's methods under its lock. Both are indexed like
+//! room — is a [`QueueState`] inside the store: its fields are private,
+//! and its methods, which keep the depth in step with the channel, are
+//! called only by the store's, under its lock. Both are indexed like
 //! [`Config::queues`](crate::config::Config::queues); the workers
 //! themselves are main.rs's ([`crate::work`]).
 //!
@@ -29,37 +30,38 @@ use crate::{
     record::{Op, Record, cow},
     trigger::Trigger,
 };
-use async_channel::{Receiver, Sender};
+use async_channel::{Receiver, Sender, TrySendError};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use std::sync::Arc;
 
 /// What the store keeps of a queue: what changes under its lock. The
-/// channel itself is in [`Queue`].
+/// channel itself is in [`Queue`]; the methods that move ids into it are
+/// given it.
 #[derive(Debug)]
 pub(crate) struct QueueState {
     /// The queue's name.
-    pub(crate) name: Arc<str>,
+    name: Arc<str>,
     /// Workers of this queue running an attempt right now.
-    pub(crate) busy: u64,
+    busy: u64,
     /// Tasks in the queue: entered and not yet begun (or skipped) — in the
     /// channel, waiting for room, or taken by a worker that has not begun
     /// them. Admission compares this with the capacity, so a task a worker
     /// holds is counted as long as it holds it.
-    pub(crate) depth: usize,
+    depth: usize,
     /// Whether its workers start nothing.
-    pub(crate) paused: bool,
+    paused: bool,
     /// Fired when the queue is resumed (and then replaced): workers that
     /// found it paused wait for it.
-    pub(crate) resumed: Trigger,
+    resumed: Trigger,
     /// Tasks waiting for room in the channel, oldest first: retries and
     /// delayed tasks that came due while it was full or paused. They enter
     /// before any new submission.
-    pub(crate) waiting: VecDeque<u64>,
+    waiting: VecDeque<u64>,
     /// Its `--rate`'s token bucket; `None` without one, so that a queue
     /// with no rate pays nothing for the feature.
-    pub(crate) bucket: Option<Box<Bucket>>,
+    bucket: Option<Box<Bucket>>,
 }
 
 impl QueueState {
@@ -73,6 +75,179 @@ impl QueueState {
             resumed: Trigger::new(),
             waiting: VecDeque::new(),
             bucket: config.rate.map(|rate| Box::new(Bucket::new(rate))),
+        }
+    }
+
+    /// Returns the queue's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Counts its workers running an attempt.
+    pub(crate) fn busy(&self) -> u64 {
+        self.busy
+    }
+
+    /// Counts the tasks in it, as admission does.
+    #[cfg(test)]
+    pub(crate) fn depth(&self) -> usize {
+        self.depth
+    }
+
+    /// Tells whether it is paused.
+    pub(crate) fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Tells whether `n` more tasks fit in it.
+    pub(crate) fn has_room(&self, n: usize, queue: &Queue) -> bool {
+        self.depth + n <= queue.capacity
+    }
+
+    /// Puts task `id`, just submitted, into the channel, and counts it;
+    /// refused when the queue holds its capacity (`Full`) or shutdown has
+    /// closed the channel (`Closed`).
+    pub(crate) fn admit(&mut self, id: u64, queue: &Queue) -> Result<(), TrySendError<u64>> {
+        if !self.has_room(1, queue) {
+            return Err(TrySendError::Full(id));
+        }
+        queue.jobs_tx.try_send(id)?;
+        self.depth += 1;
+        Ok(())
+    }
+
+    /// Puts task `id` of a batch, whose room was checked, into the channel
+    /// and counts it. Were the channel full anyway (its depth counts at
+    /// least what it holds), the task would wait for room like a retry,
+    /// not be lost.
+    pub(crate) fn admit_checked(&mut self, id: u64, queue: &Queue) {
+        if queue.jobs_tx.try_send(id).is_err() {
+            self.waiting.push_back(id);
+        }
+        self.depth += 1;
+    }
+
+    /// Puts task `id`, whose time has come (a delayed task, a retry, a
+    /// released one), into the queue behind those waiting for room.
+    pub(crate) fn enqueue(&mut self, id: u64, queue: &Queue) {
+        self.depth += 1;
+        self.waiting.push_back(id);
+        self.refill(queue);
+    }
+
+    /// Moves tasks waiting for room into the channel, oldest first, while
+    /// it has room. A paused queue takes them too, as it takes new
+    /// submissions (its workers hold what they take until the resume): what
+    /// a restart or the due-time loop puts into it is in it, and counted so.
+    pub(crate) fn refill(&mut self, queue: &Queue) {
+        while let Some(&id) = self.waiting.front()
+            && queue.jobs_tx.try_send(id).is_ok()
+        {
+            self.waiting.pop_front();
+        }
+    }
+
+    /// Pauses or resumes the queue; returns whether that changed it.
+    /// Resuming wakes the workers that wait, and lets tasks waiting for
+    /// room in.
+    pub(crate) fn set_paused(&mut self, paused: bool, queue: &Queue) -> bool {
+        if self.paused == paused {
+            return false;
+        }
+        self.paused = paused;
+        if !paused {
+            std::mem::replace(&mut self.resumed, Trigger::new()).fire();
+            self.refill(queue);
+        }
+        true
+    }
+
+    /// Takes over a replayed journal's word that the queue is paused.
+    pub(crate) fn restore_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Returns the trigger its resume fires, if it is paused: a worker
+    /// keeps its task and waits for it.
+    pub(crate) fn wait_for_resume(&self) -> Option<Trigger> {
+        self.paused.then(|| self.resumed.clone())
+    }
+
+    /// Takes a token of its `--rate` at `now` (µs since the epoch), if it
+    /// has one: `Ok` with no rate. Otherwise returns the trigger the next
+    /// token fires and, if the due-time loop is not yet to say when that
+    /// is, the time to tell it (ms since the epoch): one entry serves
+    /// every worker that waits. `limited` says the worker waited once
+    /// already, so that each start that had to is counted once.
+    pub(crate) fn take_token(
+        &mut self,
+        now: u64,
+        limited: bool,
+    ) -> Result<(), (Trigger, Option<u64>)> {
+        let Some(bucket) = self.bucket.as_deref_mut() else {
+            return Ok(());
+        };
+        let Err(next) = bucket.take(now) else {
+            return Ok(());
+        };
+        bucket.limited += u64::from(!limited);
+        let tell = (bucket.due_at == 0).then(|| {
+            bucket.due_at = next;
+            next
+        });
+        Err((bucket.refilled.clone(), tell))
+    }
+
+    /// Acts on the due-time loop's word that a token has come: wakes the
+    /// workers that wait for one.
+    pub(crate) fn token_came(&mut self) {
+        if let Some(bucket) = self.bucket.as_deref_mut() {
+            bucket.due_at = 0;
+            std::mem::replace(&mut bucket.refilled, Trigger::new()).fire();
+        }
+    }
+
+    /// Counts a task a worker took out of the queue, begun or skipped, as
+    /// gone from it, and lets a task waiting for room in.
+    pub(crate) fn leave(&mut self, queue: &Queue) {
+        self.depth -= 1;
+        self.refill(queue);
+    }
+
+    /// Counts a worker that begins an attempt.
+    pub(crate) fn begin(&mut self) {
+        self.busy += 1;
+    }
+
+    /// Counts a worker whose attempt ended.
+    pub(crate) fn end(&mut self) {
+        self.busy -= 1;
+    }
+
+    /// Takes back queued task `id`, whose record could not be written:
+    /// returns `true` if it was waiting for room, `false` if it is in the
+    /// channel (or in a worker's hands), where whoever gets it must skip
+    /// it. Either way it is no longer counted.
+    pub(crate) fn take_back(&mut self, id: u64) -> bool {
+        self.depth -= 1;
+        match self.waiting.iter().position(|&w| w == id) {
+            Some(at) => self.waiting.remove(at).is_some(),
+            None => false,
+        }
+    }
+
+    /// Shows the queue, configured by `config` with channel `queue`.
+    pub(crate) fn view<'a>(&self, config: &'a QueueConfig, queue: &Queue) -> QueueView<'a> {
+        QueueView {
+            name: &config.name,
+            workers: config.workers,
+            busy: self.busy,
+            // Those waiting for room are not in the queue yet.
+            depth: self.depth - self.waiting.len(),
+            capacity: queue.capacity,
+            paused: self.paused,
+            rate: config.rate,
+            rate_limited: self.bucket.as_ref().map_or(0, |b| b.limited),
         }
     }
 
@@ -99,19 +274,19 @@ impl QueueState {
 #[derive(Debug)]
 pub(crate) struct Bucket {
     /// The limit it keeps.
-    pub(crate) rate: Rate,
+    rate: Rate,
     /// When the bucket is full again, in µs since the epoch × N: each start
     /// moves it UNIT (× N / N) later, from now at the earliest.
     full_at: u128,
     /// When the due-time loop is to say the next token has come (ms since
     /// the epoch); 0 when no such entry is on its heap. One entry serves
     /// every worker that waits.
-    pub(crate) due_at: u64,
+    due_at: u64,
     /// Fired when the next token comes (and then replaced): the workers
     /// that found the bucket empty wait for it.
-    pub(crate) refilled: Trigger,
+    refilled: Trigger,
     /// Starts that had to wait for a token, for `/metrics`.
-    pub(crate) limited: u64,
+    limited: u64,
 }
 
 impl Bucket {

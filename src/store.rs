@@ -290,11 +290,8 @@ impl Store {
         let delayed = new.run_at > now_millis();
         let state = match fate {
             Fate::Ready if !delayed => {
-                if self.queues[q].depth >= queues[q].capacity {
-                    return Admission::Full;
-                }
-                match queues[q].jobs_tx.try_send(id) {
-                    Ok(()) => self.queues[q].depth += 1,
+                match self.queues[q].admit(id, &queues[q]) {
+                    Ok(()) => {}
                     Err(TrySendError::Full(_)) => return Admission::Full,
                     Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
                 }
@@ -377,8 +374,7 @@ impl Store {
         if later > 0 && waiting + later > self.max_scheduled {
             return Err(Admission::TooManyScheduled);
         }
-        let full =
-            |(q, n): (usize, &usize)| *n > 0 && self.queues[q].depth + n > queues[q].capacity;
+        let full = |(q, &n): (usize, &usize)| n > 0 && !self.queues[q].has_room(n, &queues[q]);
         if room.iter().enumerate().any(full) {
             return Err(Admission::Full);
         }
@@ -400,13 +396,7 @@ impl Store {
             }
             if state == State::Queued {
                 let q = usize::from(new.queue);
-                // The room was checked: the queue's depth counts at least
-                // what its channel holds. Were the channel full anyway,
-                // the task would wait for room like a retry, not be lost.
-                if queues[q].jobs_tx.try_send(id).is_err() {
-                    self.queues[q].waiting.push_back(id);
-                }
-                self.queues[q].depth += 1;
+                self.queues[q].admit_checked(id, &queues[q]);
             }
             self.record_new(id, new, state);
             if let Some(line) = &mut line {
@@ -576,22 +566,7 @@ impl Store {
     fn enqueue(&mut self, id: u64, queues: &[Queue]) {
         let Some(task) = self.get(id) else { return };
         let q = usize::from(task.queue);
-        self.queues[q].depth += 1;
-        self.queues[q].waiting.push_back(id);
-        self.refill(q, &queues[q]);
-    }
-
-    /// Moves tasks waiting for room into queue `q`'s channel, oldest first,
-    /// while it has room. A paused queue takes them too, as it takes new
-    /// submissions (its workers hold what they take until the resume): what
-    /// a restart or the due-time loop puts into it is in it, and counted so.
-    fn refill(&mut self, q: usize, queue: &Queue) {
-        let state = &mut self.queues[q];
-        while let Some(&id) = state.waiting.front()
-            && queue.jobs_tx.try_send(id).is_ok()
-        {
-            state.waiting.pop_front();
-        }
+        self.queues[q].enqueue(id, &queues[q]);
     }
 
     /// Acts on a task the due-time loop says is due: a delayed task becomes
@@ -616,14 +591,8 @@ impl Store {
     /// room in. With a journal, the record is on disk already: the writer
     /// makes the change ([`Store::settle`]).
     pub(crate) fn set_paused(&mut self, q: usize, paused: bool, queues: &[Queue]) {
-        if self.queues[q].paused == paused {
-            return;
-        }
-        self.queues[q].paused = paused;
-        self.events.changed();
-        if !paused {
-            std::mem::replace(&mut self.queues[q].resumed, Trigger::new()).fire();
-            self.refill(q, &queues[q]);
+        if self.queues[q].set_paused(paused, &queues[q]) {
+            self.events.changed();
         }
     }
 
@@ -644,14 +613,14 @@ impl Store {
         Names {
             id: self.task_id(task.id),
             nodes: self.tasks.nodes(),
-            queue: &self.queues[usize::from(task.queue)].name,
+            queue: self.queues[usize::from(task.queue)].name(),
             schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
         }
     }
 
     /// Counts the workers running an attempt, in every queue.
     pub(crate) fn busy(&self) -> u64 {
-        self.queues.iter().map(|q| q.busy).sum()
+        self.queues.iter().map(QueueState::busy).sum()
     }
 
     /// Moves the task at index `i` to `state`, keeping counts, waking long
@@ -881,12 +850,11 @@ impl Store {
         if !self.withdrawn.is_empty() && self.withdrawn.remove(&id) {
             // Taken back: no longer counted, and its place in the channel
             // was freed when the worker took it.
-            self.refill(q, &queues[q]);
+            self.queues[q].refill(&queues[q]);
             return Begin::Skip;
         }
-        let state = &mut self.queues[q];
-        if state.paused {
-            return Begin::Paused(state.resumed.clone());
+        if let Some(resumed) = self.queues[q].wait_for_resume() {
+            return Begin::Paused(resumed);
         }
         let i = self
             .tasks
@@ -895,20 +863,16 @@ impl Store {
         // A token is taken only by a task that starts: a paused queue, or
         // a task cancelled while it waited, takes none.
         if i.is_some()
-            && let Some(bucket) = self.queues[q].bucket.as_deref_mut()
-            && let Err(next) = bucket.take(now_micros())
+            && let Err((refilled, tell)) = self.queues[q].take_token(now_micros(), limited)
         {
-            bucket.limited += u64::from(!limited);
-            if bucket.due_at == 0 {
-                bucket.due_at = next;
+            if let Some(next) = tell {
                 // The due-time loop ends only at shutdown, when workers
                 // stop waiting anyway.
                 let _ = self.due_tx.try_send((next, Due::Token(q)));
             }
-            return Begin::Limited(bucket.refilled.clone());
+            return Begin::Limited(refilled);
         }
-        self.queues[q].depth -= 1;
-        self.refill(q, &queues[q]);
+        self.queues[q].leave(&queues[q]);
         let Some(i) = i else {
             return Begin::Skip;
         };
@@ -930,7 +894,7 @@ impl Store {
         if let Some(e) = task.extra.as_deref_mut() {
             e.retry_at = 0;
         }
-        self.queues[q].busy += 1;
+        self.queues[q].begin();
         self.set_state(i, State::Running, queues);
         Begin::Work(work)
     }
@@ -939,10 +903,7 @@ impl Store {
     /// token again: wakes the workers that wait for one. Each tries to take
     /// it; those that find none again put the next token on the heap.
     pub(crate) fn refill_bucket(&mut self, q: usize) {
-        if let Some(bucket) = self.queues[q].bucket.as_deref_mut() {
-            bucket.due_at = 0;
-            std::mem::replace(&mut bucket.refilled, Trigger::new()).fire();
-        }
+        self.queues[q].token_came();
     }
 
     /// Records how an attempt in queue `q` ended. A failed attempt with
@@ -960,7 +921,7 @@ impl Store {
         if !self.cancels.is_empty() {
             self.cancels.remove(&id);
         }
-        self.queues[q].busy -= 1;
+        self.queues[q].end();
         let i = self
             .tasks
             .index(id)
@@ -1345,13 +1306,11 @@ impl Store {
         self.counters.accepted -= 1;
         match task.state {
             State::Queued => {
-                let queue = &mut self.queues[usize::from(task.queue)];
-                queue.depth -= 1;
-                match queue.waiting.iter().position(|&w| w == id) {
-                    Some(at) => drop(queue.waiting.remove(at)),
-                    // In the channel, or taken by a worker waiting for the
-                    // record: whoever gets it skips it.
-                    None => drop(self.withdrawn.insert(id)),
+                let waited_for_room = self.queues[usize::from(task.queue)].take_back(id);
+                // Else it is in the channel, or taken by a worker waiting
+                // for the record: whoever gets it skips it.
+                if !waited_for_room {
+                    self.withdrawn.insert(id);
                 }
             }
             State::Waiting => self.deps.forget(id),
@@ -1408,7 +1367,7 @@ impl Store {
             ..Record::default()
         };
         write_record(out, &first);
-        for queue in self.queues.iter().filter(|q| q.paused) {
+        for queue in self.queues.iter().filter(|q| q.paused()) {
             write_record(out, &queue.pause_record());
         }
         for task in self.tasks.oldest_first() {
@@ -1439,7 +1398,7 @@ impl Store {
     pub(crate) fn restore(&mut self, replayed: Replayed, queues: &[Queue]) {
         for (name, paused) in &replayed.paused {
             if let Some(q) = queues.iter().position(|q| *q.name == **name) {
-                self.queues[q].paused = *paused;
+                self.queues[q].restore_paused(*paused);
             }
         }
         let now = now_millis();
@@ -1525,21 +1484,9 @@ impl Store {
         config: &'a Config,
         queues: &[Queue],
     ) -> Vec<QueueView<'a>> {
-        let configs = config.queues.iter();
-        let runtime = queues.iter().zip(&self.queues);
-        configs
-            .zip(runtime)
-            .map(|(config, (queue, state))| QueueView {
-                name: &config.name,
-                workers: config.workers,
-                busy: state.busy,
-                // Those waiting for room are not in the queue yet.
-                depth: state.depth - state.waiting.len(),
-                capacity: queue.capacity,
-                paused: state.paused,
-                rate: config.rate,
-                rate_limited: state.bucket.as_ref().map_or(0, |b| b.limited),
-            })
+        let states = config.queues.iter().zip(queues).zip(&self.queues);
+        states
+            .map(|((config, queue), state)| state.view(config, queue))
             .collect()
     }
 
@@ -1756,7 +1703,7 @@ pub(crate) mod tests {
                     "ok".to_string()
                 }
                 "depth" => {
-                    let depth = store.queues[0].depth;
+                    let depth = store.queues[0].depth();
                     assert_eq!(depth.to_string(), label, "{step}");
                     "ok".to_string()
                 }
@@ -1850,7 +1797,7 @@ pub(crate) mod tests {
         assert_eq!(store.count(State::Queued), 2);
         assert_eq!(store.queue_views(&config(&[]), &queues)[0].depth, 2);
         // Each start that had to wait counts once.
-        assert_eq!(store.queue(0).bucket.as_ref().unwrap().limited, 2);
+        assert_eq!(store.queue_views(&config(&[]), &queues)[0].rate_limited, 2);
         // A task cancelled while it waited is skipped and takes no token.
         assert!(store.cancel(c, &queues).is_ok());
         assert_eq!(begin(&mut store, c, true), "skip");

@@ -20,7 +20,7 @@
 //! for the tasks that use it. A task keeps its queue and schedule as
 //! indexes into the configuration, and its creation time as its id:
 //! microseconds since the epoch, unique and increasing
-//! ([`Store::issue_id`](crate::store::Store::issue_id)), shown as 9
+//! ([`Table::issue_id`](crate::table::Table::issue_id)), shown as 9
 //! characters of an alphabet in ASCII order, so that ids sort as strings
 //! the way tasks were made.
 
@@ -152,7 +152,7 @@ impl PartialEq for Text {
 pub(crate) struct Task {
     /// The server's id: microseconds since the epoch at creation, made
     /// unique and increasing (see
-    /// [`Store::issue_id`](crate::store::Store::issue_id)).
+    /// [`Table::issue_id`](crate::table::Table::issue_id)).
     pub(crate) id: u64,
     /// When the current or last attempt started, ms since the epoch; 0 if none.
     pub(crate) started_at: u64,

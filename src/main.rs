@@ -242,6 +242,7 @@
 //! | [`store`] | every task behind one lock: admission and every change |
 //! | [`table`] | the store's records in id order, lookups and tombstones |
 //! | [`keys`] | idempotency keys: the task each names, a batch's tasks |
+//! | [`retention`] | which finished tasks are kept, and which go |
 //! | [`deps`] | which waiting tasks wait for which (`after`), and their fate |
 //! | [`queue`] | a queue's channel and what changes about it under the lock |
 //! | [`shared`] | what every task shares, and the rule of the store's lock |
@@ -288,6 +289,7 @@ mod metrics;
 mod queue;
 mod record;
 mod response;
+mod retention;
 mod routes;
 mod shared;
 mod store;

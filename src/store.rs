@@ -80,6 +80,7 @@ use crate::{
     later::Due,
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
+    retention::Retention,
     submit::{MAX_BATCH, parse_submission},
     table::Table,
     task::{
@@ -182,8 +183,9 @@ pub(crate) struct Counters {
 pub(crate) struct Store {
     /// Every task's record, in id order, with the ids issued.
     tasks: Table,
-    /// Ids of terminal tasks in the order they finished: eviction order.
-    finished: VecDeque<u64>,
+    /// The finished tasks in the order they finished, and how long they
+    /// stay.
+    retention: Retention,
     /// Each queue's state, indexed like [`Config::queues`].
     queues: Vec<QueueState>,
     /// Each schedule's firings, indexed like [`Config::schedules`].
@@ -209,13 +211,6 @@ pub(crate) struct Store {
     /// waits for the disk) whose task was taken back: the worker that gets
     /// one skips it, and the queue no longer counts it.
     withdrawn: HashSet<u64>,
-    /// How many finished tasks to keep.
-    keep_finished: usize,
-    /// How long finished tasks are kept (`--keep-finished-for`), in ms.
-    keep_for: Option<u64>,
-    /// Whether the due-time loop holds the entry of the next eviction by
-    /// age: one entry, for the earliest finished task, at any time.
-    expiry_armed: bool,
     /// What `/metrics` reports.
     counters: Counters,
     /// Set once shutdown begins: submissions get `503`.
@@ -233,7 +228,7 @@ impl Store {
     pub(crate) fn new(config: &Config, due_tx: Sender<(u64, Due)>, events: Arc<EventLog>) -> Store {
         Store {
             tasks: Table::new(config.node),
-            finished: VecDeque::new(),
+            retention: Retention::new(config),
             queues: config.queues.iter().map(QueueState::new).collect(),
             schedules: config.schedules.iter().map(ScheduleState::new).collect(),
             due_tx,
@@ -244,9 +239,6 @@ impl Store {
             cancels: HashMap::new(),
             cancelling: HashMap::new(),
             withdrawn: HashSet::new(),
-            keep_finished: config.keep_finished,
-            keep_for: config.keep_finished_for.map(|d| d.as_millis() as u64),
-            expiry_armed: false,
             counters: Counters::default(),
             closed: false,
             journal_tx: None,
@@ -687,9 +679,11 @@ impl Store {
         }
         self.wake_watchers(id);
         self.publish(i, now);
-        if state.is_terminal() {
-            self.finished.push_back(id);
-            self.arm_expiry(now);
+        if state.is_terminal()
+            && let Some(due) = self.retention.finished(id, now)
+        {
+            // The due-time loop ends only at shutdown, when it no longer matters.
+            let _ = self.due_tx.try_send((due, Due::Expiry));
         }
     }
 
@@ -749,28 +743,16 @@ impl Store {
     }
 
     /// Evicts the earliest finished tasks beyond `--keep-finished`, but
-    /// task `spare`, whose change made them too many: a cancel whose
-    /// cascade finished more tasks than are kept still answers with its
-    /// task's status. It goes back to the front, the next to go.
+    /// task `spare`, whose change made them too many
+    /// ([`Retention::beyond`]).
     fn evict_sparing(&mut self, spare: u64) {
-        let mut spared = None;
-        while self.finished.len() + usize::from(spared.is_some()) > self.keep_finished {
-            let Some(id) = self.finished.pop_front() else {
-                break;
-            };
-            if id == spare {
-                spared = Some(id);
-            } else {
-                self.evict_task(id);
-            }
-        }
-        if let Some(id) = spared {
-            self.finished.push_front(id);
+        while let Some(id) = self.retention.beyond(spare) {
+            self.evict_task(id);
         }
         self.tasks.sweep();
     }
 
-    /// Evicts finished task `id`, taken off `finished`, if it is still
+    /// Evicts finished task `id`, which retention let go, if it is still
     /// retained: only a tombstone of its id is left.
     fn evict_task(&mut self, id: u64) {
         let Some(i) = self.tasks.index(id) else {
@@ -783,41 +765,23 @@ impl Store {
         self.wake_watchers(id);
     }
 
-    /// Hands the due-time loop the entry of the next eviction by age, for
-    /// a task that finished at `finished_at`, unless it holds one already
-    /// (then that one is for an earlier task, and [`Store::expire`] goes
-    /// on from there).
-    fn arm_expiry(&mut self, finished_at: u64) {
-        if let Some(keep_for) = self.keep_for
-            && !self.expiry_armed
-        {
-            self.expiry_armed = true;
-            // The due-time loop ends only at shutdown, when it no longer matters.
-            let _ = self.due_tx.try_send((finished_at + keep_for, Due::Expiry));
-        }
-    }
-
     /// Evicts the finished tasks older than `--keep-finished-for` as of
     /// `now`: the due-time loop's entry for it came due. Returns when the
     /// next one is due, for the loop's one entry of it; `None` when no
     /// finished task is left (the next to finish arms it again).
     pub(crate) fn expire(&mut self, now: u64) -> Option<u64> {
-        let keep_for = self.keep_for?;
-        // Tasks finish in about the order of their `finished_at` (a
-        // journaled cancel's time is fixed when its record is made), so the
-        // front is the next to expire, within a disk write.
-        while let Some(&id) = self.finished.front() {
-            if self.get(id).is_some_and(|t| t.finished_at + keep_for > now) {
+        loop {
+            let tasks = &self.tasks;
+            let finished_at = |id| tasks.get(id).map(|t| t.finished_at);
+            let Some(id) = self.retention.expired(now, finished_at) else {
                 break;
-            }
-            self.finished.pop_front();
+            };
             self.evict_task(id);
         }
         self.tasks.sweep();
-        let next = self.finished.front().and_then(|&id| self.get(id));
-        let next = next.map(|t| t.finished_at + keep_for);
-        self.expiry_armed = next.is_some();
-        next
+        let tasks = &self.tasks;
+        self.retention
+            .rearm(|id| tasks.get(id).map(|t| t.finished_at))
     }
 
     /// Wakes the long polls waiting for task `id` to change.
@@ -1316,10 +1280,7 @@ impl Store {
             State::Waiting => self.deps.forget(id),
             State::Cancelled => {
                 self.counters.finished[State::Cancelled as usize] -= 1;
-                // It finished last, or nearly.
-                if let Some(at) = self.finished.iter().rposition(|&f| f == id) {
-                    self.finished.remove(at);
-                }
+                self.retention.take_back(id);
             }
             _ => {}
         }
@@ -1436,14 +1397,10 @@ impl Store {
         }
         // This run's prefix applies from its first id on.
         self.tasks.restore_ids(replayed.nodes, replayed.first_id);
-        finished.sort_unstable();
-        self.finished = finished.into_iter().map(|(_, id)| id).collect();
+        self.retention.restore(finished);
         for id in ready {
             self.enqueue(id, queues);
         }
-        // Tasks cancelled below arm no eviction by age of their own: the
-        // one entry, armed last, is for the oldest finished task.
-        self.expiry_armed = true;
         // Before any eviction: a dependency must be found to be judged.
         self.resume_waiting(waiting, now, queues);
         self.evict();

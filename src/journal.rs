@@ -240,7 +240,7 @@ pub(crate) enum Awaiting {
         /// Told whether the record reached the disk.
         done: Sender<bool>,
     },
-    /// A batch's new tasks (section 15), in one entry of all their
+    /// A batch's new tasks (SPEC §15), in one entry of all their
     /// records: taken back together if the write fails, and their
     /// submission told whether they were saved.
     Batch {

@@ -241,6 +241,7 @@
 //! | [`task`] | a task's record, its states and ids, the one status writer |
 //! | [`store`] | every task behind one lock: admission and every change |
 //! | [`table`] | the store's records in id order, lookups and tombstones |
+//! | [`plan`] | a batch planned whole before any of its tasks is made |
 //! | [`keys`] | idempotency keys: the task each names, a batch's tasks |
 //! | [`retention`] | which finished tasks are kept, and which go |
 //! | [`deps`] | which waiting tasks wait for which (`after`), and their fate |
@@ -286,6 +287,7 @@ mod keys;
 mod later;
 mod logger;
 mod metrics;
+mod plan;
 mod queue;
 mod record;
 mod response;

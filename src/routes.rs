@@ -408,7 +408,7 @@ fn admitted(shared: &Shared, admission: Admission, label: Option<Text>) -> Submi
     }
 }
 
-/// `POST /tasks` with an array (section 15): checks every item, then
+/// `POST /tasks` with an array (SPEC §15): checks every item, then
 /// admits them all or none, and answers with every task in order.
 fn submit_batch(shared: &Shared, key: Option<IdempotencyKey>, body: &[u8]) -> Submitted {
     let news = match parse_batch(&shared.config, body) {

@@ -78,10 +78,11 @@ use crate::{
     journal::{Awaiting, Cancelling, Change, JournalEntry, JournalSender, Replayed, write_version},
     keys::Keys,
     later::Due,
+    plan::BatchPlan,
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
     retention::Retention,
-    submit::{MAX_BATCH, parse_submission},
+    submit::parse_submission,
     table::Table,
     task::{
         Cancel, IdRef, IdempotencyKey, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text,
@@ -126,21 +127,6 @@ pub(crate) enum Admission {
 /// with a journal the receiver told whether their records reached the
 /// disk.
 pub(crate) type Batch = (Vec<(TaskId, State)>, Option<Receiver<bool>>);
-
-/// Where a batch's items stand in for their ids, counting down, while
-/// their fates are planned before any has an id: far above any id, which
-/// is a time in microseconds.
-const BATCH_ITEM: u64 = u64::MAX;
-
-/// Returns the id a planned fate's dependency has: its own, or, for an
-/// item of the batch ([`BATCH_ITEM`] minus its index), the one it was
-/// given.
-fn in_batch(dep: u64, ids: &[u64]) -> u64 {
-    match dep.checked_sub(BATCH_ITEM - MAX_BATCH as u64) {
-        Some(_) => ids[(BATCH_ITEM - dep) as usize],
-        None => dep,
-    }
-}
 
 /// What a worker finds when it takes a task from its queue.
 #[derive(Debug)]
@@ -311,7 +297,7 @@ impl Store {
         Admission::Created(self.task_id(id), state, saved)
     }
 
-    /// Admits a batch (section 15): every task or none. Everything is
+    /// Admits a batch (SPEC §15): every task or none. Everything is
     /// checked first — each item's `after`, each queue's room for all of
     /// the batch's tasks in it, and `--max-scheduled` for all of its
     /// delayed and waiting ones — and only then is each task made as
@@ -335,39 +321,13 @@ impl Store {
         if let Some(repeat) = key.as_ref().and_then(|key| self.repeat(key)) {
             return Err(repeat);
         }
-        let now = now_millis();
-        let mut room = vec![0; self.queues.len()];
-        let mut later = 0;
-        let mut plans: Vec<(Fate, State)> = Vec::with_capacity(news.len());
-        for (i, new) in news.iter().enumerate() {
-            let fate = match new.after.as_deref() {
-                None => Fate::Ready,
-                Some(after) => match self.batch_fate(after, &plans) {
-                    Ok(fate) => fate,
-                    Err(sentence) => return Err(Admission::BadItem(i, sentence)),
-                },
-            };
-            let state = match fate {
-                Fate::Ready if new.run_at <= now => {
-                    room[usize::from(new.queue)] += 1;
-                    State::Queued
-                }
-                Fate::Blocked(..) => State::Waiting,
-                Fate::Ready => State::Scheduled,
-                Fate::Waiting(_) => State::Waiting,
-            };
-            later += usize::from(matches!(
-                (&fate, state),
-                (Fate::Waiting(_), _) | (Fate::Ready, State::Scheduled)
-            ));
-            plans.push((fate, state));
-        }
+        let plan = BatchPlan::new(self, &news, self.queues.len(), now_millis())?;
         let waiting = self.count(State::Scheduled) + self.count(State::Waiting);
-        if later > 0 && waiting + later > self.max_scheduled {
+        if plan.later() > 0 && waiting + plan.later() > self.max_scheduled {
             return Err(Admission::TooManyScheduled);
         }
         let full = |(q, &n): (usize, &usize)| n > 0 && !self.queues[q].has_room(n, &queues[q]);
-        if room.iter().enumerate().any(full) {
+        if plan.room().iter().enumerate().any(full) {
             return Err(Admission::Full);
         }
         let mut line = self
@@ -375,7 +335,7 @@ impl Store {
             .as_ref()
             .map(|_| Vec::with_capacity(news.len() * 160));
         let mut ids: Vec<u64> = Vec::with_capacity(news.len());
-        for (mut new, &(_, state)) in news.into_iter().zip(&plans) {
+        for (mut new, state) in news.into_iter().zip(plan.states()) {
             let id = self.tasks.issue_id();
             new.key = key.clone();
             // "#N" becomes the id item N was given.
@@ -406,44 +366,11 @@ impl Store {
             saved
         });
         let mut made = Vec::with_capacity(ids.len());
-        for (&id, (fate, state)) in ids.iter().zip(plans) {
-            let fate = match fate {
-                Fate::Waiting(on) => Fate::Waiting(on.iter().map(|&d| in_batch(d, &ids)).collect()),
-                Fate::Blocked(dep, ended) => Fate::Blocked(in_batch(dep, &ids), ended),
-                Fate::Ready => Fate::Ready,
-            };
+        for (&id, (fate, state)) in ids.iter().zip(plan.fates(&ids)) {
             let state = self.meet_fate(id, fate, state, queues);
             made.push((self.task_id(id), state));
         }
         Ok((made, saved))
-    }
-
-    /// Finds what its `after` makes of a batch's item whose earlier items
-    /// are planned as `plans`: its ids must name retained tasks, and its
-    /// `"#N"`s earlier items (checked when the body was read). An earlier
-    /// item stands for its dependents as a task not yet ended, or as a
-    /// cancelled one if it is to be cancelled itself; in the fate it is
-    /// [`BATCH_ITEM`] minus its index, until it has its id ([`in_batch`]).
-    fn batch_fate(&self, after: &[IdRef], plans: &[(Fate, State)]) -> Result<Fate, String> {
-        let ids: Vec<IdRef> = after
-            .iter()
-            .filter(|d| d.batch_item().is_none())
-            .cloned()
-            .collect();
-        check_after(self, &ids)?;
-        let deps: Vec<u64> = after
-            .iter()
-            .map(|d| d.batch_item().map_or(d.num, |n| BATCH_ITEM - n as u64))
-            .collect();
-        Ok(fate(&deps, |dep| {
-            match dep.checked_sub(BATCH_ITEM - MAX_BATCH as u64) {
-                Some(_) => match plans.get((BATCH_ITEM - dep) as usize) {
-                    Some((Fate::Blocked(..), _)) => Some(State::Cancelled),
-                    _ => Some(State::Waiting),
-                },
-                None => self.get(dep).map(|t| t.state),
-            }
-        }))
     }
 
     /// Records a new task whose place in its queue (or the due-time loop's

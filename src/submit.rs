@@ -68,7 +68,7 @@ const MAX_KEY_LEN: usize = 255;
 /// The original server's answer to a body it cannot read, word for word.
 const BAD_BODY: &str = "failed to read POST body";
 
-/// The most submissions in one batch (section 15): a thousand tasks share
+/// The most submissions in one batch (SPEC §15): a thousand tasks share
 /// one request and one fsync, and the whole batch is checked and created
 /// under the store lock, which a larger one would hold too long.
 pub(crate) const MAX_BATCH: usize = 1000;
@@ -143,7 +143,7 @@ fn parse_item(config: &Config, body: &[u8], item: Option<usize>) -> Result<NewTa
     })
 }
 
-/// Checks a batch body (section 15): a JSON array of 1 to [`MAX_BATCH`]
+/// Checks a batch body (SPEC §15): a JSON array of 1 to [`MAX_BATCH`]
 /// submission objects, each checked by [`parse_submission`]. The error is
 /// the `400`'s sentence and, for a bad item, its index.
 pub(crate) fn parse_batch(
@@ -170,7 +170,7 @@ const BAD_AFTER: &str = "after must be an array of 1 to 32 task ids";
 
 /// Reads a submission's `after`: 1 to [`MAX_AFTER`] distinct strings, each
 /// shaped like an id — or, in item `item` of a batch, `"#N"` naming an
-/// earlier item (section 15). Whether each id names a retained task is
+/// earlier item (SPEC §15). Whether each id names a retained task is
 /// the store's to check ([`check_after`](crate::deps::check_after)).
 fn parse_after(
     raw: &serde_json::value::RawValue,

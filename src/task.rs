@@ -593,7 +593,7 @@ pub(crate) struct IdRef {
 }
 
 impl IdRef {
-    /// Names item `n` of the same batch (`"#N"` in an `after`, section 15)
+    /// Names item `n` of the same batch (`"#N"` in an `after`, SPEC §15)
     /// until the store gives it its id: the prefix `#`, which no node's
     /// prefix is, marks it.
     pub(crate) fn batch_item_ref(n: usize) -> IdRef {

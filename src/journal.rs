@@ -24,13 +24,13 @@
 //!
 //! 1. Every change is made under the store lock, and its record is sent to
 //!    the writer thread from there
-//!    ([`Store::log`](crate::store::Store::log)), numbered in order; so
+//!    ([`Outbox::send`](crate::outbox::Outbox::send)), numbered in order; so
 //!    records are written in the order the changes happened. The last
 //!    number given out is published as [`JournalProgress::appended`]. A
 //!    cancel, a pause and a resume go the other way round, record first:
 //!    under the lock only their record is sent
-//!    ([`Store::log_cancel`](crate::store::Store::log_cancel),
-//!    [`Store::log_pause`](crate::store::Store::log_pause)), and the
+//!    ([`Outbox::send_cancel`](crate::outbox::Outbox::send_cancel),
+//!    [`Outbox::send_pause`](crate::outbox::Outbox::send_pause)), and the
 //!    change waits for step 2. So no client sees one before it is on disk,
 //!    and a failed write leaves nothing to undo — a running task's work,
 //!    above all, is interrupted only once its cancel is saved. A second
@@ -288,18 +288,6 @@ pub(crate) enum Change {
         /// Told whether the change was made.
         done: Sender<bool>,
     },
-}
-
-/// A cancel whose record is on its way to disk.
-#[derive(Debug)]
-pub(crate) struct Cancelling {
-    /// Set when the task changes meanwhile (it starts, ends, comes due):
-    /// the record no longer says what the cancel leaves, so it is written
-    /// again, and the cancel waits for that one.
-    pub(crate) stale: bool,
-    /// The requests waiting for it (a second cancel joins the first),
-    /// told whether it was saved.
-    pub(crate) waiters: Vec<Sender<bool>>,
 }
 
 /// The store's end of the journal: records go out from here, under the

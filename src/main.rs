@@ -251,6 +251,7 @@
 //! | [`later`] | the one due-time heap: delays, retries, schedule firings, eviction by age |
 //! | [`cron`] | `--schedule` specs and their next firings |
 //! | [`handlers`] | programs in process groups, their output and progress |
+//! | [`outbox`] | the store's records on their way to the journal, and what waits |
 //! | [`record`] | the journal's line format: records and checksums |
 //! | [`journal`] | the writer thread, group commit, replay, compaction |
 //! | [`http`] | the HTTP/1.1 request codec: heads, chunked bodies |
@@ -287,6 +288,7 @@ mod keys;
 mod later;
 mod logger;
 mod metrics;
+mod outbox;
 mod plan;
 mod queue;
 mod record;

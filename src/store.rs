@@ -30,7 +30,7 @@
 //!
 //! With `--data-dir`, the store is where the journal's durability
 //! protocol begins (records are sent in the order the changes happen,
-//! [`Store::log`]) and where a batch's outcome is settled
+//! through the [`Outbox`]) and where a batch's outcome is settled
 //! ([`Store::settle`]); the protocol is stated once, in [`crate::journal`].
 //! How a change reaches the event streams is [`crate::events`]'s; the
 //! store only calls [`Store::publish`].
@@ -75,9 +75,10 @@ use crate::{
     cron::{ScheduleState, firing_after},
     deps::{Deps, Fate, blocked_error, check_after, fate},
     events::EventLog,
-    journal::{Awaiting, Cancelling, Change, JournalEntry, JournalSender, Replayed, write_version},
+    journal::{Awaiting, Change, JournalEntry, JournalSender, Replayed, write_version},
     keys::Keys,
     later::Due,
+    outbox::Outbox,
     plan::BatchPlan,
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
@@ -93,7 +94,7 @@ use crate::{
 };
 use async_channel::{Receiver, Sender, TrySendError};
 use log::{debug, info};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use std::sync::Arc;
 
@@ -190,19 +191,13 @@ pub(crate) struct Store {
     watchers: HashMap<u64, Trigger>,
     /// Cancel signals of running tasks, by id.
     cancels: HashMap<u64, Trigger>,
-    /// With a journal, the cancels whose record is on its way to disk, by
-    /// task id: they are made once it is there (see [`crate::journal`]).
-    cancelling: HashMap<u64, Cancelling>,
-    /// Ids still in a queue's channel (or in the hands of a worker that
-    /// waits for the disk) whose task was taken back: the worker that gets
-    /// one skips it, and the queue no longer counts it.
-    withdrawn: HashSet<u64>,
     /// What `/metrics` reports.
     counters: Counters,
     /// Set once shutdown begins: submissions get `503`.
     closed: bool,
-    /// Where changes are journaled, with `--data-dir`.
-    journal_tx: Option<JournalSender>,
+    /// The records on their way to the journal, with `--data-dir`, and
+    /// what waits for them.
+    outbox: Outbox,
     /// Where the `/events` streams are told of every change (shared with
     /// them, and with [`Shared`](crate::shared::Shared)).
     events: Arc<EventLog>,
@@ -223,11 +218,9 @@ impl Store {
             keys: Keys::default(),
             watchers: HashMap::new(),
             cancels: HashMap::new(),
-            cancelling: HashMap::new(),
-            withdrawn: HashSet::new(),
             counters: Counters::default(),
             closed: false,
-            journal_tx: None,
+            outbox: Outbox::default(),
             events,
         }
     }
@@ -286,11 +279,11 @@ impl Store {
             Fate::Waiting(_) => State::Waiting,
         };
         self.record_new(id, new, state);
-        let saved = self.journal_tx.is_some().then(|| {
+        let saved = self.outbox.is_journaled().then(|| {
             let (done, saved) = async_channel::bounded(1);
             let mut line = Vec::with_capacity(160);
             self.write_new(&mut line);
-            self.log(line, Awaiting::New { id, done });
+            self.outbox.send(line, Awaiting::New { id, done });
             saved
         });
         let state = self.meet_fate(id, fate, state, queues);
@@ -330,10 +323,7 @@ impl Store {
         if plan.room().iter().enumerate().any(full) {
             return Err(Admission::Full);
         }
-        let mut line = self
-            .journal_tx
-            .as_ref()
-            .map(|_| Vec::with_capacity(news.len() * 160));
+        let mut line = (self.outbox.is_journaled()).then(|| Vec::with_capacity(news.len() * 160));
         let mut ids: Vec<u64> = Vec::with_capacity(news.len());
         for (mut new, state) in news.into_iter().zip(plan.states()) {
             let id = self.tasks.issue_id();
@@ -362,7 +352,7 @@ impl Store {
         let saved = line.map(|line| {
             let (done, saved) = async_channel::bounded(1);
             let ids = ids.clone().into_boxed_slice();
-            self.log(line, Awaiting::Batch { ids, done });
+            self.outbox.send(line, Awaiting::Batch { ids, done });
             saved
         });
         let mut made = Vec::with_capacity(ids.len());
@@ -590,14 +580,9 @@ impl Store {
             task.finished_at = now;
         }
         if journaled {
-            self.log_state(i);
+            self.outbox.send_state(&self.tasks[i]);
         }
-        // A cancel's record, on its way, no longer says what it leaves.
-        if !self.cancelling.is_empty()
-            && let Some(cancelling) = self.cancelling.get_mut(&id)
-        {
-            cancelling.stale = true;
-        }
+        self.outbox.changed(id);
         if old == State::Waiting {
             self.deps.forget(id);
         }
@@ -737,8 +722,7 @@ impl Store {
         queues: &[Queue],
         limited: bool,
     ) -> Begin {
-        // Tuning, as in `wake_watchers`: nearly always none was withdrawn.
-        if !self.withdrawn.is_empty() && self.withdrawn.remove(&id) {
+        if self.outbox.skip(id) {
             // Taken back: no longer counted, and its place in the channel
             // was freed when the worker took it.
             self.queues[q].refill(&queues[q]);
@@ -876,8 +860,8 @@ impl Store {
         if self.tasks[i].state.is_terminal() {
             return Err(Lookup::Found(i));
         }
-        if self.journal_tx.is_some() {
-            return Ok(Cancel::Saving(self.log_cancel(i)));
+        if self.outbox.is_journaled() {
+            return Ok(Cancel::Saving(self.outbox.send_cancel(&self.tasks[i])));
         }
         self.make_cancel(i, now_millis(), queues);
         // Cancelling may have evicted older tasks, moving this one.
@@ -949,22 +933,20 @@ impl Store {
 
     /// Tells whether changes are journaled (`--data-dir`).
     pub(crate) fn has_journal(&self) -> bool {
-        self.journal_tx.is_some()
+        self.outbox.is_journaled()
     }
 
     /// Starts journaling changes to `journal` (once, at start-up, after
     /// the replayed tasks are restored).
     pub(crate) fn attach_journal(&mut self, journal: JournalSender) {
-        self.journal_tx = Some(journal);
+        self.outbox.attach(journal);
     }
 
     /// Closes the journal's channel: the writer thread writes what it has
     /// and ends. Called once the executor has stopped, so that what the
     /// last moments changed is written before the process ends.
     pub(crate) fn close_journal(&self) {
-        if let Some(journal) = &self.journal_tx {
-            journal.close();
-        }
+        self.outbox.close();
     }
 
     /// Refuses every submission from now on: shutdown has begun.
@@ -1034,74 +1016,12 @@ impl Store {
         }
     }
 
-    /// Sends a record to the journal, if there is one, with what waits for
-    /// it.
-    pub(crate) fn log(&mut self, line: Vec<u8>, awaiting: Awaiting) {
-        if let Some(journal) = &mut self.journal_tx {
-            journal.send(line, awaiting);
-        }
-    }
-
-    /// Journals the current state of the task at index `i`.
-    fn log_state(&mut self, i: usize) {
-        if self.journal_tx.is_none() {
-            return;
-        }
-        let mut line = Vec::with_capacity(160);
-        write_record(&mut line, &self.tasks[i].state_record());
-        self.log(line, Awaiting::Nothing);
-    }
-
     /// Journals that queue `q` is to be paused or resumed; the writer
     /// makes the change once the record is on disk, and the receiver tells
     /// whether it did.
     pub(crate) fn log_pause(&mut self, q: usize, paused: bool) -> Receiver<bool> {
-        let mut record = self.queues[q].pause_record();
-        record.paused = Some(paused);
-        let mut line = Vec::with_capacity(64);
-        write_record(&mut line, &record);
-        let (done, saved) = async_channel::bounded(1);
-        self.log(line, Awaiting::Change(Change::Pause { q, paused, done }));
-        saved
-    }
-
-    /// Journals that the task at index `i` is to be cancelled; the writer
-    /// makes the cancel once the record is on disk, and the receiver tells
-    /// whether it did. A cancel already on its way is joined, not written
-    /// twice.
-    fn log_cancel(&mut self, i: usize) -> Receiver<bool> {
-        let (done, saved) = async_channel::bounded(1);
-        let id = self.tasks[i].id;
-        if let Some(cancelling) = self.cancelling.get_mut(&id) {
-            cancelling.waiters.push(done);
-            return saved;
-        }
-        let waiters = vec![done];
-        self.cancelling.insert(
-            id,
-            Cancelling {
-                stale: false,
-                waiters,
-            },
-        );
-        self.write_cancel(i);
-        saved
-    }
-
-    /// Writes the record of the task at index `i` as a cancel made now
-    /// would leave it.
-    fn write_cancel(&mut self, i: usize) {
-        let (task, at) = (&self.tasks[i], now_millis());
-        let mut record = task.state_record();
-        // A running task's record would say `queued`, its attempt not
-        // counted: a cancelled one counts it.
-        record.state = Some(std::borrow::Cow::Borrowed(State::Cancelled.name()));
-        record.attempt = Some(task.attempt);
-        record.finished_at = Some(at);
-        let mut line = Vec::with_capacity(160);
-        write_record(&mut line, &record);
-        let id = task.id;
-        self.log(line, Awaiting::Change(Change::Cancel { id, at }));
+        let record = self.queues[q].pause_record();
+        self.outbox.send_pause(record, q, paused)
     }
 
     /// Settles a batch once it is written or has failed (step 2 of [the
@@ -1148,37 +1068,18 @@ impl Store {
         self.evict();
     }
 
-    /// Makes a cancel whose record was written, unless the task changed
-    /// since the record was made: then it is written again, and the cancel
-    /// waits for that one. A task that ended meanwhile (its own record,
-    /// later, has the last word) or was taken back is left as it is.
+    /// Makes a cancel whose record was written, unless the outbox says
+    /// otherwise ([`Outbox::settle_cancel`]).
     fn settle_cancel(&mut self, id: u64, at: u64, written: bool, queues: &[Queue]) {
-        let Some(cancelling) = self.cancelling.remove(&id) else {
-            return;
-        };
         let pending = self
             .tasks
             .index(id)
             .filter(|&i| !self.tasks[i].state.is_terminal());
-        match pending {
-            Some(i) if written && cancelling.stale => {
-                let waiters = cancelling.waiters;
-                self.cancelling.insert(
-                    id,
-                    Cancelling {
-                        stale: false,
-                        waiters,
-                    },
-                );
-                self.write_cancel(i);
-                return;
-            }
-            Some(i) if written => self.make_cancel(i, at, queues),
-            _ => {}
-        }
-        for waiter in cancelling.waiters {
-            // The request may have gone; then nobody needs to know.
-            let _ = waiter.try_send(written);
+        let task = pending.map(|i| &self.tasks[i]);
+        if self.outbox.settle_cancel(id, task, written)
+            && let Some(i) = pending
+        {
+            self.make_cancel(i, at, queues);
         }
     }
 
@@ -1201,7 +1102,7 @@ impl Store {
                 // Else it is in the channel, or taken by a worker waiting
                 // for the record: whoever gets it skips it.
                 if !waited_for_room {
-                    self.withdrawn.insert(id);
+                    self.outbox.withdraw(id);
                 }
             }
             State::Waiting => self.deps.forget(id),

@@ -98,7 +98,7 @@ use crate::{
         not_saved, retry, submit, task_response,
     },
     shared::{BURST, Shared},
-    store::Lookup,
+    table::Lookup,
     trace::{self, FirstLine},
 };
 use async_channel::{Receiver, Sender};
@@ -333,7 +333,7 @@ impl Saving {
     pub(crate) fn saved(&self, shared: &Shared) -> bool {
         match self {
             Saving::New(saved) => saved.try_recv() == Ok(true),
-            Saving::Repeat(id) => shared.store().get(*id).is_some(),
+            Saving::Repeat(id) => shared.store().tasks().get(*id).is_some(),
         }
     }
 }
@@ -940,8 +940,8 @@ impl Connection {
         loop {
             let changed = {
                 let mut store = shared.store();
-                match store.lookup(poll.id) {
-                    Lookup::Found(i) if store.task(i).state != poll.seen => {
+                match store.tasks().lookup(poll.id) {
+                    Lookup::Found(i) if store.tasks()[i].state != poll.seen => {
                         return Ok(task_response(200, &store, i));
                     }
                     Lookup::Found(_) => store.watch(poll.id),
@@ -968,7 +968,7 @@ impl Connection {
                 Some(true) => continue,
                 Some(false) => {
                     let store = shared.store();
-                    return Ok(match store.lookup(poll.id) {
+                    return Ok(match store.tasks().lookup(poll.id) {
                         Lookup::Found(i) => task_response(200, &store, i),
                         other => lookup_failure(other),
                     });

@@ -20,7 +20,8 @@
 
 use crate::{
     json::quoted,
-    store::{Lookup, Store},
+    store::Store,
+    table::Lookup,
     task::{IdRef, State},
 };
 use std::collections::HashMap;
@@ -152,12 +153,12 @@ pub(crate) fn check_after(store: &Store, after: &[IdRef]) -> Result<Box<[u64]>, 
         .iter()
         .map(|id| {
             let written = quoted(&id.to_string());
-            match store.lookup_ref(id) {
+            match store.tasks().lookup_ref(id) {
                 Lookup::Found(_) => Ok(id.num),
                 Lookup::Gone => Err(format!("after: task {written} has been evicted")),
-                Lookup::Unknown if store.task_id(id.num).node != id.node.as_str() => Err(format!(
-                    "after: {written} is not a task of this server (another node's?)"
-                )),
+                Lookup::Unknown if store.tasks().task_id(id.num).node != id.node.as_str() => Err(
+                    format!("after: {written} is not a task of this server (another node's?)"),
+                ),
                 Lookup::Unknown => Err(format!(
                     "after: {written} is not the id of a task this server made"
                 )),
@@ -280,7 +281,10 @@ mod tests {
         store.end_attempt(head, 0, Outcome::Succeeded(None), &queues);
         let released = started.elapsed();
         assert_eq!(
-            (store.count(State::Waiting), store.count(State::Queued)),
+            (
+                store.tasks().count(State::Waiting),
+                store.tasks().count(State::Queued)
+            ),
             (0, N)
         );
         // A chain of N below a queued head, cancelled by it.
@@ -293,7 +297,7 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(store.cancel(head, &queues).is_ok());
         let cancelled = started.elapsed();
-        assert_eq!(store.count(State::Waiting), 0);
+        assert_eq!(store.tasks().count(State::Waiting), 0);
         // One more end, of a task no one waits for, for comparison.
         let (mut store, queues, _due) = store_for(&[]);
         let plain = admit_after(&mut store, &queues, &[]);

@@ -101,8 +101,9 @@ use crate::{
     response::{Delivery, Response},
     routes::{query_param, write_counts},
     shared::Shared,
-    store::{Lookup, Store},
+    store::Store,
     submit::task_queue,
+    table::Lookup,
     task::{IdRef, Names, State, Task, Text},
     time::{with_http_date, write_timestamp},
 };
@@ -192,7 +193,8 @@ impl EventFilter {
         let id = match query_param(query, "id")? {
             None => None,
             Some(id) => {
-                let id = IdRef::parse(&id).filter(|id| store.lookup_ref(id) != Lookup::Unknown);
+                let id =
+                    IdRef::parse(&id).filter(|id| store.tasks().lookup_ref(id) != Lookup::Unknown);
                 Some(
                     id.ok_or_else(|| bad("id must be the id of a task this server made"))?
                         .num,
@@ -915,7 +917,7 @@ fn write_task_event(out: &mut Vec<u8>, task: &Task, names: Names, at: u64) -> Sa
 pub(crate) fn write_stats_event(out: &mut Vec<u8>, shared: &Shared) {
     let store = shared.store();
     out.extend_from_slice(b"event: stats\ndata: {\"counts\": ");
-    write_counts(out, store.counts());
+    write_counts(out, store.tasks().counts());
     out.extend_from_slice(b", \"queues\": [");
     for (i, view) in store
         .queue_views(&shared.config, &shared.queues)

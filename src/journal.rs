@@ -473,7 +473,7 @@ impl JournalWriter {
         let mut snapshot = Vec::new();
         {
             let store = shared.store();
-            let estimate = store.retained() as u64 * RECORD_ESTIMATE;
+            let estimate = store.tasks().retained() as u64 * RECORD_ESTIMATE;
             let threshold = COMPACT_FACTOR * estimate + COMPACT_MIN;
             if self.len < threshold {
                 self.next_check = threshold;
@@ -606,7 +606,7 @@ pub(crate) struct Replayed {
     /// Queues paused or resumed, in the order it happened.
     pub(crate) paused: Vec<(Box<str>, bool)>,
     /// The id prefix from each id on, as the tasks were made: the store's
-    /// table of [`Store::task_id`](crate::store::Store::task_id).
+    /// table of [`Table::task_id`](crate::table::Table::task_id).
     pub(crate) nodes: Vec<(u64, &'static str)>,
     /// The first id of the journal's history.
     pub(crate) first_id: u64,
@@ -1006,14 +1006,17 @@ pub(crate) mod tests {
         assert_eq!(batch.len(), 1);
         writer.commit(&mut batch, &shared, &progress);
         assert_eq!(first.try_recv(), Err(async_channel::TryRecvError::Empty));
-        assert_eq!(shared.store().get(id).unwrap().state, State::Running);
+        assert_eq!(
+            shared.store().tasks().get(id).unwrap().state,
+            State::Running
+        );
         // Written again, it is made, and both requests are told.
         let mut batch = waiting_records(&rx);
         assert_eq!(batch.len(), 1);
         writer.commit(&mut batch, &shared, &progress);
         assert_eq!((first.try_recv(), second.try_recv()), (Ok(true), Ok(true)));
         let store = shared.store();
-        let task = store.get(id).unwrap();
+        let task = store.tasks().get(id).unwrap();
         assert_eq!((task.state, task.attempt), (State::Cancelled, 1));
         let replayed = replay(&dir.join(JOURNAL), &shared.config).unwrap();
         let on_disk = &replayed.tasks[0];
@@ -1040,7 +1043,7 @@ pub(crate) mod tests {
         let Ok(Cancel::Saving(cancel_saved)) = shared.store().cancel(id, &shared.queues) else {
             panic!("a cancel waits for its record")
         };
-        assert_eq!(shared.store().get(id).unwrap().state, State::Queued);
+        assert_eq!(shared.store().tasks().get(id).unwrap().state, State::Queued);
         let mut batch: Vec<JournalEntry> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         assert_eq!(batch.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
         assert_eq!((batch[0].created(), batch[1].created()), (Some(id), None));
@@ -1054,7 +1057,10 @@ pub(crate) mod tests {
         assert!(batch.is_empty());
         assert_eq!(saved.try_recv(), Ok(true));
         assert_eq!(cancel_saved.try_recv(), Ok(true));
-        assert_eq!(shared.store().get(id).unwrap().state, State::Cancelled);
+        assert_eq!(
+            shared.store().tasks().get(id).unwrap().state,
+            State::Cancelled
+        );
         assert_eq!(progress.durable.load(Ordering::Acquire), 2);
         let replayed = replay(&dir.join(JOURNAL), &shared.config).unwrap();
         assert_eq!(replayed.tasks.len(), 1);
@@ -1087,10 +1093,13 @@ pub(crate) mod tests {
         assert_eq!(late_saved.try_recv(), Ok(false));
         assert_eq!(pause_saved.try_recv(), Ok(false));
         let store = shared.store();
-        assert!(store.get(lost).is_none() && store.get(late).is_none());
+        assert!(store.tasks().get(lost).is_none() && store.tasks().get(late).is_none());
         assert_eq!(store.counters().accepted, 1);
         assert_eq!(
-            (store.count(State::Queued), store.count(State::Scheduled)),
+            (
+                store.tasks().count(State::Queued),
+                store.tasks().count(State::Scheduled)
+            ),
             (0, 0)
         );
         // The cancelled task counts in its queue until a worker reaches

@@ -145,12 +145,13 @@ fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
 /// many, so the heap stays within the live tasks plus [`SLACK`].
 fn prune(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
     let store = shared.store();
-    let live = store.count(State::Scheduled) + store.count(State::Queued);
+    let live = store.tasks().count(State::Scheduled) + store.tasks().count(State::Queued);
     if due.len() <= live + shared.config.schedules.len() + 1 + SLACK {
         return;
     }
     due.retain(|Reverse((_, what))| match what {
         Due::Task(id) => store
+            .tasks()
             .get(*id)
             .is_some_and(|t| matches!(t.state, State::Scheduled | State::Queued)),
         Due::Schedule(_) | Due::Expiry | Due::Token(_) => true,

@@ -770,7 +770,7 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
             let until = match begun {
                 Begin::Work(work) => return Some(work),
                 Begin::Skip => {
-                    let id = shared.store().task_id(id);
+                    let id = shared.store().tasks().task_id(id);
                     debug!("task {id} skipped: cancelled while queued, or not saved");
                     break;
                 }
@@ -805,7 +805,7 @@ async fn next_work(shared: &Shared, q: usize) -> Option<Work> {
 /// Logs, at debug level, why a worker holds task `id` without starting it.
 fn held(shared: &Shared, id: u64, why: &str) {
     if log::log_enabled!(log::Level::Debug) {
-        let id = shared.store().task_id(id);
+        let id = shared.store().tasks().task_id(id);
         debug!("task {id} held: {why}");
     }
 }
@@ -921,7 +921,10 @@ async fn shut_down(
         let _ = running.workers_done.recv().await;
     }
     let store = shared.store();
-    let (queued, scheduled) = (store.count(State::Queued), store.count(State::Scheduled));
+    let (queued, scheduled) = (
+        store.tasks().count(State::Queued),
+        store.tasks().count(State::Scheduled),
+    );
     if shared.journal_progress.is_some() {
         info!(
             "shutdown complete: {queued} queued, {scheduled} scheduled and {interrupted} interrupted tasks stay in the journal"

@@ -176,13 +176,13 @@ pub(crate) fn render(shared: &Shared) -> Response {
                 "bgtasks_tasks_scheduled",
                 "gauge",
                 "Delayed tasks waiting for their time.",
-                store.count(State::Scheduled) as u64,
+                store.tasks().count(State::Scheduled) as u64,
             ),
             Family::one(
                 "bgtasks_tasks_waiting",
                 "gauge",
                 "Tasks waiting for their dependencies (after) to succeed.",
-                store.count(State::Waiting) as u64,
+                store.tasks().count(State::Waiting) as u64,
             ),
             Family::one(
                 "bgtasks_tasks_accepted_total",

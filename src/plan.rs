@@ -104,7 +104,7 @@ impl BatchPlan {
                 Some((Fate::Blocked(..), _)) => Some(State::Cancelled),
                 _ => Some(State::Waiting),
             },
-            None => store.get(dep).map(|t| t.state),
+            None => store.tasks().get(dep).map(|t| t.state),
         }))
     }
 

@@ -36,8 +36,9 @@ use crate::{
     queue::Queue,
     response::Response,
     shared::Shared,
-    store::{Admission, Lookup, Store},
+    store::{Admission, Store},
     submit::{parse_batch, parse_key, parse_submission, task_queue},
+    table::Lookup,
     task::{Cancel, IdRef, IdempotencyKey, NewTask, STATES, State, Task, TaskId, Text},
     time::{parse_duration, write_timestamp},
 };
@@ -367,7 +368,7 @@ pub(crate) fn retry(shared: &Shared, id: Option<IdRef>, key: Option<&[u8]>) -> S
     let admission = match store.retry(&id, key, &shared.queues) {
         Ok(admission) => admission,
         Err(Lookup::Found(i)) => {
-            let task = store.task(i);
+            let task = &store.tasks()[i];
             let sentence = format!(
                 "the task is {}: only a failed or cancelled task can be retried",
                 task.state.name()
@@ -381,7 +382,9 @@ pub(crate) fn retry(shared: &Shared, id: Option<IdRef>, key: Option<&[u8]>) -> S
         Err(other) => return Submitted::Answer(lookup_failure(other)),
     };
     let label = match &admission {
-        Admission::Created(task_id, ..) => store.get(task_id.num).and_then(|t| t.label.clone()),
+        Admission::Created(task_id, ..) => {
+            store.tasks().get(task_id.num).and_then(|t| t.label.clone())
+        }
         _ => None,
     };
     drop(store);
@@ -699,13 +702,14 @@ fn list_tasks(shared: &Shared, query: Option<&[u8]>) -> Response {
     };
     let store = shared.store();
     if let Some(before) = &query.before
-        && store.lookup_ref(before) == Lookup::Unknown
+        && store.tasks().lookup_ref(before) == Lookup::Unknown
     {
         return Response::error(400, BAD_BEFORE);
     }
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"tasks\": [");
     let mut matching = store
+        .tasks()
         .newest_first(query.before.as_ref().map(|id| id.num))
         .filter(|t| query.matches(t))
         .peekable();
@@ -728,10 +732,10 @@ fn list_tasks(shared: &Shared, query: Option<&[u8]>) -> Response {
         matching.next();
     }
     body.extend_from_slice(b"], \"counts\": ");
-    write_counts(&mut body, store.counts());
+    write_counts(&mut body, store.tasks().counts());
     body.extend_from_slice(b", \"next\": ");
     match last.filter(|_| matching.peek().is_some()) {
-        Some(last) => query.write_next(&mut body, store.task_id(last), &shared.config),
+        Some(last) => query.write_next(&mut body, store.tasks().task_id(last), &shared.config),
         None => body.extend_from_slice(b"null"),
     }
     body.push(b'}');
@@ -783,9 +787,9 @@ fn task_status(shared: &Shared, id: Option<IdRef>, query: Option<&[u8]>, method:
     let Some(id) = id else {
         return Reply::Now(lookup_failure(Lookup::Unknown));
     };
-    match store.lookup_ref(&id) {
+    match store.tasks().lookup_ref(&id) {
         Lookup::Found(i) => {
-            let task = store.task(i);
+            let task = &store.tasks()[i];
             if wait.is_zero() || method == Method::Head || task.state.is_terminal() {
                 Reply::Now(task_response(200, &store, i))
             } else {
@@ -802,7 +806,7 @@ fn task_status(shared: &Shared, id: Option<IdRef>, query: Option<&[u8]>, method:
 
 /// Makes a response whose body is the status of the task at index `i`.
 pub(crate) fn task_response(status: u16, store: &Store, i: usize) -> Response {
-    let task = store.task(i);
+    let task = &store.tasks()[i];
     let mut body = Vec::with_capacity(384);
     task.write_json(&mut body, store.names(task));
     Response::json(status, body)
@@ -820,7 +824,7 @@ pub(crate) fn lookup_failure(lookup: Lookup) -> Response {
 /// the cancel's record is on disk ([`answer_change`]).
 fn cancel_task(shared: &Shared, id: Option<IdRef>) -> Reply {
     let mut store = shared.store();
-    let id = match id.map(|id| (store.lookup_ref(&id), id.num)) {
+    let id = match id.map(|id| (store.tasks().lookup_ref(&id), id.num)) {
         Some((Lookup::Found(_), id)) => id,
         Some((other, _)) => return Reply::Now(lookup_failure(other)),
         None => return Reply::Now(lookup_failure(Lookup::Unknown)),
@@ -838,11 +842,11 @@ fn cancel_task(shared: &Shared, id: Option<IdRef>) -> Reply {
 pub(crate) fn cancelled(store: &Store, id: u64, result: Result<usize, Lookup>) -> Response {
     match result {
         Ok(i) => {
-            debug!("task {} cancelled", store.task_id(id));
+            debug!("task {} cancelled", store.tasks().task_id(id));
             task_response(200, store, i)
         }
         Err(Lookup::Found(i)) => {
-            let task = store.task(i);
+            let task = &store.tasks()[i];
             let sentence = format!("the task is already {}", task.state.name());
             let mut body = Vec::with_capacity(384);
             body.push(b'{');
@@ -900,7 +904,7 @@ fn list_schedules(shared: &Shared) -> Response {
         body.extend_from_slice(b", \"last_task\": ");
         match state.last_task {
             0 => body.extend_from_slice(b"null"),
-            id => store.task_id(id).write_json(&mut body),
+            id => store.tasks().task_id(id).write_json(&mut body),
         }
         let _ = write!(VecWriter(&mut body), ", \"skipped\": {}}}", state.skipped);
     }
@@ -975,8 +979,8 @@ pub(crate) async fn answer_change(shared: &Shared, pending: Pending) -> Option<R
         (Pending::Pause(_, false, _), false) => not_saved(shared, "the resume"),
         (Pending::Cancel(id, _), true) => {
             let store = shared.store();
-            let result = match store.lookup(id) {
-                Lookup::Found(i) if store.task(i).state == State::Cancelled => Ok(i),
+            let result = match store.tasks().lookup(id) {
+                Lookup::Found(i) if store.tasks()[i].state == State::Cancelled => Ok(i),
                 other => Err(other),
             };
             cancelled(&store, id, result)

@@ -195,6 +195,6 @@ mod tests {
         let (shared, _due, _) = build_shared(config(&[]), None);
         drop(shared.store());
         let guard = shared.store();
-        assert_eq!(guard.retained(), 0);
+        assert_eq!(guard.tasks().retained(), 0);
     }
 }

@@ -84,7 +84,7 @@ use crate::{
     record::{Op, Record, write_record},
     retention::Retention,
     submit::parse_submission,
-    table::Table,
+    table::{Lookup, Table},
     task::{
         Cancel, IdRef, IdempotencyKey, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text,
         Work, backoff,
@@ -143,17 +143,6 @@ pub(crate) enum Begin {
     /// still `queued` and counted in the queue, and tries again when this
     /// trigger fires, as the next token comes.
     Limited(Trigger),
-}
-
-/// What a lookup of an id finds.
-#[derive(Debug, PartialEq)]
-pub(crate) enum Lookup {
-    /// The task is retained; the store's slot index.
-    Found(usize),
-    /// The id was issued, but its record has been evicted: `410`.
-    Gone,
-    /// The server never issued the id: `404`.
-    Unknown,
 }
 
 /// The store's counters that `/metrics` reports.
@@ -225,16 +214,6 @@ impl Store {
         }
     }
 
-    /// Finds the record for `id`.
-    pub(crate) fn lookup(&self, id: u64) -> Lookup {
-        self.tasks.lookup(id)
-    }
-
-    /// Returns the retained task with this id.
-    pub(crate) fn get(&self, id: u64) -> Option<&Task> {
-        self.tasks.get(id)
-    }
-
     /// Admits a new task: puts its id into its queue's channel (or, for a
     /// delayed task, hands it to the due-time loop; a task with
     /// dependencies not yet succeeded waits for them) and records it, both
@@ -252,7 +231,7 @@ impl Store {
         let fate = match new.after.as_deref() {
             None => Fate::Ready,
             Some(after) => match check_after(self, after) {
-                Ok(after) => fate(&after, |dep| self.get(dep).map(|t| t.state)),
+                Ok(after) => fate(&after, |dep| self.tasks.get(dep).map(|t| t.state)),
                 Err(sentence) => return Admission::BadAfter(sentence),
             },
         };
@@ -270,7 +249,7 @@ impl Store {
             }
             // Cancelled at once, below: it never waits.
             Fate::Blocked(..) => State::Waiting,
-            _ if self.count(State::Scheduled) + self.count(State::Waiting)
+            _ if self.tasks.count(State::Scheduled) + self.tasks.count(State::Waiting)
                 >= self.max_scheduled =>
             {
                 return Admission::TooManyScheduled;
@@ -287,7 +266,7 @@ impl Store {
             saved
         });
         let state = self.meet_fate(id, fate, state, queues);
-        Admission::Created(self.task_id(id), state, saved)
+        Admission::Created(self.tasks.task_id(id), state, saved)
     }
 
     /// Admits a batch (SPEC §15): every task or none. Everything is
@@ -315,7 +294,7 @@ impl Store {
             return Err(repeat);
         }
         let plan = BatchPlan::new(self, &news, self.queues.len(), now_millis())?;
-        let waiting = self.count(State::Scheduled) + self.count(State::Waiting);
+        let waiting = self.tasks.count(State::Scheduled) + self.tasks.count(State::Waiting);
         if plan.later() > 0 && waiting + plan.later() > self.max_scheduled {
             return Err(Admission::TooManyScheduled);
         }
@@ -332,7 +311,7 @@ impl Store {
             for dep in new.after.iter_mut().flat_map(|a| a.iter_mut()) {
                 if let Some(n) = dep.batch_item() {
                     let num = ids[n];
-                    let node = Text::new(self.task_id(num).node);
+                    let node = Text::new(self.tasks.task_id(num).node);
                     *dep = IdRef { num, node };
                 }
             }
@@ -358,7 +337,7 @@ impl Store {
         let mut made = Vec::with_capacity(ids.len());
         for (&id, (fate, state)) in ids.iter().zip(plan.fates(&ids)) {
             let state = self.meet_fate(id, fate, state, queues);
-            made.push((self.task_id(id), state));
+            made.push((self.tasks.task_id(id), state));
         }
         Ok((made, saved))
     }
@@ -399,7 +378,7 @@ impl Store {
                 state
             }
             Fate::Blocked(dep, ended) => {
-                let why = blocked_error(self.task_id(dep), ended);
+                let why = blocked_error(self.tasks.task_id(dep), ended);
                 self.tasks[i].extra_mut().error = Some(why.into());
                 self.set_state(i, State::Cancelled, queues);
                 State::Cancelled
@@ -415,8 +394,8 @@ impl Store {
         let one = [first];
         let ids = self.keys.batch(first).unwrap_or(&one);
         ids.iter()
-            .filter_map(|&id| self.get(id))
-            .map(|t| (self.task_id(t.id), t.label.clone(), t.state))
+            .filter_map(|&id| self.tasks.get(id))
+            .map(|t| (self.tasks.task_id(t.id), t.label.clone(), t.state))
             .collect()
     }
 
@@ -425,11 +404,11 @@ impl Store {
     /// `None` when no retained task has the key.
     fn repeat(&self, key: &IdempotencyKey) -> Option<Admission> {
         let id = self.keys.task(key)?;
-        let task = self.get(id);
+        let task = self.tasks.get(id);
         let first = task.and_then(|t| t.extra.as_ref()?.key.as_ref());
         Some(match first.map_or(0, |k| k.fingerprint) {
             f if f == 0 || f == key.fingerprint => Admission::Repeat(
-                self.task_id(id),
+                self.tasks.task_id(id),
                 task.and_then(|t| t.label.clone()),
                 task.map_or(State::Queued, |t| t.state),
             ),
@@ -455,7 +434,7 @@ impl Store {
         if let Some(repeat) = key.as_ref().and_then(|key| self.repeat(key)) {
             return Ok(repeat);
         }
-        let i = match self.lookup_ref(old) {
+        let i = match self.tasks.lookup_ref(old) {
             Lookup::Found(i) => i,
             other => return Err(other),
         };
@@ -473,7 +452,9 @@ impl Store {
     /// Puts a task whose time has come (a delayed task, or a retry) into
     /// its queue, behind those already waiting for room.
     fn enqueue(&mut self, id: u64, queues: &[Queue]) {
-        let Some(task) = self.get(id) else { return };
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
         let q = usize::from(task.queue);
         self.queues[q].enqueue(id, &queues[q]);
     }
@@ -505,22 +486,11 @@ impl Store {
         }
     }
 
-    /// Returns a task's id, with the prefix it was made with.
-    pub(crate) fn task_id(&self, num: u64) -> TaskId {
-        self.tasks.task_id(num)
-    }
-
-    /// Finds the record an id names: the number must be a task's, and the
-    /// prefix the one that task was made with.
-    pub(crate) fn lookup_ref(&self, id: &IdRef) -> Lookup {
-        self.tasks.lookup_ref(id)
-    }
-
     /// Returns the names of a task's queue and schedule.
     pub(crate) fn names(&self, task: &Task) -> Names<'_> {
         let schedule = task.extra.as_ref().and_then(|e| e.schedule);
         Names {
-            id: self.task_id(task.id),
+            id: self.tasks.task_id(task.id),
             nodes: self.tasks.nodes(),
             queue: self.queues[usize::from(task.queue)].name(),
             schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
@@ -616,7 +586,7 @@ impl Store {
                 }
                 continue;
             }
-            let dep_id = self.task_id(dep);
+            let dep_id = self.tasks.task_id(dep);
             for waiting in self.deps.ended_badly(dep) {
                 let Some(i) = self.tasks.index(waiting) else {
                     continue;
@@ -751,9 +721,9 @@ impl Store {
         let Some(i) = i else {
             return Begin::Skip;
         };
-        let task_id = self.task_id(id);
+        let task_id = self.tasks.task_id(id);
         let after = self.tasks[i].after().iter();
-        let after = after.map(|&dep| self.task_id(dep)).collect();
+        let after = after.map(|&dep| self.tasks.task_id(dep)).collect();
         let task = &mut self.tasks[i];
         task.attempt += 1;
         let extra = task.extra.as_deref();
@@ -853,7 +823,7 @@ impl Store {
     /// and the receiver tells whether it got there.
     /// `Err(Found(i))` when it is already terminal.
     pub(crate) fn cancel(&mut self, id: u64, queues: &[Queue]) -> Result<Cancel, Lookup> {
-        let i = match self.lookup(id) {
+        let i = match self.tasks.lookup(id) {
             Lookup::Found(i) => i,
             other => return Err(other),
         };
@@ -865,7 +835,7 @@ impl Store {
         }
         self.make_cancel(i, now_millis(), queues);
         // Cancelling may have evicted older tasks, moving this one.
-        match self.lookup(id) {
+        match self.tasks.lookup(id) {
             Lookup::Found(i) => Ok(Cancel::Made(i)),
             other => Err(other),
         }
@@ -885,23 +855,16 @@ impl Store {
     /// its work first waits (work that never waits needs none); `None` if
     /// the task is no longer running — it was cancelled already.
     pub(crate) fn cancel_trigger(&mut self, id: u64) -> Option<Trigger> {
-        let running = self.get(id).is_some_and(|t| t.state == State::Running);
+        let running = self
+            .tasks
+            .get(id)
+            .is_some_and(|t| t.state == State::Running);
         running.then(|| self.cancels.entry(id).or_insert_with(Trigger::new).clone())
     }
 
     /// Returns the trigger a long poll waits on for `id` to change.
     pub(crate) fn watch(&mut self, id: u64) -> Trigger {
         self.watchers.entry(id).or_insert_with(Trigger::new).clone()
-    }
-
-    /// Counts the tasks in a state.
-    pub(crate) fn count(&self, state: State) -> usize {
-        self.tasks.count(state)
-    }
-
-    /// Returns the retained tasks in each state, indexed like [`STATES`].
-    pub(crate) fn counts(&self) -> &[usize; STATES.len()] {
-        self.tasks.counts()
     }
 
     /// Returns what `/metrics` and the `stats` event count.
@@ -920,15 +883,10 @@ impl Store {
         &self.queues[q]
     }
 
-    /// Returns the task at index `i`, as a lookup found it.
-    pub(crate) fn task(&self, i: usize) -> &Task {
-        &self.tasks[i]
-    }
-
-    /// Returns the retained tasks older than `before` (every one, without
-    /// it), newest first: a list's page starts here.
-    pub(crate) fn newest_first(&self, before: Option<u64>) -> impl Iterator<Item = &Task> {
-        self.tasks.newest_first(before)
+    /// Returns every task's record: the table other modules look tasks up
+    /// in, and read them from.
+    pub(crate) fn tasks(&self) -> &Table {
+        &self.tasks
     }
 
     /// Tells whether changes are journaled (`--data-dir`).
@@ -970,7 +928,7 @@ impl Store {
                 debug!(
                     "schedule {} fired: task {}",
                     schedule.name,
-                    self.task_id(id)
+                    self.tasks.task_id(id)
                 );
                 None
             }
@@ -990,7 +948,7 @@ impl Store {
     /// is still pending or its queue is full; returns the new task's id, or
     /// why there is none.
     fn fire_task(&mut self, i: usize, config: &Config, queues: &[Queue]) -> Result<u64, String> {
-        if let Some(task) = self.get(self.schedules[i].last_task)
+        if let Some(task) = self.tasks.get(self.schedules[i].last_task)
             && matches!(
                 task.state,
                 State::Scheduled | State::Queued | State::Running
@@ -1171,11 +1129,6 @@ impl Store {
         }
     }
 
-    /// Counts the retained tasks (tombstones excluded).
-    pub(crate) fn retained(&self) -> usize {
-        self.tasks.retained()
-    }
-
     /// Fills an empty store from a replayed journal, applying
     /// `--keep-finished`, `--keep-finished-for` and the queues' paused
     /// states, and puts back what was waiting: queued tasks into their
@@ -1250,11 +1203,11 @@ impl Store {
                 continue;
             };
             let after = self.tasks[i].after();
-            match fate(after, |dep| self.get(dep).map(|t| t.state)) {
+            match fate(after, |dep| self.tasks.get(dep).map(|t| t.state)) {
                 Fate::Waiting(pending) => self.deps.wait(id, &pending),
                 Fate::Ready => self.release(id, now, queues),
                 Fate::Blocked(dep, ended) => {
-                    let why = blocked_error(self.task_id(dep), ended);
+                    let why = blocked_error(self.tasks.task_id(dep), ended);
                     self.tasks[i].extra_mut().error = Some(why.into());
                     // No task waits for it yet: its dependents come later.
                     self.change(i, State::Cancelled, now, true);
@@ -1504,7 +1457,7 @@ pub(crate) mod tests {
                         _ => Outcome::Succeeded(Some("{}".into())),
                     };
                     let retry = store.end_attempt(id, 0, outcome, &queues);
-                    match (retry, store.get(id).map(|t| t.state)) {
+                    match (retry, store.tasks.get(id).map(|t| t.state)) {
                         (Some(_), Some(State::Queued)) => "retry",
                         (None, Some(State::Failed)) => "failed",
                         (None, Some(State::Cancelled)) => "ignored",
@@ -1518,7 +1471,7 @@ pub(crate) mod tests {
                     Err(Lookup::Found(i)) => format!("already {}", store.tasks[i].state.name()),
                     Err(other) => format!("{other:?}"),
                 },
-                "lookup" => match store.lookup(id) {
+                "lookup" => match store.tasks.lookup(id) {
                     Lookup::Found(_) => "found",
                     Lookup::Gone => "gone",
                     Lookup::Unknown => "unknown",
@@ -1535,9 +1488,9 @@ pub(crate) mod tests {
                 other => panic!("unknown step {other}"),
             };
             assert_eq!(answer, expected, "{step}");
-            assert_eq!(store.counts(), &counts, "counts after {step}");
+            assert_eq!(store.tasks.counts(), &counts, "counts after {step}");
             assert_eq!(
-                store.retained(),
+                store.tasks.retained(),
                 counts.iter().sum::<usize>(),
                 "after {step}"
             );
@@ -1579,7 +1532,7 @@ pub(crate) mod tests {
         assert_eq!(due, Due::Token(0));
         assert!(at >= now_millis() + 3_599_000, "{at}");
         assert!(due_rx.try_recv().is_err());
-        assert_eq!(store.count(State::Queued), 2);
+        assert_eq!(store.tasks.count(State::Queued), 2);
         assert_eq!(store.queue_views(&config(&[]), &queues)[0].depth, 2);
         // Each start that had to wait counts once.
         assert_eq!(store.queue_views(&config(&[]), &queues)[0].rate_limited, 2);
@@ -1612,9 +1565,9 @@ pub(crate) mod tests {
         for _ in 0..500 {
             let id = admit(&mut store);
             store.end_attempt(id, 0, Outcome::Succeeded(None), &queues);
-            assert!(store.tasks.tombstones() <= store.retained() + TOMBSTONE_SWEEP);
+            assert!(store.tasks.tombstones() <= store.tasks.retained() + TOMBSTONE_SWEEP);
         }
-        assert_eq!(store.retained(), 2);
+        assert_eq!(store.tasks.retained(), 2);
         assert!(store.tasks.tombstones() <= TOMBSTONE_SWEEP);
     }
 }

@@ -21,7 +21,6 @@
 //! keeps everything a change means beyond them.
 
 use crate::{
-    store::Lookup,
     task::{IdRef, IdempotencyKey, STATES, State, Task, TaskId, task_id_in},
     time::now_micros,
 };
@@ -31,6 +30,17 @@ use std::ops::{Index, IndexMut};
 /// Tombstones are swept from the middle of the table only past this many:
 /// a sweep moves every record, so it waits until it frees a fair amount.
 pub(crate) const TOMBSTONE_SWEEP: usize = 64;
+
+/// What a lookup of an id finds.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Lookup {
+    /// The task is retained; the store's slot index.
+    Found(usize),
+    /// The id was issued, but its record has been evicted: `410`.
+    Gone,
+    /// The server never issued the id: `404`.
+    Unknown,
+}
 
 /// Every task's record, in id order, with the ids issued.
 #[derive(Debug)]

@@ -30,6 +30,7 @@ use crate::{
     submit::parse_submission,
     time::{civil_from_days, days_from_civil, days_in_month, now_millis, parse_duration},
 };
+use log::info;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -432,6 +433,43 @@ impl ScheduleState {
             created: 0,
             skipped: 0,
         }
+    }
+
+    /// Notes a firing of `spec` due at `at` that made task `id`, or was
+    /// skipped for the reason given; returns when it fires next.
+    pub(crate) fn fired(&mut self, spec: &Spec, at: u64, made: Result<u64, String>) -> Option<u64> {
+        self.last_at = at;
+        match made {
+            Ok(id) => (self.last_task, self.created) = (id, self.created + 1),
+            Err(why) => {
+                self.skipped += 1;
+                info!("schedule {}: firing skipped: {why}", self.name);
+            }
+        }
+        self.next_at = firing_after(spec, at, now_millis())?;
+        Some(self.next_at)
+    }
+
+    /// Counts the firing that made task `id`, taken back because its
+    /// record could not be saved, as skipped after all; `earlier` is the
+    /// task it made before (0 if none is retained).
+    pub(crate) fn unfired(&mut self, id: u64, earlier: u64) {
+        if self.last_task == id {
+            self.last_task = earlier;
+        }
+        self.created -= 1;
+        self.skipped += 1;
+        info!(
+            "schedule {}: firing skipped: its task could not be saved to disk",
+            self.name
+        );
+    }
+
+    /// Takes over task `id`, replayed from the journal, which a firing at
+    /// `at` made: its next firing must know whether that one is still
+    /// pending.
+    pub(crate) fn replayed(&mut self, id: u64, at: u64) {
+        (self.last_task, self.last_at) = (id, at);
     }
 }
 

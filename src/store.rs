@@ -72,7 +72,7 @@
 
 use crate::{
     config::Config,
-    cron::{ScheduleState, firing_after},
+    cron::ScheduleState,
     deps::{Deps, Fate, blocked_error, check_after, fate},
     events::EventLog,
     journal::{Awaiting, Change, JournalEntry, JournalSender, Replayed, write_version},
@@ -93,7 +93,7 @@ use crate::{
     trigger::Trigger,
 };
 use async_channel::{Receiver, Sender, TrySendError};
-use log::{debug, info};
+use log::debug;
 use std::collections::{HashMap, VecDeque};
 
 use std::sync::Arc;
@@ -923,25 +923,12 @@ impl Store {
         queues: &[Queue],
     ) -> Option<u64> {
         let schedule = &config.schedules[i];
-        let skipped = match self.fire_task(i, config, queues) {
-            Ok(id) => {
-                debug!(
-                    "schedule {} fired: task {}",
-                    schedule.name,
-                    self.tasks.task_id(id)
-                );
-                None
-            }
-            Err(why) => Some(why),
-        };
-        let state = &mut self.schedules[i];
-        state.last_at = at;
-        if let Some(why) = skipped {
-            state.skipped += 1;
-            info!("schedule {}: firing skipped: {why}", schedule.name);
+        let made = self.fire_task(i, config, queues);
+        if let Ok(id) = made {
+            let id = self.tasks.task_id(id);
+            debug!("schedule {} fired: task {id}", schedule.name);
         }
-        state.next_at = firing_after(&schedule.spec, at, now_millis())?;
-        Some(state.next_at)
+        self.schedules[i].fired(&schedule.spec, at, made)
     }
 
     /// Creates the task of schedule `i`'s firing, unless its previous task
@@ -962,11 +949,7 @@ impl Store {
         new.label = new.label.or_else(|| Some(Text::new(&schedule.name)));
         new.schedule = Some(i as u16);
         match self.admit(new, queues) {
-            Admission::Created(TaskId { num: id, .. }, ..) => {
-                let state = &mut self.schedules[i];
-                (state.last_task, state.created) = (id, state.created + 1);
-                Ok(id)
-            }
+            Admission::Created(TaskId { num: id, .. }, ..) => Ok(id),
             Admission::Full => Err("its queue is full".into()),
             Admission::BadAfter(why) => Err(why),
             Admission::ShuttingDown => Err("the server is shutting down".into()),
@@ -1092,16 +1075,7 @@ impl Store {
             .newest_first(None)
             .find(|t| t.extra.as_ref().and_then(|e| e.schedule) == Some(s as u16))
             .map_or(0, |t| t.id);
-        let state = &mut self.schedules[s];
-        if state.last_task == id {
-            state.last_task = earlier;
-        }
-        state.created -= 1;
-        state.skipped += 1;
-        info!(
-            "schedule {}: firing skipped: its task could not be saved to disk",
-            state.name
-        );
+        self.schedules[s].unfired(id, earlier);
     }
 
     /// Writes every retained task as `new` and `state` records: the
@@ -1158,10 +1132,7 @@ impl Store {
             }
             let retry_at = task.extra.as_ref().map_or(0, |e| e.retry_at);
             if let Some(s) = task.extra.as_ref().and_then(|e| e.schedule) {
-                // The last task a schedule made, so that its next firing
-                // knows whether that one is still pending.
-                let state = &mut self.schedules[usize::from(s)];
-                (state.last_task, state.last_at) = (task.id, task.created_at());
+                self.schedules[usize::from(s)].replayed(task.id, task.created_at());
             }
             // The due-time loop's receiver is alive: it is returned with the store.
             let due = |at| {

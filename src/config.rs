@@ -906,14 +906,19 @@ impl std::fmt::Display for QueueList<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-
-    use std::ffi::OsString;
-
     use std::collections::HashMap;
-
+    use std::ffi::OsString;
     use std::time::Duration;
+
+    /// A configuration from command-line arguments, as the server gets it.
+    pub(crate) fn config(args: &[&str]) -> Config {
+        match parse_command(args.iter().map(OsString::from), |_| None) {
+            Ok(Command::Run(config)) => *config,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
 
     #[test]
     fn rust_log_is_read_as_env_logger_reads_it() {

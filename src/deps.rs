@@ -181,11 +181,8 @@ mod tests {
     use super::*;
     use crate::{
         queue::Queue,
-        store::{
-            Admission,
-            tests::{new_task, store_for},
-        },
-        task::{Outcome, TaskId, Text},
+        store::{Admission, tests::store_for},
+        task::{Outcome, TaskId, Text, tests::new_task},
     };
 
     #[test]

@@ -1022,10 +1022,9 @@ mod tests {
     use super::*;
     use crate::{queue::*, store::*, task::*};
 
-    #[allow(unused_imports)]
+    use crate::config::tests::config;
     use crate::journal::tests::task_with_everything;
-    #[allow(unused_imports)]
-    use crate::store::tests::{config, new_task};
+    use crate::task::tests::new_task;
 
     /// Publishes to `log` the event of a new task numbered `id` with the
     /// label `label`.

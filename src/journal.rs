@@ -848,13 +848,11 @@ pub(crate) fn open_data_dir(dir: &Path, config: &Config) -> Result<DataDir, Stri
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::tests::config;
+    use crate::task::tests::new_task;
     use crate::{queue::*, record::*, shared::*, store::*, task::*, time::*, trigger::*};
-
-    use std::sync::Arc;
-
-    #[allow(unused_imports)]
-    use crate::store::tests::{config, new_task, store_for};
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     /// Makes journal lines, each record with its checksum.
     fn journal_lines(records: &[&str]) -> Vec<u8> {

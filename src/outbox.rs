@@ -191,7 +191,7 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::journal::JournalProgress;
-    use crate::store::tests::new_task;
+    use crate::task::tests::new_task;
     use std::sync::Arc;
 
     #[test]

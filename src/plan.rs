@@ -141,7 +141,8 @@ impl BatchPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{new_task, store_for};
+    use crate::store::tests::store_for;
+    use crate::task::tests::new_task;
     use crate::task::{TaskId, Text};
 
     /// An item of a batch with `after` as written.

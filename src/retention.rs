@@ -127,7 +127,7 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::config;
+    use crate::config::tests::config;
 
     /// Takes every id [`Retention::beyond`] gives, sparing `spare`.
     fn beyond(retention: &mut Retention, spare: u64) -> Vec<u64> {

@@ -1009,8 +1009,7 @@ mod tests {
     use super::*;
     use crate::{http::*, task::*};
 
-    #[allow(unused_imports)]
-    use crate::store::tests::config;
+    use crate::config::tests::config;
 
     #[test]
     fn a_limit_is_any_positive_integer_clamped_to_1000() {

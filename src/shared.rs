@@ -172,8 +172,7 @@ pub(crate) fn build_shared(
 mod tests {
     use super::*;
 
-    #[allow(unused_imports)]
-    use crate::store::tests::config;
+    use crate::config::tests::config;
 
     /// The check that keeps `Shared::store`'s rule in debug builds: a
     /// second lock on the thread that holds the guard is a panic, not a

@@ -1214,18 +1214,11 @@ impl Store {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::tests::config;
     use crate::table::TOMBSTONE_SWEEP;
-    use crate::{config::*, queue::*, submit::*, task::*};
+    use crate::task::tests::new_task;
+    use crate::{queue::*, submit::*, task::*};
     use std::collections::HashMap;
-    use std::ffi::OsString;
-
-    /// A configuration from command-line arguments, as the server gets it.
-    pub(crate) fn config(args: &[&str]) -> Config {
-        match parse_command(args.iter().map(OsString::from), |_| None) {
-            Ok(Command::Run(config)) => *config,
-            other => panic!("{args:?}: {other:?}"),
-        }
-    }
 
     /// A store for `args` with its queues, and the due-time loop's receiver.
     pub(crate) fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, Due)>) {
@@ -1233,24 +1226,6 @@ pub(crate) mod tests {
         let (due_tx, due_rx) = async_channel::unbounded();
         let queues = config.queues.iter().map(Queue::new).collect();
         (Store::new(&config, due_tx, Arc::default()), queues, due_rx)
-    }
-
-    /// A new `sleep` task of no time in `default`, to start at `run_at`.
-    pub(crate) fn new_task(label: &str, run_at: u64) -> NewTask {
-        NewTask {
-            label: Some(Text::new(label)),
-            work_duration: Some(Text::new("0s")),
-            kind: None,
-            payload: None,
-            timeout: None,
-            max_attempts: 2,
-            key: None,
-            queue: 0,
-            run_at,
-            schedule: None,
-            after: None,
-            retry_of: None,
-        }
     }
 
     /// The store table: each step says what happens to a task (or to the

@@ -323,7 +323,7 @@ impl IndexMut<usize> for Table {
 mod tests {
     use super::*;
     use crate::http::tests::Rng;
-    use crate::store::tests::new_task;
+    use crate::task::tests::new_task;
 
     /// A table of `n` queued tasks with ids one apart from `first`.
     fn table_of(first: u64, n: u64) -> Table {

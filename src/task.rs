@@ -786,8 +786,26 @@ pub(crate) fn backoff(attempt: u8) -> Duration {
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A new `sleep` task of no time in `default`, to start at `run_at`.
+    pub(crate) fn new_task(label: &str, run_at: u64) -> NewTask {
+        NewTask {
+            label: Some(Text::new(label)),
+            work_duration: Some(Text::new("0s")),
+            kind: None,
+            payload: None,
+            timeout: None,
+            max_attempts: 2,
+            key: None,
+            queue: 0,
+            run_at,
+            schedule: None,
+            after: None,
+            retry_of: None,
+        }
+    }
 
     #[test]
     fn ids_round_trip_and_sort_like_their_numbers() {

@@ -95,7 +95,6 @@ use crate::{
 use async_channel::{Receiver, Sender, TrySendError};
 use log::debug;
 use std::collections::{HashMap, VecDeque};
-
 use std::sync::Arc;
 
 /// What the store answers to a submission: everything the answer shows,
@@ -1215,7 +1214,6 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
     use crate::config::tests::config;
-    use crate::table::TOMBSTONE_SWEEP;
     use crate::task::tests::new_task;
     use crate::{queue::*, submit::*, task::*};
     use std::collections::HashMap;
@@ -1435,6 +1433,9 @@ pub(crate) mod tests {
             };
             assert_eq!(answer, expected, "{step}");
             assert_eq!(store.tasks.counts(), &counts, "counts after {step}");
+            // Tombstones are swept from the front at once.
+            let oldest = store.tasks.oldest_record();
+            assert!(oldest.is_none_or(|t| t.state != State::Evicted), "{step}");
             assert_eq!(
                 store.tasks.retained(),
                 counts.iter().sum::<usize>(),
@@ -1490,30 +1491,5 @@ pub(crate) mod tests {
         store.refill_bucket(0);
         assert_eq!(begin(&mut store, b, true), "limited");
         assert_eq!(due_rx.try_recv().map(|(_, due)| due), Ok(Due::Token(0)));
-    }
-
-    #[test]
-    fn tombstones_are_swept_once_they_are_half_the_records() {
-        let (mut store, queues, _due) = store_for(&["--buffer", "1000", "--keep-finished", "1"]);
-        let admit = |store: &mut Store| {
-            let Admission::Created(TaskId { num: id, .. }, ..) =
-                store.admit(new_task("t", 0), &queues)
-            else {
-                panic!("admitted")
-            };
-            let _ = queues[0].jobs_rx.try_recv();
-            store.begin_attempt(id, 0, &queues, false);
-            id
-        };
-        // The oldest task runs for ever, so tombstones cannot leave from
-        // the front; finished tasks behind it are evicted one by one.
-        admit(&mut store);
-        for _ in 0..500 {
-            let id = admit(&mut store);
-            store.end_attempt(id, 0, Outcome::Succeeded(None), &queues);
-            assert!(store.tasks.tombstones() <= store.tasks.retained() + TOMBSTONE_SWEEP);
-        }
-        assert_eq!(store.tasks.retained(), 2);
-        assert!(store.tasks.tombstones() <= TOMBSTONE_SWEEP);
     }
 }

@@ -29,7 +29,7 @@ use std::ops::{Index, IndexMut};
 
 /// Tombstones are swept from the middle of the table only past this many:
 /// a sweep moves every record, so it waits until it frees a fair amount.
-pub(crate) const TOMBSTONE_SWEEP: usize = 64;
+const TOMBSTONE_SWEEP: usize = 64;
 
 /// What a lookup of an id finds.
 #[derive(Debug, PartialEq)]
@@ -272,10 +272,10 @@ impl Table {
         self.records.len() - self.tombstones
     }
 
-    /// Counts the tombstones not yet swept.
+    /// Returns the oldest record, tombstone or not.
     #[cfg(test)]
-    pub(crate) fn tombstones(&self) -> usize {
-        self.tombstones
+    pub(crate) fn oldest_record(&self) -> Option<&Task> {
+        self.records.front()
     }
 
     /// Returns the newest record.

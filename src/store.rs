@@ -36,39 +36,44 @@
 //! store only calls [`Store::publish`].
 //!
 //! Read [`Store::admit`] first, then [`Store::set_state`]; a worker's
-//! side is [`Store::begin_attempt`]: it finds a cancelled task and skips
-//! it (the id was still in the channel, and its queue's place is freed
-//! only then), or a paused queue, and then the worker keeps the task and
-//! begins it first when the queue resumes — or a queue whose `--rate` has
-//! no token left, and then the worker keeps the task until the next token
-//! comes. A batch of submissions is admitted whole by
-//! [`Store::admit_batch`]: everything checked first, then every task
-//! made. `tests/lifecycle.rs` prints what these cost under the lock: `bench_cancel_latency`,
-//! `bench_waking_a_thousand_waiters`, `bench_listing_10000_retained_tasks`.
+//! side is [`Store::begin_attempt`]: a cancelled task is skipped there
+//! (its id was still in the channel), and a paused queue, or one whose
+//! `--rate` has no token, makes the worker keep its task and wait. A batch
+//! is admitted whole by [`Store::admit_batch`]. `tests/lifecycle.rs`
+//! prints what these cost under the lock (`bench_cancel_latency`,
+//! `bench_waking_a_thousand_waiters`, `bench_listing_10000_retained_tasks`).
 //!
-//! # Idempotency keys
+//! # Its parts
 //!
-//! A submission whose `Idempotency-Key` names a retained task
-//! ([`Keys`] says which) is decided under the lock, in [`Store::admit`]:
-//! the repeat of the request that made it gets that task
-//! ([`Admission::Repeat`], with a batch's every task: [`Store::batch`]),
-//! a different request [`Admission::KeyReused`].
+//! The store is one value with one lock, but most of what it keeps is a
+//! part with rules of its own, in a module of its own, whose fields only
+//! that module sees; the store calls them and keeps what a change means
+//! across them:
 //!
-//! # Records
+//! - [`Table`]: the records in id order, the ids issued, the counts per
+//!   state, tombstones. Other modules read tasks through it
+//!   ([`Store::tasks`]); only the store changes them.
+//! - [`QueueState`]: each queue's depth, busy workers, pause, the tasks
+//!   waiting for room and the `--rate` bucket, in step with its channel.
+//! - [`Deps`]: which waiting tasks wait for which (`after`).
+//! - [`Keys`]: the task each `Idempotency-Key` names. A repeat of the
+//!   request that made it gets that task ([`Admission::Repeat`], with a
+//!   batch's every task: [`Store::batch`]), another request
+//!   [`Admission::KeyReused`]; decided under the lock, so racing repeats
+//!   make one task.
+//! - [`Retention`]: the finished tasks in the order they finished, and
+//!   which go by `--keep-finished` and `--keep-finished-for`.
+//! - [`Outbox`]: with `--data-dir`, the records on their way to the
+//!   journal and the cancels that wait for theirs.
+//! - [`BatchPlan`]: a batch worked out whole before any task is made.
 //!
-//! The records themselves, in id order with the ids issued, are a
-//! [`Table`]'s: it keeps the counts per state and the tombstones of evicted
-//! tasks, and the store keeps everything else a change means.
-//!
-//! What the tasks can make the server hold is bounded by the flags: a
-//! submission is refused with `503` once its queue holds its capacity or
-//! `--max-scheduled` delayed tasks wait, and finished tasks beyond
-//! `--keep-finished` are evicted, earliest finished first. A task's
-//! strings came in its request body (at most `--max-body`), and a
-//! program's result and error are the 4 KiB tails [`crate::handlers`]
-//! keeps. Retries waiting for their backoff are not counted against a
-//! queue's capacity (each was admitted within it once); when they come
-//! due they enter ahead of new submissions, which wait their turn.
+//! What the tasks can make the server hold is bounded by the flags:
+//! `503` once a queue holds its capacity or `--max-scheduled` tasks wait,
+//! finished tasks beyond `--keep-finished` evicted, a task's strings at
+//! most `--max-body`, a program's result and error 4 KiB tails
+//! ([`crate::handlers`]). A retry waiting for its backoff is not counted
+//! against its queue (it was admitted within it once); when due, it
+//! enters ahead of new submissions.
 
 use crate::{
     config::Config,

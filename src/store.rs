@@ -1036,11 +1036,18 @@ impl Store {
     /// was released, or cancelled with a dependency — it leaves no trace.
     /// A client's cancel of it cannot have been made (it waits for its own
     /// record, which comes later).
+    ///
+    /// One cancelled with a dependency may have been evicted meanwhile,
+    /// by more finished tasks than `--keep-finished`: its tombstone goes
+    /// (or was swept), and its cancel is uncounted like the rest. Nothing
+    /// else ends a task before its record is on disk.
     fn take_back(&mut self, id: u64) {
-        let Some(task) = self.tasks.remove(id) else {
+        self.counters.accepted -= 1;
+        let task = self.tasks.remove(id).filter(|t| t.state != State::Evicted);
+        let Some(task) = task else {
+            self.counters.finished[State::Cancelled as usize] -= 1;
             return;
         };
-        self.counters.accepted -= 1;
         match task.state {
             State::Queued => {
                 let waited_for_room = self.queues[usize::from(task.queue)].take_back(id);
@@ -1219,6 +1226,7 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
     use crate::config::tests::config;
+    use crate::journal::JournalProgress;
     use crate::task::tests::new_task;
     use crate::{queue::*, submit::*, task::*};
     use std::collections::HashMap;
@@ -1496,5 +1504,68 @@ pub(crate) mod tests {
         store.refill_bucket(0);
         assert_eq!(begin(&mut store, b, true), "limited");
         assert_eq!(due_rx.try_recv().map(|(_, due)| due), Ok(Due::Token(0)));
+    }
+
+    #[test]
+    fn a_task_evicted_before_its_record_failed_is_taken_back_all_the_same() {
+        // With an older task retained, b's tombstone waits in the middle;
+        // without, it is swept at once.
+        for older in [true, false] {
+            let (mut store, queues, _due) = store_for(&["--keep-finished", "1"]);
+            let (tx, journal) = async_channel::unbounded();
+            let progress = Arc::new(JournalProgress::new(0));
+            store.attach_journal(JournalSender::new(tx, progress));
+            let admit = |store: &mut Store, new| match store.admit(new, &queues) {
+                Admission::Created(TaskId { num, .. }, ..) => num,
+                other => panic!("{other:?}"),
+            };
+            let after = |num| {
+                let node = Text::new("");
+                Some(Box::from([IdRef { num, node }]))
+            };
+            if older {
+                admit(&mut store, new_task("r", 0));
+            }
+            // a fails, and its records are written.
+            let a = admit(
+                &mut store,
+                NewTask {
+                    max_attempts: 1,
+                    ..new_task("a", 0)
+                },
+            );
+            let _ = queues[0].jobs_rx.try_recv();
+            store.begin_attempt(a, 0, &queues, false);
+            let failed = Outcome::Failed("exit status 1".into());
+            store.end_attempt(a, 0, failed, &queues);
+            let written: Vec<JournalEntry> =
+                std::iter::from_fn(|| journal.try_recv().ok()).collect();
+            store.settle(&written, true, &queues);
+            // b, after a, is cancelled at once, evicting a; c, after b, too,
+            // evicting b while its `new` record is still on its way.
+            let b = admit(
+                &mut store,
+                NewTask {
+                    after: after(a),
+                    ..new_task("b", 0)
+                },
+            );
+            let c = admit(
+                &mut store,
+                NewTask {
+                    after: after(b),
+                    ..new_task("c", 0)
+                },
+            );
+            assert_eq!(store.tasks.lookup(b), Lookup::Gone);
+            // The disk fails their records: b and c were never accepted.
+            let lost: Vec<JournalEntry> = std::iter::from_fn(|| journal.try_recv().ok()).collect();
+            store.settle(&lost, false, &queues);
+            assert_eq!(store.tasks.get(c).map(|t| t.state), None);
+            let r = usize::from(older);
+            assert_eq!(store.tasks.counts(), &[0, 0, r, 0, 0, 0, 0]);
+            assert_eq!(store.counters.accepted, 1 + r as u64);
+            assert_eq!(store.counters.finished, [0, 0, 0, 0, 0, 1, 0]);
+        }
     }
 }

@@ -217,10 +217,14 @@ impl Table {
     }
 
     /// Takes the record of task `id` out, leaving no tombstone: a task
-    /// taken back was never accepted.
+    /// taken back was never accepted. Its tombstone, if it was evicted
+    /// already, goes too, and comes back as the record (`evicted`).
     pub(crate) fn remove(&mut self, id: u64) -> Option<Task> {
         let task = self.records.remove(self.position(id).ok()?)?;
-        self.counts[task.state as usize] -= 1;
+        match task.state {
+            State::Evicted => self.tombstones -= 1,
+            state => self.counts[state as usize] -= 1,
+        }
         Some(task)
     }
 

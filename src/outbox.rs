@@ -1,6 +1,5 @@
 //! The store's outbox: the records it sends the journal's writer, under its
-//! lock, and what waits for them — the cancels on their way to disk, and
-//! the ids taken back while they were in a queue's channel.
+//! lock, and the cancels that wait for theirs.
 //!
 //! With `--data-dir` every change is journaled in the order it happens,
 //! so the records leave from here while the store lock is held. Most
@@ -21,7 +20,7 @@ use crate::{
     time::now_millis,
 };
 use async_channel::{Receiver, Sender};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// A cancel whose record is on its way to disk.
 #[derive(Debug)]
@@ -35,6 +34,17 @@ struct Cancelling {
     waiters: Vec<Sender<bool>>,
 }
 
+/// What a cancel's record, written or failed, leaves the store to do.
+#[derive(Debug)]
+pub(crate) enum Settled {
+    /// Make the cancel, then tell these requests it was saved.
+    Make(Vec<Sender<bool>>),
+    /// Make nothing, and tell these requests whether it was saved.
+    Leave(Vec<Sender<bool>>),
+    /// Nothing yet: the record is written again, and the cancel waits.
+    Rewritten,
+}
+
 /// The records on their way to the journal, and what waits for them.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
@@ -43,10 +53,6 @@ pub(crate) struct Outbox {
     /// The cancels whose record is on its way to disk, by task id: they
     /// are made once it is there.
     cancelling: HashMap<u64, Cancelling>,
-    /// Ids still in a queue's channel (or in the hands of a worker that
-    /// waits for the disk) whose task was taken back: the worker that gets
-    /// one skips it, and the queue no longer counts it.
-    withdrawn: HashSet<u64>,
 }
 
 impl Outbox {
@@ -137,7 +143,7 @@ impl Outbox {
 
     /// Notes that task `id` changed: a cancel's record on its way no
     /// longer says what the cancel leaves.
-    pub(crate) fn changed(&mut self, id: u64) {
+    pub(crate) fn task_changed(&mut self, id: u64) {
         // Tuning: nearly always no cancel is on its way, and a lookup
         // would hash the id for nothing.
         if !self.cancelling.is_empty()
@@ -148,42 +154,28 @@ impl Outbox {
     }
 
     /// Settles the cancel of task `id` once its record is `written` or has
-    /// failed; `pending` is the task if it has not ended. Returns whether
-    /// the store is to make the cancel now. A task that changed since its
-    /// record was made gets it written again, and the cancel waits for
-    /// that one; a task that ended meanwhile (its own record, later, has
-    /// the last word) or was taken back is left as it is. Otherwise the
-    /// requests waiting are told, under the store lock, so they read the
-    /// task once the cancel is made.
-    pub(crate) fn settle_cancel(&mut self, id: u64, pending: Option<&Task>, written: bool) -> bool {
+    /// failed; `pending` is the task if it has not ended. A task that
+    /// changed since its record was made gets it written again, and the
+    /// cancel waits for that one. A task that ended meanwhile (its own
+    /// record, later, has the last word) or was taken back is left as it
+    /// is.
+    pub(crate) fn settle_cancel(
+        &mut self,
+        id: u64,
+        pending: Option<&Task>,
+        written: bool,
+    ) -> Settled {
         let Some(cancelling) = self.cancelling.remove(&id) else {
-            return false;
+            return Settled::Leave(Vec::new());
         };
-        if let Some(task) = pending
-            && written
-            && cancelling.stale
-        {
-            self.write_cancel(task, cancelling.waiters);
-            return false;
+        match pending {
+            Some(task) if written && cancelling.stale => {
+                self.write_cancel(task, cancelling.waiters);
+                Settled::Rewritten
+            }
+            Some(_) if written => Settled::Make(cancelling.waiters),
+            _ => Settled::Leave(cancelling.waiters),
         }
-        for waiter in cancelling.waiters {
-            // The request may have gone; then nobody needs to know.
-            let _ = waiter.try_send(written);
-        }
-        written && pending.is_some()
-    }
-
-    /// Marks task `id`, taken back while its id is in a queue's channel
-    /// (or a worker's hands), to be skipped by the worker that gets it.
-    pub(crate) fn withdraw(&mut self, id: u64) {
-        self.withdrawn.insert(id);
-    }
-
-    /// Tells whether a worker is to skip task `id`, taken back, and
-    /// forgets it.
-    pub(crate) fn skip(&mut self, id: u64) -> bool {
-        // Tuning, as in `changed`: nearly always none was withdrawn.
-        !self.withdrawn.is_empty() && self.withdrawn.remove(&id)
     }
 }
 
@@ -205,22 +197,22 @@ mod tests {
         assert_eq!(records.len(), 1);
         // Written, but the task changed meanwhile: written again, and
         // nobody is told yet.
-        outbox.changed(7);
-        assert!(!outbox.settle_cancel(7, Some(&task), true));
+        outbox.task_changed(7);
+        let settle =
+            |outbox: &mut Outbox, task, written| match outbox.settle_cancel(7, task, written) {
+                Settled::Make(waiters) => ("make", waiters.len()),
+                Settled::Leave(waiters) => ("leave", waiters.len()),
+                Settled::Rewritten => ("rewritten", 0),
+            };
+        assert_eq!(settle(&mut outbox, Some(&task), true), ("rewritten", 0));
         assert_eq!(records.len(), 2);
-        assert!(first.try_recv().is_err());
-        assert!(outbox.settle_cancel(7, Some(&task), true));
-        assert_eq!((first.try_recv(), second.try_recv()), (Ok(true), Ok(true)));
-        // A failed write: not made, and said so.
-        let failed = outbox.send_cancel(&task);
-        assert!(!outbox.settle_cancel(7, Some(&task), false));
-        assert_eq!(failed.try_recv(), Ok(false));
+        assert_eq!(settle(&mut outbox, Some(&task), true), ("make", 2));
+        // A failed write: nothing is made.
+        drop((first, second, outbox.send_cancel(&task)));
+        assert_eq!(settle(&mut outbox, Some(&task), false), ("leave", 1));
         // A task that ended meanwhile keeps its own end.
-        let ended = outbox.send_cancel(&task);
-        assert!(!outbox.settle_cancel(7, None, true));
-        assert_eq!(ended.try_recv(), Ok(true));
-        // A task taken back is skipped once by the worker that gets it.
-        outbox.withdraw(8);
-        assert_eq!((outbox.skip(8), outbox.skip(8)), (true, false));
+        outbox.send_cancel(&task);
+        assert_eq!(settle(&mut outbox, None, true), ("leave", 1));
+        assert_eq!(settle(&mut outbox, None, true), ("leave", 0));
     }
 }

@@ -31,7 +31,7 @@ use crate::{
     trigger::Trigger,
 };
 use async_channel::{Receiver, Sender, TrySendError};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt::Write as _;
 
 use std::sync::Arc;
@@ -62,6 +62,10 @@ pub(crate) struct QueueState {
     /// Its `--rate`'s token bucket; `None` without one, so that a queue
     /// with no rate pays nothing for the feature.
     bucket: Option<Box<Bucket>>,
+    /// Ids still in the channel (or in the hands of a worker that waits
+    /// for the disk) whose task was taken back: the worker that gets one
+    /// skips it.
+    withdrawn: HashSet<u64>,
 }
 
 impl QueueState {
@@ -75,6 +79,7 @@ impl QueueState {
             resumed: Trigger::new(),
             waiting: VecDeque::new(),
             bucket: config.rate.map(|rate| Box::new(Bucket::new(rate))),
+            withdrawn: HashSet::new(),
         }
     }
 
@@ -224,16 +229,28 @@ impl QueueState {
         self.busy -= 1;
     }
 
-    /// Takes back queued task `id`, whose record could not be written:
-    /// returns `true` if it was waiting for room, `false` if it is in the
-    /// channel (or in a worker's hands), where whoever gets it must skip
-    /// it. Either way it is no longer counted.
-    pub(crate) fn take_back(&mut self, id: u64) -> bool {
+    /// Takes back queued task `id`, whose record could not be written: it
+    /// is no longer counted, and if it is in the channel (or a worker's
+    /// hands) rather than waiting for room, whoever gets it skips it.
+    pub(crate) fn take_back(&mut self, id: u64) {
         self.depth -= 1;
         match self.waiting.iter().position(|&w| w == id) {
-            Some(at) => self.waiting.remove(at).is_some(),
-            None => false,
+            Some(at) => drop(self.waiting.remove(at)),
+            None => drop(self.withdrawn.insert(id)),
         }
+    }
+
+    /// Tells whether a worker that got task `id` is to skip it, taken back
+    /// (its place in the channel was freed when the worker took it; a task
+    /// waiting for room enters it).
+    pub(crate) fn skip(&mut self, id: u64, queue: &Queue) -> bool {
+        // Tuning: nearly always none was withdrawn, and a lookup would
+        // hash the id for nothing.
+        if self.withdrawn.is_empty() || !self.withdrawn.remove(&id) {
+            return false;
+        }
+        self.refill(queue);
+        true
     }
 
     /// Shows the queue, configured by `config` with channel `queue`.

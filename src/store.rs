@@ -54,7 +54,8 @@
 //!   state, tombstones. Other modules read tasks through it
 //!   ([`Store::tasks`]); only the store changes them.
 //! - [`QueueState`]: each queue's depth, busy workers, pause, the tasks
-//!   waiting for room and the `--rate` bucket, in step with its channel.
+//!   waiting for room, the ids taken back while in its channel, and the
+//!   `--rate` bucket, in step with the channel.
 //! - [`Deps`]: which waiting tasks wait for which (`after`).
 //! - [`Keys`]: the task each `Idempotency-Key` names. A repeat of the
 //!   request that made it gets that task ([`Admission::Repeat`], with a
@@ -83,7 +84,7 @@ use crate::{
     journal::{Awaiting, Change, JournalEntry, JournalSender, Replayed, write_version},
     keys::Keys,
     later::Due,
-    outbox::Outbox,
+    outbox::{Outbox, Settled},
     plan::BatchPlan,
     queue::{Queue, QueueState, QueueView},
     record::{Op, Record, write_record},
@@ -516,7 +517,7 @@ impl Store {
     /// `/events` are all made here, in that order, from the same values —
     /// for the change itself and for each one it brings about (a waiting
     /// task released, or cancelled down a chain).
-    pub(crate) fn set_state(&mut self, i: usize, state: State, queues: &[Queue]) {
+    fn set_state(&mut self, i: usize, state: State, queues: &[Queue]) {
         self.set_state_at(i, state, now_millis(), queues);
     }
 
@@ -556,7 +557,7 @@ impl Store {
         if journaled {
             self.outbox.send_state(&self.tasks[i]);
         }
-        self.outbox.changed(id);
+        self.outbox.task_changed(id);
         if old == State::Waiting {
             self.deps.forget(id);
         }
@@ -671,7 +672,7 @@ impl Store {
     }
 
     /// Wakes the long polls waiting for task `id` to change.
-    pub(crate) fn wake_watchers(&mut self, id: u64) {
+    fn wake_watchers(&mut self, id: u64) {
         // Tuning: the plain version looks the id up. Most changes have no
         // watcher, and a lookup would hash the id for nothing.
         if !self.watchers.is_empty()
@@ -696,10 +697,7 @@ impl Store {
         queues: &[Queue],
         limited: bool,
     ) -> Begin {
-        if self.outbox.skip(id) {
-            // Taken back: no longer counted, and its place in the channel
-            // was freed when the worker took it.
-            self.queues[q].refill(&queues[q]);
+        if self.queues[q].skip(id, &queues[q]) {
             return Begin::Skip;
         }
         if let Some(resumed) = self.queues[q].wait_for_resume() {
@@ -1014,17 +1012,27 @@ impl Store {
     }
 
     /// Makes a cancel whose record was written, unless the outbox says
-    /// otherwise ([`Outbox::settle_cancel`]).
+    /// otherwise ([`Outbox::settle_cancel`]), and then tells the requests
+    /// waiting for it.
     fn settle_cancel(&mut self, id: u64, at: u64, written: bool, queues: &[Queue]) {
         let pending = self
             .tasks
             .index(id)
             .filter(|&i| !self.tasks[i].state.is_terminal());
         let task = pending.map(|i| &self.tasks[i]);
-        if self.outbox.settle_cancel(id, task, written)
-            && let Some(i) = pending
-        {
-            self.make_cancel(i, at, queues);
+        let waiters = match self.outbox.settle_cancel(id, task, written) {
+            Settled::Make(waiters) => {
+                if let Some(i) = pending {
+                    self.make_cancel(i, at, queues);
+                }
+                waiters
+            }
+            Settled::Leave(waiters) => waiters,
+            Settled::Rewritten => return,
+        };
+        for waiter in waiters {
+            // The request may have gone; then nobody needs to know.
+            let _ = waiter.try_send(written);
         }
     }
 
@@ -1049,14 +1057,7 @@ impl Store {
             return;
         };
         match task.state {
-            State::Queued => {
-                let waited_for_room = self.queues[usize::from(task.queue)].take_back(id);
-                // Else it is in the channel, or taken by a worker waiting
-                // for the record: whoever gets it skips it.
-                if !waited_for_room {
-                    self.outbox.withdraw(id);
-                }
-            }
+            State::Queued => self.queues[usize::from(task.queue)].take_back(id),
             State::Waiting => self.deps.forget(id),
             State::Cancelled => {
                 self.counters.finished[State::Cancelled as usize] -= 1;
@@ -1213,7 +1214,7 @@ impl Store {
     /// Tells the event streams that the task at index `i` changed: its
     /// `task` event is rendered once, into the log. `at` is when the change
     /// happened (ms since the epoch), read once by the change.
-    pub(crate) fn publish(&mut self, i: usize, at: u64) {
+    fn publish(&mut self, i: usize, at: u64) {
         if !self.events.open() {
             return;
         }

@@ -14,7 +14,8 @@
 //! drift, and a server that fell behind skips to the next time on the grid
 //! rather than firing the missed ones in a burst.
 //!
-//! This module only computes times; it never fires anything. Firing is
+//! This module computes times and counts firings; it never fires anything
+//! itself. Firing is
 //! the due-time loop's ([`crate::later`]): a schedule is one more entry in
 //! its heap, and when it comes due
 //! [`Store::fire`](crate::store::Store::fire) creates its task through
@@ -23,7 +24,8 @@
 //! then the firing is skipped, counted and logged, because periodic work
 //! must not pile up behind itself. Firings missed while the server was
 //! down are not made up. What the store keeps of a schedule between
-//! firings is its [`ScheduleState`].
+//! firings is its [`ScheduleState`], which counts each firing and logs a
+//! skipped one ([`ScheduleState::fired`]).
 
 use crate::{
     config::{Config, check_name},
@@ -435,8 +437,8 @@ impl ScheduleState {
         }
     }
 
-    /// Notes a firing of `spec` due at `at` that made task `id`, or was
-    /// skipped for the reason given; returns when it fires next.
+    /// Notes a firing of `spec` due at `at` that `made` a task (its id), or
+    /// was skipped (why); returns when it fires next.
     pub(crate) fn fired(&mut self, spec: &Spec, at: u64, made: Result<u64, String>) -> Option<u64> {
         self.last_at = at;
         match made {

@@ -20,8 +20,7 @@
 
 use crate::{
     json::quoted,
-    store::Store,
-    table::Lookup,
+    table::{Lookup, Table},
     task::{IdRef, State},
 };
 use std::collections::HashMap;
@@ -148,17 +147,17 @@ pub(crate) fn fate(after: &[u64], state_of: impl Fn(u64) -> Option<State>) -> Fa
 /// Checks the ids of a submission's `after` against the store: each must
 /// name a task this server made and still retains. Returns their numbers,
 /// or the sentence of the `400`, naming the first id that does not.
-pub(crate) fn check_after(store: &Store, after: &[IdRef]) -> Result<Box<[u64]>, String> {
+pub(crate) fn check_after(tasks: &Table, after: &[IdRef]) -> Result<Box<[u64]>, String> {
     after
         .iter()
         .map(|id| {
             let written = quoted(&id.to_string());
-            match store.tasks().lookup_ref(id) {
+            match tasks.lookup_ref(id) {
                 Lookup::Found(_) => Ok(id.num),
                 Lookup::Gone => Err(format!("after: task {written} has been evicted")),
-                Lookup::Unknown if store.tasks().task_id(id.num).node != id.node.as_str() => Err(
-                    format!("after: {written} is not a task of this server (another node's?)"),
-                ),
+                Lookup::Unknown if tasks.task_id(id.num).node != id.node.as_str() => Err(format!(
+                    "after: {written} is not a task of this server (another node's?)"
+                )),
                 Lookup::Unknown => Err(format!(
                     "after: {written} is not the id of a task this server made"
                 )),
@@ -181,7 +180,7 @@ mod tests {
     use super::*;
     use crate::{
         queue::Queue,
-        store::{Admission, tests::store_for},
+        store::{Admission, Store, tests::store_for},
         task::{Outcome, TaskId, Text, tests::new_task},
     };
 

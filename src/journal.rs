@@ -272,7 +272,7 @@ impl JournalEntry {
 #[derive(Debug)]
 pub(crate) enum Change {
     /// Cancel task `id` as of `at` (ms since the epoch); those waiting for
-    /// it are in the store's `cancelling`, by task id.
+    /// it are in the store's [`Outbox`](crate::outbox::Outbox), by task id.
     Cancel {
         /// The task.
         id: u64,
@@ -1084,7 +1084,7 @@ pub(crate) mod tests {
         else {
             panic!("admitted")
         };
-        let pause_saved = shared.store().log_pause(0, true);
+        let pause_saved = shared.store().journal_pause(0, true);
         let mut batch: Vec<JournalEntry> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         writer.commit(&mut batch, &shared, &progress);
         assert_eq!(saved.try_recv(), Ok(false));

@@ -14,8 +14,9 @@
 
 use crate::{
     deps::{Fate, check_after, fate},
-    store::{Admission, Store},
+    store::Admission,
     submit::MAX_BATCH,
+    table::Table,
     task::{IdRef, NewTask, State},
 };
 
@@ -38,44 +39,44 @@ pub(crate) struct BatchPlan {
     items: Vec<(Fate, State)>,
     /// How many of its tasks enter each queue at once, indexed like the
     /// queues.
-    room: Vec<usize>,
+    entering: Vec<usize>,
     /// How many of its tasks wait, delayed or for a dependency: they count
     /// against `--max-scheduled`.
-    later: usize,
+    waits: usize,
 }
 
 impl BatchPlan {
-    /// Plans the batch `news` against `store` as it is, for `queues`
+    /// Plans the batch `news` against the tasks as they are, for `queue_count`
     /// queues, at `now` (ms since the epoch). An item whose `after` names
     /// no retained task is refused with its index: [`Admission::BadItem`].
     pub(crate) fn new(
-        store: &Store,
+        tasks: &Table,
         news: &[NewTask],
-        queues: usize,
+        queue_count: usize,
         now: u64,
     ) -> Result<BatchPlan, Admission> {
         let mut plan = BatchPlan {
             items: Vec::with_capacity(news.len()),
-            room: vec![0; queues],
-            later: 0,
+            entering: vec![0; queue_count],
+            waits: 0,
         };
         for (i, new) in news.iter().enumerate() {
             let fate = match new.after.as_deref() {
                 None => Fate::Ready,
                 Some(after) => plan
-                    .fate_of(store, after)
+                    .fate_of(tasks, after)
                     .map_err(|sentence| Admission::BadItem(i, sentence))?,
             };
             let state = match fate {
                 Fate::Ready if new.run_at <= now => {
-                    plan.room[usize::from(new.queue)] += 1;
+                    plan.entering[usize::from(new.queue)] += 1;
                     State::Queued
                 }
                 Fate::Blocked(..) => State::Waiting,
                 Fate::Ready => State::Scheduled,
                 Fate::Waiting(_) => State::Waiting,
             };
-            plan.later += usize::from(matches!(
+            plan.waits += usize::from(matches!(
                 (&fate, state),
                 (Fate::Waiting(_), _) | (Fate::Ready, State::Scheduled)
             ));
@@ -88,13 +89,13 @@ impl BatchPlan {
     /// retained tasks, and its `"#N"`s earlier items (checked when the body
     /// was read). An earlier item stands for its dependents as a task not
     /// yet ended, or as a cancelled one if it is to be cancelled itself.
-    fn fate_of(&self, store: &Store, after: &[IdRef]) -> Result<Fate, String> {
+    fn fate_of(&self, tasks: &Table, after: &[IdRef]) -> Result<Fate, String> {
         let ids: Vec<IdRef> = after
             .iter()
             .filter(|d| d.batch_item().is_none())
             .cloned()
             .collect();
-        check_after(store, &ids)?;
+        check_after(tasks, &ids)?;
         let deps: Vec<u64> = after
             .iter()
             .map(|d| d.batch_item().map_or(d.num, |n| BATCH_ITEM - n as u64))
@@ -104,18 +105,18 @@ impl BatchPlan {
                 Some((Fate::Blocked(..), _)) => Some(State::Cancelled),
                 _ => Some(State::Waiting),
             },
-            None => store.tasks().get(dep).map(|t| t.state),
+            None => tasks.get(dep).map(|t| t.state),
         }))
     }
 
     /// Returns how many of its tasks enter each queue at once.
-    pub(crate) fn room(&self) -> &[usize] {
-        &self.room
+    pub(crate) fn entering(&self) -> &[usize] {
+        &self.entering
     }
 
     /// Counts its tasks that wait, delayed or for a dependency.
-    pub(crate) fn later(&self) -> usize {
-        self.later
+    pub(crate) fn waits(&self) -> usize {
+        self.waits
     }
 
     /// Returns the state each item is made in, in order.
@@ -171,8 +172,8 @@ mod tests {
             item(&[running.clone(), IdRef::batch_item_ref(0)], 0),
             item(&[IdRef::batch_item_ref(2)], 0),
         ];
-        let plan = BatchPlan::new(&store, &news, 1, 1).unwrap();
-        assert_eq!((plan.room(), plan.later()), (&[1][..], 3));
+        let plan = BatchPlan::new(store.tasks(), &news, 1, 1).unwrap();
+        assert_eq!((plan.entering(), plan.waits()), (&[1][..], 3));
         let states: Vec<State> = plan.states().collect();
         use State::{Queued, Scheduled, Waiting};
         assert_eq!(states, [Queued, Scheduled, Waiting, Waiting]);
@@ -184,7 +185,12 @@ mod tests {
             num: 7,
             node: Text::new(""),
         };
-        let refused = BatchPlan::new(&store, &[new_task("a", 0), item(&[unknown], 0)], 1, 1);
+        let refused = BatchPlan::new(
+            store.tasks(),
+            &[new_task("a", 0), item(&[unknown], 0)],
+            1,
+            1,
+        );
         assert!(
             matches!(refused, Err(Admission::BadItem(1, _))),
             "{refused:?}"

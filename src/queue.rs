@@ -36,6 +36,15 @@ use std::fmt::Write as _;
 
 use std::sync::Arc;
 
+/// Why a queue refused a submission.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Refused {
+    /// It holds its capacity.
+    Full,
+    /// Shutdown has closed its channel.
+    Closed,
+}
+
 /// What the store keeps of a queue: what changes under its lock. The
 /// channel itself is in [`Queue`]; the methods that move ids into it are
 /// given it.
@@ -112,12 +121,15 @@ impl QueueState {
     /// Puts task `id`, just submitted, into the channel, and counts it;
     /// refused when the queue holds its capacity (`Full`) or shutdown has
     /// closed the channel (`Closed`).
-    pub(crate) fn admit(&mut self, id: u64, queue: &Queue) -> Result<(), TrySendError<u64>> {
+    pub(crate) fn admit(&mut self, id: u64, queue: &Queue) -> Result<(), Refused> {
         if !self.has_room(1, queue) {
-            return Err(TrySendError::Full(id));
+            return Err(Refused::Full);
         }
-        queue.jobs_tx.try_send(id)?;
-        self.depth += 1;
+        match queue.jobs_tx.try_send(id) {
+            Ok(()) => self.depth += 1,
+            Err(TrySendError::Full(_)) => return Err(Refused::Full),
+            Err(TrySendError::Closed(_)) => return Err(Refused::Closed),
+        }
         Ok(())
     }
 
@@ -308,7 +320,7 @@ pub(crate) struct Bucket {
 
 impl Bucket {
     /// A full bucket for `rate`.
-    pub(crate) fn new(rate: Rate) -> Bucket {
+    fn new(rate: Rate) -> Bucket {
         Bucket {
             rate,
             full_at: 0,
@@ -321,7 +333,7 @@ impl Bucket {
     /// Takes a token at `now` (µs since the epoch), or returns when the next
     /// one comes (ms since the epoch, rounded up so that it has come by
     /// then).
-    pub(crate) fn take(&mut self, now: u64) -> Result<(), u64> {
+    fn take(&mut self, now: u64) -> Result<(), u64> {
         let (per, unit) = (
             u128::from(self.rate.per),
             u128::from(self.rate.unit_micros()),

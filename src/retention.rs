@@ -69,11 +69,8 @@ impl Retention {
         if id != spare {
             return Some(id);
         }
-        let next = if self.finished.len() >= self.keep {
-            self.finished.pop_front()
-        } else {
-            None
-        };
+        // `spare` stays, counted among those kept: the next goes instead.
+        let next = self.finished.pop_front();
         self.finished.push_front(spare);
         next
     }

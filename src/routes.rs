@@ -920,8 +920,8 @@ fn pause_or_resume(shared: &Shared, name: Option<&str>, paused: bool) -> Reply {
         return Reply::Now(Response::error(404, "no such queue"));
     };
     let mut store = shared.store();
-    if store.has_journal() {
-        return Reply::Change(Pending::Pause(q, paused, store.log_pause(q, paused)));
+    if store.is_journaled() {
+        return Reply::Change(Pending::Pause(q, paused, store.journal_pause(q, paused)));
     }
     store.set_paused(q, paused, &shared.queues);
     Reply::Now(paused_queue(

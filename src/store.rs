@@ -86,7 +86,7 @@ use crate::{
     later::Due,
     outbox::{Outbox, Settled},
     plan::BatchPlan,
-    queue::{Queue, QueueState, QueueView},
+    queue::{Queue, QueueState, QueueView, Refused},
     record::{Op, Record, write_record},
     retention::Retention,
     submit::parse_submission,
@@ -98,7 +98,7 @@ use crate::{
     time::{now_micros, now_millis},
     trigger::Trigger,
 };
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Receiver, Sender};
 use log::debug;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -235,7 +235,7 @@ impl Store {
         }
         let fate = match new.after.as_deref() {
             None => Fate::Ready,
-            Some(after) => match check_after(self, after) {
+            Some(after) => match check_after(&self.tasks, after) {
                 Ok(after) => fate(&after, |dep| self.tasks.get(dep).map(|t| t.state)),
                 Err(sentence) => return Admission::BadAfter(sentence),
             },
@@ -247,8 +247,8 @@ impl Store {
             Fate::Ready if !delayed => {
                 match self.queues[q].admit(id, &queues[q]) {
                     Ok(()) => {}
-                    Err(TrySendError::Full(_)) => return Admission::Full,
-                    Err(TrySendError::Closed(_)) => return Admission::ShuttingDown,
+                    Err(Refused::Full) => return Admission::Full,
+                    Err(Refused::Closed) => return Admission::ShuttingDown,
                 }
                 State::Queued
             }
@@ -298,13 +298,13 @@ impl Store {
         if let Some(repeat) = key.as_ref().and_then(|key| self.repeat(key)) {
             return Err(repeat);
         }
-        let plan = BatchPlan::new(self, &news, self.queues.len(), now_millis())?;
+        let plan = BatchPlan::new(&self.tasks, &news, self.queues.len(), now_millis())?;
         let waiting = self.tasks.count(State::Scheduled) + self.tasks.count(State::Waiting);
-        if plan.later() > 0 && waiting + plan.later() > self.max_scheduled {
+        if plan.waits() > 0 && waiting + plan.waits() > self.max_scheduled {
             return Err(Admission::TooManyScheduled);
         }
         let full = |(q, &n): (usize, &usize)| n > 0 && !self.queues[q].has_room(n, &queues[q]);
-        if plan.room().iter().enumerate().any(full) {
+        if plan.entering().iter().enumerate().any(full) {
             return Err(Admission::Full);
         }
         let mut line = (self.outbox.is_journaled()).then(|| Vec::with_capacity(news.len() * 160));
@@ -547,7 +547,7 @@ impl Store {
     /// record, counts, wake-up and event. Moves no record.
     fn change(&mut self, i: usize, state: State, now: u64, journaled: bool) {
         let id = self.tasks[i].id;
-        let old = self.tasks.set_state(i, state);
+        let old = self.tasks.move_to(i, state);
         let task = &mut self.tasks[i];
         if state == State::Running {
             task.started_at = now;
@@ -645,7 +645,7 @@ impl Store {
         let Some(i) = self.tasks.index(id) else {
             return;
         };
-        let (_, key) = self.tasks.bury(i);
+        let key = self.tasks.bury(i);
         if let Some(key) = key {
             self.keys.forget(&key, id);
         }
@@ -892,7 +892,7 @@ impl Store {
     }
 
     /// Tells whether changes are journaled (`--data-dir`).
-    pub(crate) fn has_journal(&self) -> bool {
+    pub(crate) fn is_journaled(&self) -> bool {
         self.outbox.is_journaled()
     }
 
@@ -962,7 +962,7 @@ impl Store {
     /// Journals that queue `q` is to be paused or resumed; the writer
     /// makes the change once the record is on disk, and the receiver tells
     /// whether it did.
-    pub(crate) fn log_pause(&mut self, q: usize, paused: bool) -> Receiver<bool> {
+    pub(crate) fn journal_pause(&mut self, q: usize, paused: bool) -> Receiver<bool> {
         let record = self.queues[q].pause_record();
         self.outbox.send_pause(record, q, paused)
     }

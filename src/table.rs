@@ -3,17 +3,19 @@
 //!
 //! Records are kept in a `VecDeque` ordered by id. Ids grow with time, so
 //! a new task always goes at the back, and a lookup is a search by id
-//! ([`Table::position`]). Finished tasks that `--keep-finished` evicts
-//! leave a tombstone ([`Table::bury`]), dropped from the front or swept
-//! once tombstones pile up ([`Table::sweep`]), so the deque stays within
+//! ([`Table::position`]). Evicted tasks (`--keep-finished`,
+//! `--keep-finished-for`) leave a tombstone ([`Table::bury`]), dropped
+//! from the front or swept once tombstones pile up ([`Table::sweep`]), so the deque stays within
 //! about twice the retained tasks. Compared with a hash map this costs no
 //! per-entry overhead, which matters: a queued `sleep` task is its 96-byte
 //! record and nothing more.
 //!
-//! A tombstone is what lets a lookup tell an id this server issued and
-//! evicted (`410`: between the first and the last it issued, across
-//! restarts with a journal) from one it never issued (`404`), without
-//! keeping the evicted ids.
+//! A tombstone keeps eviction cheap: an evicted task in the middle of the
+//! deque is marked, not removed, so no record moves and the order stays.
+//! A lookup tells an id this server issued and evicted (`410`: between the
+//! first and the last it issued, across restarts with a journal) from one
+//! it never issued (`404`) by the range alone, without keeping the
+//! evicted ids.
 //!
 //! The table is a field of [`Store`](crate::store::Store) and changes only
 //! through the store's methods, under its lock; it keeps its own
@@ -34,7 +36,7 @@ const TOMBSTONE_SWEEP: usize = 64;
 /// What a lookup of an id finds.
 #[derive(Debug, PartialEq)]
 pub(crate) enum Lookup {
-    /// The task is retained; the store's slot index.
+    /// The task is retained; its index in the table.
     Found(usize),
     /// The id was issued, but its record has been evicted: `410`.
     Gone,
@@ -196,7 +198,7 @@ impl Table {
 
     /// Moves the task at index `i` to `state`, counting it there; returns
     /// the state it was in.
-    pub(crate) fn set_state(&mut self, i: usize, state: State) -> State {
+    pub(crate) fn move_to(&mut self, i: usize, state: State) -> State {
         let old = std::mem::replace(&mut self.records[i].state, state);
         self.counts[old as usize] -= 1;
         self.counts[state as usize] += 1;
@@ -204,8 +206,8 @@ impl Table {
     }
 
     /// Evicts the task at index `i`: only a tombstone of its id is left.
-    /// Returns the state it had and its idempotency key, which go with it.
-    pub(crate) fn bury(&mut self, i: usize) -> (State, Option<IdempotencyKey>) {
+    /// Returns its idempotency key, which goes with it.
+    pub(crate) fn bury(&mut self, i: usize) -> Option<IdempotencyKey> {
         let task = &mut self.records[i];
         let state = std::mem::replace(&mut task.state, State::Evicted);
         let key = task.extra.take().and_then(|e| e.key);
@@ -213,7 +215,7 @@ impl Table {
         task.work_duration = None;
         self.counts[state as usize] -= 1;
         self.tombstones += 1;
-        (state, key)
+        key
     }
 
     /// Takes the record of task `id` out, leaving no tombstone: a task
@@ -316,7 +318,7 @@ impl Index<usize> for Table {
 }
 
 /// The task at an index a lookup found, to change what is not counted:
-/// a change of state goes through [`Table::set_state`] or [`Table::bury`].
+/// a change of state goes through [`Table::move_to`] or [`Table::bury`].
 impl IndexMut<usize> for Table {
     fn index_mut(&mut self, i: usize) -> &mut Task {
         &mut self.records[i]
@@ -370,7 +372,7 @@ mod tests {
     #[test]
     fn an_evicted_id_is_gone_and_one_never_issued_unknown() {
         let mut table = table_of(100, 3);
-        assert_eq!(table.bury(1).0, State::Queued);
+        table.bury(1);
         assert_eq!(table.lookup(100), Lookup::Found(0));
         assert_eq!(table.lookup(101), Lookup::Gone);
         assert_eq!(table.lookup(99), Lookup::Unknown);

@@ -408,19 +408,19 @@ fn next_bit(bits: u64, from: u64) -> Option<u64> {
 #[derive(Debug)]
 pub(crate) struct ScheduleState {
     /// Its name.
-    pub(crate) name: Arc<str>,
+    name: Arc<str>,
     /// When it fires next, ms since the epoch (0: never, past the end of
     /// time as a u64 counts it).
-    pub(crate) next_at: u64,
+    next_at: u64,
     /// When it last fired, ms since the epoch; 0 if it has not.
-    pub(crate) last_at: u64,
+    last_at: u64,
     /// The task its last created firing made; 0 if none.
-    pub(crate) last_task: u64,
+    last_task: u64,
     /// Firings that created a task.
-    pub(crate) created: u64,
+    created: u64,
     /// Firings skipped: the previous task was still pending, or the queue
     /// was full.
-    pub(crate) skipped: u64,
+    skipped: u64,
 }
 
 impl ScheduleState {
@@ -435,6 +435,31 @@ impl ScheduleState {
             created: 0,
             skipped: 0,
         }
+    }
+
+    /// Returns its name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Returns when it fires next, ms since the epoch; 0: never.
+    pub(crate) fn next_at(&self) -> u64 {
+        self.next_at
+    }
+
+    /// Returns when it last fired, ms since the epoch; 0 if it has not.
+    pub(crate) fn last_at(&self) -> u64 {
+        self.last_at
+    }
+
+    /// Returns the task its last created firing made; 0 if none.
+    pub(crate) fn last_task(&self) -> u64 {
+        self.last_task
+    }
+
+    /// Counts its firings: those that created a task, and those skipped.
+    pub(crate) fn firings(&self) -> (u64, u64) {
+        (self.created, self.skipped)
     }
 
     /// Notes a firing of `spec` due at `at` that `made` a task (its id), or

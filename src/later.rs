@@ -76,8 +76,8 @@ const SLACK: usize = 4096;
 pub(crate) async fn run(shared: Arc<Shared>, due_rx: Receiver<(u64, Due)>) {
     let mut due = BinaryHeap::new();
     for (i, state) in shared.store().schedules().iter().enumerate() {
-        if state.next_at != 0 {
-            due.push(Reverse((state.next_at, Due::Schedule(i))));
+        if state.next_at() != 0 {
+            due.push(Reverse((state.next_at(), Due::Schedule(i))));
         }
     }
     loop {

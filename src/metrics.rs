@@ -166,9 +166,11 @@ pub(crate) fn render(shared: &Shared) -> Response {
                     .schedules()
                     .iter()
                     .flat_map(|s| {
+                        let name = s.name();
                         let label =
-                            |outcome| format!("{{schedule=\"{}\", outcome=\"{outcome}\"}}", s.name);
-                        [(label("created"), s.created), (label("skipped"), s.skipped)]
+                            |outcome| format!("{{schedule=\"{name}\", outcome=\"{outcome}\"}}");
+                        let (created, skipped) = s.firings();
+                        [(label("created"), created), (label("skipped"), skipped)]
                     })
                     .collect(),
             },

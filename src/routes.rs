@@ -898,15 +898,16 @@ fn list_schedules(shared: &Shared) -> Response {
         body.extend_from_slice(b", \"spec\": ");
         write_json_str(&mut body, &config.spec_text);
         body.extend_from_slice(b", \"next_at\": ");
-        write_timestamp(&mut body, state.next_at);
+        write_timestamp(&mut body, state.next_at());
         body.extend_from_slice(b", \"last_at\": ");
-        write_timestamp(&mut body, state.last_at);
+        write_timestamp(&mut body, state.last_at());
         body.extend_from_slice(b", \"last_task\": ");
-        match state.last_task {
+        match state.last_task() {
             0 => body.extend_from_slice(b"null"),
             id => store.tasks().task_id(id).write_json(&mut body),
         }
-        let _ = write!(VecWriter(&mut body), ", \"skipped\": {}}}", state.skipped);
+        let skipped = state.firings().1;
+        let _ = write!(VecWriter(&mut body), ", \"skipped\": {skipped}}}");
     }
     body.extend_from_slice(b"]}");
     Response::json(200, body)

@@ -498,7 +498,7 @@ impl Store {
             id: self.tasks.task_id(task.id),
             nodes: self.tasks.nodes(),
             queue: self.queues[usize::from(task.queue)].name(),
-            schedule: schedule.map(|s| &*self.schedules[usize::from(s)].name),
+            schedule: schedule.map(|s| self.schedules[usize::from(s)].name()),
         }
     }
 
@@ -937,7 +937,7 @@ impl Store {
     /// is still pending or its queue is full; returns the new task's id, or
     /// why there is none.
     fn fire_task(&mut self, i: usize, config: &Config, queues: &[Queue]) -> Result<u64, String> {
-        if let Some(task) = self.tasks.get(self.schedules[i].last_task)
+        if let Some(task) = self.tasks.get(self.schedules[i].last_task())
             && matches!(
                 task.state,
                 State::Scheduled | State::Queued | State::Running

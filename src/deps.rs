@@ -179,9 +179,8 @@ pub(crate) fn blocked_error(dep: impl std::fmt::Display, state: State) -> String
 mod tests {
     use super::*;
     use crate::{
-        queue::Queue,
-        store::{Admission, Store, tests::store_for},
-        task::{Outcome, TaskId, Text, tests::new_task},
+        store::tests::{admit_after, store_for},
+        task::{Outcome, tests::new_task},
     };
 
     #[test]
@@ -247,19 +246,6 @@ mod tests {
     }
 
     /// Admits a task after `after` (none when empty); returns its id.
-    fn admit_after(store: &mut Store, queues: &[Queue], after: &[u64]) -> u64 {
-        let mut new = new_task("t", 0);
-        let ids = after.iter().map(|&num| IdRef {
-            num,
-            node: Text::new(""),
-        });
-        new.after = (!after.is_empty()).then(|| ids.collect());
-        match store.admit(new, queues) {
-            Admission::Created(TaskId { num, .. }, ..) => num,
-            other => panic!("{other:?}"),
-        }
-    }
-
     #[test]
     #[ignore = "a benchmark: prints the store-lock time of a release and of a cascade"]
     fn bench_ten_thousand_waiting_tasks_released_or_cancelled_at_once() {
@@ -267,9 +253,9 @@ mod tests {
         // Room for all of them in the queue: the release puts each in the
         // channel, as it would with a large --buffer.
         let (mut store, queues, _due) = store_for(&["--buffer", "20000"]);
-        let head = admit_after(&mut store, &queues, &[]);
+        let head = admit_after(&mut store, &queues, new_task("t", 0), &[]);
         for _ in 0..N {
-            admit_after(&mut store, &queues, &[head]);
+            admit_after(&mut store, &queues, new_task("t", 0), &[head]);
         }
         let _ = queues[0].jobs_rx.try_recv();
         store.begin_attempt(head, 0, &queues, false);
@@ -285,10 +271,10 @@ mod tests {
         );
         // A chain of N below a queued head, cancelled by it.
         let (mut store, queues, _due) = store_for(&["--buffer", "20000"]);
-        let mut last = admit_after(&mut store, &queues, &[]);
+        let mut last = admit_after(&mut store, &queues, new_task("t", 0), &[]);
         let head = last;
         for _ in 0..N {
-            last = admit_after(&mut store, &queues, &[last]);
+            last = admit_after(&mut store, &queues, new_task("t", 0), &[last]);
         }
         let started = std::time::Instant::now();
         assert!(store.cancel(head, &queues).is_ok());
@@ -296,7 +282,7 @@ mod tests {
         assert_eq!(store.tasks().count(State::Waiting), 0);
         // One more end, of a task no one waits for, for comparison.
         let (mut store, queues, _due) = store_for(&[]);
-        let plain = admit_after(&mut store, &queues, &[]);
+        let plain = admit_after(&mut store, &queues, new_task("t", 0), &[]);
         let _ = queues[0].jobs_rx.try_recv();
         store.begin_attempt(plain, 0, &queues, false);
         let started = std::time::Instant::now();

@@ -82,7 +82,7 @@
 //! The writer also compacts: once the file passes [`COMPACT_FACTOR`] times
 //! what the retained tasks need, plus [`COMPACT_MIN`], it writes them
 //! afresh to `journal.tmp`
-//! ([`Store::snapshot`](crate::store::Store::snapshot)), syncs it,
+//! ([`write_snapshot`]), syncs it,
 //! renames it over the journal and syncs the directory. A crash
 //! before the rename leaves the old journal (and a `journal.tmp` the next
 //! start removes); after it, the new one is complete. A failed append is
@@ -133,7 +133,8 @@ use crate::{
     config::{Config, parse_node},
     record::{BadLine, Op, Record, checked_json, read_record, write_record},
     shared::Shared,
-    task::Task,
+    store::Store,
+    task::{State, Task},
     trigger::Trigger,
 };
 use async_channel::{Receiver, Sender};
@@ -204,6 +205,33 @@ pub(crate) fn write_version(out: &mut Vec<u8>) {
         version: JOURNAL_VERSION,
     };
     write_record(out, &version);
+}
+
+/// Writes every retained task of `store` as `new` and `state` records,
+/// after the version, the first id and the paused queues: the content of a
+/// compacted journal. A task waiting with no attempt yet needs no `state`
+/// record: its `new` record says it all.
+pub(crate) fn write_snapshot(out: &mut Vec<u8>, store: &Store) {
+    write_version(out);
+    let first = Record {
+        op: Some(Op::First),
+        id: store.tasks().first_id(),
+        ..Record::default()
+    };
+    write_record(out, &first);
+    for queue in store.queues().iter().filter(|q| q.paused()) {
+        write_record(out, &queue.pause_record());
+    }
+    for task in store.tasks().oldest_first() {
+        write_record(out, &task.new_record(store.names(task)));
+        let waits = matches!(
+            task.state,
+            State::Queued | State::Scheduled | State::Waiting
+        );
+        if !waits || task.attempt > 0 {
+            write_record(out, &task.state_record());
+        }
+    }
 }
 
 /// Returns the version a journal line names, if it is a version record
@@ -479,7 +507,7 @@ impl JournalWriter {
                 self.next_check = threshold;
                 return;
             }
-            store.snapshot(&mut snapshot);
+            write_snapshot(&mut snapshot, &store);
         }
         let before = self.len;
         match self.replace_with(&snapshot) {
@@ -1103,8 +1131,8 @@ pub(crate) mod tests {
         // The cancelled task counts in its queue until a worker reaches
         // it; the one taken back no longer does, and the worker that takes
         // its id from the channel skips it too.
-        assert_eq!(store.queue(0).depth(), 1);
-        assert!(!store.queue(0).paused());
+        assert_eq!(store.queues()[0].depth(), 1);
+        assert!(!store.queues()[0].paused());
         drop(store);
         for skipped in [id, lost] {
             assert_eq!(shared.queues[0].jobs_rx.try_recv(), Ok(skipped));
@@ -1113,7 +1141,7 @@ pub(crate) mod tests {
                 .begin_attempt(skipped, 0, &shared.queues, false);
             assert!(matches!(begun, Begin::Skip), "{begun:?}");
         }
-        assert_eq!(shared.store().queue(0).depth(), 0);
+        assert_eq!(shared.store().queues()[0].depth(), 0);
         assert!(async_io::block_on(
             progress.wait_task(lost, &Trigger::new())
         ));

@@ -142,9 +142,9 @@ impl BatchPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::store_for;
+    use crate::store::tests::{admit_after, store_for};
+    use crate::task::Text;
     use crate::task::tests::new_task;
-    use crate::task::{TaskId, Text};
 
     /// An item of a batch with `after` as written.
     fn item(after: &[IdRef], run_at: u64) -> NewTask {
@@ -157,11 +157,7 @@ mod tests {
     #[test]
     fn items_are_planned_in_order_and_name_earlier_items_until_they_have_ids() {
         let (mut store, queues, _due) = store_for(&[]);
-        let Admission::Created(TaskId { num: running, .. }, ..) =
-            store.admit(new_task("r", 0), &queues)
-        else {
-            panic!("admitted")
-        };
+        let running = admit_after(&mut store, &queues, new_task("r", 0), &[]);
         let running = IdRef {
             num: running,
             node: Text::new(""),

@@ -81,13 +81,13 @@ use crate::{
     cron::ScheduleState,
     deps::{Deps, Fate, blocked_error, check_after, fate},
     events::EventLog,
-    journal::{Awaiting, Change, JournalEntry, JournalSender, Replayed, write_version},
+    journal::{Awaiting, Change, JournalEntry, JournalSender, Replayed},
     keys::Keys,
     later::Due,
     outbox::{Outbox, Settled},
     plan::BatchPlan,
     queue::{Queue, QueueState, QueueView, Refused},
-    record::{Op, Record, write_record},
+    record::write_record,
     retention::Retention,
     submit::parse_submission,
     table::{Lookup, Table},
@@ -879,10 +879,10 @@ impl Store {
         &self.schedules
     }
 
-    /// Returns what changes about queue `q` under the lock.
-    #[cfg(test)]
-    pub(crate) fn queue(&self, q: usize) -> &QueueState {
-        &self.queues[q]
+    /// Returns what changes about each queue under the lock, indexed like
+    /// [`Config::queues`].
+    pub(crate) fn queues(&self) -> &[QueueState] {
+        &self.queues
     }
 
     /// Returns every task's record: the table other modules look tasks up
@@ -1090,31 +1090,6 @@ impl Store {
         self.schedules[s].unfired(id, earlier);
     }
 
-    /// Writes every retained task as `new` and `state` records: the
-    /// content of a compacted journal.
-    pub(crate) fn snapshot(&self, out: &mut Vec<u8>) {
-        write_version(out);
-        let first = Record {
-            op: Some(Op::First),
-            id: self.tasks.first_id(),
-            ..Record::default()
-        };
-        write_record(out, &first);
-        for queue in self.queues.iter().filter(|q| q.paused()) {
-            write_record(out, &queue.pause_record());
-        }
-        for task in self.tasks.oldest_first() {
-            write_record(out, &task.new_record(self.names(task)));
-            let waits = matches!(
-                task.state,
-                State::Queued | State::Scheduled | State::Waiting
-            );
-            if !waits || task.attempt > 0 {
-                write_record(out, &task.state_record());
-            }
-        }
-    }
-
     /// Fills an empty store from a replayed journal, applying
     /// `--keep-finished`, `--keep-finished-for` and the queues' paused
     /// states, and puts back what was waiting: queued tasks into their
@@ -1231,6 +1206,23 @@ pub(crate) mod tests {
     use crate::task::tests::new_task;
     use crate::{queue::*, submit::*, task::*};
     use std::collections::HashMap;
+
+    /// Admits `new`, which must be created, to wait for `after` (none: it
+    /// waits for nothing); returns its id.
+    pub(crate) fn admit_after(
+        store: &mut Store,
+        queues: &[Queue],
+        mut new: NewTask,
+        after: &[u64],
+    ) -> u64 {
+        let node = || Text::new("");
+        let ids = after.iter().map(|&num| IdRef { num, node: node() });
+        new.after = (!after.is_empty()).then(|| ids.collect());
+        match store.admit(new, queues) {
+            Admission::Created(TaskId { num, .. }, ..) => num,
+            other => panic!("{other:?}"),
+        }
+    }
 
     /// A store for `args` with its queues, and the due-time loop's receiver.
     pub(crate) fn store_for(args: &[&str]) -> (Store, Vec<Queue>, Receiver<(u64, Due)>) {
@@ -1466,11 +1458,8 @@ pub(crate) mod tests {
     #[test]
     fn a_rate_limited_queue_holds_its_tasks_queued_and_a_paused_one_takes_no_token() {
         let (mut store, queues, due_rx) = store_for(&["--workers", "4", "--rate", "default=1/h"]);
-        let mut admit = |label| match store.admit(new_task(label, 0), &queues) {
-            Admission::Created(TaskId { num, .. }, ..) => num,
-            other => panic!("{other:?}"),
-        };
-        let [a, b, c] = [admit("a"), admit("b"), admit("c")];
+        let [a, b, c] =
+            ["a", "b", "c"].map(|t| admit_after(&mut store, &queues, new_task(t, 0), &[]));
         let begin =
             |store: &mut Store, id, limited| match store.begin_attempt(id, 0, &queues, limited) {
                 Begin::Work(_) => "work",
@@ -1514,54 +1503,29 @@ pub(crate) mod tests {
         for older in [true, false] {
             let (mut store, queues, _due) = store_for(&["--keep-finished", "1"]);
             let (tx, journal) = async_channel::unbounded();
-            let progress = Arc::new(JournalProgress::new(0));
-            store.attach_journal(JournalSender::new(tx, progress));
-            let admit = |store: &mut Store, new| match store.admit(new, &queues) {
-                Admission::Created(TaskId { num, .. }, ..) => num,
-                other => panic!("{other:?}"),
-            };
-            let after = |num| {
-                let node = Text::new("");
-                Some(Box::from([IdRef { num, node }]))
+            store.attach_journal(JournalSender::new(tx, Arc::new(JournalProgress::new(0))));
+            let written = || -> Vec<JournalEntry> {
+                std::iter::from_fn(|| journal.try_recv().ok()).collect()
             };
             if older {
-                admit(&mut store, new_task("r", 0));
+                admit_after(&mut store, &queues, new_task("r", 0), &[]);
             }
             // a fails, and its records are written.
-            let a = admit(
-                &mut store,
-                NewTask {
-                    max_attempts: 1,
-                    ..new_task("a", 0)
-                },
-            );
-            let _ = queues[0].jobs_rx.try_recv();
+            let once = NewTask {
+                max_attempts: 1,
+                ..new_task("a", 0)
+            };
+            let a = admit_after(&mut store, &queues, once, &[]);
             store.begin_attempt(a, 0, &queues, false);
-            let failed = Outcome::Failed("exit status 1".into());
-            store.end_attempt(a, 0, failed, &queues);
-            let written: Vec<JournalEntry> =
-                std::iter::from_fn(|| journal.try_recv().ok()).collect();
-            store.settle(&written, true, &queues);
+            store.end_attempt(a, 0, Outcome::Failed("exit 1".into()), &queues);
+            store.settle(&written(), true, &queues);
             // b, after a, is cancelled at once, evicting a; c, after b, too,
             // evicting b while its `new` record is still on its way.
-            let b = admit(
-                &mut store,
-                NewTask {
-                    after: after(a),
-                    ..new_task("b", 0)
-                },
-            );
-            let c = admit(
-                &mut store,
-                NewTask {
-                    after: after(b),
-                    ..new_task("c", 0)
-                },
-            );
+            let b = admit_after(&mut store, &queues, new_task("b", 0), &[a]);
+            let c = admit_after(&mut store, &queues, new_task("c", 0), &[b]);
             assert_eq!(store.tasks.lookup(b), Lookup::Gone);
             // The disk fails their records: b and c were never accepted.
-            let lost: Vec<JournalEntry> = std::iter::from_fn(|| journal.try_recv().ok()).collect();
-            store.settle(&lost, false, &queues);
+            store.settle(&written(), false, &queues);
             assert_eq!(store.tasks.get(c).map(|t| t.state), None);
             let r = usize::from(older);
             assert_eq!(store.tasks.counts(), &[0, 0, r, 0, 0, 0, 0]);

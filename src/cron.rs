@@ -14,11 +14,9 @@
 //! drift, and a server that fell behind skips to the next time on the grid
 //! rather than firing the missed ones in a burst.
 //!
-//! This module computes times and counts firings; it never fires anything
-//! itself. Firing is
-//! the due-time loop's ([`crate::later`]): a schedule is one more entry in
-//! its heap, and when it comes due
-//! [`Store::fire`](crate::store::Store::fire) creates its task through
+//! When a schedule fires is the due-time loop's business
+//! ([`crate::later`]): a schedule is one more entry in its heap, and when
+//! it comes due [`fire`] creates its task through
 //! [`Store::admit`](crate::store::Store::admit), as a POST would — unless
 //! the schedule's previous task is still pending or its queue is full:
 //! then the firing is skipped, counted and logged, because periodic work
@@ -29,10 +27,13 @@
 
 use crate::{
     config::{Config, check_name},
+    queue::Queue,
+    store::{Admission, Store},
     submit::parse_submission,
+    task::{State, TaskId, Text},
     time::{civil_from_days, days_from_civil, days_in_month, now_millis, parse_duration},
 };
-use log::info;
+use log::{debug, info};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -402,6 +403,57 @@ impl Cron {
 fn next_bit(bits: u64, from: u64) -> Option<u64> {
     let above = if from < 64 { bits >> from << from } else { 0 };
     (above != 0).then(|| u64::from(above.trailing_zeros()))
+}
+
+/// Fires schedule `i` of `config`, due at `at`, under the store lock:
+/// creates its task in `store` as a POST would, or skips the firing, and
+/// counts and logs which. Returns when it fires next.
+pub(crate) fn fire(
+    store: &mut Store,
+    i: usize,
+    at: u64,
+    config: &Config,
+    queues: &[Queue],
+) -> Option<u64> {
+    let schedule = &config.schedules[i];
+    let made = fire_task(store, i, config, queues);
+    if let Ok(id) = made {
+        let id = store.tasks().task_id(id);
+        debug!("schedule {} fired: task {id}", schedule.name);
+    }
+    store.schedule_fired(i, &schedule.spec, at, made)
+}
+
+/// Creates the task of schedule `i`'s firing, unless its previous task is
+/// still pending or its queue is full; returns the new task's id, or why
+/// there is none.
+fn fire_task(
+    store: &mut Store,
+    i: usize,
+    config: &Config,
+    queues: &[Queue],
+) -> Result<u64, String> {
+    let last = store.schedules()[i].last_task();
+    if let Some(task) = store.tasks().get(last)
+        && matches!(
+            task.state,
+            State::Scheduled | State::Queued | State::Running
+        )
+    {
+        return Err(format!("its previous task is still {}", task.state.name()));
+    }
+    // Checked at start-up, and nothing in it depends on the time.
+    let schedule = &config.schedules[i];
+    let mut new = parse_submission(config, schedule.template.as_bytes())?;
+    new.label = new.label.or_else(|| Some(Text::new(&schedule.name)));
+    new.schedule = Some(i as u16);
+    match store.admit(new, queues) {
+        Admission::Created(TaskId { num: id, .. }, ..) => Ok(id),
+        Admission::Full => Err("its queue is full".into()),
+        Admission::BadAfter(why) => Err(why),
+        Admission::ShuttingDown => Err("the server is shutting down".into()),
+        other => Err(format!("{other:?}")),
+    }
 }
 
 /// What the store keeps of a schedule: its firings so far.

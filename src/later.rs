@@ -14,7 +14,7 @@
 //! This module owns only the clock. What coming due means is the store's
 //! business ([`Store::make_due`](crate::store::Store::make_due) puts a task
 //! into its queue, or among those waiting for room;
-//! [`Store::fire`](crate::store::Store::fire) makes a schedule's task;
+//! [`cron::fire`] makes a schedule's task;
 //! [`Store::expire`](crate::store::Store::expire) evicts what is too old;
 //! [`Store::refill_bucket`](crate::store::Store::refill_bucket) wakes the
 //! workers that wait for a token):
@@ -37,6 +37,7 @@ use async_io::Timer;
 use smol::future;
 
 use crate::{
+    cron,
     shared::Shared,
     task::State,
     time::{instant_at, now_millis},
@@ -127,7 +128,8 @@ fn act_on_due(shared: &Shared, due: &mut BinaryHeap<Reverse<(u64, Due)>>) {
             Due::Task(id) => shared.store().make_due(id, &shared.queues),
             Due::Token(q) => shared.store().refill_bucket(q),
             Due::Schedule(i) => {
-                let next = shared.store().fire(i, at, &shared.config, &shared.queues);
+                let (config, queues) = (&shared.config, &shared.queues);
+                let next = cron::fire(&mut shared.store(), i, at, config, queues);
                 if let Some(next) = next {
                     due.push(Reverse((next, what)));
                 }

@@ -78,7 +78,7 @@
 
 use crate::{
     config::Config,
-    cron::ScheduleState,
+    cron::{ScheduleState, Spec},
     deps::{Deps, Fate, blocked_error, check_after, fate},
     events::EventLog,
     journal::{Awaiting, Change, JournalEntry, JournalSender, Replayed},
@@ -89,7 +89,6 @@ use crate::{
     queue::{Queue, QueueState, QueueView, Refused},
     record::write_record,
     retention::Retention,
-    submit::parse_submission,
     table::{Lookup, Table},
     task::{
         Cancel, IdRef, IdempotencyKey, Names, NewTask, Outcome, STATES, State, Task, TaskId, Text,
@@ -99,7 +98,6 @@ use crate::{
     trigger::Trigger,
 };
 use async_channel::{Receiver, Sender};
-use log::debug;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -516,22 +514,16 @@ impl Store {
     /// counters `/metrics` reads, the long-poll wake-up and the event for
     /// `/events` are all made here, in that order, from the same values —
     /// for the change itself and for each one it brings about (a waiting
-    /// task released, or cancelled down a chain).
+    /// task released, or cancelled down a chain). Starts are not journaled
+    /// (the durability protocol, in [`crate::journal`]).
     fn set_state(&mut self, i: usize, state: State, queues: &[Queue]) {
-        self.set_state_at(i, state, now_millis(), queues);
+        self.transition(i, state, now_millis(), state != State::Running, queues);
     }
 
-    /// Moves the task at index `i` to `state` as of `now` (ms since the
-    /// epoch): [`Store::set_state`], for a change whose time was fixed
-    /// when its record was made. Starts are not journaled (the durability
-    /// protocol, in [`crate::journal`]).
-    fn set_state_at(&mut self, i: usize, state: State, now: u64, queues: &[Queue]) {
-        self.transition(i, state, now, state != State::Running, queues);
-    }
-
-    /// Makes a change as [`Store::set_state_at`] does; `journaled` tells
-    /// whether its record is written now (a client's cancel was written
-    /// before it is made).
+    /// Makes a change as [`Store::set_state`] does, as of `now` (ms since
+    /// the epoch: a client's cancel is made as of when its record was);
+    /// `journaled` tells whether its record is written now (a client's
+    /// cancel's was written before it is made).
     fn transition(&mut self, i: usize, state: State, now: u64, journaled: bool, queues: &[Queue]) {
         let id = self.tasks[i].id;
         self.change(i, state, now, journaled);
@@ -914,49 +906,17 @@ impl Store {
         self.closed = true;
     }
 
-    /// Fires schedule `i`, due at `at`: creates its task as a POST would,
-    /// or skips the firing, and counts and logs which. Returns when it
-    /// fires next.
-    pub(crate) fn fire(
+    /// Counts a firing of schedule `i` of `spec` due at `at`, which `made`
+    /// a task or was skipped; returns when it fires next
+    /// ([`ScheduleState::fired`]).
+    pub(crate) fn schedule_fired(
         &mut self,
         i: usize,
+        spec: &Spec,
         at: u64,
-        config: &Config,
-        queues: &[Queue],
+        made: Result<u64, String>,
     ) -> Option<u64> {
-        let schedule = &config.schedules[i];
-        let made = self.fire_task(i, config, queues);
-        if let Ok(id) = made {
-            let id = self.tasks.task_id(id);
-            debug!("schedule {} fired: task {id}", schedule.name);
-        }
-        self.schedules[i].fired(&schedule.spec, at, made)
-    }
-
-    /// Creates the task of schedule `i`'s firing, unless its previous task
-    /// is still pending or its queue is full; returns the new task's id, or
-    /// why there is none.
-    fn fire_task(&mut self, i: usize, config: &Config, queues: &[Queue]) -> Result<u64, String> {
-        if let Some(task) = self.tasks.get(self.schedules[i].last_task())
-            && matches!(
-                task.state,
-                State::Scheduled | State::Queued | State::Running
-            )
-        {
-            return Err(format!("its previous task is still {}", task.state.name()));
-        }
-        // Checked at start-up, and nothing in it depends on the time.
-        let schedule = &config.schedules[i];
-        let mut new = parse_submission(config, schedule.template.as_bytes())?;
-        new.label = new.label.or_else(|| Some(Text::new(&schedule.name)));
-        new.schedule = Some(i as u16);
-        match self.admit(new, queues) {
-            Admission::Created(TaskId { num: id, .. }, ..) => Ok(id),
-            Admission::Full => Err("its queue is full".into()),
-            Admission::BadAfter(why) => Err(why),
-            Admission::ShuttingDown => Err("the server is shutting down".into()),
-            other => Err(format!("{other:?}")),
-        }
+        self.schedules[i].fired(spec, at, made)
     }
 
     /// Journals that queue `q` is to be paused or resumed; the writer

@@ -11,10 +11,10 @@
 //! the heap is pruned of cancelled ones past [`SLACK`], so a client that
 //! delays and cancels far-off tasks cannot grow it for ever.
 //!
-//! This module owns only the clock. What coming due means is the store's
-//! business ([`Store::make_due`](crate::store::Store::make_due) puts a task
-//! into its queue, or among those waiting for room;
-//! [`cron::fire`] makes a schedule's task;
+//! This module owns only the clock. What coming due means is decided under
+//! the store lock ([`Store::make_due`](crate::store::Store::make_due) puts
+//! a task into its queue, or among those waiting for room; [`cron::fire`]
+//! makes a schedule's task through the store's methods;
 //! [`Store::expire`](crate::store::Store::expire) evicts what is too old;
 //! [`Store::refill_bucket`](crate::store::Store::refill_bucket) wakes the
 //! workers that wait for a token):

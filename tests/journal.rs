@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Rng, Server, TempDir, command, eventually, read_response};
+use common::{Rng, Server, TempDir, command, eventually, journal_line, read_response};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -35,28 +35,6 @@ impl DataDir {
     fn path(&self, name: &str) -> PathBuf {
         self.0.path(name)
     }
-}
-
-/// CRC-32 (IEEE), bit by bit: the journal's checksum, written here
-/// independently of the server's table-driven one.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                0xedb8_8320 ^ (crc >> 1)
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// Makes a journal line from its JSON.
-fn line(json: &str) -> String {
-    format!("{:08x} {json}\n", crc32(json.as_bytes()))
 }
 
 /// The first record of every journal this server creates or compacts.
@@ -224,11 +202,11 @@ fn damage_stops_start_up_and_changes_nothing() {
         r#"{"op":"state","id":1795818360837963,"state":"succeeded","attempt":1,"started_at":1795818360838,"finished_at":1795818360838}"#,
         r#"{"op":"new","id":1795818360837965,"task_id":"c","work_duration":"0s","max_attempts":1}"#,
     ];
-    let good: String = records.iter().map(|r| line(r)).collect();
+    let good: String = records.iter().map(|r| journal_line(r)).collect();
     let damaged = [
         good.replacen("\"task_id\":\"b\"", "\"task_id\":\"B\"", 1),
         good.replacen("\"b\"", "\"b\"\n", 1),
-        good.replacen(&line(records[1]), "garbage\n", 1),
+        good.replacen(&journal_line(records[1]), "garbage\n", 1),
     ];
     for journal in damaged {
         std::fs::write(dir.journal(), &journal).unwrap();
@@ -319,7 +297,10 @@ fn the_journal_is_compacted_and_stays_small() {
     }
     server.wait_log("journal compacted");
     let journal = std::fs::read_to_string(dir.journal()).unwrap();
-    assert_eq!(journal.lines().next(), Some(line(VERSION_2).trim_end()));
+    assert_eq!(
+        journal.lines().next(),
+        Some(journal_line(VERSION_2).trim_end())
+    );
     // 200,000 tasks of about 230 bytes of records each went through; the
     // file stays near its threshold, passing it by one write at most.
     assert!(largest < 12 << 20, "the journal grew to {largest} bytes");
@@ -902,12 +883,12 @@ fn a_million_records(test: &str) -> DataDir {
         let new = format!(
             r#"{{"op":"new","id":{id},"task_id":"t{i}","work_duration":"0s","max_attempts":1}}"#
         );
-        out.write_all(line(&new).as_bytes()).unwrap();
+        out.write_all(journal_line(&new).as_bytes()).unwrap();
         let state = format!(
             r#"{{"op":"state","id":{id},"state":"succeeded","attempt":1,"started_at":1795818360838,"finished_at":{}}}"#,
             1_795_818_360_838 + i
         );
-        out.write_all(line(&state).as_bytes()).unwrap();
+        out.write_all(journal_line(&state).as_bytes()).unwrap();
     }
     out.flush().unwrap();
     dir
@@ -947,7 +928,7 @@ fn a_journal_names_its_format_first_and_a_journal_without_it_still_replays() {
     assert_eq!(server.stop(Signal::TERM).0, Some(0));
     let journal = std::fs::read_to_string(dir.journal()).unwrap();
     let (first, rest) = journal.split_once('\n').unwrap();
-    assert_eq!(format!("{first}\n"), line(VERSION_2));
+    assert_eq!(format!("{first}\n"), journal_line(VERSION_2));
     assert!(!rest.contains(r#""op":"version""#), "{journal}");
     // The journal as bgtasks wrote it before the version record existed
     // (version 0): the same records, without the first line. It is read
@@ -973,8 +954,8 @@ fn a_journal_of_a_newer_format_is_refused_in_one_line_changing_nothing() {
     std::fs::create_dir_all(dir.path("")).unwrap();
     // A later format may say anything after its version record.
     let journal = [
-        line(r#"{"op":"version","version":3}"#),
-        line(r#"{"op":"merge","into":7}"#),
+        journal_line(r#"{"op":"version","version":3}"#),
+        journal_line(r#"{"op":"merge","into":7}"#),
         "not a record of version 2\n".to_string(),
     ]
     .concat();

@@ -29,19 +29,6 @@ fn submit(server: &Server, body: Value, state: &str) -> String {
     accepted(&server.post("/tasks", &body.to_string()), state)
 }
 
-/// Returns one queue's object from `GET /queues`.
-fn queue(server: &Server, name: &str) -> Value {
-    let r = server.get("/queues");
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == name)
-        .unwrap_or_else(|| panic!("no queue {name:?} in {}", r.text()))
-        .clone()
-}
-
 /// Long-polls a task for `wait`; returns its status and how long the
 /// answer took.
 fn long_poll(server: &Server, id: &str, wait: &str) -> (Value, Duration) {
@@ -184,7 +171,7 @@ fn a_full_queue_refuses_only_its_own_tasks_and_delays_no_other() {
     assert_eq!(refusal.status, 503, "{refusal:?}");
     assert_eq!(refusal.header("retry-after"), Some("60"));
     assert_eq!(refusal.text(), BUSY);
-    let q = queue(&server, "slow");
+    let q = server.queue("slow");
     assert_eq!(
         (&q["busy"], &q["depth"], &q["capacity"]),
         (&json!(1), &json!(3), &json!(3))
@@ -234,7 +221,7 @@ fn a_full_queue_refuses_only_its_own_tasks_and_delays_no_other() {
         // flood would wait 60 s.
         assert!(lags.iter().all(|&lag| (0..2000).contains(&lag)), "{lags:?}");
     });
-    let q = queue(&server, "slow");
+    let q = server.queue("slow");
     assert_eq!((&q["busy"], &q["depth"]), (&json!(1), &json!(3)));
     assert_eq!(server.task(&first)["state"], "running");
 }
@@ -276,12 +263,12 @@ flock 9; n=$(( $(cat count) - 1 )); echo $n > count; flock -u 9"#,
         .collect();
     let mut most_busy = 0;
     eventually("every backup to finish", || {
-        let q = queue(&server, "backup");
+        let q = server.queue("backup");
         let (busy, depth) = (q["busy"].as_u64().unwrap(), q["depth"].as_u64().unwrap());
         assert!(busy <= 2, "more than 2 backups running: {q}");
         assert!(busy + depth <= 7, "{q}");
         assert_eq!(
-            queue(&server, "default")["busy"],
+            server.queue("default")["busy"],
             0,
             "a backup ran in default"
         );
@@ -341,7 +328,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
         r.json(),
         json!({"name": "default", "workers": 2, "busy": 1, "depth": 0, "capacity": 3, "paused": true, "rate": null})
     );
-    assert_eq!(queue(&server, "default")["paused"], true);
+    assert_eq!(server.queue("default")["paused"], true);
     assert_eq!(
         server.metric("bgtasks_queue_paused{queue=\"default\"}"),
         1.0
@@ -380,7 +367,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
     let refusal = server.post("/tasks", r#"{"task_id": "D", "work_duration": "0s"}"#);
     assert_eq!((refusal.status, refusal.text()), (503, BUSY.to_string()));
     assert_eq!(refusal.header("retry-after"), Some("60"));
-    let q = queue(&server, "default");
+    let q = server.queue("default");
     assert_eq!((&q["depth"], &q["busy"]), (&json!(3), &json!(1)), "{q}");
 
     // The task running when the pause came goes on to succeed.
@@ -391,7 +378,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
         task["state"], "queued",
         "a task started in a paused queue: {task}"
     );
-    assert_eq!(queue(&server, "default")["busy"], 0);
+    assert_eq!(server.queue("default")["busy"], 0);
 
     let r = server.post("/queues/default/resume", "");
     assert_eq!(r.status, 200, "{r:?}");
@@ -403,7 +390,7 @@ fn a_paused_queue_accepts_up_to_its_capacity_starts_nothing_and_lets_running_tas
     for id in std::iter::once(&first).chain(&others) {
         assert_eq!(server.wait_done(id)["state"], "succeeded");
     }
-    assert_eq!(queue(&server, "default")["depth"], 0);
+    assert_eq!(server.queue("default")["depth"], 0);
 
     // Unknown queues and wrong methods.
     for path in [
@@ -458,7 +445,7 @@ fn a_paused_queue_never_holds_more_than_its_capacity() {
         let statuses = server.pipeline("/tasks", 64, 8, |_| {
             r#"{"work_duration": "0s"}"#.to_string()
         });
-        let q = queue(&server, "default");
+        let q = server.queue("default");
         assert_eq!(
             statuses.get(&202),
             Some(&1),
@@ -467,7 +454,7 @@ fn a_paused_queue_never_holds_more_than_its_capacity() {
         assert_eq!(q["depth"], 1, "round {round}: {q}");
         assert_eq!(server.post("/queues/default/resume", "").status, 200);
         eventually("the queue to drain", || {
-            let q = queue(&server, "default");
+            let q = server.queue("default");
             (q["depth"] == 0 && q["busy"] == 0).then_some(())
         });
     }
@@ -572,7 +559,7 @@ fn a_delayed_task_takes_no_place_in_a_full_queue() {
         "scheduled",
     );
     assert_eq!(server.task(&id)["state"], "scheduled");
-    let q = queue(&server, "default");
+    let q = server.queue("default");
     assert_eq!((&q["busy"], &q["depth"]), (&json!(1), &json!(1)), "{q}");
 }
 
@@ -776,9 +763,9 @@ fn scheduled_tasks_and_paused_queues_survive_restarts_and_kill_9() {
             (&json!("scheduled"), &run_at, &json!("q")),
             "after {how}: {task}"
         );
-        let q = queue(server, "q");
+        let q = server.queue("q");
         assert_eq!(q["paused"], true, "after {how}: {q}");
-        assert_eq!(queue(server, "default")["paused"], false);
+        assert_eq!(server.queue("default")["paused"], false);
         assert_eq!(server.metric("bgtasks_queue_paused{queue=\"q\"}"), 1.0);
         assert_eq!(server.metric("bgtasks_tasks_scheduled"), 1.0);
         let (task, _) = long_poll(server, &held, "500ms");
@@ -803,7 +790,7 @@ fn scheduled_tasks_and_paused_queues_survive_restarts_and_kill_9() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let mut server = Server::start(&args);
-    assert_eq!(queue(&server, "q")["paused"], false);
+    assert_eq!(server.queue("q")["paused"], false);
     assert_eq!(server.task(&held)["state"], "succeeded");
     assert_eq!(server.task(&later)["state"], "scheduled");
 
@@ -840,10 +827,10 @@ fn a_paused_queue_counts_the_tasks_a_restart_puts_back_and_runs_them_on_resume()
     assert_eq!(server.post("/queues/q/pause", "").status, 200);
     let body = json!({"work_duration": "0s", "queue": "q"});
     let ids = [0, 1].map(|_| submit(&server, body.clone(), "queued"));
-    assert_eq!(queue(&server, "q")["depth"], 2);
+    assert_eq!(server.queue("q")["depth"], 2);
     server.kill();
     let server = Server::start(&args);
-    let q = queue(&server, "q");
+    let q = server.queue("q");
     assert_eq!(
         (&q["paused"], &q["depth"]),
         (&json!(true), &json!(2)),
@@ -854,7 +841,7 @@ fn a_paused_queue_counts_the_tasks_a_restart_puts_back_and_runs_them_on_resume()
     for id in &ids {
         assert_eq!(server.wait_done(id)["state"], "succeeded");
     }
-    assert_eq!(queue(&server, "q")["depth"], 0);
+    assert_eq!(server.queue("q")["depth"], 0);
 }
 
 #[test]
@@ -971,7 +958,7 @@ fn every_queue_has_its_own_gauges_in_metrics_and_queues() {
     }
     // `b`'s worker has taken one task and put it back: wait until it has.
     eventually("b's worker to find it paused", || {
-        (queue(&server, "b")["depth"] == 2).then_some(())
+        (server.queue("b")["depth"] == 2).then_some(())
     });
     for delay in ["1h", "2h"] {
         submit(

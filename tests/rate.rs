@@ -13,19 +13,6 @@ use serde_json::Value;
 /// The counter of starts that had to wait for a token in `default`.
 const LIMITED: &str = "bgtasks_queue_rate_limited_total{queue=\"default\"}";
 
-/// Returns one queue's object from `GET /queues`.
-fn queue(server: &Server, name: &str) -> Value {
-    let r = server.get("/queues");
-    assert_eq!(r.status, 200, "{r:?}");
-    r.json()["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["name"] == name)
-        .unwrap_or_else(|| panic!("no queue {name:?} in {}", r.text()))
-        .clone()
-}
-
 /// Returns the states of `ids`, in order.
 fn states(server: &Server, ids: &[String]) -> Vec<String> {
     ids.iter()
@@ -50,7 +37,7 @@ fn with_one_start_an_hour_only_the_burst_starts_and_the_rest_stay_queued() {
     let mut seen = states(&server, &ids);
     seen.sort();
     assert_eq!(seen, ["queued", "queued", "queued", "queued", "succeeded"]);
-    let default = queue(&server, "default");
+    let default = server.queue("default");
     assert_eq!(
         (&default["rate"], &default["depth"], &default["busy"]),
         (&Value::from("1/h"), &Value::from(4), &Value::from(0)),
@@ -61,7 +48,7 @@ fn with_one_start_an_hour_only_the_burst_starts_and_the_rest_stay_queued() {
         "the rate as given"
     );
     // Another queue has no rate, and its tasks start as before.
-    assert_eq!(queue(&server, "free")["rate"], Value::Null);
+    assert_eq!(server.queue("free")["rate"], Value::Null);
     let free = server.post("/tasks", r#"{"work_duration": "0s", "queue": "free"}"#);
     assert_eq!(free.status, 202, "{free:?}");
     server.wait_done(free.json()["id"].as_str().unwrap());
@@ -71,7 +58,7 @@ fn with_one_start_an_hour_only_the_burst_starts_and_the_rest_stay_queued() {
     );
     // Nothing more started meanwhile.
     assert_eq!(server.metric(LIMITED), 4.0);
-    assert_eq!(queue(&server, "default")["depth"], 4);
+    assert_eq!(server.queue("default")["depth"], 4);
 }
 
 #[test]

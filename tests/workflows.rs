@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Server, TempDir, eventually, read_response};
+use common::{Server, TempDir, eventually, journal_line, read_response};
 use rustix::process::Signal;
 use serde_json::{Value, json};
 use std::io::Write;
@@ -356,22 +356,6 @@ fn waiting_tasks_survive_kill_9_and_run_in_order_after_it() {
     }
 }
 
-/// CRC-32 (IEEE), bit by bit: the journal's checksum.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                0xedb8_8320 ^ (crc >> 1)
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 #[test]
 fn a_dependency_that_ended_while_the_server_was_down_is_honoured_at_start() {
     let dir = TempDir::new("workflows-down");
@@ -402,10 +386,7 @@ fn a_dependency_that_ended_while_the_server_was_down_is_honoured_at_start() {
     std::fs::create_dir_all(dir.path("data")).unwrap();
     let journal: String = records
         .iter()
-        .map(|r| {
-            let text = r.to_string();
-            format!("{:08x} {text}\n", crc32(text.as_bytes()))
-        })
+        .map(|r| journal_line(&r.to_string()))
         .collect();
     std::fs::write(dir.path("data").join("journal"), journal).unwrap();
     let mut server = start_on(&dir, &[]);

@@ -239,6 +239,19 @@ impl Server {
         r.json()
     }
 
+    /// Returns one queue's object from `GET /queues`.
+    pub fn queue(&self, name: &str) -> serde_json::Value {
+        let r = self.get("/queues");
+        assert_eq!(r.status, 200, "{r:?}");
+        r.json()["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("no queue {name:?} in {}", r.text()))
+            .clone()
+    }
+
     /// `POST /tasks/{id}/cancel`.
     pub fn cancel(&self, id: &str) -> Response {
         self.post(&format!("/tasks/{id}/cancel"), "")
@@ -496,6 +509,28 @@ pub fn command(first: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
     }
     cmd.envs(env.iter().copied());
     cmd
+}
+
+/// CRC-32 (IEEE), bit by bit: the journal's checksum, written here
+/// independently of the server's table-driven one.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                0xedb8_8320 ^ (crc >> 1)
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// Makes a journal line from a record's JSON: its checksum, then the JSON.
+pub fn journal_line(json: &str) -> String {
+    format!("{:08x} {json}\n", crc32(json.as_bytes()))
 }
 
 /// Builds a `POST` with a body and extra header lines.
